@@ -1,0 +1,367 @@
+"""Link layers, tunnels and IP: from a captured frame to (addresses, transport, payload).
+
+Handles Ethernet, Linux SLL/SLL2, raw IPv4/IPv6, BSD NULL/LOOP; 802.1Q/QinQ, MPLS, PPPoE,
+GRE (with ERSPAN I/II/III), VXLAN, Geneve, IP-in-IP; IPv6 extension headers; IPv4 and IPv6
+fragments (bounded reassembly). Whatever it cannot decode is counted by kind in ``stats``, never
+raised. Addresses stay as raw bytes: they are only turned into text for packets that produce a
+record.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from struct import unpack_from
+
+# Link types (LINKTYPE_* / DLT_* numbers as they appear in files).
+LT_NULL = 0
+LT_ETHERNET = 1
+LT_RAW_DLT12 = 12
+LT_RAW_DLT14 = 14
+LT_RAW = 101
+LT_LOOP = 108
+LT_SLL = 113
+LT_IPV4 = 228
+LT_IPV6 = 229
+LT_SLL2 = 276
+RAW_LINKTYPES = frozenset({LT_RAW, LT_RAW_DLT12, LT_RAW_DLT14, LT_IPV4, LT_IPV6})
+
+ETH_IPV4 = 0x0800
+ETH_IPV6 = 0x86DD
+VLAN_TYPES = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
+ETH_MPLS = frozenset({0x8847, 0x8848})
+ETH_PPPOE_SESSION = 0x8864
+ETH_TEB = 0x6558  # transparent Ethernet bridging (GRE, Geneve)
+ETH_ERSPAN2 = 0x88BE
+ETH_ERSPAN3 = 0x22EB
+ETH_PPP = 0x880B
+
+IPPROTO_IPIP = 4
+IPPROTO_TCP = 6
+IPPROTO_UDP = 17
+IPPROTO_IPV6 = 41
+IPPROTO_GRE = 47
+IPV6_EXT = frozenset({0, 43, 60, 135, 139, 140})
+IPPROTO_AH = 51
+IPPROTO_FRAG6 = 44
+
+VXLAN_PORTS = frozenset({4789, 8472})
+GENEVE_PORT = 6081
+
+MAX_DEPTH = 6  # nested encapsulations before we call it hostile
+FRAG_MAX_DATAGRAMS = 4096
+FRAG_MAX_SIZE = 65535
+FRAG_TIMEOUT = 30
+
+#: (ip version, src, dst, transport protocol, transport bytes, ttl/hop limit, ipv4 id)
+Decoded = tuple[int, bytes, bytes, int, bytes, int, int]
+
+
+class _Fragments:
+    """One datagram being reassembled: pieces by offset, first copy of a byte wins."""
+
+    __slots__ = ("pieces", "total", "size", "first_seen", "header")
+
+    def __init__(self, now: int):
+        self.pieces: list[tuple[int, bytes]] = []
+        self.total = -1
+        self.size = 0
+        self.first_seen = now
+        self.header: tuple[int, bytes, bytes, int, int, int] | None = None
+
+    def add(self, offset: int, data: bytes, last: bool) -> bytes | None:
+        self.pieces.append((offset, data))
+        self.size += len(data)
+        if last:
+            self.total = offset + len(data)
+        if self.total < 0:
+            return None
+        out = bytearray(self.total)
+        covered = 0
+        for off, piece in sorted(self.pieces):
+            if off > covered:
+                return None
+            end = min(off + len(piece), self.total)
+            if end > covered:
+                out[covered:end] = piece[covered - off : end - off]
+                covered = end
+        return bytes(out) if covered >= self.total else None
+
+
+class Decoder:
+    """Decodes frames; keeps fragment state and per-kind counters."""
+
+    def __init__(self, stats: Counter[str] | None = None):
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        self.frags: dict[tuple, _Fragments] = {}
+        self.now = 0
+
+    # -- link layers ----------------------------------------------------------------------
+    def decode(self, linktype: int, data: bytes, now: int = 0) -> Decoded | None:
+        """Return the innermost IP packet's transport view, or None (counted)."""
+        self.now = now
+        try:
+            if linktype == LT_ETHERNET:
+                return self._ethernet(data, 0, 0)
+            if linktype == LT_SLL:
+                if len(data) < 16:
+                    return self._bad("sll_truncated")
+                return self._ethertype(unpack_from("!H", data, 14)[0], data, 16, 0)
+            if linktype == LT_SLL2:
+                if len(data) < 20:
+                    return self._bad("sll2_truncated")
+                return self._ethertype(unpack_from("!H", data, 0)[0], data, 20, 0)
+            if linktype in RAW_LINKTYPES:
+                return self._ip_by_version(data, 0, 0)
+            if linktype in (LT_NULL, LT_LOOP):
+                if len(data) < 4:
+                    return self._bad("null_truncated")
+                fam = unpack_from("!I" if linktype == LT_LOOP else "<I", data, 0)[0]
+                if fam > 0xFFFF:  # written on a host of the other byte order
+                    fam = int.from_bytes(data[:4], "big" if linktype != LT_LOOP else "little")
+                if fam == 2:
+                    return self._ipv4(data, 4, 0)
+                if fam in (10, 24, 28, 30):
+                    return self._ipv6(data, 4, 0)
+                return self._bad("null_family")
+        except (IndexError, ValueError, OverflowError) as exc:  # struct.error is a ValueError
+            return self._bad("decode_" + type(exc).__name__)
+        self.stats[f"linktype_unsupported_{linktype}"] += 1
+        return None
+
+    def _bad(self, kind: str) -> None:
+        self.stats["malformed_" + kind] += 1
+        return None
+
+    def _ethernet(self, data: bytes, off: int, depth: int) -> Decoded | None:
+        if len(data) < off + 14:
+            return self._bad("ethernet_truncated")
+        return self._ethertype(unpack_from("!H", data, off + 12)[0], data, off + 14, depth)
+
+    def _ethertype(self, etype: int, data: bytes, off: int, depth: int) -> Decoded | None:
+        for _ in range(8):  # VLAN stacks
+            if etype not in VLAN_TYPES:
+                break
+            if len(data) < off + 4:
+                return self._bad("vlan_truncated")
+            self.stats["encap_vlan"] += 1
+            etype = unpack_from("!H", data, off + 2)[0]
+            off += 4
+        if etype == ETH_IPV4:
+            return self._ipv4(data, off, depth)
+        if etype == ETH_IPV6:
+            return self._ipv6(data, off, depth)
+        if depth >= MAX_DEPTH:
+            return self._bad("too_deep")
+        if etype in ETH_MPLS:
+            return self._mpls(data, off, depth + 1)
+        if etype == ETH_PPPOE_SESSION:
+            self.stats["encap_pppoe"] += 1
+            if len(data) < off + 8:
+                return self._bad("pppoe_truncated")
+            return self._ppp(unpack_from("!H", data, off + 6)[0], data, off + 8, depth + 1)
+        if etype == ETH_TEB:
+            return self._ethernet(data, off, depth + 1)
+        if etype < 0x0600:
+            self.stats["ethernet_8023"] += 1
+            return None
+        self.stats[f"ethertype_other_{etype:04x}"] += 1
+        return None
+
+    def _ppp(self, proto: int, data: bytes, off: int, depth: int) -> Decoded | None:
+        if proto == 0x0021:
+            return self._ipv4(data, off, depth)
+        if proto == 0x0057:
+            return self._ipv6(data, off, depth)
+        self.stats[f"ppp_other_{proto:04x}"] += 1
+        return None
+
+    def _mpls(self, data: bytes, off: int, depth: int) -> Decoded | None:
+        self.stats["encap_mpls"] += 1
+        for _ in range(16):
+            if len(data) < off + 4:
+                return self._bad("mpls_truncated")
+            bottom = data[off + 2] & 1
+            off += 4
+            if bottom:
+                break
+        else:
+            return self._bad("mpls_labels")
+        return self._ip_by_version(data, off, depth, mpls=True)
+
+    def _ip_by_version(self, data: bytes, off: int, depth: int, mpls: bool = False) -> Decoded | None:
+        if len(data) <= off:
+            return self._bad("ip_truncated")
+        version = data[off] >> 4
+        if version == 4:
+            return self._ipv4(data, off, depth)
+        if version == 6:
+            return self._ipv6(data, off, depth)
+        if mpls and version == 0:  # pseudowire control word, then Ethernet
+            return self._ethernet(data, off + 4, depth + 1)
+        return self._bad("ip_version")
+
+    # -- IP -------------------------------------------------------------------------------
+    def _ipv4(self, data: bytes, off: int, depth: int) -> Decoded | None:
+        if len(data) < off + 20:
+            return self._bad("ipv4_truncated")
+        vihl = data[off]
+        ihl = (vihl & 0x0F) * 4
+        if vihl >> 4 != 4 or ihl < 20:
+            return self._bad("ipv4_header")
+        total, ipid, frag = unpack_from("!HHH", data, off + 2)
+        end = off + total
+        if total < ihl:
+            return self._bad("ipv4_length")
+        if end > len(data):
+            self.stats["ipv4_snapped"] += 1  # captured shorter than sent; parse what we have
+            end = len(data)
+        proto = data[off + 9]
+        ttl = data[off + 8]
+        src = data[off + 12 : off + 16]
+        dst = data[off + 16 : off + 20]
+        payload = data[off + ihl : end]
+        if frag & 0x3FFF:
+            payload = self._fragment(
+                (4, src, dst, ipid, proto), (frag & 0x1FFF) * 8, payload, bool(frag & 0x2000)
+            )
+            if payload is None:
+                return None
+        return self._transport(4, src, dst, proto, payload, ttl, ipid, depth)
+
+    def _ipv6(self, data: bytes, off: int, depth: int) -> Decoded | None:
+        if len(data) < off + 40:
+            return self._bad("ipv6_truncated")
+        if data[off] >> 4 != 6:
+            return self._bad("ipv6_header")
+        plen = unpack_from("!H", data, off + 4)[0]
+        nxt = data[off + 6]
+        hop = data[off + 7]
+        src = data[off + 8 : off + 24]
+        dst = data[off + 24 : off + 40]
+        end = off + 40 + plen
+        if end > len(data) or plen == 0:  # jumbograms carry plen 0
+            end = len(data)
+        p = off + 40
+        for _ in range(16):
+            if nxt in IPV6_EXT or nxt == IPPROTO_AH:
+                if p + 8 > end:
+                    return self._bad("ipv6_ext_truncated")
+                length = (data[p + 1] + 2) * 4 if nxt == IPPROTO_AH else (data[p + 1] + 1) * 8
+                nxt = data[p]
+                p += length
+            elif nxt == IPPROTO_FRAG6:
+                if p + 8 > end:
+                    return self._bad("ipv6_frag_truncated")
+                inner = data[p]
+                offmf, ident = unpack_from("!HI", data, p + 2)
+                p += 8
+                payload = self._fragment(
+                    (6, src, dst, ident, inner), offmf & 0xFFF8, data[p:end], bool(offmf & 1)
+                )
+                if payload is None:
+                    return None
+                return self._transport(6, src, dst, inner, payload, hop, 0, depth)
+            else:
+                break
+        else:
+            return self._bad("ipv6_ext_chain")
+        if p > end:
+            return self._bad("ipv6_ext_truncated")
+        return self._transport(6, src, dst, nxt, data[p:end], hop, 0, depth)
+
+    def _fragment(self, key: tuple, offset: int, data: bytes, more: bool) -> bytes | None:
+        self.stats["ip_fragments"] += 1
+        frags = self.frags
+        entry = frags.get(key)
+        if entry is None:
+            if len(frags) >= FRAG_MAX_DATAGRAMS:
+                self._expire_fragments(force=True)
+            entry = frags[key] = _Fragments(self.now)
+        if entry.size + len(data) > FRAG_MAX_SIZE or offset + len(data) > FRAG_MAX_SIZE:
+            del frags[key]
+            return self._bad("fragment_oversize")
+        whole = entry.add(offset, data, not more)
+        if whole is None:
+            if len(frags) > 64 and self.now - entry.first_seen > FRAG_TIMEOUT:
+                self._expire_fragments()
+            return None
+        del frags[key]
+        self.stats["ip_reassembled"] += 1
+        return whole
+
+    def _expire_fragments(self, force: bool = False) -> None:
+        now = self.now
+        stale = [k for k, v in self.frags.items() if now - v.first_seen > FRAG_TIMEOUT]
+        if force and not stale:
+            stale = list(self.frags)[: len(self.frags) // 2]
+        for k in stale:
+            del self.frags[k]
+        self.stats["fragments_expired"] += len(stale)
+
+    # -- transport and tunnels ---------------------------------------------------------------
+    def _transport(
+        self, ver: int, src: bytes, dst: bytes, proto: int, payload: bytes, ttl: int, ipid: int,
+        depth: int,
+    ) -> Decoded | None:
+        if proto == IPPROTO_UDP and len(payload) >= 8 and depth < MAX_DEPTH:
+            dport = unpack_from("!H", payload, 2)[0]
+            if dport in VXLAN_PORTS and len(payload) >= 16 and payload[8] & 0x08:
+                self.stats["encap_vxlan"] += 1
+                return self._ethernet(payload, 16, depth + 1)
+            if dport == GENEVE_PORT and len(payload) >= 16:
+                self.stats["encap_geneve"] += 1
+                optlen = (payload[8] & 0x3F) * 4
+                etype = unpack_from("!H", payload, 10)[0]
+                return self._ethertype(etype, payload, 16 + optlen, depth + 1)
+        elif proto == IPPROTO_GRE:
+            if depth >= MAX_DEPTH:
+                return self._bad("too_deep")
+            return self._gre(payload, depth + 1)
+        elif proto == IPPROTO_IPIP:
+            if depth >= MAX_DEPTH:
+                return self._bad("too_deep")
+            self.stats["encap_ipip"] += 1
+            return self._ipv4(payload, 0, depth + 1)
+        elif proto == IPPROTO_IPV6:
+            if depth >= MAX_DEPTH:
+                return self._bad("too_deep")
+            self.stats["encap_ip6ip"] += 1
+            return self._ipv6(payload, 0, depth + 1)
+        return ver, src, dst, proto, payload, ttl, ipid
+
+    def _gre(self, data: bytes, depth: int) -> Decoded | None:
+        if len(data) < 4:
+            return self._bad("gre_truncated")
+        self.stats["encap_gre"] += 1
+        flags, proto = unpack_from("!HH", data, 0)
+        off = 4
+        version = flags & 7
+        if flags & 0x8000:
+            off += 4  # checksum + reserved
+        if flags & 0x2000:
+            off += 4  # key (or PPTP payload length + call id)
+        if flags & 0x1000:
+            off += 4  # sequence number
+        if version == 1 and flags & 0x0080:
+            off += 4  # PPTP acknowledgment number
+        if version == 1 and proto == ETH_PPP:
+            if len(data) < off + 2:
+                return self._bad("gre_truncated")
+            if data[off] == 0xFF and data[off + 1] == 0x03:
+                off += 2
+            if len(data) < off + 2:
+                return self._bad("gre_truncated")
+            return self._ppp(unpack_from("!H", data, off)[0], data, off + 2, depth)
+        if proto == ETH_ERSPAN2:
+            self.stats["encap_erspan"] += 1
+            if flags & 0x1000:  # type II has a sequence number and an 8-byte header
+                off += 8
+            return self._ethernet(data, off, depth)  # type I: Ethernet right away
+        if proto == ETH_ERSPAN3:
+            self.stats["encap_erspan"] += 1
+            if len(data) < off + 12:
+                return self._bad("erspan_truncated")
+            optional = data[off + 11] & 1
+            off += 12 + (8 if optional else 0)
+            return self._ethernet(data, off, depth)
+        return self._ethertype(proto, data, off, depth)

@@ -1,0 +1,130 @@
+"""Per-direction TCP reassembly, bounded the way the D4 passive-SSL sensor bounds it.
+
+A stream delivers contiguous in-order bytes to its consumer. Out-of-order segments wait in
+"pages" (one page per held segment); ``max_pages_per_conn`` (``-mbpc``, default 16) and
+``max_pages_total`` (``-mbpt``, default 1024) cap them. When a cap is hit the stream skips the
+gap and delivers what it holds, counting the overflow, so a lost segment costs at most the
+bytes it carried. Retransmissions and overlaps are trimmed (first copy wins).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SEQ_MOD = 1 << 32
+HALF = 1 << 31
+
+
+@dataclass(slots=True)
+class ReassemblyLimits:
+    max_pages_per_conn: int = 16
+    max_pages_total: int = 1024
+    pages_in_use: int = 0
+    overflows_conn: int = 0
+    overflows_total: int = 0
+    gaps: int = 0
+
+
+def seq_diff(a: int, b: int) -> int:
+    """a - b in sequence space, as a signed value."""
+    d = (a - b) % SEQ_MOD
+    return d - SEQ_MOD if d >= HALF else d
+
+
+class TcpStream:
+    """One direction of a TCP connection."""
+
+    __slots__ = ("next_seq", "pending", "limits", "delivered", "gapped")
+
+    def __init__(self, limits: ReassemblyLimits):
+        self.next_seq: int | None = None
+        self.pending: dict[int, bytes] = {}
+        self.limits = limits
+        self.delivered = 0
+        #: set when bytes were skipped; the consumer must resynchronise, then clear it
+        self.gapped = False
+
+    def syn(self, seq: int) -> None:
+        if self.next_seq is None:
+            self.next_seq = (seq + 1) % SEQ_MOD
+
+    def add(self, seq: int, data: bytes) -> list[bytes]:
+        """Take a segment; return the chunks that are now in order (possibly none)."""
+        nxt = self.next_seq
+        if nxt is None:  # capture started mid-connection: trust the first segment
+            nxt = seq
+        d = seq_diff(seq, nxt)
+        if d < 0:  # retransmission or overlap: keep only what is new
+            if -d >= len(data):
+                return []
+            data = data[-d:]
+            seq = nxt
+            d = 0
+        if d > 0:
+            self._hold(seq, data)
+            if self.pending and self._over_limit():
+                return self._skip_gap()
+            self.next_seq = nxt
+            return []
+        out = [data]
+        nxt = (seq + len(data)) % SEQ_MOD
+        if self.pending:
+            nxt = self._drain(nxt, out)
+        self.next_seq = nxt
+        self.delivered += sum(len(c) for c in out)
+        return out
+
+    def _hold(self, seq: int, data: bytes) -> None:
+        old = self.pending.get(seq)
+        if old is None:
+            self.limits.pages_in_use += 1
+            self.pending[seq] = data
+        elif len(data) > len(old):
+            self.pending[seq] = data
+
+    def _over_limit(self) -> bool:
+        lim = self.limits
+        if len(self.pending) > lim.max_pages_per_conn:
+            lim.overflows_conn += 1
+            return True
+        if lim.pages_in_use > lim.max_pages_total:
+            lim.overflows_total += 1
+            return True
+        return False
+
+    def _drain(self, nxt: int, out: list[bytes]) -> int:
+        pending = self.pending
+        progressed = True
+        while pending and progressed:
+            progressed = False
+            for seq in list(pending):
+                d = seq_diff(seq, nxt)
+                if d > 0:
+                    continue
+                data = pending.pop(seq)
+                self.limits.pages_in_use -= 1
+                if -d < len(data):
+                    out.append(data[-d:])
+                    nxt = (nxt + len(data) + d) % SEQ_MOD
+                progressed = True
+        return nxt
+
+    def _skip_gap(self) -> list[bytes]:
+        """Give up on the missing bytes: jump to the earliest held segment."""
+        self.limits.gaps += 1
+        self.gapped = True
+        base = self.next_seq if self.next_seq is not None else 0
+        first = min(self.pending, key=lambda s: seq_diff(s, base))
+        out: list[bytes] = []
+        data = self.pending.pop(first)
+        self.limits.pages_in_use -= 1
+        out.append(data)
+        nxt = self._drain((first + len(data)) % SEQ_MOD, out)
+        self.next_seq = nxt
+        self.delivered += sum(len(c) for c in out)
+        return out
+
+    def release(self) -> None:
+        """Return held pages to the global budget (flow closed or expired)."""
+        self.limits.pages_in_use -= len(self.pending)
+        self.pending.clear()

@@ -1,0 +1,41 @@
+"""Mercury-compatible records as JSON lines (orjson), to a file or stdout."""
+
+from __future__ import annotations
+
+import sys
+from typing import BinaryIO
+
+import orjson
+
+
+class RecordWriter:
+    """Buffered JSON-lines writer; ``-`` means stdout. ``reopen`` serves log rotation."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.count = 0
+        self.out: BinaryIO = self._open()
+
+    def _open(self) -> BinaryIO:
+        if self.path == "-":
+            return sys.stdout.buffer
+        return open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 - long-lived
+
+    def write(self, record: dict) -> None:
+        self.out.write(orjson.dumps(record) + b"\n")
+        self.count += 1
+
+    def flush(self) -> None:
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            pass
+
+    def reopen(self) -> None:
+        self.close()
+        self.out = self._open()
+
+    def close(self) -> None:
+        self.flush()
+        if self.out is not sys.stdout.buffer:
+            self.out.close()
