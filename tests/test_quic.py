@@ -1,0 +1,129 @@
+"""QUIC Initial protection: RFC 9001 and RFC 9369 appendix A known answers, frames, bounds."""
+
+from __future__ import annotations
+
+import pytest
+
+from iocwatch.protocols import quic
+from iocwatch.protocols.cursor import Malformed
+
+DCID = bytes.fromhex("8394c8f03e515708")
+
+
+def test_rfc9001_a1_keys():
+    key, iv, hp = quic.initial_keys(quic.VERSION_V1, DCID)
+    assert key.hex() == "1f369613dd76d5467730efcbe3b1a22d"
+    assert iv.hex() == "fa044b2f42a3fd3b46fb255c"
+    assert hp.hex() == "9f50449e04a0e810283a1e9933adedd2"
+    key, iv, hp = quic.initial_keys(quic.VERSION_V1, DCID, server=True)
+    assert key.hex() == "cf3a5331653c364c88f0f379b6067e37"
+    assert iv.hex() == "0ac1493ca1905853b0bba03e"
+    assert hp.hex() == "c206b8d9b9f0f37644430b490eeaa314"
+
+
+def test_rfc9369_a1_keys():
+    key, iv, hp = quic.initial_keys(quic.VERSION_V2, DCID)
+    assert key.hex() == "8b1a0bc121284290a29e0971b5cd045d"
+    assert iv.hex() == "91f73e2351d8fa91660e909f"
+    assert hp.hex() == "45b95e15235d6f45a6b19cbcb0294ba9"
+
+
+# RFC 9001 A.2: the client Initial's unprotected payload starts with this CRYPTO frame
+CLIENT_HELLO_FRAME = bytes.fromhex(
+    "060040f1010000ed0303ebf8fa56f12939b9584a3896472ec40bb863cfd3e868"
+    "04fe3a47f06a2b69484c00000413011302010000c000000010000e00000b6578"
+    "616d706c652e636f6dff01000100000a00080006001d00170018001000070005"
+    "04616c706e000500050100000000003300260024001d00209370b2c9caa47fba"
+    "baf4559fedba753de171fa71f50f1ce15d43e994ec74d748002b000302030400"
+    "0d0010000e0403050306030203080408050806002d00020101001c0002400100"
+    "3900320408ffffffffffffffff05048000ffff07048000ffff08011001048000"
+    "75300901100f088394c8f03e51570806048000ffff"
+)
+
+
+def protect(version: int, payload: bytes, pn: int = 2, dcid: bytes = DCID,
+            first: int | None = None) -> bytes:
+    """Build a protected client Initial the way RFC 9001 section 5 describes."""
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    key, iv, hp = quic.initial_keys(version, dcid)
+    ptype = 1 if version == quic.VERSION_V2 else 0
+    first = 0xC0 | (ptype << 4) | 3 if first is None else first
+    pn_bytes = pn.to_bytes(4, "big")
+    length = len(payload) + 4 + 16
+    hdr = (bytes([first]) + version.to_bytes(4, "big") + bytes([len(dcid)]) + dcid + b"\x00"
+           + b"\x00" + bytes([0x40 | (length >> 8), length & 0xFF]) + pn_bytes)
+    nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
+    ct = AESGCM(key).encrypt(nonce, payload, hdr)
+    pn_off = len(hdr) - 4
+    sample = ct[:16]
+    enc = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
+    mask = enc.update(sample) + enc.finalize()
+    out = bytearray(hdr + ct)
+    out[0] ^= mask[0] & 0x0F
+    for i in range(4):
+        out[pn_off + i] ^= mask[1 + i]
+    return bytes(out)
+
+
+def test_rfc9001_a2_client_initial_vector():
+    """The published protected packet's first bytes match our protection of the same payload."""
+    payload = CLIENT_HELLO_FRAME + b"\x00" * (1162 - len(CLIENT_HELLO_FRAME))
+    pkt = protect(quic.VERSION_V1, payload)
+    assert pkt[:32].hex() == "c000000001088394c8f03e5157080000449e7b9aec34d1b1c98dd7689fb8ec11"
+    packets, failures = quic.parse_datagram(pkt)
+    assert failures == 0 and len(packets) == 1
+    p = packets[0]
+    assert p.packet_number == 2 and p.dcid == DCID
+    asm = quic.CryptoAssembler()
+    for off, data in p.crypto:
+        asm.add(off, data)
+    msg_type, body = asm.first_message()
+    assert msg_type == 1 and b"example.com" in body
+
+
+def test_v2_and_drafts_roundtrip_and_mercury_fields():
+    for version in (quic.VERSION_V2, 0xFF00001D, 0xFF000022):
+        pkt = protect(version, CLIENT_HELLO_FRAME + b"\x00" * 900)
+        packets, failures = quic.parse_datagram(pkt + b"\xff" * 30)  # trailing garbage
+        assert failures == 0 and packets[0].crypto
+        rec = packets[0].to_mercury()
+        assert rec["version"] == f"{version:08x}" and rec["dcid"] == DCID.hex()
+
+
+def test_split_and_reordered_crypto():
+    frame = CLIENT_HELLO_FRAME
+    body = frame[4:]  # after type(1) offset(1) length(2)
+    parts = [body[i : i + 50] for i in range(0, len(body), 50)]
+    asm = quic.CryptoAssembler()
+    for i in reversed(range(len(parts))):
+        assert asm.first_message() is None
+        asm.add(i * 50, parts[i])
+    msg_type, hello = asm.first_message()
+    assert msg_type == 1 and len(hello) == 0xED
+    assert asm.first_message() is None  # delivered once
+
+
+def test_coalesced_packets():
+    a = protect(quic.VERSION_V1, CLIENT_HELLO_FRAME + b"\x00" * 400, pn=0)
+    b = protect(quic.VERSION_V1, b"\x01" + b"\x00" * 400, pn=1)
+    packets, failures = quic.parse_datagram(a + b)
+    assert [p.packet_number for p in packets] == [0, 1] and failures == 0
+
+
+def test_bad_tag_and_truncation_are_malformed_only():
+    pkt = bytearray(protect(quic.VERSION_V1, CLIENT_HELLO_FRAME + b"\x00" * 900))
+    pkt[-1] ^= 1
+    packets, failures = quic.parse_datagram(bytes(pkt))
+    assert packets == [] and failures == 1
+    good = protect(quic.VERSION_V1, CLIENT_HELLO_FRAME + b"\x00" * 100)
+    for cut in range(len(good)):
+        quic.parse_datagram(good[:cut])
+
+
+def test_unknown_version_is_not_initial():
+    assert not quic.looks_like_initial(b"\xc0\x1a\x2a\x3a\x4a" + b"\0" * 40)
+    assert quic.looks_like_initial(protect(quic.VERSION_V1, b"\x01" * 50))
+    with pytest.raises(Malformed):
+        quic.initial_keys(0x12345678, DCID)
