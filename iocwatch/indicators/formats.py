@@ -1,0 +1,686 @@
+"""Readers for each indicator file format, and format detection from content.
+
+Every reader turns one file's text into calls on a :class:`Sink` (add / skip / unsupported)
+and never raises on content: a bad line, row, pattern or attribute is reported with its line
+and the reader goes on. Only :mod:`.store` turns the calls into a set.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+from collections.abc import Callable, Iterator
+from typing import Any, Protocol
+
+import orjson
+
+from . import model as m
+from .normalise import TYPE_NAMES, UNSUPPORTED_TYPES
+
+MAX_LINE = 65536
+MAX_PATTERN = 65536
+MAX_DEPTH = 100
+MAX_MISP_EVENTS = 100_000
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_INLINE_COMMENT = re.compile(r"\s#")
+_EXACT_DIRECTIVE = re.compile(r"#!\s*exact\s*$", re.IGNORECASE)
+
+
+class Sink(Protocol):
+    """Where a reader puts what it found in one file."""
+
+    def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
+            exact: bool) -> None: ...
+
+    def skip(self, line: int, reason: str) -> None: ...
+
+    def unsupported(self, line: int, what: str, listed: bool = False) -> None: ...
+
+    def read_sibling(self, name: str) -> bytes | None: ...
+
+
+def decode(data: bytes) -> str | None:
+    """Text of a file (UTF-8 or UTF-16 with BOM, BOM dropped), or None if it is binary.
+
+    Undecodable UTF-8 sequences become U+FFFD so the line readers can report those lines.
+    """
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        try:
+            text = data.decode("utf-16")
+        except UnicodeDecodeError:
+            return None
+    else:
+        if b"\x00" in data:
+            return None
+        head = data[:4096]
+        ctrl = sum(1 for b in head if b < 9 or 13 < b < 32 or b == 127)
+        if head and ctrl * 10 > len(head):
+            return None
+        text = data.decode("utf-8", "replace")
+    if "\x00" in text:
+        return None
+    return text.removeprefix("\ufeff")
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    for n, line in enumerate(text.split("\n"), 1):
+        yield n, line.removesuffix("\r")
+
+
+def detect(text: str) -> str:
+    """The format of a file from its content; ``plain`` when nothing more specific fits."""
+    head = text.lstrip()[:65536]
+    if head.startswith(("{", "[")):
+        try:
+            doc = orjson.loads(text)
+        except orjson.JSONDecodeError:
+            return "stix" if '"type"' in head and '"pattern"' in head else "misp"
+        return json_kind(doc) or "stix"
+    first = ""
+    for _, line in _lines(head):
+        s = line.strip()
+        if s.startswith(("#separator", "#fields")):
+            return "zeek"
+        if s and not s.startswith("#"):
+            first = s
+            break
+    if first and _looks_csv(head, first):
+        return "csv"
+    return "plain"
+
+
+def json_kind(doc: Any) -> str | None:
+    """``stix`` or ``misp`` for a parsed JSON document, None if neither."""
+    if isinstance(doc, dict):
+        if doc.get("type") == "bundle" or "objects" in doc or doc.get("type") == "indicator":
+            return "stix"
+        if "Event" in doc or "response" in doc:
+            return "misp"
+        if doc and all(isinstance(v, dict) and _UUID.fullmatch(k) for k, v in doc.items()):
+            return "misp"  # feed manifest: {event uuid: {info, Orgc, ...}}
+        return None
+    if isinstance(doc, list) and doc and isinstance(doc[0], dict):
+        if "Event" in doc[0]:
+            return "misp"
+        if "type" in doc[0]:
+            return "stix"
+    return None
+
+
+_VALUE_COLUMNS = ("indicator", "value", "ioc", "observable", "indicator_value", "ioc_value",
+                  "domain", "hostname", "fqdn", "host", "url", "ip", "ip_address", "address",
+                  "cidr", "subnet", "cert_sha256", "cert_sha1", "ja3", "ja3s", "ja4")
+_TYPE_COLUMNS = ("type", "indicator_type", "ioc_type", "kind", "type_name")
+_META_ALIASES = {
+    "source": "source", "src": "source", "feed": "source", "provider": "source",
+    "description": "description", "desc": "description", "comment": "description",
+    "comments": "description", "note": "description", "info": "description",
+    "tags": "tags", "tag": "tags", "labels": "tags",
+    "confidence": "confidence", "score": "confidence",
+}
+
+
+def _looks_csv(head: str, first: str) -> bool:
+    for delim in (",", "\t", ";"):
+        if delim in first:
+            cols = [c.strip().strip('"').lower() for c in first.split(delim)]
+            if any(c in _VALUE_COLUMNS for c in cols):
+                return True
+    if "," not in first:
+        return False
+    counts = [ln.count(",") for _, ln in _lines(head) if ln.strip() and not ln.startswith("#")]
+    return len(counts) >= 2 and len(set(counts[:20])) == 1
+
+
+def _tags(value: str) -> list[str]:
+    return [t.strip() for t in re.split(r"[,;|]", value) if t.strip()]
+
+
+def _confidence(value: str) -> int | str:
+    v = value.strip()
+    return int(v) if v.isdigit() and len(v) < 10 else v
+
+
+def _truthy(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() in ("1", "true", "yes", "y", "exact", "t")
+    return bool(value) and not isinstance(value, (dict, list))
+
+
+# --------------------------------------------------------------------------------- plain
+
+
+def read_plain(text: str, sink: Sink, exact: bool) -> None:
+    """One indicator a line; ``#`` comments, inline ``  # comment`` becomes the description.
+
+    ``=value`` makes one indicator exact-only; a ``#!exact`` line makes all later ones so.
+    Hosts-file lines (``0.0.0.0 evil.com``) are accepted as the name.
+    """
+    shared: dict[str, Any] = {}
+    for n, line in _lines(text):
+        if len(line) > MAX_LINE:
+            sink.skip(n, f"line longer than {MAX_LINE} characters")
+            continue
+        s = line.strip()
+        if not s:
+            continue
+        if s.startswith("#"):
+            if _EXACT_DIRECTIVE.match(s):
+                exact = True
+            continue
+        if "\ufffd" in s:
+            sink.skip(n, "invalid UTF-8")
+            continue
+        meta = shared
+        value = s
+        if "#" in s:
+            cut = _INLINE_COMMENT.search(s)
+            if cut is not None:
+                comment = s[cut.end():].strip()
+                value = s[:cut.start()].strip()
+                if comment:
+                    meta = {"description": comment}
+        if " " in value or "\t" in value:
+            tokens = value.split()
+            if len(tokens) == 2 and tokens[0] in ("0.0.0.0", "127.0.0.1", "::", "::1"):
+                tokens = tokens[1:]
+            if len(tokens) != 1:
+                sink.skip(n, "more than one value on the line")
+                continue
+            value = tokens[0]
+        one_exact = exact
+        if value.startswith("="):
+            one_exact, value = True, value[1:]
+        sink.add(value, None, n, meta, one_exact)
+
+
+# ----------------------------------------------------------------------------------- csv
+
+
+def read_csv(text: str, sink: Sink, exact: bool) -> None:
+    """CSV with a header row; the indicator column is chosen by name, the rest is metadata."""
+    first = next((ln for _, ln in _lines(text) if ln.strip() and not ln.lstrip().startswith("#")),
+                 "")
+    delim = ","
+    if "," not in first:
+        delim = "\t" if "\t" in first else (";" if ";" in first else ",")
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
+    header: list[str] | None = None
+    vcol = tcol = xcol = -1
+    hint: str | None = None
+    errors = 0
+    last = 0
+    while errors < 10_000:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            errors += 1
+            last = reader.line_num
+            sink.skip(last, f"broken CSV row: {e}")
+            continue
+        start, last = last + 1, reader.line_num
+        if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
+            continue
+        if header is None:
+            header = [c.strip().lower() for c in row]
+            vcol = next((header.index(c) for c in _VALUE_COLUMNS if c in header), -1)
+            if vcol == -1:
+                vcol = 0
+                sink.skip(start, f"no indicator column in header, using {header[0]!r}")
+            name = header[vcol]
+            hint = TYPE_NAMES.get(name) if name in _VALUE_COLUMNS[6:] else None
+            tcol = next((header.index(c) for c in _TYPE_COLUMNS if c in header), -1)
+            xcol = next((header.index(c) for c in ("exact", "exact_only", "match")
+                         if c in header), -1)
+            continue
+        if len(row) != len(header):
+            sink.skip(start, f"expected {len(header)} fields, got {len(row)}")
+            continue
+        if any(len(c) > MAX_LINE for c in row):
+            sink.skip(start, f"field longer than {MAX_LINE} characters")
+            continue
+        if "\ufffd" in row[vcol]:
+            sink.skip(start, "invalid UTF-8")
+            continue
+        meta: dict[str, Any] = {}
+        for i, cell in enumerate(row):
+            if i in (vcol, tcol, xcol) or not cell.strip():
+                continue
+            key = _META_ALIASES.get(header[i], header[i])
+            if key == "tags":
+                meta[key] = _tags(cell)
+            elif key == "confidence":
+                meta[key] = _confidence(cell)
+            elif key not in meta:
+                meta[key] = cell.strip()
+        one_hint = hint
+        if tcol != -1 and row[tcol].strip():
+            t = row[tcol].strip().lower()
+            if t in UNSUPPORTED_TYPES:
+                sink.unsupported(start, t)
+                continue
+            if t not in TYPE_NAMES:
+                sink.skip(start, f"unknown indicator type {row[tcol].strip()[:40]!r}")
+                continue
+            one_hint = TYPE_NAMES[t]
+        one_exact = exact or (xcol != -1 and _truthy(row[xcol]))
+        sink.add(row[vcol], one_hint, start, meta, one_exact)
+    if header is None:
+        sink.skip(1, "no header row")
+
+
+# ---------------------------------------------------------------------------------- zeek
+
+_ZEEK_TYPES = {
+    "intel::domain": m.DOMAIN, "intel::addr": m.IP, "intel::subnet": m.CIDR,
+    "intel::url": m.URL, "intel::cert_hash": "cert", "intel::ja3": m.JA3,
+    "intel::ja3s": m.JA3S, "intel::ja4": m.JA4,
+}
+_ZEEK_UNSUPPORTED = frozenset({
+    "intel::software", "intel::email", "intel::user_name", "intel::file_hash",
+    "intel::file_name", "intel::pubkey_hash",
+})
+
+
+def _zeek_sep(value: str) -> str:
+    v = value.strip()
+    if v.startswith("\\x") and len(v) == 4:
+        try:
+            return chr(int(v[2:], 16))
+        except ValueError:
+            return "\t"
+    return v or "\t"
+
+
+def read_zeek(text: str, sink: Sink, exact: bool) -> None:
+    """Zeek intel framework files (``#fields indicator indicator_type meta.*``)."""
+    sep = "\t"
+    fields: list[str] | None = None
+    for n, line in _lines(text):
+        if len(line) > MAX_LINE:
+            sink.skip(n, f"line longer than {MAX_LINE} characters")
+            continue
+        if not line.strip():
+            continue
+        if line.startswith("#"):
+            if line.startswith("#separator"):
+                sep = _zeek_sep(line[len("#separator"):])
+            elif line.startswith("#fields"):
+                fields = [f.strip() for f in line.split(sep)[1:]]
+                if "indicator" not in fields or "indicator_type" not in fields:
+                    sink.skip(n, "#fields lacks indicator / indicator_type")
+                    fields = None
+                    return
+            continue
+        if fields is None:
+            sink.skip(n, "data before the #fields header")
+            continue
+        cols = line.split(sep)
+        if len(cols) != len(fields):
+            sink.skip(n, f"expected {len(fields)} fields, got {len(cols)}")
+            continue
+        row = dict(zip(fields, cols, strict=True))
+        t = row["indicator_type"].strip().lower()
+        if t in _ZEEK_UNSUPPORTED:
+            sink.unsupported(n, t)
+            continue
+        if t not in _ZEEK_TYPES:
+            sink.skip(n, f"unknown indicator type {row['indicator_type'][:40]!r}")
+            continue
+        if "\ufffd" in row["indicator"]:
+            sink.skip(n, "invalid UTF-8")
+            continue
+        meta: dict[str, Any] = {}
+        for k, v in row.items():
+            if k in ("indicator", "indicator_type") or v in ("-", "(empty)", ""):
+                continue
+            key = k.removeprefix("meta.")
+            key = {"desc": "description", "cif_tags": "tags",
+                   "cif_confidence": "confidence"}.get(key, key)
+            if key == "tags":
+                meta[key] = _tags(v)
+            elif key == "confidence":
+                meta[key] = _confidence(v)
+            else:
+                meta[key] = v
+        sink.add(row["indicator"], _ZEEK_TYPES[t], n, meta, exact)
+
+
+# ---------------------------------------------------------------------------------- json
+
+
+def _json_error_line(err: Exception) -> int:
+    found = re.search(r"line (\d+)", str(err))
+    return int(found.group(1)) if found else 1
+
+
+def _uuid_lines(text: str) -> dict[str, int]:
+    """Line of the first occurrence of every UUID-bearing string, to locate JSON objects."""
+    out: dict[str, int] = {}
+    line, pos = 1, 0
+    for found in _UUID.finditer(text):
+        line += text.count("\n", pos, found.start())
+        pos = found.start()
+        out.setdefault(found.group(0).lower(), line)
+    return out
+
+
+def _load_json(text: str, sink: Sink) -> Any:
+    try:
+        return orjson.loads(text)
+    except orjson.JSONDecodeError as e:
+        sink.skip(_json_error_line(e), f"invalid JSON: {str(e)[:120]}")
+        return None
+
+
+# ---------------------------------------------------------------------------------- stix
+
+_STIX_PATHS = {
+    ("domain-name", "value"): m.DOMAIN,
+    ("ipv4-addr", "value"): m.IP,
+    ("ipv6-addr", "value"): m.IP,
+    ("url", "value"): m.URL,
+    ("x509-certificate", "hashes.sha-256"): m.CERT_SHA256,
+    ("x509-certificate", "hashes.sha256"): m.CERT_SHA256,
+    ("x509-certificate", "hashes.sha-1"): m.CERT_SHA1,
+    ("x509-certificate", "hashes.sha1"): m.CERT_SHA1,
+    ("network-traffic", "dst_ref.value"): m.IP,
+    ("network-traffic", "src_ref.value"): m.IP,
+}
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _string_literal(text: str) -> str:
+    if len(text) < 2 or text[0] != "'" or text[-1] != "'":
+        raise _Unsupported(f"non-string literal {text[:40]}")
+    return re.sub(r"\\(.)", r"\1", text[1:-1])
+
+
+def stix_terms(pattern: str) -> list[tuple[str, str]]:
+    """``(kind, value)`` terms of a STIX pattern that is a pure disjunction of equalities.
+
+    Parsing is stix2-patterns'; this walks its tree. Any AND, FOLLOWEDBY, qualifier,
+    negation or non-equality makes the whole pattern unsupported (raises
+    :class:`_Unsupported`), since matching one term of a conjunction would be a false alert.
+    Terms on objects iocwatch cannot see are dropped from an OR: they cannot cause alerts.
+    """
+    from stix2patterns.v21.grammars.STIXPatternParser import STIXPatternParser as P
+    from stix2patterns.v21.pattern import Pattern
+
+    tree = Pattern(pattern)
+    out: list[tuple[str, str]] = []
+    skipped: list[str] = []
+
+    def path_kind(ctx: Any) -> tuple[str, str]:
+        obj, _, path = ctx.objectPath().getText().partition(":")
+        return obj, path.replace("'", "").lower()
+
+    def term(obj: str, path: str, literal: str, like: bool = False) -> None:
+        kind = _STIX_PATHS.get((obj, path))
+        if kind is None:
+            skipped.append(f"{obj}:{path}")
+            return
+        value = _string_literal(literal)
+        if like:
+            if kind != m.DOMAIN or not value.startswith("%.") or "%" in value[2:] \
+                    or "_" in value[2:]:
+                raise _Unsupported("LIKE other than '%.domain'")
+            value = "*." + value[2:]
+        out.append((kind, value))
+
+    def walk(ctx: Any, depth: int) -> None:
+        if depth > MAX_DEPTH:
+            raise _Unsupported("pattern nested too deeply")
+        if isinstance(ctx, P.ObservationExpressionsContext) and ctx.FOLLOWEDBY():
+            raise _Unsupported("FOLLOWEDBY")
+        if isinstance(ctx, (P.ObservationExpressionAndContext, P.ComparisonExpressionAndContext)) \
+                and ctx.AND():
+            raise _Unsupported("AND")
+        if isinstance(ctx, (P.ObservationExpressionRepeatedContext,
+                            P.ObservationExpressionWithinContext,
+                            P.ObservationExpressionStartStopContext)):
+            raise _Unsupported("qualifier (REPEATS / WITHIN / START STOP)")
+        if isinstance(ctx, P.PropTestEqualContext):
+            if ctx.NOT() or ctx.NEQ():
+                raise _Unsupported("negation")
+            obj, path = path_kind(ctx)
+            term(obj, path, ctx.primitiveLiteral().getText())
+            return
+        if isinstance(ctx, P.PropTestSetContext):
+            if ctx.NOT():
+                raise _Unsupported("negation")
+            obj, path = path_kind(ctx)
+            for lit in ctx.setLiteral().primitiveLiteral():
+                term(obj, path, lit.getText())
+            return
+        if isinstance(ctx, P.PropTestLikeContext):
+            if ctx.NOT():
+                raise _Unsupported("negation")
+            obj, path = path_kind(ctx)
+            term(obj, path, ctx.StringLiteral().getText(), like=True)
+            return
+        if isinstance(ctx, P.PropTestContext) and not isinstance(ctx, P.PropTestParenContext):
+            raise _Unsupported(f"operator in {ctx.getText()[:60]}")
+        for child in ctx.getChildren():
+            if hasattr(child, "getRuleIndex"):
+                walk(child, depth + 1)
+
+    class _Grab:
+        def visit(self, ctx: Any) -> Any:
+            walk(ctx, 0)
+
+    tree.visit(_Grab())
+    if not out:
+        raise _Unsupported("no comparison iocwatch can observe (" + ", ".join(skipped[:3]) + ")")
+    return out
+
+
+def read_stix(text: str, sink: Sink, exact: bool) -> None:
+    """STIX 2.1 bundles (or lists / single objects): ``indicator`` objects with STIX patterns."""
+    doc = _load_json(text, sink)
+    if doc is None:
+        return
+    objects = doc
+    if isinstance(doc, dict):
+        objects = doc.get("objects") if "objects" in doc else [doc]
+    if not isinstance(objects, list):
+        sink.skip(1, "STIX bundle without an objects list")
+        return
+    lines = _uuid_lines(text)
+    names = {o.get("id"): o.get("name") for o in objects
+             if isinstance(o, dict) and o.get("type") == "identity"}
+    for i, obj in enumerate(objects):
+        if not isinstance(obj, dict) or obj.get("type") != "indicator":
+            continue
+        oid = obj.get("id") if isinstance(obj.get("id"), str) else f"objects[{i}]"
+        n = lines.get(oid.removeprefix("indicator--").lower(), 1)
+        if obj.get("revoked") is True:
+            sink.skip(n, f"{oid}: revoked")
+            continue
+        ptype = obj.get("pattern_type", "stix")
+        pattern = obj.get("pattern")
+        if ptype != "stix":
+            sink.unsupported(n, f"{oid}: pattern_type {str(ptype)[:20]}", listed=True)
+            continue
+        if not isinstance(pattern, str) or not pattern.strip():
+            sink.skip(n, f"{oid}: no pattern")
+            continue
+        if len(pattern) > MAX_PATTERN:
+            sink.skip(n, f"{oid}: pattern longer than {MAX_PATTERN} characters")
+            continue
+        try:
+            terms = stix_terms(pattern)
+        except _Unsupported as e:
+            sink.unsupported(n, f"{oid}: unsupported pattern: {e}", listed=True)
+            continue
+        except RecursionError:
+            sink.skip(n, f"{oid}: bad STIX pattern: nested too deeply")
+            continue
+        except Exception as e:  # third-party parser: any failure means a bad pattern
+            sink.skip(n, f"{oid}: bad STIX pattern: {str(e)[:120]}")
+            continue
+        meta: dict[str, Any] = {"id": oid}
+        creator = names.get(obj.get("created_by_ref"))
+        if isinstance(creator, str):
+            meta["source"] = creator
+        desc = obj.get("description") or obj.get("name")
+        if isinstance(desc, str):
+            meta["description"] = desc
+        tags = [t for key in ("indicator_types", "labels") for t in obj.get(key) or []
+                if isinstance(t, str)]
+        if tags:
+            meta["tags"] = tags
+        if isinstance(obj.get("confidence"), int):
+            meta["confidence"] = obj["confidence"]
+        for key in ("name", "valid_from", "valid_until"):
+            if isinstance(obj.get(key), str):
+                meta[key] = obj[key]
+        for kind, value in terms:
+            sink.add(value, kind, n, meta, exact)
+
+
+# ---------------------------------------------------------------------------------- misp
+
+_MISP_TYPES = {
+    "domain": m.DOMAIN, "hostname": m.DOMAIN, "ip-src": m.IP, "ip-dst": m.IP, "url": m.URL,
+    "x509-fingerprint-sha1": m.CERT_SHA1, "x509-fingerprint-sha256": m.CERT_SHA256,
+    "ja3-fingerprint-md5": m.JA3,
+}
+_MISP_PAIRS = {"domain|ip": (m.DOMAIN, m.IP), "ip-src|port": (m.IP, None),
+               "ip-dst|port": (m.IP, None), "hostname|port": (m.DOMAIN, None)}
+
+
+def _misp_events(doc: Any) -> list[Any] | None:
+    if isinstance(doc, dict):
+        if "Event" in doc:
+            return [doc["Event"]]
+        if isinstance(doc.get("response"), list):
+            return [e.get("Event") if isinstance(e, dict) else e for e in doc["response"]]
+        return None
+    if isinstance(doc, list):
+        return [e.get("Event", e) if isinstance(e, dict) else e for e in doc]
+    return None
+
+
+def read_misp(text: str, sink: Sink, exact: bool, misp_all: bool) -> None:
+    """MISP event exports, and feed manifests (the events are read from sibling files).
+
+    Only attributes flagged ``to_ids`` load unless ``misp_all``; deleted ones never do.
+    """
+    doc = _load_json(text, sink)
+    if doc is None:
+        return
+    events = _misp_events(doc)
+    if events is None and json_kind(doc) == "misp":
+        _read_manifest(doc, text, sink, exact, misp_all)
+        return
+    if events is None:
+        sink.skip(1, "not a MISP event export or feed manifest")
+        return
+    _read_events(events, text, sink, exact, misp_all)
+
+
+def _read_manifest(doc: dict[str, Any], text: str, sink: Sink, exact: bool,
+                   misp_all: bool) -> None:
+    lines = _uuid_lines(text)
+    for k, uuid in enumerate(doc):
+        if k >= MAX_MISP_EVENTS:
+            sink.skip(1, f"more than {MAX_MISP_EVENTS} events in manifest")
+            return
+        n = lines.get(uuid.lower(), 1)
+        data = sink.read_sibling(uuid.lower() + ".json")
+        if data is None:
+            sink.skip(n, f"event file {uuid}.json listed in the manifest is missing")
+            continue
+        event_text = decode(data)
+        if event_text is None:
+            sink.skip(n, f"event file {uuid}.json is binary")
+            continue
+        try:
+            event_doc = orjson.loads(event_text)
+        except orjson.JSONDecodeError as e:
+            sink.skip(n, f"event file {uuid}.json: invalid JSON: {str(e)[:100]}")
+            continue
+        events = _misp_events(event_doc)
+        if events is None:
+            sink.skip(n, f"event file {uuid}.json is not a MISP event")
+            continue
+        # lines of attributes point into the manifest: the event file has no line of its own
+        _read_events(events, None, sink, exact, misp_all, at=n, where=f"{uuid}.json: ")
+
+
+def _read_events(events: list[Any], text: str | None, sink: Sink, exact: bool,
+                 misp_all: bool, at: int = 1, where: str = "") -> None:
+    lines = _uuid_lines(text) if text is not None else {}
+    for event in events:
+        if not isinstance(event, dict):
+            sink.skip(at, f"{where}event is not an object")
+            continue
+        org = event.get("Orgc") or event.get("Org") or {}
+        info = event.get("info") if isinstance(event.get("info"), str) else None
+        event_tags = [t["name"] for t in event.get("Tag") or []
+                      if isinstance(t, dict) and isinstance(t.get("name"), str)]
+        attrs: list[Any] = list(event.get("Attribute") or [])
+        for obj in event.get("Object") or []:
+            if isinstance(obj, dict):
+                attrs.extend(obj.get("Attribute") or [])
+        for attr in attrs:
+            if not isinstance(attr, dict):
+                continue
+            uuid = attr.get("uuid")
+            n = lines.get(uuid.lower(), at) if isinstance(uuid, str) else at
+            if _truthy(attr.get("deleted")):
+                continue
+            if not misp_all and not _truthy(attr.get("to_ids")):
+                continue
+            atype = str(attr.get("type", "")).lower()
+            value = attr.get("value")
+            if not isinstance(value, str):
+                sink.skip(n, f"{where}attribute without a text value")
+                continue
+            if atype in _MISP_TYPES:
+                parts = [(value, _MISP_TYPES[atype])]
+            elif atype in _MISP_PAIRS:
+                left, _, right = value.partition("|")
+                a, b = _MISP_PAIRS[atype]
+                parts = [(left, a)] + ([(right, b)] if b else [])
+            else:
+                sink.unsupported(n, atype or "(no type)")
+                continue
+            meta: dict[str, Any] = {}
+            if isinstance(org, dict) and isinstance(org.get("name"), str):
+                meta["source"] = org["name"]
+            comment = attr.get("comment")
+            desc = " - ".join(x for x in (info, comment) if isinstance(x, str) and x)
+            if desc:
+                meta["description"] = desc
+            tags = event_tags + [t["name"] for t in attr.get("Tag") or []
+                                 if isinstance(t, dict) and isinstance(t.get("name"), str)]
+            if tags:
+                meta["tags"] = tags
+            for key in ("category", "type", "uuid"):
+                if isinstance(attr.get(key), str):
+                    meta[key] = attr[key]
+            if isinstance(event.get("uuid"), str):
+                meta["event_uuid"] = event["uuid"]
+            for raw, kind in parts:
+                sink.add(raw, kind, n, meta, exact)
+
+
+READERS: dict[str, Callable[..., None]] = {
+    "plain": read_plain, "csv": read_csv, "zeek": read_zeek, "stix": read_stix,
+}
+
+
+def sibling(path: str, name: str) -> str | None:
+    """Path of a file named in a manifest, refusing anything but a plain UUID file name."""
+    if not re.fullmatch(r"[0-9a-f-]{36}\.json", name):
+        return None
+    return os.path.join(os.path.dirname(os.path.abspath(path)), name)

@@ -1,0 +1,557 @@
+"""The indicator set: loading (all or nothing), matching, and a cache for fast restarts.
+
+Design, chosen by measurement (``bench/bench_indicators.py``, figures in rules/README.md):
+domains live in one dict keyed by the normalised name; an observed name is matched by looking
+up each of its label suffixes (a name has few labels, and only suffix lengths that occur in
+the list are tried), so the cost per name does not grow with the list. A pyahocorasick
+automaton over the same names was slower to build, several times larger, and slower per
+name once the label-boundary checks are added, so it is not used. Addresses and CIDRs live
+in one dict per prefix length, keyed by the network integer.
+
+Indicators are stored in columns and only turned into :class:`Indicator` objects on a hit,
+which keeps a million-entry set small and makes the cache quick to load.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import marshal
+import os
+import socket
+import stat
+from array import array
+from collections import Counter
+from collections.abc import Collection, Iterable
+from typing import Any
+
+from . import formats
+from . import model as m
+from .model import FileSummary, Indicator, IndicatorFileError, LoadReport
+from .normalise import WILDCARD, classify, fingerprint, parse_ip, url_key_of, url_keys
+
+MAX_FILE = 1 << 30
+MAX_SKIPPED_LISTED = 1000
+CACHE_VERSION = 1
+
+_EXACT = 1
+_KIND_CODE = {k: i for i, k in enumerate(m.KINDS)}
+_URL_CODE = _KIND_CODE[m.URL]
+
+Ids = int | tuple[int, ...]
+
+
+def _push(d: dict[Any, Ids], key: Any, idx: int) -> None:
+    old = d.get(key)
+    if old is None:
+        d[key] = idx
+    elif type(old) is int:
+        d[key] = (old, idx)
+    else:
+        d[key] = (*old, idx)
+
+
+def _ids(v: Ids) -> tuple[int, ...]:
+    return (v,) if type(v) is int else v  # type: ignore[return-value]
+
+
+def read_file(path: str) -> bytes:
+    """Bytes of an indicator file, or :class:`IndicatorFileError` with a one-line reason."""
+    try:
+        st = os.stat(path)
+        if stat.S_ISDIR(st.st_mode):
+            raise IndicatorFileError(path, "is a directory")
+        if st.st_size > MAX_FILE:
+            raise IndicatorFileError(path, f"larger than {MAX_FILE >> 20} MiB")
+        with open(path, "rb") as f:
+            return f.read(MAX_FILE + 1)
+    except FileNotFoundError:
+        raise IndicatorFileError(path, "no such file")
+    except PermissionError:
+        raise IndicatorFileError(path, "permission denied")
+    except OSError as e:
+        raise IndicatorFileError(path, e.strerror or str(e))
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+class _Builder:
+    """Columns under construction; nothing here is visible until :meth:`build`."""
+
+    def __init__(self) -> None:
+        self.values: list[str] = []
+        self.kinds = bytearray()
+        self.flags = bytearray()
+        self.file_idx = array("I")
+        self.lines = array("I")
+        self.meta_idx = array("I")
+        self.metas: list[dict[str, Any]] = []
+        self.meta_ids: dict[int, int] = {}
+        self.files: list[str] = []
+
+
+class _FileSink:
+    """Collects one file's entries into the builder and its problems into the report."""
+
+    def __init__(self, b: _Builder, report: LoadReport, summary: FileSummary,
+                 extra_files: list[tuple[str, str]]) -> None:
+        self.b = b
+        self.report = report
+        self.summary = summary
+        self.fidx = len(b.files)
+        b.files.append(summary.path)
+        self.listed = 0
+        self.unsupported_types: Counter[str] = Counter()
+        self.extra_files = extra_files
+        self.last_meta: dict[str, Any] | None = None
+        self.last_mi = 0
+
+    def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
+            exact: bool) -> None:
+        got = classify(raw, hint)
+        if isinstance(got, str):
+            self.skip(line, got)
+            return
+        kind, value, flags = got
+        if exact and not flags & WILDCARD:
+            flags |= _EXACT
+        b = self.b
+        if meta is self.last_meta:
+            mi = self.last_mi
+        else:
+            mi = b.meta_ids.get(id(meta))
+            if mi is None:
+                mi = b.meta_ids[id(meta)] = len(b.metas)
+                b.metas.append(meta)
+            self.last_meta, self.last_mi = meta, mi
+        b.values.append(value)
+        b.kinds.append(_KIND_CODE[kind])
+        b.flags.append(flags)
+        b.file_idx.append(self.fidx)
+        b.lines.append(line if 0 <= line <= 0xFFFFFFFF else 0)
+        b.meta_idx.append(mi)
+        self.summary.loaded += 1
+
+    def skip(self, line: int, reason: str) -> None:
+        self.report.skipped_total += 1
+        if self.listed < MAX_SKIPPED_LISTED:
+            self.report.skipped.append((self.summary.path, line, reason))
+        self.listed += 1
+
+    def unsupported(self, line: int, what: str, listed: bool = False) -> None:
+        self.report.unsupported += 1
+        if listed:
+            self.skip(line, what)
+        else:
+            self.unsupported_types[what] += 1
+
+    def read_sibling(self, name: str) -> bytes | None:
+        path = formats.sibling(self.summary.path, name)
+        if path is None:
+            return None
+        try:
+            data = read_file(path)
+        except IndicatorFileError:
+            return None
+        self.extra_files.append((path, _digest(data)))
+        return data
+
+    def finish(self) -> None:
+        if self.listed > MAX_SKIPPED_LISTED:
+            self.report.warnings.append(
+                f"{self.summary.path}: {self.listed - MAX_SKIPPED_LISTED} more skipped entries"
+                " not listed")
+        if self.unsupported_types:
+            kinds = ", ".join(f"{k} ({n})" for k, n in self.unsupported_types.most_common(8))
+            self.report.warnings.append(
+                f"{self.summary.path}: {sum(self.unsupported_types.values())} entries of types"
+                f" iocwatch cannot observe: {kinds}")
+        if self.summary.loaded == 0 and self.summary.error is None:
+            self.report.warnings.append(f"{self.summary.path}: no indicators loaded")
+
+
+class IndicatorSet:
+    """An immutable set of indicators; build a new one to reload and swap the reference."""
+
+    __slots__ = ("_values", "_kinds", "_flags", "_file_idx", "_lines", "_meta_idx", "_metas",
+                 "_files", "_dom", "_children", "_min_labels", "_max_labels", "_v4", "_v6",
+                 "_v4_plens", "_v6_plens", "_urls", "_certs", "_fps", "_key", "_report",
+                 "_dead")
+
+    def __init__(self) -> None:
+        self._values: list[str] = []
+        self._kinds = bytearray()
+        self._flags = bytearray()
+        self._file_idx = array("I")
+        self._lines = array("I")
+        self._meta_idx = array("I")
+        self._metas: list[dict[str, Any]] = []
+        self._files: list[str] = []
+        self._dom: dict[str, Ids] = {}
+        self._children: dict[str, Ids] = {}
+        self._min_labels = 1
+        self._max_labels = 0
+        self._v4: dict[int, dict[int, Ids]] = {}
+        self._v6: dict[int, dict[int, Ids]] = {}
+        self._v4_plens: list[int] = []
+        self._v6_plens: list[int] = []
+        self._urls: dict[str, Ids] = {}
+        self._certs: dict[str, Ids] = {}
+        self._fps: dict[str, dict[str, Ids]] = {k: {} for k in m.FINGERPRINT_KINDS}
+        self._key: tuple[Any, ...] = ()
+        self._report = LoadReport()
+        self._dead: set[int] = set()
+
+    # ------------------------------------------------------------------------- loading
+
+    @classmethod
+    def load(cls, paths: list[str], fmt: str | None = None, *, misp_all: bool = False,
+             exact: Collection[str] = ()) -> tuple[IndicatorSet, LoadReport]:
+        """Read every file and return a complete new set, or raise; never a partial set.
+
+        A file that cannot be read raises :class:`IndicatorFileError` (the caller keeps its
+        old set). Bad content never raises: it is listed in the report and skipped.
+        ``fmt`` forces one of :data:`model.FORMATS` for all files; paths in ``exact``
+        (as given) load as exact-only.
+        """
+        if fmt is not None and fmt not in m.FORMATS:
+            raise ValueError(f"unknown indicator format {fmt!r}; one of {', '.join(m.FORMATS)}")
+        report = LoadReport()
+        b = _Builder()
+        sources: list[tuple[str, str]] = []
+        exact_set = {os.path.abspath(p) for p in exact}
+        datas = [(p, read_file(p)) for p in paths]  # all readable before anything is parsed
+        for path, data in datas:
+            digest = _digest(data)
+            sources.append((os.path.abspath(path), digest))
+            summary = FileSummary(path=path, fmt=fmt or "", digest=digest)
+            report.files.append(summary)
+            sink = _FileSink(b, report, summary, sources)
+            text = formats.decode(data)
+            if text is None:
+                summary.error = "binary file"
+                sink.skip(0, "binary file, not an indicator list")
+                sink.finish()
+                continue
+            summary.fmt = fmt or formats.detect(text)
+            file_exact = os.path.abspath(path) in exact_set
+            if summary.fmt == "misp":
+                formats.read_misp(text, sink, file_exact, misp_all)
+            else:
+                formats.READERS[summary.fmt](text, sink, file_exact)
+            sink.finish()
+        del datas
+        s = cls._from_builder(b, report)
+        report.loaded = len(s)
+        if report.loaded == 0:
+            report.warnings.append("the indicator set is empty: nothing will ever match")
+        s._key = cls._cache_key(paths, fmt, misp_all, exact) + (tuple(sources),)
+        s._report = report
+        return s, report
+
+    @staticmethod
+    def _cache_key(paths: Iterable[str], fmt: str | None, misp_all: bool,
+                   exact: Collection[str]) -> tuple[Any, ...]:
+        return (CACHE_VERSION, tuple(os.path.abspath(p) for p in paths), fmt or "",
+                bool(misp_all), tuple(sorted(os.path.abspath(p) for p in exact)))
+
+    @classmethod
+    def _from_builder(cls, b: _Builder, report: LoadReport) -> IndicatorSet:
+        s = cls()
+        s._values, s._kinds, s._flags = b.values, b.kinds, b.flags
+        s._file_idx, s._lines, s._meta_idx = b.file_idx, b.lines, b.meta_idx
+        s._metas, s._files = b.metas, b.files
+        dups = s._index()
+        if dups:  # rows repeating an earlier row of their file stay, unreachable
+            report.duplicates += len(dups)
+            for i in dups:
+                report.files[s._file_idx[i]].loaded -= 1
+            s._dead = dups
+        return s
+
+    def _index(self) -> set[int]:
+        """Build the lookup tables; returns rows repeating an earlier row of the same file."""
+        dom: dict[str, Ids] = {}
+        children: dict[str, Ids] = {}
+        v4: dict[int, dict[int, Ids]] = {}
+        v6: dict[int, dict[int, Ids]] = {}
+        urls: dict[str, Ids] = {}
+        certs: dict[str, Ids] = {}
+        fps: dict[str, dict[str, Ids]] = {k: {} for k in m.FINGERPRINT_KINDS}
+        kinds, codes, flags, fidx = m.KINDS, self._kinds, self._flags, self._file_idx
+        values = self._values
+        dups: set[int] = set()
+
+        def repeated(d: dict[Any, Ids], key: Any, idx: int) -> bool:
+            old = d.get(key)
+            if old is None:
+                return False
+            for j in _ids(old):
+                if (values[j] == values[idx] and codes[j] == codes[idx]
+                        and flags[j] == flags[idx] and fidx[j] == fidx[idx]):
+                    dups.add(idx)
+                    return True
+            return False
+
+        def ip_slot(text: str) -> tuple[dict[int, Ids], int]:
+            ver, net, plen = parse_ip(text)  # type: ignore[misc]  # values are canonical
+            bits = 32 if ver == 4 else 128
+            return (v4 if ver == 4 else v6).setdefault(plen, {}), net >> (bits - plen)
+
+        def add_name(name: str, idx: int, wildcard: bool) -> None:
+            _push(dom, name, idx)
+            if not wildcard and name.count(".") >= 2:
+                _push(children, name.partition(".")[2], idx)
+
+        for idx, value in enumerate(values):
+            kind = kinds[codes[idx]]
+            if kind == m.DOMAIN:
+                wild = bool(flags[idx] & WILDCARD)
+                name = value[2:] if wild else value
+                if not repeated(dom, name, idx):
+                    add_name(name, idx, wild)
+            elif kind in (m.IP, m.CIDR):
+                table, key = ip_slot(value)
+                if not repeated(table, key, idx):
+                    _push(table, key, idx)
+            elif kind == m.URL:
+                hk = url_key_of(value)
+                if hk is None or repeated(urls, hk[1], idx):
+                    continue
+                host, key = hk
+                _push(urls, key, idx)
+                if parse_ip(host) is not None:
+                    table, key = ip_slot(host)
+                    _push(table, key, idx)
+                else:
+                    add_name(host, idx, False)
+            elif kind in (m.CERT_SHA1, m.CERT_SHA256):
+                if not repeated(certs, value, idx):
+                    _push(certs, value, idx)
+            elif not repeated(fps[kind], value, idx):
+                _push(fps[kind], value, idx)
+        self._dom, self._children, self._urls, self._certs, self._fps = (
+            dom, children, urls, certs, fps)
+        self._v4, self._v6 = v4, v6
+        self._finish_index()
+        return dups
+
+    def _finish_index(self) -> None:
+        labels = {k.count(".") + 1 for k in self._dom}
+        self._min_labels = min(labels, default=1)
+        self._max_labels = max(labels, default=0)
+        self._v4_plens = sorted(self._v4, reverse=True)
+        self._v6_plens = sorted(self._v6, reverse=True)
+
+    # ------------------------------------------------------------------------ matching
+
+    def __len__(self) -> int:
+        return len(self._values) - len(self._dead)
+
+    @property
+    def report(self) -> LoadReport:
+        """The report of the load this set came from (also kept through the cache)."""
+        return self._report
+
+    def _indicator(self, i: int) -> Indicator:
+        return Indicator(value=self._values[i], kind=m.KINDS[self._kinds[i]],
+                         file=self._files[self._file_idx[i]], line=self._lines[i],
+                         meta=dict(self._metas[self._meta_idx[i]]),
+                         exact=bool(self._flags[i] & _EXACT))
+
+    def _domain_hits(self, v: Ids, at_self: bool, out: list[Indicator]) -> None:
+        flags, kinds = self._flags, self._kinds
+        for i in _ids(v):
+            f = flags[i]
+            # on a subdomain, exact indicators and URL hosts do not apply
+            if (not f & WILDCARD) if at_self else (not f & _EXACT and kinds[i] != _URL_CODE):
+                out.append(self._indicator(i))
+
+    def match_name(self, name: str) -> list[Indicator]:
+        """Indicators matching an already normalised name (see :func:`normalise_name`).
+
+        A domain indicator matches the name and its subdomains at label boundaries,
+        ``*.d`` subdomains only, exact ones the name only, URL indicators their host only.
+        A wildcard name (``*.evil.com`` from a certificate) also matches indicators one
+        label below it, which the certificate covers.
+        """
+        out: list[Indicator] = []
+        if self._dom:
+            # only suffixes with as many labels as some indicator has can hit
+            get = self._dom.get
+            minl, maxl = self._min_labels, self._max_labels
+            n = name.count(".") + 1
+            start = 0
+            if n > maxl:
+                for _ in range(n - maxl):
+                    start = name.index(".", start) + 1
+                n = maxl
+            v = get(name[start:] if start else name)
+            if v is not None:
+                self._domain_hits(v, start == 0, out)
+            while n > minl:
+                start = name.index(".", start) + 1
+                n -= 1
+                v = get(name[start:])
+                if v is not None:
+                    self._domain_hits(v, False, out)
+        if name.startswith("*.") and self._children:
+            v = self._children.get(name[2:])
+            if v is not None:
+                for j in _ids(v):
+                    out.append(self._indicator(j))
+        return out
+
+    def match_ip(self, ip: str) -> list[Indicator]:
+        """Indicators (addresses, CIDRs, URL hosts) covering an address in text form."""
+        try:
+            n = int.from_bytes(socket.inet_pton(socket.AF_INET, ip), "big")
+            return self._ip_hits(n, self._v4, self._v4_plens, 32)
+        except (OSError, ValueError, TypeError):
+            pass
+        try:
+            n = int.from_bytes(socket.inet_pton(socket.AF_INET6, ip.partition("%")[0]), "big")
+        except (OSError, ValueError, TypeError, AttributeError):
+            return []
+        if n >> 32 == 0xFFFF:
+            return self._ip_hits(n & 0xFFFFFFFF, self._v4, self._v4_plens, 32)
+        return self._ip_hits(n, self._v6, self._v6_plens, 128)
+
+    def _ip_hits(self, n: int, table: dict[int, dict[int, Ids]], plens: list[int],
+                 bits: int) -> list[Indicator]:
+        out: list[Indicator] = []
+        for plen in plens:
+            v = table[plen].get(n >> (bits - plen))
+            if v is not None:
+                out.extend(self._indicator(i) for i in _ids(v))
+        return out
+
+    def match_url(self, url: str) -> list[Indicator]:
+        """URL indicators equal to the URL (scheme and default port aside).
+
+        An indicator without a query also matches the same path with any query.
+        """
+        if not self._urls:
+            return []
+        out: list[Indicator] = []
+        seen: set[int] = set()
+        for key in url_keys(url):
+            v = self._urls.get(key)
+            if v is not None:
+                for i in _ids(v):
+                    if i not in seen:
+                        seen.add(i)
+                        out.append(self._indicator(i))
+        return out
+
+    def match_cert_hash(self, hexdigest: str) -> list[Indicator]:
+        """Certificate fingerprint indicators equal to a SHA-1 or SHA-256 hex digest."""
+        v = self._certs.get(hexdigest.strip().lower().replace(":", ""))
+        return [self._indicator(i) for i in _ids(v)] if v is not None else []
+
+    def match_fingerprint(self, kind: str, value: str) -> list[Indicator]:
+        """JA3 / JA3S / JA4 indicators equal to a fingerprint of that kind."""
+        table = self._fps.get(kind)
+        if not table:
+            return []
+        fp = fingerprint(kind, value)
+        v = table.get(fp) if fp is not None else None
+        return [self._indicator(i) for i in _ids(v)] if v is not None else []
+
+    def __iter__(self) -> Any:
+        return (self._indicator(i) for i in range(len(self._values)) if i not in self._dead)
+
+    # --------------------------------------------------------------------------- cache
+
+    def save_cache(self, path: str) -> None:
+        """Write the set, its sources' digests and its report; atomic (temp file + rename).
+
+        The cache uses :mod:`marshal` (no code runs on load); keep it in a directory only
+        the sensor can write all the same.
+        """
+        r = self._report
+        report = ([(f.path, f.fmt, f.loaded, f.digest, f.error) for f in r.files], r.loaded,
+                  r.skipped, r.unsupported, r.warnings, r.duplicates, r.skipped_total)
+        blob = (CACHE_VERSION, self._key, report, self._values, bytes(self._kinds),
+                bytes(self._flags), self._file_idx.tobytes(), self._lines.tobytes(),
+                self._meta_idx.tobytes(), self._metas, self._files, self._dom,
+                self._children, self._v4, self._v6, self._urls, self._certs, self._fps,
+                self._dead)
+        tmp = f"{path}.tmp{os.getpid()}"
+        try:
+            with open(tmp, "wb") as f:
+                f.write(marshal.dumps(blob))
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    @classmethod
+    def load_cache(cls, path: str, paths: list[str], fmt: str | None = None, *,
+                   misp_all: bool = False, exact: Collection[str] = ()
+                   ) -> tuple[IndicatorSet, LoadReport] | None:
+        """The cached set if it was built from these very files and options, else None.
+
+        Every source file (MISP event files too) is re-read and its digest compared, so
+        any edit invalidates the cache, whatever the timestamps say.
+        """
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            blob = marshal.loads(data)  # loads() on the bytes: load() on a file is 3x slower
+            del data
+        except (OSError, EOFError, ValueError, TypeError):
+            return None
+        if not isinstance(blob, tuple) or len(blob) != 19 or blob[0] != CACHE_VERSION:
+            return None
+        key = blob[1]
+        want = cls._cache_key(paths, fmt, misp_all, exact)
+        if not isinstance(key, tuple) or key[:-1] != want:
+            return None
+        for src, digest in key[-1]:
+            try:
+                if _digest(read_file(src)) != digest:
+                    return None
+            except IndicatorFileError:
+                return None
+        try:
+            s = cls()
+            (_, s._key, rep, s._values, kinds, flags, fidx, lines, midx, s._metas, s._files,
+             s._dom, s._children, s._v4, s._v6, s._urls, s._certs, s._fps, s._dead) = blob
+            s._kinds, s._flags = bytearray(kinds), bytearray(flags)
+            s._file_idx, s._lines, s._meta_idx = array("I"), array("I"), array("I")
+            s._file_idx.frombytes(fidx)
+            s._lines.frombytes(lines)
+            s._meta_idx.frombytes(midx)
+            n = len(s._values)
+            if not (len(s._kinds) == len(s._flags) == len(s._file_idx) == len(s._lines)
+                    == len(s._meta_idx) == n):
+                return None
+            files, loaded, skipped, unsupported, warnings, dups, total = rep
+            s._report = LoadReport(files=[FileSummary(*f) for f in files], loaded=loaded,
+                                   skipped=[tuple(x) for x in skipped],
+                                   unsupported=unsupported, warnings=list(warnings),
+                                   duplicates=dups, skipped_total=total)
+            s._finish_index()
+        except (TypeError, ValueError):
+            return None
+        return s, s._report
+
+    @classmethod
+    def load_cached(cls, paths: list[str], fmt: str | None = None, *, cache: str,
+                    misp_all: bool = False, exact: Collection[str] = ()
+                    ) -> tuple[IndicatorSet, LoadReport, bool]:
+        """The cached set when still valid, else a fresh load (then cached); bool: from cache.
+
+        A cache that cannot be written is not an error: the fresh set is returned anyway.
+        """
+        got = cls.load_cache(cache, paths, fmt, misp_all=misp_all, exact=exact)
+        if got is not None:
+            return got[0], got[1], True
+        s, report = cls.load(paths, fmt, misp_all=misp_all, exact=exact)
+        try:
+            s.save_cache(cache)
+        except OSError as e:
+            report.warnings.append(f"{cache}: cache not written: {e.strerror or e}")
+        return s, report, False
