@@ -18,6 +18,20 @@ class Channel(StrEnum):
     CERT_SAN = "cert_san"
     CERT_CN = "cert_cn"
     HTTP_HOST = "http_host"
+    # not names, but matched against indicators the same way
+    HTTP_URL = "http_url"
+    DNS_ANSWER = "dns_answer"
+    SRC_IP = "src_ip"
+    DST_IP = "dst_ip"
+    CERT_SHA1 = "cert_sha1"
+    CERT_SHA256 = "cert_sha256"
+
+
+#: Channels that carry server names (the rest carry addresses, URLs or hashes).
+NAME_CHANNELS = frozenset({
+    Channel.DNS_QUERY, Channel.TLS_SNI, Channel.QUIC_SNI, Channel.CERT_SAN, Channel.CERT_CN,
+    Channel.HTTP_HOST,
+})
 
 
 #: The mercury JSON path of each channel, as users write it in jq.
@@ -28,6 +42,12 @@ MERCURY_PATH: dict[Channel, str] = {
     Channel.CERT_SAN: "tls.server.certs[].cert.extensions[].subject_alt_name[].dns_name",
     Channel.CERT_CN: "tls.server.certs[].cert.subject[].common_name",
     Channel.HTTP_HOST: "http.request.host",
+    Channel.HTTP_URL: "http.request.uri",
+    Channel.DNS_ANSWER: "dns.response.answer[].ipv4_addr",
+    Channel.SRC_IP: "src_ip",
+    Channel.DST_IP: "dst_ip",
+    Channel.CERT_SHA1: "tls.server.certs[].cert",
+    Channel.CERT_SHA256: "tls.server.certs[].cert",
 }
 
 

@@ -306,6 +306,7 @@ class CaptureReader:
                 continue  # name resolution, statistics, custom blocks: nothing for us
             stats.records += 1
             stats.bytes += len(pkt)
+            stats.linktypes[linktype] += 1
             if not pkt:
                 stats.damaged["empty_record"] += 1
                 continue

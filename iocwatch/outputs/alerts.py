@@ -45,6 +45,12 @@ _ECS_FIELD = {
     Channel.CERT_SAN: "tls.server.x509.alternative_names",
     Channel.CERT_CN: "tls.server.x509.subject.common_name",
     Channel.HTTP_HOST: "url.domain",
+    Channel.HTTP_URL: "url.full",
+    Channel.DNS_ANSWER: "dns.answers.data",
+    Channel.SRC_IP: "source.ip",
+    Channel.DST_IP: "destination.ip",
+    Channel.CERT_SHA1: "tls.server.hash.sha1",
+    Channel.CERT_SHA256: "tls.server.hash.sha256",
 }
 
 #: Application protocol per channel, for ECS ``network.protocol``.
@@ -55,6 +61,10 @@ _NETWORK_PROTOCOL = {
     Channel.CERT_SAN: "tls",
     Channel.CERT_CN: "tls",
     Channel.HTTP_HOST: "http",
+    Channel.HTTP_URL: "http",
+    Channel.DNS_ANSWER: "dns",
+    Channel.CERT_SHA1: "tls",
+    Channel.CERT_SHA256: "tls",
 }
 
 #: Indicator kinds mapped to the STIX/ECS ``threat.indicator.type`` vocabulary.
@@ -179,7 +189,7 @@ def _indicator_dict(indicator: IndicatorLike) -> dict[str, Any]:
 def _path(channel: Channel, record: Mapping[str, Any]) -> str:
     """The mercury path, naming ``tls.undetermined`` when that is where the certificate sat."""
     path = MERCURY_PATH[channel]
-    if channel in (Channel.CERT_SAN, Channel.CERT_CN):
+    if channel in (Channel.CERT_SAN, Channel.CERT_CN, Channel.CERT_SHA1, Channel.CERT_SHA256):
         tls = record.get("tls")
         if isinstance(tls, Mapping) and "server" not in tls and "undetermined" in tls:
             path = path.replace("tls.server.", "tls.undetermined.", 1)
@@ -292,7 +302,9 @@ def to_ecs(alert: dict) -> dict:
     }
     if "count" in alert:
         event["end"] = alert.get("last_seen")
-    network: dict[str, Any] = {"protocol": _NETWORK_PROTOCOL[chan]}
+    network: dict[str, Any] = {}
+    if chan in _NETWORK_PROTOCOL:
+        network["protocol"] = _NETWORK_PROTOCOL[chan]
     proto = alert.get("protocol")
     if isinstance(proto, int):
         network["iana_number"] = str(proto)

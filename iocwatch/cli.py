@@ -1,0 +1,339 @@
+"""Command line: argument parsing and wiring only."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter
+
+import orjson
+
+from iocwatch import __version__
+from iocwatch.capture.files import CaptureError, CaptureReader
+from iocwatch.engine import Engine, EngineConfig
+from iocwatch.flows.session import Event
+from iocwatch.indicators import FORMATS, IndicatorFileError, IndicatorSet, LoadReport
+from iocwatch.matcher import Matcher
+from iocwatch.observations import Observation
+from iocwatch.outputs.alerts import AlertWriter, Deduper
+from iocwatch.outputs.records import RecordWriter
+
+
+class UsageError(Exception):
+    """A bad flag or value: one line on stderr, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="iocwatch",
+        description="Extract server names from DNS, TLS and HTTP traffic as mercury-style "
+        "JSON records. Subcommand: 'iocwatch coverage ...' (see 'iocwatch coverage -h').",
+    )
+    p.add_argument("-r", "--read", metavar="FILE", required=True,
+                   help="pcap or pcapng file (optionally gzip-compressed); '-' reads stdin")
+    p.add_argument("-f", "--output", dest="output", metavar="FILE",
+                   help="write records (JSON lines) here ('-': stdout); default stdout, "
+                   "or no records when --ioc is given")
+    p.add_argument("--no-records", action="store_true", help="do not write records")
+    ioc = p.add_argument_group("indicators and alerts")
+    ioc.add_argument("--ioc", action="append", default=[], metavar="FILE",
+                     help="indicator file (plain list, CSV, Zeek intel, STIX 2.1, MISP; format "
+                     "detected from content); may be repeated")
+    ioc.add_argument("--ioc-format", choices=FORMATS, help="force the format of every --ioc file")
+    ioc.add_argument("--misp-all", action="store_true",
+                     help="take MISP attributes not flagged to_ids too")
+    ioc.add_argument("--alerts", metavar="FILE",
+                     help="write alerts (JSON lines) here ('-': stdout); default stdout "
+                     "when records go elsewhere")
+    ioc.add_argument("--alert-format", choices=("json", "ecs"), default="json",
+                     help="alert schema: iocwatch JSON (default) or Elastic Common Schema")
+    ioc.add_argument("--dedupe", type=float, metavar="SECONDS", default=0.0,
+                     help="fold repeats of the same indicator, name and host pair within "
+                     "SECONDS into one alert with a count")
+    ioc.add_argument("--sensor-name", default=socket.gethostname(),
+                     help="sensor name put in every alert (default: the host name)")
+    ioc.add_argument("--fail-on-alert", action="store_true",
+                     help="exit with status 3 when anything matched")
+    ioc.add_argument("--reload-interval", type=float, metavar="SECONDS", default=0.0,
+                     help="re-read the indicator files this often (also on SIGHUP)")
+    p.add_argument("--stats", action="store_true",
+                   help="print detailed counters (per link type, dissector, malformed kind) "
+                   "to stderr at the end")
+    p.add_argument("--stats-json", metavar="FILE", help="write the counters as JSON to FILE")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no end-of-run summary line")
+    p.add_argument("-mbpc", "--max-buffered-pages-per-connection", dest="mbpc", type=int,
+                   default=16, metavar="N",
+                   help="out-of-order TCP segments held per connection (default 16)")
+    p.add_argument("-mbpt", "--max-buffered-pages-total", dest="mbpt", type=int, default=1024,
+                   metavar="N", help="out-of-order TCP segments held in total (default 1024)")
+    p.add_argument("--version", action="version", version=f"iocwatch {__version__}")
+    return p
+
+
+class Progress:
+    """A one-line progress bar on stderr, updated per megabyte read."""
+
+    def __init__(self, reader: CaptureReader, size: int):
+        self.reader = reader
+        self.size = max(size, 1)
+        self.last = 0.0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        frac = min(self.reader.position() / self.size, 1.0)
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}% ")
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        sys.stderr.write("\r" + " " * 44 + "\r")
+
+
+def load_indicators(args: argparse.Namespace) -> tuple[IndicatorSet, LoadReport]:
+    """Load every --ioc file; a file that cannot be read at all is a usage error."""
+    try:
+        return IndicatorSet.load(args.ioc, args.ioc_format, misp_all=args.misp_all)
+    except IndicatorFileError as exc:
+        raise UsageError(str(exc))
+
+
+def report_load(report: LoadReport, quiet: bool) -> None:
+    """Skipped lines and warnings on stderr (bounded), so a bad feed is noticed."""
+    for path, line, reason in report.skipped[:20]:
+        sys.stderr.write(f"iocwatch: {path}:{line}: skipped: {reason}\n")
+    if report.skipped_total > 20:
+        sys.stderr.write(f"iocwatch: ... {report.skipped_total - 20} more skipped entries\n")
+    for w in report.warnings:
+        sys.stderr.write(f"iocwatch: warning: {w}\n")
+    if not quiet:
+        sys.stderr.write(f"iocwatch: {report.loaded} indicators loaded from "
+                         f"{len(report.files)} file(s), {report.skipped_total} skipped, "
+                         f"{report.unsupported} unsupported\n")
+
+
+class AlertSink:
+    """Matcher output: optional dedupe, then the writer; counts what it wrote."""
+
+    def __init__(self, writer: AlertWriter, dedupe: float):
+        self.writer = writer
+        self.deduper = Deduper(dedupe) if dedupe > 0 else None
+        self.count = 0
+        self.now = 0.0
+
+    def __call__(self, alert: dict) -> None:
+        self.count += 1
+        if self.deduper is None:
+            self.writer.write(alert)
+        else:
+            start = alert.get("event_start")
+            self.now = start if isinstance(start, float) else self.now
+            self.writer.write_many(self.deduper.add(alert, self.now))
+
+    def close(self) -> None:
+        if self.deduper is not None:
+            self.writer.write_many(self.deduper.flush())
+        self.writer.close()
+
+
+def run_sensor(args: argparse.Namespace) -> int:
+    if args.mbpc < 1 or args.mbpt < 1:
+        raise UsageError("-mbpc and -mbpt must be at least 1")
+    if args.dedupe < 0 or args.reload_interval < 0:
+        raise UsageError("--dedupe and --reload-interval take a number of seconds >= 0")
+    records_to = args.output if args.output else (None if args.ioc else "-")
+    if args.no_records:
+        records_to = None
+    alerts_to = args.alerts if args.alerts else ("-" if records_to != "-" else None)
+    if args.ioc and alerts_to is None:
+        raise UsageError("records and alerts would both go to stdout: give -f FILE or --alerts FILE")
+    if args.ioc and records_to == "-" and alerts_to == "-":
+        raise UsageError("records and alerts cannot both go to stdout")
+    matcher = None
+    alert_sink = None
+    if args.ioc:
+        indicators, report = load_indicators(args)
+        report_load(report, args.quiet)
+    reader = CaptureReader(args.read)
+    writer = None
+    try:
+        if records_to is not None:
+            if records_to != "-":
+                open(records_to, "wb").close()
+            writer = RecordWriter(records_to)
+        if args.ioc:
+            alert_sink = AlertSink(AlertWriter(alerts_to, args.alert_format), args.dedupe)
+            matcher = Matcher(indicators, args.sensor_name, alert_sink)
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename}: {exc.strerror or exc}")
+
+    reload_state = {"requested": False, "next": time.monotonic() + args.reload_interval}
+
+    def on_hup(_signum: int, _frame: object) -> None:
+        reload_state["requested"] = True
+
+    if matcher is not None and hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, on_hup)
+
+    progress = None
+    if not args.quiet and args.read != "-" and sys.stderr.isatty():
+        try:
+            progress = Progress(reader, os.stat(args.read).st_size)
+        except OSError:
+            progress = None
+
+    def periodic() -> None:
+        """Runs once per megabyte read: progress, indicator reload."""
+        if progress is not None:
+            progress()
+        if matcher is None:
+            return
+        due = args.reload_interval and time.monotonic() >= reload_state["next"]
+        if reload_state["requested"] or due:
+            reload_state["requested"] = False
+            reload_state["next"] = time.monotonic() + args.reload_interval
+            try:
+                new, rep = IndicatorSet.load(args.ioc, args.ioc_format, misp_all=args.misp_all)
+            except (IndicatorFileError, OSError, ValueError) as exc:
+                sys.stderr.write(f"iocwatch: reload failed, keeping the old indicators: {exc}\n")
+                return
+            matcher.swap(new)
+            report_load(rep, args.quiet)
+
+    reader.on_read = periodic
+
+    def sink(record: dict, observations: list[Observation], event: Event) -> None:
+        if writer is not None:
+            writer.write(record)
+        if matcher is not None and observations:
+            matcher.observe(record, observations)
+
+    engine = Engine(sink, EngineConfig(args.mbpc, args.mbpt))
+    if matcher is not None:
+        engine.flow_hook = matcher.flow
+    started = time.process_time()
+    interrupted = False
+    try:
+        engine.run(reader)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        engine.finish()
+        if writer is not None:
+            writer.close()
+        if alert_sink is not None:
+            alert_sink.close()
+        reader.close()
+        if progress is not None:
+            progress.end()
+    cpu = time.process_time() - started
+    report = collect_stats(engine, reader, cpu)
+    if alert_sink is not None:
+        report["alerts"] = alert_sink.count
+    if args.stats_json:
+        try:
+            with open(args.stats_json, "wb") as fh:
+                fh.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+        except OSError as exc:
+            raise UsageError(f"cannot write {args.stats_json}: {exc.strerror or exc}")
+    if args.stats:
+        sys.stderr.write(render_stats(report))
+    elif not args.quiet:
+        sys.stderr.write(summary_line(report) + "\n")
+    if interrupted:
+        return 130
+    if args.fail_on_alert and alert_sink is not None and alert_sink.count:
+        return 3
+    return 0
+
+
+def collect_stats(engine: Engine, reader: CaptureReader, cpu: float) -> dict:
+    rs = reader.stats
+    counters: Counter[str] = engine.stats
+    linktypes = dict(rs.linktypes)
+    if rs.format == "pcap" and len(linktypes) == 1:  # one link type: no per-packet counting
+        linktypes = {next(iter(linktypes)): rs.records}
+    lim = engine.limits
+    return {
+        "file": reader.path,
+        "format": rs.format,
+        "packets": rs.records,
+        "bytes": rs.bytes,
+        "truncated": rs.truncated,
+        "file_damage": dict(rs.damaged),
+        "linktypes": {str(k): v for k, v in linktypes.items()},
+        "cpu_seconds": round(cpu, 3),
+        "records": counters.get("records", 0),
+        "names": {k[6:]: v for k, v in counters.items() if k.startswith("names_")},
+        "tcp_flows": counters.get("tcp_flows", 0),
+        "reassembly": {
+            "overflows_per_connection": lim.overflows_conn,
+            "overflows_total": lim.overflows_total,
+            "gaps_skipped": lim.gaps,
+        },
+        "certificates": {"parsed": engine.certs.misses, "cache_hits": engine.certs.hits},
+        "malformed": {k[10:]: v for k, v in counters.items() if k.startswith("malformed_")},
+        "counters": {k: v for k, v in sorted(counters.items())
+                     if not k.startswith(("malformed_", "names_"))},
+    }
+
+
+def summary_line(r: dict) -> str:
+    names = sum(r["names"].values())
+    bad = sum(r["malformed"].values()) + sum(r["file_damage"].values())
+    trunc = ", file truncated" if r["truncated"] else ""
+    alerts = f", {r['alerts']} alerts" if "alerts" in r else ""
+    return (f"iocwatch: {r['packets']} packets, {r['records']} records, {names} names{alerts}, "
+            f"{bad} malformed{trunc}, {r['cpu_seconds']:.2f} s CPU")
+
+
+def render_stats(r: dict) -> str:
+    lines = [summary_line(r)]
+    for section in ("linktypes", "names", "reassembly", "certificates", "file_damage",
+                    "malformed", "counters"):
+        items = r[section]
+        if not items:
+            continue
+        lines.append(f"  {section}:")
+        lines.extend(f"    {k:<40} {v}" for k, v in items.items())
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        if argv and argv[0] == "coverage":
+            from iocwatch import coverage
+
+            return coverage.main(argv[1:])
+        args = build_parser().parse_args(argv)
+        return run_sensor(args)
+    except UsageError as exc:
+        sys.stderr.write(f"iocwatch: error: {exc}\n")
+        return 2
+    except CaptureError as exc:
+        sys.stderr.write(f"iocwatch: error: {exc}\n")
+        return 2
+    except BrokenPipeError:
+        # the reader of our stdout went away (`| head`): not an error; silence the final flush
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""The packet loop: decode, flow table, reassembly, dissectors, then one call per record.
+
+The fast path is the first few lines of :meth:`Engine.run`: an Ethernet/IPv4/TCP packet of a
+direction that has already given up everything it can is recognised by one slice and one set
+lookup, with no object created. Everything else takes :meth:`Engine.packet`.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from struct import unpack_from
+
+from iocwatch.decode.packet import Decoder
+from iocwatch.flows.session import DNS_PORTS, Dissector, Event, State, TcpConnection
+from iocwatch.flows.tcp import ReassemblyLimits, TcpStream
+from iocwatch.observations import NAME_CHANNELS, Observation
+from iocwatch.protocols import dns as dnsp
+from iocwatch.protocols import quic as quicp
+from iocwatch.protocols import x509
+
+SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
+IDLE_TIMEOUT = 120  # seconds of capture time without a packet before a flow is dropped
+SWEEP_EVERY = 30
+DONE_MAX = 500_000  # remembered finished directions; cleared wholesale beyond (cheap to relearn)
+FLOWS_MAX = 200_000
+QUIC_CONNECTIONS_MAX = 10_000
+
+#: What the engine hands to the outputs: the mercury record and the names it carries.
+Sink = Callable[[dict, list[Observation], Event], None]
+
+
+@dataclass(slots=True)
+class PacketContext:
+    """Addresses and time of the packet that completed a record; built only for records."""
+
+    version: int
+    src: bytes
+    dst: bytes
+    proto: int
+    sport: int
+    dport: int
+    ttl: int
+    ipid: int
+    sec: int
+    usec: int
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    max_pages_per_conn: int = 16
+    max_pages_total: int = 1024
+    cert_cache_size: int = 4096
+
+
+class _Flow:
+    __slots__ = ("conn", "streams", "keys", "last")
+
+    def __init__(self, conn: TcpConnection, keys: tuple[bytes, bytes], limits: ReassemblyLimits,
+                 now: int):
+        self.conn = conn
+        self.streams = (TcpStream(limits), TcpStream(limits))
+        self.keys = keys
+        self.last = now
+
+
+@dataclass
+class Engine:
+    sink: Sink
+    config: EngineConfig = field(default_factory=EngineConfig)
+    stats: Counter[str] = field(default_factory=Counter)
+    #: called with a minimal record for the first packet of every TCP connection and UDP
+    #: 5-tuple (address indicators match flows that carry no name at all)
+    flow_hook: Callable[[dict], None] | None = None
+
+    def __post_init__(self) -> None:
+        self.decoder = Decoder(self.stats)
+        self.limits = ReassemblyLimits(self.config.max_pages_per_conn, self.config.max_pages_total)
+        self.certs = x509.CertificateCache(self.config.cert_cache_size)
+        self.dissector = Dissector(self.certs, self.stats)
+        self.flows: dict[bytes, tuple[_Flow, int]] = {}
+        self.done: set[bytes] = set()
+        self.quic_done: set[bytes] = set()
+        self.udp_seen: set[bytes] = set()
+        self.quic_crypto: dict[tuple[bytes, bytes], quicp.CryptoAssembler] = {}
+        self.next_sweep = 0
+        self.last_sec = 0
+
+    # -- the loop -------------------------------------------------------------------------
+    def run(self, packets: Iterable[tuple[int, int, int, bytes]]) -> None:
+        done = self.done
+        slow = self.packet
+        ipv4 = b"\x08\x00"
+        for sec, usec, linktype, data in packets:
+            try:
+                if (
+                    linktype == 1
+                    and data[23] == 6
+                    and data[14] == 0x45
+                    and data[12:14] == ipv4
+                    and data[26:38] in done
+                ):
+                    continue
+            except IndexError:
+                pass
+            slow(sec, usec, linktype, data)
+
+    def packet(self, sec: int, usec: int, linktype: int, data: bytes) -> None:
+        self.stats["packets_slow_path"] += 1
+        if sec >= self.next_sweep:
+            self._sweep(sec)
+        self.last_sec = sec
+        dec = self.decoder.decode(linktype, data, sec)
+        if dec is None:
+            return
+        version, src, dst, proto, l4, ttl, ipid = dec
+        if proto == 6:
+            self._tcp(sec, usec, version, src, dst, l4, ttl, ipid)
+        elif proto == 17:
+            self._udp(sec, usec, version, src, dst, l4, ttl, ipid)
+
+    # -- TCP ------------------------------------------------------------------------------
+    def _tcp(self, sec: int, usec: int, version: int, src: bytes, dst: bytes, l4: bytes,
+             ttl: int, ipid: int) -> None:
+        if len(l4) < 20:
+            self.stats["malformed_tcp_header"] += 1
+            return
+        key = src + dst + l4[:4]
+        if key in self.done:
+            return
+        sport, dport, seq, _ack, offflags = unpack_from("!HHIIH", l4, 0)
+        doff = (offflags >> 12) * 4
+        flags = offflags & 0x3F
+        if doff < 20 or doff > len(l4):
+            self.stats["malformed_tcp_header"] += 1
+            return
+        payload = l4[doff:]
+        entry = self.flows.get(key)
+        if entry is None:
+            if flags & RST or not (payload or flags & SYN):
+                return
+            if len(self.flows) >= 2 * FLOWS_MAX:
+                self._sweep(sec, force=True)
+            rkey = dst + src + l4[2:4] + l4[:2]
+            flow = _Flow(TcpConnection(sport, dport), (key, rkey), self.limits, sec)
+            self.flows[key] = (flow, 0)
+            self.flows[rkey] = (flow, 1)
+            self.stats["tcp_flows"] += 1
+            if self.flow_hook is not None:
+                self.flow_hook(flow_record(PacketContext(version, src, dst, 6, sport, dport, ttl,
+                                                         ipid, sec, usec)))
+            d = 0
+        else:
+            flow, d = entry
+        flow.last = sec
+        stream = flow.streams[d]
+        if flags & SYN:
+            stream.syn(seq)
+            if not flags & ACK:
+                flow.conn.client = d
+        direction = flow.conn.dirs[d]
+        if payload and direction.state != State.DONE:
+            chunks = stream.add(seq, payload)
+            if stream.gapped:
+                stream.gapped = False
+                self.dissector.tcp_gap(direction)
+            ctx = None
+            for chunk in chunks:
+                events = self.dissector.tcp_data(direction, chunk)
+                if events:
+                    if ctx is None:
+                        ctx = PacketContext(version, src, dst, 6, sport, dport, ttl, ipid, sec, usec)
+                    for ev in events:
+                        self._emit(ev, ctx)
+            if direction.state == State.DONE:
+                stream.release()
+                self.done.add(key)
+        if flags & RST or flow.conn.done:
+            self._close(flow)
+        elif flags & FIN:
+            self.stats["tcp_fin"] += 1
+
+    def _close(self, flow: _Flow) -> None:
+        for k in flow.keys:
+            self.flows.pop(k, None)
+            self.done.add(k)
+        for s in flow.streams:
+            s.release()
+        if len(self.done) > DONE_MAX:
+            self.done.clear()
+            self.stats["done_table_resets"] += 1
+
+    def _sweep(self, now: int, force: bool = False) -> None:
+        self.next_sweep = now + SWEEP_EVERY
+        limit = now - IDLE_TIMEOUT
+        stale = {id(f): f for f, _ in self.flows.values() if f.last < limit or force and
+                 f.last < now - 5}
+        for flow in stale.values():
+            for k in flow.keys:
+                self.flows.pop(k, None)
+            for s in flow.streams:
+                s.release()
+        self.stats["tcp_flows_expired"] += len(stale)
+        if len(self.done) > DONE_MAX:
+            self.done.clear()
+            self.stats["done_table_resets"] += 1
+
+    # -- UDP ------------------------------------------------------------------------------
+    def _udp(self, sec: int, usec: int, version: int, src: bytes, dst: bytes, l4: bytes,
+             ttl: int, ipid: int) -> None:
+        if len(l4) < 8:
+            self.stats["malformed_udp_header"] += 1
+            return
+        sport, dport = unpack_from("!HH", l4, 0)
+        payload = l4[8:]
+        if self.flow_hook is not None:
+            fkey = src + dst + l4[:4]
+            if fkey not in self.udp_seen:
+                if len(self.udp_seen) >= DONE_MAX:
+                    self.udp_seen.clear()
+                self.udp_seen.add(fkey)
+                self.flow_hook(flow_record(PacketContext(version, src, dst, 17, sport, dport, ttl,
+                                                         ipid, sec, usec)))
+        if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
+            self._quic(sec, usec, version, src, dst, l4, ttl, ipid, sport, dport, payload)
+            return
+        if dport in DNS_PORTS or sport in DNS_PORTS:
+            port = dport if dport in DNS_PORTS else sport
+        elif dnsp.looks_like_dns(payload):
+            port = 53
+        else:
+            return
+        ev = self.dissector.dns(payload, port)
+        if ev is not None:
+            self._emit(ev, PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec))
+
+    def _quic(self, sec: int, usec: int, version: int, src: bytes, dst: bytes, l4: bytes,
+              ttl: int, ipid: int, sport: int, dport: int, payload: bytes) -> None:
+        key = src + dst + l4[:4]
+        if key in self.quic_done:
+            return
+        packets, failures = quicp.parse_datagram(payload)
+        if failures:
+            self.stats["quic_undecryptable"] += failures
+        for pkt in packets:
+            ckey = (key, pkt.dcid)
+            asm = self.quic_crypto.get(ckey)
+            if asm is None:
+                if len(self.quic_crypto) >= QUIC_CONNECTIONS_MAX:
+                    del self.quic_crypto[next(iter(self.quic_crypto))]
+                    self.stats["quic_state_evicted"] += 1
+                asm = self.quic_crypto[ckey] = quicp.CryptoAssembler()
+            for off, data in pkt.crypto:
+                asm.add(off, data)
+            msg = asm.first_message()
+            if msg is None:
+                continue
+            del self.quic_crypto[ckey]
+            if msg[0] != 1:
+                self.stats["quic_crypto_not_client_hello"] += 1
+                continue
+            ev = self.dissector.quic_client_hello(msg[1], pkt)
+            if ev is not None:
+                self._emit(ev, PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec))
+                self.quic_done.add(key)
+                self.quic_done.add(dst + src + l4[2:4] + l4[:2])
+                if len(self.quic_done) > DONE_MAX:
+                    self.quic_done.clear()
+            break
+
+    # -- records --------------------------------------------------------------------------
+    def _emit(self, ev: Event, ctx: PacketContext) -> None:
+        self.stats["records"] += 1
+        for ob in ev.observations:
+            if ob.channel in NAME_CHANNELS:
+                self.stats["names_" + ob.channel.value] += 1
+        self.sink(make_record(ev, ctx), ev.observations, ev)
+
+    def finish(self) -> None:
+        """End of input: report whatever partial handshakes still hold (server hello alone)."""
+        for flow, d in list(self.flows.values()):
+            if d:
+                continue
+            for idx, direction in enumerate(flow.conn.dirs):
+                if direction.server_hello is not None:
+                    ev = self.dissector._server_event(direction, [])
+                    k = flow.keys[idx]
+                    ctx = _context_from_key(k, self.last_sec)
+                    if ctx is not None:
+                        self._emit(ev, ctx)
+        self.flows.clear()
+
+
+def _context_from_key(key: bytes, sec: int) -> PacketContext | None:
+    if len(key) == 12:
+        return PacketContext(4, key[0:4], key[4:8], 6, *unpack_from("!HH", key, 8), 0, 0, sec, 0)
+    if len(key) == 36:
+        return PacketContext(6, key[0:16], key[16:32], 6, *unpack_from("!HH", key, 32), 0, 0, sec, 0)
+    return None
+
+
+def ip_text(addr: bytes) -> str:
+    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+
+
+def flow_record(ctx: PacketContext) -> dict:
+    """The flow fields alone, for alerts on addresses."""
+    return {
+        "src_ip": ip_text(ctx.src), "dst_ip": ip_text(ctx.dst), "protocol": ctx.proto,
+        "src_port": ctx.sport, "dst_port": ctx.dport,
+        "event_start": float(f"{ctx.sec}.{ctx.usec:06d}"),
+    }
+
+
+def make_record(ev: Event, ctx: PacketContext) -> dict:
+    """A mercury-shaped record: fingerprints, body, ip metadata, then the flow fields."""
+    rec: dict = {}
+    if ev.fingerprints:
+        rec["fingerprints"] = ev.fingerprints
+    rec[ev.key] = ev.body
+    if ev.extra:
+        rec.update(ev.extra)
+    if ctx.version == 4:
+        rec["ip"] = {"version": 4, "ttl": ctx.ttl, "id": f"{ctx.ipid:04x}"}
+    else:
+        rec["ip"] = {"version": 6, "ttl": ctx.ttl, "id": "00000"}
+    rec["src_ip"] = ip_text(ctx.src)
+    rec["dst_ip"] = ip_text(ctx.dst)
+    rec["protocol"] = ctx.proto
+    rec["src_port"] = ctx.sport
+    rec["dst_port"] = ctx.dport
+    rec["event_start"] = float(f"{ctx.sec}.{ctx.usec:06d}")
+    return rec

@@ -1,0 +1,406 @@
+"""What each TCP direction is, and when it has nothing more to give.
+
+Content decides, not the port: a direction starts in DETECT and becomes TLS, HTTP, DNS (TCP
+framing) or STARTTLS from its first bytes, or DONE. A direction that is DONE costs one set
+lookup per packet from then on (the engine's fast path); that is where the speed comes from.
+The protocol parsers are sans-I/O; this module feeds them and turns their objects into
+:class:`Event` values, still without any I/O.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+from iocwatch.observations import Channel, Observation
+from iocwatch.protocols import dns as dnsp
+from iocwatch.protocols import http as httpp
+from iocwatch.protocols import quic as quicp
+from iocwatch.protocols import starttls as stls
+from iocwatch.protocols import tls as tlsp
+from iocwatch.protocols import x509
+from iocwatch.protocols.cursor import Malformed
+
+DETECT_MAX_BYTES = 8192  # late-TLS scan window (SOCKS, proxies, unknown upgrades)
+DETECT_MAX_CHUNKS = 16
+HTTP_MAX_HEADER = 16384
+HTTP_MAX_REQUESTS = 64
+DNS_TCP_MAX_BYTES = 1 << 18
+DNS_PORTS = frozenset({53, 5353, 5355})
+
+
+class State(IntEnum):
+    DETECT = 0
+    TLS = 1
+    HTTP = 2
+    HTTP_BODY = 3
+    DNS = 4
+    STARTTLS = 5
+    DONE = 9
+
+
+@dataclass(slots=True)
+class Event:
+    """One mercury record body and the names it carries."""
+
+    key: str  # top-level record key: "tls", "http", "dns", "mdns", "llmnr"
+    body: dict
+    observations: list[Observation]
+    fingerprints: dict | None = None
+    certificates: list[x509.Certificate] = field(default_factory=list)
+    extra: dict | None = None  # further top-level keys after ``key`` (QUIC: "quic")
+
+
+class Direction:
+    """Dissection state of one direction of a TCP connection."""
+
+    __slots__ = (
+        "state", "tls", "buf", "chunks", "seen", "skip", "requests", "server_hello", "conn",
+        "index",
+    )
+
+    def __init__(self, conn: TcpConnection, index: int):
+        self.state = State.DETECT
+        self.tls: tlsp.HandshakeReader | None = None
+        self.buf = bytearray()
+        self.chunks = 0
+        self.seen = 0
+        self.skip = 0
+        self.requests = 0
+        self.server_hello: tlsp.ServerHello | None = None
+        self.conn = conn
+        self.index = index
+
+
+class TcpConnection:
+    """Both directions of one TCP connection, plus what one side tells about the other."""
+
+    __slots__ = ("dirs", "ports", "connect_pending", "starttls", "client")
+
+    def __init__(self, sport: int, dport: int):
+        self.dirs = (Direction(self, 0), Direction(self, 1))
+        self.ports = (sport, dport)
+        self.connect_pending = False
+        self.starttls: stls.StartTlsDetector | None = None
+        self.client: int | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.dirs[0].state == State.DONE and self.dirs[1].state == State.DONE
+
+
+class Dissector:
+    """Turns reassembled TCP chunks and UDP payloads into events; keeps counters."""
+
+    def __init__(self, certs: x509.CertificateCache, stats: Counter[str]):
+        self.certs = certs
+        self.stats = stats
+        # (dns id, first question) of recent queries: a response whose query was seen adds no
+        # new observation, one whose query was missed (asymmetric capture) still does
+        self.recent_queries: dict[tuple[int, str], None] = {}
+        self.cert_json: dict[str, dict] = {}
+
+    # -- TCP -------------------------------------------------------------------------------
+    def tcp_gap(self, d: Direction) -> None:
+        """Bytes were lost: whatever we were parsing cannot continue in step."""
+        if d.state in (State.TLS, State.HTTP, State.HTTP_BODY, State.DNS):
+            self.stats["tcp_gap_abandoned"] += 1
+            d.state = State.DETECT
+            d.tls = None
+            d.buf.clear()
+
+    def tcp_data(self, d: Direction, data: bytes) -> list[Event]:
+        """Feed in-order bytes of one direction; returns what they completed."""
+        events: list[Event] = []
+        for _ in range(8):  # a state change may hand the rest of the chunk to a new parser
+            st = d.state
+            if st == State.DONE or not data:
+                break
+            if st == State.DETECT:
+                data = self._detect(d, data)
+            elif st == State.TLS:
+                data = self._tls(d, data, events)
+            elif st == State.HTTP:
+                data = self._http(d, data, events)
+            elif st == State.HTTP_BODY:
+                n = min(d.skip, len(data))
+                d.skip -= n
+                data = data[n:]
+                if d.skip == 0:
+                    d.state = State.HTTP
+            elif st == State.DNS:
+                data = self._dns_tcp(d, data, events)
+            elif st == State.STARTTLS:
+                data = self._starttls(d, data)
+        return events
+
+    def _detect(self, d: Direction, data: bytes) -> bytes:
+        conn = d.conn
+        d.chunks += 1
+        if d.buf:  # bytes a STARTTLS upgrade left over for this direction
+            data = bytes(d.buf) + data
+            d.buf.clear()
+        if tlsp.looks_like_tls_record(data):
+            self.stats["tcp_tls"] += 1
+            d.state = State.TLS
+            d.tls = tlsp.HandshakeReader()
+            return data
+        if httpp.looks_like_request(data):
+            self.stats["tcp_http"] += 1
+            d.state = State.HTTP
+            return data
+        if data.startswith(b"HTTP/1.") and conn.connect_pending:
+            end = data.find(b"\r\n\r\n")
+            if end < 0:
+                d.state = State.DONE
+                return b""
+            conn.connect_pending = False
+            return data[end + 4 :] or b""
+        if (conn.ports[0] in DNS_PORTS or conn.ports[1] in DNS_PORTS) and len(data) >= 14:
+            d.state = State.DNS
+            return data
+        if d.chunks == 1 and conn.starttls is None:
+            conn.starttls = stls.StartTlsDetector()
+        if conn.starttls is not None:
+            d.state = State.STARTTLS
+            return data
+        return self._detect_give_up(d, data)
+
+    def _detect_give_up(self, d: Direction, data: bytes) -> bytes:
+        d.seen += len(data)
+        if d.seen > DETECT_MAX_BYTES or d.chunks > DETECT_MAX_CHUNKS:
+            d.state = State.DONE
+            self.stats["tcp_other"] += 1
+        return b""
+
+    def _starttls(self, d: Direction, data: bytes) -> bytes:
+        conn = d.conn
+        det = conn.starttls
+        if det is None:
+            d.state = State.DETECT
+            return self._detect_give_up(d, data)
+        from_client = d.index == (conn.client if conn.client is not None else 0)
+        result = det.feed(from_client, data)
+        if result == stls.StartTlsState.UPGRADED:
+            self.stats[f"starttls_{det.protocol}"] += 1
+            for x in conn.dirs:
+                if x.state == State.STARTTLS:
+                    x.state = State.DETECT
+                    x.chunks = 0
+                    x.seen = 0
+            other = conn.dirs[1 - d.index]
+            other.buf += det.pending(not from_client)  # handed over with its next bytes
+            conn.starttls = None
+            return det.pending(from_client)
+        if result == stls.StartTlsState.NOT_STARTTLS:
+            conn.starttls = None
+            for x in conn.dirs:
+                if x.state == State.STARTTLS:
+                    x.state = State.DETECT
+            return self._detect_give_up(d, data)
+        return b""
+
+    def _tls(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
+        reader = d.tls
+        assert reader is not None
+        for msg in reader.feed(data):
+            msg_type = msg.msg_type
+            try:
+                if msg_type == 1:
+                    events.append(self._client_hello(msg.body, msg.sslv2))
+                    d.conn.client = d.index
+                    d.state = State.DONE
+                    break
+                if msg_type == 2:
+                    hello = tlsp.parse_server_hello(msg.body)
+                    if hello.is_hello_retry_request:
+                        continue
+                    d.server_hello = hello
+                    if hello.is_tls13:  # the certificate follows encrypted
+                        events.append(self._server_event(d, []))
+                        d.state = State.DONE
+                        break
+                elif msg_type == 11:
+                    ders = tlsp.parse_certificate_message(msg.body)
+                    events.append(self._server_event(d, ders))
+                    d.state = State.DONE
+                    break
+                elif msg_type == 14:  # ServerHelloDone without a certificate
+                    if d.server_hello is not None:
+                        events.append(self._server_event(d, []))
+                    d.state = State.DONE
+                    break
+            except Malformed:
+                self.stats[f"malformed_tls_handshake_{msg_type}"] += 1
+                d.state = State.DONE
+                break
+        if d.state != State.DONE and reader.done:
+            if reader.not_tls:
+                self.stats["malformed_tls_record"] += 1
+            if d.server_hello is not None:
+                events.append(self._server_event(d, []))
+            d.state = State.DONE
+        if d.state == State.DONE:
+            d.tls = None
+        return b""
+
+    def _client_hello(self, body: bytes, sslv2: bool = False) -> Event:
+        hello = tlsp.parse_sslv2_client_hello(body) if sslv2 else tlsp.parse_client_hello(body)
+        self.stats["tls_client_hello"] += 1
+        obs = [Observation(hello.server_name, Channel.TLS_SNI)] if hello.server_name else []
+        fp = hello.mercury_fingerprint()
+        return Event("tls", {"client": hello.to_mercury()}, obs,
+                     fingerprints={"tls": fp} if fp else None)
+
+    def quic_client_hello(self, body: bytes, packet: quicp.InitialPacket) -> Event | None:
+        try:
+            hello = tlsp.parse_client_hello(body)
+        except Malformed:
+            self.stats["malformed_quic_client_hello"] += 1
+            return None
+        self.stats["quic_client_hello"] += 1
+        obs = [Observation(hello.server_name, Channel.QUIC_SNI)] if hello.server_name else []
+        return Event("tls", {"client": hello.to_mercury()}, obs,
+                     extra={"quic": packet.to_mercury()})
+
+    def _server_event(self, d: Direction, ders: list[bytes]) -> Event:
+        certs: list[x509.Certificate] = []
+        cert_json: list[dict] = []
+        obs: list[Observation] = []
+        for der in ders:
+            try:
+                cert = self.certs.get_or_parse(der)
+            except Malformed:
+                self.stats["malformed_certificate"] += 1
+                continue
+            certs.append(cert)
+            js = self.cert_json.get(cert.sha1)
+            if js is None:  # building the JSON costs more than parsing: keep it with the cache
+                if len(self.cert_json) >= 4096:
+                    self.cert_json.clear()
+                js = self.cert_json[cert.sha1] = {"cert": cert.to_mercury()}
+            cert_json.append(js)
+            obs.extend(Observation(n, Channel.CERT_SAN) for n in cert.dns_names)
+            obs.extend(Observation(n, Channel.CERT_CN) for n in cert.subject_cns)
+            obs.append(Observation(cert.sha1, Channel.CERT_SHA1))
+            obs.append(Observation(cert.sha256, Channel.CERT_SHA256))
+        body: dict = {}
+        if cert_json:
+            body["certs"] = cert_json
+            self.stats["tls_certificates"] += len(cert_json)
+        fps = None
+        hello = d.server_hello
+        if hello is not None and hello.mercury_reportable:
+            body.update(hello.to_mercury())
+            fp = hello.mercury_fingerprint()
+            fps = {"tls_server": fp} if fp else None
+            self.stats["tls_server_hello"] += 1
+            d.server_hello = None
+        return Event("tls", {"server": body}, obs, fingerprints=fps, certificates=certs)
+
+    def _http(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
+        buf = d.buf
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        sep = 4
+        if end < 0:
+            end = buf.find(b"\n\n")
+            sep = 2
+        if end < 0:
+            if len(buf) > HTTP_MAX_HEADER:
+                self.stats["malformed_http_header_too_long"] += 1
+                d.state = State.DONE
+                buf.clear()
+            return b""
+        head = bytes(buf[: end + sep])
+        rest = bytes(buf[end + sep :])
+        buf.clear()
+        try:
+            req = httpp.parse_request(head)
+        except Malformed:
+            self.stats["malformed_http_request"] += 1
+            d.state = State.DONE
+            return b""
+        self.stats["http_request"] += 1
+        obs = []
+        if req.host:
+            obs.append(Observation(req.host, Channel.HTTP_HOST))
+            uri = req.uri
+            url = uri if "://" in uri[:16] else f"http://{httpp.authority_host(req.host)}{uri}"
+            obs.append(Observation(url, Channel.HTTP_URL))
+        events.append(Event("http", {"request": req.to_mercury()}, obs))
+        d.requests += 1
+        d.conn.client = d.index
+        if req.method == "CONNECT":
+            d.conn.connect_pending = True
+            d.state = State.DETECT
+            d.chunks = 0
+            return rest
+        if d.requests >= HTTP_MAX_REQUESTS:
+            d.state = State.DONE
+            return b""
+        length = 0
+        for name, value in req.headers:
+            lname = name.lower()
+            if lname == "transfer-encoding" and "chunked" in value.lower():
+                d.state = State.DONE  # we do not walk chunked uploads
+                return b""
+            if lname == "content-length":
+                try:
+                    length = int(value.strip())
+                except ValueError:
+                    length = -1
+        if length < 0:
+            d.state = State.DONE
+            return b""
+        if length:
+            d.skip = length
+            d.state = State.HTTP_BODY
+        elif rest and not httpp.looks_like_request(rest):
+            d.state = State.DONE
+            return b""
+        return rest
+
+    def _dns_tcp(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
+        buf = d.buf
+        buf += data
+        d.seen += len(data)
+        messages, used = dnsp.split_tcp_stream(bytes(buf))
+        del buf[:used]
+        port = min(d.conn.ports)
+        for msg in messages:
+            ev = self.dns(msg, port if port in DNS_PORTS else 53)
+            if ev is None:
+                d.state = State.DONE
+                break
+            events.append(ev)
+        if d.seen > DNS_TCP_MAX_BYTES or len(buf) > 65537:
+            d.state = State.DONE
+        if d.state == State.DONE:
+            buf.clear()
+        return b""
+
+    # -- UDP and shared ------------------------------------------------------------------------
+    def dns(self, payload: bytes, port: int) -> Event | None:
+        try:
+            msg = dnsp.parse_message(payload)
+        except Malformed:
+            self.stats["malformed_dns"] += 1
+            return None
+        key = "mdns" if port == 5353 else "llmnr" if port == 5355 else "dns"
+        self.stats[f"{key}_message"] += 1
+        names = msg.question_names()
+        obs: list[Observation] = []
+        if names:
+            marker = (msg.id, names[0])
+            recent = self.recent_queries
+            if not msg.is_response:
+                recent[marker] = None
+                if len(recent) > 4096:
+                    del recent[next(iter(recent))]
+            if not msg.is_response or marker not in recent:
+                obs = [Observation(n, Channel.DNS_QUERY) for n in names]
+        if msg.is_response:
+            obs.extend(Observation(ip, Channel.DNS_ANSWER) for _owner, ip in msg.addresses())
+        return Event(key, msg.to_mercury(), obs)

@@ -1,0 +1,265 @@
+"""HTTP/1.x request heads, parsed the way mercury parses them so the JSON view matches its output.
+
+Mercury's rules are looser than RFC 9112 and we keep them: the method is 3..16 upper-case
+letters, the request line ends at the first CR or LF, the "delimiter" after it is every
+non-letter byte that follows (so an LF-only or CRLF request sets the line ending the headers
+are expected to use), a header is ``name ':' [SP/HT]* value`` up to CR or LF, and the header
+list stops at the first line that does not parse.  Non-UTF-8 bytes are rendered like
+mercury's JSON writer (U+FFFD one byte at a time).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any
+
+from iocwatch.protocols.cursor import Malformed, Truncated
+from iocwatch.protocols.tls import mercury_text
+
+MAX_HEAD = 16384  # a header block this long without its blank line is parsed as it stands
+_MAX_INPUT = 65536  # never look further than this into a buffer
+_MAX_HEADERS = 512
+_BODY_MAX = 512  # bytes of body hex mercury reports
+
+_METHODS = (
+    b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"CONNECT ", b"OPTIONS ", b"TRACE ",
+    b"PATCH ", b"PROPFIND ", b"PROPPATCH ", b"MKCOL ", b"COPY ", b"MOVE ", b"LOCK ", b"UNLOCK ",
+    b"SEARCH ", b"REPORT ", b"MKCALENDAR ", b"SUBSCRIBE ", b"NOTIFY ", b"M-SEARCH ",
+)  # fmt: skip
+
+# Headers whose first value mercury reports as top-level keys, in its key order.
+_REPORTED = (
+    ("user-agent", "user_agent"), ("host", "host"), ("x-forwarded-for", "x_forwarded_for"),
+    ("via", "via"), ("upgrade", "upgrade"), ("referer", "referer"),
+)  # fmt: skip
+
+
+@dataclass(slots=True)
+class Header:
+    name: bytes
+    value: bytes
+    delimiter: bytes | None  # line ending after the value; None when the data ended first
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    method: str
+    uri: str
+    protocol: str
+    headers: list[tuple[str, str]]
+    host: str | None  # Host header, else the authority of a CONNECT or absolute-form URI
+    user_agent: str | None
+    host_header: str | None = None  # the Host header exactly as mercury reports it
+    raw_headers: list[Header] = field(default_factory=list)
+    body: bytes | None = None  # bytes after the header block (at most 512), None if none
+    _raw_line: tuple[bytes, bytes, bytes] = (b"", b"", b"")
+
+    @property
+    def uri_authority(self) -> str | None:
+        """The authority named by the request target (CONNECT or absolute form), if any."""
+        return _uri_authority(self.method, self.uri)
+
+    def header(self, name: str) -> str | None:
+        """First value of a header (case-insensitive name), as mercury selects it."""
+        key = name.lower().encode()
+        for h in self.raw_headers:
+            if h.name.lower() == key:
+                return mercury_text(h.value)
+        return None
+
+    def to_mercury(self) -> dict[str, Any]:
+        """The object under ``"http": {"request": ...}``, keys and values as mercury writes them."""
+        method, uri, protocol = self._raw_line
+        o: dict[str, Any] = {}
+        for key, raw in (("method", method), ("uri", uri), ("protocol", protocol)):
+            if raw:
+                o[key] = mercury_text(raw)
+        first: dict[bytes, bytes] = {}
+        for h in self.raw_headers:
+            first.setdefault(h.name.lower(), h.value)
+        for hname, key in _REPORTED:
+            v = first.get(hname.encode())
+            if v:
+                o[key] = mercury_text(v)
+        auth = first.get(b"authorization")
+        if auth is not None:
+            a = _authorization_json(auth)
+            if a is not None:
+                o["authorization"] = a
+        if self.raw_headers:
+            hdrs: list[dict[str, str]] = []
+            for h in self.raw_headers:
+                e = {"name": mercury_text(h.name), "value": mercury_text(h.value)}
+                if h.delimiter:
+                    e["delimiter"] = mercury_text(h.delimiter)
+                hdrs.append(e)
+            o["headers"] = hdrs
+        if self.body:
+            o["body"] = self.body.hex()
+        return o
+
+
+def _b64(data: bytes) -> bytes | None:
+    try:
+        out = base64.b64decode(data, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return out or None
+
+
+def _authorization_json(value: bytes) -> dict[str, Any] | None:
+    sp = value.find(b" ")
+    if not value or sp < 0:
+        return None  # mercury needs "<scheme> <param>"
+    scheme, param = value[:sp], value[sp + 1 :]
+    if scheme == b"Basic":
+        dec = _b64(param)
+        return {"basic": {"param": mercury_text(dec or b"")}}
+    if scheme == b"Bearer":
+        parts = param.split(b".", 2)
+        if len(parts) < 3:
+            return {"bearer": {}}
+        hdr, payload = _b64(parts[0]), _b64(parts[1])
+        if hdr and payload:
+            return {
+                "bearer": {
+                    "header": mercury_text(hdr),
+                    "payload": mercury_text(payload),
+                    "signature": mercury_text(parts[2]),
+                }
+            }
+        return {"bearer": {"token": mercury_text(param)}}
+    name = "digest" if scheme == b"Digest" else "unknown"
+    return {name: {"param": mercury_text(param)}}
+
+
+def authority_host(value: str) -> str:
+    """Host part of an authority (``[v6]:port``, ``host:port``, ``user@host``), for matching."""
+    v = value.strip()
+    at = v.rfind("@")
+    if at >= 0:
+        v = v[at + 1 :]
+    if v.startswith("["):
+        end = v.find("]")
+        return (v[1:end] if end > 0 else v[1:]).lower()
+    if v.count(":") == 1:
+        v = v.split(":", 1)[0]
+    return v.rstrip(".").lower()
+
+
+def _uri_authority(method: str, uri: str) -> str | None:
+    if method == "CONNECT":
+        return uri or None
+    low = uri[:8].lower()
+    for scheme in ("http://", "https://"):
+        if low.startswith(scheme):
+            rest = uri[len(scheme) :]
+            for stop in "/?#":
+                i = rest.find(stop)
+                if i >= 0:
+                    rest = rest[:i]
+            return rest or None
+    return None
+
+
+def looks_like_request(data: bytes) -> bool:
+    """Cheap first-segment test: a known method name followed by a space."""
+    return data[:12].startswith(_METHODS)
+
+
+def _is_upper(b: bytes) -> bool:
+    return all(0x41 <= c <= 0x5A for c in b)
+
+
+def _is_alpha(c: int) -> bool:
+    return 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A
+
+
+def _head_complete(data: bytes) -> bool:
+    return b"\r\n\r\n" in data or b"\n\n" in data or b"\n\r\n" in data
+
+
+def parse_request(data: bytes, final: bool = False) -> HttpRequest:
+    """Parse a request head; Truncated while it may still be incomplete (unless ``final``)."""
+    data = bytes(data[:_MAX_INPUT])
+    n = len(data)
+    sp = data.find(b" ", 0, 17)
+    if sp < 0:
+        if n < 17 and _is_upper(data) and not final:
+            raise Truncated("request line incomplete")
+        raise Malformed("no HTTP method")
+    method = data[:sp]
+    if not 3 <= len(method) <= 16 or not _is_upper(method):
+        raise Malformed("not an HTTP method")
+    pos = sp + 1
+    sp2 = data.find(b" ", pos)
+    uri_end = sp2 if sp2 >= 0 else n
+    uri = data[pos:uri_end]
+    pos = min(uri_end + 1, n)
+    end = pos
+    while end < n and data[end] not in (0x0D, 0x0A):
+        end += 1
+    protocol = data[pos:end]
+    if not protocol.startswith(b"HTTP/"):
+        if not final and end == n and b"HTTP/".startswith(protocol):
+            raise Truncated("request line incomplete")
+        raise Malformed("not an HTTP request line")
+    if not final and n < MAX_HEAD and not _head_complete(data[end:]):
+        raise Truncated("header block incomplete")
+    pos = end
+    while pos < n and not _is_alpha(data[pos]):
+        pos += 1
+    delim = data[end:pos]
+    headers, rest = _parse_headers(data, pos, delim)
+    body = data[rest : rest + _BODY_MAX] if rest is not None and rest < n else None
+    req = HttpRequest(
+        method=mercury_text(method), uri=mercury_text(uri), protocol=mercury_text(protocol),
+        headers=[(mercury_text(h.name), mercury_text(h.value)) for h in headers],
+        host=None, user_agent=None, raw_headers=headers, body=body, _raw_line=(method, uri, protocol),
+    )  # fmt: skip
+    req.host_header = req.header("host")
+    ua = req.header("user-agent")
+    req.user_agent = ua
+    req.host = req.host_header or _uri_authority(req.method, req.uri)
+    return req
+
+
+def _line_end(data: bytes, pos: int, delim: bytes) -> int:
+    """Length of the line ending at ``pos`` as mercury's delimiter class accepts it (0 if none)."""
+    if delim and data.startswith(delim, pos):
+        return len(delim)
+    if data.startswith(b"\r\n", pos):
+        return 2
+    if data.startswith(b"\n", pos):
+        return 1
+    return 0
+
+
+def _parse_headers(data: bytes, pos: int, delim: bytes) -> tuple[list[Header], int | None]:
+    """Headers from ``pos``; also where the rest begins (None when a header broke off)."""
+    n = len(data)
+    out: list[Header] = []
+    while len(out) < _MAX_HEADERS:
+        if out:
+            k = _line_end(data, pos, delim)
+            if k:
+                return out, pos + k
+        if pos >= n:
+            return out, None
+        colon = data.find(b":", pos)
+        if colon < 0:
+            return out, None
+        name = data[pos:colon]
+        pos = colon + 1
+        while pos < n and data[pos] in (0x20, 0x09):
+            pos += 1
+        end = pos
+        while end < n and data[end] not in (0x0D, 0x0A):
+            end += 1
+        value = data[pos:end]
+        k = _line_end(data, end, delim)
+        out.append(Header(name, value, data[end : end + k] if k else None))
+        pos = end + k
+    return out, pos
