@@ -182,7 +182,20 @@ class Engine:
         elif flags & FIN:
             self.stats["tcp_fin"] += 1
 
+    def _flush(self, flow: _Flow) -> None:
+        """Report what a closing or expiring flow still holds (partial HTTP headers...)."""
+        for idx, direction in enumerate(flow.conn.dirs):
+            if direction.state == State.DONE:
+                continue
+            events = self.dissector.flush(direction)
+            if events:
+                ctx = _context_from_key(flow.keys[idx], flow.last)
+                if ctx is not None:
+                    for ev in events:
+                        self._emit(ev, ctx)
+
     def _close(self, flow: _Flow) -> None:
+        self._flush(flow)
         for k in flow.keys:
             self.flows.pop(k, None)
             self.done.add(k)
@@ -198,6 +211,7 @@ class Engine:
         stale = {id(f): f for f, _ in self.flows.values() if f.last < limit or force and
                  f.last < now - 5}
         for flow in stale.values():
+            self._flush(flow)
             for k in flow.keys:
                 self.flows.pop(k, None)
             for s in flow.streams:
@@ -245,6 +259,8 @@ class Engine:
         if failures:
             self.stats["quic_undecryptable"] += failures
         for pkt in packets:
+            if not pkt.tag_ok:
+                self.stats["quic_bad_tag"] += 1
             ckey = (key, pkt.dcid)
             asm = self.quic_crypto.get(ckey)
             if asm is None:
@@ -279,17 +295,12 @@ class Engine:
         self.sink(make_record(ev, ctx), ev.observations, ev)
 
     def finish(self) -> None:
-        """End of input: report whatever partial handshakes still hold (server hello alone)."""
-        for flow, d in list(self.flows.values()):
-            if d:
-                continue
-            for idx, direction in enumerate(flow.conn.dirs):
-                if direction.server_hello is not None:
-                    ev = self.dissector._server_event(direction, [])
-                    k = flow.keys[idx]
-                    ctx = _context_from_key(k, self.last_sec)
-                    if ctx is not None:
-                        self._emit(ev, ctx)
+        """End of input: report whatever half-received directions still hold."""
+        seen: set[int] = set()
+        for flow, _d in list(self.flows.values()):
+            if id(flow) not in seen:
+                seen.add(id(flow))
+                self._flush(flow)
         self.flows.clear()
 
 

@@ -132,3 +132,23 @@ def test_nesting_is_bounded():
         pkt = pb.ipv4(pkt, proto=4)
     assert d.decode(101, pkt) is None
     assert d.stats["malformed_too_deep"] == 1
+
+
+def test_ppp_linktypes():
+    d = Decoder()
+    check4(d.decode(9, b"\xff\x03\x00\x21" + IP4))
+    check4(d.decode(50, b"\xff\x03\x00\x21" + IP4))
+    check4(d.decode(9, b"\x21" + IP4))  # protocol-field compression
+    assert d.decode(9, b"\xff\x03\x00\x57" + IP6)[0] == 6
+
+
+def test_cisco_sgt_tag():
+    d = Decoder()
+    check4(d.decode(1, pb.eth(b"\x01\x01\x00\x01\x00\x10\x08\x00" + IP4, 0x8909)))
+
+
+def test_tso_zero_total_length():
+    d = Decoder()
+    ip = bytearray(IP4)
+    ip[2:4] = b"\0\0"  # as captured before the NIC segments it
+    check4(d.decode(101, bytes(ip)))

@@ -114,9 +114,13 @@ def test_coalesced_packets():
 
 def test_bad_tag_and_truncation_are_malformed_only():
     pkt = bytearray(protect(quic.VERSION_V1, CLIENT_HELLO_FRAME + b"\x00" * 900))
-    pkt[-1] ^= 1
+    pkt[-1] ^= 1  # the tag: the keys are public, so the payload is still read, flagged
     packets, failures = quic.parse_datagram(bytes(pkt))
-    assert packets == [] and failures == 1
+    assert failures == 0 and not packets[0].tag_ok and packets[0].crypto
+    assert packets[0].crypto[0][1][:4] == b"\x01\x00\x00\xed"
+    pkt[22] ^= 1  # the first ciphertext byte: the frames are garbage, no ClientHello
+    packets, _ = quic.parse_datagram(bytes(pkt))
+    assert not packets or not any(d.startswith(b"\x01\x00\x00\xed") for _, d in packets[0].crypto)
     good = protect(quic.VERSION_V1, CLIENT_HELLO_FRAME + b"\x00" * 100)
     for cut in range(len(good)):
         quic.parse_datagram(good[:cut])

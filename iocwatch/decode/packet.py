@@ -15,6 +15,8 @@ from struct import unpack_from
 # Link types (LINKTYPE_* / DLT_* numbers as they appear in files).
 LT_NULL = 0
 LT_ETHERNET = 1
+LT_PPP = 9
+LT_PPP_HDLC = 50
 LT_RAW_DLT12 = 12
 LT_RAW_DLT14 = 14
 LT_RAW = 101
@@ -34,6 +36,7 @@ ETH_TEB = 0x6558  # transparent Ethernet bridging (GRE, Geneve)
 ETH_ERSPAN2 = 0x88BE
 ETH_ERSPAN3 = 0x22EB
 ETH_PPP = 0x880B
+ETH_CISCO_SGT = 0x8909  # Cisco MetaData: 6 bytes (version, length, SGT option), then a type
 
 IPPROTO_IPIP = 4
 IPPROTO_TCP = 6
@@ -112,6 +115,11 @@ class Decoder:
                 return self._ethertype(unpack_from("!H", data, 0)[0], data, 20, 0)
             if linktype in RAW_LINKTYPES:
                 return self._ip_by_version(data, 0, 0)
+            if linktype in (LT_PPP, LT_PPP_HDLC):
+                off = 2 if data[:2] == b"\xff\x03" else 0
+                if data[off] & 1:  # protocol field compressed to one byte
+                    return self._ppp(data[off], data, off + 1, 0)
+                return self._ppp(unpack_from("!H", data, off)[0], data, off + 2, 0)
             if linktype in (LT_NULL, LT_LOOP):
                 if len(data) < 4:
                     return self._bad("null_truncated")
@@ -161,6 +169,11 @@ class Decoder:
             return self._ppp(unpack_from("!H", data, off + 6)[0], data, off + 8, depth + 1)
         if etype == ETH_TEB:
             return self._ethernet(data, off, depth + 1)
+        if etype == ETH_CISCO_SGT:
+            if len(data) < off + 8:
+                return self._bad("sgt_truncated")
+            self.stats["encap_cisco_sgt"] += 1
+            return self._ethertype(unpack_from("!H", data, off + 6)[0], data, off + 8, depth + 1)
         if etype < 0x0600:
             self.stats["ethernet_8023"] += 1
             return None
@@ -209,6 +222,9 @@ class Decoder:
         if vihl >> 4 != 4 or ihl < 20:
             return self._bad("ipv4_header")
         total, ipid, frag = unpack_from("!HHH", data, off + 2)
+        if total == 0:  # TCP segmentation offload: the NIC fills the length in later
+            self.stats["ipv4_length_zero_tso"] += 1
+            total = len(data) - off
         end = off + total
         if total < ihl:
             return self._bad("ipv4_length")

@@ -210,8 +210,7 @@ class Dissector:
                 if msg_type == 1:
                     events.append(self._client_hello(msg.body, msg.sslv2))
                     d.conn.client = d.index
-                    d.state = State.DONE
-                    break
+                    continue  # a client certificate may follow (mutual TLS up to 1.2)
                 if msg_type == 2:
                     hello = tlsp.parse_server_hello(msg.body)
                     if hello.is_hello_retry_request:
@@ -223,7 +222,8 @@ class Dissector:
                         break
                 elif msg_type == 11:
                     ders = tlsp.parse_certificate_message(msg.body)
-                    events.append(self._server_event(d, ders))
+                    side = "client" if d.conn.client == d.index else "server"
+                    events.append(self._server_event(d, ders, side))
                     d.state = State.DONE
                     break
                 elif msg_type == 14:  # ServerHelloDone without a certificate
@@ -264,7 +264,7 @@ class Dissector:
         return Event("tls", {"client": hello.to_mercury()}, obs,
                      extra={"quic": packet.to_mercury()})
 
-    def _server_event(self, d: Direction, ders: list[bytes]) -> Event:
+    def _server_event(self, d: Direction, ders: list[bytes], side: str = "server") -> Event:
         certs: list[x509.Certificate] = []
         cert_json: list[dict] = []
         obs: list[Observation] = []
@@ -297,7 +297,7 @@ class Dissector:
             fps = {"tls_server": fp} if fp else None
             self.stats["tls_server_hello"] += 1
             d.server_hello = None
-        return Event("tls", {"server": body}, obs, fingerprints=fps, certificates=certs)
+        return Event("tls", {side: body}, obs, fingerprints=fps, certificates=certs)
 
     def _http(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
@@ -323,15 +323,7 @@ class Dissector:
             d.state = State.DONE
             return b""
         self.stats["http_request"] += 1
-        obs = []
-        if req.host:
-            obs.append(Observation(req.host, Channel.HTTP_HOST))
-            uri = req.uri
-            url = uri if "://" in uri[:16] else f"http://{httpp.authority_host(req.host)}{uri}"
-            obs.append(Observation(url, Channel.HTTP_URL))
-        events.append(Event("http", {"request": req.to_mercury()}, obs))
-        d.requests += 1
-        d.conn.client = d.index
+        events.append(self._http_event(d, req))
         if req.method == "CONNECT":
             d.conn.connect_pending = True
             d.state = State.DETECT
@@ -362,6 +354,17 @@ class Dissector:
             return b""
         return rest
 
+    def _http_event(self, d: Direction, req: httpp.HttpRequest) -> Event:
+        obs = []
+        if req.host:
+            obs.append(Observation(req.host, Channel.HTTP_HOST))
+            uri = req.uri
+            url = uri if "://" in uri[:16] else f"http://{httpp.authority_host(req.host)}{uri}"
+            obs.append(Observation(url, Channel.HTTP_URL))
+        d.requests += 1
+        d.conn.client = d.index
+        return Event("http", {"request": req.to_mercury()}, obs)
+
     def _dns_tcp(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
         buf += data
@@ -380,6 +383,23 @@ class Dissector:
         if d.state == State.DONE:
             buf.clear()
         return b""
+
+    def flush(self, d: Direction) -> list[Event]:
+        """The flow ended: report what a half-received direction still holds."""
+        events: list[Event] = []
+        if d.state == State.HTTP and d.buf:
+            try:
+                req = httpp.parse_request(bytes(d.buf), final=True)
+            except Malformed:
+                self.stats["malformed_http_request"] += 1
+            else:
+                self.stats["http_request_partial"] += 1
+                events.append(self._http_event(d, req))
+        elif d.server_hello is not None:
+            events.append(self._server_event(d, []))
+        d.buf.clear()
+        d.state = State.DONE
+        return events
 
     # -- UDP and shared ------------------------------------------------------------------------
     def dns(self, payload: bytes, port: int) -> Event | None:

@@ -27,6 +27,8 @@ SALT_D23 = bytes.fromhex("c3eef712c72ebb5a11a7d2432bb46365bef9f502")
 
 VERSION_V1 = 0x00000001
 VERSION_V2 = 0x6B3343CF
+VERSION_MVFST_D23 = 0xFACEB002
+VERSION_MVFST_EXP = 0xFACEB00E
 
 MAX_CRYPTO = 1 << 16  # a ClientHello larger than this is not one we wait for
 MAX_FRAGMENTS = 64
@@ -46,6 +48,10 @@ def version_params(version: int) -> VersionParams | None:
         return VersionParams(SALT_V1, "quic", 0, "d33_v1")
     if version == VERSION_V2:
         return VersionParams(SALT_V2, "quicv2", 1, "v2")
+    if version == VERSION_MVFST_D23:  # Facebook mvfst, draft-23 era keys
+        return VersionParams(SALT_D23, "quic", 0, "d23_d28")
+    if version == VERSION_MVFST_EXP:
+        return VersionParams(SALT_V1, "quic", 0, "d33_v1")
     if version >> 8 == 0xFF0000:
         draft = version & 0xFF
         if 33 <= draft <= 34:
@@ -92,6 +98,7 @@ class InitialPacket:
     crypto: list[tuple[int, bytes]] = field(default_factory=list)  # (offset, data)
     connection_close: dict | None = None
     salt_name: str = ""
+    tag_ok: bool = True  # False: decrypted although the authentication tag did not verify
 
     def to_mercury(self) -> dict:
         """The ``quic`` object of mercury's QUIC records (without its ``plaintext`` dump)."""
@@ -174,11 +181,21 @@ def _parse_long_packet(data: bytes, start: int, server: bool) -> tuple[InitialPa
     header = bytes([first_plain]) + data[start + 1 : pn_offset] + pn_bytes
     nonce = (int.from_bytes(iv, "big") ^ pn).to_bytes(12, "big")
     end = pn_offset + length
+    sealed = data[pn_offset + pn_len : end]
+    tag_ok = True
     try:
-        plain = AESGCM(key).decrypt(nonce, data[pn_offset + pn_len : end], header)
+        plain = AESGCM(key).decrypt(nonce, sealed, header)
     except InvalidTag:
-        raise Malformed("authentication failed") from None
-    pkt = InitialPacket(version, first_plain, dcid, scid, token, pn, salt_name=params.salt_name)
+        # The keys are public, so the tag proves nothing about the sender; captures with a
+        # damaged tag (or a sloppy client) still carry a readable ClientHello. Decrypt with
+        # GCM's counter mode alone and let the frame parser judge the result.
+        tag_ok = False
+        if len(sealed) <= 16:
+            raise Malformed("too short for a tag") from None
+        ctr = Cipher(algorithms.AES(key), modes.CTR(nonce + b"\x00\x00\x00\x02")).decryptor()
+        plain = ctr.update(sealed[:-16]) + ctr.finalize()
+    pkt = InitialPacket(version, first_plain, dcid, scid, token, pn, salt_name=params.salt_name,
+                        tag_ok=tag_ok)
     _frames(plain, pkt)
     return pkt, end
 
