@@ -93,16 +93,16 @@ class Engine:
         done = self.done
         slow = self.packet
         ipv4 = b"\x08\x00"
+        ipv6 = b"\x86\xdd"
         for sec, usec, linktype, data in packets:
             try:
-                if (
-                    linktype == 1
-                    and data[23] == 6
-                    and data[14] == 0x45
-                    and data[12:14] == ipv4
-                    and data[26:38] in done
-                ):
-                    continue
+                if linktype == 1:
+                    etype = data[12:14]
+                    if etype == ipv4:
+                        if data[23] == 6 and data[14] == 0x45 and data[26:38] in done:
+                            continue
+                    elif etype == ipv6 and data[20] == 6 and data[22:58] in done:
+                        continue
             except IndexError:
                 pass
             slow(sec, usec, linktype, data)

@@ -155,33 +155,50 @@ class CaptureReader:
         buf.pos = 24
         hdr = endian + "IIII"
         last_sec = None
-        while True:
-            if not buf.ensure(16):
-                if len(buf.data) > buf.pos:
-                    stats.truncated = True
-                break
-            data = buf.data
-            pos = buf.pos
-            sec, frac, caplen, origlen = unpack_from(hdr, data, pos)
-            if caplen > MAX_RECORD or frac >= 1_000_000 * scale:
-                stats.damaged["pcap_record_header"] += 1
-                if not self._resync_pcap(buf, hdr, scale, last_sec):
-                    stats.truncated = True
-                    break
-                continue
-            if not buf.ensure(16 + caplen):
-                stats.truncated = True
-                break
-            pos = buf.pos
-            pkt = buf.data[pos + 16 : pos + 16 + caplen]
-            buf.pos = pos + 16 + caplen
-            stats.records += 1
-            stats.bytes += caplen
-            last_sec = sec
-            if caplen == 0:
-                stats.damaged["empty_record"] += 1
-                continue
-            yield sec, frac // scale, linktype, pkt
+        limit = 1_000_000 * scale
+        records = nbytes = 0
+        data = buf.data
+        pos = buf.pos
+        end = len(data)
+        try:
+            while True:
+                if pos + 16 > end:
+                    buf.pos = pos
+                    if not buf.ensure(16):
+                        if len(buf.data) > buf.pos:
+                            stats.truncated = True
+                        break
+                    data, pos, end = buf.data, buf.pos, len(buf.data)
+                sec, frac, caplen, _orig = unpack_from(hdr, data, pos)
+                if caplen > MAX_RECORD or frac >= limit:
+                    stats.damaged["pcap_record_header"] += 1
+                    buf.pos = pos
+                    if not self._resync_pcap(buf, hdr, scale, last_sec):
+                        stats.truncated = True
+                        break
+                    data, pos, end = buf.data, buf.pos, len(buf.data)
+                    continue
+                nxt = pos + 16 + caplen
+                if nxt > end:
+                    buf.pos = pos
+                    if not buf.ensure(16 + caplen):
+                        stats.truncated = True
+                        break
+                    data, pos = buf.data, buf.pos
+                    end = len(data)
+                    nxt = pos + 16 + caplen
+                pkt = data[pos + 16 : nxt]
+                pos = nxt
+                records += 1
+                nbytes += caplen
+                last_sec = sec
+                if caplen == 0:
+                    stats.damaged["empty_record"] += 1
+                    continue
+                yield sec, (frac if scale == 1 else frac // scale), linktype, pkt
+        finally:
+            stats.records += records
+            stats.bytes += nbytes
         if buf.error:
             stats.damaged["read_error"] += 1
 
