@@ -72,7 +72,7 @@ class Site:
                    for n in self.server_names)
 
 
-# Default server first. thedoccloud.com's certificate also names databasegalaxy.com, a
+# Default server first. thedoccloud.com's certificate also names databasegalore.com, a
 # SUNBURST domain that no client ever resolves or sends: it exists on the wire only in that SAN.
 SITES = (
     Site("example", ("example.org", "www.example.org"), ("example.org", "www.example.org")),
@@ -82,7 +82,7 @@ SITES = (
          ("freescanonline.com", "www.freescanonline.com")),
     Site("websitetheme", ("websitetheme.com",), ("websitetheme.com",)),
     Site("highdatabase", ("highdatabase.com",), ("highdatabase.com",)),
-    Site("thedoccloud", ("thedoccloud.com",), ("thedoccloud.com", "databasegalaxy.com")),
+    Site("thedoccloud", ("thedoccloud.com",), ("thedoccloud.com", "databasegalore.com")),
     Site("panhardware", ("panhardware.com",), ("panhardware.com",)),
     Site("zupertech", ("zupertech.com",), ("zupertech.com",)),
     Site("intranet", ("intranet.test", "*.intranet.test"), ("intranet.test", "*.intranet.test")),
@@ -140,7 +140,7 @@ SAMPLES = (
     Sample("sunburst.pcapng",
            "SUNBURST C2 names (avsvmcloud.com subdomain and the second-stage domains) next to "
            "benign names: DNS A/AAAA, HTTPS over TLS 1.2 and 1.3, plain HTTP, IPv4 and IPv6. "
-           "databasegalaxy.com appears only in the SAN of thedoccloud.com's certificate.",
+           "databasegalore.com appears only in the SAN of thedoccloud.com's certificate.",
            "dumpcap", (
                S("curl", "https", "appsync-api.eu-west-1.avsvmcloud.com", "4", "1.2"),
                S("python", "dns", "incomeupdate.com", "0"),

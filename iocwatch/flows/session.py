@@ -28,6 +28,7 @@ HTTP_MAX_HEADER = 16384
 HTTP_MAX_REQUESTS = 64
 DNS_TCP_MAX_BYTES = 1 << 18
 DNS_PORTS = frozenset({53, 5353, 5355})
+DNS_CACHE_MAX = 8192
 
 
 class State(IntEnum):
@@ -100,6 +101,7 @@ class Dissector:
         # new observation, one whose query was missed (asymmetric capture) still does
         self.recent_queries: dict[tuple[int, str], None] = {}
         self.cert_json: dict[str, dict] = {}
+        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str]]] = {}
 
     # -- TCP -------------------------------------------------------------------------------
     def tcp_gap(self, d: Direction) -> None:
@@ -403,24 +405,40 @@ class Dissector:
 
     # -- UDP and shared ------------------------------------------------------------------------
     def dns(self, payload: bytes, port: int) -> Event | None:
-        try:
-            msg = dnsp.parse_message(payload)
-        except Malformed:
-            self.stats["malformed_dns"] += 1
-            return None
+        # The same questions and answers repeat all day under new message ids: parse and
+        # render each distinct message once, keyed by everything after the id.
+        cache_key = payload[2:]
+        hit = self.dns_cache.get(cache_key)
+        if hit is None:
+            try:
+                msg = dnsp.parse_message(payload)
+            except Malformed:
+                self.stats["malformed_dns"] += 1
+                return None
+            body = msg.to_mercury()
+            hit = (msg.is_response, next(iter(body)), body, msg.question_names(),
+                   [ip for _owner, ip in msg.addresses()])
+            if len(self.dns_cache) >= DNS_CACHE_MAX:
+                self.dns_cache.clear()
+            self.dns_cache[cache_key] = hit
+        else:
+            self.stats["dns_cache_hits"] += 1
+        is_response, section, body, names, addresses = hit
+        msg_id = (payload[0] << 8) | payload[1]
+        inner = dict(body[section])
+        inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
         key = "mdns" if port == 5353 else "llmnr" if port == 5355 else "dns"
         self.stats[f"{key}_message"] += 1
-        names = msg.question_names()
         obs: list[Observation] = []
         if names:
-            marker = (msg.id, names[0])
+            marker = (msg_id, names[0])
             recent = self.recent_queries
-            if not msg.is_response:
+            if not is_response:
                 recent[marker] = None
                 if len(recent) > 4096:
                     del recent[next(iter(recent))]
-            if not msg.is_response or marker not in recent:
+            if not is_response or marker not in recent:
                 obs = [Observation(n, Channel.DNS_QUERY) for n in names]
-        if msg.is_response:
-            obs.extend(Observation(ip, Channel.DNS_ANSWER) for _owner, ip in msg.addresses())
-        return Event(key, msg.to_mercury(), obs)
+        if is_response:
+            obs.extend(Observation(ip, Channel.DNS_ANSWER) for ip in addresses)
+        return Event(key, {section: inner}, obs)
