@@ -24,6 +24,7 @@ from iocwatch.protocols.cursor import Malformed
 
 DETECT_MAX_BYTES = 8192  # late-TLS scan window (SOCKS, proxies, unknown upgrades)
 DETECT_MAX_CHUNKS = 16
+DETECT_MIN_BYTES = 8  # enough for a TLS record header, an HTTP method or a DNS length prefix
 HTTP_MAX_HEADER = 16384
 HTTP_MAX_REQUESTS = 64
 DNS_TCP_MAX_BYTES = 1 << 18
@@ -140,9 +141,15 @@ class Dissector:
     def _detect(self, d: Direction, data: bytes) -> bytes:
         conn = d.conn
         d.chunks += 1
-        if d.buf:  # bytes a STARTTLS upgrade left over for this direction
-            data = bytes(d.buf) + data
+        if d.buf:  # bytes held back: too short to decide, or left over by a STARTTLS upgrade
+            held = bytes(d.buf)
             d.buf.clear()
+            if not tlsp.looks_like_tls_record(held + data) and tlsp.looks_like_tls_record(data):
+                held = b""  # the held bytes were a prefix protocol's (SOCKS greeting...)
+            data = held + data
+        if len(data) < DETECT_MIN_BYTES and d.chunks <= DETECT_MAX_CHUNKS:
+            d.buf += data  # tiny first segments (evasion, or an interactive peer): wait
+            return b""
         if tlsp.looks_like_tls_record(data):
             self.stats["tcp_tls"] += 1
             d.state = State.TLS

@@ -1,0 +1,154 @@
+"""The engine over crafted TCP/UDP streams: splits, reordering, upgrades, hostile packets."""
+
+from __future__ import annotations
+
+import random
+import ssl
+import struct
+
+from iocwatch.capture.files import CaptureReader
+from iocwatch.engine import Engine
+from tests import pktbuild as pb
+
+
+def client_hello(name: str = "split.example.test") -> bytes:
+    """A real ClientHello record stream from Python's ssl module (no network)."""
+    ctx = ssl.create_default_context()
+    out = ssl.MemoryBIO()
+    obj = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return out.read()
+
+
+class Collector:
+    def __init__(self) -> None:
+        self.records: list[dict] = []
+        self.names: list[tuple[str, str]] = []
+
+    def __call__(self, record, observations, event) -> None:
+        self.records.append(record)
+        self.names.extend((o.channel.value, o.name) for o in observations)
+
+
+def run(packets: list[bytes], linktype: int = 1, finish: bool = True) -> tuple[Collector, Engine]:
+    c = Collector()
+    eng = Engine(c)
+    eng.run((1700000000 + i, i, linktype, p) for i, p in enumerate(packets))
+    if finish:
+        eng.finish()
+    return c, eng
+
+
+def tcp_stream(payload: bytes, size: int, sport: int = 50000, dport: int = 443, isn: int = 1000,
+               src: str = "192.0.2.10", dst: str = "192.0.2.20", syn: bool = True) -> list[bytes]:
+    pkts = []
+    if syn:
+        pkts.append(pb.eth(pb.ipv4(pb.tcp(b"", sport, dport, isn, 0, 0x02), src, dst)))
+    for off in range(0, len(payload), size):
+        seg = pb.tcp(payload[off : off + size], sport, dport, isn + 1 + off, 1, 0x18)
+        pkts.append(pb.eth(pb.ipv4(seg, src, dst)))
+    return pkts
+
+
+def test_client_hello_split_in_every_segment_size():
+    hello = client_hello()
+    for size in (1, 7, 100, 517):
+        c, _ = run(tcp_stream(hello, size))
+        assert ("tls_sni", "split.example.test") in c.names, size
+
+
+def test_out_of_order_and_retransmitted_segments():
+    hello = client_hello()
+    pkts = tcp_stream(hello, 60)
+    body = pkts[1:]
+    random.Random(7).shuffle(body)
+    body += body[:3]  # retransmissions
+    c, _ = run([pkts[0], *body])
+    assert c.names.count(("tls_sni", "split.example.test")) == 1
+
+
+def test_mid_connection_start_and_non_standard_port():
+    hello = client_hello("odd.port.test")
+    c, _ = run(tcp_stream(hello, 200, dport=8443, syn=False))
+    assert ("tls_sni", "odd.port.test") in c.names
+
+
+def test_ipv6_and_vlan():
+    hello = client_hello("v6.example.test")
+    seg = pb.tcp(hello, 50001, 443, 5, 1, 0x18)
+    t, tagged = pb.vlan(pb.ipv6(seg), 0x86DD)
+    c, _ = run([pb.eth(tagged, t)])
+    rec = c.records[0]
+    assert rec["src_ip"] == "fd00::1" and rec["tls"]["client"]["server_name"] == "v6.example.test"
+
+
+def test_late_tls_after_socks_like_prefix_and_http_connect():
+    hello = client_hello("tunnel.example.test")
+    socks = b"\x05\x01\x00"  # a SOCKS5 greeting, then the TLS ClientHello
+    c, _ = run(tcp_stream(socks, 10) + tcp_stream(hello, 1000, syn=False)[0:0]
+               + [pb.eth(pb.ipv4(pb.tcp(hello, 50000, 443, 1004, 1, 0x18), "192.0.2.10",
+                                 "192.0.2.20"))])
+    assert ("tls_sni", "tunnel.example.test") in c.names
+    connect = b"CONNECT tunnel.example.test:443 HTTP/1.1\r\nHost: tunnel.example.test:443\r\n\r\n"
+    c, _ = run(tcp_stream(connect + hello, 1460, dport=3128))
+    assert ("http_host", "tunnel.example.test:443") in c.names
+    assert ("tls_sni", "tunnel.example.test") in c.names
+
+
+def test_http_keep_alive_and_partial_header_at_end():
+    reqs = (b"GET /a HTTP/1.1\r\nHost: one.test\r\n\r\n"
+            b"POST /b HTTP/1.1\r\nHost: two.test\r\nContent-Length: 5\r\n\r\nhello"
+            b"GET /c HTTP/1.1\r\nHost: three.test\r\nUser-Agent: x")  # never completed
+    c, _ = run(tcp_stream(reqs, 30, dport=8080))
+    hosts = [n for ch, n in c.names if ch == "http_host"]
+    assert hosts == ["one.test", "two.test", "three.test"]
+
+
+def test_dns_over_tcp_two_messages_in_one_segment():
+    def query(qid: int, name: str) -> bytes:
+        q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0"
+        msg = struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q + b"\x00\x01\x00\x01"
+        return struct.pack("!H", len(msg)) + msg
+
+    data = query(1, "a.tcp.test") + query(2, "b.tcp.test")
+    c, _ = run(tcp_stream(data, 1000, dport=53))
+    assert [n for ch, n in c.names if ch == "dns_query"] == ["a.tcp.test.", "b.tcp.test."]
+
+
+def test_finished_directions_take_the_fast_path():
+    hello = client_hello()
+    pkts = tcp_stream(hello, 1460)
+    bulk = [pb.eth(pb.ipv4(pb.tcp(b"\x17\x03\x03" + b"x" * 1000, 50000, 443, 1001 + len(hello)
+                                  + i * 1003, 1, 0x10), "192.0.2.10", "192.0.2.20"))
+            for i in range(200)]
+    c, eng = run(pkts + bulk)
+    assert eng.stats["packets_slow_path"] <= len(pkts) + 1  # bulk never reaches the slow path
+
+
+def test_hostile_packets_never_raise_and_keep_earlier_records(tmp_path):
+    """Truncate and flip bytes of every sample packet: nothing escapes, earlier names survive."""
+    import pathlib
+
+    rng = random.Random(1234)
+    for sample in sorted(pathlib.Path("samples").glob("*.pcap*")):
+        packets = list(CaptureReader(str(sample)))
+        clean, _ = run([p[3] for p in packets], packets[0][2])
+        for _round in range(20):
+            mutated = []
+            for _sec, _usec, lt, data in packets:
+                d = bytearray(data)
+                if d and rng.random() < 0.3:
+                    for _ in range(rng.randint(1, 8)):
+                        d[rng.randrange(len(d))] = rng.randrange(256)
+                if rng.random() < 0.1:
+                    d = d[: rng.randrange(len(d) + 1)]
+                mutated.append(bytes(d))
+            half = len(packets) // 2
+            c, eng = run([p[3] for p in packets[:half]] + mutated[half:], packets[0][2])
+            first = run([p[3] for p in packets[:half]], packets[0][2], finish=False)[0].names
+            assert set(first) <= set(c.names)  # what came before the damage is still reported
+            assert eng.stats["packets_slow_path"] > 0
+        assert clean.names
