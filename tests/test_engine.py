@@ -138,7 +138,7 @@ def test_hostile_packets_never_raise_and_keep_earlier_records(tmp_path):
         clean, _ = run([p[3] for p in packets], packets[0][2])
         for _round in range(20):
             mutated = []
-            for _sec, _usec, lt, data in packets:
+            for _sec, _usec, _lt, data in packets:
                 d = bytearray(data)
                 if d and rng.random() < 0.3:
                     for _ in range(rng.randint(1, 8)):
