@@ -271,6 +271,7 @@ class Dissector:
         self.stats["quic_client_hello"] += 1
         obs = [Observation(hello.server_name, Channel.QUIC_SNI)] if hello.server_name else []
         return Event("tls", {"client": hello.to_mercury()}, obs,
+                     fingerprints={"quic": hello.mercury_quic_fingerprint(packet.version)},
                      extra={"quic": packet.to_mercury()})
 
     def _server_event(self, d: Direction, ders: list[bytes], side: str = "server") -> Event:

@@ -99,11 +99,12 @@ class InitialPacket:
     connection_close: dict | None = None
     salt_name: str = ""
     tag_ok: bool = True  # False: decrypted although the authentication tag did not verify
+    wire_first_byte: int = 0  # before header protection was removed (what mercury prints)
 
     def to_mercury(self) -> dict:
         """The ``quic`` object of mercury's QUIC records (without its ``plaintext`` dump)."""
         out: dict = {
-            "connection_info": f"{self.first_byte:08b}",
+            "connection_info": f"{self.wire_first_byte:08b}",
             "version": f"{self.version:08x}",
             "dcid": self.dcid.hex(),
             "scid": self.scid.hex(),
@@ -195,7 +196,7 @@ def _parse_long_packet(data: bytes, start: int, server: bool) -> tuple[InitialPa
         ctr = Cipher(algorithms.AES(key), modes.CTR(nonce + b"\x00\x00\x00\x02")).decryptor()
         plain = ctr.update(sealed[:-16]) + ctr.finalize()
     pkt = InitialPacket(version, first_plain, dcid, scid, token, pn, salt_name=params.salt_name,
-                        tag_ok=tag_ok)
+                        tag_ok=tag_ok, wire_first_byte=first)
     _frames(plain, pkt)
     return pkt, end
 

@@ -278,6 +278,24 @@ def _extensions_fingerprint(exts: list[tuple[int, bytes]], client: bool) -> str:
     return "".join(parts)
 
 
+def _quic_extensions_fingerprint(exts: list[tuple[int, bytes]]) -> str:
+    """mercury's QUIC form: the same per-extension strings, sorted, transport ids sorted."""
+    items: list[tuple[int, str]] = []
+    for etype, data in exts:
+        if etype in (EXT_QUIC_TRANSPORT_PARAMETERS, EXT_QUIC_TRANSPORT_PARAMETERS_DRAFT):
+            ids = sorted(
+                "1b" if _quic_varint_grease(ident) else raw.hex()
+                for raw, ident, value in _quic_params(data)
+                if value is not None
+            )
+            text = f"(({_degrease(etype):04x})[{''.join(f'({i})' for i in ids)}])"
+        else:
+            text = _extensions_fingerprint([(etype, data)], client=True)[1:-1]
+        items.append((_degrease(etype), text))
+    items.sort()
+    return "[" + "".join(t for _, t in items) + "]"
+
+
 def _ech_json(data: bytes) -> dict[str, Any]:
     """mercury's summary of an ECH outer extension; missing fields read as zero like mercury."""
     pos = 0
@@ -393,6 +411,14 @@ class ClientHello:
             if etype == EXT_ECH:
                 o["ech_client_hello"] = _ech_json(data)
         return o
+
+    def mercury_quic_fingerprint(self, quic_version: int) -> str:
+        """mercury's ``fingerprints.quic`` string for a ClientHello carried in QUIC."""
+        return (
+            f"quic/({quic_version:08x})({self.legacy_version:04x})"
+            f"({_degreased_hex(self.cipher_suites_raw)})"
+            + _quic_extensions_fingerprint(self.extensions)
+        )
 
     def mercury_fingerprint(self) -> str | None:
         """mercury's ``fingerprints.tls`` (or ``dtls``) string; None where mercury writes none."""
