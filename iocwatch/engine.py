@@ -27,6 +27,7 @@ SWEEP_EVERY = 30
 DONE_MAX = 500_000  # remembered finished directions; cleared wholesale beyond (cheap to relearn)
 FLOWS_MAX = 200_000
 QUIC_CONNECTIONS_MAX = 10_000
+QUIC_INITIALS_PER_SOURCE = 2_000  # decryption attempts per source address per sweep period
 
 #: What the engine hands to the outputs: the mercury record and the names it carries.
 Sink = Callable[[dict, list[Observation], Event], None]
@@ -84,6 +85,7 @@ class Engine:
         self.done: set[bytes] = set()
         self.quic_done: set[bytes] = set()
         self.udp_seen: set[bytes] = set()
+        self.quic_budget: dict[bytes, int] = {}
         self.quic_crypto: dict[tuple[bytes, bytes], quicp.CryptoAssembler] = {}
         self.next_sweep = 0
         self.last_sec = 0
@@ -207,6 +209,7 @@ class Engine:
 
     def _sweep(self, now: int, force: bool = False) -> None:
         self.next_sweep = now + SWEEP_EVERY
+        self.quic_budget.clear()
         limit = now - IDLE_TIMEOUT
         stale = {id(f): f for f, _ in self.flows.values() if f.last < limit or force and
                  f.last < now - 5}
@@ -255,6 +258,13 @@ class Engine:
         key = src + dst + l4[:4]
         if key in self.quic_done:
             return
+        # Each Initial costs key derivation and AES: a source gets a bounded number per sweep
+        # period, so a flood of bogus Initials cannot starve everyone else's.
+        spent = self.quic_budget.get(src, 0)
+        if spent >= QUIC_INITIALS_PER_SOURCE:
+            self.stats["quic_initials_capped"] += 1
+            return
+        self.quic_budget[src] = spent + 1
         packets, failures = quicp.parse_datagram(payload)
         if failures:
             self.stats["quic_undecryptable"] += failures

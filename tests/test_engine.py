@@ -152,3 +152,22 @@ def test_hostile_packets_never_raise_and_keep_earlier_records(tmp_path):
             assert set(first) <= set(c.names)  # what came before the damage is still reported
             assert eng.stats["packets_slow_path"] > 0
         assert clean.names
+
+
+def test_quic_initial_flood_is_capped_per_source():
+    from iocwatch.engine import QUIC_INITIALS_PER_SOURCE
+    from tests.test_quic import CLIENT_HELLO_FRAME, protect
+
+    bogus = []
+    for i in range(QUIC_INITIALS_PER_SOURCE + 50):
+        dcid = i.to_bytes(8, "big")
+        pkt = bytearray(protect(1, b"\x01" * 1200, dcid=dcid))
+        bogus.append(pb.eth(pb.ipv4(pb.udp(bytes(pkt), 40000 + i % 1000, 443), "198.51.100.9",
+                                    "192.0.2.1", proto=17)))
+    good = protect(1, CLIENT_HELLO_FRAME + b"\x00" * 1000, dcid=b"\x11" * 8)
+    bogus.append(pb.eth(pb.ipv4(pb.udp(good, 41000, 443), "198.51.100.10", "192.0.2.1", proto=17)))
+    c = Collector()
+    eng = Engine(c)
+    eng.run((1700000000, i, 1, p) for i, p in enumerate(bogus))  # all within one period
+    assert eng.stats["quic_initials_capped"] == 50
+    assert ("quic_sni", "example.com") in c.names  # another source is still served
