@@ -171,3 +171,26 @@ def test_quic_initial_flood_is_capped_per_source():
     eng.run((1700000000, i, 1, p) for i, p in enumerate(bogus))  # all within one period
     assert eng.stats["quic_initials_capped"] == 50
     assert ("quic_sni", "example.com") in c.names  # another source is still served
+
+
+def test_smtp_starttls_then_client_hello():
+    hello = client_hello("mail.example.test")
+    cli, srv = ("192.0.2.10", 50025), ("192.0.2.20", 25)
+    seq = {"c": 1001, "s": 5001}
+    pkts = [pb.eth(pb.ipv4(pb.tcp(b"", cli[1], srv[1], 1000, 0, 0x02), cli[0], srv[0])),
+            pb.eth(pb.ipv4(pb.tcp(b"", srv[1], cli[1], 5000, 1001, 0x12), srv[0], cli[0]))]
+
+    def say(side: str, data: bytes) -> None:
+        (a, b) = (cli, srv) if side == "c" else (srv, cli)
+        pkts.append(pb.eth(pb.ipv4(pb.tcp(data, a[1], b[1], seq[side], 1, 0x18), a[0], b[0])))
+        seq[side] += len(data)
+
+    say("s", b"220 mx.example.test ESMTP\r\n")
+    say("c", b"EHLO client.example.test\r\n")
+    say("s", b"250-mx.example.test\r\n250 STARTTLS\r\n")
+    say("c", b"STARTTLS\r\n")
+    say("s", b"220 2.0.0 Ready to start TLS\r\n")
+    say("c", hello)
+    c, eng = run(pkts)
+    assert ("tls_sni", "mail.example.test") in c.names
+    assert eng.stats["starttls_smtp"] == 1
