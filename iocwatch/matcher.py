@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iocwatch.indicators import IndicatorSet, normalise_name
-from iocwatch.observations import NAME_CHANNELS, Channel, Observation
+from iocwatch.observations import FINGERPRINT_CHANNELS, NAME_CHANNELS, Channel, Observation
 from iocwatch.outputs.alerts import build_alert
 from iocwatch.protocols.http import authority_host
 
@@ -64,6 +64,9 @@ class Matcher:
             elif ch == Channel.HTTP_URL:
                 norm = ob.name
                 hits = ind.match_url(norm)
+            elif ch in FINGERPRINT_CHANNELS:
+                norm = ob.name
+                hits = ind.match_fingerprint(ch.value, norm)
             else:
                 continue
             for hit in hits:

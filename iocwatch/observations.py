@@ -25,6 +25,10 @@ class Channel(StrEnum):
     DST_IP = "dst_ip"
     CERT_SHA1 = "cert_sha1"
     CERT_SHA256 = "cert_sha256"
+    JA3 = "ja3"
+    JA3S = "ja3s"
+    JA4 = "ja4"
+    JA4S = "ja4s"
 
 
 #: Channels that carry server names (the rest carry addresses, URLs or hashes).
@@ -48,7 +52,14 @@ MERCURY_PATH: dict[Channel, str] = {
     Channel.DST_IP: "dst_ip",
     Channel.CERT_SHA1: "tls.server.certs[].cert",
     Channel.CERT_SHA256: "tls.server.certs[].cert",
+    Channel.JA3: "fingerprints.ja3",
+    Channel.JA3S: "fingerprints.ja3s",
+    Channel.JA4: "fingerprints.ja4",
+    Channel.JA4S: "fingerprints.ja4s",
 }
+
+#: Channels whose value is a TLS fingerprint, matched as that indicator kind.
+FINGERPRINT_CHANNELS = frozenset({Channel.JA3, Channel.JA3S, Channel.JA4, Channel.JA4S})
 
 
 @dataclass(slots=True, frozen=True)

@@ -38,3 +38,20 @@ def test_exact_only_file_does_not_match_subdomains(tmp_path):
     assert subdomain_hits
     exact = alerts("--ioc-exact", str(ioc))
     assert exact and all(a["normalised"] == "zupertech.com" for a in exact)
+
+
+def test_tls_fingerprints_are_indicator_kinds(tmp_path):
+    records = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r",
+                              str(ROOT / "samples" / "tls12-long-chain.pcap"), "-q"],
+                             capture_output=True, check=True).stdout.splitlines()
+    fps = [json.loads(r).get("fingerprints", {}) for r in records]
+    ja3 = next(f["ja3"] for f in fps if "ja3" in f)
+    ja3s = next(f["ja3s"] for f in fps if "ja3s" in f)
+    ja4 = next(f["ja4"] for f in fps if "ja4" in f)
+    ioc = tmp_path / "fp.txt"
+    ioc.write_text(f"ja3:{ja3}\nja3s:{ja3s}\n{ja4}\n")
+    proc = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r",
+                           str(ROOT / "samples" / "tls12-long-chain.pcap"), "-q", "--ioc", str(ioc)],
+                          capture_output=True, check=True)
+    got = {(a["channel"], a["indicator"]["kind"]) for a in map(json.loads, proc.stdout.splitlines())}
+    assert got == {("ja3", "ja3"), ("ja3s", "ja3s"), ("ja4", "ja4")}

@@ -15,6 +15,7 @@ from enum import IntEnum
 
 from iocwatch.observations import Channel, Observation
 from iocwatch.protocols import dns as dnsp
+from iocwatch.protocols import fingerprints as fpr
 from iocwatch.protocols import http as httpp
 from iocwatch.protocols import quic as quicp
 from iocwatch.protocols import starttls as stls
@@ -52,6 +53,8 @@ class Event:
     fingerprints: dict | None = None
     certificates: list[x509.Certificate] = field(default_factory=list)
     extra: dict | None = None  # further top-level keys after ``key`` (QUIC: "quic")
+    client_hello: tlsp.ClientHello | None = None  # parsed hellos, for TLS session records
+    server_hello: tlsp.ServerHello | None = None
 
 
 class Direction:
@@ -259,8 +262,20 @@ class Dissector:
         self.stats["tls_client_hello"] += 1
         obs = [Observation(hello.server_name, Channel.TLS_SNI)] if hello.server_name else []
         fp = hello.mercury_fingerprint()
-        return Event("tls", {"client": hello.to_mercury()}, obs,
-                     fingerprints={"tls": fp} if fp else None)
+        fps = {"tls": fp} if fp else {}
+        self._client_fingerprints(hello, "t", fps, obs)
+        return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
+                     client_hello=hello)
+
+    @staticmethod
+    def _client_fingerprints(hello: tlsp.ClientHello, transport: str, fps: dict,
+                             obs: list[Observation]) -> None:
+        """JA3 and JA4 beside mercury's own string: extra keys, so mercury's paths still hold."""
+        cf = fpr.client_fingerprints(hello, transport)
+        fps["ja3"] = cf.ja3_md5
+        fps["ja4"] = cf.ja4
+        obs.append(Observation(cf.ja3_md5, Channel.JA3))
+        obs.append(Observation(cf.ja4, Channel.JA4))
 
     def quic_client_hello(self, body: bytes, packet: quicp.InitialPacket) -> Event | None:
         try:
@@ -270,9 +285,10 @@ class Dissector:
             return None
         self.stats["quic_client_hello"] += 1
         obs = [Observation(hello.server_name, Channel.QUIC_SNI)] if hello.server_name else []
-        return Event("tls", {"client": hello.to_mercury()}, obs,
-                     fingerprints={"quic": hello.mercury_quic_fingerprint(packet.version)},
-                     extra={"quic": packet.to_mercury()})
+        fps = {"quic": hello.mercury_quic_fingerprint(packet.version)}
+        self._client_fingerprints(hello, "q", fps, obs)
+        return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
+                     extra={"quic": packet.to_mercury()}, client_hello=hello)
 
     def _server_event(self, d: Direction, ders: list[bytes], side: str = "server") -> Event:
         certs: list[x509.Certificate] = []
@@ -299,15 +315,24 @@ class Dissector:
         if cert_json:
             body["certs"] = cert_json
             self.stats["tls_certificates"] += len(cert_json)
-        fps = None
+        fps: dict | None = None
         hello = d.server_hello
-        if hello is not None and hello.mercury_reportable:
-            body.update(hello.to_mercury())
-            fp = hello.mercury_fingerprint()
-            fps = {"tls_server": fp} if fp else None
+        if hello is not None:
+            fps = {}
+            if hello.mercury_reportable:
+                body.update(hello.to_mercury())
+                fp = hello.mercury_fingerprint()
+                if fp:
+                    fps["tls_server"] = fp
+            sf = fpr.server_fingerprints(hello)
+            fps["ja3s"] = sf.ja3s_md5
+            fps["ja4s"] = sf.ja4s
+            obs.append(Observation(sf.ja3s_md5, Channel.JA3S))
+            obs.append(Observation(sf.ja4s, Channel.JA4S))
             self.stats["tls_server_hello"] += 1
             d.server_hello = None
-        return Event("tls", {side: body}, obs, fingerprints=fps, certificates=certs)
+        return Event("tls", {side: body}, obs, fingerprints=fps, certificates=certs,
+                     server_hello=hello)
 
     def _http(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf

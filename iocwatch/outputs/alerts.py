@@ -51,6 +51,10 @@ _ECS_FIELD = {
     Channel.DST_IP: "destination.ip",
     Channel.CERT_SHA1: "tls.server.hash.sha1",
     Channel.CERT_SHA256: "tls.server.hash.sha256",
+    Channel.JA3: "tls.client.ja3",
+    Channel.JA3S: "tls.server.ja3s",
+    Channel.JA4: "tls.client.ja4",
+    Channel.JA4S: "tls.server.ja4s",
 }
 
 #: Application protocol per channel, for ECS ``network.protocol``.
@@ -65,6 +69,10 @@ _NETWORK_PROTOCOL = {
     Channel.DNS_ANSWER: "dns",
     Channel.CERT_SHA1: "tls",
     Channel.CERT_SHA256: "tls",
+    Channel.JA3: "tls",
+    Channel.JA3S: "tls",
+    Channel.JA4: "tls",
+    Channel.JA4S: "tls",
 }
 
 #: Indicator kinds mapped to the STIX/ECS ``threat.indicator.type`` vocabulary.

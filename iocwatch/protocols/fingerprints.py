@@ -59,6 +59,8 @@ def _alpn_chars(values: list[bytes]) -> str:
     if not values or not values[0]:
         return "00"
     v = values[0]
+    if v[0] > 0x7F or v[-1] > 0x7F:
+        return "99"  # what the JA4 reference implementations write for non-ASCII ALPN values
     first, last = chr(v[0]), chr(v[-1])
     if first.isascii() and first.isalnum() and last.isascii() and last.isalnum():
         return first + last
@@ -105,12 +107,15 @@ def client_fingerprints(hello: ClientHello, transport: str = "t") -> ClientFinge
         return _sha12(s) if s else "000000000000"
 
     c_sorted, c_orig = part_c(ext_sorted), part_c(ext_orig)
+    # With no extension besides SNI and ALPN, both the sorted and the original-order hash are
+    # zeros (as the JA4 reference outputs show), though the original-order list is not empty.
+    zeros = "000000000000"
     return ClientFingerprints(
         ja3=ja3,
         ja3_md5=_md5(ja3),
-        ja4=f"{head}_{h(cs_sorted)}_{h(ext_sorted) if not ext_sorted else _sha12(c_sorted)}",
+        ja4=f"{head}_{h(cs_sorted)}_{_sha12(c_sorted) if ext_sorted else zeros}",
         ja4_r=f"{head}_{cs_sorted}_{c_sorted}",
-        ja4_o=f"{head}_{h(cs_orig)}_{h(ext_orig) if not ext_orig else _sha12(c_orig)}",
+        ja4_o=f"{head}_{h(cs_orig)}_{_sha12(c_orig) if ext_sorted else zeros}",
         ja4_ro=f"{head}_{cs_orig}_{c_orig}",
     )
 

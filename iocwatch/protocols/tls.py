@@ -733,6 +733,7 @@ class HandshakeReader:
         "_hs",
         "_started",
         "_total",
+        "_hrr",
     )
 
     def __init__(
@@ -755,6 +756,7 @@ class HandshakeReader:
         self._hs = bytearray()
         self._started = False
         self._total = 0
+        self._hrr = False  # a HelloRetryRequest was seen: a compatibility CCS may follow
 
     def _stop(self, reason: str, *, malformed: bool = False) -> None:
         self.done = True
@@ -811,6 +813,11 @@ class HandshakeReader:
             ctype = buf[pos]
             length = (buf[pos + 3] << 8) | buf[pos + 4]
             if ctype == CT_CHANGE_CIPHER_SPEC:
+                if self._hrr and length == 1:  # TLS 1.3 middlebox compatibility after HRR
+                    if avail < 6:
+                        break
+                    pos += 6
+                    continue
                 self._stop("change_cipher_spec")
                 break
             if ctype == CT_ALERT:
@@ -857,7 +864,9 @@ class HandshakeReader:
                 sh = parse_server_hello(msg.body)
             except Malformed:
                 return
-            if sh.is_tls13 and not sh.is_hello_retry_request:
+            if sh.is_hello_retry_request:
+                self._hrr = True
+            elif sh.is_tls13:
                 self._stop("tls1.3 encrypted handshake follows")
                 return
         if self.messages >= self.max_messages:
