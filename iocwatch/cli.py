@@ -21,6 +21,7 @@ from iocwatch.matcher import Matcher
 from iocwatch.observations import Observation
 from iocwatch.outputs.alerts import AlertWriter, Deduper
 from iocwatch.outputs.records import RecordWriter
+from iocwatch.outputs.sessions import SessionWriter
 
 
 class UsageError(Exception):
@@ -44,6 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write records (JSON lines) here ('-': stdout); default stdout, "
                    "or no records when --ioc is given")
     p.add_argument("--no-records", action="store_true", help="do not write records")
+    tls = p.add_argument_group("TLS sessions (D4 passive-SSL style)")
+    tls.add_argument("-j", "--session-dir", metavar="DIR",
+                     help="one JSON file per TLS session (D4 sensor fields), written atomically")
+    tls.add_argument("--session-records", metavar="FILE",
+                     help="the same session objects as JSON lines on one stream ('-': stdout)")
+    tls.add_argument("-w", "--cert-dir", metavar="DIR",
+                     help="every distinct certificate once, as DIR/ab/cd/<sha1>.der")
+    tls.add_argument("--pem", action="store_true", help="with -w, also write <sha1>.pem")
     ioc = p.add_argument_group("indicators and alerts")
     ioc.add_argument("--ioc", action="append", default=[], metavar="FILE",
                      help="indicator file (plain list, CSV, Zeek intel, STIX 2.1, MISP; format "
@@ -175,8 +184,11 @@ def run_sensor(args: argparse.Namespace) -> int:
         raise UsageError("records and alerts would both go to stdout: give -f FILE or --alerts FILE")
     if args.ioc and records_to == "-" and alerts_to == "-":
         raise UsageError("records and alerts cannot both go to stdout")
+    if args.session_records == "-" and "-" in (records_to, alerts_to if args.ioc else None):
+        raise UsageError("session records and records/alerts cannot all go to stdout")
     matcher = None
     alert_sink = None
+    sessions = None
     if args.ioc:
         indicators, report = load_indicators(args)
         report_load(report, args.quiet)
@@ -190,6 +202,9 @@ def run_sensor(args: argparse.Namespace) -> int:
         if args.ioc:
             alert_sink = AlertSink(AlertWriter(alerts_to, args.alert_format), args.dedupe)
             matcher = Matcher(indicators, args.sensor_name, alert_sink)
+        if args.session_dir or args.session_records or args.cert_dir:
+            sessions = SessionWriter(args.session_dir, args.session_records, args.cert_dir,
+                                     args.pem)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror or exc}")
 
@@ -237,6 +252,8 @@ def run_sensor(args: argparse.Namespace) -> int:
     engine = Engine(sink, EngineConfig(args.mbpc, args.mbpt))
     if matcher is not None:
         engine.flow_hook = matcher.flow
+    if sessions is not None:
+        engine.session_sink = sessions.write
     started = time.process_time()
     interrupted = False
     try:
@@ -249,6 +266,8 @@ def run_sensor(args: argparse.Namespace) -> int:
             writer.close()
         if alert_sink is not None:
             alert_sink.close()
+        if sessions is not None:
+            sessions.close()
         reader.close()
         if progress is not None:
             progress.end()
@@ -256,6 +275,10 @@ def run_sensor(args: argparse.Namespace) -> int:
     report = collect_stats(engine, reader, cpu)
     if alert_sink is not None:
         report["alerts"] = alert_sink.count
+    if sessions is not None:
+        report["tls_sessions"] = {
+            "written": sessions.sessions_written, "write_errors": sessions.write_errors,
+            "certificates_written": sessions.certs.written if sessions.certs else 0}
     if args.stats_json:
         try:
             with open(args.stats_json, "wb") as fh:
@@ -315,9 +338,9 @@ def summary_line(r: dict) -> str:
 
 def render_stats(r: dict) -> str:
     lines = [summary_line(r)]
-    for section in ("linktypes", "names", "reassembly", "certificates", "file_damage",
-                    "malformed", "counters"):
-        items = r[section]
+    for section in ("linktypes", "names", "reassembly", "certificates", "tls_sessions",
+                    "file_damage", "malformed", "counters"):
+        items = r.get(section)
         if not items:
             continue
         lines.append(f"  {section}:")

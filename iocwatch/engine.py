@@ -17,6 +17,7 @@ from iocwatch.decode.packet import Decoder
 from iocwatch.flows.session import DNS_PORTS, Dissector, Event, State, TcpConnection
 from iocwatch.flows.tcp import ReassemblyLimits, TcpStream
 from iocwatch.observations import NAME_CHANNELS, Observation
+from iocwatch.outputs.sessions import TlsSession
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import quic as quicp
 from iocwatch.protocols import x509
@@ -75,6 +76,8 @@ class Engine:
     #: called with a minimal record for the first packet of every TCP connection and UDP
     #: 5-tuple (address indicators match flows that carry no name at all)
     flow_hook: Callable[[dict], None] | None = None
+    #: called with each finished TLS session (D4 session records, certificate folder)
+    session_sink: Callable[[TlsSession], None] | None = None
 
     def __post_init__(self) -> None:
         self.decoder = Decoder(self.stats)
@@ -167,6 +170,7 @@ class Engine:
             chunks = stream.add(seq, payload)
             if stream.gapped:
                 stream.gapped = False
+                flow.conn.gapped = True
                 self.dissector.tcp_gap(direction)
             ctx = None
             for chunk in chunks:
@@ -176,6 +180,8 @@ class Engine:
                         ctx = PacketContext(version, src, dst, 6, sport, dport, ttl, ipid, sec, usec)
                     for ev in events:
                         self._emit(ev, ctx)
+                        if self.session_sink is not None and ev.key == "tls":
+                            self._session(flow.conn, ev, ctx)
             if direction.state == State.DONE:
                 stream.release()
                 self.done.add(key)
@@ -184,8 +190,42 @@ class Engine:
         elif flags & FIN:
             self.stats["tcp_fin"] += 1
 
+    def _session(self, conn: TcpConnection, ev: Event, ctx: PacketContext) -> None:
+        """Assemble one TLS session from its hellos and certificates; hand it on when whole."""
+        s = conn.session
+        stamp = float(f"{ctx.sec}.{ctx.usec:06d}")
+        if ev.client_hello is not None:
+            if s is None:
+                conn.session = TlsSession(ip_text(ctx.src), ctx.sport, ip_text(ctx.dst), ctx.dport,
+                                          stamp, client_hello=ev.client_hello)
+            return
+        if "server" not in ev.body:
+            return
+        if s is None:  # the capture began after the ClientHello
+            s = conn.session = TlsSession(ip_text(ctx.dst), ctx.dport, ip_text(ctx.src), ctx.sport,
+                                          stamp)
+        if ev.server_hello is not None:
+            s.server_hello = ev.server_hello
+        if ev.certificates:
+            s.certificates = ev.certificates
+            self._session_done(conn, partial=False)
+        elif ev.server_hello is not None and ev.server_hello.is_tls13:
+            self._session_done(conn, partial=True)  # the certificate follows encrypted
+
+    def _session_done(self, conn: TcpConnection, partial: bool) -> None:
+        s = conn.session
+        if s is None or self.session_sink is None:
+            return
+        conn.session = None
+        s.partial = partial
+        s.incomplete = conn.gapped
+        self.stats["tls_sessions"] += 1
+        self.session_sink(s)
+
     def _flush(self, flow: _Flow) -> None:
         """Report what a closing or expiring flow still holds (partial HTTP headers...)."""
+        if flow.conn.session is not None:
+            self._session_done(flow.conn, partial=True)
         for idx, direction in enumerate(flow.conn.dirs):
             if direction.state == State.DONE:
                 continue
@@ -289,7 +329,13 @@ class Engine:
                 continue
             ev = self.dissector.quic_client_hello(msg[1], pkt)
             if ev is not None:
-                self._emit(ev, PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec))
+                ctx = PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec)
+                self._emit(ev, ctx)
+                if self.session_sink is not None:
+                    self.stats["tls_sessions"] += 1
+                    self.session_sink(TlsSession(
+                        ip_text(src), sport, ip_text(dst), dport, float(f"{sec}.{usec:06d}"),
+                        transport="q", client_hello=ev.client_hello, partial=True))
                 self.quic_done.add(key)
                 self.quic_done.add(dst + src + l4[2:4] + l4[:2])
                 if len(self.quic_done) > DONE_MAX:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import Any
 
 from iocwatch.observations import Channel, Observation
 from iocwatch.protocols import dns as dnsp
@@ -81,7 +82,7 @@ class Direction:
 class TcpConnection:
     """Both directions of one TCP connection, plus what one side tells about the other."""
 
-    __slots__ = ("dirs", "ports", "connect_pending", "starttls", "client")
+    __slots__ = ("dirs", "ports", "connect_pending", "starttls", "client", "session", "gapped")
 
     def __init__(self, sport: int, dport: int):
         self.dirs = (Direction(self, 0), Direction(self, 1))
@@ -89,6 +90,8 @@ class TcpConnection:
         self.connect_pending = False
         self.starttls: stls.StartTlsDetector | None = None
         self.client: int | None = None
+        self.session: Any = None  # the TLS session being assembled, when sessions are wanted
+        self.gapped = False  # reassembly had to skip bytes of this connection
 
     @property
     def done(self) -> bool:
