@@ -238,6 +238,11 @@ def run_sensor(args: argparse.Namespace) -> int:
             except (UsageError, OSError, ValueError) as exc:
                 sys.stderr.write(f"iocwatch: reload failed, keeping the old indicators: {exc}\n")
                 return
+            broken = [f"{f.path}: {f.error}" for f in rep.files if f.error]
+            if broken:  # a file that was readable before and is refused now: keep what worked
+                sys.stderr.write("iocwatch: reload failed, keeping the old indicators: "
+                                 + "; ".join(broken) + "\n")
+                return
             matcher.swap(new)
             report_load(rep, args.quiet)
 

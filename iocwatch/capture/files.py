@@ -71,11 +71,12 @@ def open_input(path: str) -> tuple[BinaryIO, BinaryIO]:
 class _Buffer:
     """A growing window over a stream, so records can straddle read boundaries."""
 
-    __slots__ = ("stream", "data", "pos", "eof", "error", "on_read")
+    __slots__ = ("stream", "data", "pos", "eof", "error", "on_read", "read")
 
     def __init__(self, stream: BinaryIO, initial: bytes = b"",
                  on_read: Callable[[], None] | None = None):
         self.stream = stream
+        self.read = getattr(stream, "read1", stream.read)
         self.on_read = on_read
         self.data = initial
         self.pos = 0
@@ -88,7 +89,9 @@ class _Buffer:
             if self.eof:
                 return False
             try:
-                chunk = self.stream.read(max(CHUNK, n))
+                # read1: whatever is there (up to a chunk), so a pipe from tcpdump is handled
+                # as it arrives instead of a megabyte at a time
+                chunk = self.read(max(CHUNK, n - (len(self.data) - self.pos)))
             except (OSError, EOFError, gzip.BadGzipFile, ValueError) as exc:
                 self.error = f"read error: {exc}"
                 chunk = b""
