@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iocwatch.protocols.cursor import Cursor, Malformed, Truncated
-from iocwatch.protocols.tls import mercury_text
-from iocwatch.protocols.x509 import _ipv6_text
+from iocwatch.protocols.text import ipv6_text as _ipv6_text
+from iocwatch.protocols.text import mercury_text
 
 HEADER_LEN = 12
 MAX_COUNT = 256  # mercury rejects a header with any section count above this

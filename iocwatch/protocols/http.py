@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iocwatch.protocols.cursor import Malformed, Truncated
-from iocwatch.protocols.tls import mercury_text
+from iocwatch.protocols.text import mercury_text
 
 MAX_HEAD = 16384  # a header block this long without its blank line is parsed as it stands
 _MAX_INPUT = 65536  # never look further than this into a buffer

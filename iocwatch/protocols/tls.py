@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iocwatch.protocols.cursor import Cursor, Malformed, Truncated
+from iocwatch.protocols.text import mercury_text
 
 __all__ = [
     "ClientHello",
@@ -89,84 +90,6 @@ def _degreased_hex(data: bytes) -> str:
     """Hex of 16-bit values with GREASE mapped to 0a0a; a trailing odd byte is dropped (mercury)."""
     n = len(data) & ~1
     return "".join(f"{_degrease((data[i] << 8) | data[i + 1]):04x}" for i in range(0, n, 2))
-
-
-def _is_continuation(b: int) -> bool:
-    return 0x80 <= b <= 0xBF
-
-
-def _second_byte_ok(b1: int, b2: int) -> bool:
-    if b1 == 0xE0:
-        return 0xA0 <= b2 <= 0xBF
-    if b1 == 0xED:
-        return 0x80 <= b2 <= 0x9F
-    if b1 == 0xF0:
-        return 0x90 <= b2 <= 0xBF
-    if b1 == 0xF4:
-        return 0x80 <= b2 <= 0x8F
-    return _is_continuation(b2)
-
-
-def mercury_text(data: bytes) -> str:
-    """Decode bytes the way mercury's JSON string writer does, as the string its JSON denotes.
-
-    Invalid UTF-8 (bad lead byte, short or overlong sequence, surrogate, private-use code
-    point) becomes U+FFFD one byte at a time; control characters are kept (the JSON writer
-    escapes them).  Matching mercury matters because indicator hits and outputs compare names.
-    """
-    out: list[str] = []
-    i = 0
-    n = len(data)
-    while i < n:
-        b = data[i]
-        if b < 0x80:
-            out.append(chr(b))
-            i += 1
-            continue
-        cp = 0
-        if b >= 0xC2:
-            if b >= 0xF0 and b <= 0xF4:
-                if n - i < 4:
-                    out.append("\ufffd")
-                    i += 1
-                    continue
-                b2, b3, b4 = data[i + 1], data[i + 2], data[i + 3]
-                if _second_byte_ok(b, b2) and _is_continuation(b3) and _is_continuation(b4):
-                    cp = ((b & 0x07) << 18) | ((b2 & 0x3F) << 12) | ((b3 & 0x3F) << 6)
-                    cp |= b4 & 0x3F
-                    i += 3
-            elif 0xE0 <= b <= 0xEF:
-                if n - i < 3:
-                    out.append("\ufffd")
-                    i += 1
-                    continue
-                b2, b3 = data[i + 1], data[i + 2]
-                if _second_byte_ok(b, b2) and _is_continuation(b3):
-                    cp = ((b & 0x0F) << 12) | ((b2 & 0x3F) << 6) | (b3 & 0x3F)
-                    i += 2
-            elif b < 0xE0:
-                if n - i < 2:
-                    out.append("\ufffd")
-                    i += 1
-                    continue
-                b2 = data[i + 1]
-                if _second_byte_ok(b, b2):
-                    cp = ((b & 0x1F) << 6) | (b2 & 0x3F)
-                    i += 1
-            if (
-                cp == 0
-                or 0xE000 <= cp <= 0xF8FF
-                or 0xF0000 <= cp <= 0xFFFFD
-                or 0x100000 <= cp <= 0x10FFFD
-                or 0xD800 <= cp <= 0xDFFF
-            ):
-                out.append("\ufffd")
-            else:
-                out.append(chr(cp))
-        else:
-            out.append("\ufffd")
-        i += 1
-    return "".join(out)
 
 
 def _iter_extensions(block: bytes) -> tuple[list[tuple[int, bytes]], bool]:
