@@ -14,6 +14,7 @@ import orjson
 
 from iocwatch import __version__
 from iocwatch.capture.files import CaptureError, CaptureReader
+from iocwatch.capture.live import LiveCapture
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.flows.session import Event
 from iocwatch.indicators import FORMATS, IndicatorFileError, IndicatorSet, LoadReport
@@ -39,8 +40,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Extract server names from DNS, TLS and HTTP traffic as mercury-style "
         "JSON records. Subcommand: 'iocwatch coverage ...' (see 'iocwatch coverage -h').",
     )
-    p.add_argument("-r", "--read", metavar="FILE", required=True,
-                   help="pcap or pcapng file (optionally gzip-compressed); '-' reads stdin")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-r", "--read", metavar="FILE",
+                     help="pcap or pcapng file (optionally gzip-compressed); '-' reads stdin")
+    src.add_argument("-i", "--interface", metavar="IFACE",
+                     help="capture live on this interface ('any' for all) until SIGINT/SIGTERM")
     p.add_argument("-f", "--output", dest="output", metavar="FILE",
                    help="write records (JSON lines) here ('-': stdout); default stdout, "
                    "or no records when --ioc is given")
@@ -91,6 +95,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="out-of-order TCP segments held per connection (default 16)")
     p.add_argument("-mbpt", "--max-buffered-pages-total", dest="mbpt", type=int, default=1024,
                    metavar="N", help="out-of-order TCP segments held in total (default 1024)")
+    live = p.add_argument_group("live capture (-i)")
+    live.add_argument("--filter", metavar="BPF", help="capture filter (tcpdump syntax)")
+    live.add_argument("--snaplen", type=int, default=65535, metavar="BYTES",
+                      help="bytes kept per packet (default 65535)")
+    live.add_argument("--no-promisc", action="store_true", help="do not put the interface "
+                      "into promiscuous mode")
+    live.add_argument("--buffer-size", type=int, default=64, metavar="MB",
+                      help="kernel capture buffer (default 64 MB)")
+    live.add_argument("--stats-interval", type=float, default=0.0, metavar="SECONDS",
+                      help="write a stats line (packets, bytes, drops, flows, names, alerts, "
+                      "rates) to stderr this often")
+    live.add_argument("--user", metavar="NAME",
+                      help="drop root privileges to this user once the interface is open")
     p.add_argument("--version", action="version", version=f"iocwatch {__version__}")
     return p
 
@@ -192,7 +209,13 @@ def run_sensor(args: argparse.Namespace) -> int:
     if args.ioc:
         indicators, report = load_indicators(args)
         report_load(report, args.quiet)
-    reader = CaptureReader(args.read)
+    if args.read is not None:
+        reader: CaptureReader | LiveCapture = CaptureReader(args.read)
+    else:
+        if args.snaplen < 64 or args.buffer_size < 1:
+            raise UsageError("--snaplen must be at least 64 and --buffer-size at least 1")
+        reader = LiveCapture(args.interface, args.filter, args.snaplen, not args.no_promisc,
+                             args.buffer_size)
     writer = None
     try:
         if records_to is not None:
@@ -207,6 +230,12 @@ def run_sensor(args: argparse.Namespace) -> int:
                                      args.pem)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror or exc}")
+    if args.user:
+        drop_privileges(args.user)
+    live = isinstance(reader, LiveCapture)
+    if live:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda _s, _f: reader.stop())
 
     reload_state = {"requested": False, "next": time.monotonic() + args.reload_interval}
 
@@ -217,16 +246,26 @@ def run_sensor(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, on_hup)
 
     progress = None
-    if not args.quiet and args.read != "-" and sys.stderr.isatty():
+    if not args.quiet and not live and args.read != "-" and sys.stderr.isatty():
         try:
             progress = Progress(reader, os.stat(args.read).st_size)
         except OSError:
             progress = None
 
+    ticker = StatsTicker(args.stats_interval) if args.stats_interval > 0 else None
+
     def periodic() -> None:
-        """Runs once per megabyte read: progress, indicator reload."""
+        """Runs once per chunk read (files) or about twice a second (live): progress, stats,
+        output flushes, indicator reload."""
         if progress is not None:
             progress()
+        if live:
+            if writer is not None:
+                writer.flush()
+            if sessions is not None:
+                sessions.flush()
+        if ticker is not None:
+            ticker(engine, reader, alert_sink)
         if matcher is None:
             return
         due = args.reload_interval and time.monotonic() >= reload_state["next"]
@@ -301,19 +340,70 @@ def run_sensor(args: argparse.Namespace) -> int:
     return 0
 
 
-def collect_stats(engine: Engine, reader: CaptureReader, cpu: float) -> dict:
+def drop_privileges(user: str) -> None:
+    """Become ``user`` (and its group) once the capture handle and outputs are open."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise UsageError(f"no such user: {user}")
+    try:
+        os.setgroups([])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    except OSError as exc:
+        raise UsageError(f"cannot become {user}: {exc.strerror or exc}")
+
+
+class StatsTicker:
+    """A stats line on stderr every ``interval`` seconds, with rates since the last one."""
+
+    def __init__(self, interval: float):
+        self.interval = interval
+        self.next = time.monotonic() + interval
+        self.last = (time.monotonic(), 0, 0)
+
+    def __call__(self, engine: Engine, reader: CaptureReader | LiveCapture,
+                 alerts: AlertSink | None) -> None:
+        now = time.monotonic()
+        if now < self.next:
+            return
+        self.next = now + self.interval
+        t0, p0, b0 = self.last
+        packets, nbytes = reader.stats.records, reader.stats.bytes
+        dt = max(now - t0, 1e-6)
+        self.last = (now, packets, nbytes)
+        drops = reader.drops() if isinstance(reader, LiveCapture) else {}
+        names = sum(v for k, v in engine.stats.items() if k.startswith("names_"))
+        line = {
+            "packets": packets, "bytes": nbytes, "pps": round((packets - p0) / dt),
+            "mbps": round((nbytes - b0) * 8 / dt / 1e6, 2),
+            "dropped_kernel": drops.get("dropped_kernel", 0),
+            "dropped_interface": drops.get("dropped_interface", 0),
+            "flows": len(engine.flows) // 2, "names": names,
+            "alerts": alerts.count if alerts is not None else 0,
+            "records": engine.stats.get("records", 0),
+        }
+        sys.stderr.write("iocwatch stats " + orjson.dumps(line).decode() + "\n")
+        sys.stderr.flush()
+
+
+def collect_stats(engine: Engine, reader: CaptureReader | LiveCapture, cpu: float) -> dict:
     rs = reader.stats
     counters: Counter[str] = engine.stats
     linktypes = dict(rs.linktypes)
     if rs.format == "pcap" and len(linktypes) == 1:  # one link type: no per-packet counting
         linktypes = {next(iter(linktypes)): rs.records}
     lim = engine.limits
+    capture = reader.drops() if isinstance(reader, LiveCapture) else None
     return {
         "file": reader.path,
         "format": rs.format,
         "packets": rs.records,
         "bytes": rs.bytes,
         "truncated": rs.truncated,
+        **({"capture": capture} if capture is not None else {}),
         "file_damage": dict(rs.damaged),
         "linktypes": {str(k): v for k, v in linktypes.items()},
         "cpu_seconds": round(cpu, 3),
@@ -343,7 +433,7 @@ def summary_line(r: dict) -> str:
 
 def render_stats(r: dict) -> str:
     lines = [summary_line(r)]
-    for section in ("linktypes", "names", "reassembly", "certificates", "tls_sessions",
+    for section in ("capture", "linktypes", "names", "reassembly", "certificates", "tls_sessions",
                     "file_damage", "malformed", "counters"):
         items = r.get(section)
         if not items:

@@ -210,11 +210,15 @@ class SessionWriter:
             return
         self.sessions_written += 1
 
-    def close(self) -> None:
+    def flush(self) -> None:
         if self.stream is not None:
             try:
                 self.stream.flush()
             except OSError:
                 pass
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.flush()
             if self.stream is not sys.stdout.buffer:
                 self.stream.close()
