@@ -25,9 +25,9 @@ def test_every_ja4_and_ja4s_reference_value():
 
         def sink(rec, obs, ev, mine=mine):
             quic = "quic" in rec
-            if ev.client_hello is not None:
-                mine[("c", rec["src_ip"], str(rec["src_port"]))] = client_fingerprints(
-                    ev.client_hello, "q" if quic else "t")
+            if ev.client_hello is not None:  # JA4.1, JA4.2...: hellos in stream order
+                mine.setdefault(("c", rec["src_ip"], str(rec["src_port"])), []).append(
+                    client_fingerprints(ev.client_hello, "q" if quic else "t"))
             if ev.server_hello is not None:
                 mine[("s", rec["dst_ip"], str(rec["dst_port"]))] = server_fingerprints(
                     ev.server_hello)
@@ -36,10 +36,13 @@ def test_every_ja4_and_ja4s_reference_value():
         eng.run(CaptureReader(str(pcap)))
         eng.finish()
         for ent in json.loads(ref.read_text()):
-            if "JA4.1" in ent:
-                fp = mine[("c", ent["src"], ent["srcport"])]
-                assert (ent["JA4.1"], ent["JA4_r.1"], ent["JA4_o.1"], ent["JA4_ro.1"]) == (
-                    fp.ja4, fp.ja4_r, fp.ja4_o, fp.ja4_ro), ref.name
+            hellos = mine.get(("c", ent["src"], ent["srcport"]), [])
+            for n in (1, 2):
+                if f"JA4.{n}" not in ent:
+                    continue
+                fp = hellos[n - 1]
+                assert (ent[f"JA4.{n}"], ent[f"JA4_r.{n}"], ent[f"JA4_o.{n}"],
+                        ent[f"JA4_ro.{n}"]) == (fp.ja4, fp.ja4_r, fp.ja4_o, fp.ja4_ro), ref.name
                 checked += 1
             if "JA4S" in ent:
                 fp = mine[("s", ent["src"], ent["srcport"])]

@@ -229,6 +229,9 @@ class Dissector:
                 if msg_type == 2:
                     hello = tlsp.parse_server_hello(msg.body)
                     if hello.is_hello_retry_request:
+                        peer = d.conn.dirs[1 - d.index].tls
+                        if peer is not None:  # let the client's second ClientHello through
+                            peer.allow_compat_ccs()
                         continue
                     d.server_hello = hello
                     if hello.is_tls13:  # the certificate follows encrypted

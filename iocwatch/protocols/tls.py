@@ -624,6 +624,16 @@ def looks_like_tls_record(data: bytes | bytearray) -> bool:
     return _sslv2_hello_header(data) is not None
 
 
+def _second_client_hello_follows(buf: bytes | bytearray, pos: int) -> bool:
+    """A handshake record holding exactly one ClientHello (type, 24-bit length, 0x0303)."""
+    if buf[pos] != CT_HANDSHAKE or buf[pos + 1] != 0x03:
+        return False
+    rlen = (buf[pos + 3] << 8) | buf[pos + 4]
+    mlen = (buf[pos + 6] << 16) | (buf[pos + 7] << 8) | buf[pos + 8]
+    return (buf[pos + 5] == HT_CLIENT_HELLO and mlen + 4 <= rlen and mlen >= 38
+            and buf[pos + 9] == 0x03 and buf[pos + 10] == 0x03)
+
+
 @dataclass(slots=True, frozen=True)
 class HandshakeMessage:
     """One complete handshake message; ``sslv2``: body is a whole SSLv2 CLIENT-HELLO record."""
@@ -657,6 +667,7 @@ class HandshakeReader:
         "_started",
         "_total",
         "_hrr",
+        "_client_hello_seen",
     )
 
     def __init__(
@@ -680,6 +691,12 @@ class HandshakeReader:
         self._started = False
         self._total = 0
         self._hrr = False  # a HelloRetryRequest was seen: a compatibility CCS may follow
+        self._client_hello_seen = False
+
+    def allow_compat_ccs(self) -> None:
+        """The peer sent a HelloRetryRequest: this side's next CCS is TLS 1.3's compatibility
+        record, and another handshake message (the second ClientHello) follows it."""
+        self._hrr = True
 
     def _stop(self, reason: str, *, malformed: bool = False) -> None:
         self.done = True
@@ -736,11 +753,15 @@ class HandshakeReader:
             ctype = buf[pos]
             length = (buf[pos + 3] << 8) | buf[pos + 4]
             if ctype == CT_CHANGE_CIPHER_SPEC:
-                if self._hrr and length == 1:  # TLS 1.3 middlebox compatibility after HRR
-                    if avail < 6:
+                if length == 1 and (self._hrr or self._client_hello_seen):
+                    # TLS 1.3 compatibility CCS after a HelloRetryRequest: a second ClientHello
+                    # follows in clear. Without the HRR in the capture, recognise that hello by
+                    # its shape (an encrypted TLS 1.2 Finished never has it by chance).
+                    if avail < 6 + 11:
                         break
-                    pos += 6
-                    continue
+                    if self._hrr or _second_client_hello_follows(buf, pos + 6):
+                        pos += 6
+                        continue
                 self._stop("change_cipher_spec")
                 break
             if ctype == CT_ALERT:
@@ -782,6 +803,8 @@ class HandshakeReader:
     def _emit(self, msg: HandshakeMessage, out: list[HandshakeMessage]) -> None:
         out.append(msg)
         self.messages += 1
+        if msg.msg_type == HT_CLIENT_HELLO:
+            self._client_hello_seen = True
         if msg.msg_type == HT_SERVER_HELLO and not msg.sslv2:
             try:
                 sh = parse_server_hello(msg.body)

@@ -1,0 +1,111 @@
+"""A TOML configuration file whose keys are the long flag names (``stats-interval = 10``).
+
+The file supplies defaults; anything given on the command line wins. Keys may use ``-`` or
+``_``; a ``[section]`` table is only a visual grouping (its keys are flags too). Unknown keys
+and wrongly typed values are errors, so a typo never silently leaves a setting at its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tomllib
+from typing import Any
+
+
+class ConfigError(Exception):
+    """The configuration file cannot be used (one-line message)."""
+
+
+def load_config(path: str) -> dict[str, Any]:
+    """Read ``path``, flattening tables one level deep."""
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config {path}: {exc.strerror or exc}")
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: {exc}")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                if isinstance(v, dict):
+                    raise ConfigError(f"config {path}: [{key}.{sub}]: tables nest one level only")
+                flat[sub] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def _actions(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
+    """Every spelling of a long option (and its dest) -> its action."""
+    out: dict[str, argparse.Action] = {}
+    for action in parser._actions:
+        if isinstance(action, argparse._HelpAction | argparse._VersionAction):
+            continue
+        names = [o.lstrip("-") for o in action.option_strings if o.startswith("--")]
+        if not action.option_strings:
+            continue
+        names.append(action.dest)
+        for n in names:
+            out[n] = action
+            out[n.replace("-", "_")] = action
+            out[n.replace("_", "-")] = action
+    return out
+
+
+def _convert(path: str, key: str, action: argparse.Action, value: Any) -> Any:
+    where = f"config {path}: {key}"
+    if isinstance(action, argparse._StoreTrueAction | argparse._StoreFalseAction):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: expected true or false")
+        return value if isinstance(action, argparse._StoreTrueAction) else not value
+    if isinstance(action, argparse._AppendAction):
+        items = value if isinstance(value, list) else [value]
+        return [_scalar(where, action, v) for v in items]
+    if isinstance(value, list | dict | bool):
+        raise ConfigError(f"{where}: expected a single value")
+    return _scalar(where, action, value)
+
+
+def _scalar(where: str, action: argparse.Action, value: Any) -> Any:
+    if isinstance(value, list | dict | bool):
+        raise ConfigError(f"{where}: expected a single value")
+    conv = action.type
+    try:
+        out = conv(value if isinstance(value, str) else str(value)) if callable(conv) else value
+    except (TypeError, ValueError, argparse.ArgumentTypeError) as exc:
+        raise ConfigError(f"{where}: {exc}")
+    if conv is None and not isinstance(value, str):
+        out = str(value)
+    if action.choices is not None and out not in action.choices:
+        raise ConfigError(f"{where}: must be one of {', '.join(map(str, action.choices))}")
+    return out
+
+
+def apply_config(parser: argparse.ArgumentParser, path: str) -> None:
+    """Make the file's values the parser's defaults (required options become optional)."""
+    actions = _actions(parser)
+    defaults: dict[str, Any] = {}
+    for key, value in load_config(path).items():
+        action = actions.get(key)
+        if action is None or key in ("config",):
+            if key == "config":
+                raise ConfigError(f"config {path}: a config file cannot name another")
+            raise ConfigError(f"config {path}: unknown key {key!r}")
+        defaults[action.dest] = _convert(path, key, action, value)
+        action.required = False
+        for group in parser._mutually_exclusive_groups:
+            if action in group._group_actions:
+                group.required = False
+    parser.set_defaults(**defaults)
+
+
+def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` with ``--config FILE`` applied first as defaults."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config")
+    known, _rest = pre.parse_known_args(argv)
+    if known.config:
+        apply_config(parser, known.config)
+    return parser.parse_args(argv)

@@ -1,0 +1,756 @@
+"""Live sensor orchestration: N capture workers in one PACKET_FANOUT group, one writer.
+
+Each worker is a forked process with its own libpcap handle, Engine (reassembly) and
+pipeline (matcher); it turns packets into finished output lines and sends them over a pipe.
+The parent is the only writer of every output, so lines never interleave, and it owns
+rotation, SIGHUP reopening and the stats lines. The handles are opened (and joined to the
+fanout group) by the parent before ``--user`` drops root, so workers never need privileges.
+
+Run standalone for tests: ``python -m iocwatch.live -i IFACE -f records.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import re
+import signal
+import sys
+import time
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from typing import Any, BinaryIO, Protocol
+
+import orjson
+
+from iocwatch.capture.files import CaptureError
+from iocwatch.capture.live import LiveCapture, check_filter
+from iocwatch.outputs.sessions import TlsSession
+from iocwatch.outputs.sockets import OutputError, SyslogOutput, TcpOutput, UdpOutput
+
+STREAMS = ("records", "alerts", "sessions")
+WORKER_WAIT_MS = 100  # longest a worker sleeps in poll(): signal and stop latency
+WORKER_STATS_EVERY = 1.0
+DRAIN_BATCHES = 10_000  # packets still in the ring at stop: read until empty, but bounded
+Emit = Callable[[str, bytes], None]
+
+
+class LiveError(Exception):
+    """Something that stops the sensor before capture starts (one line on stderr)."""
+
+
+class Pipeline(Protocol):
+    """What a worker needs from the lead's wiring: callbacks for the Engine, lines out.
+
+    ``attach`` is called once in the worker with the function that takes finished output
+    (stream name in :data:`STREAMS`, one or more whole JSON lines ending in newline).
+    """
+
+    flow_hook: Callable[[dict], None] | None
+    session_sink: Callable[[TlsSession], None] | None
+
+    def attach(self, emit: Emit) -> None: ...
+
+    def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None: ...
+
+    def flush(self) -> None:
+        """End of capture: emit whatever is held back (deduplicated alerts...)."""
+
+    def reload_indicators(self) -> None:
+        """SIGHUP: re-read indicator files, keeping the old set on failure."""
+
+    def counters(self) -> dict[str, int]:
+        """Numbers for the stats line (e.g. ``{"alerts": 3}``)."""
+        ...
+
+
+class EmitFile:
+    """A write-only binary file whose writes go to ``emit(stream, ...)``.
+
+    Lets the existing writers (RecordWriter, AlertWriter, SessionWriter streams), which write
+    one whole line per call, feed the single writer process unchanged: ``writer.out = EmitFile``.
+    """
+
+    def __init__(self, emit: Emit, stream: str):
+        self.emit = emit
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        self.emit(self.stream, bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# -- the default pipeline (records, and alerts when --ioc is given) ---------------------------
+
+class DefaultPipeline:
+    """Records as mercury JSON lines; with indicator files, alerts too (tests, standalone)."""
+
+    def __init__(self, with_records: bool = True, ioc: list[str] | None = None,
+                 sensor: str = "iocwatch"):
+        self.with_records = with_records
+        self.ioc = list(ioc or [])
+        self.sensor = sensor
+        self.emit: Emit = lambda _s, _b: None
+        self.matcher: Any = None
+        self.alerts = 0
+        self.flow_hook: Callable[[dict], None] | None = None
+        self.session_sink: Callable[[TlsSession], None] | None = None
+
+    def attach(self, emit: Emit) -> None:
+        self.emit = emit
+        if self.ioc:
+            from iocwatch.indicators import IndicatorSet
+            from iocwatch.matcher import Matcher
+
+            indicators, _report = IndicatorSet.load(self.ioc)
+            self.matcher = Matcher(indicators, self.sensor, self._alert)
+            self.flow_hook = self.matcher.flow
+
+    def _alert(self, alert: dict) -> None:
+        from iocwatch.outputs.alerts import _default
+
+        self.alerts += 1
+        self.emit("alerts", orjson.dumps(alert, default=_default,
+                                         option=orjson.OPT_APPEND_NEWLINE))
+
+    def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
+        if self.with_records:
+            self.emit("records", orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        if self.matcher is not None and observations:
+            self.matcher.observe(record, observations)
+
+    def flush(self) -> None:
+        pass
+
+    def reload_indicators(self) -> None:
+        if self.matcher is None:
+            return
+        from iocwatch.indicators import IndicatorSet
+
+        try:
+            indicators, _report = IndicatorSet.load(self.ioc)
+        except Exception as exc:  # noqa: BLE001 - keep the old set, whatever went wrong
+            sys.stderr.write(f"iocwatch: reload failed, keeping the old indicators: {exc}\n")
+            return
+        self.matcher.swap(indicators)
+
+    def counters(self) -> dict[str, int]:
+        return {"alerts": self.alerts}
+
+
+# -- outputs: files with rotation, stdout, sockets ---------------------------------------------
+
+_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
+_TIME = re.compile(r"^(\d+)([smhd])$")
+
+
+def parse_rotate(spec: str) -> tuple[str, float]:
+    """``"1h"`` / ``"30m"`` / ``"86400s"`` -> ("time", seconds); ``"100M"`` -> ("size", bytes)."""
+    text = spec.strip()
+    m = _TIME.match(text)
+    if m:
+        secs = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+        if secs < 1:
+            raise LiveError(f"--rotate: interval must be positive, got {spec!r}")
+        return "time", float(secs)
+    m = _SIZE.match(text)
+    if m and m.group(2):
+        size = int(m.group(1)) << {"k": 10, "m": 20, "g": 30}[m.group(2).lower()]
+        if size < 1:
+            raise LiveError(f"--rotate: size must be positive, got {spec!r}")
+        return "size", float(size)
+    raise LiveError(f"--rotate: expected e.g. 1h, 30m, 1d (time) or 100M, 1G (size), got {spec!r}")
+
+
+class RotatingFile:
+    """An append-only JSON-lines file that rotates between writes, never inside a line.
+
+    Every write is a chunk of whole lines, so a rotation between two writes cannot split a
+    line; the rotated file is renamed to ``PATH.YYYYmmdd-HHMMSS[.N]`` and a new PATH opened.
+    """
+
+    def __init__(self, path: str, rotate: tuple[str, float] | None = None):
+        self.path = path
+        self.rotate = rotate
+        self.rotated: list[str] = []
+        self.lines = 0
+        self.fh: BinaryIO = self._open()
+
+    def _open(self) -> BinaryIO:
+        fh = open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 - long-lived
+        self.opened = time.time()
+        self.size = fh.tell()
+        return fh
+
+    def _due(self, incoming: int) -> bool:
+        if self.rotate is None:
+            return False
+        kind, limit = self.rotate
+        if kind == "time":
+            return time.time() - self.opened >= limit
+        return self.size > 0 and self.size + incoming > limit
+
+    def write(self, chunk: bytes) -> None:
+        if self._due(len(chunk)):
+            self.do_rotate()
+        self.fh.write(chunk)
+        self.size += len(chunk)
+        self.lines += chunk.count(b"\n")
+
+    def tick(self) -> None:
+        """Time rotation on a quiet stream too (an empty file is not rotated)."""
+        if self.rotate is not None and self.rotate[0] == "time" and self.size and self._due(0):
+            self.do_rotate()
+
+    def do_rotate(self) -> None:
+        self.fh.close()
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
+        target = f"{self.path}.{stamp}"
+        n = 1
+        while os.path.exists(target):
+            target = f"{self.path}.{stamp}.{n}"
+            n += 1
+        os.rename(self.path, target)
+        self.rotated.append(target)
+        self.fh = self._open()
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+    def reopen(self) -> None:
+        """SIGHUP (logrotate moved the file): continue in a fresh file at PATH."""
+        self.fh.close()
+        self.fh = self._open()
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class StdoutOutput:
+    def __init__(self) -> None:
+        self.fh = sys.stdout.buffer
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.fh.write(chunk)
+        except BrokenPipeError:
+            pass
+
+    def tick(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        try:
+            self.fh.flush()
+        except BrokenPipeError:
+            pass
+
+    def reopen(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.flush()
+
+
+class Outputs:
+    """Stream name -> destinations; the parent's single writer."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, list[Any]] = {s: [] for s in STREAMS}
+        self.all: list[Any] = []
+        self.lines: dict[str, int] = dict.fromkeys(STREAMS, 0)
+
+    def add(self, streams: list[str], dest: Any) -> None:
+        self.all.append(dest)
+        for s in streams:
+            self.routes[s].append(dest)
+
+    def write(self, stream: str, chunk: bytes) -> None:
+        self.lines[stream] += chunk.count(b"\n")
+        for dest in self.routes.get(stream, ()):
+            dest.write(chunk)
+
+    def _each(self, method: str) -> None:
+        for dest in self.all:
+            fn = getattr(dest, method, None)
+            if fn is not None:
+                try:
+                    fn()
+                except OSError as exc:
+                    sys.stderr.write(f"iocwatch: output {method} failed: {exc}\n")
+
+    def tick(self) -> None:
+        self._each("tick")
+        self._each("flush")
+
+    def reopen(self) -> None:
+        self._each("reopen")
+
+    def close(self) -> None:
+        self._each("close")
+
+    def socket_stats(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for dest in self.all:
+            if isinstance(dest, SyslogOutput | UdpOutput | TcpOutput):
+                out[type(dest).__name__] = {"sent": dest.sent, "dropped": dest.dropped}
+        return out
+
+
+def open_outputs(args: argparse.Namespace, pipeline_streams: dict[str, str | None]) -> Outputs:
+    """Files (with --rotate), stdout and sockets; any failure is a LiveError before capture."""
+    rotate = parse_rotate(args.rotate) if getattr(args, "rotate", None) else None
+    outs = Outputs()
+    stdout_streams = [s for s, path in pipeline_streams.items() if path == "-"]
+    if len(stdout_streams) > 1:
+        raise LiveError("only one of records, alerts and session records can go to stdout")
+    if stdout_streams:
+        outs.add(stdout_streams, StdoutOutput())
+    for stream, path in pipeline_streams.items():
+        if path is None or path == "-":
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise LiveError(f"cannot write {path}: no such directory {folder}")
+        try:
+            outs.add([stream], RotatingFile(path, rotate))
+        except OSError as exc:
+            raise LiveError(f"cannot write {path}: {exc.strerror or exc}")
+    net = [s.strip() for s in getattr(args, "net_streams", "records,alerts").split(",") if s.strip()]
+    bad = [s for s in net if s not in STREAMS]
+    if bad:
+        raise LiveError(f"--net-streams: unknown stream {bad[0]!r} (records, alerts, sessions)")
+    try:
+        if getattr(args, "syslog", False):
+            outs.add(net, SyslogOutput(args.syslog_socket, args.syslog_facility))
+        for target in getattr(args, "udp", None) or []:
+            outs.add(net, UdpOutput(target))
+        for target in getattr(args, "tcp", None) or []:
+            outs.add(net, TcpOutput(target))
+    except OutputError as exc:
+        raise LiveError(str(exc))
+    return outs
+
+
+# -- arguments -------------------------------------------------------------------------------
+
+def add_live_arguments(parser: argparse.ArgumentParser) -> None:
+    """The live-capture flags; options the parser already has are left as they are."""
+    have = set(getattr(parser, "_option_string_actions", {}))
+
+    def add(group: Any, *names: str, **kw: Any) -> None:
+        if not have.intersection(names):
+            group.add_argument(*names, **kw)
+
+    g = parser.add_argument_group("live capture")
+    add(g, "-i", "--interface", metavar="IFACE",
+        help="capture on this interface ('any' for all) until SIGINT/SIGTERM")
+    add(g, "--filter", metavar="BPF", default=None,
+        help="capture filter (tcpdump syntax) instead of the built-in prefilter, which drops "
+        "pure TCP ACKs and QUIC short-header packets in the kernel; '' keeps everything")
+    add(g, "--snaplen", type=int, default=65535, metavar="BYTES",
+        help="bytes kept per packet (default 65535)")
+    add(g, "--no-promisc", action="store_true", help="no promiscuous mode")
+    add(g, "--buffer-size", type=int, default=64, metavar="MB",
+        help="kernel ring per worker in MB (default 64)")
+    add(g, "--no-immediate", action="store_true",
+        help="deliver packets in 250 ms blocks instead of within ~10 ms (less CPU when busy)")
+    add(g, "--workers", type=int, default=1, metavar="N",
+        help="capture processes sharing the interface by flow hash (PACKET_FANOUT); default 1")
+    add(g, "--stats-interval", type=float, default=0.0, metavar="SECONDS",
+        help="write a stats line (packets, bytes, drops, flows, names, alerts, rates) to "
+        "stderr this often; 0: only at the end")
+    add(g, "--stats-json-stream", action="store_true",
+        help="write the stats lines as JSON ('iocwatch stats {...}')")
+    add(g, "--rotate", metavar="SPEC",
+        help="rotate output files by time (30m, 1h, 1d) or size (100M, 1G); the old file "
+        "becomes FILE.YYYYmmdd-HHMMSS")
+    add(g, "--user", metavar="NAME", help="drop root to this user once the interface is open")
+    add(g, "--config", metavar="FILE",
+        help="TOML file whose keys are long flag names (see contrib/iocwatch.toml); "
+        "flags on the command line win")
+    n = parser.add_argument_group("network outputs (JSON lines)")
+    add(n, "--syslog", action="store_true", help="send lines to the local syslog socket")
+    add(n, "--syslog-socket", default="/dev/log", metavar="PATH",
+        help="syslog socket (default /dev/log)")
+    add(n, "--syslog-facility", default="local0", metavar="NAME", help="default local0")
+    add(n, "--udp", action="append", metavar="HOST:PORT", help="one datagram per line")
+    add(n, "--tcp", action="append", metavar="HOST:PORT",
+        help="newline-delimited over TCP, reconnecting when the collector restarts")
+    add(n, "--net-streams", default="records,alerts", metavar="LIST",
+        help="which streams go to --syslog/--udp/--tcp (records, alerts, sessions)")
+
+
+def drop_privileges(user: str) -> None:
+    """Become ``user`` (and its primary group) once handles and outputs are open."""
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(user)
+    except KeyError:
+        raise LiveError(f"no such user: {user}")
+    try:
+        os.setgroups([])
+        os.setgid(pw.pw_gid)
+        os.setuid(pw.pw_uid)
+    except OSError as exc:
+        raise LiveError(f"cannot become {user}: {exc.strerror or exc}")
+
+
+# -- the worker --------------------------------------------------------------------------------
+
+class _WorkerState:
+    stop = False
+    reload = False
+
+
+def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
+            make_pipeline: Callable[[], Pipeline], conn: Connection, mbpc: int, mbpt: int) -> None:
+    """Capture, decode, match; send whole lines to the parent. Never dies on a packet."""
+    from iocwatch.engine import Engine, EngineConfig
+
+    state = _WorkerState()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+
+    def on_term(_s: int, _f: object) -> None:
+        state.stop = True
+
+    def on_hup(_s: int, _f: object) -> None:
+        state.reload = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGHUP, on_hup)
+    # ``others`` are forked copies of the siblings' handles: kept referenced and never
+    # closed here, for the same reason (closing would destroy the sibling's ring).
+    del others
+    pending: dict[str, list[bytes]] = {}
+
+    def emit(stream: str, data: bytes) -> None:
+        bucket = pending.get(stream)
+        if bucket is None:
+            pending[stream] = [data]
+        else:
+            bucket.append(data)
+
+    def send_pending() -> None:
+        if pending:
+            conn.send(("out", {s: b"".join(v) for s, v in pending.items()}))
+            pending.clear()
+
+    pipeline = make_pipeline()
+    pipeline.attach(emit)
+    engine = Engine(pipeline.engine_sink, EngineConfig(mbpc, mbpt))
+    engine.flow_hook = pipeline.flow_hook
+    engine.session_sink = pipeline.session_sink
+    errors = 0
+
+    def run(batch: list) -> None:
+        nonlocal errors
+        it = iter(batch)
+        while True:
+            try:
+                engine.run(it)
+                return
+            except Exception:  # noqa: BLE001 - one hostile packet is skipped, the rest go on
+                errors += 1
+
+    def snapshot(final: bool) -> dict:
+        st = engine.stats
+        d = cap.drops()
+        return {
+            "worker": index, "packets": cap.stats.records, "bytes": cap.stats.bytes,
+            "received": d.get("received", 0), "dropped_kernel": d.get("dropped_kernel", 0),
+            "dropped_interface": d.get("dropped_interface", 0),
+            "flows": len(engine.flows) // 2, "tcp_flows_total": st.get("tcp_flows", 0),
+            "records": st.get("records", 0),
+            "names": sum(v for k, v in st.items() if k.startswith("names_")),
+            "malformed": sum(v for k, v in st.items() if k.startswith("malformed_")),
+            "packet_errors": errors, **pipeline.counters(),
+            "rss_kb": _rss_kb(), "final": final,
+        }
+
+    next_stats = time.monotonic() + WORKER_STATS_EVERY
+    try:
+        while not state.stop:
+            try:
+                batch = cap.read(WORKER_WAIT_MS)
+            except InterruptedError:
+                batch = []
+            if batch:
+                run(batch)
+            if state.reload:
+                state.reload = False
+                pipeline.reload_indicators()
+            send_pending()
+            now = time.monotonic()
+            if now >= next_stats:
+                next_stats = now + WORKER_STATS_EVERY
+                conn.send(("stats", snapshot(False)))
+        # stop: what the kernel already holds for us is still part of the run
+        for _ in range(DRAIN_BATCHES):
+            batch = cap.read(0)
+            if not batch:
+                break
+            run(batch)
+        engine.finish()
+        pipeline.flush()
+        send_pending()
+        cap.close()
+        conn.send(("end", snapshot(True)))
+    except (BrokenPipeError, EOFError):
+        pass  # the parent is gone: nothing left to write to
+    except Exception as exc:  # noqa: BLE001
+        try:
+            conn.send(("fatal", f"worker {index}: {type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+    finally:
+        conn.close()
+
+
+def _rss_kb() -> int:
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+# -- the parent --------------------------------------------------------------------------------
+
+class StatsPrinter:
+    """Per-worker snapshots summed into one line, with rates since the previous line."""
+
+    def __init__(self, as_json: bool):
+        self.as_json = as_json
+        self.latest: dict[int, dict] = {}
+        self.prev = (time.monotonic(), 0, 0)
+
+    def total(self) -> dict:
+        keys = ("packets", "bytes", "received", "dropped_kernel", "dropped_interface", "flows",
+                "records", "names", "alerts", "malformed", "packet_errors")
+        return {k: sum(int(w.get(k, 0)) for w in self.latest.values()) for k in keys}
+
+    def line(self, outputs: Outputs, final: bool = False) -> str:
+        now = time.monotonic()
+        tot = self.total()
+        t0, p0, b0 = self.prev
+        dt = max(now - t0, 1e-6)
+        self.prev = (now, tot["packets"], tot["bytes"])
+        tot["pps"] = round((tot["packets"] - p0) / dt)
+        tot["mbps"] = round((tot["bytes"] - b0) * 8 / dt / 1e6, 2)
+        tot["rss_kb"] = _rss_kb() + sum(int(w.get("rss_kb", 0)) for w in self.latest.values())
+        tot["lines"] = dict(outputs.lines)
+        sockets = outputs.socket_stats()
+        if sockets:
+            tot["sockets"] = sockets
+        if final:
+            tot["final"] = True
+            tot["workers"] = [{k: v for k, v in w.items() if k != "final"}
+                              for _i, w in sorted(self.latest.items())]
+        if self.as_json:
+            return "iocwatch stats " + orjson.dumps(tot).decode()
+        head = "iocwatch final" if final else "iocwatch stats"
+        text = (f"{head}: {tot['packets']} packets ({tot['pps']}/s, {tot['mbps']} Mbit/s), "
+                f"dropped kernel {tot['dropped_kernel']} interface {tot['dropped_interface']}, "
+                f"{tot['flows']} flows, {tot['names']} names, {tot['records']} records, "
+                f"{tot['alerts']} alerts, {tot['malformed']} malformed, RSS {tot['rss_kb']} kB")
+        if final and len(self.latest) > 1:
+            text += "".join(f"\n  worker {w['worker']}: {w['packets']} packets, dropped kernel "
+                            f"{w['dropped_kernel']}, {w['records']} records"
+                            for _i, w in sorted(self.latest.items()))
+        return text
+
+
+def _validate(args: argparse.Namespace) -> None:
+    if not getattr(args, "interface", None):
+        raise LiveError("no interface: give -i IFACE (or interface = \"...\" in --config)")
+    if args.workers < 1 or args.workers > 64:
+        raise LiveError("--workers takes 1..64")
+    if args.snaplen < 64 or args.buffer_size < 1:
+        raise LiveError("--snaplen must be at least 64 and --buffer-size at least 1")
+    if args.stats_interval < 0:
+        raise LiveError("--stats-interval takes seconds >= 0")
+    if args.filter:
+        why = check_filter(args.filter)
+        if why is not None:
+            raise LiveError(f"bad capture filter {args.filter!r}: {why}")
+    if getattr(args, "rotate", None):
+        parse_rotate(args.rotate)
+
+
+def run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
+             streams: dict[str, str | None] | None = None) -> int:
+    """Capture until SIGINT/SIGTERM; 0 on a clean stop, 2 when something fails before capture.
+
+    ``streams`` maps STREAMS to a path, '-' (stdout) or None; by default records go to
+    ``args.output`` (stdout when absent), alerts to ``args.alerts``, sessions to
+    ``args.session_records``.
+    """
+    try:
+        return _run_live(args, make_pipeline, streams)
+    except (LiveError, CaptureError) as exc:
+        sys.stderr.write(f"iocwatch: error: {exc}\n")
+        return 2
+
+
+def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
+              streams: dict[str, str | None] | None) -> int:
+    _validate(args)
+    if streams is None:
+        streams = {"records": getattr(args, "output", None) or "-",
+                   "alerts": getattr(args, "alerts", None),
+                   "sessions": getattr(args, "session_records", None)}
+    caps: list[LiveCapture] = []
+    try:
+        for _ in range(args.workers):
+            caps.append(LiveCapture(args.interface, args.filter, args.snaplen,
+                                    not args.no_promisc, args.buffer_size,
+                                    immediate=not args.no_immediate))
+        if args.workers > 1:
+            group = os.getpid() & 0xFFFF
+            for cap in caps:
+                cap.join_fanout(group)
+        outputs = open_outputs(args, streams)
+    except BaseException:
+        for cap in caps:
+            cap.close()
+        raise
+    if getattr(args, "user", None):
+        drop_privileges(args.user)
+
+    ctx = multiprocessing.get_context("fork")
+    mbpc, mbpt = getattr(args, "mbpc", 16), getattr(args, "mbpt", 1024)
+    procs = []
+    conns: dict[Connection, int] = {}
+    # Signals during start-up are held until every worker exists to receive them.
+    flags = {"stop": False, "hup": False}
+
+    def on_stop(_s: int, _f: object) -> None:
+        flags["stop"] = True
+
+    def on_hup(_s: int, _f: object) -> None:
+        flags["hup"] = True
+
+    old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
+    for i, cap in enumerate(caps):
+        parent_end, child_end = ctx.Pipe(duplex=False)
+        others = [c for c in caps if c is not cap]
+        p = ctx.Process(target=_worker, name=f"iocwatch-worker-{i}",
+                        args=(i, cap, others, make_pipeline, child_end, mbpc, mbpt))
+        p.start()
+        child_end.close()
+        procs.append(p)
+        conns[parent_end] = i
+    # The parent keeps its references but never closes a handle while workers run: the
+    # socket is shared, and pcap_close() would tear down the worker's ring.
+
+    printer = StatsPrinter(getattr(args, "stats_json_stream", False))
+    interval = args.stats_interval
+    next_line = time.monotonic() + interval if interval > 0 else float("inf")
+    stopping = False
+    fatal: list[str] = []
+    try:
+        while conns:
+            if flags["stop"] and not stopping:
+                stopping = True
+                for p in procs:
+                    if p.is_alive():
+                        os.kill(p.pid, signal.SIGTERM)
+            if flags["hup"]:
+                flags["hup"] = False
+                outputs.reopen()
+                for p in procs:
+                    if p.is_alive():
+                        os.kill(p.pid, signal.SIGHUP)
+            for conn in wait(list(conns), timeout=0.2):
+                try:
+                    kind, payload = conn.recv()
+                except (EOFError, OSError):
+                    conns.pop(conn)
+                    continue
+                idx = conns[conn]
+                if kind == "out":
+                    for stream, chunk in payload.items():
+                        outputs.write(stream, chunk)
+                elif kind in ("stats", "end"):
+                    printer.latest[idx] = payload
+                    if kind == "end":
+                        conns.pop(conn)
+                elif kind == "fatal":
+                    fatal.append(payload)
+                    conns.pop(conn)
+            outputs.tick()
+            now = time.monotonic()
+            if now >= next_line:
+                next_line = now + interval
+                sys.stderr.write(printer.line(outputs) + "\n")
+                sys.stderr.flush()
+            if not stopping and not any(p.is_alive() for p in procs) and not conns:
+                break
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+        outputs.close()
+        for s, h in old.items():
+            signal.signal(s, h)
+    for msg in fatal:
+        sys.stderr.write(f"iocwatch: error: {msg}\n")
+    sys.stderr.write(printer.line(outputs, final=True) + "\n")
+    sys.stderr.flush()
+    if fatal or not stopping:
+        return 1  # a worker died on its own: the service manager should know
+    return 0
+
+
+# -- standalone entry point (tests, and until the lead wires run_live into the CLI) ------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="iocwatch-live",
+                                description="Live capture of server names (multi-worker).")
+    p.add_argument("-f", "--output", metavar="FILE", help="records (JSON lines); '-': stdout")
+    p.add_argument("--no-records", action="store_true")
+    p.add_argument("--ioc", action="append", default=[], metavar="FILE")
+    p.add_argument("--alerts", metavar="FILE")
+    p.add_argument("--sensor-name", default="iocwatch")
+    add_live_arguments(p)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from iocwatch.config import ConfigError, parse_args_with_config
+
+    parser = build_parser()
+    try:
+        args = parse_args_with_config(parser, sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        sys.stderr.write(f"iocwatch: error: {exc}\n")
+        return 2
+    streams = {"records": None if args.no_records else (args.output or "-"),
+               "alerts": args.alerts if args.ioc else None, "sessions": None}
+    with_records = not args.no_records
+    ioc, sensor = list(args.ioc), args.sensor_name
+    if ioc:
+        from iocwatch.indicators import IndicatorFileError, IndicatorSet
+
+        try:  # a bad indicator file is a start-up error, not a worker crash
+            IndicatorSet.load(ioc)
+        except (IndicatorFileError, OSError) as exc:
+            sys.stderr.write(f"iocwatch: error: {exc}\n")
+            return 2
+    return run_live(args, lambda: DefaultPipeline(with_records, ioc, sensor), streams)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
