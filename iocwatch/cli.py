@@ -17,12 +17,19 @@ from iocwatch.capture.files import CaptureError, CaptureReader
 from iocwatch.capture.live import LiveCapture
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.flows.session import Event
-from iocwatch.indicators import FORMATS, IndicatorFileError, IndicatorSet, LoadReport
+from iocwatch.indicators import FORMATS, IndicatorFileError
 from iocwatch.matcher import Matcher
 from iocwatch.observations import Observation
-from iocwatch.outputs.alerts import AlertWriter, Deduper
+from iocwatch.outputs.alerts import AlertWriter
 from iocwatch.outputs.records import RecordWriter
 from iocwatch.outputs.sessions import SessionWriter
+from iocwatch.pipeline import (
+    AlertSink,
+    SensorPipeline,
+    load_indicators,
+    reload_indicators,
+    report_load,
+)
 
 
 class UsageError(Exception):
@@ -95,20 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="out-of-order TCP segments held per connection (default 16)")
     p.add_argument("-mbpt", "--max-buffered-pages-total", dest="mbpt", type=int, default=1024,
                    metavar="N", help="out-of-order TCP segments held in total (default 1024)")
-    live = p.add_argument_group("live capture (-i)")
-    live.add_argument("--filter", metavar="BPF", help="capture filter (tcpdump syntax)")
-    live.add_argument("--snaplen", type=int, default=65535, metavar="BYTES",
-                      help="bytes kept per packet (default 65535)")
-    live.add_argument("--no-promisc", action="store_true", help="do not put the interface "
-                      "into promiscuous mode")
-    live.add_argument("--buffer-size", type=int, default=64, metavar="MB",
-                      help="kernel capture buffer (default 64 MB)")
-    live.add_argument("--stats-interval", type=float, default=0.0, metavar="SECONDS",
-                      help="write a stats line (packets, bytes, drops, flows, names, alerts, "
-                      "rates) to stderr this often")
-    live.add_argument("--user", metavar="NAME",
-                      help="drop root privileges to this user once the interface is open")
     p.add_argument("--version", action="version", version=f"iocwatch {__version__}")
+    from iocwatch.live import add_live_arguments
+
+    add_live_arguments(p)  # -i companions: filter, workers, rotation, outputs, config, user
     return p
 
 
@@ -134,59 +131,6 @@ class Progress:
         sys.stderr.write("\r" + " " * 44 + "\r")
 
 
-def load_indicators(args: argparse.Namespace) -> tuple[IndicatorSet, LoadReport]:
-    """Load every --ioc file; a file that cannot be read at all is a usage error."""
-    paths = list(dict.fromkeys(args.ioc + args.ioc_exact))
-    try:
-        if args.ioc_cache:
-            indicators, report, _cached = IndicatorSet.load_cached(
-                paths, args.ioc_format, cache=args.ioc_cache, misp_all=args.misp_all,
-                exact=args.ioc_exact)
-            return indicators, report
-        return IndicatorSet.load(paths, args.ioc_format, misp_all=args.misp_all,
-                                 exact=args.ioc_exact)
-    except IndicatorFileError as exc:
-        raise UsageError(str(exc))
-
-
-def report_load(report: LoadReport, quiet: bool) -> None:
-    """Skipped lines and warnings on stderr (bounded), so a bad feed is noticed."""
-    for path, line, reason in report.skipped[:20]:
-        sys.stderr.write(f"iocwatch: {path}:{line}: skipped: {reason}\n")
-    if report.skipped_total > 20:
-        sys.stderr.write(f"iocwatch: ... {report.skipped_total - 20} more skipped entries\n")
-    for w in report.warnings:
-        sys.stderr.write(f"iocwatch: warning: {w}\n")
-    if not quiet:
-        sys.stderr.write(f"iocwatch: {report.loaded} indicators loaded from "
-                         f"{len(report.files)} file(s), {report.skipped_total} skipped, "
-                         f"{report.unsupported} unsupported\n")
-
-
-class AlertSink:
-    """Matcher output: optional dedupe, then the writer; counts what it wrote."""
-
-    def __init__(self, writer: AlertWriter, dedupe: float):
-        self.writer = writer
-        self.deduper = Deduper(dedupe) if dedupe > 0 else None
-        self.count = 0
-        self.now = 0.0
-
-    def __call__(self, alert: dict) -> None:
-        self.count += 1
-        if self.deduper is None:
-            self.writer.write(alert)
-        else:
-            start = alert.get("event_start")
-            self.now = start if isinstance(start, float) else self.now
-            self.writer.write_many(self.deduper.add(alert, self.now))
-
-    def close(self) -> None:
-        if self.deduper is not None:
-            self.writer.write_many(self.deduper.flush())
-        self.writer.close()
-
-
 def run_sensor(args: argparse.Namespace) -> int:
     args.ioc = args.ioc + [p for p in args.ioc_exact if p not in args.ioc]
     if args.mbpc < 1 or args.mbpt < 1:
@@ -207,15 +151,22 @@ def run_sensor(args: argparse.Namespace) -> int:
     alert_sink = None
     sessions = None
     if args.ioc:
-        indicators, report = load_indicators(args)
+        try:
+            indicators, report = load_indicators(args)
+        except IndicatorFileError as exc:
+            raise UsageError(str(exc))
         report_load(report, args.quiet)
-    if args.read is not None:
-        reader: CaptureReader | LiveCapture = CaptureReader(args.read)
-    else:
-        if args.snaplen < 64 or args.buffer_size < 1:
-            raise UsageError("--snaplen must be at least 64 and --buffer-size at least 1")
-        reader = LiveCapture(args.interface, args.filter, args.snaplen, not args.no_promisc,
-                             args.buffer_size)
+    if args.interface is not None:
+        from iocwatch.live import run_live
+
+        def make_pipeline() -> SensorPipeline:
+            return SensorPipeline(args, records_to is not None, bool(args.ioc),
+                                  args.session_records is not None)
+
+        return run_live(args, make_pipeline, {"records": records_to,
+                                              "alerts": alerts_to if args.ioc else None,
+                                              "sessions": args.session_records})
+    reader = CaptureReader(args.read)
     writer = None
     try:
         if records_to is not None:
@@ -230,12 +181,6 @@ def run_sensor(args: argparse.Namespace) -> int:
                                      args.pem)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror or exc}")
-    if args.user:
-        drop_privileges(args.user)
-    live = isinstance(reader, LiveCapture)
-    if live:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, lambda _s, _f: reader.stop())
 
     reload_state = {"requested": False, "next": time.monotonic() + args.reload_interval}
 
@@ -246,7 +191,7 @@ def run_sensor(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, on_hup)
 
     progress = None
-    if not args.quiet and not live and args.read != "-" and sys.stderr.isatty():
+    if not args.quiet and args.read != "-" and sys.stderr.isatty():
         try:
             progress = Progress(reader, os.stat(args.read).st_size)
         except OSError:
@@ -255,15 +200,9 @@ def run_sensor(args: argparse.Namespace) -> int:
     ticker = StatsTicker(args.stats_interval) if args.stats_interval > 0 else None
 
     def periodic() -> None:
-        """Runs once per chunk read (files) or about twice a second (live): progress, stats,
-        output flushes, indicator reload."""
+        """Runs once per chunk read: progress, stats line, indicator reload."""
         if progress is not None:
             progress()
-        if live:
-            if writer is not None:
-                writer.flush()
-            if sessions is not None:
-                sessions.flush()
         if ticker is not None:
             ticker(engine, reader, alert_sink)
         if matcher is None:
@@ -272,18 +211,7 @@ def run_sensor(args: argparse.Namespace) -> int:
         if reload_state["requested"] or due:
             reload_state["requested"] = False
             reload_state["next"] = time.monotonic() + args.reload_interval
-            try:
-                new, rep = load_indicators(args)
-            except (UsageError, OSError, ValueError) as exc:
-                sys.stderr.write(f"iocwatch: reload failed, keeping the old indicators: {exc}\n")
-                return
-            broken = [f"{f.path}: {f.error}" for f in rep.files if f.error]
-            if broken:  # a file that was readable before and is refused now: keep what worked
-                sys.stderr.write("iocwatch: reload failed, keeping the old indicators: "
-                                 + "; ".join(broken) + "\n")
-                return
-            matcher.swap(new)
-            report_load(rep, args.quiet)
+            reload_indicators(args, matcher)
 
     reader.on_read = periodic
 
@@ -338,22 +266,6 @@ def run_sensor(args: argparse.Namespace) -> int:
     if args.fail_on_alert and alert_sink is not None and alert_sink.count:
         return 3
     return 0
-
-
-def drop_privileges(user: str) -> None:
-    """Become ``user`` (and its group) once the capture handle and outputs are open."""
-    import pwd
-
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        raise UsageError(f"no such user: {user}")
-    try:
-        os.setgroups([])
-        os.setgid(pw.pw_gid)
-        os.setuid(pw.pw_uid)
-    except OSError as exc:
-        raise UsageError(f"cannot become {user}: {exc.strerror or exc}")
 
 
 class StatsTicker:
@@ -450,7 +362,12 @@ def main(argv: list[str] | None = None) -> int:
             from iocwatch import coverage
 
             return coverage.main(argv[1:])
-        args = build_parser().parse_args(argv)
+        from iocwatch.config import ConfigError, parse_args_with_config
+
+        try:
+            args = parse_args_with_config(build_parser(), argv)
+        except ConfigError as exc:
+            raise UsageError(str(exc))
         return run_sensor(args)
     except UsageError as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")

@@ -26,6 +26,7 @@ import orjson
 
 from iocwatch.capture.files import CaptureError
 from iocwatch.capture.live import LiveCapture, check_filter
+from iocwatch.engine import Engine, EngineConfig
 from iocwatch.outputs.sessions import TlsSession
 from iocwatch.outputs.sockets import OutputError, SyslogOutput, TcpOutput, UdpOutput
 
@@ -388,20 +389,26 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
         help="which streams go to --syslog/--udp/--tcp (records, alerts, sessions)")
 
 
-def drop_privileges(user: str) -> None:
-    """Become ``user`` (and its primary group) once handles and outputs are open."""
+def lookup_user(user: str) -> tuple[int, int]:
+    """(uid, gid) of ``user``, checked before capture starts."""
     import pwd
 
     try:
         pw = pwd.getpwnam(user)
     except KeyError:
         raise LiveError(f"no such user: {user}")
+    return pw.pw_uid, pw.pw_gid
+
+
+def drop_privileges(ids: tuple[int, int], name: str = "") -> None:
+    """Become that user and group for good (supplementary groups dropped too)."""
+    uid, gid = ids
     try:
         os.setgroups([])
-        os.setgid(pw.pw_gid)
-        os.setuid(pw.pw_uid)
+        os.setgid(gid)
+        os.setuid(uid)
     except OSError as exc:
-        raise LiveError(f"cannot become {user}: {exc.strerror or exc}")
+        raise LiveError(f"cannot become {name or uid}: {exc.strerror or exc}")
 
 
 # -- the worker --------------------------------------------------------------------------------
@@ -412,10 +419,9 @@ class _WorkerState:
 
 
 def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
-            make_pipeline: Callable[[], Pipeline], conn: Connection, mbpc: int, mbpt: int) -> None:
+            make_pipeline: Callable[[], Pipeline], conn: Connection, mbpc: int, mbpt: int,
+            user: tuple[int, int] | None) -> None:
     """Capture, decode, match; send whole lines to the parent. Never dies on a packet."""
-    from iocwatch.engine import Engine, EngineConfig
-
     state = _WorkerState()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
 
@@ -444,11 +450,18 @@ def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
             conn.send(("out", {s: b"".join(v) for s, v in pending.items()}))
             pending.clear()
 
-    pipeline = make_pipeline()
-    pipeline.attach(emit)
-    engine = Engine(pipeline.engine_sink, EngineConfig(mbpc, mbpt))
-    engine.flow_hook = pipeline.flow_hook
-    engine.session_sink = pipeline.session_sink
+    try:
+        pipeline = make_pipeline()
+        pipeline.attach(emit)
+        engine = Engine(pipeline.engine_sink, EngineConfig(mbpc, mbpt))
+        engine.flow_hook = pipeline.flow_hook
+        engine.session_sink = pipeline.session_sink
+        if user is not None:  # everything is imported and opened: root is no longer needed
+            drop_privileges(user)
+    except Exception as exc:  # noqa: BLE001 - reported by the parent, which then stops
+        conn.send(("fatal", f"worker {index}: {exc}"))
+        conn.close()
+        return
     errors = 0
 
     def run(batch: list) -> None:
@@ -483,6 +496,9 @@ def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
                 batch = cap.read(WORKER_WAIT_MS)
             except InterruptedError:
                 batch = []
+            except Exception as exc:  # noqa: BLE001 - interface gone: flush what we have
+                conn.send(("fatal", f"worker {index}: capture failed: {exc}"))
+                break
             if batch:
                 run(batch)
             if state.reload:
@@ -494,8 +510,10 @@ def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
                 next_stats = now + WORKER_STATS_EVERY
                 conn.send(("stats", snapshot(False)))
         # stop: what the kernel already holds for us is still part of the run
-        for _ in range(DRAIN_BATCHES):
-            batch = cap.read(0)
+        # (a TPACKET_V3 block is only handed over when full or after its timeout: wait for it)
+        drain_ms = 2 * cap.timeout_ms + 20
+        for _ in range(DRAIN_BATCHES if state.stop else 0):
+            batch = cap.read(drain_ms)
             if not batch:
                 break
             run(batch)
@@ -516,11 +534,16 @@ def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
 
 
 def _rss_kb() -> int:
+    """Anonymous resident memory: the heap that could grow; the capture ring, a shared
+    mapping counted in every process that forked with it, is left out."""
     try:
-        with open("/proc/self/statm") as fh:
-            return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"RssAnon:"):
+                    return int(line.split()[1])
     except (OSError, ValueError, IndexError):
-        return 0
+        pass
+    return 0
 
 
 # -- the parent --------------------------------------------------------------------------------
@@ -561,7 +584,7 @@ class StatsPrinter:
         text = (f"{head}: {tot['packets']} packets ({tot['pps']}/s, {tot['mbps']} Mbit/s), "
                 f"dropped kernel {tot['dropped_kernel']} interface {tot['dropped_interface']}, "
                 f"{tot['flows']} flows, {tot['names']} names, {tot['records']} records, "
-                f"{tot['alerts']} alerts, {tot['malformed']} malformed, RSS {tot['rss_kb']} kB")
+                f"{tot['alerts']} alerts, {tot['malformed']} malformed, heap RSS {tot['rss_kb']} kB")
         if final and len(self.latest) > 1:
             text += "".join(f"\n  worker {w['worker']}: {w['packets']} packets, dropped kernel "
                             f"{w['dropped_kernel']}, {w['records']} records"
@@ -604,6 +627,7 @@ def run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
 def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
               streams: dict[str, str | None] | None) -> int:
     _validate(args)
+    user = lookup_user(args.user) if getattr(args, "user", None) else None
     if streams is None:
         streams = {"records": getattr(args, "output", None) or "-",
                    "alerts": getattr(args, "alerts", None),
@@ -623,14 +647,12 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
         for cap in caps:
             cap.close()
         raise
-    if getattr(args, "user", None):
-        drop_privileges(args.user)
 
     ctx = multiprocessing.get_context("fork")
     mbpc, mbpt = getattr(args, "mbpc", 16), getattr(args, "mbpt", 1024)
     procs = []
     conns: dict[Connection, int] = {}
-    # Signals during start-up are held until every worker exists to receive them.
+    # Handlers only set flags; the loop below acts on them between two messages.
     flags = {"stop": False, "hup": False}
 
     def on_stop(_s: int, _f: object) -> None:
@@ -645,11 +667,18 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
         parent_end, child_end = ctx.Pipe(duplex=False)
         others = [c for c in caps if c is not cap]
         p = ctx.Process(target=_worker, name=f"iocwatch-worker-{i}",
-                        args=(i, cap, others, make_pipeline, child_end, mbpc, mbpt))
+                        args=(i, cap, others, make_pipeline, child_end, mbpc, mbpt, user))
         p.start()
         child_end.close()
         procs.append(p)
         conns[parent_end] = i
+    fatal: list[str] = []
+    if user is not None:
+        try:
+            drop_privileges(user, args.user)
+        except LiveError as exc:
+            fatal.append(str(exc))
+            flags["stop"] = True
     # The parent keeps its references but never closes a handle while workers run: the
     # socket is shared, and pcap_close() would tear down the worker's ring.
 
@@ -657,7 +686,6 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
     interval = args.stats_interval
     next_line = time.monotonic() + interval if interval > 0 else float("inf")
     stopping = False
-    fatal: list[str] = []
     try:
         while conns:
             if flags["stop"] and not stopping:
@@ -685,18 +713,19 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
                     printer.latest[idx] = payload
                     if kind == "end":
                         conns.pop(conn)
-                elif kind == "fatal":
+                elif kind == "fatal":  # one worker cannot go on: stop them all, exit 1
                     fatal.append(payload)
-                    conns.pop(conn)
+                    flags["stop"] = True
             outputs.tick()
             now = time.monotonic()
             if now >= next_line:
                 next_line = now + interval
                 sys.stderr.write(printer.line(outputs) + "\n")
                 sys.stderr.flush()
-            if not stopping and not any(p.is_alive() for p in procs) and not conns:
-                break
     finally:
+        for p in procs:  # normally gone already; after a writer error they still run
+            if p.is_alive():
+                os.kill(p.pid, signal.SIGTERM)
         for p in procs:
             p.join(timeout=10)
             if p.is_alive():

@@ -22,8 +22,9 @@ BATCH_TIMEOUT_MS = 250
 BATCH_MAX = 4096
 
 # What the default prefilter keeps, so bulk payload never reaches Python:
-# - every TCP segment that carries payload or SYN/FIN/RST (pure ACKs, about a third of a bulk
-#   transfer's packets, are dropped: they never move the reassembly nor open a flow). Payload
+# - every TCP segment that carries payload or SYN/FIN/RST (pure ACKs, 14% of the packets of
+#   bench/bench_sensor.py's mostly-bulk-HTTPS capture, are dropped: they never move the
+#   reassembly nor open a flow; the bulk data segments are dropped by the engine). Payload
 #   cannot be filtered further in BPF: continuation segments of a multi-segment ClientHello
 #   (post-quantum key shares) or a TLS 1.2 certificate chain start with arbitrary bytes, and
 #   BPF cannot know where a flow's handshake ends; the engine's per-flow fast path drops them.
@@ -80,7 +81,8 @@ class LiveCapture:
             handle.set_snaplen(snaplen)
             handle.set_promisc(1 if promisc else 0)
             # no pcap_set_immediate_mode in the binding: a short TPACKET_V3 block timeout
-            handle.set_timeout(IMMEDIATE_TIMEOUT_MS if immediate else timeout_ms)
+            self.timeout_ms = IMMEDIATE_TIMEOUT_MS if immediate else timeout_ms
+            handle.set_timeout(self.timeout_ms)
             handle.set_buffer_size(buffer_mb << 20)
             status = handle.activate()
         except pcapy.PcapError as exc:

@@ -498,16 +498,18 @@ class AlertWriter:
 
     __slots__ = ("path", "fmt", "count", "_fh", "_owned", "_reopen")
 
-    def __init__(self, path: str, fmt: Literal["json", "ecs"] = "json") -> None:
+    def __init__(self, path: str, fmt: Literal["json", "ecs"] = "json",
+                 fh: IO[bytes] | None = None) -> None:
         if fmt not in ("json", "ecs"):
             raise ValueError(f"unknown alert format {fmt!r}")
         self.path = path
         self.fmt = fmt
         self.count = 0
         self._reopen = False
-        self._fh: IO[bytes] | None = None
+        self._fh: IO[bytes] | None = fh
         self._owned = False
-        self._open()
+        if fh is None:
+            self._open()
 
     def _open(self) -> None:
         if self.path == "-":

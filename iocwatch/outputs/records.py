@@ -11,10 +11,10 @@ import orjson
 class RecordWriter:
     """Buffered JSON-lines writer; ``-`` means stdout. ``reopen`` serves log rotation."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, out: BinaryIO | None = None):
         self.path = path
         self.count = 0
-        self.out: BinaryIO = self._open()
+        self.out: BinaryIO = out if out is not None else self._open()
 
     def _open(self) -> BinaryIO:
         if self.path == "-":
