@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
+from iocwatch.live import EmitFile
 from iocwatch.matcher import Matcher
 from iocwatch.outputs.alerts import AlertWriter, Deduper
 from iocwatch.outputs.records import RecordWriter
@@ -88,24 +89,6 @@ class AlertSink:
         self.writer.close()
 
 
-class _EmitStream:
-    """A binary stream whose whole-line writes go to the live writer process."""
-
-    def __init__(self, emit: Callable[[str, bytes], None], stream: str):
-        self.emit = emit
-        self.stream = stream
-
-    def write(self, data: bytes) -> int:
-        self.emit(self.stream, bytes(data))
-        return len(data)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 class SensorPipeline:
     """The live workers' pipeline (see iocwatch.live.Pipeline): the same writers and matcher
     as the file mode, their lines handed to ``emit``; -j/-w files written by the worker."""
@@ -123,17 +106,17 @@ class SensorPipeline:
     def attach(self, emit: Callable[[str, bytes], None]) -> None:
         args = self.args
         if self.want_records:
-            self.writer = RecordWriter("-", out=_EmitStream(emit, "records"))
+            self.writer = RecordWriter("-", out=EmitFile(emit, "records"))
         if args.ioc:
             indicators, _report = load_indicators(args)  # reported once by the parent
-            writer = AlertWriter("-", args.alert_format, fh=_EmitStream(emit, "alerts"))
+            writer = AlertWriter("-", args.alert_format, fh=EmitFile(emit, "alerts"))
             self.alert_sink = AlertSink(writer, args.dedupe)
             self.matcher = Matcher(indicators, args.sensor_name, self.alert_sink)
             self.flow_hook = self.matcher.flow
         if args.session_dir or args.cert_dir or self.want_sessions:
             self.sessions = SessionWriter(args.session_dir, None, args.cert_dir, args.pem)
             if self.want_sessions:
-                self.sessions.stream = _EmitStream(emit, "sessions")
+                self.sessions.stream = EmitFile(emit, "sessions")
             self.session_sink = self.sessions.write
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
