@@ -194,9 +194,14 @@ def _indicator_dict(indicator: IndicatorLike) -> dict[str, Any]:
     }
 
 
-def _path(channel: Channel, record: Mapping[str, Any]) -> str:
-    """The mercury path, naming ``tls.undetermined`` when that is where the certificate sat."""
+def _path(channel: Channel, record: Mapping[str, Any], name: str = "") -> str:
+    """The mercury path, naming ``tls.undetermined`` when that is where the certificate sat.
+
+    An AAAA answer's address sits under ``ip6_addr`` (mercury's key), not ``ipv4_addr``.
+    """
     path = MERCURY_PATH[channel]
+    if channel is Channel.DNS_ANSWER and ":" in name:
+        return path.replace("ipv4_addr", "ip6_addr")
     if channel in (Channel.CERT_SAN, Channel.CERT_CN, Channel.CERT_SHA1, Channel.CERT_SHA256):
         tls = record.get("tls")
         if isinstance(tls, Mapping) and "server" not in tls and "undetermined" in tls:
@@ -235,7 +240,7 @@ def build_alert(
         "name": name,
         "normalised": normalised,
         "channel": chan.value,
-        "path": _path(chan, record),
+        "path": _path(chan, record, name),
         "indicator": _indicator_dict(indicator),
         "sensor": sensor,
         "record": record,
@@ -272,13 +277,15 @@ def _ecs_indicator(ind: Mapping[str, Any]) -> dict[str, Any]:
     kind = str(ind.get("kind") or "").lower()
     ecs_type = _ECS_INDICATOR_TYPE.get(kind, kind or "domain-name")
     value = ind.get("value")
+    if ecs_type in ("ipv4-addr", "ipv6-addr") and isinstance(value, str) and ":" in value:
+        ecs_type = "ipv6-addr"  # the table cannot know an address's family; the value does
     out: dict[str, Any] = {"type": ecs_type, "name": value}
     if ecs_type == "domain-name":
         out["url"] = {"domain": value}
     elif ecs_type == "url":
         out["url"] = {"original": value}
-    elif ecs_type in ("ipv4-addr", "ipv6-addr"):
-        out["ip"] = value
+    elif ecs_type in ("ipv4-addr", "ipv6-addr") and "/" not in str(value):
+        out["ip"] = value  # an ECS ip field holds an address: a CIDR would be rejected
     if ind.get("source"):
         out["provider"] = ind["source"]
     if ind.get("description"):
@@ -355,8 +362,20 @@ def to_ecs(alert: dict) -> dict:
         out["tls"] = {"server": {"x509": {"alternative_names": [name]}}}
     elif chan is Channel.CERT_CN:
         out["tls"] = {"server": {"x509": {"subject": {"common_name": [name]}}}}
-    else:
+    elif chan is Channel.HTTP_HOST:
         out["url"] = {"domain": name}
+    elif chan is Channel.HTTP_URL:
+        out["url"] = {"full": name, "original": name}
+    elif chan is Channel.DNS_ANSWER:
+        out["dns"] = {"answers": [{"data": name}], "resolved_ip": [name]}
+    elif chan in (Channel.CERT_SHA1, Channel.CERT_SHA256):
+        algo = "sha1" if chan is Channel.CERT_SHA1 else "sha256"
+        out["tls"] = {"server": {"hash": {algo: name}}}
+    elif chan in (Channel.JA3, Channel.JA4):
+        out["tls"] = {"client": {chan.value: name}}
+    elif chan in (Channel.JA3S, Channel.JA4S):
+        out["tls"] = {"server": {chan.value: name}}
+    # SRC_IP / DST_IP: the address is already source.ip / destination.ip
     if ind.get("tags"):
         out["tags"] = list(ind["tags"])
     extra: dict[str, Any] = {
