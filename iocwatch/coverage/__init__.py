@@ -154,8 +154,14 @@ def main(argv: list[str], *, records_from_pcap: RecordsFromPcap | None = None,
         builder = CoverageBuilder(window=args.window, indicators=matcher, top=args.top)
         read_files(builder, args.files)
         source = records_from_pcap or engine_records
+        if args.read:
+            from iocwatch.capture.files import CaptureError
         for cap in args.read:
-            for record in source(cap):
+            try:
+                records = source(cap)
+            except CaptureError as exc:  # not a capture at all: one line, our prefix, rc 2
+                raise _UsageError(str(exc))
+            for record in records:
                 builder.add_record(record)
         report = builder.report()
         if args.json:

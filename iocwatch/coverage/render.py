@@ -46,6 +46,11 @@ def _table(headers: list[str], rows: list[list[Any]], right: set[int] | None = N
     return [fmt(headers), "  ".join("-" * w for w in widths), *(fmt(r) for r in cells)]
 
 
+def _count(n: int, noun: str) -> str:
+    """"1 client", "2 clients": the report is read by people, often with one client."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _dash(v: int | None) -> str:
     return "-" if v is None else str(v)
 
@@ -87,7 +92,7 @@ def render_text(r: CoverageReport, top: int = 10) -> str:
     out.append(f"SNI without a DNS query for that name from the same client in the previous "
                f"{r.window:g} s: {g['sni_events_without_dns']} of {g['sni_events_timed']} "
                f"timed SNI events, {g['distinct_names_without_dns']} distinct names, "
-               f"{g['clients_with_gaps']} clients ({g['sni_events_untimed']} SNI events "
+               f"{_count(g['clients_with_gaps'], 'client')} ({g['sni_events_untimed']} SNI events "
                f"without time or client not checked)")
     if r.sni_gap_clients:
         rows = []
@@ -152,6 +157,7 @@ def _figure(r: CoverageReport) -> Any:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(12, 7), dpi=110, layout="constrained")
     gs = fig.add_gridspec(2, 2, width_ratios=[1, 2.6], height_ratios=[1.5, 1])
@@ -175,6 +181,7 @@ def _figure(r: CoverageReport) -> Any:
     ax_set.set_yticks(list(y), [LABELS[s] for s in rows])
     ax_set.yaxis.tick_right()
     ax_set.set_xlabel("distinct names per source")
+    ax_set.xaxis.set_major_locator(MaxNLocator(integer=True))  # counts: no 0.5 ticks
     ax_set.legend(loc="lower left", fontsize=8, frameon=False)
     ax_set.spines[["top", "left"]].set_visible(False)
     total = max([stats[s].names for s in rows] + [1])
@@ -192,6 +199,7 @@ def _figure(r: CoverageReport) -> Any:
     ax_bar.set_title("Which sources see each name (UpSet; orange = never seen in DNS)",
                      fontsize=11)
     ax_bar.spines[["top", "right"]].set_visible(False)
+    ax_bar.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax_bar.tick_params(axis="x", bottom=False, labelbottom=False)
     if inter:
         ax_bar.set_ylim(0, max(n for _, n in inter) * 1.15)
@@ -225,7 +233,7 @@ def _figure(r: CoverageReport) -> Any:
         "SNI events with no DNS query from",
         f"  the client in the {r.window:g} s before:",
         f"  {g['sni_events_without_dns']} of {g['sni_events_timed']}"
-        f" ({g['clients_with_gaps']} clients)",
+        f" ({_count(g['clients_with_gaps'], 'client')})",
     ]
     if r.indicator_hits is not None:
         m = r.indicator_summary
@@ -245,8 +253,14 @@ def _svg(r: CoverageReport) -> str | None:
         fig = _figure(r)
     except ImportError:
         return None
+    import matplotlib
+
     buf = io.StringIO()
-    fig.savefig(buf, format="svg")
+    # No RDF metadata block: its creator URL and date would be the only outside references
+    # in the page. With that and a fixed id salt, the same input gives the same page.
+    with matplotlib.rc_context({"svg.hashsalt": "iocwatch-coverage"}):
+        fig.savefig(buf, format="svg",
+                    metadata={"Creator": None, "Date": None, "Format": None, "Type": None})
     text = buf.getvalue()
     start = text.find("<svg")
     return text[start:] if start >= 0 else None
@@ -338,8 +352,9 @@ def render_html(r: CoverageReport, top: int = 20, chart: str = "svg") -> str:
     parts.append(f"<h2>SNI without a DNS query from the same client in the previous "
                  f"{r.window:g} s</h2><p><span class='warn'>{g['sni_events_without_dns']}"
                  f"</span> of {g['sni_events_timed']} timed SNI events, "
-                 f"{g['distinct_names_without_dns']} distinct names, {g['clients_with_gaps']} "
-                 f"clients; {g['sni_events_untimed']} events lacked a time or client.</p>")
+                 f"{g['distinct_names_without_dns']} distinct names, "
+                 f"{_count(g['clients_with_gaps'], 'client')}; {g['sni_events_untimed']} "
+                 "events lacked a time or client.</p>")
     if r.sni_gap_clients:
         rows = [[c.client, c.sni_events, c.without_dns,
                  ", ".join(f"{n} ({k})" for n, k in c.names[:top])]
