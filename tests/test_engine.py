@@ -3,24 +3,12 @@
 from __future__ import annotations
 
 import random
-import ssl
 import struct
 
 from iocwatch.capture.files import CaptureReader
 from iocwatch.engine import Engine
 from tests import pktbuild as pb
-
-
-def client_hello(name: str = "split.example.test") -> bytes:
-    """A real ClientHello record stream from Python's ssl module (no network)."""
-    ctx = ssl.create_default_context()
-    out = ssl.MemoryBIO()
-    obj = ctx.wrap_bio(ssl.MemoryBIO(), out, server_hostname=name)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return out.read()
+from tests.tlsmem import client_hello
 
 
 class Collector:
@@ -54,14 +42,14 @@ def tcp_stream(payload: bytes, size: int, sport: int = 50000, dport: int = 443, 
 
 
 def test_client_hello_split_in_every_segment_size():
-    hello = client_hello()
+    hello = client_hello("split.example.test")
     for size in (1, 7, 100, 517):
         c, _ = run(tcp_stream(hello, size))
         assert ("tls_sni", "split.example.test") in c.names, size
 
 
 def test_out_of_order_and_retransmitted_segments():
-    hello = client_hello()
+    hello = client_hello("split.example.test")
     pkts = tcp_stream(hello, 60)
     body = pkts[1:]
     random.Random(7).shuffle(body)
@@ -119,7 +107,7 @@ def test_dns_over_tcp_two_messages_in_one_segment():
 
 
 def test_finished_directions_take_the_fast_path():
-    hello = client_hello()
+    hello = client_hello("split.example.test")
     pkts = tcp_stream(hello, 1460)
     bulk = [pb.eth(pb.ipv4(pb.tcp(b"\x17\x03\x03" + b"x" * 1000, 50000, 443, 1001 + len(hello)
                                   + i * 1003, 1, 0x10), "192.0.2.10", "192.0.2.20"))

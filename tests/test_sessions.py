@@ -46,6 +46,7 @@ from iocwatch.protocols.tls import (
     parse_server_hello,
 )
 from iocwatch.protocols.x509 import Certificate, parse_certificate
+from tests.tlsmem import run_handshake
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED = json.loads((ROOT / "samples" / "expected.json").read_text())
@@ -142,37 +143,6 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, list[by
     return d / "chain.pem", d / "key.pem", [der(leaf), der(ca)]
 
 
-def run_handshake(certfile: Path, keyfile: Path, tls_max: ssl.TLSVersion,
-                  sni: str = "hostile.example") -> tuple[bytes, bytes]:
-    """Both directions' bytes of a complete in-memory handshake."""
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cctx.check_hostname = False
-    cctx.verify_mode = ssl.CERT_NONE
-    cctx.maximum_version = tls_max
-    cctx.set_alpn_protocols(["h2", "http/1.1"])
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(certfile, keyfile)
-    cin, cout, sin, sout = (ssl.MemoryBIO() for _ in range(4))
-    client = cctx.wrap_bio(cin, cout, server_hostname=sni)
-    server = sctx.wrap_bio(sin, sout, server_side=True)
-    c2s, s2c = bytearray(), bytearray()
-    for _ in range(20):
-        for obj in (client, server):
-            try:
-                obj.do_handshake()
-            except ssl.SSLWantReadError:
-                pass
-        data = cout.read()
-        c2s += data
-        sin.write(data)
-        data = sout.read()
-        s2c += data
-        cin.write(data)
-        if not data and client.version() and server.version():
-            break
-    return bytes(c2s), bytes(s2c)
-
-
 def session_from(c2s: bytes, s2c: bytes, ts: float = 1700000000.25) -> TlsSession:
     cmsgs, smsgs = HandshakeReader().feed(c2s), HandshakeReader().feed(s2c)
     ch = parse_client_hello(next(m.body for m in cmsgs if m.msg_type == 1))
@@ -244,7 +214,7 @@ def wire_ja3s(body: bytes) -> str:
 
 def test_d4_record_every_field(chain):
     certfile, keyfile, ders = chain
-    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_2)
+    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_2, sni="hostile.example")
     s = session_from(c2s, s2c)
     rec = json.loads(dumps(d4_record(s)))
     assert list(rec) == D4_FIELDS + OURS
@@ -292,7 +262,7 @@ def test_d4_record_every_field(chain):
 
 def test_tls13_session_is_partial_without_certificates(chain):
     certfile, keyfile, _ = chain
-    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_3)
+    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_3, sni="hostile.example")
     s = session_from(c2s, s2c)
     rec = d4_record(s)
     assert rec["Partial"] is True and rec["Certificates"] == []
@@ -411,7 +381,7 @@ def test_tlsh_known_answer():
 
 def test_writer_files_stream_and_certificate_folder(chain, tmp_path):
     certfile, keyfile, ders = chain
-    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_2)
+    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_2, sni="hostile.example")
     s = session_from(c2s, s2c)
     s.client_hello.server_name = "../../../x\x00/evil"  # hostile SNI never reaches a path
     w = SessionWriter(str(tmp_path / "j" / "deep"), str(tmp_path / "s.jsonl"),
@@ -438,7 +408,7 @@ def test_writer_files_stream_and_certificate_folder(chain, tmp_path):
 
 def test_json_files_appear_whole(chain, tmp_path, monkeypatch):
     """Each file is complete under a temporary name before it takes its final name."""
-    s = session_from(*run_handshake(*chain[:2], ssl.TLSVersion.TLSv1_2))
+    s = session_from(*run_handshake(*chain[:2], ssl.TLSVersion.TLSv1_2, sni="hostile.example"))
     seen = []
     real = os.replace
 
@@ -457,7 +427,7 @@ def test_json_files_appear_whole(chain, tmp_path, monkeypatch):
 
 
 def test_write_errors_are_counted_not_raised(chain, tmp_path):
-    s = session_from(*run_handshake(*chain[:2], ssl.TLSVersion.TLSv1_2))
+    s = session_from(*run_handshake(*chain[:2], ssl.TLSVersion.TLSv1_2, sni="hostile.example"))
     w = SessionWriter(str(tmp_path / "j"))
     (tmp_path / "j").rmdir()
     (tmp_path / "j").write_text("now a file")

@@ -32,6 +32,7 @@ from iocwatch.protocols.tls import (
     parse_server_hello,
     parse_sslv2_client_hello,
 )
+from tests.tlsmem import client_hello, run_handshake
 
 CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
 
@@ -127,53 +128,6 @@ def server_cert(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, b
     return d / "c.pem", d / "k.pem", cert.public_bytes(serialization.Encoding.DER)
 
 
-def run_handshake(
-    certfile: Path, keyfile: Path, tls_max: ssl.TLSVersion
-) -> tuple[bytes, bytes]:
-    """Both directions' bytes of a complete in-memory handshake."""
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cctx.check_hostname = False
-    cctx.verify_mode = ssl.CERT_NONE
-    cctx.maximum_version = tls_max
-    cctx.set_alpn_protocols(["h2", "http/1.1"])
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(certfile, keyfile)
-    sctx.set_alpn_protocols(["http/1.1"])
-    cin, cout, sin, sout = (ssl.MemoryBIO() for _ in range(4))
-    client = cctx.wrap_bio(cin, cout, server_hostname="test.example")
-    server = sctx.wrap_bio(sin, sout, server_side=True)
-    c2s, s2c = bytearray(), bytearray()
-    done_c = done_s = False
-    for _ in range(20):
-        for obj, is_client in ((client, True), (server, False)):
-            try:
-                obj.do_handshake()
-                if is_client:
-                    done_c = True
-                else:
-                    done_s = True
-            except ssl.SSLWantReadError:
-                pass
-        data = cout.read()
-        c2s += data
-        sin.write(data)
-        data = sout.read()
-        s2c += data
-        cin.write(data)
-        if done_c and done_s and not data:
-            break
-    return bytes(c2s), bytes(s2c)
-
-
-def client_hello_bytes() -> bytes:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.set_alpn_protocols(["h2", "http/1.1"])
-    obj = ctx.wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname="www.example.com")
-    with pytest.raises(ssl.SSLWantReadError):
-        obj.do_handshake()
-    return out.read()
-
-
 def messages(data: bytes, step: int | None = None) -> list[tuple[int, bytes]]:
     r = HandshakeReader()
     out = []
@@ -189,7 +143,7 @@ def messages(data: bytes, step: int | None = None) -> list[tuple[int, bytes]]:
 
 
 def test_real_client_hello_fields() -> None:
-    data = client_hello_bytes()
+    data = client_hello()
     assert looks_like_tls_record(data)
     msgs = messages(data)
     assert [t for t, _ in msgs] == [1]
@@ -213,7 +167,7 @@ def test_real_client_hello_fields() -> None:
 
 
 def test_split_at_every_boundary_gives_same_messages() -> None:
-    data = client_hello_bytes()
+    data = client_hello()
     whole = messages(data)
     for i in range(len(data) + 1):
         r = HandshakeReader()
@@ -238,7 +192,7 @@ def test_message_across_records_and_records_with_many_messages() -> None:
 
 def test_tls12_full_handshake_certificates(server_cert: tuple[Path, Path, bytes]) -> None:
     certfile, keyfile, der = server_cert
-    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_2)
+    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_2, server_alpn=["http/1.1"])
     r = HandshakeReader()
     smsgs = []
     for i in range(0, len(s2c), 100):  # many small TCP segments
@@ -258,7 +212,7 @@ def test_tls12_full_handshake_certificates(server_cert: tuple[Path, Path, bytes]
 
 def test_tls13_server_done_after_server_hello(server_cert: tuple[Path, Path, bytes]) -> None:
     certfile, keyfile, _ = server_cert
-    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_3)
+    c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_3, server_alpn=["http/1.1"])
     r = HandshakeReader()
     msgs = r.feed(s2c)
     assert [m.msg_type for m in msgs] == [2]
@@ -368,7 +322,7 @@ def test_every_truncation_is_malformed_or_parses() -> None:
             body(hello[:i])
         except Malformed:
             pass
-    stream = client_hello_bytes()
+    stream = client_hello()
     for i in range(len(stream)):
         r = HandshakeReader()
         assert r.feed(stream[:i]) == [] or i == len(stream)
