@@ -219,6 +219,16 @@ def _quic_extensions_fingerprint(exts: list[tuple[int, bytes]]) -> str:
     return "[" + "".join(t for _, t in items) + "]"
 
 
+def _put_alpn_and_ticket(o: dict[str, Any], exts: list[tuple[int, bytes]]) -> None:
+    """ALPN, then session ticket: the order mercury writes them in, for either hello."""
+    for etype, data in exts:
+        if etype == EXT_ALPN:
+            o["application_layer_protocol_negotiation"] = _alpn_json(_alpn_names(data))
+    for etype, data in exts:
+        if etype == EXT_SESSION_TICKET:
+            o["session_ticket"] = data.hex()
+
+
 def _ech_json(data: bytes) -> dict[str, Any]:
     """mercury's summary of an ECH outer extension; missing fields read as zero like mercury."""
     pos = 0
@@ -324,12 +334,7 @@ class ClientHello:
             for _raw, ident, value in _quic_params(data):
                 if ident == QUIC_TP_GOOGLE_USER_AGENT and value:
                     o["google_user_agent"] = mercury_text(value)
-        for etype, data in self.extensions:
-            if etype == EXT_ALPN:
-                o["application_layer_protocol_negotiation"] = _alpn_json(_alpn_names(data))
-        for etype, data in self.extensions:
-            if etype == EXT_SESSION_TICKET:
-                o["session_ticket"] = data.hex()
+        _put_alpn_and_ticket(o, self.extensions)
         for etype, data in self.extensions:
             if etype == EXT_ECH:
                 o["ech_client_hello"] = _ech_json(data)
@@ -506,12 +511,7 @@ class ServerHello:
                 "" if self.compression_method is None else f"{self.compression_method:02x}"
             ),
         }
-        for etype, data in self.extensions:
-            if etype == EXT_ALPN:
-                o["application_layer_protocol_negotiation"] = _alpn_json(_alpn_names(data))
-        for etype, data in self.extensions:
-            if etype == EXT_SESSION_TICKET:
-                o["session_ticket"] = data.hex()
+        _put_alpn_and_ticket(o, self.extensions)
         return o
 
     @property
