@@ -14,7 +14,6 @@ import orjson
 
 from iocwatch import __version__
 from iocwatch.capture.files import CaptureError, CaptureReader
-from iocwatch.capture.live import LiveCapture
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.flows.session import Event
 from iocwatch.indicators import FORMATS, IndicatorFileError
@@ -197,14 +196,11 @@ def run_sensor(args: argparse.Namespace) -> int:
         except OSError:
             progress = None
 
-    ticker = StatsTicker(args.stats_interval) if args.stats_interval > 0 else None
 
     def periodic() -> None:
-        """Runs once per chunk read: progress, stats line, indicator reload."""
+        """Runs once per chunk read: progress, indicator reload."""
         if progress is not None:
             progress()
-        if ticker is not None:
-            ticker(engine, reader, alert_sink)
         if matcher is None:
             return
         due = args.reload_interval and time.monotonic() >= reload_state["next"]
@@ -268,54 +264,19 @@ def run_sensor(args: argparse.Namespace) -> int:
     return 0
 
 
-class StatsTicker:
-    """A stats line on stderr every ``interval`` seconds, with rates since the last one."""
-
-    def __init__(self, interval: float):
-        self.interval = interval
-        self.next = time.monotonic() + interval
-        self.last = (time.monotonic(), 0, 0)
-
-    def __call__(self, engine: Engine, reader: CaptureReader | LiveCapture,
-                 alerts: AlertSink | None) -> None:
-        now = time.monotonic()
-        if now < self.next:
-            return
-        self.next = now + self.interval
-        t0, p0, b0 = self.last
-        packets, nbytes = reader.stats.records, reader.stats.bytes
-        dt = max(now - t0, 1e-6)
-        self.last = (now, packets, nbytes)
-        drops = reader.drops() if isinstance(reader, LiveCapture) else {}
-        names = sum(v for k, v in engine.stats.items() if k.startswith("names_"))
-        line = {
-            "packets": packets, "bytes": nbytes, "pps": round((packets - p0) / dt),
-            "mbps": round((nbytes - b0) * 8 / dt / 1e6, 2),
-            "dropped_kernel": drops.get("dropped_kernel", 0),
-            "dropped_interface": drops.get("dropped_interface", 0),
-            "flows": len(engine.flows) // 2, "names": names,
-            "alerts": alerts.count if alerts is not None else 0,
-            "records": engine.stats.get("records", 0),
-        }
-        sys.stderr.write("iocwatch stats " + orjson.dumps(line).decode() + "\n")
-        sys.stderr.flush()
-
-
-def collect_stats(engine: Engine, reader: CaptureReader | LiveCapture, cpu: float) -> dict:
+def collect_stats(engine: Engine, reader: CaptureReader, cpu: float) -> dict:
     rs = reader.stats
     counters: Counter[str] = engine.stats
     linktypes = dict(rs.linktypes)
     if rs.format == "pcap" and len(linktypes) == 1:  # one link type: no per-packet counting
         linktypes = {next(iter(linktypes)): rs.records}
     lim = engine.limits
-    capture = reader.drops() if isinstance(reader, LiveCapture) else None
     return {
         "file": reader.path,
         "format": rs.format,
         "packets": rs.records,
         "bytes": rs.bytes,
         "truncated": rs.truncated,
-        **({"capture": capture} if capture is not None else {}),
         "file_damage": dict(rs.damaged),
         "linktypes": {str(k): v for k, v in linktypes.items()},
         "cpu_seconds": round(cpu, 3),
@@ -345,7 +306,7 @@ def summary_line(r: dict) -> str:
 
 def render_stats(r: dict) -> str:
     lines = [summary_line(r)]
-    for section in ("capture", "linktypes", "names", "reassembly", "certificates", "tls_sessions",
+    for section in ("linktypes", "names", "reassembly", "certificates", "tls_sessions",
                     "file_damage", "malformed", "counters"):
         items = r.get(section)
         if not items:
@@ -369,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             raise UsageError(str(exc))
         return run_sensor(args)
-    except UsageError as exc:
-        sys.stderr.write(f"iocwatch: error: {exc}\n")
-        return 2
-    except CaptureError as exc:
+    except (UsageError, CaptureError) as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")
         return 2
     except BrokenPipeError:
