@@ -5,7 +5,7 @@ Run as root: ``python bench/bench_live.py [--rates 200,400,...] [--soak 600]``.
 
 Replays the benchmark capture that ``bench/bench_sensor.py`` builds (real local traffic, mostly
 bulk HTTPS; cached in $IOCWATCH_BENCH_DIR, default /tmp/iocwatch-bench) with tcpreplay onto one
-end of a veth pair inside a throw-away network namespace, while ``python -m iocwatch.live``
+end of a veth pair inside a throw-away network namespace, while ``iocwatch -i``
 captures on the other end (records written to /dev/null, so serialisation is paid for).
 Each rate is one full pass of the file; a rate passes when libpcap reports no kernel or
 interface drop. The ring is small (16 MB per worker, against a 335 MB file) so a pass measures
@@ -64,14 +64,14 @@ def lab_down() -> None:
 
 
 class Sensor:
-    """``iocwatch.live`` on RX with JSON stats lines; :meth:`stop` returns the final one."""
+    """``iocwatch -i`` on RX with JSON stats lines; :meth:`stop` returns the final one."""
 
     def __init__(self, workers: int, extra: list[str], log: Path, buffer_mb: int,
                  records: str = "/dev/null"):
         self.log = log
         with open(log, "wb") as err:
             self.proc = subprocess.Popen(
-                ns(sys.executable, "-m", "iocwatch.live", "-i", RX, "--workers", str(workers),
+                ns(sys.executable, "-m", "iocwatch.cli", "-i", RX, "--workers", str(workers),
                    "-f", records, "--stats-interval", "1", "--stats-json-stream",
                    "--buffer-size", str(buffer_mb), *extra),
                 stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)

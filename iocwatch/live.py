@@ -6,7 +6,7 @@ The parent is the only writer of every output, so lines never interleave, and it
 rotation, SIGHUP reopening and the stats lines. The handles are opened (and joined to the
 fanout group) by the parent before ``--user`` drops root, so workers never need privileges.
 
-Run standalone for tests: ``python -m iocwatch.live -i IFACE -f records.json``.
+The CLI (``iocwatch -i``) calls :func:`run_live` with iocwatch.pipeline.SensorPipeline.
 """
 
 from __future__ import annotations
@@ -86,64 +86,6 @@ class EmitFile:
 
     def close(self) -> None:
         pass
-
-
-# -- the default pipeline (records, and alerts when --ioc is given) ---------------------------
-
-class DefaultPipeline:
-    """Records as mercury JSON lines; with indicator files, alerts too (tests, standalone)."""
-
-    def __init__(self, with_records: bool = True, ioc: list[str] | None = None,
-                 sensor: str = "iocwatch"):
-        self.with_records = with_records
-        self.ioc = list(ioc or [])
-        self.sensor = sensor
-        self.emit: Emit = lambda _s, _b: None
-        self.matcher: Any = None
-        self.alerts = 0
-        self.flow_hook: Callable[[dict], None] | None = None
-        self.session_sink: Callable[[TlsSession], None] | None = None
-
-    def attach(self, emit: Emit) -> None:
-        self.emit = emit
-        if self.ioc:
-            from iocwatch.indicators import IndicatorSet
-            from iocwatch.matcher import Matcher
-
-            indicators, _report = IndicatorSet.load(self.ioc)
-            self.matcher = Matcher(indicators, self.sensor, self._alert)
-            self.flow_hook = self.matcher.flow
-
-    def _alert(self, alert: dict) -> None:
-        from iocwatch.outputs.alerts import _default
-
-        self.alerts += 1
-        self.emit("alerts", orjson.dumps(alert, default=_default,
-                                         option=orjson.OPT_APPEND_NEWLINE))
-
-    def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
-        if self.with_records:
-            self.emit("records", orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
-        if self.matcher is not None and observations:
-            self.matcher.observe(record, observations)
-
-    def flush(self) -> None:
-        pass
-
-    def reload_indicators(self) -> None:
-        if self.matcher is None:
-            return
-        from iocwatch.indicators import IndicatorSet
-
-        try:
-            indicators, _report = IndicatorSet.load(self.ioc)
-        except Exception as exc:  # noqa: BLE001 - keep the old set, whatever went wrong
-            sys.stderr.write(f"iocwatch: reload failed, keeping the old indicators: {exc}\n")
-            return
-        self.matcher.swap(indicators)
-
-    def counters(self) -> dict[str, int]:
-        return {"alerts": self.alerts}
 
 
 # -- outputs: files with rotation, stdout, sockets ---------------------------------------------
@@ -741,45 +683,3 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
     if fatal or not stopping:
         return 1  # a worker died on its own: the service manager should know
     return 0
-
-
-# -- standalone entry point (tests, and until the lead wires run_live into the CLI) ------------
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="iocwatch-live",
-                                description="Live capture of server names (multi-worker).")
-    p.add_argument("-f", "--output", metavar="FILE", help="records (JSON lines); '-': stdout")
-    p.add_argument("--no-records", action="store_true")
-    p.add_argument("--ioc", action="append", default=[], metavar="FILE")
-    p.add_argument("--alerts", metavar="FILE")
-    p.add_argument("--sensor-name", default="iocwatch")
-    add_live_arguments(p)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from iocwatch.config import ConfigError, parse_args_with_config
-
-    parser = build_parser()
-    try:
-        args = parse_args_with_config(parser, sys.argv[1:] if argv is None else argv)
-    except ConfigError as exc:
-        sys.stderr.write(f"iocwatch: error: {exc}\n")
-        return 2
-    streams = {"records": None if args.no_records else (args.output or "-"),
-               "alerts": args.alerts if args.ioc else None, "sessions": None}
-    with_records = not args.no_records
-    ioc, sensor = list(args.ioc), args.sensor_name
-    if ioc:
-        from iocwatch.indicators import IndicatorFileError, IndicatorSet
-
-        try:  # a bad indicator file is a start-up error, not a worker crash
-            IndicatorSet.load(ioc)
-        except (IndicatorFileError, OSError) as exc:
-            sys.stderr.write(f"iocwatch: error: {exc}\n")
-            return 2
-    return run_live(args, lambda: DefaultPipeline(with_records, ioc, sensor), streams)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

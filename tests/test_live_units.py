@@ -40,6 +40,12 @@ def _read_all(folder: Path, stem: str) -> list[dict]:
     return lines
 
 
+def cli_parser():
+    from iocwatch.cli import build_parser
+
+    return build_parser()
+
+
 def test_parse_rotate() -> None:
     assert live.parse_rotate("1h") == ("time", 3600.0)
     assert live.parse_rotate("30m") == ("time", 1800.0)
@@ -195,7 +201,7 @@ def test_config_keys_mirror_flags_and_cli_wins(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text('interface = "eth9"\nworkers = 2\n[outputs]\nrotate = "1h"\n'
                    'udp = ["127.0.0.1:514"]\nstats_json_stream = true\n"stats-interval" = 10\n')
-    p = live.build_parser()
+    p = cli_parser()
     a = parse_args_with_config(p, ["--config", str(cfg), "--workers", "3"])
     assert (a.interface, a.workers, a.rotate, a.udp) == ("eth9", 3, "1h", ["127.0.0.1:514"])
     assert a.stats_json_stream is True and a.stats_interval == 10.0
@@ -204,9 +210,9 @@ def test_config_keys_mirror_flags_and_cli_wins(tmp_path: Path) -> None:
                       ("= broken", "config")):
         cfg.write_text(text)
         with pytest.raises(ConfigError, match=msg):
-            parse_args_with_config(live.build_parser(), ["--config", str(cfg)])
+            parse_args_with_config(cli_parser(), ["--config", str(cfg)])
     with pytest.raises(ConfigError, match="cannot read"):
-        parse_args_with_config(live.build_parser(), ["--config", str(tmp_path / "absent")])
+        parse_args_with_config(cli_parser(), ["--config", str(tmp_path / "absent")])
 
 
 def test_config_satisfies_a_required_group(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ for line in sys.stdin.read().split():
 
 
 def _live(*args: str) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "iocwatch.live", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "iocwatch.cli", *args], capture_output=True,
                           timeout=30, cwd=ROOT)
 
 
@@ -119,7 +119,7 @@ def test_two_workers_prefilter_rotation_hup_and_sigterm_lose_nothing(tmp_path: P
         lab.set_resolver(netlab.SERVER_V4)
         with open(log, "wb") as err:
             sensor = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.live",
+                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
                  "-i", lab.client_if, "--workers", "2", "-f", str(records), "--rotate", "4k",
                  "--ioc", str(ioc), "--alerts", str(alerts), "--stats-interval", "0.3",
                  "--stats-json-stream"],
@@ -195,7 +195,7 @@ def test_user_drops_root_in_parent_and_workers(tmp_path: Path) -> None:
     nobody = pwd.getpwnam("nobody").pw_uid
     log = tmp_path / "log"
     with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "iocwatch.live", "-i", "lo", "--no-promisc",
+        proc = subprocess.Popen([sys.executable, "-m", "iocwatch.cli", "-i", "lo", "--no-promisc",
                                  "--workers", "2", "--user", "nobody", "-f",
                                  str(tmp_path / "r.json"), "--stats-interval", "0.2"],
                                 stderr=err, cwd=ROOT)
@@ -239,7 +239,7 @@ def test_interface_vanishing_flushes_and_exits_nonzero(tmp_path: Path) -> None:
         log, records = tmp_path / "log", tmp_path / "r.json"
         with open(log, "wb") as err:
             proc = subprocess.Popen(["ip", "netns", "exec", nsname, sys.executable, "-m",
-                                     "iocwatch.live", "-i", "gone-a", "-f", str(records),
+                                     "iocwatch.cli", "-i", "gone-a", "-f", str(records),
                                      "--stats-interval", "0.2"], stderr=err, cwd=ROOT)
         try:
             deadline = time.monotonic() + 20
