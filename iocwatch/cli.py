@@ -15,18 +15,10 @@ import orjson
 from iocwatch import __version__
 from iocwatch.capture.files import CaptureError, CaptureReader
 from iocwatch.engine import Engine, EngineConfig
-from iocwatch.flows.session import Event
 from iocwatch.indicators import FORMATS, IndicatorFileError
-from iocwatch.matcher import Matcher
-from iocwatch.observations import Observation
-from iocwatch.outputs.alerts import AlertWriter
-from iocwatch.outputs.records import RecordWriter
-from iocwatch.outputs.sessions import SessionWriter
 from iocwatch.pipeline import (
-    AlertSink,
     SensorPipeline,
     load_indicators,
-    reload_indicators,
     report_load,
 )
 
@@ -146,40 +138,31 @@ def run_sensor(args: argparse.Namespace) -> int:
         raise UsageError("records and alerts cannot both go to stdout")
     if args.session_records == "-" and "-" in (records_to, alerts_to if args.ioc else None):
         raise UsageError("session records and records/alerts cannot all go to stdout")
-    matcher = None
-    alert_sink = None
-    sessions = None
+    indicators = None
     if args.ioc:
         try:
             indicators, report = load_indicators(args)
         except IndicatorFileError as exc:
             raise UsageError(str(exc))
         report_load(report, args.quiet)
+
+    def make_pipeline() -> SensorPipeline:
+        return SensorPipeline(args, records_to is not None, bool(args.ioc),
+                              args.session_records is not None)
+
     if args.interface is not None:
         from iocwatch.live import run_live
-
-        def make_pipeline() -> SensorPipeline:
-            return SensorPipeline(args, records_to is not None, bool(args.ioc),
-                                  args.session_records is not None)
 
         return run_live(args, make_pipeline, {"records": records_to,
                                               "alerts": alerts_to if args.ioc else None,
                                               "sessions": args.session_records})
     reader = CaptureReader(args.read)
-    writer = None
+    pipeline = make_pipeline()
     try:
-        if records_to is not None:
-            if records_to != "-":
-                open(records_to, "wb").close()
-            writer = RecordWriter(records_to)
-        if args.ioc:
-            alert_sink = AlertSink(AlertWriter(alerts_to, args.alert_format), args.dedupe)
-            matcher = Matcher(indicators, args.sensor_name, alert_sink)
-        if args.session_dir or args.session_records or args.cert_dir:
-            sessions = SessionWriter(args.session_dir, args.session_records, args.cert_dir,
-                                     args.pem)
+        pipeline.open_files(records_to, alerts_to, indicators)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror or exc}")
+    matcher = pipeline.matcher
 
     reload_state = {"requested": False, "next": time.monotonic() + args.reload_interval}
 
@@ -196,32 +179,24 @@ def run_sensor(args: argparse.Namespace) -> int:
         except OSError:
             progress = None
 
-
     def periodic() -> None:
-        """Runs once per chunk read: progress, indicator reload."""
+        """Runs once per chunk read: progress, indicator reload, extensions' background work."""
         if progress is not None:
             progress()
+        pipeline.tick()
         if matcher is None:
             return
         due = args.reload_interval and time.monotonic() >= reload_state["next"]
         if reload_state["requested"] or due:
             reload_state["requested"] = False
             reload_state["next"] = time.monotonic() + args.reload_interval
-            reload_indicators(args, matcher)
+            pipeline.reload_indicators()
 
     reader.on_read = periodic
 
-    def sink(record: dict, observations: list[Observation], event: Event) -> None:
-        if writer is not None:
-            writer.write(record)
-        if matcher is not None and observations:
-            matcher.observe(record, observations)
-
-    engine = Engine(sink, EngineConfig(args.mbpc, args.mbpt))
-    if matcher is not None:
-        engine.flow_hook = matcher.flow
-    if sessions is not None:
-        engine.session_sink = sessions.write
+    engine = Engine(pipeline.engine_sink, EngineConfig(args.mbpc, args.mbpt))
+    engine.flow_hook = pipeline.flow_hook
+    engine.session_sink = pipeline.session_sink
     started = time.process_time()
     interrupted = False
     try:
@@ -230,19 +205,18 @@ def run_sensor(args: argparse.Namespace) -> int:
         interrupted = True
     finally:
         engine.finish()
-        if writer is not None:
-            writer.close()
-        if alert_sink is not None:
-            alert_sink.close()
-        if sessions is not None:
-            sessions.close()
+        pipeline.close()
         reader.close()
         if progress is not None:
             progress.end()
     cpu = time.process_time() - started
     report = collect_stats(engine, reader, cpu)
+    alert_sink, sessions = pipeline.alert_sink, pipeline.sessions
     if alert_sink is not None:
         report["alerts"] = alert_sink.count
+    extra = {k: v for k, v in pipeline.counters().items() if k != "alerts"}
+    if extra:
+        report["extensions"] = extra
     if sessions is not None:
         report["tls_sessions"] = {
             "written": sessions.sessions_written, "write_errors": sessions.write_errors,
@@ -307,6 +281,7 @@ def summary_line(r: dict) -> str:
 def render_stats(r: dict) -> str:
     lines = [summary_line(r)]
     for section in ("linktypes", "names", "reassembly", "certificates", "tls_sessions",
+                    "extensions",
                     "file_damage", "malformed", "counters"):
         items = r.get(section)
         if not items:

@@ -55,8 +55,11 @@ class Pipeline(Protocol):
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None: ...
 
-    def flush(self) -> None:
-        """End of capture: emit whatever is held back (deduplicated alerts...)."""
+    def tick(self) -> None:
+        """Between batches: extensions hand over finished background work."""
+
+    def close(self) -> None:
+        """End of capture: emit whatever is held back (deduplicated alerts...), close."""
 
     def reload_indicators(self) -> None:
         """SIGHUP: re-read indicator files, keeping the old set on failure."""
@@ -446,6 +449,7 @@ def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
             if state.reload:
                 state.reload = False
                 pipeline.reload_indicators()
+            pipeline.tick()
             send_pending()
             now = time.monotonic()
             if now >= next_stats:
@@ -460,7 +464,7 @@ def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
                 break
             run(batch)
         engine.finish()
-        pipeline.flush()
+        pipeline.close()
         send_pending()
         cap.close()
         conn.send(("end", snapshot(True)))

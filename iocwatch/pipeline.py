@@ -7,9 +7,10 @@ Shared by the file mode (``iocwatch -r``, everything in one process) and the liv
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
 from iocwatch.live import EmitFile
@@ -89,9 +90,44 @@ class AlertSink:
         self.writer.close()
 
 
+class Extension(Protocol):
+    """A consumer beside the writers (the passive-SSL store, tailgating).
+
+    Built by a factory named in :data:`EXTENSIONS` once the writers are open; it sees every
+    record and TLS session of its process, may add records of its own through
+    :meth:`SensorPipeline.inject`, and is ticked between packet batches (never per packet).
+    """
+
+    def record(self, record: dict, observations: list[Any], event: Any) -> None: ...
+
+    def session(self, session: TlsSession) -> None: ...
+
+    def tick(self) -> None: ...
+
+    def close(self) -> None:
+        """End of capture: finish or drop queued work (bounded), release resources."""
+
+    def counters(self) -> dict[str, int]: ...
+
+
+# "module:function" factories, imported only when called: f(args, pipeline) -> Extension | None.
+EXTENSIONS: list[str] = []
+
+
+def _load_extensions(args: argparse.Namespace, pipeline: SensorPipeline) -> list[Extension]:
+    out = []
+    for spec in EXTENSIONS:
+        module, _, func = spec.partition(":")
+        ext = getattr(importlib.import_module(module), func)(args, pipeline)
+        if ext is not None:
+            out.append(ext)
+    return out
+
+
 class SensorPipeline:
-    """The live workers' pipeline (see iocwatch.live.Pipeline): the same writers and matcher
-    as the file mode, their lines handed to ``emit``; -j/-w files written by the worker."""
+    """Everything after the engine, for both modes: records, matching and alerts, TLS session
+    files, and the extensions. ``iocwatch -r`` opens it on files (:meth:`open_files`); each
+    ``iocwatch -i`` worker attaches it to the writer process's ``emit`` (:meth:`attach`)."""
 
     def __init__(self, args: argparse.Namespace, records: bool, alerts: bool, sessions: bool):
         self.args = args
@@ -100,38 +136,89 @@ class SensorPipeline:
         self.alert_sink: AlertSink | None = None
         self.matcher: Matcher | None = None
         self.sessions: SessionWriter | None = None
+        self.extensions: list[Extension] = []
         self.flow_hook: Callable[[dict], None] | None = None
         self.session_sink: Callable[[TlsSession], None] | None = None
 
     def attach(self, emit: Callable[[str, bytes], None]) -> None:
+        """Live worker: every line goes to ``emit``; indicators were reported by the parent."""
         args = self.args
-        if self.want_records:
-            self.writer = RecordWriter("-", out=EmitFile(emit, "records"))
-        if args.ioc:
-            indicators, _report = load_indicators(args)  # reported once by the parent
-            writer = AlertWriter("-", args.alert_format, fh=EmitFile(emit, "alerts"))
-            self.alert_sink = AlertSink(writer, args.dedupe)
+        indicators = load_indicators(args)[0] if args.ioc else None
+        self._open(RecordWriter("-", out=EmitFile(emit, "records")) if self.want_records else None,
+                   AlertWriter("-", args.alert_format, fh=EmitFile(emit, "alerts"))
+                   if indicators is not None else None,
+                   indicators, None)
+        if self.sessions is not None and self.want_sessions:
+            self.sessions.stream = EmitFile(emit, "sessions")
+
+    def open_files(self, records_to: str | None, alerts_to: str | None,
+                   indicators: IndicatorSet | None) -> None:
+        """File mode: records truncate their file, alerts append (a SIEM tails it)."""
+        writer = None
+        if records_to is not None:
+            if records_to != "-":
+                open(records_to, "wb").close()
+            writer = RecordWriter(records_to)
+        alerts = (AlertWriter(alerts_to, self.args.alert_format)
+                  if indicators is not None and alerts_to is not None else None)
+        self._open(writer, alerts, indicators, self.args.session_records)
+
+    def _open(self, writer: RecordWriter | None, alerts: AlertWriter | None,
+              indicators: IndicatorSet | None, session_stream: str | None) -> None:
+        args = self.args
+        self.writer = writer
+        if alerts is not None and indicators is not None:
+            self.alert_sink = AlertSink(alerts, args.dedupe)
             self.matcher = Matcher(indicators, args.sensor_name, self.alert_sink)
             self.flow_hook = self.matcher.flow
-        if args.session_dir or args.cert_dir or self.want_sessions:
-            self.sessions = SessionWriter(args.session_dir, None, args.cert_dir, args.pem)
-            if self.want_sessions:
-                self.sessions.stream = EmitFile(emit, "sessions")
-            self.session_sink = self.sessions.write
+        if args.session_dir or args.cert_dir or session_stream or self.want_sessions:
+            self.sessions = SessionWriter(args.session_dir, session_stream, args.cert_dir,
+                                          args.pem)
+        self.extensions = _load_extensions(args, self)
+        if self.sessions is not None or self.extensions:
+            self.session_sink = self._session
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
         if self.writer is not None:
             self.writer.write(record)
         if self.matcher is not None and observations:
             self.matcher.observe(record, observations)
+        for ext in self.extensions:
+            ext.record(record, observations, event)
 
-    def flush(self) -> None:
+    def inject(self, record: dict, observations: list[Any]) -> None:
+        """A record an extension made (e.g. a tailgated certificate): written and matched like
+        the engine's own, and shown to the other extensions."""
+        self.engine_sink(record, observations, None)
+
+    def _session(self, session: TlsSession) -> None:
+        if self.sessions is not None:
+            self.sessions.write(session)
+        for ext in self.extensions:
+            ext.session(session)
+
+    def tick(self) -> None:
+        """Between packet batches: extensions hand over finished background work."""
+        for ext in self.extensions:
+            ext.tick()
+
+    def close(self) -> None:
+        """End of the run: extensions first (they may still inject), then the writers."""
+        for ext in self.extensions:
+            ext.close()
+        if self.writer is not None:
+            self.writer.close()
         if self.alert_sink is not None:
-            self.alert_sink.flush()
+            self.alert_sink.close()
+        if self.sessions is not None:
+            self.sessions.close()
 
     def reload_indicators(self) -> None:
         if self.matcher is not None:
             reload_indicators(self.args, self.matcher)
 
     def counters(self) -> dict[str, int]:
-        return {"alerts": self.alert_sink.count if self.alert_sink is not None else 0}
+        out = {"alerts": self.alert_sink.count if self.alert_sink is not None else 0}
+        for ext in self.extensions:
+            out.update(ext.counters())
+        return out
