@@ -185,3 +185,28 @@ def test_ja3_and_ja3s_match_wireshark():
             assert want in mine[key], (pcap.name, key, want, mine[key])
             compared += 1
     assert compared >= 1000 and unseen < compared // 10
+
+
+def test_fingerprint_key_groups_one_software_and_separates_what_fingerprints_read() -> None:
+    """The cache key: equal for two real hellos of one client that differ in SNI, random and
+    key share; different as soon as anything a fingerprint reads differs (ALPN here)."""
+    from iocwatch.protocols.tls import fingerprint_key
+    from tests.tlsmem import client_hello
+
+    def hello(name: str, protos: tuple[str, ...] = ("h2", "http/1.1")):
+        return parse_client_hello(client_hello(name, protos)[9:])  # after record + hs headers
+
+    a, b = hello("a.example"), hello("another.example.org")
+    assert a.random != b.random and a.server_name != b.server_name
+    assert fingerprint_key(a) == fingerprint_key(b)
+    fa, fb = client_fingerprints(a), client_fingerprints(b)
+    assert (fa.ja3_md5, fa.ja4) == (fb.ja3_md5, fb.ja4)
+    assert a.mercury_fingerprint() == b.mercury_fingerprint()
+    c = hello("a.example", ("http/1.1",))
+    assert fingerprint_key(c) != fingerprint_key(a)
+    assert client_fingerprints(c).ja4 != fa.ja4
+    s1 = parse_server_hello(server_body(0x0303, 0x1301, [ext(43, b"\x03\x04"), ext(51, b"\x00\x1d")]))
+    s2 = parse_server_hello(server_body(0x0303, 0x1301, [ext(43, b"\x03\x04"), ext(51, b"\x00\x17")]))
+    s3 = parse_server_hello(server_body(0x0303, 0x1302, [ext(43, b"\x03\x04"), ext(51, b"\x00\x1d")]))
+    assert fingerprint_key(s1) == fingerprint_key(s2) != fingerprint_key(s3)
+    assert server_fingerprints(s1).ja4s == server_fingerprints(s2).ja4s

@@ -108,6 +108,9 @@ class Dissector:
         # new observation, one whose query was missed (asymmetric capture) still does
         self.recent_queries: dict[tuple[int, str], None] = {}
         self.cert_json: dict[str, dict] = {}
+        # fingerprint_key -> (mercury's string, JA3(S) MD5, JA4(S)): one client or server
+        # software sends the same hello shape again and again; fingerprints cost more than parsing
+        self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
         self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str]]] = {}
 
     # -- TCP -------------------------------------------------------------------------------
@@ -267,11 +270,28 @@ class Dissector:
         hello = tlsp.parse_sslv2_client_hello(body) if sslv2 else tlsp.parse_client_hello(body)
         self.stats["tls_client_hello"] += 1
         obs = [Observation(hello.server_name, Channel.TLS_SNI)] if hello.server_name else []
-        fp = hello.mercury_fingerprint()
-        fps = {"tls": fp} if fp else {}
-        self._client_fingerprints(hello, "t", fps, obs)
+        fp, ja3, ja4 = self._fingerprints(hello)
+        fps = {"tls": fp, "ja3": ja3, "ja4": ja4} if fp else {"ja3": ja3, "ja4": ja4}
+        obs.append(Observation(ja3, Channel.JA3))
+        obs.append(Observation(ja4, Channel.JA4))
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
                      client_hello=hello)
+
+    def _fingerprints(self, hello: tlsp.ClientHello | tlsp.ServerHello) -> tuple[str | None, str, str]:
+        """(mercury's string, JA3/JA3S MD5, JA4/JA4S) of a hello over TCP, cached by shape."""
+        key = tlsp.fingerprint_key(hello)
+        known = self.hello_fps.get(key)
+        if known is None:
+            if len(self.hello_fps) >= 4096:
+                self.hello_fps.clear()
+            if isinstance(hello, tlsp.ServerHello):
+                sf = fpr.server_fingerprints(hello)
+                known = (hello.mercury_fingerprint(), sf.ja3s_md5, sf.ja4s)
+            else:
+                cf = fpr.client_fingerprints(hello, "t")
+                known = (hello.mercury_fingerprint(), cf.ja3_md5, cf.ja4)
+            self.hello_fps[key] = known
+        return known
 
     @staticmethod
     def _client_fingerprints(hello: tlsp.ClientHello, transport: str, fps: dict,
@@ -327,14 +347,13 @@ class Dissector:
             fps = {}
             if hello.mercury_reportable:
                 body.update(hello.to_mercury())
-                fp = hello.mercury_fingerprint()
-                if fp:
-                    fps["tls_server"] = fp
-            sf = fpr.server_fingerprints(hello)
-            fps["ja3s"] = sf.ja3s_md5
-            fps["ja4s"] = sf.ja4s
-            obs.append(Observation(sf.ja3s_md5, Channel.JA3S))
-            obs.append(Observation(sf.ja4s, Channel.JA4S))
+            fp, ja3s, ja4s = self._fingerprints(hello)
+            if fp:
+                fps["tls_server"] = fp
+            fps["ja3s"] = ja3s
+            fps["ja4s"] = ja4s
+            obs.append(Observation(ja3s, Channel.JA3S))
+            obs.append(Observation(ja4s, Channel.JA4S))
             self.stats["tls_server_hello"] += 1
             d.server_hello = None
         return Event("tls", {side: body}, obs, fingerprints=fps, certificates=certs,

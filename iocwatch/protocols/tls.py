@@ -529,6 +529,20 @@ class ServerHello:
         )
 
 
+def fingerprint_key(hello: ClientHello | ServerHello) -> tuple:
+    """What every fingerprint of a hello (mercury's, JA3/JA3S, JA4/JA4S) reads of it: the data
+    of mercury's static extensions (ALPN, groups, versions, signature algorithms and point
+    formats among them) and only the types of the others. Leaves out random, session id, SNI
+    and key shares, so the hellos of one client or server software share a key and their
+    fingerprints can be cached."""
+    static = MERCURY_STATIC_EXTENSIONS
+    shape = tuple([(t, d) if t in static else t for t, d in hello.extensions])
+    if isinstance(hello, ServerHello):
+        return (hello.legacy_version, hello.cipher_suite, shape)
+    return (hello.legacy_version, hello.dtls, hello.sslv2, bool(hello.compression_methods),
+            hello.cipher_suites_raw, shape)
+
+
 def parse_server_hello(body: bytes) -> ServerHello:
     """Parse a ServerHello body; like mercury, an over-long extensions block means none."""
     c = Cursor(body)
