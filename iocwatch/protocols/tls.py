@@ -10,6 +10,7 @@ extension, GREASE normalisation), because the output must match mercury's record
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from struct import unpack_from
 from typing import Any
 
 from iocwatch.protocols.cursor import Cursor, Malformed, Truncated
@@ -93,29 +94,32 @@ def _degreased_hex(data: bytes) -> str:
 
 
 def _iter_extensions(block: bytes) -> tuple[list[tuple[int, bytes]], bool]:
-    """Split an extensions block; stop (like mercury) at the first truncated extension."""
+    """Split an extensions block; stop (like mercury) at the first truncated extension.
+
+    Plain index arithmetic rather than a Cursor: this runs for every hello and is the
+    hottest loop of the handshake parse."""
     exts: list[tuple[int, bytes]] = []
-    c = Cursor(block)
-    while c.remaining() >= 4:
-        etype = c.u16()
-        elen = c.u16()
-        if elen > c.remaining():
+    block = bytes(block)
+    pos, end = 0, len(block)
+    while end - pos >= 4:
+        etype = (block[pos] << 8) | block[pos + 1]
+        elen = (block[pos + 2] << 8) | block[pos + 3]
+        pos += 4
+        if elen > end - pos:
             return exts, True
-        exts.append((etype, c.take(elen)))
-    return exts, c.remaining() != 0
+        exts.append((etype, block[pos : pos + elen]))
+        pos += elen
+    return exts, pos != end
 
 
 def _u16_list(data: bytes, len_size: int) -> list[int]:
     """A vector of 16-bit values behind a 1- or 2-byte length; lenient on trailing junk."""
-    c = Cursor(data)
-    try:
-        sub = c.vec8() if len_size == 1 else c.vec16()
-    except Malformed:
+    if len(data) < len_size:
         return []
-    out: list[int] = []
-    while sub.remaining() >= 2:
-        out.append(sub.u16())
-    return out
+    n = data[0] if len_size == 1 else (data[0] << 8) | data[1]
+    if n > len(data) - len_size:
+        return []
+    return list(unpack_from(f"!{n // 2}H", data, len_size))
 
 
 def _alpn_names(data: bytes) -> list[bytes]:
