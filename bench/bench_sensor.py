@@ -254,6 +254,31 @@ def report(m: Measured, packets: int, size: int) -> None:
         print("    stderr: " + m.stderr.strip()[-800:].replace("\n", "\n    "))
 
 
+# Lower bounds for any Python sensor on this file, each a child process measured like the
+# real runs: the interpreter with iocwatch's imports; that plus merely iterating the records
+# (our reader); and pcapy-ng's in-C flow-head classifier (libpcap reads and classifies in C,
+# Python sees only the first 20 packets of each IPv4 flow plus all non-IPv4 packets) with a
+# no-op callback. Real work (handshakes, DNS, records) comes on top of each.
+FLOOR_STEPS = (
+    ("python + imports", "import iocwatch.cli"),
+    ("+ read packets", "import iocwatch.cli\nfrom iocwatch.capture.files import CaptureReader\n"
+                       "for _ in CaptureReader(sys.argv[1]): pass"),
+    ("pcapy-ng C head", "import iocwatch.cli, pcapy\n"
+                        "pcapy.open_offline(sys.argv[1]).loop_filtered(-1, lambda h, d, c: None, "
+                        "admit_mask=3, flow_cutoff=20)"),
+)
+
+
+def floor(cap: Path, packets: int, tshark_cpu: float) -> None:
+    """Print what the 20x target leaves and what the cheapest steps already cost."""
+    budget = tshark_cpu / 20
+    print(f"floor (20x tshark leaves {budget:.3f} s CPU for everything):")
+    for label, code in FLOOR_STEPS:
+        m = measure(label, [sys.executable, "-c", "import sys\n" + code, str(cap)])
+        print(f"  {label:<18} cpu {m.cpu:6.3f} s  = {m.cpu / budget * 100:5.1f} % of the 20x "
+              f"budget{'' if m.rc == 0 else f' (exit {m.rc})'}")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=300_000, help="target packet count")
@@ -263,6 +288,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iocwatch", default="iocwatch", help="command to run (shlex-split)")
     ap.add_argument("--no-5x", action="store_true", help="skip the linearity check")
     ap.add_argument("--prefix", default="iwbench", help="namespace name prefix")
+    ap.add_argument("--no-floor", action="store_true",
+                    help="skip measuring what a Python sensor cannot get below")
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
     cap = args.dir / f"bench-{args.packets}.pcap"
@@ -311,6 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     if "iocwatch" in results and results["iocwatch"].cpu > 0:
         ratio = results["tshark"].cpu / results["iocwatch"].cpu
         print(f"  tshark/iocwatch CPU ratio {ratio:.2f}")
+
+    if "tshark" in results and not args.no_floor:
+        floor(cap, packets, results["tshark"].cpu)
 
     if not args.no_5x:
         big = cap.with_suffix(".x5.pcap")
