@@ -80,3 +80,21 @@ def test_bad_command_lines_are_one_line_errors(args, message):
     assert proc.returncode == 2
     assert message in proc.stderr
     assert proc.stderr.count(b"\n") == 1 and b"Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("sample", sorted(EXPECTED))
+def test_documented_query_types_are_on_the_wire(sample):
+    """samples/README.md's DNS column: every type a session is said to ask is in the capture,
+    and a name whose sessions all ask one type is asked only that type."""
+    proc = run("-r", str(SAMPLES / sample), "-q")
+    asked: dict[str, set[str]] = {}
+    for line in proc.stdout.splitlines():
+        rec = json.loads(line)
+        for q in rec.get("dns", {}).get("query", {}).get("question", []):
+            asked.setdefault(q["name"].rstrip("."), set()).add(q["type"])
+    said: dict[str, set[str]] = {}
+    for s in EXPECTED[sample]["sessions"]:
+        said.setdefault(s["name"], set()).update(s["dns_qtypes"])
+    for name, types in said.items():
+        if types:
+            assert asked.get(name) == types, name
