@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     ioc.add_argument("--misp-all", action="store_true",
                      help="take MISP attributes not flagged to_ids too")
     ioc.add_argument("--alerts", metavar="FILE",
-                     help="write alerts (JSON lines) here ('-': stdout); default stdout "
+                     help="append alerts (JSON lines) to FILE ('-': stdout); default stdout "
                      "when records go elsewhere")
     ioc.add_argument("--alert-format", choices=("json", "ecs"), default="json",
                      help="alert schema: iocwatch JSON (default) or Elastic Common Schema")

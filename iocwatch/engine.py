@@ -277,7 +277,9 @@ class Engine:
             if fkey not in self.udp_seen:
                 if len(self.udp_seen) >= DONE_MAX:
                     self.udp_seen.clear()
+                # both directions: a query and its answer are one flow, as a TCP connection is
                 self.udp_seen.add(fkey)
+                self.udp_seen.add(dst + src + l4[2:4] + l4[:2])
                 self.flow_hook(flow_record(PacketContext(version, src, dst, 17, sport, dport, ttl,
                                                          ipid, sec, usec)))
         if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):

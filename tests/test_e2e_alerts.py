@@ -138,8 +138,8 @@ def wire(pcap: Path) -> list[Seen]:
                 seen.append(Seen("flow", "", src, sport, dst, dport, proto, ts))
         elif cols.get("udp.srcport"):
             proto, sport, dport = 17, int(cols["udp.srcport"]), int(cols["udp.dstport"])
-            if (src, dst, sport, dport) not in udp_flows:  # UDP: one flow per direction
-                udp_flows.add((src, dst, sport, dport))
+            if (src, dst, sport, dport) not in udp_flows:  # UDP: a query and its answer
+                udp_flows.update({(src, dst, sport, dport), (dst, src, dport, sport)})
                 seen.append(Seen("flow", "", src, sport, dst, dport, proto, ts))
         else:
             continue
