@@ -300,10 +300,17 @@ def main(argv: list[str] | None = None) -> int:
             return coverage.main(argv[1:])
         from iocwatch.config import ConfigError, parse_args_with_config
 
+        parser = build_parser()
         try:
-            args = parse_args_with_config(build_parser(), argv)
+            args = parse_args_with_config(parser, argv)
         except ConfigError as exc:
             raise UsageError(str(exc))
+        if args.interface is None:
+            from iocwatch.live import live_only_given
+
+            given = live_only_given(parser, args)
+            if given:
+                raise UsageError(f"{', '.join(given)}: only with -i (live capture)")
         return run_sensor(args)
     except (UsageError, CaptureError) as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")

@@ -334,6 +334,21 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
         help="which streams go to --syslog/--udp/--tcp (records, alerts, sessions)")
 
 
+def live_only_given(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Flags of add_live_arguments' groups set away from their defaults (a --config file
+    sets defaults, so its live keys do not count): meaningless when reading a file."""
+    given = []
+    for group in parser._action_groups:
+        if group.title not in ("live capture", "network outputs (JSON lines)"):
+            continue
+        for action in group._group_actions:
+            if action.dest in ("interface", "config"):
+                continue
+            if getattr(args, action.dest, None) != parser.get_default(action.dest):
+                given.append(action.option_strings[-1])
+    return given
+
+
 def lookup_user(user: str) -> tuple[int, int]:
     """(uid, gid) of ``user``, checked before capture starts."""
     import pwd

@@ -73,6 +73,9 @@ def test_stdin_gzip_and_output_file(tmp_path):
     (["-r", "x", "--bogus"], b"unrecognized"),
     (["-r", "samples/sunburst.pcapng", "-mbpc", "0"], b"at least 1"),
     (["-r", "samples/sunburst.pcapng", "-f", "/nonexistent/dir/x.json"], b"cannot write"),
+    (["-r", "samples/sunburst.pcapng", "--udp", "127.0.0.1:9", "--rotate", "1h"],
+     b"--rotate, --udp: only with -i"),
+    (["-r", "samples/sunburst.pcapng", "--stats-interval", "5"], b"only with -i"),
 ])
 def test_bad_command_lines_are_one_line_errors(args, message):
     proc = subprocess.run([sys.executable, "-m", "iocwatch.cli", *args], capture_output=True,
