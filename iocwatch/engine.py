@@ -29,6 +29,7 @@ DONE_MAX = 500_000  # remembered finished directions; cleared wholesale beyond (
 FLOWS_MAX = 200_000
 QUIC_CONNECTIONS_MAX = 10_000
 QUIC_INITIALS_PER_SOURCE = 2_000  # decryption attempts per source address per sweep period
+QUIC_SERVER_WAIT = 30  # seconds a ClientHello waits for the server's Initial (its ServerHello)
 
 #: What the engine hands to the outputs: the mercury record and the names it carries.
 Sink = Callable[[dict, list[Observation], Event], None]
@@ -55,6 +56,17 @@ class EngineConfig:
     max_pages_per_conn: int = 16
     max_pages_total: int = 1024
     cert_cache_size: int = 4096
+
+
+@dataclass(slots=True)
+class _QuicServerWait:
+    """A QUIC connection whose ClientHello was read, until the server's Initial brings the
+    ServerHello (or QUIC_SERVER_WAIT passes); the TLS session is held back until then."""
+
+    client_dcid: bytes  # both sides' Initial keys derive from it
+    session: TlsSession | None
+    since: int
+    crypto: quicp.CryptoAssembler = field(default_factory=quicp.CryptoAssembler)
 
 
 class _Flow:
@@ -90,6 +102,8 @@ class Engine:
         self.udp_seen: set[bytes] = set()
         self.quic_budget: dict[bytes, int] = {}
         self.quic_crypto: dict[tuple[bytes, bytes], quicp.CryptoAssembler] = {}
+        #: server-to-client key -> the connection waiting for the server's Initial
+        self.quic_servers: dict[bytes, _QuicServerWait] = {}
         self.next_sweep = 0
         self.last_sec = 0
 
@@ -260,6 +274,9 @@ class Engine:
             for s in flow.streams:
                 s.release()
         self.stats["tcp_flows_expired"] += len(stale)
+        for key, wait in [(k, w) for k, w in self.quic_servers.items()
+                          if w.since < now - (5 if force else QUIC_SERVER_WAIT)]:
+            self._quic_server_end(key, wait)
         if len(self.done) > DONE_MAX:
             self.done.clear()
             self.stats["done_table_resets"] += 1
@@ -307,6 +324,11 @@ class Engine:
             self.stats["quic_initials_capped"] += 1
             return
         self.quic_budget[src] = spent + 1
+        wait = self.quic_servers.get(key)
+        if wait is not None:
+            self._quic_server(wait, key, payload,
+                              PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec))
+            return
         packets, failures = quicp.parse_datagram(payload)
         if failures:
             self.stats["quic_undecryptable"] += failures
@@ -333,16 +355,60 @@ class Engine:
             if ev is not None:
                 ctx = PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec)
                 self._emit(ev, ctx)
+                session = None
                 if self.session_sink is not None:
-                    self.stats["tls_sessions"] += 1
-                    self.session_sink(TlsSession(
+                    session = TlsSession(
                         ip_text(src), sport, ip_text(dst), dport, float(f"{sec}.{usec:06d}"),
-                        transport="q", client_hello=ev.client_hello, partial=True))
+                        transport="q", client_hello=ev.client_hello, partial=True)
+                if len(self.quic_servers) >= QUIC_CONNECTIONS_MAX:
+                    oldest = next(iter(self.quic_servers))
+                    self._quic_server_end(oldest, self.quic_servers[oldest])
+                    self.stats["quic_state_evicted"] += 1
+                self.quic_servers[dst + src + l4[2:4] + l4[:2]] = _QuicServerWait(
+                    pkt.dcid, session, sec)
                 self.quic_done.add(key)
-                self.quic_done.add(dst + src + l4[2:4] + l4[:2])
                 if len(self.quic_done) > DONE_MAX:
                     self.quic_done.clear()
             break
+
+    def _quic_server(self, wait: _QuicServerWait, key: bytes, payload: bytes,
+                     ctx: PacketContext) -> None:
+        """A datagram from a server whose client's Initial we read: find its ServerHello."""
+        new_dcid = quicp.retry_scid(payload)
+        if new_dcid is not None:  # the client starts over with the server's chosen CID
+            wait.client_dcid = new_dcid
+            self.stats["quic_retry"] += 1
+            return
+        packets, failures = quicp.parse_datagram(payload, server=True,
+                                                 client_dcid=wait.client_dcid)
+        if failures:
+            self.stats["quic_undecryptable"] += failures
+        for pkt in packets:
+            if not pkt.tag_ok:
+                self.stats["quic_bad_tag"] += 1
+            for off, data in pkt.crypto:
+                wait.crypto.add(off, data)
+            msg = wait.crypto.first_message()
+            if msg is None:
+                continue
+            if msg[0] != 2:
+                self.stats["quic_crypto_not_server_hello"] += 1
+            else:
+                ev = self.dissector.quic_server_hello(msg[1], pkt)
+                if ev is not None:
+                    self._emit(ev, ctx)
+                    if wait.session is not None:
+                        wait.session.server_hello = ev.server_hello
+            self._quic_server_end(key, wait)
+            return
+
+    def _quic_server_end(self, key: bytes, wait: _QuicServerWait) -> None:
+        """Stop waiting: later server packets are skipped, the session goes out as it is."""
+        self.quic_servers.pop(key, None)
+        self.quic_done.add(key)
+        if wait.session is not None and self.session_sink is not None:
+            self.stats["tls_sessions"] += 1
+            self.session_sink(wait.session)
 
     # -- records --------------------------------------------------------------------------
     def _emit(self, ev: Event, ctx: PacketContext) -> None:
@@ -360,6 +426,8 @@ class Engine:
                 seen.add(id(flow))
                 self._flush(flow)
         self.flows.clear()
+        for key, wait in list(self.quic_servers.items()):
+            self._quic_server_end(key, wait)
 
 
 def _context_from_key(key: bytes, sec: int) -> PacketContext | None:

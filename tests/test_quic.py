@@ -131,3 +131,84 @@ def test_unknown_version_is_not_initial():
     assert quic.looks_like_initial(protect(quic.VERSION_V1, b"\x01" * 50))
     with pytest.raises(Malformed):
         quic.initial_keys(0x12345678, DCID)
+
+
+# RFC 9001 A.3: the server's Initial answering the A.2 client (keys from the client's DCID)
+SERVER_INITIAL = bytes.fromhex(
+    "cf000000010008f067a5502a4262b5004075c0d95a482cd0991cd25b0aac406a"
+    "5816b6394100f37a1c69797554780bb38cc5a99f5ede4cf73c3ec2493a1839b3"
+    "dbcba3f6ea46c5b7684df3548e7ddeb9c3bf9c73cc3f3bded74b562bfb19fb84"
+    "022f8ef4cdd93795d77d06edbb7aaf2f58891850abbdca3d20398c276456cbc4"
+    "2158407dd074ee"
+)
+
+
+def test_rfc9001_a3_server_initial():
+    from iocwatch.protocols.tls import parse_server_hello
+
+    packets, failures = quic.parse_datagram(SERVER_INITIAL, server=True, client_dcid=DCID)
+    assert failures == 0 and len(packets) == 1
+    pkt = packets[0]
+    assert pkt.tag_ok and pkt.packet_number == 1
+    assert pkt.dcid == b"" and pkt.scid.hex() == "f067a5502a4262b5"
+    (offset, data), = pkt.crypto
+    assert offset == 0 and data[0] == 2  # ServerHello
+    hello = parse_server_hello(data[4:])
+    assert hello.cipher_suite == 0x1301 and hello.selected_version == 0x0304
+    assert hello.random.hex().startswith("eefce7f7b37ba1d1")
+    # keyed by its own (empty) DCID the packet does not authenticate
+    wrong, _ = quic.parse_datagram(SERVER_INITIAL, server=True)
+    assert not wrong or not wrong[0].tag_ok
+
+
+def test_retry_scid():
+    retry = bytes.fromhex("f0000000010008f067a5502a4262b5746f6b656e")
+    assert quic.retry_scid(retry + b"\x00" * 16) == bytes.fromhex("f067a5502a4262b5")
+    assert quic.retry_scid(SERVER_INITIAL) is None
+    assert quic.retry_scid(b"\xf0\x00") is None
+
+
+def test_engine_reads_the_server_initial_after_the_client_hello():
+    """RFC 9001's A.2 client and A.3 server Initials on one UDP flow: the client record, then
+    the server's with JA3S/JA4S for QUIC, and one TLS session holding both hellos."""
+    from iocwatch.engine import Engine
+    from tests import pktbuild as pb
+
+    records, sessions = [], []
+    eng = Engine(lambda rec, obs, ev: records.append((rec, {o.channel.value for o in obs})))
+    eng.session_sink = sessions.append
+    client = protect(quic.VERSION_V1, CLIENT_HELLO_FRAME + b"\x00" * (1162 - len(CLIENT_HELLO_FRAME)))
+    c2s = pb.eth(pb.ipv4(pb.udp(client, 50000, 443), "192.0.2.1", "192.0.2.2", proto=17))
+    s2c = pb.eth(pb.ipv4(pb.udp(SERVER_INITIAL, 443, 50000), "192.0.2.2", "192.0.2.1", proto=17))
+    eng.run([(1700000000, 0, 1, c2s)])
+    assert sessions == []  # held back until the server's Initial
+    eng.run([(1700000000, 500, 1, s2c), (1700000001, 0, 1, s2c)])  # the repeat is skipped
+    eng.finish()
+    (crec, cch), (srec, sch) = records
+    assert crec["tls"]["client"]["server_name"] == "example.com" and "quic" in crec
+    assert srec["src_ip"] == "192.0.2.2" and srec["src_port"] == 443
+    assert srec["tls"]["server"]["selected_cipher_suite"] == "1301"
+    assert srec["quic"]["scid"] == "f067a5502a4262b5"
+    assert srec["fingerprints"]["ja4s"].startswith("q130200_1301_")
+    assert {"ja3s", "ja4s"} <= sch
+    (session,) = sessions
+    assert session.transport == "q" and session.client_hello.server_name == "example.com"
+    assert session.server_hello is not None and session.server_hello.cipher_suite == 0x1301
+    assert eng.stats["quic_server_hello"] == 1
+
+
+def test_engine_quic_session_without_server_initial_still_goes_out():
+    from iocwatch.engine import Engine
+    from tests import pktbuild as pb
+
+    sessions = []
+    eng = Engine(lambda rec, obs, ev: None)
+    eng.session_sink = sessions.append
+    client = protect(quic.VERSION_V1, CLIENT_HELLO_FRAME + b"\x00" * 900)
+    c2s = pb.eth(pb.ipv4(pb.udp(client, 50001, 443), "192.0.2.1", "192.0.2.2", proto=17))
+    eng.run([(1700000000, 0, 1, c2s)])
+    junk = pb.eth(pb.ipv4(pb.udp(b"\xc3" + SERVER_INITIAL[1:40], 443, 50001), "192.0.2.2",
+                          "192.0.2.1", proto=17))
+    eng.run([(1700000001, 0, 1, junk), (1700000100, 0, 1, junk)])  # sweep after the wait
+    (session,) = sessions
+    assert session.server_hello is None and session.partial

@@ -97,9 +97,17 @@ def test_real_quic_v1_and_v2_client_hellos(tmp_path):
         dump.wait(10)
     out = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", str(cap), "-q"],
                          capture_output=True, check=True, timeout=60).stdout
-    quic = [json.loads(x) for x in out.splitlines() if b'"quic"' in x]
+    records = [json.loads(x) for x in out.splitlines() if b'"quic"' in x]
+    quic = [r for r in records if "client" in r["tls"]]
     got = {(r["quic"]["version"], r["tls"]["client"]["server_name"]) for r in quic}
     assert got == {("00000001", "v1.quic.test"), ("6b3343cf", "v2.quic.test")}
+    # the servers' Initials, decrypted with keys from each client's DCID: their ServerHellos
+    servers = [r for r in records if "server" in r["tls"]]
+    assert {r["quic"]["version"] for r in servers} == {"00000001", "6b3343cf"}
+    for r in servers:
+        assert r["src_port"] == PORT and r["fingerprints"]["ja4s"].startswith("q13")
+        assert r["tls"]["server"]["selected_cipher_suite"] in ("1301", "1302", "1303")
+    assert len(records) == len(quic) + len(servers)
     for r in quic:
         assert r["fingerprints"]["quic"].startswith("quic/(")
         assert r["fingerprints"]["ja4"].startswith("q13d")

@@ -316,6 +316,23 @@ class Dissector:
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
                      extra={"quic": packet.to_mercury()}, client_hello=hello)
 
+    def quic_server_hello(self, body: bytes, packet: quicp.InitialPacket) -> Event | None:
+        """The ServerHello of a server's QUIC Initial: JA3S and JA4S (``q``) for QUIC too.
+        mercury reads only client Initials, so this record is ours (a ``quic`` key beside
+        ``tls.server``)."""
+        try:
+            hello = tlsp.parse_server_hello(body)
+        except Malformed:
+            self.stats["malformed_quic_server_hello"] += 1
+            return None
+        self.stats["quic_server_hello"] += 1
+        sf = fpr.server_fingerprints(hello, "q")
+        obs = [Observation(sf.ja3s_md5, Channel.JA3S), Observation(sf.ja4s, Channel.JA4S)]
+        body_json = hello.to_mercury() if hello.mercury_reportable else {}
+        return Event("tls", {"server": body_json}, obs,
+                     fingerprints={"ja3s": sf.ja3s_md5, "ja4s": sf.ja4s},
+                     extra={"quic": packet.to_mercury()}, server_hello=hello)
+
     def _server_event(self, d: Direction, ders: list[bytes], side: str = "server") -> Event:
         certs: list[x509.Certificate] = []
         cert_json: list[dict] = []

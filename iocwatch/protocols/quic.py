@@ -123,11 +123,15 @@ def looks_like_initial(data: bytes) -> bool:
     return version_params(int.from_bytes(data[1:5], "big")) is not None
 
 
-def parse_datagram(data: bytes, server: bool = False) -> tuple[list[InitialPacket], int]:
+def parse_datagram(data: bytes, server: bool = False,
+                   client_dcid: bytes | None = None) -> tuple[list[InitialPacket], int]:
     """Decrypt every Initial packet in a UDP datagram (coalesced packets included).
 
-    Returns the packets and how many long-header packets failed (bad tag, bad length);
-    trailing padding or garbage after the last packet ends the walk quietly.
+    A server's Initials (``server=True``) are protected with keys derived from the
+    Destination Connection ID of the client's first Initial, not from their own header:
+    pass it as ``client_dcid``. Returns the packets and how many long-header packets failed
+    (bad tag, bad length); trailing padding or garbage after the last packet ends the walk
+    quietly.
     """
     packets: list[InitialPacket] = []
     failures = 0
@@ -136,7 +140,7 @@ def parse_datagram(data: bytes, server: bool = False) -> tuple[list[InitialPacke
         if len(data) - pos < 7 or data[pos] & 0x80 == 0:
             break
         try:
-            pkt, end = _parse_long_packet(data, pos, server)
+            pkt, end = _parse_long_packet(data, pos, server, client_dcid)
         except Malformed:
             if pos == 0:  # bytes after a good packet are padding, not a failure
                 failures += 1
@@ -147,7 +151,8 @@ def parse_datagram(data: bytes, server: bool = False) -> tuple[list[InitialPacke
     return packets, failures
 
 
-def _parse_long_packet(data: bytes, start: int, server: bool) -> tuple[InitialPacket | None, int]:
+def _parse_long_packet(data: bytes, start: int, server: bool,
+                       client_dcid: bytes | None) -> tuple[InitialPacket | None, int]:
     c = Cursor(data, start)
     first = c.u8()
     version = c.u32()
@@ -170,7 +175,7 @@ def _parse_long_packet(data: bytes, start: int, server: bool) -> tuple[InitialPa
     pn_offset = c.pos
     if length < 20 or pn_offset + length > len(data):
         raise Malformed("impossible length")
-    key, iv, hp = initial_keys(version, dcid, server)
+    key, iv, hp = initial_keys(version, dcid if client_dcid is None else client_dcid, server)
     sample = data[pn_offset + 4 : pn_offset + 20]
     enc = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
     mask = enc.update(sample) + enc.finalize()
@@ -241,6 +246,23 @@ def _frames(plain: bytes, pkt: InitialPacket) -> None:
             pkt.connection_close = cc
         else:
             return  # not allowed in Initial packets; stop quietly
+
+
+def retry_scid(data: bytes) -> bytes | None:
+    """The Source Connection ID of a Retry packet: the client's next Initials (and so the
+    server's) derive their keys from it."""
+    if len(data) < 7 or data[0] & 0xC0 != 0xC0:
+        return None
+    params = version_params(int.from_bytes(data[1:5], "big"))
+    if params is None or (data[0] >> 4) & 3 != (params.initial_type + 3) % 4:
+        return None
+    c = Cursor(data, 5)
+    try:
+        c.skip(c.u8())
+        scid = c.take(c.u8())
+    except Malformed:
+        return None
+    return scid if len(scid) <= 20 else None
 
 
 class CryptoAssembler:
