@@ -122,10 +122,13 @@ class RotatingFile:
     line; the rotated file is renamed to ``PATH.YYYYmmdd-HHMMSS[.N]`` and a new PATH opened.
     """
 
-    def __init__(self, path: str, rotate: tuple[str, float] | None = None):
+    def __init__(self, path: str, rotate: tuple[str, float] | None = None, keep: int = 0):
         self.path = path
         self.rotate = rotate
+        self.keep = keep  # rotated files to keep (0: all); older ones, earlier runs' too, go
         self.rotated: list[str] = []
+        self.deleted = 0
+        self._stamp, self._seq = "", 0
         self.lines = 0
         self.fh: BinaryIO = self._open()
 
@@ -158,14 +161,39 @@ class RotatingFile:
     def do_rotate(self) -> None:
         self.fh.close()
         stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
-        target = f"{self.path}.{stamp}"
-        n = 1
+        # within one second the suffix only grows (a pruned name is not reused), so the
+        # names keep sorting in rotation order
+        n = self._seq + 1 if stamp == self._stamp else 0
+        target = f"{self.path}.{stamp}" + (f".{n}" if n else "")
         while os.path.exists(target):
-            target = f"{self.path}.{stamp}.{n}"
             n += 1
+            target = f"{self.path}.{stamp}.{n}"
+        self._stamp, self._seq = stamp, n
         os.rename(self.path, target)
         self.rotated.append(target)
         self.fh = self._open()
+        if self.keep:
+            self._prune()
+
+    def _prune(self) -> None:
+        """Delete the oldest rotated files beyond ``keep`` (names sort by their stamp)."""
+        folder, base = os.path.split(os.path.abspath(self.path))
+        stamped = re.compile(re.escape(base) + r"\.\d{8}-\d{6}(\.\d+)?$")
+        try:
+            names = [n for n in os.listdir(folder) if stamped.match(n)]
+        except OSError:
+            return
+
+        def order(name: str) -> tuple[str, int]:
+            stamp, _, n = name[len(base) + 1 :].partition(".")
+            return stamp, int(n or 0)
+
+        for name in sorted(names, key=order)[: max(0, len(names) - self.keep)]:
+            try:
+                os.unlink(os.path.join(folder, name))
+                self.deleted += 1
+            except OSError:
+                pass
 
     def flush(self) -> None:
         self.fh.flush()
@@ -266,7 +294,7 @@ def open_outputs(args: argparse.Namespace, pipeline_streams: dict[str, str | Non
         if not os.path.isdir(folder):
             raise LiveError(f"cannot write {path}: no such directory {folder}")
         try:
-            outs.add([stream], RotatingFile(path, rotate))
+            outs.add([stream], RotatingFile(path, rotate, getattr(args, "rotate_keep", 0)))
         except OSError as exc:
             raise LiveError(f"cannot write {path}: {exc.strerror or exc}")
     net = [s.strip() for s in getattr(args, "net_streams", "records,alerts").split(",") if s.strip()]
@@ -318,6 +346,9 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--rotate", metavar="SPEC",
         help="rotate output files by time (30m, 1h, 1d) or size (100M, 1G); the old file "
         "becomes FILE.YYYYmmdd-HHMMSS")
+    add(g, "--rotate-keep", type=int, default=0, metavar="N",
+        help="with --rotate, keep only the N newest rotated files of each output (also those "
+        "of earlier runs); default 0 keeps all")
     add(g, "--user", metavar="NAME", help="drop root to this user once the interface is open")
     add(g, "--config", metavar="FILE",
         help="TOML file whose keys are long flag names (see contrib/iocwatch.toml); "
@@ -568,6 +599,9 @@ def _validate(args: argparse.Namespace) -> None:
             raise LiveError(f"bad capture filter {args.filter!r}: {why}")
     if getattr(args, "rotate", None):
         parse_rotate(args.rotate)
+    keep = getattr(args, "rotate_keep", 0)
+    if keep < 0 or keep and not getattr(args, "rotate", None):
+        raise LiveError("--rotate-keep takes a count >= 0 and needs --rotate")
 
 
 def run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],

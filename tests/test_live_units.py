@@ -243,3 +243,19 @@ def test_prefilter_compiles_for_every_link_type_it_names() -> None:
         assert expr and check_filter(expr, lt) is None, lt
     assert default_filter(147) == ""
     assert check_filter("tcp port") is not None
+
+
+def test_rotate_keep_deletes_the_oldest_rotated_files_of_this_and_earlier_runs(tmp_path: Path) -> None:
+    path = tmp_path / "r.json"
+    old = [tmp_path / "r.json.20200101-000000", tmp_path / "r.json.20200101-000000.1"]
+    for o in old:  # left by an earlier run
+        o.write_text("{}\n")
+    (tmp_path / "r.json.notes").write_text("not ours")
+    f = live.RotatingFile(str(path), ("size", 1000.0), keep=3)
+    for chunk in _chunks(300):
+        f.write(chunk)
+    f.close()
+    assert len(f.rotated) > 5
+    left = sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("r.json."))
+    assert left == sorted(["r.json.notes", *(Path(n).name for n in f.rotated[-3:])])
+    assert f.deleted == len(f.rotated) - 3 + 2
