@@ -98,7 +98,7 @@ def _client_context(alpn: list[str] | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # we read what the server sends, we do not judge it
-    ctx.minimum_version = ssl.TLSVersion.TLSv1
+    ctx.minimum_version = ssl.TLSVersion.MINIMUM_SUPPORTED
     try:
         ctx.set_ciphers("ALL:@SECLEVEL=0")  # an old server's chain is still worth reading
     except ssl.SSLError:
