@@ -369,3 +369,47 @@ def test_offline_capture_tailgates_only_when_asked_and_a_dropping_server(pki, tm
     assert hits[0]["record"]["tailgate"]["session"]["dst_port"] == 443
     assert "drop 8445 full" in (tmp_path / "s2.log").read_text()
     assert not os.path.exists(f"/var/run/netns/{lab.client}")
+
+
+@pytest.mark.skipif(LAB is not None, reason=str(LAB))
+def test_two_workers_probe_once_and_drop_probe_flows_whichever_worker_sees_them(pki, tmp_path):
+    work = tmp_path / "lab"
+    work.mkdir()
+    records, alerts, log = tmp_path / "records.json", tmp_path / "alerts.json", tmp_path / "err"
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text(HIDDEN + "\n")
+    conf = netlab.nginx_conf(work, [([FRONT], pki)]).replace(
+        "ssl_protocols TLSv1.2 TLSv1.3;", "ssl_protocols TLSv1.3;")
+    with netlab.lab("iwtg3", work) as lab:
+        lab.start_nginx(conf)
+        lab.wait_listening(lab.server, "tcp", 443)
+        with open(log, "wb") as err:
+            sensor = subprocess.Popen(
+                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
+                 "-i", lab.client_if, "--workers", "2", "-f", str(records), "--ioc", str(ioc),
+                 "--alerts", str(alerts), "--tailgate", "--tailgate-cache",
+                 str(tmp_path / "tg.sqlite"), "--stats-interval", "0.2", "--stats-json-stream"],
+                stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        try:
+            assert _wait_for(lambda: b"iocwatch stats" in log.read_bytes())
+            for _ in range(6):  # client ports differ: the flow hash spreads them over workers
+                _curl(lab, 443)
+            assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
+            time.sleep(0.5)
+            sensor.send_signal(signal.SIGTERM)
+            assert sensor.wait(30) == 0, log.read_text()
+        finally:
+            if sensor.poll() is None:
+                sensor.kill()
+    workers = _stats(log)[-1]["workers"]
+    total = Counter()
+    for w in workers:
+        total.update({k: v for k, v in w.items() if isinstance(v, int)})
+    assert total["tailgate_sessions"] == 6 and total["tailgate_probes"] == 1, workers
+    assert total["own_traffic_dropped"] > 0, workers
+    hits = [json.loads(x) for x in alerts.read_text().splitlines()]
+    assert len(hits) == 1 and hits[0]["tailgated"] is True, hits
+    recs = [json.loads(x) for x in records.read_text().splitlines()]
+    assert sum(1 for r in recs if r.get("tailgated")) == 1
+    assert sum(1 for r in recs if r.get("tls", {}).get("client")) == 6  # the clients' hellos only
+    assert not [r for r in recs if 61000 <= r["src_port"] <= 61999 or 61000 <= r["dst_port"] <= 61999]

@@ -138,7 +138,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "addresses on these ports are its own and never analysed (default 61000-61999)")
     g.add_argument("--tailgate-no-quic", action="store_true",
                    help="probe QUIC servers over TCP only, even when aioquic is installed")
-    parser.set_defaults(tailgate_explicit=False)
+    # one id per iocwatch run, taken before -i forks its workers: they share it
+    parser.set_defaults(tailgate_explicit=False, tailgate_run=f"{os.getpid()}-{time.time():.6f}")
 
 
 def make(args: argparse.Namespace, pipeline: Any) -> Tailgater | None:
@@ -161,7 +162,8 @@ def make(args: argparse.Namespace, pipeline: Any) -> Tailgater | None:
         rate=args.tailgate_rate / max(workers, 1), per_dest=args.tailgate_per_dest,
         queue_max=args.tailgate_queue, threads=args.tailgate_threads,
         allow=args.tailgate_allow, deny=args.tailgate_deny, source=args.tailgate_source,
-        ports=args.tailgate_ports, quic=not args.tailgate_no_quic and quic_available())
+        ports=args.tailgate_ports, quic=not args.tailgate_no_quic and quic_available(),
+        run=args.tailgate_run)
 
 
 def local_addresses() -> set[str]:
@@ -216,7 +218,7 @@ class _Bucket:
 
 
 class _Job:
-    __slots__ = ("key", "session", "result", "cached", "probed", "skipped")
+    __slots__ = ("key", "session", "result", "cached", "probed", "skipped", "until")
 
     def __init__(self, key: Key, session: TlsSession):
         self.key = key
@@ -225,6 +227,7 @@ class _Job:
         self.cached = False
         self.probed = 0.0
         self.skipped = False
+        self.until = 0.0  # skipped, but known until then (wall time)
 
 
 class Tailgater:
@@ -235,7 +238,7 @@ class Tailgater:
                  per_dest: int = 10, queue_max: int = 1000, threads: int = 4,
                  allow: list[Network] | None = None, deny: list[Network] | None = None,
                  source: str | None = None, ports: tuple[int, int] = (61000, 61999),
-                 quic: bool = False):
+                 quic: bool = False, run: str | None = None):
         self.pipeline = pipeline
         self.cache = cache
         self.ttl, self.fail_ttl, self.timeout = ttl, fail_ttl, timeout
@@ -245,6 +248,7 @@ class Tailgater:
         self.port_low, self.port_high = ports
         self.ports = PortPicker(*ports)
         self.quic = quic
+        self.run = run or f"{os.getpid()}-{time.time():.6f}"
         self.stats: Counter[str] = Counter()
         self._stats_lock = threading.Lock()
         self.queue: queue.Queue[_Job | None] = queue.Queue(maxsize=queue_max)
@@ -336,6 +340,8 @@ class Tailgater:
             self.pending.discard(job.key)
             result = job.result
             if job.skipped or result is None:
+                if job.until:
+                    self._remember(job.key, job.until)
                 continue
             if result.source is not None:
                 self.locals.add(result.source[0])
@@ -432,14 +438,19 @@ class Tailgater:
 
     def _work(self, job: _Job) -> None:
         key = job.key
-        entry = self.cache.claim(key, time.time())
+        entry = self.cache.claim(key, time.time(), self.run)
         if entry is not None:
-            if entry.state == "claimed":  # another worker is probing it right now
+            if entry.state == "claimed":  # another worker is probing it and will report it
                 self._count("claimed_elsewhere")
                 job.skipped = True
+                job.until = time.time() + min(self.fail_ttl, self.ttl)
                 return
             self._count("cached")
             job.cached = True
+            if entry.state == "ok" and not entry.report:  # reported in this run already
+                job.skipped = True
+                job.until = entry.expires
+                return
             job.probed = entry.probed
             job.result = ProbeResult(entry.state == "ok", entry.reason, entry.ders,
                                      entry.version, entry.via or "tcp")
@@ -448,6 +459,7 @@ class Tailgater:
             self._count("rate_limited")
             self.cache.release(key)
             job.skipped = True
+            job.until = time.time() + DEST_WINDOW  # no churn while the destination is full
             return
         if not self.bucket.wait(self.stop):
             self.cache.release(key)
@@ -471,7 +483,7 @@ class Tailgater:
             self._count(f"failed_{result.reason}")
             ttl = min(self.fail_ttl, self.ttl)
         self.cache.store(key, result.ok, result.reason, job.probed, ttl, result.via,
-                         result.version, result.ders)
+                         result.version, result.ders, self.run)
 
     def _dest_ok(self, address: str) -> bool:
         now = time.monotonic()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols.cursor import Malformed
 
+SCHEMA_VERSION = 1
 CLAIM_SECONDS = 60.0  # a claim older than this (its worker died mid-probe) may be taken over
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS probes (
@@ -27,6 +28,7 @@ CREATE TABLE IF NOT EXISTS probes (
     via TEXT NOT NULL DEFAULT '',
     version TEXT NOT NULL DEFAULT '',
     chain BLOB,
+    run TEXT NOT NULL DEFAULT '', -- the iocwatch run that last reported the certificate
     PRIMARY KEY (address, port, server_name)
 )"""
 
@@ -40,6 +42,7 @@ class Entry:
     via: str
     version: str
     ders: list[bytes]
+    report: bool = False  # an earlier run reported it: report again in this one
 
 
 def pack_chain(ders: list[bytes]) -> bytes:
@@ -69,26 +72,35 @@ class ProbeCache:
                                    isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL" if path else "PRAGMA journal_mode=MEMORY")
         self._db.execute("PRAGMA synchronous=NORMAL")
+        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+            self._db.execute("DROP TABLE IF EXISTS probes")  # a cache: start afresh
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._db.execute(SCHEMA)
 
-    def claim(self, key: tuple[str, int, str], now: float) -> Entry | None:
+    def claim(self, key: tuple[str, int, str], now: float, run: str = "") -> Entry | None:
         """The fresh entry for ``key``, or None after claiming it for a probe by us.
 
         A claim by another worker within :data:`CLAIM_SECONDS` comes back as an Entry whose
-        state is 'claimed' (someone else is probing it: do nothing)."""
+        state is 'claimed' (someone else is probing it: do nothing). A fresh certificate comes
+        back with ``report`` True once per ``run`` (after a restart the names are matched again;
+        the workers of one run report it once between them)."""
         with self._lock:
             db = self._db
             db.execute("BEGIN IMMEDIATE")
             try:
-                row = db.execute("SELECT state, reason, probed, expires, via, version, chain "
+                row = db.execute("SELECT state, reason, probed, expires, via, version, chain, run "
                                  "FROM probes WHERE address=? AND port=? AND server_name=?",
                                  key).fetchone()
                 if row is not None and row[3] > now:
+                    report = row[0] == "ok" and row[7] != run
+                    if report:
+                        db.execute("UPDATE probes SET run=? WHERE address=? AND port=? AND "
+                                   "server_name=?", (run, *key))
                     db.execute("COMMIT")
                     return Entry(row[0], row[1], row[2], row[3], row[4], row[5],
-                                 unpack_chain(row[6]))
-                db.execute("INSERT OR REPLACE INTO probes VALUES (?,?,?,?,?,?,?,?,?,?)",
-                           (*key, "claimed", "", now, now + CLAIM_SECONDS, "", "", None))
+                                 unpack_chain(row[6]), report)
+                db.execute("INSERT OR REPLACE INTO probes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                           (*key, "claimed", "", now, now + CLAIM_SECONDS, "", "", None, run))
                 db.execute("COMMIT")
             except sqlite3.Error:
                 db.execute("ROLLBACK")
@@ -96,11 +108,11 @@ class ProbeCache:
         return None
 
     def store(self, key: tuple[str, int, str], ok: bool, reason: str, probed: float, ttl: float,
-              via: str, version: str, ders: list[bytes]) -> None:
+              via: str, version: str, ders: list[bytes], run: str = "") -> None:
         with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO probes VALUES (?,?,?,?,?,?,?,?,?,?)",
+            self._db.execute("INSERT OR REPLACE INTO probes VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                              (*key, "ok" if ok else "failed", reason, probed, probed + ttl, via,
-                              version, pack_chain(ders) if ders else None))
+                              version, pack_chain(ders) if ders else None, run))
 
     def release(self, key: tuple[str, int, str]) -> None:
         """Drop our claim without a result (the probe was not made: rate limit, shutdown)."""
