@@ -65,19 +65,23 @@ class FakePipeline:
         self.sessions.append(session)
 
 
-def _session(server: str, port: int, sni: str, client_port: int = 40000) -> TlsSession:
-    hello = tlsp.parse_client_hello(_client_hello(sni))
-    return TlsSession("127.0.0.9", client_port, server, port, time.time(),
-                      client_hello=hello, server_hello=TLS13_SERVER_HELLO, partial=True)
+def _session(server: str, port: int, sni: str, client_port: int = 40000,
+             transport: str = "t", alpn: bytes = b"") -> TlsSession:
+    hello = tlsp.parse_client_hello(_client_hello(sni, alpn))
+    return TlsSession("127.0.0.9", client_port, server, port, time.time(), transport,
+                      client_hello=hello, server_hello=TLS13_SERVER_HELLO if transport == "t" else None,
+                      partial=True)
 
 
-def _client_hello(sni: str) -> bytes:
+def _client_hello(sni: str, alpn: bytes = b"") -> bytes:
     name = sni.encode()
-    sni_ext = (b"\x00\x00" + (len(name) + 5).to_bytes(2, "big") + (len(name) + 3).to_bytes(2, "big")
-               + b"\x00" + len(name).to_bytes(2, "big") + name)
-    body = (b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
-            + len(sni_ext).to_bytes(2, "big") + sni_ext)
-    return body
+    exts = (b"\x00\x00" + (len(name) + 5).to_bytes(2, "big") + (len(name) + 3).to_bytes(2, "big")
+            + b"\x00" + len(name).to_bytes(2, "big") + name)
+    if alpn:
+        proto = bytes([len(alpn)]) + alpn
+        exts += b"\x00\x10" + (len(proto) + 2).to_bytes(2, "big") + len(proto).to_bytes(2, "big") + proto
+    return (b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+            + len(exts).to_bytes(2, "big") + exts)
 
 
 def _wait_for(cond, seconds: float = 15.0, step: float = 0.05) -> bool:
@@ -112,6 +116,42 @@ def test_probe_reads_the_whole_tls13_chain_and_names_failures(pki, tmp_path):
     finally:
         for s in socks:
             s.close()
+
+
+def test_quic_session_probed_over_quic_when_tcp_is_refused(pki, tmp_path):
+    pytest.importorskip("aioquic", reason="aioquic not installed (pip install '.[test]')")
+    import asyncio
+    import threading
+
+    from aioquic.asyncio import serve
+    from aioquic.quic.configuration import QuicConfiguration
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)  # a port free for UDP and TCP
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    loop = asyncio.new_event_loop()
+    cfg = QuicConfiguration(is_client=False, alpn_protocols=["iwtg"])
+    cfg.load_cert_chain(str(pki.cert_file), str(pki.key_file))
+    server = loop.run_until_complete(serve("127.0.0.1", port, configuration=cfg))
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    pipe = FakePipeline()
+    tg = Tailgater(pipe, cache=ProbeCache(None), threads=1, quic=True, timeout=3.0)
+    try:
+        tg.session(_session("127.0.0.1", port, FRONT, transport="q", alpn=b"iwtg"))
+        assert _wait_for(lambda: (tg.tick(), not tg.pending)[1])
+    finally:
+        tg.close()
+        loop.call_soon_threadsafe(server.close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(5)
+    c = tg.counters()
+    assert (c["tailgate_probes"], c["tailgate_probes_quic"], c["tailgate_ok"]) == (1, 1, 1), c
+    rec = pipe.records[0]
+    assert rec["protocol"] == 17 and rec["tailgate"]["via"] == "quic"
+    assert [x.der for x in pipe.sessions[0].certificates] == _ders(pki)  # leaf and intermediate
+    assert pipe.sessions[0].tailgated and pipe.sessions[0].transport == "q"
 
 
 def test_flood_of_10000_names_is_bounded_rate_limited_and_counted(pki, tmp_path):
