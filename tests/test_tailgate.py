@@ -446,6 +446,7 @@ def test_two_workers_probe_once_and_drop_probe_flows_whichever_worker_sees_them(
     for w in workers:
         total.update({k: v for k, v in w.items() if isinstance(v, int)})
     assert total["tailgate_sessions"] == 6 and total["tailgate_probes"] == 1, workers
+    assert _stats(log)[-1]["extensions"]["tailgate_probes"] == 1  # the stats line sums them
     assert total["own_traffic_dropped"] > 0, workers
     hits = [json.loads(x) for x in alerts.read_text().splitlines()]
     assert len(hits) == 1 and hits[0]["tailgated"] is True, hits
@@ -453,3 +454,44 @@ def test_two_workers_probe_once_and_drop_probe_flows_whichever_worker_sees_them(
     assert sum(1 for r in recs if r.get("tailgated")) == 1
     assert sum(1 for r in recs if r.get("tls", {}).get("client")) == 6  # the clients' hellos only
     assert not [r for r in recs if 61000 <= r["src_port"] <= 61999 or 61000 <= r["dst_port"] <= 61999]
+
+
+def test_unparseable_certificate_is_a_cached_failure(tmp_path):
+    """The branch for a chain none of whose entries parses (e.g. a certificate type we do not
+    know): counted and cached as a failure, no record."""
+    from iocwatch.tailgate import _Job
+    from iocwatch.tailgate.probe import ProbeResult
+
+    pipe = FakePipeline()
+    cache = ProbeCache(None)
+    tg = Tailgater(pipe, cache=cache, threads=1)
+    try:
+        job = _Job(("192.0.2.1", 443, "x.test"), _session("192.0.2.1", 443, "x.test"))
+        job.probed = time.time()
+        tg._emit(job, ProbeResult(True, "ok", [b"\x30\x03\x02\x01\x00"]))
+        entry = cache.claim(job.key, time.time(), "run")
+    finally:
+        tg.close()
+    assert pipe.records == [] and tg.counters()["tailgate_failed_unparseable_certificate"] == 1
+    assert entry is not None and (entry.state, entry.reason) == ("failed", "unparseable_certificate")
+
+
+def test_coverage_counts_names_only_tailgating_revealed():
+    from iocwatch.coverage.builder import CoverageBuilder
+    from iocwatch.coverage.render import render_text
+
+    cert = {"subject": [{"common_name": "both.test"}],
+            "extensions": [{"subject_alt_name": [{"dns_name": "both.test"}]}]}
+    tail = {"subject": [{"common_name": "both.test"}],
+            "extensions": [{"subject_alt_name": [{"dns_name": "both.test"},
+                                                 {"dns_name": HIDDEN}]}]}
+    b = CoverageBuilder()
+    b.add_record({"tls": {"server": {"certs": [{"cert": cert}]}}, "src_ip": "192.0.2.1",
+                  "dst_ip": "192.0.2.9", "event_start": 1.0})
+    b.add_record({"tls": {"server": {"certs": [{"cert": tail}]}}, "tailgated": True,
+                  "src_ip": "192.0.2.1", "dst_ip": "192.0.2.9", "event_start": 2.0})
+    rep = b.report()
+    by = {s.source: s for s in rep.sources}
+    assert (by["cert_san"].names, by["cert_san"].only_tailgated) == (2, 1)
+    assert by["cert_cn"].only_tailgated == 0 and by["dns"].only_tailgated is None
+    assert "Only tailgated" in render_text(rep)
