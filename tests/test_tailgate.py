@@ -495,3 +495,48 @@ def test_coverage_counts_names_only_tailgating_revealed():
     assert (by["cert_san"].names, by["cert_san"].only_tailgated) == (2, 1)
     assert by["cert_cn"].only_tailgated == 0 and by["dns"].only_tailgated is None
     assert "Only tailgated" in render_text(rep)
+
+
+def test_source_address_ipv6_and_networks(pki, tmp_path):
+    socks = tgserver.serve(str(pki.cert_file), str(pki.key_file), str(tmp_path / "log"),
+                           [(0, "ok")], host="::1")
+    port = socks[0].getsockname()[1]
+    picker = PortPicker(61000, 61999)
+    try:
+        res = probe_tls("::1", port, FRONT, 3.0, picker, source="::1")
+        assert res.ok and res.source is not None and res.source[0] == "::1", res
+        assert probe_tls("::1", port, FRONT, 3.0, picker, source="2001:db8::99").reason == "bad_source"
+    finally:
+        for s in socks:
+            s.close()
+    import ipaddress
+
+    pipe = FakePipeline()
+    tg = Tailgater(pipe, cache=ProbeCache(None), threads=1,
+                   allow=[ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("::1/128")],
+                   deny=[ipaddress.ip_network("10.9.0.0/16")])
+    try:
+        tg.submit(("192.0.2.1", 443, "a.test"), _session("192.0.2.1", 443, "a.test"))  # not allowed
+        tg.submit(("10.9.1.1", 443, "b.test"), _session("10.9.1.1", 443, "b.test"))  # denied
+        tg.submit(("192.0.2.1", 443, "a.test"), _session("192.0.2.1", 443, "a.test"))  # known now
+    finally:
+        tg.close()
+    c = tg.counters()
+    assert (c["tailgate_denied"], c["tailgate_cached"], c.get("tailgate_queued", 0)) == (2, 1, 0)
+
+
+def test_alert_from_a_tailgated_record_says_so_in_both_formats():
+    from iocwatch.outputs.alerts import build_alert, to_ecs
+
+    class Ind:
+        value, kind, file, line, meta = HIDDEN, "domain", "ioc.txt", 1, None
+
+    rec = {"tls": {"server": {"certs": []}}, "tailgated": True, "src_ip": "192.0.2.1",
+           "dst_ip": "192.0.2.9", "src_port": 443, "dst_port": 40000, "protocol": 6,
+           "event_start": 1.5}
+    alert = build_alert(record=rec, channel="cert_san", name=HIDDEN, normalised=HIDDEN,
+                        indicator=Ind(), sensor="s")
+    assert alert["tailgated"] is True and to_ecs(alert)["iocwatch"]["tailgated"] is True
+    rec.pop("tailgated")
+    assert "tailgated" not in build_alert(record=rec, channel="cert_san", name=HIDDEN,
+                                          normalised=HIDDEN, indicator=Ind(), sensor="s")
