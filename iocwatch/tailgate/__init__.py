@@ -40,6 +40,7 @@ from iocwatch.tailgate.probe import PortPicker, ProbeResult, probe_quic, probe_t
 KNOWN_MAX = 65536  # keys remembered in memory (beyond: the SQLite file still answers)
 DEST_WINDOW = 60.0  # seconds over which --tailgate-per-dest counts
 LOCAL_REFRESH = 30.0
+PRUNE_EVERY = 3600.0  # expired rows leave the SQLite file this often (and at start)
 Key = tuple[str, int, str]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -263,6 +264,7 @@ class Tailgater:
         self.locals = local_addresses() | ({source} if source else set())
         self.locals_at = time.monotonic()
         self.cache.prune(time.time())
+        self.prune_at = time.monotonic() + PRUNE_EVERY
         self.threads = [threading.Thread(target=self._run, name=f"iocwatch-tailgate-{i}",
                                          daemon=True) for i in range(threads)]
         for t in self.threads:
@@ -425,6 +427,12 @@ class Tailgater:
             try:
                 job = self.queue.get(timeout=0.2)
             except queue.Empty:
+                if time.monotonic() >= self.prune_at:  # idle: tidy the file
+                    self.prune_at = time.monotonic() + PRUNE_EVERY
+                    try:
+                        self.cache.prune(time.time())
+                    except sqlite3.Error:
+                        self._count("cache_errors")
                 continue
             if job is None:
                 break

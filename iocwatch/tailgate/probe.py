@@ -75,9 +75,28 @@ def _bound_socket(family: int, kind: int, source: str | None, ports: PortPicker,
         except OSError as exc:
             sock.close()
             last = exc
-            if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+            if exc.errno != errno.EADDRINUSE:  # EADDRNOTAVAIL: the source is not ours
                 raise
     raise last or OSError(errno.EADDRINUSE, "no free source port")
+
+
+def _connected(address: str, port: int, timeout: float, source: str | None,
+               ports: PortPicker) -> socket.socket:
+    """A TCP connection from our port range. A source port whose 4-tuple is still taken (in
+    TIME_WAIT, or by another worker) fails before any packet leaves: take the next port."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    for attempt in range(3):
+        sock = _bound_socket(family, socket.SOCK_STREAM, source, ports)
+        try:
+            sock.settimeout(timeout)
+            sock.connect((address, port))
+            return sock
+        except OSError as exc:
+            sock.close()
+            if exc.errno not in (errno.EADDRNOTAVAIL, errno.EADDRINUSE) or attempt == 2 or (
+                    source and exc.errno == errno.EADDRNOTAVAIL):
+                raise
+    raise OSError(errno.EADDRINUSE, "no free source port")
 
 
 def _reason(exc: BaseException) -> str:
@@ -134,18 +153,17 @@ class _Collector:
 def probe_tls(address: str, port: int, server_name: str, timeout: float, ports: PortPicker,
               source: str | None = None, alpn: list[str] | None = None) -> ProbeResult:
     """One TLS handshake with ``server_name`` as SNI; never sends application data."""
-    family = socket.AF_INET6 if ":" in address else socket.AF_INET
     deadline = time.monotonic() + timeout
     try:
-        sock = _bound_socket(family, socket.SOCK_STREAM, source, ports)
+        sock = _connected(address, port, timeout, source, ports)
     except OSError as exc:
-        return ProbeResult(False, "bind_failed" if exc.errno != errno.EADDRNOTAVAIL else "bad_source")
+        if exc.errno == errno.EADDRNOTAVAIL and source:
+            return ProbeResult(False, "bad_source")
+        return ProbeResult(False, _reason(exc))
     collector = _Collector()
     ctx = _client_context(alpn)
     ctx._msg_callback = collector  # type: ignore[attr-defined]
     try:
-        sock.settimeout(timeout)
-        sock.connect((address, port))
         local = sock.getsockname()[:2]
         incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name or None)
@@ -178,8 +196,7 @@ def probe_tls(address: str, port: int, server_name: str, timeout: float, ports: 
                 break
             received += len(data)
             if received > MAX_BYTES:
-                failure = OSError("too much data")
-                break
+                return _finish(sock, ProbeResult(False, "too_much_data", source=local))
             incoming.write(data)
         version = tls.version() or ("TLSv1.3" if collector.tls13 else "")
         if done:
