@@ -542,3 +542,42 @@ def test_alert_from_a_tailgated_record_says_so_in_both_formats():
     rec.pop("tailgated")
     assert "tailgated" not in build_alert(record=rec, channel="cert_san", name=HIDDEN,
                                           normalised=HIDDEN, indicator=Ind(), sensor="s")
+
+
+@pytest.mark.skipif(LAB is not None, reason=str(LAB))
+def test_live_quic_session_tailgated_over_quic(pki, tmp_path):
+    pytest.importorskip("aioquic", reason="aioquic not installed (pip install '.[test]')")
+    quic = str(Path(__file__).resolve().parent / "tgquic.py")
+    records, alerts, log = tmp_path / "records.json", tmp_path / "alerts.json", tmp_path / "err"
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text(HIDDEN + "\n")
+    with netlab.lab("iwtg4", tmp_path / "lab") as lab:
+        lab.spawn(lab.server, [sys.executable, quic, "server", str(pki.cert_file),
+                               str(pki.key_file), "4433"])
+        lab.wait_listening(lab.server, "udp", 4433)
+        with open(log, "wb") as err:
+            sensor = subprocess.Popen(
+                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
+                 "-i", lab.client_if, "-f", str(records), "--ioc", str(ioc), "--alerts",
+                 str(alerts), "--tailgate", "--tailgate-cache", "", "--stats-interval", "0.2",
+                 "--stats-json-stream"], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        try:
+            assert _wait_for(lambda: b"iocwatch stats" in log.read_bytes())
+            lab.run(lab.client, [sys.executable, quic, "client", netlab.SERVER_V4, "4433", FRONT])
+            assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
+            time.sleep(0.3)
+            sensor.send_signal(signal.SIGTERM)
+            assert sensor.wait(30) == 0, log.read_text()
+        finally:
+            if sensor.poll() is None:
+                sensor.kill()
+    ext = _stats(log)[-1]["extensions"]
+    # nothing listens on TCP 4433: refused there, then the certificate over QUIC
+    assert (ext["tailgate_probes"], ext["tailgate_probes_quic"], ext["tailgate_ok"]) == (1, 1, 1), ext
+    assert ext["own_traffic_dropped"] > 0, ext
+    hits = [json.loads(x) for x in alerts.read_text().splitlines()]
+    assert len(hits) == 1 and hits[0]["tailgated"] is True and hits[0]["protocol"] == 17, hits
+    assert hits[0]["record"]["tailgate"]["via"] == "quic"
+    recs = [json.loads(x) for x in records.read_text().splitlines()]
+    sni = [r for r in recs if r.get("tls", {}).get("client", {}).get("server_name")]
+    assert len(sni) == 1 and "quic" in sni[0]  # the client's Initial; the probe's was dropped
