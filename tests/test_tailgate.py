@@ -113,6 +113,8 @@ def test_probe_reads_the_whole_tls13_chain_and_names_failures(pki, tmp_path):
         assert HIDDEN in leaf.dns_names
         assert res.source is not None and 61000 <= res.source[1] <= 61999
         assert probe_tls("127.0.0.1", closed_port, FRONT, 3.0, picker).reason == "refused"
+        for hostile in ("a" * 70 + ".test", "bad\x00name", ".lead", "x" * 300):
+            assert probe_tls("127.0.0.1", port, hostile, 3.0, picker).reason == "bad_server_name"
     finally:
         for s in socks:
             s.close()

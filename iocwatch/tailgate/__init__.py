@@ -441,7 +441,8 @@ class Tailgater:
             except Exception as exc:  # noqa: BLE001 - a probe thread must outlive any server
                 self._count("failed_error")
                 job.skipped = True
-                sys.stderr.write(f"iocwatch: tailgate: {type(exc).__name__}: {exc}\n")
+                if self.stats["failed_error"] <= 5:  # the first few; the counter has them all
+                    sys.stderr.write(f"iocwatch: tailgate: {type(exc).__name__}: {exc}\n")
             self.done.append(job)
 
     def _work(self, job: _Job) -> None:

@@ -154,19 +154,22 @@ def probe_tls(address: str, port: int, server_name: str, timeout: float, ports: 
               source: str | None = None, alpn: list[str] | None = None) -> ProbeResult:
     """One TLS handshake with ``server_name`` as SNI; never sends application data."""
     deadline = time.monotonic() + timeout
+    collector = _Collector()
+    ctx = _client_context(alpn)
+    ctx._msg_callback = collector  # type: ignore[attr-defined]
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:  # the name came off the wire: ssl refuses what IDNA cannot encode (before connecting)
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name or None)
+    except (ValueError, TypeError):
+        return ProbeResult(False, "bad_server_name")
     try:
         sock = _connected(address, port, timeout, source, ports)
     except OSError as exc:
         if exc.errno == errno.EADDRNOTAVAIL and source:
             return ProbeResult(False, "bad_source")
         return ProbeResult(False, _reason(exc))
-    collector = _Collector()
-    ctx = _client_context(alpn)
-    ctx._msg_callback = collector  # type: ignore[attr-defined]
     try:
         local = sock.getsockname()[:2]
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name or None)
         received = 0
         done = False
         failure: BaseException | None = None
@@ -266,6 +269,10 @@ def probe_quic(address: str, port: int, server_name: str, timeout: float, ports:
     from aioquic.quic.events import ConnectionTerminated, HandshakeCompleted
     from cryptography.hazmat.primitives.serialization import Encoding
 
+    try:
+        (server_name or "x").encode("idna")
+    except UnicodeError:
+        return ProbeResult(False, "bad_server_name", via="quic")
     config = QuicConfiguration(is_client=True, alpn_protocols=alpn or ["h3"],
                                server_name=server_name or None, verify_mode=ssl.CERT_NONE)
     family = socket.AF_INET6 if ":" in address else socket.AF_INET
