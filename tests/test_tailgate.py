@@ -583,3 +583,43 @@ def test_live_quic_session_tailgated_over_quic(pki, tmp_path):
     recs = [json.loads(x) for x in records.read_text().splitlines()]
     sni = [r for r in recs if r.get("tls", {}).get("client", {}).get("server_name")]
     assert len(sni) == 1 and "quic" in sni[0]  # the client's Initial; the probe's was dropped
+
+
+@pytest.mark.skipif(LAB is not None, reason=str(LAB))
+def test_live_tailgating_after_dropping_root(pki, tmp_path):
+    """--user: the probe threads and the SQLite cache work on after root is gone (whatever
+    a probe imports lazily is imported while the worker is still root)."""
+    import pwd
+
+    try:
+        pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody'")
+    alerts, log, db = tmp_path / "alerts.json", tmp_path / "err", tmp_path / "tg.sqlite"
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text(HIDDEN + "\n")
+    work = tmp_path / "lab"
+    work.mkdir()
+    conf = netlab.nginx_conf(work, [([FRONT], pki)]).replace(
+        "ssl_protocols TLSv1.2 TLSv1.3;", "ssl_protocols TLSv1.3;")
+    with netlab.lab("iwtg5", work) as lab:
+        lab.start_nginx(conf)
+        lab.wait_listening(lab.server, "tcp", 443)
+        with open(log, "wb") as err:
+            sensor = subprocess.Popen(
+                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
+                 "-i", lab.client_if, "--user", "nobody", "--no-records", "--ioc", str(ioc),
+                 "--alerts", str(alerts), "--tailgate", "--tailgate-cache", str(db),
+                 "--stats-interval", "0.2"], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        try:
+            assert _wait_for(lambda: b"iocwatch stats" in log.read_bytes())
+            _curl(lab, 443)
+            assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
+            sensor.send_signal(signal.SIGTERM)
+            assert sensor.wait(30) == 0, log.read_text()
+        finally:
+            if sensor.poll() is None:
+                sensor.kill()
+    assert "tailgate_ok 1" in log.read_text() and "failed" not in log.read_text()
+    with sqlite3.connect(db) as con:
+        assert con.execute("SELECT state FROM probes").fetchall() == [("ok",)]

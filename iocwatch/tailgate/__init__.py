@@ -35,7 +35,14 @@ from iocwatch.outputs.sessions import TlsSession
 from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols import x509
 from iocwatch.tailgate.cache import ProbeCache
-from iocwatch.tailgate.probe import PortPicker, ProbeResult, probe_quic, probe_tls, quic_available
+from iocwatch.tailgate.probe import (
+    PortPicker,
+    ProbeResult,
+    probe_quic,
+    probe_tls,
+    quic_available,
+    warm_up,
+)
 
 KNOWN_MAX = 65536  # keys remembered in memory (beyond: the SQLite file still answers)
 DEST_WINDOW = 60.0  # seconds over which --tailgate-per-dest counts
@@ -265,6 +272,7 @@ class Tailgater:
         self.locals_at = time.monotonic()
         self.cache.prune(time.time())
         self.prune_at = time.monotonic() + PRUNE_EVERY
+        warm_up(quic)
         self.threads = [threading.Thread(target=self._run, name=f"iocwatch-tailgate-{i}",
                                          daemon=True) for i in range(threads)]
         for t in self.threads:

@@ -252,6 +252,18 @@ def _finish(sock: socket.socket, result: ProbeResult) -> ProbeResult:
 
 # -- QUIC --------------------------------------------------------------------------------------
 
+def warm_up(quic: bool) -> None:
+    """Import now what a probe imports lazily (the IDNA codec, aioquic): with ``--user`` the
+    probes run after root is dropped, when the interpreter's files may be out of reach."""
+    "warm.example".encode("idna")
+    _client_context(None)
+    if quic:
+        import aioquic.quic.configuration  # noqa: F401
+        import aioquic.quic.connection  # noqa: F401
+        import aioquic.quic.events  # noqa: F401
+        from cryptography.hazmat.primitives import serialization  # noqa: F401
+
+
 def quic_available() -> bool:
     try:
         import aioquic  # noqa: F401
