@@ -268,6 +268,7 @@ class Tailgater:
         self.bucket = _Bucket(rate)
         self.stop = threading.Event()
         self.dissector = Dissector(x509.CertificateCache(1024), Counter())
+        self.learned: set[str] = set()  # source addresses our probes actually used
         self.locals = local_addresses() | ({source} if source else set())
         self.locals_at = time.monotonic()
         self.cache.prune(time.time())
@@ -285,6 +286,12 @@ class Tailgater:
         lo, hi = self.port_low, self.port_high
         return ((lo <= sport <= hi and src in self.locals)
                 or (lo <= dport <= hi and dst in self.locals))
+
+    def _learn(self, address: str) -> None:
+        """A probe's source address (any thread): its flows are ours from now on."""
+        if address not in self.learned and len(self.learned) < 256:
+            self.learned.add(address)
+        self.locals.add(address)
 
     def record(self, record: dict, observations: list[Any], event: Any) -> None:
         pass  # sessions carry what we need
@@ -344,7 +351,8 @@ class Tailgater:
         now = time.monotonic()
         if now - self.locals_at > LOCAL_REFRESH:
             self.locals_at = now
-            self.locals = local_addresses() | ({self.source} if self.source else set())
+            self.locals = (local_addresses() | ({self.source} if self.source else set())
+                           | self.learned)
         while self.done:
             job = self.done.popleft()
             self.pending.discard(job.key)
@@ -354,7 +362,7 @@ class Tailgater:
                     self._remember(job.key, job.until)
                 continue
             if result.source is not None:
-                self.locals.add(result.source[0])
+                self._learn(result.source[0])
             if not result.ok:
                 self._remember(job.key, time.time() + min(self.fail_ttl, self.ttl))
                 continue
@@ -485,11 +493,12 @@ class Tailgater:
         job.probed = time.time()
         alpn = _alpn(job.session)
         self._count("probes")
-        result = probe_tls(key[0], key[1], key[2], self.timeout, self.ports, self.source, alpn)
+        result = probe_tls(key[0], key[1], key[2], self.timeout, self.ports, self.source, alpn,
+                           self._learn)
         if not result.ok and job.session.transport == "q" and self.quic:
             self._count("probes_quic")
             quic = probe_quic(key[0], key[1], key[2], self.timeout, self.ports, self.source,
-                              alpn)
+                              alpn, self._learn)
             if quic.ok or result.reason in ("refused", "timeout"):
                 result = quic
         job.result = result

@@ -151,8 +151,12 @@ class _Collector:
 
 
 def probe_tls(address: str, port: int, server_name: str, timeout: float, ports: PortPicker,
-              source: str | None = None, alpn: list[str] | None = None) -> ProbeResult:
-    """One TLS handshake with ``server_name`` as SNI; never sends application data."""
+              source: str | None = None, alpn: list[str] | None = None,
+              on_connect: Callable[[str], None] | None = None) -> ProbeResult:
+    """One TLS handshake with ``server_name`` as SNI; never sends application data.
+
+    ``on_connect`` gets our local address as soon as the connection stands, before the
+    ClientHello leaves (so the capture side knows the flow as ours in time)."""
     deadline = time.monotonic() + timeout
     collector = _Collector()
     ctx = _client_context(alpn)
@@ -170,6 +174,8 @@ def probe_tls(address: str, port: int, server_name: str, timeout: float, ports: 
         return ProbeResult(False, _reason(exc))
     try:
         local = sock.getsockname()[:2]
+        if on_connect is not None:
+            on_connect(local[0])
         received = 0
         done = False
         failure: BaseException | None = None
@@ -273,7 +279,8 @@ def quic_available() -> bool:
 
 
 def probe_quic(address: str, port: int, server_name: str, timeout: float, ports: PortPicker,
-               source: str | None = None, alpn: list[str] | None = None) -> ProbeResult:
+               source: str | None = None, alpn: list[str] | None = None,
+               on_connect: Callable[[str], None] | None = None) -> ProbeResult:
     """A QUIC handshake with aioquic (its Initial carries our SNI and the session's ALPN),
     then an immediate close; the chain is what aioquic parsed from the Certificate message."""
     from aioquic.quic.configuration import QuicConfiguration
@@ -294,6 +301,8 @@ def probe_quic(address: str, port: int, server_name: str, timeout: float, ports:
         return ProbeResult(False, "bind_failed", via="quic")
     local = _local(sock)
     conn = QuicConnection(configuration=config)
+    if on_connect is not None and local is not None and local[0] not in ("0.0.0.0", "::"):
+        on_connect(local[0])
     peer = (address, port)
     # driven synchronously on our own socket (bound to our port range), no event loop
     deadline = time.monotonic() + timeout
