@@ -294,7 +294,7 @@ def test_live_tailgating_alert_cache_slow_and_reset_servers(pki, tmp_path):
                  "-i", lab.client_if, "--filter", "", "-f", str(records), "--ioc", str(ioc),
                  "--alerts", str(alerts), "-j", str(tmp_path / "sessions"), "-w",
                  str(tmp_path / "certs"), "--tailgate", "--tailgate-cache",
-                 str(tmp_path / "tg.sqlite"), "--tailgate-timeout", "4",
+                 str(tmp_path / "tg.sqlite"), "--tailgate-timeout", "6",
                  "--stats-interval", "0.2", "--stats-json-stream"],
                 stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
         try:
