@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     from iocwatch.live import add_live_arguments
 
     add_live_arguments(p)  # -i companions: filter, workers, rotation, outputs, config, user
+    from iocwatch.tailgate import add_arguments as add_tailgate_arguments
+
+    add_tailgate_arguments(p)
     return p
 
 

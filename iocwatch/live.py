@@ -540,6 +540,12 @@ def _rss_kb() -> int:
 
 # -- the parent --------------------------------------------------------------------------------
 
+_SNAPSHOT_KEYS = frozenset({
+    "worker", "packets", "bytes", "received", "dropped_kernel", "dropped_interface", "flows",
+    "tcp_flows_total", "records", "names", "malformed", "packet_errors", "alerts", "rss_kb",
+    "final"})
+
+
 class StatsPrinter:
     """Per-worker snapshots summed into one line, with rates since the previous line."""
 
@@ -551,7 +557,15 @@ class StatsPrinter:
     def total(self) -> dict:
         keys = ("packets", "bytes", "received", "dropped_kernel", "dropped_interface", "flows",
                 "records", "names", "alerts", "malformed", "packet_errors")
-        return {k: sum(int(w.get(k, 0)) for w in self.latest.values()) for k in keys}
+        out: dict = {k: sum(int(w.get(k, 0)) for w in self.latest.values()) for k in keys}
+        ext: dict[str, int] = {}  # extensions' counters (pipeline.counters() beyond alerts)
+        for w in self.latest.values():
+            for k, v in w.items():
+                if k not in _SNAPSHOT_KEYS and isinstance(v, int) and not isinstance(v, bool):
+                    ext[k] = ext.get(k, 0) + v
+        if ext:
+            out["extensions"] = dict(sorted(ext.items()))
+        return out
 
     def line(self, outputs: Outputs, final: bool = False) -> str:
         now = time.monotonic()
@@ -577,6 +591,8 @@ class StatsPrinter:
                 f"dropped kernel {tot['dropped_kernel']} interface {tot['dropped_interface']}, "
                 f"{tot['flows']} flows, {tot['names']} names, {tot['records']} records, "
                 f"{tot['alerts']} alerts, {tot['malformed']} malformed, heap RSS {tot['rss_kb']} kB")
+        if "extensions" in tot:
+            text += "; " + ", ".join(f"{k} {v}" for k, v in tot["extensions"].items())
         if final and len(self.latest) > 1:
             text += "".join(f"\n  worker {w['worker']}: {w['packets']} packets, dropped kernel "
                             f"{w['dropped_kernel']}, {w['records']} records"

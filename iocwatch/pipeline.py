@@ -111,7 +111,7 @@ class Extension(Protocol):
 
 
 # "module:function" factories, imported only when called: f(args, pipeline) -> Extension | None.
-EXTENSIONS: list[str] = []
+EXTENSIONS: list[str] = ["iocwatch.tailgate:make"]
 
 
 def _load_extensions(args: argparse.Namespace, pipeline: SensorPipeline) -> list[Extension]:
@@ -139,6 +139,10 @@ class SensorPipeline:
         self.extensions: list[Extension] = []
         self.flow_hook: Callable[[dict], None] | None = None
         self.session_sink: Callable[[TlsSession], None] | None = None
+        # (src_ip, src_port, dst_ip, dst_port) -> True for the sensor's own traffic (tailgate
+        # probes): such records, flows and sessions are dropped before anything sees them
+        self.own_traffic: Callable[[str, int, str, int], bool] | None = None
+        self.own_dropped = 0
 
     def attach(self, emit: Callable[[str, bytes], None]) -> None:
         """Live worker: every line goes to ``emit``; indicators were reported by the parent."""
@@ -177,8 +181,24 @@ class SensorPipeline:
         self.extensions = _load_extensions(args, self)
         if self.sessions is not None or self.extensions:
             self.session_sink = self._session
+        if self.own_traffic is not None and self.flow_hook is not None:
+            self.flow_hook = self._flow
+
+    def _own(self, record: dict) -> bool:
+        assert self.own_traffic is not None
+        if self.own_traffic(record.get("src_ip", ""), record.get("src_port", 0),
+                            record.get("dst_ip", ""), record.get("dst_port", 0)):
+            self.own_dropped += 1
+            return True
+        return False
+
+    def _flow(self, record: dict) -> None:
+        if self.matcher is not None and not self._own(record):
+            self.matcher.flow(record)
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
+        if self.own_traffic is not None and event is not None and self._own(record):
+            return
         if self.writer is not None:
             self.writer.write(record)
         if self.matcher is not None and observations:
@@ -192,10 +212,19 @@ class SensorPipeline:
         self.engine_sink(record, observations, None)
 
     def _session(self, session: TlsSession) -> None:
+        if self.own_traffic is not None and not session.tailgated and self.own_traffic(
+                session.client_ip, session.client_port, session.server_ip, session.server_port):
+            self.own_dropped += 1
+            return
         if self.sessions is not None:
             self.sessions.write(session)
         for ext in self.extensions:
             ext.session(session)
+
+    def inject_session(self, session: TlsSession) -> None:
+        """A TLS session an extension completed (tailgated certificates): session records and
+        the certificate folder, and the other extensions."""
+        self._session(session)
 
     def tick(self) -> None:
         """Between packet batches: extensions hand over finished background work."""
@@ -219,6 +248,8 @@ class SensorPipeline:
 
     def counters(self) -> dict[str, int]:
         out = {"alerts": self.alert_sink.count if self.alert_sink is not None else 0}
+        if self.own_traffic is not None:
+            out["own_traffic_dropped"] = self.own_dropped
         for ext in self.extensions:
             out.update(ext.counters())
         return out

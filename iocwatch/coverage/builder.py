@@ -47,6 +47,7 @@ class SourceStats:
     not_in_dns: int | None
     invalid_reasons: dict[str, int]
     invalid_examples: list[str]
+    only_tailgated: int | None = None  # certificate names no passive record showed
 
 
 @dataclass(slots=True)
@@ -119,6 +120,9 @@ class CoverageBuilder:
         self.invalid_examples: dict[str, list[str]] = defaultdict(list)
         self.dns_times: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.sni_times: dict[tuple[str, str], list[float]] = defaultdict(list)
+        # certificate names by how they were seen: from the wire, or by tailgating
+        self.cert_passive: dict[str, set[str]] = {s: set() for s in CERT_SOURCES}
+        self.cert_tailgated: dict[str, set[str]] = {s: set() for s in CERT_SOURCES}
         self.time_first: float | None = None
         self.time_last: float | None = None
 
@@ -173,6 +177,8 @@ class CoverageBuilder:
                 continue
             used = True
             self.names[s.source][name] += 1
+            if s.source in CERT_SOURCES:
+                (self.cert_tailgated if s.tailgated else self.cert_passive)[s.source].add(name)
             if s.client is not None and t is not None:
                 if s.source == "dns":
                     self.dns_times[(s.client, name)].append(t)
@@ -205,6 +211,8 @@ class CoverageBuilder:
             not_in_dns=None if source in ("dns", *LOCAL_SOURCES) else len(names - sets["dns"]),
             invalid_reasons=dict(reasons.most_common()),
             invalid_examples=list(self.invalid_examples.get(source, [])),
+            only_tailgated=(len(self.cert_tailgated[source] - self.cert_passive[source])
+                            if source in CERT_SOURCES else None),
         )
 
     def _occ(self, name: str, sources: Iterable[str]) -> int:

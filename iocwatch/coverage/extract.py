@@ -47,6 +47,7 @@ class Seen:
     source: str
     raw: str
     client: str | None
+    tailgated: bool = False  # a certificate name the sensor's own probe obtained
 
 
 def _validate(raw: str, allow_wildcard: bool) -> tuple[str | None, str]:
@@ -189,17 +190,18 @@ def extract(record: Mapping[str, Any]) -> tuple[bool, list[Seen]]:
         sni = _str_field(tls.get("client"), "server_name")
         if sni is not None:
             out.append(Seen("quic_sni" if "quic" in record else "tls_sni", sni, src))
+        tailgated = record.get("tailgated") is True
         for part, cert in _certs(tls):
             client = dst if part == "server" else None
             for attr in _dict_list(cert.get("subject")):
                 cn = attr.get("common_name")
                 if isinstance(cn, str):
-                    out.append(Seen("cert_cn", cn, client))
+                    out.append(Seen("cert_cn", cn, client, tailgated))
             for ext in _dict_list(cert.get("extensions")):
                 for alt in _dict_list(ext.get("subject_alt_name")):
                     dns_name = alt.get("dns_name")
                     if isinstance(dns_name, str):
-                        out.append(Seen("cert_san", dns_name, client))
+                        out.append(Seen("cert_san", dns_name, client, tailgated))
     host = _str_field(_field(record, "http", "request"), "host")
     if host is not None:
         out.append(Seen("http_host", strip_port(host), src))

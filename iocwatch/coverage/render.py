@@ -56,8 +56,8 @@ def _dash(v: int | None) -> str:
 
 
 def _source_rows(stats: list[SourceStats]) -> list[list[Any]]:
-    return [[LABELS[s.source], s.occurrences, s.names, s.domains, _dash(s.not_in_dns), s.invalid]
-            for s in stats]
+    return [[LABELS[s.source], s.occurrences, s.names, s.domains, _dash(s.not_in_dns), s.invalid,
+             _dash(s.only_tailgated)] for s in stats]
 
 
 def render_text(r: CoverageReport, top: int = 10) -> str:
@@ -72,7 +72,8 @@ def render_text(r: CoverageReport, top: int = 10) -> str:
     out.append(f"Time span: {_when(r.time_first)} .. {_when(r.time_last)}")
     out.append("")
     out.append("Distinct names per source (normalised; domains = eTLD+1)")
-    out += _table(["Source", "Seen", "Names", "Domains", "Not in DNS", "Invalid"],
+    out += _table(["Source", "Seen", "Names", "Domains", "Not in DNS", "Invalid",
+                   "Only tailgated"],
                   _source_rows(r.sources) + _source_rows(r.local))
     out.append("(mDNS and LLMNR are link-local: counted, kept out of DNS and the overlaps)")
     out.append("")
@@ -330,8 +331,9 @@ def render_html(r: CoverageReport, top: int = 20, chart: str = "svg") -> str:
         parts.append(f"<div class='chart'>{figure}</div>")
     parts.append("<h2>Distinct names per source</h2>")
     parts.append(_html_table(["Source", "Seen", "Names", "Domains (eTLD+1)", "Not in DNS",
-                              "Invalid"], _source_rows(r.sources) + _source_rows(r.local),
-                             {1, 2, 3, 4, 5}))
+                              "Invalid", "Only tailgated"],
+                             _source_rows(r.sources) + _source_rows(r.local),
+                             {1, 2, 3, 4, 5, 6}))
     parts.append("<p class='muted'>mDNS and LLMNR are link-local and kept out of the DNS set "
                  "and the overlaps.</p>")
     parts.append("<h2>Overlaps</h2>")

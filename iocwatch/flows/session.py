@@ -333,7 +333,10 @@ class Dissector:
                      fingerprints={"ja3s": sf.ja3s_md5, "ja4s": sf.ja4s},
                      extra={"quic": packet.to_mercury()}, server_hello=hello)
 
-    def _server_event(self, d: Direction, ders: list[bytes], side: str = "server") -> Event:
+    def certificates(self, ders: list[bytes]) -> tuple[list[x509.Certificate], list[dict],
+                                                        list[Observation]]:
+        """Parsed certificates, their mercury JSON and names; shared with tailgating, whose
+        probes hand in the chain they read."""
         certs: list[x509.Certificate] = []
         cert_json: list[dict] = []
         obs: list[Observation] = []
@@ -354,6 +357,10 @@ class Dissector:
             obs.extend(Observation(n, Channel.CERT_CN) for n in cert.subject_cns)
             obs.append(Observation(cert.sha1, Channel.CERT_SHA1))
             obs.append(Observation(cert.sha256, Channel.CERT_SHA256))
+        return certs, cert_json, obs
+
+    def _server_event(self, d: Direction, ders: list[bytes], side: str = "server") -> Event:
+        certs, cert_json, obs = self.certificates(ders)
         body: dict = {}
         if cert_json:
             body["certs"] = cert_json

@@ -228,7 +228,7 @@ def build_alert(
     except (OverflowError, OSError, ValueError):
         timestamp = iso_utc(datetime.now(UTC).timestamp())
     cid = community_id if community_id is not None else _record_community_id(record)
-    return {
+    alert = {
         "timestamp": timestamp,
         "event_start": start,
         "src_ip": record.get("src_ip"),
@@ -245,6 +245,9 @@ def build_alert(
         "sensor": sensor,
         "record": record,
     }
+    if record.get("tailgated") is True:  # the certificate came from our own probe
+        alert["tailgated"] = True
+    return alert
 
 
 # ---------------------------------------------------------------------------------------------
@@ -393,7 +396,7 @@ def to_ecs(alert: dict) -> dict:
         },
         "record": alert.get("record"),
     }
-    for key in ("count", "first_seen", "last_seen"):
+    for key in ("count", "first_seen", "last_seen", "tailgated"):
         if key in alert:
             extra[key] = alert[key]
     out["iocwatch"] = extra
