@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from iocwatch.store import open_store
 from iocwatch.store.extension import StoreExtension
 from iocwatch.store.ingest import ingest_records
@@ -22,8 +24,8 @@ def _cli(*args: str) -> subprocess.CompletedProcess[bytes]:
                           timeout=120, cwd=ROOT)
 
 
-def test_file_mode_store_equals_ingest(tmp_path: Path) -> None:
-    db = tmp_path / "sensor.db"
+def test_file_mode_store_equals_ingest(tmp_path: Path, store_url: str, store_url2: str) -> None:
+    db = store_url
     for sample in ("sunburst.pcapng", "tls12-long-chain.pcap"):
         stem = sample.split(".")[0]
         proc = _cli("-r", str(ROOT / "samples" / sample), "--store", str(db), "--sensor-name", "s1",
@@ -34,9 +36,9 @@ def test_file_mode_store_equals_ingest(tmp_path: Path) -> None:
         ext = json.loads((tmp_path / f"{stem}.stats").read_text())["extensions"]
         assert ext["store_dropped"] == 0 and ext["store_db_errors"] == 0
         assert ext["store_written"] == ext["store_queued"] > 0
-    sensor = open_store(str(db), readonly=True)
+    sensor = open_store(db, readonly=True)
     assert sensor.counts()["sessions"] == 9 + 2
-    ingested = open_store(str(tmp_path / "ingest.db"))
+    ingested = open_store(store_url2)
     for stem in ("sunburst", "tls12-long-chain"):
         ingest_records(ingested, lines(tmp_path / f"{stem}.rec"), sensor="s1")
         ingest_records(ingested, (json.loads(p.read_text())
@@ -81,10 +83,13 @@ def test_locked_database_drops_and_counts(tmp_path: Path) -> None:
     store.close()
 
 
-def test_vanished_database_never_raises(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_vanished_database_never_raises(tmp_path: Path, kind: str) -> None:
     where = tmp_path / "gone"
     where.mkdir()
     db = str(where / "x.db")
+    if kind == "postgresql":  # no server behind this socket directory
+        db = f"postgresql://postgres@/x?host={where}&port=5999"
     ext = StoreExtension(db, max_queue=5, live=True, timeout=0.05, close_wait=5)
     shutil.rmtree(where)  # the directory goes away under the sensor
     recs = _records()
