@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import signal
 import socket
 import sys
 from typing import Any
@@ -132,6 +133,10 @@ def serve(args: argparse.Namespace) -> int:
                             server_header=False, lifespan="off", http="h11",
                             limit_concurrency=max(4 * args.max_inflight, 64),
                             timeout_keep_alive=15)
+    # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
+    # a no-op one here, so the pool is closed below and the exit status is 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _s, _f: None)
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:
