@@ -133,9 +133,12 @@ def _expect_sessions(records: list[dict[str, Any]]) -> dict[tuple[Any, ...], int
     return out
 
 
-def _got_sessions(rows: list[dict[str, Any]]) -> dict[tuple[Any, ...], int]:
-    last = [s["last_seen"] for s in rows]
-    assert last == sorted(last, reverse=True), "newest first"
+def _got_sessions(rows: list[dict[str, Any]], per_name: bool = False) -> dict[tuple[Any, ...], int]:
+    """Sessions as identity -> count, checking they come newest first (for /name: the name
+    itself, then subdomains, each name's sessions newest first)."""
+    for sni in {s["sni"] for s in rows} if per_name else [None]:
+        last = [s["last_seen"] for s in rows if not per_name or s["sni"] == sni]
+        assert last == sorted(last, reverse=True), "newest first"
     return {_session_identity(s): s["count"] for s in rows}
 
 
@@ -311,7 +314,9 @@ def test_name_and_subdomains(data: dict[str, Any], client: httpx.Client) -> None
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["query"] == {"name": norm, "subdomains": subdomains}
-        assert _got_sessions(body["sessions"]) == want and want
+        assert _got_sessions(body["sessions"], per_name=True) == want and want
+        exact = [s["sni"] == norm for s in body["sessions"]]
+        assert exact == sorted(exact, reverse=True), "the name itself before its subdomains"
         assert {c["sha1"] for c in body["certificates"]} == {
             h for h, der in certs.items() if any(hit(n) for n in cert_names(der))}
         sni_rows = {(n["name"], n["address"]) for n in body["names"] if n["source"] == "tls_sni"}
