@@ -189,6 +189,29 @@ def test_pypssl_query_cidr_and_pages(data: dict[str, Any], server: str,
     assert {ip: v for pg in pages for ip, v in pg.items()} == got
 
 
+def test_cquery_pages(data: dict[str, Any], client: httpx.Client) -> None:
+    counts: dict[str, set[str]] = {}
+    for r in data["records"]:
+        for c in r["Certificates"] or []:
+            counts.setdefault(c["CertHash"], set()).add(r["ServerIP"])
+    sha1 = max(counts, key=lambda h: len(counts[h]))
+    assert len(counts[sha1]) >= 3
+    full = client.get(f"/v2pssl/cquery/{sha1}").json()
+    seen, url, pages = [], f"/v2pssl/cquery/{sha1}?limit=2", 0
+    while url:
+        r = client.get(url)
+        body = r.json()
+        assert len(body["seen"]) <= 2 and body["hits"] == full["hits"]
+        seen += body["seen"]
+        link = r.headers.get("link")
+        url = link[1:link.index(">")] if link else ""
+        pages += 1
+        assert pages <= 10
+    assert seen == full["seen"] and sorted(seen) == sorted(counts[sha1])
+    r = client.get(f"/v2pssl/cquery/{sha1}?after=203.0.113.9")
+    assert r.status_code == 400 and "not an address this certificate" in r.json()["error"]
+
+
 def test_pypssl_query_cert_and_fetch(data: dict[str, Any], server: str) -> None:
     p = pypssl.PyPSSL(base_url=server + "/")
     certs = _certs(data["records"])

@@ -411,11 +411,28 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
     @app.get("/v2pssl/cquery/{sha1}", tags=["CIRCL passive-SSL v2"],
              responses={200: {"model": CqueryOut}, **_ERRORS},
              summary="Addresses seen serving a certificate, and how many sessions used it")
-    async def pssl_cquery(sha1: str) -> Response:
+    async def pssl_cquery(request: Request, sha1: str,
+                          limit: Annotated[int, Query(ge=1, le=MAX_LIMIT,
+                                                      description="addresses per page")] = MAX_LIMIT,
+                          after: Annotated[str | None, Query(
+                              max_length=45, description="last address of the previous page "
+                              "(from the Link header)")] = None) -> Response:
         fp = inputs.sha1(sha1)
+        cursor = inputs.address(after) if after is not None else None
         got = await pool.run(lambda s: s.addresses_for_cert(fp))
         got = got or {"hits": 0, "seen": []}  # CIRCL answers an unknown certificate this way
-        return json_response({"certificate": fp, "hits": got["hits"], "seen": got["seen"]})
+        seen: list[str] = got["seen"]
+        if cursor is not None:  # the store's order (by address), so the cursor's place is exact
+            try:
+                seen = seen[seen.index(cursor) + 1:]
+            except ValueError:
+                raise inputs.BadInput("after: not an address this certificate was seen on")
+        headers = {}
+        if len(seen) > limit:
+            seen = seen[:limit]
+            headers["Link"] = _next_link(request, after=seen[-1])
+        return json_response({"certificate": fp, "hits": got["hits"], "seen": seen},
+                             headers=headers)
 
     @app.get("/v2pssl/cfetch/{sha1}", tags=["CIRCL passive-SSL v2"],
              responses={200: {"model": CfetchOut},
