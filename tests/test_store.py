@@ -124,6 +124,7 @@ def test_chain_and_two_captures(store_url: str, data: dict[str, dict[str, Path]]
     assert store.certs_for_network(ipaddress.ip_network("fd77::2/128")) == {
         "fd77::2": sorted([INTRANET, DOCCLOUD, EXAMPLE] + LONG_CHAIN)}
     assert store.addresses_for_cert(EXAMPLE) == {"hits": 2, "seen": ["10.77.0.2", "fd77::2"]}
+    assert store.addresses_for_cert(EXAMPLE, limit=1) == {"hits": 2, "seen": ["10.77.0.2"]}
     assert store.addresses_for_cert(LONG_CHAIN[-1]) == {"hits": 2, "seen": ["10.77.0.2", "fd77::2"]}
     long = store.sessions("cert_sha1", LONG_LEAF)
     assert len(long) == 2 and all(s["certificates"] == LONG_CHAIN for s in long)
