@@ -112,7 +112,7 @@ def main() -> int:
         store = open_store(url)
         t0 = time.perf_counter()
         cpu0 = time.process_time()
-        stats = ingest_records(store, synthesize(templates, args.sessions), batch_size=5000)
+        stats = ingest_records(store, synthesize(templates, args.sessions), batch_size=20000)
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         print(f"store: {store.dialect}; wrote {args.sessions:,} sessions ({stats.sessions:,} new, "
               f"{stats.names:,} name and {stats.certificates:,} certificate sightings) in "

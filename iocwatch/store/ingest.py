@@ -301,7 +301,7 @@ class Converter:
 
 
 def ingest_records(store: Any, records: Iterable[Any], *, sensor: str | None = None,
-                   batch_size: int = 2000, converter: Converter | None = None) -> IngestStats:
+                   batch_size: int = 20000, converter: Converter | None = None) -> IngestStats:
     """Everything in ``records`` into ``store`` in batched transactions; bad records counted."""
     conv = converter or Converter(sensor)
     stats = IngestStats()

@@ -47,7 +47,7 @@ CREATE TABLE server_certs (
     count {BIGINT} NOT NULL,
     PRIMARY KEY (ip_key, sha1)
 ){WITHOUT_ROWID};
-CREATE INDEX server_certs_sha1 ON server_certs (sha1);
+CREATE INDEX server_certs_sha1 ON server_certs (sha1, ip_key);
 
 -- TLS sessions, aggregated over everything but the client port and the time: ident is a hash
 -- of client and server address, server port, transport, SNI, fingerprints, TLSH and chain; id
