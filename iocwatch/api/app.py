@@ -419,7 +419,9 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
                               "(from the Link header)")] = None) -> Response:
         fp = inputs.sha1(sha1)
         cursor = inputs.address(after) if after is not None else None
-        got = await pool.run(lambda s: s.addresses_for_cert(fp))
+        # the first page is a LIMIT in the store; later ones (rare) are cut from the whole list
+        got = await pool.run(lambda s: s.addresses_for_cert(
+            fp, limit=limit + 1 if cursor is None else None))
         got = got or {"hits": 0, "seen": []}  # CIRCL answers an unknown certificate this way
         seen: list[str] = got["seen"]
         if cursor is not None:  # the store's order (by address), so the cursor's place is exact
