@@ -401,6 +401,16 @@ BAD = [
     ("/name/" + "a" * 300, 400, "domain"),
     ("/name/..%2F..%2Fetc%2Fpasswd", 404, "Not Found"),
     ("/name/example.org?subdomains=maybe", 400, "subdomains"),
+    (f"/ja3s/{SQLI}", 400, "JA3S"),
+    (f"/ja4s/{SQLI}", 400, "JA4S"),
+    (f"/tlsh/{SQLI}", 400, "TLSH"),
+    ("/tlsh/" + "0" * 70 + f"?distance={SQLI}", 400, "distance"),
+    ("/ja4/t13d1516h2_8daaf6152771_b186095e22b6?limit=1;DROP TABLE sessions", 400, "limit"),
+    (f"/ja3/{'0' * 32}?offset={SQLI}", 400, "offset"),
+    (f"/name/example.org?subdomains={SQLI}", 400, "subdomains"),
+    (f"/v2pssl/cquery/{'0' * 40}?after={SQLI}", 400, "not an IP"),
+    (f"/v2pssl/cquery/{'0' * 40}?limit=1001", 400, "limit"),
+    ("/v2pssl/query/10.77.0.2%00", 400, "not an IP"),
     ("/no/such/endpoint", 404, "Not Found"),
     ("/ja3/" + "0" * 32 + "?x=" + "a" * MAX_URL, 414, "URL"),
 ]
@@ -413,6 +423,12 @@ def test_bad_input(client: httpx.Client, path: str, status: int, words: str) -> 
     assert r.headers["content-type"] == "application/json"
     assert words in r.json()["error"]
     assert set(r.json()) == {"error"}
+
+
+def test_oversized_headers(client: httpx.Client) -> None:
+    r = client.get("/health", headers={"X-Big": "a" * 9000})
+    assert r.status_code == 431 and "headers" in r.json()["error"]
+    assert client.get("/health", headers={"X-Small": "a" * 4000}).status_code == 200
 
 
 def test_store_untouched_and_methods(data: dict[str, Any], client: httpx.Client) -> None:

@@ -2,7 +2,7 @@
 
 Every parameter is validated (``inputs``) before a store call; store calls run in a fixed
 pool of threads, each with its own read-only Store (the store contract: one thread per Store).
-A small ASGI guard in front answers over-long URLs (414), missing or wrong tokens (401) and
+A small ASGI guard in front answers over-long URLs (414) and headers (431), missing or wrong tokens (401) and
 overload (503) before any routing, all as JSON ``{"error": ...}`` like every other error, which
 is also what the ``pypssl`` client looks for.
 """
@@ -41,6 +41,7 @@ T = TypeVar("T")
 
 #: Bounds documented in the README; a request outside them gets 400 (or 414 for the URL).
 MAX_URL = 2048          # path plus query string, bytes
+MAX_HEADERS = 8192      # all request header names and values, bytes
 MAX_LIMIT = 1000        # rows (or addresses) per page
 DEFAULT_LIMIT = 100
 MAX_OFFSET = 100_000    # deeper pages: narrow the query instead
@@ -154,7 +155,7 @@ def _presented(value: bytes) -> bytes:
 
 
 class Guard:
-    """URL length, token and in-flight limits, ahead of routing (pure ASGI, no body reads)."""
+    """URL and header length, token and in-flight limits, ahead of routing (pure ASGI, no body reads)."""
 
     def __init__(self, app: ASGIApp, tokens: list[bytes] | None, max_inflight: int) -> None:
         self.app = app
@@ -181,6 +182,9 @@ class Guard:
         url_len = len(scope.get("raw_path") or scope["path"].encode()) + len(scope.get("query_string", b""))
         if url_len > MAX_URL:
             await error(414, f"URL longer than {MAX_URL} bytes")(scope, receive, send)
+            return
+        if sum(len(k) + len(v) for k, v in scope.get("headers", [])) > MAX_HEADERS:
+            await error(431, f"request headers longer than {MAX_HEADERS} bytes")(scope, receive, send)
             return
         if self.digests and scope["path"] != "/openapi.json" and not self.authorised(scope):
             await error(401, "authentication required: a valid token as Bearer token, "
@@ -312,6 +316,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     400: {"model": ErrorOut, "description": "malformed parameter"},
     401: {"model": ErrorOut, "description": "token required (only with --token-file)"},
     414: {"model": ErrorOut, "description": "URL too long"},
+    431: {"model": ErrorOut, "description": "request headers too long"},
     503: {"model": ErrorOut, "description": "server busy or store unavailable"},
 }
 
@@ -325,7 +330,8 @@ unchanged. The other endpoints answer in D4's analyzer style with pages of sessi
 
 Limits: CIDR blocks at most /{inputs.MAX_PREFIX_V4} (IPv4) or /{inputs.MAX_PREFIX_V6} (IPv6);
 page size 1-{MAX_LIMIT}; offset at most {MAX_OFFSET}; TLSH distance 0-{MAX_DISTANCE}; URL at most
-{MAX_URL} bytes. Errors are `{{"error": "..."}}` with status 400, 401, 404, 405, 414 or 503.
+{MAX_URL} bytes, headers at most {MAX_HEADERS}. Errors are `{{"error": "..."}}` with status 400, 401,
+404, 405, 414, 431 or 503.
 With `--token-file`, every endpoint but this description needs a token: `Authorization: Bearer
 TOKEN`, `Authorization: TOKEN`, or HTTP basic auth with any user name and TOKEN as password.
 """
