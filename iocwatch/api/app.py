@@ -407,11 +407,15 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
         if len(ips) > limit:
             ips = ips[:limit]
             headers["Link"] = _next_link(request, after=ips[-1])
+        values = {s: {"values": [subj]} for s, subj in subjects.items()}
+        shared: dict[tuple[str, ...], dict[str, Any]] = {}  # addresses of one farm share a chain
         out = {}
         for ip in ips:
             certs = found[ip]
-            out[ip] = {"certificates": certs,
-                       "subjects": {s: {"values": [subjects[s]]} for s in certs if s in subjects}}
+            key = tuple(certs)
+            if key not in shared:
+                shared[key] = {s: values[s] for s in certs if s in values}
+            out[ip] = {"certificates": certs, "subjects": shared[key]}
         return json_response(out, headers=headers)
 
     @app.get("/v2pssl/cquery/{sha1}", tags=["CIRCL passive-SSL v2"],
