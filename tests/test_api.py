@@ -19,14 +19,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pypssl  # CIRCL's own passive-SSL client, from the test extra
 import pytest
 import tlsh
 from cryptography import x509
 
 from iocwatch.api.app import MAX_URL, Guard
 from iocwatch.api.certinfo import cfetch as cfetch_object
-
-pypssl = pytest.importorskip("pypssl")
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ["sunburst.pcapng", "tls12-long-chain.pcap", "ipv6.pcapng"]
