@@ -87,7 +87,7 @@ def timed(fn: Callable[[Any], Any], args: list[Any]) -> tuple[float, float, int]
         lat.append((time.perf_counter() - t0) * 1000)
         if isinstance(r, dict) and "seen" in r:
             rows += len(r["seen"])  # addresses_for_cert: the addresses
-        elif isinstance(r, dict) and "names" in r:
+        elif isinstance(r, dict) and isinstance(r.get("sessions"), list):
             rows += sum(len(v) for v in r.values())  # name: names + sessions + certificates
         else:
             rows += len(r) if isinstance(r, list | dict) else 1
