@@ -264,3 +264,18 @@ def test_json_lines_records_are_plain(data: dict[str, dict[str, Path]], tmp_path
     cert.pop("der")
     json.dumps(cert)
     store.close()
+
+
+def _open_close(url: str) -> int:
+    store = open_store(url)
+    n = store.counts()["sessions"]
+    store.close()
+    return n
+
+
+def test_concurrent_first_open(store_url: str) -> None:
+    """Workers and sensors start at once on a new store: one migrates, none fails."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        assert pool.map(_open_close, [store_url] * 4) == [0, 0, 0, 0]

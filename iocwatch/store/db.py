@@ -399,7 +399,10 @@ class Store:
         if field in SESSION_FIELDS:
             where, params = f"{SESSION_FIELDS[field]} = ?", (value,)
         elif field == "sni":
-            where, params = "sni_r = ?", (reversed_name(value),)
+            rname = reversed_name(value)
+            if not rname:
+                return []
+            where, params = "sni_r = ?", (rname,)
         elif field in ("server_ip", "client_ip"):
             ip = canonical_ip(value)
             if ip is None:
@@ -614,32 +617,21 @@ def _migrate(store: Store, readonly: bool) -> None:
         return
     if readonly:
         raise StoreError("store has no schema (or an old one); open it read-write once")
-    if store.dialect == "postgresql":
-        # several sensors may start at once: one migrates, the others wait for its lock
-        store._begin()
-        cur.execute("SELECT pg_advisory_xact_lock(7243751)")
+    # several sensors or workers may start at once: one migrates while the others wait for its
+    # lock (PostgreSQL: an advisory lock; SQLite: BEGIN IMMEDIATE), then find nothing to do
+    store._begin()
+    try:
+        if store.dialect == "postgresql":
+            cur.execute("SELECT pg_advisory_xact_lock(7243751)")
         cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         cur.execute("SELECT max(version) FROM schema_version")
         have = cur.fetchall()[0][0] or 0
-        try:
-            for version, template in pending:
-                if version <= have:
-                    continue
-                for stmt in _statements(template, types):
-                    cur.execute(stmt)
-                cur.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
-            store._commit()
-        except BaseException:
-            store._rollback()
-            raise
-        return
-    store._begin()
-    try:
-        cur.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
         for version, template in pending:
+            if version <= have:
+                continue
             for stmt in _statements(template, types):
                 cur.execute(stmt)
-            cur.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+            cur.execute(store._q("INSERT INTO schema_version (version) VALUES (?)"), (version,))
         store._commit()
     except BaseException:
         store._rollback()

@@ -23,7 +23,7 @@ from iocwatch.store.ingest import Converter
 from iocwatch.store.model import Batch
 
 BATCH_ITEMS = 20000  # most inputs per transaction (big batches write far faster)
-CLOSE_WAIT = 30.0  # seconds close() waits for the queue to drain before dropping the rest
+CLOSE_WAIT = 30.0  # seconds close() waits without a successful write before dropping the rest
 FILE_WAIT = 60.0  # seconds a full queue may hold up -r before items are dropped
 
 
@@ -79,6 +79,13 @@ class StoreExtension:
         self.c = dict.fromkeys(("written", "dropped_at_close", "sessions", "certificates", "names",
                                 "duplicates", "errors", "db_errors", "batches"), 0)  # writer's
         self.last_error = ""
+        self.progress_at = time.monotonic()  # last successful write (close() waits on progress)
+        self._store: Store | None = None
+        try:  # now, while still root (before --user): the writer thread retries if this fails
+            self._store = open_store(url, timeout=timeout)
+        except StoreError as exc:
+            self.c["db_errors"] += 1
+            self.last_error = str(exc)
         self._thread = threading.Thread(target=self._run, name="iocwatch-store", daemon=True)
         self._thread.start()
 
@@ -112,7 +119,11 @@ class StoreExtension:
     def close(self) -> None:
         self.stopping = True
         self.wake.set()
-        self._thread.join(self.close_wait)
+        started = time.monotonic()
+        while self._thread.is_alive():  # drain while the writer makes progress
+            self._thread.join(0.2)
+            if time.monotonic() - max(self.progress_at, started) > self.close_wait:
+                break
         left = len(self.queue)
         if left:  # the writer is stuck on a dead database: what is still queued is lost
             self.c["dropped_at_close"] += left
@@ -126,7 +137,7 @@ class StoreExtension:
 
     # ---------------------------------------------------------------- writer thread
     def _run(self) -> None:
-        store: Store | None = None
+        store, self._store = self._store, None
         conv = Converter(self.sensor)
         certs = CertCache()
         pending: Batch | None = None
@@ -161,6 +172,7 @@ class StoreExtension:
                 continue
             attempt = 0
             self.healthy = True
+            self.progress_at = time.monotonic()
             self.c["batches"] += 1
             self.c["written"] += pending_inputs
             self.c["sessions"] += res.sessions
