@@ -12,6 +12,7 @@ import ipaddress
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -39,10 +40,11 @@ def _run(args: list[str], **kw: Any) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=120, **kw)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """Session files from the sensor, plus copies moved onto five more server addresses (for
-    CIDR pages), ingested into a fresh store."""
+    CIDR pages), ingested into a fresh store: a SQLite file, or a database in a throwaway
+    PostgreSQL cluster (tests/pgcluster.py)."""
     base = tmp_path_factory.mktemp("api")
     jdir = base / "sessions"
     for i, sample in enumerate(SAMPLES):
@@ -60,10 +62,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         rec["ServerIP"] = ip
         (synth / f"{n}.json").write_text(json.dumps(rec))
         records.append(rec)
-    db = base / "store.db"
-    r = _run(["ingest", "--store", str(db), str(jdir)])
+    db = (request.getfixturevalue("pg_cluster").new_db() if request.param == "postgresql"
+          else str(base / "store.db"))
+    r = _run(["ingest", "--store", db, str(jdir)])
     assert r.returncode == 0, r.stderr
-    return {"records": records, "db": str(db), "dir": base}
+    return {"records": records, "db": db, "dir": base, "backend": request.param}
 
 
 class Server:
@@ -431,11 +434,15 @@ def test_oversized_headers(client: httpx.Client) -> None:
 
 
 def test_store_untouched_and_methods(data: dict[str, Any], client: httpx.Client) -> None:
-    before = os.stat(data["db"]).st_mtime_ns
+    before = client.get("/health").json()["counts"]
+    mtime = os.stat(data["db"]).st_mtime_ns if data["backend"] == "sqlite" else None
     for path in ("/v2pssl/query/10.77.0.2", f"/v2pssl/query/{SQLI}; DROP TABLE sessions"):
         assert client.post(path).status_code == 405
-    assert client.get("/health").json()["counts"]["sessions"] > 0
-    assert os.stat(data["db"]).st_mtime_ns == before
+    for path, _status, _words in BAD:
+        client.get(path)
+    assert client.get("/health").json()["counts"] == before
+    if mtime is not None:
+        assert os.stat(data["db"]).st_mtime_ns == mtime
 
 
 def test_cfetch_object_for_a_certificate_cryptography_refuses() -> None:
@@ -514,3 +521,29 @@ def test_ipv6_query(data: dict[str, Any], client: httpx.Client) -> None:
     for q in ("fd77::2", "fd77::/64", "FD77:0:0:0::2/128"):
         got = client.get(f"/v2pssl/query/{q}").json()
         assert {ip: v["certificates"] for ip, v in got.items()} == want
+
+
+@pytest.mark.parametrize("data", ["sqlite"], indirect=True)
+def test_store_broken_while_serving(data: dict[str, Any], tmp_path: Path) -> None:
+    """A store file that turns to garbage under the server gives 503, and answers come back
+    once it is whole again (each thread reopens its store after a failure)."""
+    db = tmp_path / "copy.db"
+    shutil.copy(data["db"], db)
+    good = db.read_bytes()
+    s = Server(["--store", str(db), "--threads", "1"])
+    try:
+        with httpx.Client(base_url=s.url, timeout=30) as c:
+            assert c.get("/health").status_code == 200  # the store is open
+            with open(db, "r+b") as fh:  # same inode: the open connection reads this
+                fh.write(b"\xff" * len(good))
+            for path in ("/name/example.org", f"/v2pssl/query/{SYNTH_IPS[0]}"):
+                r = c.get(path)
+                assert r.status_code == 503 and r.json() == {"error": "store unavailable"}, r.text
+                assert r.headers["retry-after"] == "5"
+            assert c.get("/openapi.json").status_code == 200
+            db.write_bytes(good)
+            r = c.get(f"/v2pssl/query/{SYNTH_IPS[0]}")
+            assert r.status_code == 200 and list(r.json()) == [SYNTH_IPS[0]]
+    finally:
+        err = s.stop()
+    assert "Traceback" not in err and "store query failed" in err, err

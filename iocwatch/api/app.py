@@ -57,7 +57,7 @@ class Limits:
     max_inflight: int = 64      # requests being answered at once; more get 503
 
 
-class StoreError(Exception):
+class StoreUnavailable(Exception):
     """A store call failed (locked, gone, broken): 503, and the thread's Store is reopened."""
 
 
@@ -72,18 +72,19 @@ class StorePool:
 
     def _call(self, fn: Callable[[Any], T]) -> T:
         store = getattr(self._local, "store", None)
-        if store is None:
-            store = self._local.store = self._opener()
         try:
+            if store is None:
+                store = self._local.store = self._opener()
             return fn(store)
         except Exception as exc:  # any store failure: answer 503, start afresh next time
             log.warning("store query failed: %s", exc)
             self._local.store = None
-            try:
-                store.close()
-            except Exception:  # already broken; the failure above is reported
-                pass
-            raise StoreError(str(exc) or type(exc).__name__)
+            if store is not None:
+                try:
+                    store.close()
+                except Exception:  # already broken; the failure above is reported
+                    pass
+            raise StoreUnavailable(str(exc) or type(exc).__name__)
 
     async def run(self, fn: Callable[[Any], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn)
@@ -371,8 +372,8 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
     async def _bad_input(_request: Request, exc: inputs.BadInput) -> Response:
         return error(400, str(exc))
 
-    @app.exception_handler(StoreError)
-    async def _store_error(_request: Request, _exc: StoreError) -> Response:
+    @app.exception_handler(StoreUnavailable)
+    async def _store_error(_request: Request, _exc: StoreUnavailable) -> Response:
         return error(503, "store unavailable", {"Retry-After": "5"})
 
     @app.exception_handler(Exception)
