@@ -13,6 +13,7 @@ import json
 import os
 import select
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -547,3 +548,24 @@ def test_store_broken_while_serving(data: dict[str, Any], tmp_path: Path) -> Non
     finally:
         err = s.stop()
     assert "Traceback" not in err and "store query failed" in err, err
+
+
+@pytest.mark.parametrize("data", ["sqlite"], indirect=True)
+def test_ipv6_listen_and_sigint(data: dict[str, Any]) -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "iocwatch.cli", "serve", "--store", data["db"],
+                             "--listen", "[::1]:0"], cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        ready, _, _ = select.select([proc.stderr], [], [], 30)
+        line = proc.stderr.readline().decode() if ready else ""
+        assert "listening on http://[::1]:" in line, line
+        url = line.split("listening on ")[1].split()[0]
+        got = httpx.get(f"{url}/v2pssl/query/fd77::2", timeout=30).json()
+        assert list(got) == ["fd77::2"]
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0 and b"Traceback" not in err, err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
