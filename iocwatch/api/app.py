@@ -2,9 +2,9 @@
 
 Every parameter is validated (``inputs``) before a store call; store calls run in a fixed
 pool of threads, each with its own read-only Store (the store contract: one thread per Store).
-A small ASGI guard in front answers over-long URLs (414) and headers (431), missing or wrong tokens (401) and
-overload (503) before any routing, all as JSON ``{"error": ...}`` like every other error, which
-is also what the ``pypssl`` client looks for.
+A small ASGI guard in front answers over-long URLs (414) and headers (431), missing or wrong
+tokens (401) and overload (503) before any routing, all as JSON ``{"error": ...}`` like every
+other error, which is also what the ``pypssl`` client looks for.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from iocwatch.indicators import model as m
 log = logging.getLogger("iocwatch.api")
 T = TypeVar("T")
 
-#: Bounds documented in the README; a request outside them gets 400 (or 414 for the URL).
+#: Bounds documented in the README; a request outside them gets 400 (414, 431 for URL, headers).
 MAX_URL = 2048          # path plus query string, bytes
 MAX_HEADERS = 8192      # all request header names and values, bytes
 MAX_LIMIT = 1000        # rows (or addresses) per page
