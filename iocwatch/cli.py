@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="iocwatch",
         description="Extract server names from DNS, TLS and HTTP traffic as mercury-style "
-        "JSON records. Subcommand: 'iocwatch coverage ...' (see 'iocwatch coverage -h').",
+        "JSON records. Subcommands: 'iocwatch coverage ...', 'iocwatch ingest ...', "
+        "'iocwatch serve ...' (see their -h).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-r", "--read", metavar="FILE",
@@ -97,6 +98,9 @@ def build_parser() -> argparse.ArgumentParser:
     from iocwatch.live import add_live_arguments
 
     add_live_arguments(p)  # -i companions: filter, workers, rotation, outputs, config, user
+    from iocwatch.store.extension import add_arguments as add_store_arguments
+
+    add_store_arguments(p)  # --store: the passive-SSL store
     from iocwatch.tailgate import add_arguments as add_tailgate_arguments
 
     add_tailgate_arguments(p)
@@ -301,6 +305,14 @@ def main(argv: list[str] | None = None) -> int:
             from iocwatch import coverage
 
             return coverage.main(argv[1:])
+        if argv and argv[0] == "ingest":
+            from iocwatch.store.cli import main as ingest_main
+
+            return ingest_main(argv[1:])
+        if argv and argv[0] == "serve":
+            from iocwatch import api
+
+            return api.main(argv[1:])
         from iocwatch.config import ConfigError, parse_args_with_config
 
         parser = build_parser()

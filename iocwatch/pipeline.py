@@ -111,7 +111,7 @@ class Extension(Protocol):
 
 
 # "module:function" factories, imported only when called: f(args, pipeline) -> Extension | None.
-EXTENSIONS: list[str] = ["iocwatch.tailgate:make"]
+EXTENSIONS: list[str] = ["iocwatch.store.extension:make", "iocwatch.tailgate:make"]
 
 
 def _load_extensions(args: argparse.Namespace, pipeline: SensorPipeline) -> list[Extension]:

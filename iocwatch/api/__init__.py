@@ -1,0 +1,158 @@
+"""``iocwatch serve``: the passive-SSL REST API over a store, read-only, under uvicorn.
+
+The listening socket is bound here, before uvicorn starts, so a busy port or a bad address is
+a one-line error like every other bad command line, and ``--listen HOST:0`` can report the port
+the kernel chose (the first stderr line, which tests read).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import signal
+import socket
+import sys
+from typing import Any
+
+__all__ = ["main", "parse_listen"]
+
+DEFAULT_LISTEN = "127.0.0.1:8088"
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise _UsageError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from iocwatch.api.app import Limits
+
+    d = Limits()
+    p = _Parser(prog="iocwatch serve",
+                description="Serve the store read-only over HTTP: CIRCL passive-SSL v2 "
+                "(/v2pssl/query, cquery, cfetch; the pypssl client works unchanged) and D4 "
+                "analyzer style lookups (/ja3, /ja3s, /ja4, /ja4s, /tlsh, /name). "
+                "OpenAPI description at /openapi.json.")
+    p.add_argument("--store", required=True, metavar="URL",
+                   help="store to read: a SQLite file path, sqlite:///path or postgresql://...")
+    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
+                   help=f"address to listen on (default {DEFAULT_LISTEN}; [::1]:8088 for IPv6; "
+                   "port 0 picks a free port)")
+    p.add_argument("--token-file", metavar="FILE",
+                   help="require one of the tokens in FILE (one per line) on every request but "
+                   "/openapi.json: as Bearer token, bare Authorization header or basic-auth "
+                   "password")
+    p.add_argument("--threads", type=int, default=d.threads, metavar="N",
+                   help=f"store query threads, each with its own connection (default {d.threads})")
+    p.add_argument("--max-inflight", type=int, default=d.max_inflight, metavar="N",
+                   help=f"requests answered at once; more get 503 (default {d.max_inflight})")
+    p.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    return p
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` to a numeric address and port; ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError(f"--listen wants HOST:PORT, got {value!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host or "127.0.0.1"
+    if host == "localhost":
+        host = "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"--listen wants a numeric address, got {host!r}")
+    return host, int(port)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # proto given explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
+    # without it every keep-alive answer waited ~40 ms for the client's delayed ACK
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((host, port))
+        sock.listen(512)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from iocwatch.api.app import Limits, create_app, load_tokens
+    from iocwatch.store import StoreError, open_store
+
+    if args.threads < 1 or args.max_inflight < 1:
+        raise _UsageError("--threads and --max-inflight must be at least 1")
+    try:
+        host, port = parse_listen(args.listen)
+    except ValueError as exc:
+        raise _UsageError(str(exc))
+    tokens = None
+    if args.token_file:
+        try:
+            tokens = load_tokens(args.token_file)
+        except OSError as exc:
+            raise _UsageError(f"cannot read {args.token_file}: {exc.strerror or exc}")
+        except ValueError as exc:
+            raise _UsageError(str(exc))
+    url = args.store
+    try:  # fail now, with one line, rather than on the first request
+        open_store(url, readonly=True).close()
+    except StoreError as exc:
+        raise _UsageError(f"cannot open store {url}: {exc}")
+
+    def opener() -> Any:
+        return open_store(url, readonly=True)
+
+    try:
+        sock = _bind(host, port)
+    except OSError as exc:
+        raise _UsageError(f"cannot listen on {args.listen}: {exc.strerror or exc}")
+    app, pool = create_app(opener, tokens=tokens,
+                           limits=Limits(threads=args.threads, max_inflight=args.max_inflight))
+    bound = sock.getsockname()
+    shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+    sys.stderr.write(f"iocwatch serve: listening on http://{shown}:{bound[1]} "
+                     f"(store {url}, read-only{', token required' if tokens else ''})\n")
+    sys.stderr.flush()
+    logging.basicConfig(level=logging.WARNING, format="iocwatch serve: %(message)s")
+    config = uvicorn.Config(app, log_level="warning", access_log=args.access_log,
+                            server_header=False, lifespan="off", http="h11",
+                            limit_concurrency=max(4 * args.max_inflight, 64),
+                            timeout_keep_alive=15)
+    # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
+    # a no-op one here, so the pool is closed below and the exit status is 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda _s, _f: None)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        pool.close()
+        sock.close()
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return serve(args)
+    except _UsageError as exc:
+        sys.stderr.write(f"iocwatch: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
