@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     from iocwatch.live import add_live_arguments
 
     add_live_arguments(p)  # -i companions: filter, workers, rotation, outputs, config, user
+    from iocwatch.transport import add_arguments as add_transport_arguments
+
+    add_transport_arguments(p)  # --publish redis://...
     return p
 
 
@@ -298,6 +301,10 @@ def main(argv: list[str] | None = None) -> int:
             from iocwatch import coverage
 
             return coverage.main(argv[1:])
+        if argv and argv[0] == "hunt":
+            from iocwatch import hunt
+
+            return hunt.main(argv[1:])
         from iocwatch.config import ConfigError, parse_args_with_config
 
         try:

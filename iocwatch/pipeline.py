@@ -111,7 +111,9 @@ class Extension(Protocol):
 
 
 # "module:function" factories, imported only when called: f(args, pipeline) -> Extension | None.
-EXTENSIONS: list[str] = []
+EXTENSIONS: list[str] = [
+    "iocwatch.transport:make_extension",  # --publish redis://...
+]
 
 
 def _load_extensions(args: argparse.Namespace, pipeline: SensorPipeline) -> list[Extension]:
