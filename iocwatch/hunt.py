@@ -20,12 +20,13 @@ from typing import Any
 
 from iocwatch.indicators import FORMATS, IndicatorFileError
 from iocwatch.matcher import Matcher
-from iocwatch.observations import Channel, Observation
+from iocwatch.observations import NAME_CHANNELS, Channel, Observation
 from iocwatch.outputs.alerts import AlertWriter, iso_utc
 from iocwatch.pipeline import load_indicators, report_load
 
-#: Store ``source`` words (as the store writes them) to the live alert channel they came from.
-_SOURCE_CHANNEL = {c.value: c for c in Channel}
+#: Store ``source`` words (the store writes the live channel names, and ``dns_answer`` for the
+#: owner name of an answer) to the live alert channel of a name.
+_SOURCE_CHANNEL = {c.value: c for c in NAME_CHANNELS}
 _SOURCE_WORDS = (("quic", Channel.QUIC_SNI), ("sni", Channel.TLS_SNI), ("cn", Channel.CERT_CN),
                  ("san", Channel.CERT_SAN), ("cert", Channel.CERT_SAN),
                  ("http", Channel.HTTP_HOST), ("host", Channel.HTTP_HOST),
@@ -247,6 +248,11 @@ def _redact(url: str) -> str:
     return url
 
 
+def _store_message(url: str, exc: Exception) -> str:
+    text = str(exc).replace(url, _redact(url)).splitlines()[0] if str(exc) else repr(exc)
+    return text if _redact(url) in text else f"store {_redact(url)}: {text}"
+
+
 def main(argv: Iterable[str]) -> int:
     try:
         args = build_parser().parse_args(list(argv))
@@ -262,15 +268,16 @@ def run(args: argparse.Namespace) -> int:
     args.ioc = args.ioc + [p for p in args.ioc_exact if p not in args.ioc]
     if not args.ioc:
         raise HuntError("hunt needs at least one --ioc FILE")
+    try:  # first: a wrong store is found before a million indicators are loaded
+        store = open_store(args.store, readonly=True)
+    except StoreError as exc:
+        raise HuntError(_store_message(args.store, exc))
     try:
         indicators, report = load_indicators(args)
     except IndicatorFileError as exc:
+        store.close()
         raise HuntError(str(exc))
     report_load(report, args.quiet)
-    try:
-        store = open_store(args.store, readonly=True)
-    except StoreError as exc:
-        raise HuntError(f"store {_redact(args.store)}: {exc}")
     try:
         writer = AlertWriter(args.alerts, args.alert_format)
     except OSError as exc:
@@ -281,7 +288,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         hunt.run()
     except StoreError as exc:
-        raise HuntError(f"store {_redact(args.store)}: {exc}")
+        raise HuntError(_store_message(args.store, exc))
     finally:
         writer.close()
         store.close()
