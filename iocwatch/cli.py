@@ -305,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
             from iocwatch import hunt
 
             return hunt.main(argv[1:])
+        if argv and argv[0] == "ingest":  # until the store's own ingest command takes --from
+            from iocwatch.transport.redis import ingest_main
+
+            return ingest_main(argv[1:])
         from iocwatch.config import ConfigError, parse_args_with_config
 
         try:

@@ -194,3 +194,101 @@ def test_consumer_counts_bad_elements_and_acknowledges_them(server):
     c.close()
     assert c.bad_json == 2 and len(sink.got) == 2
     assert r.llen(f"{key}:processing:c1") == 0
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end: sensor -> Redis -> iocwatch ingest --from -> the real store
+
+
+def _publish_samples(url: str, tmp_path: Path) -> list[bytes]:
+    """Every sample's sessions published; returns the --session-records lines (the truth)."""
+    lines: list[bytes] = []
+    for cap in sorted((ROOT / "samples").glob("*.pcap*")):
+        out = tmp_path / f"{cap.name}.sessions.jsonl"
+        r = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", str(cap), "--no-records",
+                            "--session-records", str(out), "--publish", url, "-q"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        lines += out.read_bytes().splitlines()
+    return lines
+
+
+def _session_keys(db: str) -> set[tuple]:
+    from iocwatch.store import open_store
+
+    store = open_store(db, readonly=True)
+    try:
+        keys = set()
+        for kind, value, *_ in store.iter_fingerprints():
+            if kind == "ja4":
+                for s in store.sessions("ja4", value, limit=1000):
+                    keys.add((s["client_ip"], s["client_port"], s["server_ip"], s["server_port"],
+                              s["first_seen"]))
+        return keys | {("counts", tuple(sorted(store.counts().items())))}
+    finally:
+        store.close()
+
+
+def _ingest_files(db: str, lines: list[bytes]) -> None:
+    from iocwatch.store import open_store
+    from iocwatch.store.ingest import ingest_records
+
+    store = open_store(db)
+    ingest_records(store, [orjson.loads(x) for x in lines])
+    store.close()
+
+
+def test_ingest_from_redis_equals_ingesting_the_files(server, tmp_path):
+    pytest.importorskip("iocwatch.store")
+    url = f"{server.url}?key=analyzer:ja3-jl:e2e&consumer=e2e"
+    lines = _publish_samples(url, tmp_path)
+    assert len(lines) > 10
+    db = str(tmp_path / "via-redis.db")
+    r = subprocess.run([sys.executable, "-m", "iocwatch.cli", "ingest", "--from", url, "--store", db,
+                        "--once", "--batch", "7"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(lines)} popped, {len(lines)} acknowledged" in r.stderr
+    ref = str(tmp_path / "from-files.db")
+    _ingest_files(ref, lines)
+    assert _session_keys(db) == _session_keys(ref)
+    c = _client(server)
+    assert c.llen("analyzer:ja3-jl:e2e") == 0 and c.llen("analyzer:ja3-jl:e2e:processing:e2e") == 0
+
+
+def test_ingest_killed_before_ack_loses_nothing(server, tmp_path):
+    """The store is locked, so the consumer pops a batch and cannot ingest it; it is SIGKILLed
+    there. Restarted once the lock is gone, it ingests that batch and the rest."""
+    import sqlite3
+
+    pytest.importorskip("iocwatch.store")
+    url = f"{server.url}?key=analyzer:ja3-jl:kill&consumer=k"
+    db = str(tmp_path / "store.db")
+    from iocwatch.store import open_store
+
+    open_store(db).close()  # schema in place
+    lines = _publish_samples(url, tmp_path)
+    lock = sqlite3.connect(db, isolation_level=None)
+    lock.execute("BEGIN EXCLUSIVE")
+    c = _client(server)
+    proc = subprocess.Popen([sys.executable, "-m", "iocwatch.cli", "ingest", "--from", url,
+                             "--store", db, "--batch", "5"], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        assert wait_for(lambda: c.llen("analyzer:ja3-jl:kill:processing:k") == 5)
+        assert c.llen("analyzer:ja3-jl:kill") == len(lines) - 5
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+        lock.execute("ROLLBACK")
+        lock.close()
+    assert c.llen("analyzer:ja3-jl:kill:processing:k") == 5  # popped, never acknowledged
+    r = subprocess.run([sys.executable, "-m", "iocwatch.cli", "ingest", "--from", url, "--store", db,
+                        "--once"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "5 recovered" in r.stderr
+    ref = str(tmp_path / "ref.db")
+    _ingest_files(ref, lines)
+    assert _session_keys(db) == _session_keys(ref)
+    assert c.llen("analyzer:ja3-jl:kill:processing:k") == 0

@@ -20,6 +20,7 @@ Records queued *inside* Redis survive a Redis restart only when Redis persists t
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 import threading
@@ -331,8 +332,16 @@ def ingest_from(args: argparse.Namespace, store: Any) -> int:
 
     client_url, key, consumer_name = parse_url(args.from_url)
     sensor = getattr(args, "sensor", None)
-    consumer = RedisConsumer(client_url, key, consumer_name,
-                             lambda recs: ingest_records(store, recs, sensor=sensor),
+    totals: dict[str, int] = {}
+
+    def ingest(records: list[dict]) -> None:
+        got = ingest_records(store, records, sensor=sensor)
+        items = dataclasses.asdict(got) if dataclasses.is_dataclass(got) else vars(got)
+        for k, v in items.items():
+            if isinstance(v, int) and k != "records":
+                totals[k] = totals.get(k, 0) + v
+
+    consumer = RedisConsumer(client_url, key, consumer_name, ingest,
                              getattr(args, "batch", BATCH))
     try:
         consumer.client.ping()
@@ -357,8 +366,8 @@ def ingest_from(args: argparse.Namespace, store: Any) -> int:
         consumer.close()
     if not getattr(args, "quiet", False):
         c = consumer.counters()
-        sys.stderr.write("iocwatch: redis ingest: " + ", ".join(f"{v} {k.replace('_', ' ')}"
-                                                               for k, v in c.items()) + "\n")
+        sys.stderr.write("iocwatch: redis ingest: " + ", ".join(
+            f"{v} {k.replace('_', ' ')}" for k, v in (*c.items(), *totals.items())) + "\n")
     return status
 
 
