@@ -38,9 +38,10 @@ def name_of(i: int) -> str:
 
 
 def records(n: int, t0: float):
+    """Client ports stay below 5353: the store leaves mDNS and LLMNR out."""
     for i in range(n):
         yield {"src_ip": f"10.{(i >> 16) & 255}.{(i >> 8) & 255}.{i & 255}",
-               "dst_ip": "10.255.0.53", "src_port": 1024 + i % 60000, "dst_port": 53,
+               "dst_ip": "10.255.0.53", "src_port": 1024 + i % 4000, "dst_port": 53,
                "protocol": 17, "event_start": t0 + i * 0.001,
                "dns": {"query": {"id": f"{i & 0xffff:04x}", "question": [{"name": name_of(i)}]}}}
 
