@@ -1,0 +1,336 @@
+"""Every input shape into observations: D4 session records (ours, and the D4 Go sensor's) and
+iocwatch/mercury JSON records. The same functions serve ``--store`` (live and file mode) and
+``iocwatch ingest``, so both fill the store identically.
+
+Content keys decide what counts once: a session by its flow and time; a certificate, SNI,
+certificate name, fingerprint or address by the flow it was seen on (so the ClientHello record
+and the session record of one flow count once); DNS names by their transaction; HTTP hosts by
+request.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import warnings
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509 as cx509
+from cryptography.hazmat.primitives import serialization
+
+from iocwatch.coverage.extract import strip_port
+from iocwatch.protocols.cursor import Malformed
+from iocwatch.protocols.x509 import parse_certificate
+from iocwatch.store.model import (
+    AddressObs,
+    Batch,
+    CertObs,
+    CertRow,
+    FingerprintObs,
+    NameObs,
+    SessionObs,
+    canonical_ip,
+    content_key,
+    flow_key,
+    parse_time,
+)
+
+_MAX_CERTS = 16  # certificates per session or record
+_MAX_ITEMS = 256  # questions, answers, names per record
+_MAX_STR = 4096
+
+
+@dataclass(slots=True)
+class IngestStats:
+    records: int = 0
+    sessions: int = 0
+    certificates: int = 0
+    names: int = 0
+    duplicates: int = 0
+    skipped: int = 0
+    errors: int = 0
+
+    def add(self, other: IngestStats) -> None:
+        for f in self.__dataclass_fields__:
+            setattr(self, f, getattr(self, f) + getattr(other, f))
+
+
+def _str(v: Any, limit: int = _MAX_STR) -> str:
+    return v if isinstance(v, str) and len(v) <= limit else ""
+
+
+def _port(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, str) and v.isdigit() and len(v) <= 5:
+        v = int(v)
+    return v if isinstance(v, int) and 0 <= v <= 65535 else None
+
+
+def _list(v: Any, limit: int = _MAX_ITEMS) -> list[Any]:
+    return v[:limit] if isinstance(v, list) else []
+
+
+def _rfc4514(pairs: list[tuple[str, str]]) -> str:
+    """Fallback subject text for certificates ``cryptography`` refuses."""
+    def esc(s: str) -> str:
+        out = s.replace("\\", "\\\\")
+        for ch in ',+"<>;=':
+            out = out.replace(ch, "\\" + ch)
+        return out
+    return ",".join(f"{esc(k)}={esc(v)}" for k, v in reversed(pairs))
+
+
+def cert_row(der: bytes) -> CertRow | None:
+    """Parse once (iocwatch's own walk for names; ``cryptography`` for the display strings,
+    validity and public key hash when it accepts the certificate); None if unreadable."""
+    try:
+        c = parse_certificate(der, strict_check=False)
+    except (Malformed, ValueError):
+        return None
+    subject, issuer = _rfc4514(c.subject), _rfc4514(c.issuer)
+    not_before = not_after = None
+    pk: str | None = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x = cx509.load_der_x509_certificate(der)
+            subject, issuer = x.subject.rfc4514_string(), x.issuer.rfc4514_string()
+            not_before = x.not_valid_before_utc.timestamp()
+            not_after = x.not_valid_after_utc.timestamp()
+            spki = x.public_key().public_bytes(serialization.Encoding.DER,
+                                               serialization.PublicFormat.SubjectPublicKeyInfo)
+            pk = hashlib.sha256(spki).hexdigest()
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException:  # noqa: BLE001 - refused by the strict decoder (a Rust panic included)
+        pass
+    return CertRow(c.sha1, c.sha256, der, subject, issuer, c.serial_number, not_before, not_after,
+                   list(c.dns_names), list(c.ip_addresses), list(c.subject_cns), pk)
+
+
+class Converter:
+    """Records to observations; keeps a small cache of parsed certificates."""
+
+    def __init__(self, sensor: str | None = None, cache: int = 4096) -> None:
+        self.sensor = sensor
+        self._certs: OrderedDict[bytes, CertRow | None] = OrderedDict()
+        self._cache = cache
+
+    def cert(self, der: bytes) -> CertRow | None:
+        k = hashlib.sha1(der).digest()
+        if k in self._certs:
+            self._certs.move_to_end(k)
+            return self._certs[k]
+        row = cert_row(der)
+        self._certs[k] = row
+        if len(self._certs) > self._cache:
+            self._certs.popitem(last=False)
+        return row
+
+    def convert(self, rec: Any) -> Batch | None:
+        """Observations of one input object; None when it is neither shape (skipped)."""
+        if not isinstance(rec, Mapping):
+            return None
+        if "ServerIP" in rec and "ClientIP" in rec:
+            return self.session(rec)
+        if any(k in rec for k in ("tls", "dns", "http", "quic")):
+            return self.record(rec)
+        return None
+
+    # ---------------------------------------------------------------- D4 session records
+    def session(self, rec: Mapping[str, Any]) -> Batch | None:
+        server, client = canonical_ip(_str(rec.get("ServerIP"))), canonical_ip(_str(rec.get("ClientIP")))
+        sport, cport = _port(rec.get("ServerPort")), _port(rec.get("ClientPort"))
+        ts = parse_time(rec.get("Timestamp"))
+        if server is None or client is None or sport is None or cport is None or ts is None:
+            return None
+        transport = "quic" if rec.get("Transport") == "quic" else "tcp"
+        flow = flow_key("udp" if transport == "quic" else "tcp", client, cport, server, sport)
+        b = Batch()
+        chain: list[str] = []
+        for c in _list(rec.get("Certificates"), _MAX_CERTS):
+            if not isinstance(c, Mapping):
+                continue
+            raw = c.get("Raw")
+            row = None
+            if isinstance(raw, str) and raw:
+                try:
+                    row = self.cert(base64.b64decode(raw, validate=True))
+                except (binascii.Error, ValueError):
+                    row = None
+            if row is None:
+                h = _str(c.get("CertHash"), 64).lower()
+                if len(h) == 40 and all(ch in "0123456789abcdef" for ch in h):
+                    chain.append(h)  # listed in the chain, but without DER nothing to store
+                continue
+            chain.append(row.sha1)
+            self._cert_obs(b, row, server, flow, ts)
+        sni = _str(rec.get("SNI"), 1024) or None
+        ja3, ja3d = _str(rec.get("JA3")), _str(rec.get("JA3Digest"), 64).lower()
+        ja3s, ja3sd = _str(rec.get("JA3S")), _str(rec.get("JA3SDigest"), 64).lower()
+        ja4, ja4s = _str(rec.get("JA4"), 256), _str(rec.get("JA4S"), 256)
+        tlsh = _str(rec.get("TLSH"), 256).lower()
+        ident = content_key("sess", client, server, sport, transport, sni, ja3d, ja3sd, ja4, ja4s,
+                            tlsh, ",".join(chain))
+        b.sessions.append(SessionObs(
+            content_key("s", flow, f"{ts:.6f}"), ident, client, cport, server, sport, transport,
+            sni, ja3, ja3d, ja3s, ja3sd, ja4, ja4s, tlsh, chain, rec.get("Partial") is True,
+            self.sensor, ts))
+        if sni:
+            self._name(b, "quic_sni" if transport == "quic" else "tls_sni", sni, server, ts, flow)
+        for kind, value in (("ja3", ja3d), ("ja3s", ja3sd), ("ja4", ja4), ("ja4s", ja4s)):
+            if value:
+                b.fingerprints.append(FingerprintObs(content_key("f", kind, value, flow), kind,
+                                                     value, ts))
+        for ip in (client, server):
+            b.addresses.append(AddressObs(content_key("a", ip, flow), ip, ts))
+        b.groups.append(b.keys())
+        return b
+
+    def _cert_obs(self, b: Batch, row: CertRow, server: str, flow: str, ts: float) -> None:
+        b.certs.append(CertObs(content_key("c", row.sha1, flow), row, server, ts))
+        for n in row.san_dns[:_MAX_ITEMS]:
+            self._name(b, "cert_san", n, server, ts, flow)
+        for n in row.cn[:_MAX_ITEMS]:
+            self._name(b, "cert_cn", n, server, ts, flow)
+
+    @staticmethod
+    def _name(b: Batch, source: str, name: str, address: str, ts: float, *key: Any) -> None:
+        if name and len(name) <= 1024:
+            b.names.append(NameObs(content_key("n", source, name, address, *key), name, source,
+                                   address, ts))
+
+    # ---------------------------------------------------------------- mercury/iocwatch records
+    def record(self, rec: Mapping[str, Any]) -> Batch | None:
+        src, dst = canonical_ip(_str(rec.get("src_ip"), 64)), canonical_ip(_str(rec.get("dst_ip"), 64))
+        sport, dport = _port(rec.get("src_port")), _port(rec.get("dst_port"))
+        ts = parse_time(rec.get("event_start"))
+        if src is None or dst is None or ts is None:
+            return None
+        sport, dport = sport or 0, dport or 0
+        proto = rec.get("protocol")
+        transport = "tcp" if proto == 6 else "udp" if proto == 17 or "quic" in rec else str(proto)
+        flow = flow_key(transport, src, sport, dst, dport)
+        b = Batch()
+        dns = rec.get("dns")
+        if isinstance(dns, Mapping) and 5355 not in (sport, dport) and 5353 not in (sport, dport):
+            self._dns(b, dns, flow, ts)
+        tls = rec.get("tls")
+        fps = rec.get("fingerprints") if isinstance(rec.get("fingerprints"), Mapping) else {}
+        if isinstance(tls, Mapping):
+            client = tls.get("client")
+            if isinstance(client, Mapping):
+                sni = _str(client.get("server_name"), 1024)
+                if sni:
+                    self._name(b, "quic_sni" if "quic" in rec else "tls_sni", sni, dst, ts, flow)
+                for kind in ("ja3", "ja4"):
+                    self._fp(b, kind, fps.get(kind), flow, ts)
+            server = tls.get("server")
+            if isinstance(server, Mapping):
+                for kind in ("ja3s", "ja4s"):
+                    self._fp(b, kind, fps.get(kind), flow, ts)
+                for entry in _list(server.get("certs"), _MAX_CERTS):
+                    if isinstance(entry, Mapping):
+                        self._record_cert(b, entry, src, flow, ts)
+        http = rec.get("http")
+        if isinstance(http, Mapping) and isinstance(http.get("request"), Mapping):
+            host = _str(http["request"].get("host"), 1024)
+            if host:
+                self._name(b, "http_host", strip_port(host), dst, ts, flow, f"{ts:.6f}")
+        if not len(b):
+            return None
+        for ip in (src, dst):
+            b.addresses.append(AddressObs(content_key("a", ip, flow), ip, ts))
+        b.groups.append(b.keys())
+        return b
+
+    @staticmethod
+    def _fp(b: Batch, kind: str, value: Any, flow: str, ts: float) -> None:
+        v = _str(value, 256)
+        if v:
+            if kind in ("ja3", "ja3s"):
+                v = v.lower()
+            b.fingerprints.append(FingerprintObs(content_key("f", kind, v, flow), kind, v, ts))
+
+    def _record_cert(self, b: Batch, entry: Mapping[str, Any], server: str, flow: str,
+                     ts: float) -> None:
+        raw = entry.get("base64")
+        if isinstance(raw, str) and raw:
+            try:
+                row = self.cert(base64.b64decode(raw, validate=True))
+            except (binascii.Error, ValueError):
+                row = None
+            if row is not None:
+                self._cert_obs(b, row, server, flow, ts)
+            return
+        cert = entry.get("cert")
+        if not isinstance(cert, Mapping):
+            return
+        for attr in _list(cert.get("subject")):
+            if isinstance(attr, Mapping):
+                self._name(b, "cert_cn", _str(attr.get("common_name"), 1024), server, ts, flow)
+        for ext in _list(cert.get("extensions")):
+            if isinstance(ext, Mapping):
+                for alt in _list(ext.get("subject_alt_name")):
+                    if isinstance(alt, Mapping):
+                        self._name(b, "cert_san", _str(alt.get("dns_name"), 1024), server, ts, flow)
+
+    def _dns(self, b: Batch, dns: Mapping[str, Any], flow: str, ts: float) -> None:
+        for part in ("query", "response"):
+            msg = dns.get(part)
+            if not isinstance(msg, Mapping):
+                continue
+            txid = _str(msg.get("id"), 16)
+            for q in _list(msg.get("question")):
+                if isinstance(q, Mapping):
+                    self._name(b, "dns_query", _str(q.get("name"), 1024), "", ts, flow, txid)
+            for a in _list(msg.get("answer")):
+                if not isinstance(a, Mapping):
+                    continue
+                name = _str(a.get("name"), 1024)
+                ip = canonical_ip(_str(a.get("ipv4_addr") or a.get("ip6_addr"), 64))
+                if name and ip is not None:
+                    self._name(b, "dns_answer", name, ip, ts, flow, txid)
+                    b.addresses.append(AddressObs(content_key("a", ip, "dns", name, flow, txid), ip,
+                                                  ts))
+
+
+def ingest_records(store: Any, records: Iterable[Any], *, sensor: str | None = None,
+                   batch_size: int = 2000, converter: Converter | None = None) -> IngestStats:
+    """Everything in ``records`` into ``store`` in batched transactions; bad records counted."""
+    conv = converter or Converter(sensor)
+    stats = IngestStats()
+    batch = Batch()
+    for rec in records:
+        stats.records += 1
+        try:
+            b = conv.convert(rec)
+        except (KeyboardInterrupt, SystemExit, MemoryError):
+            raise
+        except Exception:  # noqa: BLE001 - a hostile record must not stop the rest
+            stats.errors += 1
+            continue
+        if b is None:
+            stats.skipped += 1
+            continue
+        batch.extend(b)
+        if len(batch) >= batch_size:
+            flush(store, batch, stats)
+            batch = Batch()
+    flush(store, batch, stats)
+    return stats
+
+
+def flush(store: Any, batch: Batch, stats: IngestStats) -> None:
+    if not batch.groups:
+        return
+    res = store.write(batch)
+    stats.sessions += res.sessions
+    stats.certificates += res.certificates
+    stats.names += res.names
+    stats.duplicates += res.duplicates
