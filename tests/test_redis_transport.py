@@ -292,3 +292,20 @@ def test_ingest_killed_before_ack_loses_nothing(server, tmp_path):
     _ingest_files(ref, lines)
     assert _session_keys(db) == _session_keys(ref)
     assert c.llen("analyzer:ja3-jl:kill:processing:k") == 0
+
+
+@pytest.mark.parametrize("args, text", [
+    (["--from", "http://x/0"], "not a redis:// URL"),
+    (["--from", "redis://127.0.0.1:{closed}/0"], "cannot reach Redis"),
+    (["--from", "redis://127.0.0.1:{closed}/0", "--batch", "0"], "--batch"),
+    ([], "--from"),
+])
+def test_ingest_errors_are_one_line(args, text, tmp_path):
+    pytest.importorskip("iocwatch.store")
+    args = [a.replace("{closed}", str(free_port())) for a in args]
+    r = subprocess.run([sys.executable, "-m", "iocwatch.cli", "ingest", "--store",
+                        str(tmp_path / "s.db"), *args], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.startswith("iocwatch: error: ") and r.stderr.count("\n") == 1
+    assert text in r.stderr

@@ -327,10 +327,21 @@ def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def ingest_from(args: argparse.Namespace, store: Any) -> int:
-    """Run the consumer for ``args.from_url`` into an open store; the exit status."""
+    """Run the consumer for ``args.from_url`` into an open store; the exit status (a bad URL or
+    an unreachable Redis: one line on stderr, 2)."""
+    try:
+        return _ingest_from(args, store)
+    except TransportError as exc:
+        sys.stderr.write(f"iocwatch: error: {exc}\n")
+        return 2
+
+
+def _ingest_from(args: argparse.Namespace, store: Any) -> int:
     from iocwatch.store.ingest import ingest_records
 
     client_url, key, consumer_name = parse_url(args.from_url)
+    if getattr(args, "batch", BATCH) < 1:
+        raise TransportError("--batch must be at least 1")
     sensor = getattr(args, "sensor", None)
     totals: dict[str, int] = {}
 
@@ -388,6 +399,7 @@ def ingest_main(argv: list[str]) -> int:
         args = p.parse_args(argv)
         if not args.from_url:
             raise TransportError("ingest needs --from redis://...")
+        parse_url(args.from_url)  # a bad URL before the store is created
         try:
             store = open_store(args.store)
         except StoreError as exc:
