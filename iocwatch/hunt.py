@@ -270,7 +270,7 @@ def run(args: argparse.Namespace) -> int:
         raise HuntError("hunt needs at least one --ioc FILE")
     try:  # first: a wrong store is found before a million indicators are loaded
         store = open_store(args.store, readonly=True)
-    except StoreError as exc:
+    except (StoreError, ImportError) as exc:  # ImportError: the PostgreSQL driver is missing
         raise HuntError(_store_message(args.store, exc))
     try:
         indicators, report = load_indicators(args)
