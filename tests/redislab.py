@@ -40,11 +40,16 @@ class RedisServer:
         self.proc: subprocess.Popen | None = None
 
     @property
+    def argv(self) -> list[str]:
+        """The command line (for starting it elsewhere, e.g. inside a lab namespace)."""
+        return [self.exe, str(self.conf)]
+
+    @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def start(self) -> None:
-        self.proc = subprocess.Popen([self.exe, str(self.conf)], stdout=subprocess.DEVNULL,
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         for _ in range(200):  # bounded: 10 s
             try:
