@@ -6,7 +6,7 @@ DNS records, one query name each, as the sensor writes them), writes 100,000 ind
 rest match nothing), then times ``iocwatch hunt`` end to end as a user runs it (a subprocess:
 indicator load, store scan, alert writing) and prints the figures.
 
-    python bench/bench_hunt.py [--names 1000000] [--indicators 100000] [--dir DIR] [--keep]
+    python bench/bench_hunt.py [--names 1000000] [--indicators 100000] [--hits 1000] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def build_store(path: str, n: int) -> tuple[float, dict]:
     return took, {"ingest": stats, "counts": counts}
 
 
-def write_indicators(path: str, n: int, stored: int) -> int:
+def write_indicators(path: str, n: int, stored: int, hits: int = HITS) -> int:
     """Domains and addresses; returns how many domains are parents of stored names."""
-    hits = min(HITS, stored)
+    hits = min(hits, stored, n - IPS)
     step = max(1, stored // max(hits, 1))
     with open(path, "w") as fh:
         fh.write("# bench_hunt indicators\n")
@@ -76,7 +76,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--names", type=int, default=1_000_000)
     ap.add_argument("--indicators", type=int, default=100_000)
-    ap.add_argument("--dir", help="work here (default: a temporary directory)")
+    ap.add_argument("--hits", type=int, default=HITS,
+                    help=f"indicators that are parents of stored names (default {HITS})")
+    ap.add_argument("--dir", help="work here; an existing store there is reused")
     ap.add_argument("--keep", action="store_true", help="keep the store and files")
     args = ap.parse_args()
     work = Path(args.dir or tempfile.mkdtemp(prefix="bench_hunt."))
@@ -91,7 +93,7 @@ def main() -> int:
                   f"{info['counts']}; file {os.path.getsize(db) / 1e6:.0f} MB")
         else:
             print(f"store: reusing {db}")
-        hits = write_indicators(iocs, args.indicators, args.names)
+        hits = write_indicators(iocs, args.indicators, args.names, args.hits)
         if os.path.exists(alerts):
             os.unlink(alerts)
         cmd = [sys.executable, "-m", "iocwatch.cli", "hunt", "--store", db, "--ioc", iocs,
