@@ -12,6 +12,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 DEFAULT_BUFFER = 100_000
+BATCH = 500
 DEFAULT_FLUSH = 10.0
 #: D4 names its analyzer queues ``analyzer:<type>:<uuid>``; ja3-jl is its TLS session type.
 DEFAULT_KEY = "analyzer:ja3-jl:iocwatch"
@@ -76,3 +77,15 @@ def make_extension(args: argparse.Namespace, pipeline: Any) -> Any:
     from iocwatch.transport.redis import make_publisher
 
     return make_publisher(args)
+
+
+def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
+    """``iocwatch ingest --from redis://...`` and its companions."""
+    parser.add_argument("--from", dest="from_url", metavar="URL",
+                        help="pop D4 session records from a Redis list (redis://host:port/db"
+                        f"[?key=LIST&consumer=NAME], default list {DEFAULT_KEY}) with "
+                        "acknowledged pops, until SIGINT/SIGTERM")
+    parser.add_argument("--once", action="store_true",
+                        help="with --from: stop when the list is empty")
+    parser.add_argument("--batch", type=int, default=BATCH, metavar="N",
+                        help=f"with --from: records per store transaction (default {BATCH})")

@@ -35,9 +35,15 @@ import orjson
 import redis
 
 from iocwatch.outputs.sessions import CertCache, TlsSession, d4_record, dumps
-from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH, DEFAULT_KEY, TransportError, parse_url
+from iocwatch.transport import (
+    BATCH,
+    DEFAULT_BUFFER,
+    DEFAULT_FLUSH,
+    TransportError,
+    add_ingest_arguments,
+    parse_url,
+)
 
-BATCH = 500
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 
@@ -314,18 +320,6 @@ class StoreUnavailable(Exception):
     """The store kept failing while we were asked to stop: the batch stays unacknowledged."""
 
 
-def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    """``iocwatch ingest --from redis://...`` and its companions."""
-    parser.add_argument("--from", dest="from_url", metavar="URL",
-                        help="pop D4 session records from a Redis list (redis://host:port/db"
-                        f"[?key=LIST&consumer=NAME], default list {DEFAULT_KEY}) with "
-                        "acknowledged pops, until SIGINT/SIGTERM")
-    parser.add_argument("--once", action="store_true",
-                        help="with --from: stop when the list is empty")
-    parser.add_argument("--batch", type=int, default=BATCH, metavar="N",
-                        help=f"with --from: records per store transaction (default {BATCH})")
-
-
 def ingest_from(args: argparse.Namespace, store: Any) -> int:
     """Run the consumer for ``args.from_url`` into an open store; the exit status (a bad URL or
     an unreachable Redis: one line on stderr, 2)."""
@@ -394,7 +388,7 @@ def ingest_main(argv: list[str]) -> int:
     p.add_argument("--store", required=True, metavar="URL", help="the store to write")
     p.add_argument("--sensor", metavar="NAME", help="sensor name recorded with the sessions")
     p.add_argument("-q", "--quiet", action="store_true")
-    add_ingest_arguments(p)
+    add_ingest_arguments(p)  # --from, --once, --batch
     try:
         args = p.parse_args(argv)
         if not args.from_url:
