@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     from iocwatch.live import add_live_arguments
 
     add_live_arguments(p)  # -i companions: filter, workers, rotation, outputs, config, user
+    from iocwatch.store.extension import add_arguments as add_store_arguments
+
+    add_store_arguments(p)  # --store: the passive-SSL store
     from iocwatch.transport import add_arguments as add_transport_arguments
 
     add_transport_arguments(p)  # --publish redis://...

@@ -112,6 +112,7 @@ class Extension(Protocol):
 
 # "module:function" factories, imported only when called: f(args, pipeline) -> Extension | None.
 EXTENSIONS: list[str] = [
+    "iocwatch.store.extension:make",  # --store
     "iocwatch.transport:make_extension",  # --publish redis://...
 ]
 

@@ -11,6 +11,8 @@ for pair in tshark:tshark dumpcap:tshark tcpdump:tcpdump dnsmasq:dnsmasq-base ng
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+# the store tests start a throwaway PostgreSQL cluster from Debian's server binaries
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
 if [ ${#need[@]} -gt 0 ] && [ "$(id -u)" = 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq >/dev/null

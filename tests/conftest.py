@@ -4,3 +4,5 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+pytest_plugins = ["tests.storefixtures"]  # store backends (SQLite, a throwaway PostgreSQL)

@@ -26,21 +26,6 @@ LONG_CHAIN = [LONG_LEAF, "684c5ff85eb20cf41481a92cef924e65897918d0",
               "04410ed5da971075c90162bc0265e42425956bdd"]
 
 
-@pytest.fixture(params=["sqlite"])
-def backend(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def store_url(backend: str, tmp_path: Path) -> str:
-    return str(tmp_path / "a.db")
-
-
-@pytest.fixture
-def store_url2(backend: str, tmp_path: Path) -> str:
-    return "sqlite:///" + str(tmp_path / "b.db")  # SQLAlchemy style, absolute path
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, Path]]:
     return run_samples(tmp_path_factory.mktemp("samples"))

@@ -295,19 +295,19 @@ class Store:
                 if start >= hi:
                     continue
                 lo, op = start, ">"
-            cur = self.conn.cursor()
-            cur.execute(self._q(f"SELECT ip, sha1 FROM server_certs WHERE ip_key {op} ? AND "
-                                "ip_key <= ? ORDER BY ip_key, sha1"),
-                        (self._blob(lo), self._blob(hi)))
-            while True:
-                rows = cur.fetchmany(_FETCH)
-                if not rows:
-                    break
-                for ip, sha1 in rows:
-                    if ip not in out and len(out) >= limit:
-                        cur.close()
-                        return out
-                    out.setdefault(ip, []).append(sha1)
+            want = limit - len(out)
+            if want <= 0:
+                break
+            # first the addresses (one bounded index walk), then their certificates
+            keys = self._rows(f"SELECT ip_key FROM server_certs WHERE ip_key {op} ? AND ip_key <= ? "
+                              "GROUP BY ip_key ORDER BY ip_key LIMIT ?",
+                              (self._blob(lo), self._blob(hi), want))
+            if not keys:
+                continue
+            for ip, sha1 in self._rows("SELECT ip, sha1 FROM server_certs WHERE ip_key >= ? AND "
+                                       "ip_key <= ? ORDER BY ip_key, sha1",
+                                       (keys[0][0], keys[-1][0])):
+                out.setdefault(ip, []).append(sha1)
         return out
 
     def cert_subjects(self, sha1s: list[str]) -> dict[str, str]:

@@ -1,0 +1,189 @@
+"""``--store URL``: the sensor writes into the passive-SSL store as it captures.
+
+record() and session() only append to a bounded queue; one background thread turns the queue
+into observations (the same :class:`~iocwatch.store.ingest.Converter` that ``iocwatch ingest``
+uses, on the same D4 session objects ``-j`` writes) and writes them in batched transactions.
+A locked, full or vanished database never stops capture: the writer retries with back-off
+while the queue fills to its bound; past it, live capture drops and counts. Reading a file
+(``-r``) waits for a healthy writer instead of dropping, since a file can wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import threading
+import time
+from typing import Any
+
+from iocwatch.outputs.sessions import CertCache, TlsSession, d4_record
+from iocwatch.store.db import Store, StoreError, open_store, retry_delay
+from iocwatch.store.ingest import Converter
+from iocwatch.store.model import Batch
+
+BATCH_ITEMS = 2000  # inputs per transaction
+CLOSE_WAIT = 30.0  # seconds close() waits for the queue to drain before dropping the rest
+FILE_WAIT = 60.0  # seconds a full queue may hold up -r before items are dropped
+
+
+def store_url(value: str) -> str:
+    """argparse type: refuse what can never work before capture starts."""
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    if "://" in value and not value.startswith("sqlite://"):
+        raise argparse.ArgumentTypeError(f"unsupported store URL: {value.split('://')[0]}://")
+    path = value[len("sqlite:///"):] if value.startswith("sqlite:///") else value
+    parent = os.path.dirname(os.path.abspath(path)) if path else ""
+    if not path or not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"no directory for the store file: {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("passive-SSL store")
+    g.add_argument("--store", type=store_url, metavar="URL",
+                   help="write certificates, TLS sessions and observed names into this store: "
+                   "a SQLite file (WAL) or postgresql://...")
+    g.add_argument("--store-queue", type=int, default=100_000, metavar="N",
+                   help="records and sessions held while the store is slow or unreachable "
+                   "(default 100000); past it, live capture drops and counts them")
+
+
+def make(args: argparse.Namespace, pipeline: Any) -> StoreExtension | None:
+    """The pipeline factory (pipeline.EXTENSIONS)."""
+    url = getattr(args, "store", None)
+    if not url:
+        return None
+    return StoreExtension(url, sensor=getattr(args, "sensor_name", None),
+                          max_queue=max(1, getattr(args, "store_queue", 100_000)),
+                          live=getattr(args, "interface", None) is not None)
+
+
+class StoreExtension:
+    def __init__(self, url: str, *, sensor: str | None = None, max_queue: int = 100_000,
+                 live: bool = True, timeout: float = 5.0, close_wait: float = CLOSE_WAIT) -> None:
+        self.url = url
+        self.timeout = timeout  # SQLite busy timeout / PostgreSQL connect timeout per attempt
+        self.close_wait = close_wait
+        self.sensor = sensor
+        self.max_queue = max_queue
+        self.live = live
+        self.queue: collections.deque[tuple[str, Any]] = collections.deque()
+        self.wake = threading.Event()
+        self.space = threading.Event()
+        self.stopping = False
+        self.healthy = True  # the last attempt to open or write succeeded
+        self.queued = 0  # capture thread's counters
+        self.dropped = 0
+        self.c = dict.fromkeys(("written", "dropped_at_close", "sessions", "certificates", "names",
+                                "duplicates", "errors", "db_errors", "batches"), 0)  # writer's
+        self.last_error = ""
+        self._thread = threading.Thread(target=self._run, name="iocwatch-store", daemon=True)
+        self._thread.start()
+
+    # ---------------------------------------------------------------- capture side (cheap)
+    def _put(self, item: tuple[str, Any]) -> None:
+        if len(self.queue) >= self.max_queue:
+            if not self.live and self._thread.is_alive():
+                deadline = time.monotonic() + FILE_WAIT
+                while (len(self.queue) >= self.max_queue and self.healthy
+                       and time.monotonic() < deadline and self._thread.is_alive()):
+                    self.space.clear()
+                    self.wake.set()
+                    self.space.wait(0.1)
+            if len(self.queue) >= self.max_queue:
+                self.dropped += 1
+                return
+        self.queue.append(item)
+        self.queued += 1
+
+    def record(self, record: dict, observations: list[Any], event: Any) -> None:
+        if "tls" in record or "dns" in record or "http" in record or "quic" in record:
+            self._put(("r", record))
+
+    def session(self, session: TlsSession) -> None:
+        self._put(("s", session))
+
+    def tick(self) -> None:
+        if len(self.queue) >= BATCH_ITEMS:
+            self.wake.set()
+
+    def close(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self._thread.join(self.close_wait)
+        left = len(self.queue)
+        if left:  # the writer is stuck on a dead database: what is still queued is lost
+            self.c["dropped_at_close"] += left
+            self.queue.clear()
+
+    def counters(self) -> dict[str, int]:
+        out = {"store_queued": self.queued, "store_dropped": self.dropped}
+        out.update({f"store_{k}": v for k, v in self.c.items()})
+        out["store_queue"] = len(self.queue)
+        return out
+
+    # ---------------------------------------------------------------- writer thread
+    def _run(self) -> None:
+        store: Store | None = None
+        conv = Converter(self.sensor)
+        certs = CertCache()
+        pending: Batch | None = None
+        pending_inputs = 0
+        attempt = 0
+        while True:
+            if pending is None:
+                if not self.queue:
+                    if self.stopping:
+                        break
+                    self.wake.wait(0.5)
+                    self.wake.clear()
+                    continue
+                pending, pending_inputs = self._take(conv, certs)
+            try:
+                if store is None:
+                    store = open_store(self.url, timeout=self.timeout)
+                res = store.write(pending)
+            except (StoreError, Exception) as exc:  # noqa: BLE001 - locked, gone, full: retry
+                self.c["db_errors"] += 1
+                self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.healthy = False
+                if store is not None:
+                    store.close()
+                    store = None
+                if self.stopping and attempt >= 3:
+                    self.c["dropped_at_close"] += pending_inputs
+                    break
+                self.wake.wait(retry_delay(attempt) if not self.stopping else 0.2)
+                self.wake.clear()
+                attempt += 1
+                continue
+            attempt = 0
+            self.healthy = True
+            self.c["batches"] += 1
+            self.c["written"] += pending_inputs
+            self.c["sessions"] += res.sessions
+            self.c["certificates"] += res.certificates
+            self.c["names"] += res.names
+            self.c["duplicates"] += res.duplicates
+            pending = None
+            self.space.set()
+        if store is not None:
+            store.close()
+
+    def _take(self, conv: Converter, certs: CertCache) -> tuple[Batch, int]:
+        batch = Batch()
+        n = 0
+        while self.queue and n < BATCH_ITEMS:
+            kind, item = self.queue.popleft()
+            n += 1
+            try:
+                b = conv.convert(d4_record(item, certs) if kind == "s" else item)
+            except Exception:  # noqa: BLE001 - one odd record must not stop the writer
+                self.c["errors"] += 1
+                continue
+            if b is not None:
+                batch.extend(b)
+        self.space.set()
+        return batch, n
