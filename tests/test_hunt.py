@@ -29,11 +29,15 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-@pytest.fixture(scope="module")
-def filled(tmp_path_factory):
-    """A SQLite store holding the sensor's records and session records of the samples."""
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def filled(request, tmp_path_factory):
+    """A store (SQLite, or a database in the throwaway PostgreSQL cluster) holding the sensor's
+    records and session records of the samples."""
     work = tmp_path_factory.mktemp("hunt")
-    db = str(work / "store.db")
+    if request.param == "postgresql":
+        db = request.getfixturevalue("pg_cluster").new_db()
+    else:
+        db = str(work / "store.db")
     store = store_mod.open_store(db)
     for cap in CAPTURES:
         rec, ses = work / f"{cap}.records.json", work / f"{cap}.sessions.json"

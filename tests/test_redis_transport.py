@@ -238,20 +238,20 @@ def _ingest_files(db: str, lines: list[bytes]) -> None:
     store.close()
 
 
-def test_ingest_from_redis_equals_ingesting_the_files(server, tmp_path):
+def test_ingest_from_redis_equals_ingesting_the_files(server, tmp_path, store_url, store_url2):
+    """Into SQLite and PostgreSQL (the store's backend fixtures)."""
     pytest.importorskip("iocwatch.store")
     url = f"{server.url}?key=analyzer:ja3-jl:e2e&consumer=e2e"
     lines = _publish_samples(url, tmp_path)
     assert len(lines) > 10
-    db = str(tmp_path / "via-redis.db")
+    db = store_url
     r = subprocess.run([sys.executable, "-m", "iocwatch.cli", "ingest", "--from", url, "--store", db,
                         "--once", "--batch", "7"], cwd=ROOT, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0, r.stderr
     assert f"{len(lines)} popped, {len(lines)} acknowledged" in r.stderr
-    ref = str(tmp_path / "from-files.db")
-    _ingest_files(ref, lines)
-    assert _session_keys(db) == _session_keys(ref)
+    _ingest_files(store_url2, lines)
+    assert _session_keys(db) == _session_keys(store_url2)
     c = _client(server)
     assert c.llen("analyzer:ja3-jl:e2e") == 0 and c.llen("analyzer:ja3-jl:e2e:processing:e2e") == 0
 
