@@ -14,7 +14,7 @@ import pytest
 redis = pytest.importorskip("redis")
 
 from iocwatch.transport import DEFAULT_KEY, TransportError, parse_url  # noqa: E402
-from iocwatch.transport.redis import RedisConsumer, RedisPublisher  # noqa: E402
+from iocwatch.transport.redis import RedisConsumer, RedisPublisher, connect  # noqa: E402
 from tests.redislab import RedisServer, free_port, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,9 +42,12 @@ def test_url_parsing():
     url, key, consumer = parse_url("redis://127.0.0.1:6380/2?key=analyzer:254:abc&consumer=c1")
     assert (url, key, consumer) == ("redis://127.0.0.1:6380/2", "analyzer:254:abc", "c1")
     assert parse_url("redis://h/0")[1] == DEFAULT_KEY
-    for bad in ("http://h/0", "redis:///0", "redis://h:99999/0", "nonsense"):
+    for bad in ("http://h/0", "redis:///0", "redis://h:99999/0", "nonsense", "redis://h/x"):
         with pytest.raises(TransportError):
             parse_url(bad)
+    for bad in ("redis://h/0?foo=bar", "redis://h/0?socket_timeout=soon"):  # redis-py refuses
+        with pytest.raises(TransportError):
+            connect(parse_url(bad)[0])
 
 
 def test_sensor_publishes_what_session_records_writes(server, tmp_path):
@@ -62,10 +65,10 @@ def test_sensor_publishes_what_session_records_writes(server, tmp_path):
     assert f"redis_published{' ' * 26}{len(lines)}" in r.stderr
 
 
-def test_bad_publish_url_is_a_one_line_error():
+@pytest.mark.parametrize("url", ["http://example/", "redis://h/0?nosuchoption=1"])
+def test_bad_publish_url_is_a_one_line_error(url):
     r = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", str(SAMPLE), "--no-records",
-                        "--publish", "http://example/"], cwd=ROOT, capture_output=True,
-                       text=True, timeout=60)
+                        "--publish", url], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2
     assert r.stderr.startswith("iocwatch: error: ") and r.stderr.count("\n") == 1
 
@@ -90,6 +93,25 @@ def test_publisher_buffers_through_a_redis_restart(server):
         pub.close(timeout=5)
     assert pub.dropped == 0 and pub.reconnects >= 1
     assert _client(server).lrange(key, 0, -1)[::-1] == recs
+
+
+def test_publisher_close_while_a_push_is_in_flight(server):
+    """close() gives up on a slow push: counts stay consistent and the thread ends cleanly."""
+    key = "t:inflight"
+    c = _client(server)
+    pub = RedisPublisher(server.url, key, batch=2)
+    c.execute_command("CLIENT", "PAUSE", "1500", "WRITE")  # Redis holds writes for 1.5 s
+    try:
+        for rec in _records(5):
+            pub.put(rec)
+        pub.close(timeout=0.3)  # gives up while the first batch waits in Redis
+        assert not pub.put(b"late")  # closed: refused and counted
+    finally:
+        c.execute_command("CLIENT", "UNPAUSE")
+    pub._thread.join(timeout=20)
+    assert not pub._thread.is_alive()
+    landed = c.llen(key)
+    assert pub.published == landed and pub.published + pub.dropped == 6
 
 
 def test_publisher_drops_and_counts_when_full():
@@ -203,7 +225,8 @@ def test_consumer_counts_bad_elements_and_acknowledges_them(server):
 def _publish_samples(url: str, tmp_path: Path) -> list[bytes]:
     """Every sample's sessions published; returns the --session-records lines (the truth)."""
     lines: list[bytes] = []
-    for cap in sorted((ROOT / "samples").glob("*.pcap*")):
+    for name in ("sunburst.pcapng", "ipv6.pcapng", "tls12-long-chain.pcap"):  # 15 sessions
+        cap = ROOT / "samples" / name
         out = tmp_path / f"{cap.name}.sessions.jsonl"
         r = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", str(cap), "--no-records",
                             "--session-records", str(out), "--publish", url, "-q"],

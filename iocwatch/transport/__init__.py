@@ -36,6 +36,8 @@ def parse_url(url: str) -> tuple[str, str, str]:
         raise TransportError(f"not a redis:// URL: {url!r}")
     if parts.scheme != "unix" and not parts.hostname:
         raise TransportError(f"no host in Redis URL {url!r}")
+    if parts.scheme != "unix" and parts.path.strip("/") and not parts.path.strip("/").isdigit():
+        raise TransportError(f"the path of a Redis URL is the database number: {url!r}")
     try:
         parts.port  # noqa: B018 - raises on a bad port
     except ValueError as exc:
@@ -49,8 +51,12 @@ def parse_url(url: str) -> tuple[str, str, str]:
 
 
 def _url(value: str) -> str:
+    """argparse type of ``--publish``: the whole URL checked before capture starts."""
     try:
-        parse_url(value)
+        client_url = parse_url(value)[0]
+        from iocwatch.transport.redis import connect
+
+        connect(client_url).close()
     except TransportError as exc:
         raise argparse.ArgumentTypeError(str(exc))
     return value

@@ -49,12 +49,18 @@ BACKOFF_MAX = 5.0
 
 
 def connect(url: str) -> redis.Redis:
-    """A client that fails fast, so our own loop (with its backoff) decides what happens next."""
+    """A client that fails fast, so our own loop (with its backoff) decides what happens next.
+
+    Nothing is sent yet; a URL redis-py cannot use (a bad value, an unknown parameter) raises
+    :class:`TransportError` here rather than in a background thread later.
+    """
     try:
-        return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10,
-                                    retry_on_timeout=False, retry=None)
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=10,
+                                      retry_on_timeout=False, retry=None)
+        client.connection_pool.make_connection()  # builds the connection object, no I/O
     except (ValueError, TypeError) as exc:
         raise TransportError(f"bad Redis URL: {exc}")
+    return client
 
 
 def _redact(url: str) -> str:
@@ -80,7 +86,8 @@ class RedisPublisher:
         self._buf: deque[bytes] = deque()
         self._cond = threading.Condition()
         self._closing = False
-        self._client: redis.Redis | None = None
+        self._abandoned = False  # close() gave up: what is left was counted as dropped
+        self._client: redis.Redis | None = connect(url)  # raises on an unusable URL
         self._thread = threading.Thread(target=self._run, name="iocwatch-redis-publish",
                                         daemon=True)
         self._thread.start()
@@ -88,7 +95,7 @@ class RedisPublisher:
     def put(self, data: bytes) -> bool:
         """Queue one element; False (and counted) when the buffer is full."""
         with self._cond:
-            if len(self._buf) >= self.max_buffer:
+            if len(self._buf) >= self.max_buffer or self._closing:
                 self.dropped += 1
                 return False
             self._buf.append(data)
@@ -112,7 +119,7 @@ class RedisPublisher:
                 if self._client is None:
                     self._client = connect(self.url)
                 self._client.lpush(self.key, *batch)
-            except (redis.RedisError, OSError):
+            except Exception:  # Redis down or refusing; never let the thread die
                 # unknown whether the push landed: it is sent again (ingest is idempotent)
                 self.errors += 1
                 self._drop_client()
@@ -125,9 +132,12 @@ class RedisPublisher:
                 self.reconnects += 1
             backoff = BACKOFF_MIN
             with self._cond:
+                self.published += len(batch)
+                if self._abandoned:  # close() already counted these as dropped
+                    self.dropped -= len(batch)
+                    break
                 for _ in batch:  # only put() appends, at the other end: these are the same
                     self._buf.popleft()
-                self.published += len(batch)
                 self._cond.notify_all()
         self._drop_client()
 
@@ -145,9 +155,11 @@ class RedisPublisher:
         with self._cond:
             while self._buf and time.monotonic() < deadline:
                 self._cond.wait(min(0.2, max(0.0, deadline - time.monotonic())))
-            self.dropped += len(self._buf)
-            self._buf.clear()
             self._closing = True
+            if self._buf:
+                self._abandoned = True
+                self.dropped += len(self._buf)
+                self._buf.clear()
             self._cond.notify_all()
         self._thread.join(timeout=BACKOFF_MAX + 11)
 
