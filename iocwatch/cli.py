@@ -36,7 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="iocwatch",
         description="Extract server names from DNS, TLS and HTTP traffic as mercury-style "
-        "JSON records. Subcommand: 'iocwatch coverage ...' (see 'iocwatch coverage -h').",
+        "JSON records. Subcommands: 'iocwatch coverage', 'iocwatch ingest', 'iocwatch hunt' "
+        "(see their -h).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-r", "--read", metavar="FILE",
@@ -308,8 +309,8 @@ def main(argv: list[str] | None = None) -> int:
             from iocwatch import hunt
 
             return hunt.main(argv[1:])
-        if argv and argv[0] == "ingest":  # until the store's own ingest command takes --from
-            from iocwatch.transport.redis import ingest_main
+        if argv and argv[0] == "ingest":
+            from iocwatch.store.cli import main as ingest_main
 
             return ingest_main(argv[1:])
         from iocwatch.config import ConfigError, parse_args_with_config

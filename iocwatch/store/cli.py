@@ -1,0 +1,184 @@
+"""``iocwatch ingest DIR|FILE...``: session files, session records, records and mercury output
+into the store. Every file is someone else's: unreadable or corrupt files and bad lines are
+counted and skipped; file names are only opened, never interpreted."""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import itertools
+import json
+import os
+import stat
+import sys
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from iocwatch.store.db import StoreError, open_store
+from iocwatch.store.ingest import Converter, IngestStats, ingest_records
+
+MAX_LINE = 16 << 20  # longer lines are not records (a corrupt or hostile file)
+MAX_DOCUMENT = 64 << 20  # a file that is one JSON document (D4's indented session files)
+MAX_WARNINGS = 20
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:
+        raise ValueError(message)
+
+
+@dataclass
+class FileStats:
+    files: int = 0
+    bad_files: int = 0
+    bad_lines: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def warn(self, text: str) -> None:
+        if len(self.warnings) < MAX_WARNINGS:
+            self.warnings.append(text)
+
+
+def _shown(path: str) -> str:
+    """A file name safe to print on one line (names can hold newlines and escapes)."""
+    return path.encode("unicode_escape", "backslashreplace").decode("ascii")
+
+
+def walk(paths: list[str], fs: FileStats) -> Iterator[str]:
+    """Regular files under each path, sorted, symlinked directories not followed."""
+    for top in paths:
+        if os.path.isdir(top):
+            for root, dirs, files in os.walk(top, onerror=lambda e: _walk_error(e, fs)):
+                dirs.sort()
+                for name in sorted(files):
+                    yield os.path.join(root, name)
+        else:
+            yield top
+
+
+def _walk_error(exc: OSError, fs: FileStats) -> None:
+    fs.bad_files += 1
+    fs.warn(f"cannot read {_shown(str(exc.filename))}: {exc.strerror}")
+
+
+def _open(path: str) -> IO[bytes]:
+    # O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused just below
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
+    fh = os.fdopen(fd, "rb")
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # FIFOs, devices, sockets: never read them
+            raise OSError(0, "not a regular file", path)
+        os.set_blocking(fd, True)
+        magic = fh.read(2)
+        fh.seek(0)
+    except BaseException:
+        fh.close()
+        raise
+    if magic == b"\x1f\x8b":
+        return gzip.GzipFile(fileobj=fh, mode="rb")  # type: ignore[return-value]
+    return fh
+
+
+def read_file(path: str, fs: FileStats) -> Iterator[Any]:
+    """JSON objects of one file: one document (object or array), or JSON lines."""
+    with _open(path) as fh:
+        head = fh.read(MAX_DOCUMENT + 1)
+        start = head.lstrip()[:1]
+        if start in (b"{", b"[") and len(head) <= MAX_DOCUMENT:
+            try:
+                doc = json.loads(head)
+            except (ValueError, RecursionError):
+                doc = None
+            if isinstance(doc, list):
+                yield from doc
+                return
+            if isinstance(doc, dict):
+                yield doc
+                return
+        yield from _lines(head, fh, fs)
+
+
+def _lines(head: bytes, fh: IO[bytes], fs: FileStats) -> Iterator[Any]:
+    buf = b""
+    skipping = False  # inside a line longer than MAX_LINE
+    for chunk in itertools.chain([head], iter(lambda: fh.read(1 << 20), b"")):
+        buf += chunk
+        *complete, buf = buf.split(b"\n")
+        for line in complete:
+            if skipping:
+                skipping = False
+                continue
+            yield from _parse(line, fs)
+        if len(buf) > MAX_LINE:
+            fs.bad_lines += 0 if skipping else 1
+            buf, skipping = b"", True
+    if buf and not skipping:
+        yield from _parse(buf, fs)
+
+
+def _parse(line: bytes, fs: FileStats) -> Iterator[Any]:
+    if line.strip():
+        try:
+            yield json.loads(line)
+        except (ValueError, RecursionError):
+            fs.bad_lines += 1
+
+
+def safe_read(path: str, fs: FileStats) -> Iterator[Any]:
+    """:func:`read_file`, ending early on a read error (counted) so what was read is kept."""
+    try:
+        yield from read_file(path, fs)
+    except (OSError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        fs.bad_files += 1
+        fs.warn(f"cannot read {_shown(path)}: {getattr(exc, 'strerror', None) or exc}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="iocwatch ingest",
+                description="Load D4 session files (iocwatch -j and the D4 Go sensor), session "
+                "records, iocwatch records and mercury JSON output into the passive-SSL store; "
+                "gzip is read directly. Loading the same input twice changes nothing.")
+    p.add_argument("paths", nargs="+", metavar="DIR|FILE")
+    p.add_argument("--store", default="iocwatch.db", metavar="URL",
+                   help="SQLite file or postgresql://... (default iocwatch.db)")
+    p.add_argument("--sensor", metavar="NAME", help="sensor name recorded with new sessions")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    for path in args.paths:
+        if not os.path.exists(path):
+            raise ValueError(f"{_shown(path)}: no such file or directory")
+    store = open_store(args.store)
+    fs = FileStats()
+    total = IngestStats()
+    conv = Converter(args.sensor)
+    try:
+        for path in walk(args.paths, fs):
+            fs.files += 1
+            total.add(ingest_records(store, safe_read(path, fs), converter=conv))
+    finally:
+        store.close()
+    for w in fs.warnings:
+        sys.stderr.write(f"iocwatch: ingest: {w}\n")
+    if not args.quiet:
+        sys.stderr.write(
+            f"iocwatch: ingest: {fs.files} files ({fs.bad_files} unreadable), {total.records} "
+            f"objects: {total.sessions} sessions, {total.certificates} certificate sightings, "
+            f"{total.names} name sightings new; {total.duplicates} duplicates, "
+            f"{total.skipped} skipped, {total.errors + fs.bad_lines} bad\n")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    try:
+        return run(build_parser().parse_args(argv))
+    except (ValueError, StoreError) as exc:
+        sys.stderr.write(f"iocwatch: error: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 130
