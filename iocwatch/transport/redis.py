@@ -40,7 +40,6 @@ from iocwatch.transport import (
     DEFAULT_BUFFER,
     DEFAULT_FLUSH,
     TransportError,
-    add_ingest_arguments,
     parse_url,
 )
 
@@ -388,32 +387,23 @@ def _ingest_from(args: argparse.Namespace, store: Any) -> int:
     return status
 
 
-def ingest_main(argv: list[str]) -> int:
-    """A minimal ``iocwatch ingest --from`` for when the store's ingest command is absent."""
+def ingest_from_url(args: argparse.Namespace) -> int:
+    """``iocwatch ingest --from URL --store STORE``: check the URL, open the store, consume.
+
+    Called by the ingest command (iocwatch/store/cli.py); errors are one line, exit 2.
+    """
     from iocwatch.store import StoreError, open_store
 
-    class _P(argparse.ArgumentParser):
-        def error(self, message: str) -> None:
-            raise TransportError(message)
-
-    p = _P(prog="iocwatch ingest")
-    p.add_argument("--store", required=True, metavar="URL", help="the store to write")
-    p.add_argument("--sensor", metavar="NAME", help="sensor name recorded with the sessions")
-    p.add_argument("-q", "--quiet", action="store_true")
-    add_ingest_arguments(p)  # --from, --once, --batch
     try:
-        args = p.parse_args(argv)
-        if not args.from_url:
-            raise TransportError("ingest needs --from redis://...")
         parse_url(args.from_url)  # a bad URL before the store is created
         try:
             store = open_store(args.store)
         except StoreError as exc:
-            raise TransportError(f"store: {exc}")
-        try:
-            return ingest_from(args, store)
-        finally:
-            store.close()
+            raise TransportError(str(exc))
     except TransportError as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")
         return 2
+    try:
+        return ingest_from(args, store)
+    finally:
+        store.close()
