@@ -322,6 +322,7 @@ def test_ingest_killed_before_ack_loses_nothing(server, tmp_path):
     (["--from", "redis://127.0.0.1:{closed}/0"], "cannot reach Redis"),
     (["--from", "redis://127.0.0.1:{closed}/0", "--batch", "0"], "--batch"),
     ([], "--from"),
+    (["--from", "redis://127.0.0.1:{closed}/0", "some.json"], "not both"),
 ])
 def test_ingest_errors_are_one_line(args, text, tmp_path):
     pytest.importorskip("iocwatch.store")
