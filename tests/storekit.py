@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ("sunburst.pcapng", "tls12-long-chain.pcap", "ipv6.pcapng")
 TABLES = {
     "certificates": "sha1", "cert_names": "rname, sha1", "server_certs": "ip_key, sha1",
-    "sessions": "id", "tlsh_values": "tlsh", "names": "name, source, address",
-    "addresses": "ip_key", "fingerprints": "kind, value", "seen": "k",
+    "sessions": "ident", "tlsh_values": "tlsh", "names": "rname, name, source, address",
+    "addresses": "ip_key", "fingerprints": "kind, value", "seen": "k", "ja3_strings": "digest",
+    "chains": "id",
 }
 
 
@@ -43,6 +44,8 @@ def dump(store: Any) -> dict[str, list[tuple[Any, ...]]]:
     cur = store.conn.cursor()
     for table, order in TABLES.items():
         cur.execute(f"SELECT * FROM {table} ORDER BY {order}")
-        out[table] = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
-                      for row in cur.fetchall()]
+        rows = [tuple(bytes(v) if isinstance(v, memoryview) else v for v in row)
+                for row in cur.fetchall()]
+        # a session's id is its insertion order, which depends on the order of ingest
+        out[table] = [r[1:] for r in rows] if table == "sessions" else rows
     return out

@@ -11,12 +11,15 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import re
+import socket
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import lru_cache
 
 from iocwatch.indicators import normalise_name
 
 _MASK63 = (1 << 63) - 1
+_MAPPED_PREFIX = b"\0" * 10 + b"\xff\xff"
 
 
 def content_key(*parts: object) -> int:
@@ -26,26 +29,40 @@ def content_key(*parts: object) -> int:
     return int.from_bytes(digest, "big") & _MASK63
 
 
+@lru_cache(maxsize=1 << 16)
 def canonical_ip(text: str) -> str | None:
     """The one textual form of an address (IPv4-mapped IPv6 as IPv4); None if not an address."""
+    if not isinstance(text, str) or len(text) > 64:
+        return None
+    try:
+        return socket.inet_ntop(socket.AF_INET, socket.inet_pton(socket.AF_INET, text))
+    except OSError:
+        pass
     try:
         ip = ipaddress.ip_address(text.strip().strip("[]"))
-    except (ValueError, AttributeError):
+    except ValueError:
         return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
         return str(ip.ipv4_mapped)
     return str(ip)
 
 
+@lru_cache(maxsize=1 << 16)
 def ip_key(ip: str) -> bytes:
     """16 bytes that sort like the address; IPv4 sits in ::ffff:0:0/96. ``ip`` is canonical."""
-    addr = ipaddress.ip_address(ip)
-    if isinstance(addr, ipaddress.IPv4Address):
-        return b"\0" * 10 + b"\xff\xff" + addr.packed
-    return addr.packed
+    if ":" not in ip:
+        return _MAPPED_PREFIX + socket.inet_pton(socket.AF_INET, ip)
+    return socket.inet_pton(socket.AF_INET6, ip)
 
 
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
+
+
+def ip_text(key: bytes) -> str:
+    """The canonical text of an :func:`ip_key`."""
+    if key[:12] == _MAPPED_PREFIX:
+        return socket.inet_ntop(socket.AF_INET, key[12:])
+    return str(ipaddress.IPv6Address(key))
 
 
 def network_ranges(net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> list[tuple[bytes, bytes]]:

@@ -49,27 +49,25 @@ CREATE TABLE server_certs (
 ){WITHOUT_ROWID};
 CREATE INDEX server_certs_sha1 ON server_certs (sha1);
 
--- TLS sessions, aggregated over everything but the client port and the time: id is a hash of
--- client and server address, server port, transport, SNI, fingerprints, TLSH and chain.
+-- TLS sessions, aggregated over everything but the client port and the time: ident is a hash
+-- of client and server address, server port, transport, SNI, fingerprints, TLSH and chain; id
+-- grows with insertion (rows are appended, and ids stay small for JSON clients).
 CREATE TABLE sessions (
-    id {BIGINT} PRIMARY KEY,
-    client_ip TEXT NOT NULL,
+    id {SERIAL} PRIMARY KEY,
+    ident {BIGINT} NOT NULL UNIQUE,
     client_key {BLOB} NOT NULL,
     client_port INTEGER NOT NULL,
-    server_ip TEXT NOT NULL,
     server_key {BLOB} NOT NULL,
     server_port INTEGER NOT NULL,
     transport TEXT NOT NULL,
     sni TEXT,
     sni_r {TEXTKEY},
-    ja3 TEXT NOT NULL,
-    ja3_digest TEXT NOT NULL,
-    ja3s TEXT NOT NULL,
+    ja3_digest TEXT NOT NULL,   -- full JA3/JA3S strings once, in ja3_strings
     ja3s_digest TEXT NOT NULL,
     ja4 TEXT NOT NULL,
     ja4s TEXT NOT NULL,
     tlsh TEXT NOT NULL,
-    certificates TEXT NOT NULL, -- JSON list of SHA-1, leaf first
+    chain {BIGINT} NOT NULL,    -- chains.id
     leaf_sha1 TEXT,
     partial INTEGER NOT NULL,
     sensor TEXT,
@@ -77,15 +75,28 @@ CREATE TABLE sessions (
     last_seen {REAL} NOT NULL,
     count {BIGINT} NOT NULL
 );
-CREATE INDEX sessions_ja3 ON sessions (ja3_digest, last_seen);
-CREATE INDEX sessions_ja3s ON sessions (ja3s_digest, last_seen);
-CREATE INDEX sessions_ja4 ON sessions (ja4, last_seen);
-CREATE INDEX sessions_ja4s ON sessions (ja4s, last_seen);
-CREATE INDEX sessions_sni ON sessions (sni_r, last_seen);
-CREATE INDEX sessions_server ON sessions (server_key, last_seen);
-CREATE INDEX sessions_client ON sessions (client_key, last_seen);
-CREATE INDEX sessions_tlsh ON sessions (tlsh, last_seen);
-CREATE INDEX sessions_leaf ON sessions (leaf_sha1, last_seen);
+-- Each list query is one index range read in the order it returns (newest first, id as tie).
+CREATE INDEX sessions_ja3 ON sessions (ja3_digest, last_seen, id);
+CREATE INDEX sessions_ja3s ON sessions (ja3s_digest, last_seen, id);
+CREATE INDEX sessions_ja4 ON sessions (ja4, last_seen, id);
+CREATE INDEX sessions_ja4s ON sessions (ja4s, last_seen, id);
+CREATE INDEX sessions_sni ON sessions (sni_r, last_seen DESC, id DESC);
+CREATE INDEX sessions_server ON sessions (server_key, last_seen, id);
+CREATE INDEX sessions_client ON sessions (client_key, last_seen, id);
+CREATE INDEX sessions_tlsh ON sessions (tlsh, last_seen, id);
+CREATE INDEX sessions_leaf ON sessions (leaf_sha1, last_seen, id);
+
+-- JA3 and JA3S strings by their MD5 digest (the same few strings recur in every session).
+CREATE TABLE ja3_strings (
+    digest {TEXTKEY} PRIMARY KEY,
+    full_string TEXT NOT NULL
+){WITHOUT_ROWID};
+
+-- Certificate chains (JSON list of SHA-1, leaf first) by a hash of that list.
+CREATE TABLE chains (
+    id {BIGINT} PRIMARY KEY,
+    certificates TEXT NOT NULL
+);
 
 -- Distinct TLSH values, scanned by sessions_near_tlsh instead of every session.
 CREATE TABLE tlsh_values (
@@ -96,16 +107,15 @@ CREATE TABLE tlsh_values (
 -- dns_answer, tls_sni, quic_sni, cert_san, cert_cn, http_host) and the address it pointed to
 -- ('' for a DNS query without an address).
 CREATE TABLE names (
-    name TEXT NOT NULL,
-    source TEXT NOT NULL,
-    address TEXT NOT NULL,
     rname {TEXTKEY} NOT NULL,
+    name {TEXTKEY} NOT NULL,
+    source {TEXTKEY} NOT NULL,
+    address {TEXTKEY} NOT NULL,
     first_seen {REAL} NOT NULL,
     last_seen {REAL} NOT NULL,
     count {BIGINT} NOT NULL,
-    PRIMARY KEY (name, source, address)
+    PRIMARY KEY (rname, name, source, address)  -- (name, source, address) is unique already
 ){WITHOUT_ROWID};
-CREATE INDEX names_rname ON names (rname);
 
 -- Every client, server and DNS-answer address.
 CREATE TABLE addresses (
@@ -114,7 +124,7 @@ CREATE TABLE addresses (
     first_seen {REAL} NOT NULL,
     last_seen {REAL} NOT NULL,
     count {BIGINT} NOT NULL
-);
+){WITHOUT_ROWID};
 
 CREATE TABLE fingerprints (
     kind TEXT NOT NULL,
