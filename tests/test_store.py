@@ -223,14 +223,27 @@ def test_readers_while_writing_and_errors(tmp_path: Path, data: dict[str, dict[s
     reader.close()
 
 
-def test_schema_version(tmp_path: Path) -> None:
+def test_schema_version(tmp_path: Path, data: dict[str, dict[str, Path]]) -> None:
     import sqlite3
 
     path = str(tmp_path / "v.db")
-    open_store(path).close()
+    store = open_store(path)
+    fill(store, data)
+    want = store.counts()
+    store.close()
+    conn = sqlite3.connect(path)  # back to schema version 1: no totals table, no triggers
+    conn.executescript("DROP TRIGGER certificates_total; DROP TRIGGER sessions_total; "
+                       "DROP TRIGGER names_total; DROP TABLE totals; "
+                       "DELETE FROM schema_version WHERE version = 2;")
+    assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in want] == \
+        list(want.values())
+    conn.close()
+    store = open_store(path)  # migrates to version 2, counting the rows already there
+    assert store.counts() == want
+    store.close()
     open_store(path).close()  # re-open: nothing to migrate
     conn = sqlite3.connect(path)
-    assert conn.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    assert conn.execute("SELECT version FROM schema_version ORDER BY 1").fetchall() == [(1,), (2,)]
     conn.execute("INSERT INTO schema_version VALUES (99)")
     conn.commit()
     conn.close()

@@ -48,23 +48,45 @@ _KEY_CHUNK = 500
 _FETCH = 1000
 
 
-def migrations() -> list[tuple[int, str]]:
-    """(version, SQL template) of every file in iocwatch/store/migrations, in order."""
+def migrations(dialect: str) -> list[tuple[int, str]]:
+    """(version, SQL template) of iocwatch/store/migrations, in order: ``NNNN_name.sql`` for
+    every dialect, ``NNNN_name.<dialect>.sql`` for one."""
     out = []
     for entry in resources.files("iocwatch.store").joinpath("migrations").iterdir():
         name = entry.name
-        if name.endswith(".sql") and name[:4].isdigit():
+        if not (name.endswith(".sql") and name[:4].isdigit()):
+            continue
+        parts = name[:-4].split(".")
+        if len(parts) == 1 or parts[-1] == dialect:
             out.append((int(name[:4]), entry.read_text(encoding="utf-8")))
     return sorted(out)
 
 
 def _statements(template: str, types: dict[str, str]) -> list[str]:
+    """Statements of a migration; a trigger body (BEGIN ... END; or $$ ... $$) stays whole."""
     sql = template
     for k, v in types.items():
         sql = sql.replace("{" + k + "}", v)
-    lines = [ln for ln in sql.splitlines() if not ln.lstrip().startswith("--")]
-    body = "\n".join(ln.split(" -- ")[0] for ln in lines)
-    return [s.strip() for s in body.split(";") if s.strip()]
+    out: list[str] = []
+    acc: list[str] = []
+    depth = 0
+    for line in sql.splitlines():
+        code = line.split("--")[0].rstrip() if "$$" not in "".join(acc) + line else line.rstrip()
+        if not code.strip():
+            continue
+        acc.append(code)
+        text = "\n".join(acc)
+        words = code.strip().upper()
+        if words.endswith(" BEGIN") or words == "BEGIN":
+            depth += 1
+        if words == "END;":
+            depth -= 1
+        if code.endswith(";") and depth <= 0 and text.count("$$") % 2 == 0:
+            out.append(text.rstrip(";").strip())
+            acc, depth = [], 0
+    if acc:
+        out.append("\n".join(acc).strip())
+    return out
 
 
 def _take(new: set[int], key: int) -> int:
@@ -466,8 +488,11 @@ class Store:
         return {"names": names, "sessions": sessions, "certificates": certs}
 
     def counts(self) -> dict[str, int]:
-        return {t: int(self._rows(f"SELECT count(*) FROM {t}")[0][0])
-                for t in ("certificates", "sessions", "names")}
+        """Row counts, kept by insert triggers (schema version 2): no table scan."""
+        out = dict.fromkeys(("certificates", "sessions", "names"), 0)
+        for name, value in self._rows("SELECT name, sum(value) FROM totals GROUP BY name"):
+            out[name] = int(value)
+        return out
 
     # ---------------------------------------------------------------- bulk iteration
     def iter_names(self) -> Iterator[tuple[str, float, float, int]]:
@@ -572,8 +597,8 @@ def _migrate(store: Store, readonly: bool) -> None:
     if cur.fetchall():
         cur.execute("SELECT max(version) FROM schema_version")
         have = cur.fetchall()[0][0] or 0
-    pending = [(v, sql) for v, sql in migrations() if v > have]
-    known = max((v for v, _ in migrations()), default=0)
+    pending = [(v, sql) for v, sql in migrations(store.dialect) if v > have]
+    known = max((v for v, _ in migrations(store.dialect)), default=0)
     if have > known:
         raise StoreError(f"store schema version {have} is newer than this iocwatch ({known})")
     if not pending:
