@@ -36,8 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="iocwatch",
         description="Extract server names from DNS, TLS and HTTP traffic as mercury-style "
-        "JSON records. Subcommands: 'iocwatch coverage ...', 'iocwatch ingest ...', "
-        "'iocwatch serve ...' (see their -h).",
+        "JSON records. Subcommands: 'iocwatch coverage', 'iocwatch ingest', "
+        "'iocwatch hunt', 'iocwatch serve' (see their -h).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-r", "--read", metavar="FILE",
@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     from iocwatch.tailgate import add_arguments as add_tailgate_arguments
 
     add_tailgate_arguments(p)
+    from iocwatch.transport import add_arguments as add_transport_arguments
+
+    add_transport_arguments(p)  # --publish redis://...
     return p
 
 
@@ -305,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
             from iocwatch import coverage
 
             return coverage.main(argv[1:])
+        if argv and argv[0] == "hunt":
+            from iocwatch import hunt
+
+            return hunt.main(argv[1:])
         if argv and argv[0] == "ingest":
             from iocwatch.store.cli import main as ingest_main
 

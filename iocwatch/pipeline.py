@@ -111,7 +111,11 @@ class Extension(Protocol):
 
 
 # "module:function" factories, imported only when called: f(args, pipeline) -> Extension | None.
-EXTENSIONS: list[str] = ["iocwatch.store.extension:make", "iocwatch.tailgate:make"]
+EXTENSIONS: list[str] = [
+    "iocwatch.store.extension:make",  # --store
+    "iocwatch.transport:make_extension",  # --publish redis://...
+    "iocwatch.tailgate:make",  # --tailgate
+]
 
 
 def _load_extensions(args: argparse.Namespace, pipeline: SensorPipeline) -> list[Extension]:

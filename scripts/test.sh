@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
 for pair in tshark:tshark dumpcap:tshark tcpdump:tcpdump dnsmasq:dnsmasq-base nginx:nginx-light \
-            curl:curl openssl:openssl ip:iproute2 editcap:tshark mergecap:tshark; do
+            curl:curl openssl:openssl ip:iproute2 editcap:tshark mergecap:tshark \
+            redis-server:redis-server; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

@@ -141,15 +141,26 @@ def build_parser() -> argparse.ArgumentParser:
                 description="Load D4 session files (iocwatch -j and the D4 Go sensor), session "
                 "records, iocwatch records and mercury JSON output into the passive-SSL store; "
                 "gzip is read directly. Loading the same input twice changes nothing.")
-    p.add_argument("paths", nargs="+", metavar="DIR|FILE")
+    p.add_argument("paths", nargs="*", metavar="DIR|FILE")
     p.add_argument("--store", default="iocwatch.db", metavar="URL",
                    help="SQLite file or postgresql://... (default iocwatch.db)")
     p.add_argument("--sensor", metavar="NAME", help="sensor name recorded with new sessions")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
+    from iocwatch.transport import add_ingest_arguments
+
+    add_ingest_arguments(p)  # --from redis://..., --once, --batch: the Redis transport
     return p
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.from_url is not None:  # the Redis transport (iocwatch/transport/redis.py)
+        if args.paths:
+            raise ValueError("give DIR|FILE... or --from, not both")
+        from iocwatch.transport.redis import ingest_from_url
+
+        return ingest_from_url(args)
+    if not args.paths:
+        raise ValueError("nothing to ingest: give DIR|FILE... or --from redis://...")
     for path in args.paths:
         if not os.path.exists(path):
             raise ValueError(f"{_shown(path)}: no such file or directory")

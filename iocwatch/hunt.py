@@ -1,0 +1,301 @@
+"""Retro-hunt: today's indicators against everything the store has already seen.
+
+``iocwatch hunt --store URL --ioc FILE`` loads indicators exactly as the sensor does and
+streams every stored name, address, certificate and fingerprint through the sensor's own
+:class:`~iocwatch.matcher.Matcher`, so a hunt and a live capture can never disagree about what
+matches. Each stored item is one observation; only on a hit does the hunt go back to the store
+for context (which sources saw a name, which role an address had, whether a certificate name
+was its CN), then matches the item again with those channels and writes the alerts with
+``first_seen``, ``last_seen`` and ``count`` of the stored item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from iocwatch.indicators import FORMATS, IndicatorFileError
+from iocwatch.matcher import Matcher
+from iocwatch.observations import NAME_CHANNELS, Channel, Observation
+from iocwatch.outputs.alerts import AlertWriter, iso_utc
+from iocwatch.pipeline import load_indicators, report_load
+
+#: Store ``source`` words (the store writes the live channel names, and ``dns_answer`` for the
+#: owner name of an answer) to the live alert channel of a name.
+_SOURCE_CHANNEL = {c.value: c for c in NAME_CHANNELS}
+_SOURCE_WORDS = (("quic", Channel.QUIC_SNI), ("sni", Channel.TLS_SNI), ("cn", Channel.CERT_CN),
+                 ("san", Channel.CERT_SAN), ("cert", Channel.CERT_SAN),
+                 ("http", Channel.HTTP_HOST), ("host", Channel.HTTP_HOST),
+                 ("dns", Channel.DNS_QUERY))
+#: Addresses kept in a name alert's context (a name can have thousands).
+MAX_CONTEXT = 20
+
+
+class HuntError(Exception):
+    """A bad command line or an unusable store: one line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, no usage dump
+        raise HuntError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="iocwatch hunt",
+                description="Match indicator files against every name, address, certificate "
+                "and TLS fingerprint already in the store; alerts as the live sensor writes "
+                "them, with first_seen, last_seen and count.")
+    p.add_argument("--store", required=True, metavar="URL",
+                   help="the store: a SQLite path, sqlite:///path or postgresql://...")
+    p.add_argument("--ioc", action="append", default=[], metavar="FILE",
+                   help="indicator file (every format the sensor reads); repeatable")
+    p.add_argument("--ioc-format", choices=FORMATS, help="force the format of every --ioc file")
+    p.add_argument("--ioc-exact", action="append", default=[], metavar="FILE",
+                   help="indicator file whose domains match only themselves; repeatable")
+    p.add_argument("--ioc-cache", metavar="FILE", help="compiled indicator cache, as the sensor's")
+    p.add_argument("--misp-all", action="store_true", help="take MISP attributes not flagged to_ids")
+    p.add_argument("--alerts", default="-", metavar="FILE",
+                   help="append alerts (JSON lines) here; default stdout")
+    p.add_argument("--alert-format", choices=("json", "ecs"), default="json",
+                   help="alert schema: iocwatch JSON (default) or Elastic Common Schema")
+    p.add_argument("--sensor-name", default=socket.gethostname(),
+                   help="sensor name put in every alert (default: the host name)")
+    p.add_argument("--fail-on-alert", action="store_true",
+                   help="exit with status 3 when anything matched")
+    p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
+    return p
+
+
+def _iso(ts: Any) -> str | None:
+    try:
+        return iso_utc(float(ts))
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def source_channel(source: Any) -> Channel | None:
+    """The live channel a stored name source stands for, or None when it says nothing."""
+    s = str(source or "").lower()
+    if s in _SOURCE_CHANNEL:
+        return _SOURCE_CHANNEL[s]
+    for word, ch in _SOURCE_WORDS:
+        if word in s:
+            return ch
+    return None
+
+
+class Hunt:
+    """One pass over the store; ``alerts`` counts what was written."""
+
+    def __init__(self, store: Any, matcher_indicators: Any, writer: AlertWriter, sensor: str):
+        self.store = store
+        self.writer = writer
+        self._found: list[dict] = []
+        self.matcher = Matcher(matcher_indicators, sensor, self._found.append)
+        self.scanned = {"names": 0, "addresses": 0, "certificates": 0, "fingerprints": 0}
+        self.alerts = 0
+
+    # ---------------------------------------------------------------- matching and writing
+
+    def _hits(self, record: dict, observations: list[Observation]) -> bool:
+        """Cheap first look: does anything match at all? (the found list is reset)"""
+        self._found.clear()
+        return self.matcher.observe(record, observations) > 0
+
+    def _emit(self, record: dict, observations: list[Observation], first: Any, last: Any,
+              count: Any) -> None:
+        self._found.clear()
+        self.matcher.observe(record, observations)
+        for alert in self._found:
+            self._write(alert, first, last, count)
+        self._found.clear()
+
+    def _write(self, alert: dict, first: Any, last: Any, count: Any) -> None:
+        alert["count"] = int(count) if isinstance(count, int | float) else 0
+        alert["first_seen"] = _iso(first)
+        alert["last_seen"] = _iso(last)
+        self.writer.write(alert)
+        self.alerts += 1
+
+    @staticmethod
+    def _record(kind: str, value: str, first: Any, last: Any, count: Any,
+                **context: Any) -> dict:
+        """What an alert's ``record`` holds for a stored item: the item and its context."""
+        hunt = {"kind": kind, "value": value, "first_seen": _iso(first),
+                "last_seen": _iso(last), "count": count}
+        hunt.update(context)
+        return {"event_start": first if isinstance(first, int | float) else None, "hunt": hunt}
+
+    # --------------------------------------------------------------------------- the passes
+
+    def names(self) -> None:
+        probe_record: dict = {}
+        for name, first, last, count in self.store.iter_names():
+            self.scanned["names"] += 1
+            if not self._hits(probe_record, [Observation(name, Channel.DNS_QUERY)]):
+                continue
+            by_channel = self._name_context(name)
+            if not by_channel:  # the store knows no source for it: report it as a DNS name
+                by_channel = {Channel.DNS_QUERY: (first, last, count, [])}
+            for ch, (f, la, n, addrs) in by_channel.items():
+                rec = self._record("name", name, f, la, n, source=ch.value, addresses=addrs)
+                self._emit(rec, [Observation(name, ch)], f, la, n)
+
+    def _name_context(self, name: str) -> dict[Channel, tuple[Any, Any, int, list[str]]]:
+        """Per channel: first/last seen, count and some addresses, from the store's rows."""
+        try:
+            rows = self.store.name(name, subdomains=False, limit=1000).get("names", [])
+        except Exception:  # context is a bonus: the hit is reported anyway
+            return {}
+        out: dict[Channel, list[Any]] = {}
+        for row in rows:
+            if row.get("name") != name:
+                continue  # another spelling of the name: it has its own stored row
+            ch = source_channel(row.get("source")) or Channel.DNS_QUERY
+            f, la, n = row.get("first_seen"), row.get("last_seen"), row.get("count") or 0
+            cur = out.get(ch)
+            if cur is None:
+                out[ch] = cur = [f, la, 0, []]
+            else:
+                cur[0] = min((x for x in (cur[0], f) if x is not None), default=None)
+                cur[1] = max((x for x in (cur[1], la) if x is not None), default=None)
+            cur[2] += n
+            addr = row.get("address")
+            if addr and addr not in cur[3] and len(cur[3]) < MAX_CONTEXT:
+                cur[3].append(addr)
+        return {ch: (v[0], v[1], v[2], v[3]) for ch, v in out.items()}
+
+    def addresses(self) -> None:
+        probe_record: dict = {}
+        for ip, first, last, count in self.store.iter_addresses():
+            self.scanned["addresses"] += 1
+            if not self._hits(probe_record, [Observation(ip, Channel.DST_IP)]):
+                continue
+            ch, session = self._address_role(ip)
+            rec = self._record("address", ip, first, last, count, role=ch.value)
+            if session is not None:  # one stored session for the flow fields
+                rec.update(src_ip=session.get("client_ip"), dst_ip=session.get("server_ip"),
+                           src_port=session.get("client_port"),
+                           dst_port=session.get("server_port"),
+                           protocol=17 if session.get("transport") in ("quic", "q") else 6)
+                rec["hunt"]["example_session"] = session
+            self._emit(rec, [Observation(ip, ch)], first, last, count)
+
+    def _address_role(self, ip: str) -> tuple[Channel, dict | None]:
+        """Server (destination), client (source), or only seen in DNS answers."""
+        for field, ch in (("server_ip", Channel.DST_IP), ("client_ip", Channel.SRC_IP)):
+            try:
+                got = self.store.sessions(field, ip, limit=1)
+            except Exception:  # context only: the hit is reported anyway
+                got = []
+            if got:
+                return ch, got[0]
+        return Channel.DNS_ANSWER, None
+
+    def certificates(self) -> None:
+        probe_record: dict = {}
+        for sha1, sha256, names, first, last, count in self.store.iter_certificates():
+            self.scanned["certificates"] += 1
+            obs = [Observation(sha1, Channel.CERT_SHA1)]
+            if sha256:
+                obs.append(Observation(sha256, Channel.CERT_SHA256))
+            obs.extend(Observation(n, Channel.CERT_SAN) for n in names or ())
+            if not self._hits(probe_record, obs):
+                continue
+            cns: set[str] = set()
+            try:
+                info = self.store.certificate(sha1) or {}
+                cns = set(info.get("cn") or ()) - set(info.get("san_dns") or ())
+            except Exception:  # context only: the hit is reported anyway
+                info = {}
+            obs = [Observation(o.name, Channel.CERT_CN)
+                   if o.channel is Channel.CERT_SAN and o.name in cns else o for o in obs]
+            rec = self._record("certificate", sha1, first, last, count, sha256=sha256,
+                               names=list(names or ()), subject=info.get("subject"),
+                               issuer=info.get("issuer"))
+            self._emit(rec, obs, first, last, count)
+
+    def fingerprints(self) -> None:
+        probe_record: dict = {}
+        for kind, value, first, last, count in self.store.iter_fingerprints():
+            self.scanned["fingerprints"] += 1
+            try:
+                ch = Channel(kind)
+            except ValueError:
+                continue
+            obs = [Observation(value, ch)]
+            if self._hits(probe_record, obs):
+                self._emit(self._record("fingerprint", value, first, last, count, fingerprint=kind),
+                           obs, first, last, count)
+
+    def run(self) -> None:
+        self.names()
+        self.addresses()
+        self.certificates()
+        self.fingerprints()
+
+
+def _redact(url: str) -> str:
+    """A store URL for messages, without a password."""
+    if "://" in url and "@" in url:
+        scheme, _, rest = url.partition("://")
+        cred, _, host = rest.rpartition("@")
+        return f"{scheme}://{cred.partition(':')[0]}:***@{host}"
+    return url
+
+
+def _store_message(url: str, exc: Exception) -> str:
+    text = str(exc).replace(url, _redact(url)).splitlines()[0] if str(exc) else repr(exc)
+    return text if _redact(url) in text else f"store {_redact(url)}: {text}"
+
+
+def main(argv: Iterable[str]) -> int:
+    try:
+        args = build_parser().parse_args(list(argv))
+        return run(args)
+    except HuntError as exc:
+        sys.stderr.write(f"iocwatch: error: {exc}\n")
+        return 2
+
+
+def run(args: argparse.Namespace) -> int:
+    from iocwatch.store import StoreError, open_store
+
+    args.ioc = args.ioc + [p for p in args.ioc_exact if p not in args.ioc]
+    if not args.ioc:
+        raise HuntError("hunt needs at least one --ioc FILE")
+    try:  # first: a wrong store is found before a million indicators are loaded
+        store = open_store(args.store, readonly=True)
+    except (StoreError, ImportError) as exc:  # ImportError: the PostgreSQL driver is missing
+        raise HuntError(_store_message(args.store, exc))
+    try:
+        indicators, report = load_indicators(args)
+    except IndicatorFileError as exc:
+        store.close()
+        raise HuntError(str(exc))
+    report_load(report, args.quiet)
+    try:
+        writer = AlertWriter(args.alerts, args.alert_format)
+    except OSError as exc:
+        store.close()
+        raise HuntError(f"cannot write {args.alerts}: {exc.strerror or exc}")
+    hunt = Hunt(store, indicators, writer, args.sensor_name)
+    started = time.monotonic()
+    try:
+        hunt.run()
+    except StoreError as exc:
+        raise HuntError(_store_message(args.store, exc))
+    finally:
+        writer.close()
+        store.close()
+    if not args.quiet:
+        s = hunt.scanned
+        sys.stderr.write(f"iocwatch: hunted {s['names']} names, {s['addresses']} addresses, "
+                         f"{s['certificates']} certificates, {s['fingerprints']} fingerprints "
+                         f"against {len(indicators)} indicators: {hunt.alerts} alerts in "
+                         f"{time.monotonic() - started:.1f} s\n")
+    return 3 if args.fail_on_alert and hunt.alerts else 0
