@@ -279,3 +279,43 @@ def test_concurrent_first_open(store_url: str) -> None:
 
     with multiprocessing.get_context("fork").Pool(4) as pool:
         assert pool.map(_open_close, [store_url] * 4) == [0, 0, 0, 0]
+
+
+def test_hostile_text_is_stored(store_url: str) -> None:
+    """NUL (PostgreSQL refuses it) and lone surrogates (not UTF-8) in names, SNI and
+    certificate names: kept as visible escapes, never a failed batch."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.paypal.com\x00.evil.test")])
+    start = datetime.datetime(2026, 1, 1)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(5).not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=10))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName("a\x00b.evil.test")]), False)
+            .sign(key, hashes.SHA256()))
+    der = cert.public_bytes(serialization.Encoding.DER)
+    store = open_store(store_url)
+    rec = {"ServerIP": "192.0.2.1", "ClientIP": "192.0.2.2", "ServerPort": "443",
+           "ClientPort": "9", "Timestamp": "2026-01-02T00:00:00Z", "SNI": "x\ud800\x00.evil.test",
+           "Certificates": [{"Raw": base64.b64encode(der).decode()}]}
+    dns = {"src_ip": "192.0.2.3", "dst_ip": "192.0.2.4", "src_port": 53, "dst_port": 5353 + 1,
+           "protocol": 17, "event_start": 5.0,
+           "dns": {"response": {"id": "0001", "question": [{"name": "q\x00\udfff.evil.test."}],
+                                "answer": [{"name": "q\x00.evil.test.", "ipv4_addr": "192.0.2.9"}]}}}
+    stats = ingest_records(store, [rec, dns])
+    assert (stats.sessions, stats.errors, stats.skipped) == (1, 0, 0)
+    names = {(n["name"], n["source"]) for n in store.name("evil.test")["names"]}
+    assert ("a\\x00b.evil.test", "cert_san") in names
+    assert ("www.paypal.com\\x00.evil.test", "cert_cn") in names
+    assert ("q\\x00.evil.test.", "dns_answer") in names
+    assert ("x\\ud800\\x00.evil.test", "tls_sni") in names
+    (sha1,) = [c["sha1"] for c in store.name("evil.test")["certificates"]]
+    cert_info = store.certificate(sha1)
+    assert cert_info is not None and cert_info["der"] == der
+    store.close()

@@ -168,10 +168,13 @@ def run(args: argparse.Namespace) -> int:
     fs = FileStats()
     total = IngestStats()
     conv = Converter(args.sensor)
+    failed = ""
     try:
         for path in walk(args.paths, fs):
             fs.files += 1
             total.add(ingest_records(store, safe_read(path, fs), converter=conv))
+    except Exception as exc:  # noqa: BLE001 - the database failed (gone, full, locked too long)
+        failed = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     finally:
         store.close()
     for w in fs.warnings:
@@ -182,6 +185,8 @@ def run(args: argparse.Namespace) -> int:
             f"objects: {total.sessions} sessions, {total.certificates} certificate sightings, "
             f"{total.names} name sightings new; {total.duplicates} duplicates, "
             f"{total.skipped} skipped, {total.errors + fs.bad_lines} bad\n")
+    if failed:
+        raise StoreError(f"writing to the store failed (what was committed before stays): {failed}")
     return 0
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import sqlite3
 import threading
 import time
 from typing import Any
@@ -156,9 +157,14 @@ class StoreExtension:
                 if store is None:
                     store = open_store(self.url, timeout=self.timeout)
                 res = store.write(pending)
-            except (StoreError, Exception) as exc:  # noqa: BLE001 - locked, gone, full: retry
+            except Exception as exc:  # noqa: BLE001 - locked, gone, full: retry; bad data: drop
+                if not _transient(exc):  # this batch can never be written: drop it, go on
+                    self.c["errors"] += pending_inputs
+                    self.last_error = _one_line(exc)
+                    pending = None
+                    continue
                 self.c["db_errors"] += 1
-                self.last_error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                self.last_error = _one_line(exc)
                 self.healthy = False
                 if store is not None:
                     store.close()
@@ -199,3 +205,24 @@ class StoreExtension:
                 batch.extend(b)
         self.space.set()
         return batch, n
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _transient(exc: BaseException) -> bool:
+    """Errors of the database (locked, gone, full, connection lost) are worth a retry; errors
+    of one batch's data are not (retrying would block the queue for good)."""
+    if isinstance(exc, StoreError | OSError | sqlite3.OperationalError | sqlite3.DatabaseError
+                  ) and not isinstance(exc, sqlite3.IntegrityError | sqlite3.DataError |
+                                       sqlite3.ProgrammingError | sqlite3.InterfaceError):
+        return True
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.errors.DeadlockDetected |
+                      psycopg.errors.SerializationFailure | psycopg.errors.AdminShutdown |
+                      psycopg.InterfaceError)

@@ -34,6 +34,7 @@ from iocwatch.store.model import (
     NameObs,
     SessionObs,
     canonical_ip,
+    clean,
     content_key,
     flow_key,
     parse_time,
@@ -60,7 +61,7 @@ class IngestStats:
 
 
 def _str(v: Any, limit: int = _MAX_STR) -> str:
-    return v if isinstance(v, str) and len(v) <= limit else ""
+    return clean(v) if isinstance(v, str) and len(v) <= limit else ""
 
 
 def _port(v: Any) -> int | None:
@@ -109,8 +110,9 @@ def cert_row(der: bytes) -> CertRow | None:
         raise
     except BaseException:  # noqa: BLE001 - refused by the strict decoder (a Rust panic included)
         pass
-    return CertRow(c.sha1, c.sha256, der, subject, issuer, c.serial_number, not_before, not_after,
-                   list(c.dns_names), list(c.ip_addresses), list(c.subject_cns), pk)
+    return CertRow(c.sha1, c.sha256, der, clean(subject), clean(issuer), clean(c.serial_number),
+                   not_before, not_after, [clean(n) for n in c.dns_names],
+                   [clean(n) for n in c.ip_addresses], [clean(n) for n in c.subject_cns], pk)
 
 
 class Converter:

@@ -29,6 +29,18 @@ def content_key(*parts: object) -> int:
     return int.from_bytes(digest, "big") & _MASK63
 
 
+def clean(text: str) -> str:
+    """Text every backend can store: NUL (PostgreSQL refuses it) and lone surrogates (no UTF-8)
+    become visible escapes, so a hostile name is kept, not a reason to fail a batch."""
+    if "\x00" in text:
+        text = text.replace("\x00", "\\x00")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
 @lru_cache(maxsize=1 << 16)
 def canonical_ip(text: str) -> str | None:
     """The one textual form of an address (IPv4-mapped IPv6 as IPv4); None if not an address."""
