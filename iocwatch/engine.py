@@ -15,7 +15,7 @@ from struct import unpack_from
 
 from iocwatch.decode.packet import Decoder
 from iocwatch.flows.session import DNS_PORTS, Dissector, Event, State, TcpConnection
-from iocwatch.flows.tcp import ReassemblyLimits, TcpStream
+from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
 from iocwatch.observations import NAME_CHANNELS, Observation
 from iocwatch.outputs.sessions import TlsSession
 from iocwatch.protocols import dns as dnsp
@@ -117,10 +117,14 @@ class Engine:
             try:
                 if linktype == 1:
                     etype = data[12:14]
+                    # a finished direction's packets go no further, except a fresh SYN
+                    # (flags SYN without ACK), which may open a new connection on the 5-tuple
                     if etype == ipv4:
-                        if data[23] == 6 and data[14] == 0x45 and data[26:38] in done:
+                        if (data[23] == 6 and data[14] == 0x45 and data[26:38] in done
+                                and data[47] & 0x12 != 0x02):
                             continue
-                    elif etype == ipv6 and data[20] == 6 and data[22:58] in done:
+                    elif (etype == ipv6 and data[20] == 6 and data[22:58] in done
+                          and data[67] & 0x12 != 0x02):
                         continue
             except IndexError:
                 pass
@@ -147,8 +151,15 @@ class Engine:
             self.stats["malformed_tcp_header"] += 1
             return
         key = src + dst + l4[:4]
+        fresh_syn = l4[13] & (SYN | ACK) == SYN
         if key in self.done:
-            return
+            if not fresh_syn:
+                return
+            # the 5-tuple is used again (clients and NATs recycle source ports): a new
+            # connection, analysed from scratch
+            self.done.discard(key)
+            self.done.discard(dst + src + l4[2:4] + l4[:2])
+            self.stats["tcp_port_reuse"] += 1
         sport, dport, seq, _ack, offflags = unpack_from("!HHIIH", l4, 0)
         doff = (offflags >> 12) * 4
         flags = offflags & 0x3F
@@ -157,6 +168,12 @@ class Engine:
             return
         payload = l4[doff:]
         entry = self.flows.get(key)
+        if entry is not None and fresh_syn:
+            expect = entry[0].streams[entry[1]].next_seq
+            if expect is not None and (seq + 1) % SEQ_MOD != expect:  # not a retransmitted SYN
+                self._drop(entry[0])  # a new connection replaces one that never closed
+                self.stats["tcp_port_reuse"] += 1
+                entry = None
         if entry is None:
             if flags & RST or not (payload or flags & SYN):
                 return
@@ -250,13 +267,17 @@ class Engine:
                     for ev in events:
                         self._emit(ev, ctx)
 
-    def _close(self, flow: _Flow) -> None:
+    def _drop(self, flow: _Flow) -> None:
+        """Forget a flow (expired or replaced) after reporting what it still holds."""
         self._flush(flow)
         for k in flow.keys:
             self.flows.pop(k, None)
-            self.done.add(k)
         for s in flow.streams:
             s.release()
+
+    def _close(self, flow: _Flow) -> None:
+        self._drop(flow)
+        self.done.update(flow.keys)
         if len(self.done) > DONE_MAX:
             self.done.clear()
             self.stats["done_table_resets"] += 1
@@ -268,11 +289,7 @@ class Engine:
         stale = {id(f): f for f, _ in self.flows.values() if f.last < limit or force and
                  f.last < now - 5}
         for flow in stale.values():
-            self._flush(flow)
-            for k in flow.keys:
-                self.flows.pop(k, None)
-            for s in flow.streams:
-                s.release()
+            self._drop(flow)
         self.stats["tcp_flows_expired"] += len(stale)
         for key, wait in [(k, w) for k, w in self.quic_servers.items()
                           if w.since < now - (5 if force else QUIC_SERVER_WAIT)]:

@@ -182,3 +182,30 @@ def test_smtp_starttls_then_client_hello():
     c, eng = run(pkts)
     assert ("tls_sni", "mail.example.test") in c.names
     assert eng.stats["starttls_smtp"] == 1
+
+
+def test_a_reused_five_tuple_is_a_new_connection():
+    """Clients and NATs recycle source ports: after a connection on a 5-tuple finished (its
+    ClientHello read, or FIN/RST), a fresh SYN on the same 5-tuple is analysed again, while
+    the finished one's later packets stay on the fast path."""
+    from tests.tlsmem import client_hello
+
+    def conn(name: str, isn: int, close: bool) -> list[bytes]:
+        pkts = tcp_stream(client_hello(name), 1400, sport=40001, isn=isn)
+        if close:  # RST from the client
+            pkts.append(pb.eth(pb.ipv4(pb.tcp(b"", 40001, 443, isn + 5000, 1, 0x04),
+                                       "192.0.2.10", "192.0.2.20")))
+        return pkts
+
+    # first connection ends with RST; the second one never closes before the third starts
+    pkts = conn("first.example", 1000, True) + conn("second.example", 900000, False)
+    pkts += conn("third.example", 7_000_000, False)
+    c, eng = run(pkts)
+    snis = [r["tls"]["client"]["server_name"] for r in c.records if "tls" in r]
+    assert snis == ["first.example", "second.example", "third.example"]
+    assert eng.stats["tcp_port_reuse"] == 2
+    # a retransmitted SYN is not a new connection
+    pkts = tcp_stream(client_hello("once.example"), 1400, sport=40002)
+    c, eng = run(pkts[:1] + pkts)
+    assert [r["tls"]["client"]["server_name"] for r in c.records] == ["once.example"]
+    assert eng.stats["tcp_port_reuse"] == 0
