@@ -10,7 +10,8 @@ thousands of short client connections (python threads, curl, openssl s_client, s
 IPv4 and IPv6) each resolve a name and fetch a page. Then the same file is read by
 ``iocwatch -r FILE -f /dev/null --stats`` and by tshark extracting the same name fields, and a 5x
 concatenation (timestamps shifted, ``editcap -t`` + ``mergecap -a``) checks that time grows
-linearly. Prints figures only.
+linearly. Each command runs --repeat times (default 3) and the run with the least CPU is
+reported. Prints figures only.
 
 Debian packages: iproute2, dnsmasq, nginx-light, openssl, curl, tshark (dumpcap, editcap,
 mergecap, capinfos), python3.
@@ -230,6 +231,12 @@ def make_5x(src: Path, dst: Path) -> None:
         p.unlink()
 
 
+def best_of(n: int, label: str, argv: list[str]) -> Measured:
+    """The run with the least CPU of ``n`` (a shared machine only ever adds time)."""
+    runs = [measure(label, argv) for _ in range(max(1, n))]
+    return min(runs, key=lambda m: (m.rc != 0, m.cpu))
+
+
 def measure(label: str, argv: list[str]) -> Measured:
     """Run one child to completion; its own rusage via wait4."""
     t0 = time.monotonic()
@@ -269,12 +276,12 @@ FLOOR_STEPS = (
 )
 
 
-def floor(cap: Path, packets: int, tshark_cpu: float) -> None:
+def floor(cap: Path, packets: int, tshark_cpu: float, repeat: int) -> None:
     """Print what the 20x target leaves and what the cheapest steps already cost."""
     budget = tshark_cpu / 20
     print(f"floor (20x tshark leaves {budget:.3f} s CPU for everything):")
     for label, code in FLOOR_STEPS:
-        m = measure(label, [sys.executable, "-c", "import sys\n" + code, str(cap)])
+        m = best_of(repeat, label, [sys.executable, "-c", "import sys\n" + code, str(cap)])
         print(f"  {label:<18} cpu {m.cpu:6.3f} s  = {m.cpu / budget * 100:5.1f} % of the 20x "
               f"budget{'' if m.rc == 0 else f' (exit {m.rc})'}")
 
@@ -288,6 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--iocwatch", default="iocwatch", help="command to run (shlex-split)")
     ap.add_argument("--no-5x", action="store_true", help="skip the linearity check")
     ap.add_argument("--prefix", default="iwbench", help="namespace name prefix")
+    ap.add_argument("--repeat", type=int, default=3,
+                    help="runs per command; the one with the least CPU is reported (default 3)")
     ap.add_argument("--no-floor", action="store_true",
                     help="skip measuring what a Python sensor cannot get below")
     args = ap.parse_args(argv)
@@ -331,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Measured] = {}
     print("1x:")
     for label, argv_ in commands(cap):
-        results[label] = m = measure(label, argv_)
+        results[label] = m = best_of(args.repeat, label, argv_)
         report(m, packets, size)
         if label == "iocwatch" and m.stderr.strip():
             print("    --stats: " + m.stderr.strip()[-1500:].replace("\n", "\n    "))
@@ -340,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  tshark/iocwatch CPU ratio {ratio:.2f}")
 
     if "tshark" in results and not args.no_floor:
-        floor(cap, packets, results["tshark"].cpu)
+        floor(cap, packets, results["tshark"].cpu, args.repeat)
 
     if not args.no_5x:
         big = cap.with_suffix(".x5.pcap")
@@ -348,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
             make_5x(cap, big)
         print(f"5x ({big}, {5 * packets:,} packets, {big.stat().st_size / 1e6:.1f} MB):")
         for label, argv_ in commands(big):
-            m = measure(label, argv_)
+            m = best_of(args.repeat, label, argv_)
             report(m, 5 * packets, big.stat().st_size)
             base = results[label].cpu
             if base > 0:
