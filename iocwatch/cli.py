@@ -21,15 +21,8 @@ from iocwatch.pipeline import (
     load_indicators,
     report_load,
 )
-
-
-class UsageError(Exception):
-    """A bad flag or value: one line on stderr, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
-        raise UsageError(message)
+from iocwatch.usage import Parser as _Parser
+from iocwatch.usage import UsageError
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -23,6 +23,8 @@ from iocwatch.matcher import Matcher
 from iocwatch.observations import NAME_CHANNELS, Channel, Observation
 from iocwatch.outputs.alerts import AlertWriter, iso_utc
 from iocwatch.pipeline import load_indicators, report_load
+from iocwatch.usage import Parser as _Parser
+from iocwatch.usage import UsageError as HuntError
 
 #: Store ``source`` words (the store writes the live channel names, and ``dns_answer`` for the
 #: owner name of an answer) to the live alert channel of a name.
@@ -33,15 +35,6 @@ _SOURCE_WORDS = (("quic", Channel.QUIC_SNI), ("sni", Channel.TLS_SNI), ("cn", Ch
                  ("dns", Channel.DNS_QUERY))
 #: Addresses kept in a name alert's context (a name can have thousands).
 MAX_CONTEXT = 20
-
-
-class HuntError(Exception):
-    """A bad command line or an unusable store: one line, exit 2."""
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, no usage dump
-        raise HuntError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

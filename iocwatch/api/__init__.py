@@ -15,18 +15,12 @@ import socket
 import sys
 from typing import Any
 
+from iocwatch.usage import Parser as _Parser
+from iocwatch.usage import UsageError as _UsageError
+
 __all__ = ["main", "parse_listen"]
 
 DEFAULT_LISTEN = "127.0.0.1:8088"
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise _UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -17,6 +17,8 @@ import orjson
 from iocwatch.coverage.builder import CoverageBuilder, CoverageReport, IndicatorMatcher
 from iocwatch.coverage.extract import LABELS, LOCAL_SOURCES, SOURCES, normalise, registrable
 from iocwatch.coverage.render import render_html, render_json, render_png, render_text
+from iocwatch.usage import Parser as _Parser
+from iocwatch.usage import UsageError as _UsageError
 
 __all__ = [
     "LABELS",
@@ -35,15 +37,6 @@ __all__ = [
 
 RecordsFromPcap = Callable[[str], Iterable[dict]]
 IndicatorLoader = Callable[[list[str]], IndicatorMatcher]
-
-
-class _UsageError(Exception):
-    pass
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise _UsageError(message)
 
 
 def build_parser() -> argparse.ArgumentParser:

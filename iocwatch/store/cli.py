@@ -18,15 +18,12 @@ from typing import IO, Any
 
 from iocwatch.store.db import StoreError, open_store
 from iocwatch.store.ingest import Converter, IngestStats, ingest_records
+from iocwatch.usage import Parser as _Parser
+from iocwatch.usage import UsageError
 
 MAX_LINE = 16 << 20  # longer lines are not records (a corrupt or hostile file)
 MAX_DOCUMENT = 64 << 20  # a file that is one JSON document (D4's indented session files)
 MAX_WARNINGS = 20
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise ValueError(message)
 
 
 @dataclass
@@ -193,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     try:
         return run(build_parser().parse_args(argv))
-    except (ValueError, StoreError) as exc:
+    except (UsageError, ValueError, StoreError) as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")
         return 2
     except KeyboardInterrupt:

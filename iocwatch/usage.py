@@ -1,0 +1,21 @@
+"""Command-line errors, shared by ``iocwatch`` and its subcommands.
+
+A bad flag, value or unusable input is one line on stderr and exit status 2, never argparse's
+usage dump or a traceback: every parser raises :class:`UsageError` and each command's main
+turns it into that line.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+class UsageError(Exception):
+    """A bad flag or value, or an input that cannot be used: one line on stderr, exit 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors raised as :class:`UsageError` (one line, no usage dump)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
