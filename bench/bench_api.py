@@ -3,9 +3,10 @@
 The store is filled the way bench/bench_store.py fills it (session records from the sensor,
 multiplied into ``--sessions`` distinct sessions on 40,000 server and 250,000 client addresses,
 written through ``ingest_records``), unless ``--store`` names one already filled. Then the real
-``iocwatch serve`` runs on a free loopback port and ``--clients`` concurrent keep-alive HTTP
-clients (asyncio + httpx, in this process) send ``--requests`` requests per endpoint; each
-latency is measured at the client, from sending the request to having read the whole answer.
+``iocwatch serve`` runs on a free loopback port (``--workers`` processes) and ``--clients``
+concurrent keep-alive HTTP clients (asyncio + httpx, in ``--client-procs`` processes) send
+``--requests`` requests per endpoint; each latency is measured at the client, from sending
+the request to having read the whole answer.
 
     python bench/bench_api.py                          # 1,000,000 sessions, SQLite
     python bench/bench_api.py --sessions 100000 --requests 500
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import multiprocessing
 import random
 import select
 import shutil
@@ -51,9 +53,10 @@ def fill(url: str, templates: list[dict[str, Any]], n: int) -> None:
     store.close()
 
 
-def start_server(url: str, threads: int) -> tuple[subprocess.Popen[bytes], str]:
+def start_server(url: str, threads: int, workers: int) -> tuple[subprocess.Popen[bytes], str]:
     proc = subprocess.Popen([sys.executable, "-m", "iocwatch.cli", "serve", "--store", url,
-                             "--listen", "127.0.0.1:0", "--threads", str(threads)],
+                             "--listen", "127.0.0.1:0", "--threads", str(threads),
+                             "--workers", str(workers)],
                             cwd=ROOT, stderr=subprocess.PIPE)
     assert proc.stderr is not None
     ready, _, _ = select.select([proc.stderr], [], [], 60)
@@ -124,6 +127,55 @@ async def measure(base: str, paths: list[str], clients: int) -> tuple[list[float
     return lat, bad, size, wall
 
 
+def _client_proc(args: tuple[str, list[str], int]) -> tuple[list[float], int, int, float]:
+    return asyncio.run(measure(*args))
+
+
+def measure_procs(base: str, paths: list[str], clients: int,
+                  procs: int) -> tuple[list[float], int, int, float]:
+    """``clients`` connections spread over ``procs`` client processes, so that parsing the
+    answers in Python does not queue them behind each other in one event loop."""
+    if procs <= 1:
+        return asyncio.run(measure(base, paths, clients))
+    shares = [(base, paths[i::procs], max(1, clients // procs)) for i in range(procs)]
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        parts = pool.map(_client_proc, shares)
+    lat = [x for part in parts for x in part[0]]
+    return (lat, sum(p[1] for p in parts), sum(p[2] for p in parts), max(p[3] for p in parts))
+
+
+WRK_SCRIPT = """
+paths = {%s}
+i = 0
+request = function()
+  i = i %% #paths + 1
+  return wrk.format("GET", paths[i])
+end
+"""
+
+
+def measure_wrk(base: str, paths: list[str], clients: int, work: Path) -> tuple[float, float, float]:
+    """(p50 ms, p99 ms, requests/s) from wrk, a load generator in C, cycling through ``paths``
+    for 10 s: latencies of the server alone, without a Python client's own queueing."""
+    script = work / "paths.lua"
+    script.write_text(WRK_SCRIPT % ", ".join(f'"{p}"' for p in paths))
+    out = subprocess.run(["wrk", "-t2", f"-c{clients}", "-d10s", "--latency", "-s", str(script),
+                          base], capture_output=True, text=True, timeout=60).stdout
+
+    def ms(label: str) -> float:
+        value = next(line.split()[1] for line in out.splitlines()
+                     if line.strip().startswith(label))
+        for unit, scale in (("us", 0.001), ("ms", 1.0), ("s", 1000.0)):
+            if value.endswith(unit):
+                return float(value[: -len(unit)]) * scale
+        return float(value)
+
+    if "Non-2xx" in out:
+        raise SystemExit(f"wrk saw errors:\n{out}")
+    rps = float(next(line.split()[1] for line in out.splitlines() if line.startswith("Requests/sec")))
+    return ms("50%"), ms("99%"), rps
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sessions", type=int, default=1_000_000)
@@ -132,6 +184,13 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=8, help="concurrent clients (default 8)")
     ap.add_argument("--requests", type=int, default=1000, help="requests per endpoint")
     ap.add_argument("--threads", type=int, default=4, help="server store threads")
+    ap.add_argument("--workers", type=int, default=2,
+                    help="server processes (iocwatch serve --workers; default 2, the cores)")
+    ap.add_argument("--wrk", action="store_true",
+                    help="also measure each endpoint with wrk (Debian package wrk), a C load "
+                    "generator, for 10 s with the same number of connections")
+    ap.add_argument("--client-procs", type=int, default=2,
+                    help="client processes sharing the --clients connections (default 2)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-api-"))
     proc = None
@@ -142,19 +201,23 @@ def main() -> int:
         if url is None:
             url = args.keep or str(work / "bench.db")
             fill(url, templates, args.sessions)
-        proc, base = start_server(url, args.threads)
-        print(f"server: iocwatch serve --threads {args.threads} on {base}; {args.clients} "
-              f"concurrent keep-alive clients, {args.requests} requests per endpoint")
+        proc, base = start_server(url, args.threads, args.workers)
+        print(f"server: iocwatch serve --threads {args.threads} --workers {args.workers} on "
+              f"{base}; {args.clients} concurrent keep-alive clients in {args.client_procs} "
+              f"processes, {args.requests} requests per endpoint")
         with httpx.Client(base_url=base) as c:
             print(f"store: {c.get('/health').json()['counts']}")
         print(f"{'endpoint':<30} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'req/s':>7} "
               f"{'KiB/answer':>10} {'non-200':>7}")
         for label, paths in workload(templates, args.requests):
-            lat, bad, size, wall = asyncio.run(measure(base, paths, args.clients))
+            lat, bad, size, wall = measure_procs(base, paths, args.clients, args.client_procs)
             lat.sort()
             p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))]
             print(f"{label:<30} {statistics.median(lat):7.1f} {p99:7.1f} {lat[-1]:7.1f} "
                   f"{len(lat) / wall:7.0f} {size / len(lat) / 1024:10.1f} {bad:7d}")
+            if args.wrk:
+                p50, p99, rps = measure_wrk(base, paths, args.clients, work)
+                print(f"{'  wrk, same paths':<30} {p50:7.1f} {p99:7.1f} {'':>7} {rps:7.0f}")
     finally:
         if proc is not None:
             proc.terminate()

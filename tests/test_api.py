@@ -577,3 +577,24 @@ def test_ipv6_listen_and_sigint(data: dict[str, Any]) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+@pytest.mark.parametrize("data", ["sqlite"], indirect=True)
+def test_workers_share_the_port_and_stop_together(data: dict[str, Any]) -> None:
+    """--workers 2: two processes answer on one port (each with its own SO_REUSEPORT socket);
+    SIGTERM to the parent stops both, exit 0."""
+    s = Server(["--store", data["db"], "--workers", "2"])
+    try:
+        kids = subprocess.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True,
+                              text=True).stdout.split()
+        assert len(kids) == 1
+        answers = set()
+        for _ in range(40):  # new connections each time: the kernel spreads them
+            r = httpx.get(f"{s.url}/v2pssl/query/{SYNTH_IPS[0]}", timeout=30)
+            assert r.status_code == 200 and list(r.json()) == [SYNTH_IPS[0]]
+            answers.add(r.text)
+        assert len(answers) == 1
+    finally:
+        err = s.stop()
+    assert s.proc.returncode == 0 and "Traceback" not in err, err
+    assert not os.path.exists(f"/proc/{kids[0]}")  # stopped and reaped by the parent

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import logging
+import os
 import signal
 import socket
 import sys
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "password")
     p.add_argument("--threads", type=int, default=d.threads, metavar="N",
                    help=f"store query threads, each with its own connection (default {d.threads})")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="server processes sharing the listening socket (default 1); each has "
+                   "its own --threads and --max-inflight")
     p.add_argument("--max-inflight", type=int, default=d.max_inflight, metavar="N",
                    help=f"requests answered at once; more get 503 (default {d.max_inflight})")
     p.add_argument("--access-log", action="store_true", help="log every request on stderr")
@@ -66,13 +70,15 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     # proto given explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
     # without it every keep-alive answer waited ~40 ms for the client's delayed ACK
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:  # one socket per worker: the kernel spreads connections evenly
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
@@ -90,8 +96,8 @@ def serve(args: argparse.Namespace) -> int:
     from iocwatch.api.app import Limits, create_app, load_tokens
     from iocwatch.store import StoreError, open_store
 
-    if args.threads < 1 or args.max_inflight < 1:
-        raise _UsageError("--threads and --max-inflight must be at least 1")
+    if args.threads < 1 or args.max_inflight < 1 or not 1 <= args.workers <= 64:
+        raise _UsageError("--threads and --max-inflight must be at least 1, --workers 1..64")
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
@@ -114,17 +120,30 @@ def serve(args: argparse.Namespace) -> int:
         return open_store(url, readonly=True)
 
     try:
-        sock = _bind(host, port)
+        sock = _bind(host, port, reuse_port=args.workers > 1)
     except OSError as exc:
         raise _UsageError(f"cannot listen on {args.listen}: {exc.strerror or exc}")
-    app, pool = create_app(opener, tokens=tokens,
-                           limits=Limits(threads=args.threads, max_inflight=args.max_inflight))
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
     sys.stderr.write(f"iocwatch serve: listening on http://{shown}:{bound[1]} "
                      f"(store {url}, read-only{', token required' if tokens else ''})\n")
     sys.stderr.flush()
     logging.basicConfig(level=logging.WARNING, format="iocwatch serve: %(message)s")
+    # pre-fork: the extra workers are forked before any thread or store connection exists;
+    # the kernel spreads the connections of the one listening socket over them
+    parent = os.getpid()
+    children: list[int] = []
+    for _ in range(args.workers - 1):
+        pid = os.fork()
+        if pid == 0:
+            children = []
+            own = _bind(bound[0], bound[1], reuse_port=True)  # its own queue of connections
+            sock.close()
+            sock = own
+            break
+        children.append(pid)
+    app, pool = create_app(opener, tokens=tokens,
+                           limits=Limits(threads=args.threads, max_inflight=args.max_inflight))
     config = uvicorn.Config(app, log_level="warning", access_log=args.access_log,
                             server_header=False, lifespan="off", http="h11",
                             limit_concurrency=max(4 * args.max_inflight, 64),
@@ -138,6 +157,14 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         pool.close()
         sock.close()
+    if args.workers > 1 and not children and os.getpid() != parent:
+        os._exit(0)  # a forked worker: the parent reports
+    for pid in children:  # the parent was told to stop: so are the workers (they drain too)
+        try:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
     return 0
 
 
