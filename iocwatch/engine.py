@@ -98,7 +98,9 @@ class Engine:
         self.dissector = Dissector(self.certs, self.stats)
         self.flows: dict[bytes, tuple[_Flow, int]] = {}
         self.done: set[bytes] = set()
-        self.quic_done: set[bytes] = set()
+        #: finished QUIC flows: client side -> the Destination CIDs its Initials carry (an
+        #: Initial with another one may be a new connection); server side -> [] (always skip)
+        self.quic_done: dict[bytes, list[bytes]] = {}
         self.udp_seen: set[bytes] = set()
         self.quic_budget: dict[bytes, int] = {}
         self.quic_crypto: dict[tuple[bytes, bytes], quicp.CryptoAssembler] = {}
@@ -332,8 +334,14 @@ class Engine:
     def _quic(self, sec: int, usec: int, version: int, src: bytes, dst: bytes, l4: bytes,
               ttl: int, ipid: int, sport: int, dport: int, payload: bytes) -> None:
         key = src + dst + l4[:4]
-        if key in self.quic_done:
-            return
+        known = self.quic_done.get(key)
+        if known is not None:
+            # a finished flow: only a client Initial under a Destination CID not seen on it
+            # yet can be a new connection on a recycled 5-tuple; each such CID is looked at once
+            dcid = quicp.initial_dcid(payload)
+            if not known or dcid is None or dcid in known or len(known) >= 8:
+                return
+            known.append(dcid)
         # Each Initial costs key derivation and AES: a source gets a bounded number per sweep
         # period, so a flood of bogus Initials cannot starve everyone else's.
         spent = self.quic_budget.get(src, 0)
@@ -347,6 +355,17 @@ class Engine:
                               PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec))
             return
         packets, failures = quicp.parse_datagram(payload)
+        if known is not None:
+            if not any(off == 0 and data[:1] == b"\x01" for pkt in packets
+                       for off, data in pkt.crypto):
+                return  # the old connection's Initial (e.g. its server's CID, unseen by us)
+            rkey = dst + src + l4[2:4] + l4[:2]
+            old = self.quic_servers.get(rkey)
+            if old is not None:
+                self._quic_server_end(rkey, old)
+            self.quic_done.pop(key, None)
+            self.quic_done.pop(rkey, None)
+            self.stats["quic_port_reuse"] += 1
         if failures:
             self.stats["quic_undecryptable"] += failures
         for pkt in packets:
@@ -383,9 +402,9 @@ class Engine:
                     self.stats["quic_state_evicted"] += 1
                 self.quic_servers[dst + src + l4[2:4] + l4[:2]] = _QuicServerWait(
                     pkt.dcid, session, sec)
-                self.quic_done.add(key)
                 if len(self.quic_done) > DONE_MAX:
                     self.quic_done.clear()
+                self.quic_done[key] = [pkt.dcid]
             break
 
     def _quic_server(self, wait: _QuicServerWait, key: bytes, payload: bytes,
@@ -394,6 +413,7 @@ class Engine:
         new_dcid = quicp.retry_scid(payload)
         if new_dcid is not None:  # the client starts over with the server's chosen CID
             wait.client_dcid = new_dcid
+            self._quic_client_cid(key, new_dcid)
             self.stats["quic_retry"] += 1
             return
         packets, failures = quicp.parse_datagram(payload, server=True,
@@ -405,6 +425,7 @@ class Engine:
                 self.stats["quic_bad_tag"] += 1
             for off, data in pkt.crypto:
                 wait.crypto.add(off, data)
+            self._quic_client_cid(key, pkt.scid)  # the client's next Initials go to it
             msg = wait.crypto.first_message()
             if msg is None:
                 continue
@@ -419,10 +440,19 @@ class Engine:
             self._quic_server_end(key, wait)
             return
 
+    def _quic_client_cid(self, server_key: bytes, cid: bytes) -> None:
+        """A Destination CID the client of this server flow will use: not a new connection."""
+        half = (len(server_key) - 4) // 2
+        client_key = (server_key[half : 2 * half] + server_key[:half] + server_key[-2:]
+                      + server_key[-4:-2])
+        known = self.quic_done.get(client_key)
+        if known is not None and cid not in known and len(known) < 8:
+            known.append(cid)
+
     def _quic_server_end(self, key: bytes, wait: _QuicServerWait) -> None:
         """Stop waiting: later server packets are skipped, the session goes out as it is."""
         self.quic_servers.pop(key, None)
-        self.quic_done.add(key)
+        self.quic_done[key] = []
         if wait.session is not None and self.session_sink is not None:
             self.stats["tls_sessions"] += 1
             self.session_sink(wait.session)

@@ -212,3 +212,31 @@ def test_engine_quic_session_without_server_initial_still_goes_out():
     eng.run([(1700000001, 0, 1, junk), (1700000100, 0, 1, junk)])  # sweep after the wait
     (session,) = sessions
     assert session.server_hello is None and session.partial
+
+
+def test_engine_new_quic_connection_on_a_recycled_five_tuple():
+    """After a connection's hellos, its later Initials (to the server's CID) are skipped
+    unread; an Initial under a new Destination CID is read, and only a ClientHello in it
+    makes a new connection."""
+    from iocwatch.engine import Engine
+    from tests import pktbuild as pb
+
+    records = []
+    eng = Engine(lambda rec, obs, ev: records.append(rec))
+    padded = CLIENT_HELLO_FRAME + b"\x00" * 900
+
+    def c2s(dcid: bytes, payload: bytes = padded) -> bytes:
+        pkt = protect(quic.VERSION_V1, payload, dcid=dcid)
+        return pb.eth(pb.ipv4(pb.udp(pkt, 50000, 443), "192.0.2.1", "192.0.2.2", proto=17))
+
+    s2c = pb.eth(pb.ipv4(pb.udp(SERVER_INITIAL, 443, 50000), "192.0.2.2", "192.0.2.1", proto=17))
+    server_cid = bytes.fromhex("f067a5502a4262b5")
+    eng.run([(1700000000, 0, 1, c2s(DCID)), (1700000000, 1, 1, s2c),
+             (1700000000, 2, 1, c2s(server_cid, b"\x01" + b"\x00" * 900)),  # the old one's ACK
+             (1700000000, 3, 1, c2s(bytes.fromhex("aabbccdd"), b"\x01" + b"\x00" * 900))])
+    assert len(records) == 2 and eng.stats["quic_port_reuse"] == 0
+    eng.run([(1700000050, 0, 1, c2s(bytes.fromhex("0011223344556677")))])  # a new connection
+    eng.finish()
+    assert [("client" in r["tls"], r["quic"]["dcid"]) for r in records] == [
+        (True, DCID.hex()), (False, ""), (True, "0011223344556677")]
+    assert eng.stats["quic_port_reuse"] == 1

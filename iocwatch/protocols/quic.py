@@ -248,6 +248,20 @@ def _frames(plain: bytes, pkt: InitialPacket) -> None:
             return  # not allowed in Initial packets; stop quietly
 
 
+def initial_dcid(data: bytes) -> bytes | None:
+    """The Destination Connection ID of a long-header Initial packet, read without decrypting
+    (None for anything else): tells a new connection on a known 5-tuple from the old one."""
+    if len(data) < 7 or data[0] & 0xC0 != 0xC0:
+        return None
+    params = version_params(int.from_bytes(data[1:5], "big"))
+    if params is None or (data[0] >> 4) & 3 != params.initial_type:
+        return None
+    n = data[5]
+    if n > 20 or len(data) < 6 + n:
+        return None
+    return bytes(data[6 : 6 + n])
+
+
 def retry_scid(data: bytes) -> bytes | None:
     """The Source Connection ID of a Retry packet: the client's next Initials (and so the
     server's) derive their keys from it."""
