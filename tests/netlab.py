@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -287,6 +288,30 @@ class Lab:
                 raise LabError(f"{tool} exited: {text.strip()}")
             time.sleep(0.02)
         raise LabError(f"{tool} did not start: {log.read_text(errors='replace')}")
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def start_sensor(args: Sequence[str], log: Path, ns: str | None = None,
+                 timeout: float = 20.0) -> subprocess.Popen[bytes]:
+    """Start ``python -m iocwatch.cli ARGS`` (inside namespace ``ns``) with stderr to ``log``;
+    return once its first stats line is there (ARGS must give --stats-interval). A sensor
+    that exits or stays silent is killed and fails the test with its log."""
+    argv = [sys.executable, "-m", "iocwatch.cli", *args]
+    if ns is not None:
+        argv = ["ip", "netns", "exec", ns, *argv]
+    with open(log, "wb") as err:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+    deadline = time.monotonic() + timeout
+    while b"iocwatch stats" not in log.read_bytes():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise AssertionError(f"the sensor did not start: {log.read_text(errors='replace')}")
+        time.sleep(0.05)
+    return proc
 
 
 @contextmanager

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -41,16 +40,11 @@ def test_live_capture_sees_every_name_and_sigterm_loses_nothing(tmp_path):
         lab.wait_listening(lab.server, "tcp", 443)
         lab.set_resolver(netlab.SERVER_V4)
         log = tmp_path / "iocwatch.log"
-        with open(log, "wb") as err:
-            sensor = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
-                 "-i", lab.client_if, "-f", str(records), "--ioc", str(ioc), "--alerts",
-                 str(alerts), "--stats-interval", "0.5", "--stats"],
-                stdout=subprocess.DEVNULL, stderr=err, cwd=Path(__file__).parent.parent)
+        sensor = netlab.start_sensor(
+            ["-i", lab.client_if, "-f", str(records), "--ioc", str(ioc), "--alerts", str(alerts),
+             "--stats-interval", "0.5", "--stats"],
+            log, ns=lab.client, timeout=15)
         try:
-            deadline = time.monotonic() + 15
-            while b"iocwatch stats" not in log.read_bytes() and time.monotonic() < deadline:
-                time.sleep(0.1)
             for name in NAMES:
                 lab.run(lab.client, ["curl", "-sS", "-k", "--max-time", "5", "-4",
                                      "--tls-max", "1.2", f"https://{name}/"])

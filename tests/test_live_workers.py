@@ -117,20 +117,11 @@ def test_two_workers_prefilter_rotation_hup_and_sigterm_lose_nothing(tmp_path: P
         lab.start_nginx(netlab.nginx_conf(work, [((*NAMES, BIG), issued)]))
         lab.wait_listening(lab.server, "tcp", 443)
         lab.set_resolver(netlab.SERVER_V4)
-        with open(log, "wb") as err:
-            sensor = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
-                 "-i", lab.client_if, "--workers", "2", "-f", str(records), "--rotate", "4k",
-                 "--ioc", str(ioc), "--alerts", str(alerts), "--stats-interval", "0.3",
-                 "--stats-json-stream"],
-                stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        sensor = netlab.start_sensor(
+            ["-i", lab.client_if, "--workers", "2", "-f", str(records), "--rotate", "4k", "--ioc", str(ioc),
+             "--alerts", str(alerts), "--stats-interval", "0.3", "--stats-json-stream"],
+            log, ns=lab.client)
         try:
-            deadline = time.monotonic() + 20
-            while b"iocwatch stats" not in log.read_bytes():
-                assert sensor.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "sensor did not start"
-                time.sleep(0.05)
-
             def curl(*args: str) -> None:
                 lab.run(lab.client, ["curl", "-sS", "-k", "--max-time", "5", *args])
 
@@ -194,16 +185,11 @@ def test_user_drops_root_in_parent_and_workers(tmp_path: Path) -> None:
 
     nobody = pwd.getpwnam("nobody").pw_uid
     log = tmp_path / "log"
-    with open(log, "wb") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "iocwatch.cli", "-i", "lo", "--no-promisc",
-                                 "--workers", "2", "--user", "nobody", "-f",
-                                 str(tmp_path / "r.json"), "--stats-interval", "0.2"],
-                                stderr=err, cwd=ROOT)
+    proc = netlab.start_sensor(
+        ["-i", "lo", "--no-promisc", "--workers", "2", "--user", "nobody", "-f", str(tmp_path / "r.json"),
+         "--stats-interval", "0.2"],
+        log)
     try:
-        deadline = time.monotonic() + 20
-        while b"iocwatch stats" not in log.read_bytes():
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.05)
         pids = [proc.pid, *map(int, Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
                                .read_text().split())]
         assert len(pids) == 3
@@ -237,15 +223,10 @@ def test_interface_vanishing_flushes_and_exits_nonzero(tmp_path: Path) -> None:
         inside("ip", "link", "set", "gone-a", "up")
         inside("ip", "link", "set", "gone-b", "up")
         log, records = tmp_path / "log", tmp_path / "r.json"
-        with open(log, "wb") as err:
-            proc = subprocess.Popen(["ip", "netns", "exec", nsname, sys.executable, "-m",
-                                     "iocwatch.cli", "-i", "gone-a", "-f", str(records),
-                                     "--stats-interval", "0.2"], stderr=err, cwd=ROOT)
+        proc = netlab.start_sensor(
+            ["-i", "gone-a", "-f", str(records), "--stats-interval", "0.2"],
+            log, ns=nsname)
         try:
-            deadline = time.monotonic() + 20
-            while b"iocwatch stats" not in log.read_bytes():
-                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-                time.sleep(0.05)
             frame = pb.eth(pb.ipv4(pb.udp(_dns_query("gone.lab.test"), 41000, 53), proto=17))
             inside(sys.executable, "-c", INJECT, "gone-b", input=frame.hex().encode())
             time.sleep(0.5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,16 +49,12 @@ def test_live_publish_through_a_redis_restart(tmp_path):
                                      "--resolve", f"{name}:443:{netlab.SERVER_V4}",
                                      f"https://{name}/"])
 
-        with open(log, "wb") as err:
-            sensor = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli", "-i",
-                 lab.client_if, "--workers", "2", "--filter", "tcp port 443", "--no-records",
-                 "--session-records", str(sessions), "--publish", url, "--stats-interval", "0.5",
-                 "--stats-json-stream"], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        sensor = netlab.start_sensor(
+            ["-i", lab.client_if, "--workers", "2", "--filter", "tcp port 443", "--no-records",
+             "--session-records", str(sessions), "--publish", url, "--stats-interval", "0.5",
+             "--stats-json-stream"],
+            log, ns=lab.client, timeout=15)
         try:
-            deadline = time.monotonic() + 15
-            while b"iocwatch stats" not in log.read_bytes() and time.monotonic() < deadline:
-                time.sleep(0.1)
             clients(4)
             time.sleep(1.0)
             redis_proc.send_signal(signal.SIGKILL)  # Redis dies under the sensor

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,19 +36,12 @@ def test_two_workers_write_one_store(tmp_path: Path) -> None:
     db, records, sessions = tmp_path / "live.db", tmp_path / "r.json", tmp_path / "s.json"
     log = tmp_path / "sensor.log"
     with netlab.lab("iwst", tmp_path / "lab") as lab:
-        with open(log, "wb") as err:
-            sensor = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
-                 "-i", lab.client_if, "--workers", "2", "--store", str(db), "--sensor-name", "lw",
-                 "-f", str(records), "--session-records", str(sessions),
-                 "--stats-interval", "0.3", "--stats-json-stream"],
-                stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        sensor = netlab.start_sensor(
+            ["-i", lab.client_if, "--workers", "2", "--store", str(db), "--sensor-name", "lw", "-f",
+             str(records), "--session-records", str(sessions), "--stats-interval", "0.3",
+             "--stats-json-stream"],
+            log, ns=lab.client)
         try:
-            deadline = time.monotonic() + 20
-            while b"iocwatch stats" not in log.read_bytes():
-                assert sensor.poll() is None, log.read_text()
-                assert time.monotonic() < deadline, "sensor did not start"
-                time.sleep(0.05)
             lab.run(lab.server, [sys.executable, "-c", INJECT, lab.server_if],
                     stdin=" ".join(frames).encode())
             time.sleep(0.5)

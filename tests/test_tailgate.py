@@ -288,17 +288,13 @@ def test_live_tailgating_alert_cache_slow_and_reset_servers(pki, tmp_path):
                                str(pki.key_file), str(srvlog), "8443:slow", "8444:reset"])
         lab.wait_listening(lab.server, "tcp", 443)
         lab.wait_listening(lab.server, "tcp", 8444)
-        with open(log, "wb") as err:
-            sensor = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
-                 "-i", lab.client_if, "--filter", "", "-f", str(records), "--ioc", str(ioc),
-                 "--alerts", str(alerts), "-j", str(tmp_path / "sessions"), "-w",
-                 str(tmp_path / "certs"), "--tailgate", "--tailgate-cache",
-                 str(tmp_path / "tg.sqlite"), "--tailgate-timeout", "6",
-                 "--stats-interval", "0.2", "--stats-json-stream"],
-                stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        sensor = netlab.start_sensor(
+            ["-i", lab.client_if, "--filter", "", "-f", str(records), "--ioc", str(ioc), "--alerts",
+             str(alerts), "-j", str(tmp_path / "sessions"), "-w", str(tmp_path / "certs"), "--tailgate",
+             "--tailgate-cache", str(tmp_path / "tg.sqlite"), "--tailgate-timeout", "6", "--stats-interval",
+             "0.2", "--stats-json-stream"],
+            log, ns=lab.client, timeout=15)
         try:
-            assert _wait_for(lambda: b"iocwatch stats" in log.read_bytes())
             link_before = lab.link_packets()
             _curl(lab, 443)
             assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
@@ -427,15 +423,12 @@ def test_two_workers_probe_once_and_drop_probe_flows_whichever_worker_sees_them(
     with netlab.lab("iwtg3", work) as lab:
         lab.start_nginx(conf)
         lab.wait_listening(lab.server, "tcp", 443)
-        with open(log, "wb") as err:
-            sensor = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
-                 "-i", lab.client_if, "--workers", "2", "-f", str(records), "--ioc", str(ioc),
-                 "--alerts", str(alerts), "--tailgate", "--tailgate-cache",
-                 str(tmp_path / "tg.sqlite"), "--stats-interval", "0.2", "--stats-json-stream"],
-                stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        sensor = netlab.start_sensor(
+            ["-i", lab.client_if, "--workers", "2", "-f", str(records), "--ioc", str(ioc), "--alerts",
+             str(alerts), "--tailgate", "--tailgate-cache", str(tmp_path / "tg.sqlite"), "--stats-interval",
+             "0.2", "--stats-json-stream"],
+            log, ns=lab.client, timeout=15)
         try:
-            assert _wait_for(lambda: b"iocwatch stats" in log.read_bytes())
             for _ in range(6):  # client ports differ: the flow hash spreads them over workers
                 _curl(lab, 443)
             assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
@@ -557,14 +550,11 @@ def test_live_quic_session_tailgated_over_quic(pki, tmp_path):
         lab.spawn(lab.server, [sys.executable, quic, "server", str(pki.cert_file),
                                str(pki.key_file), "4433"])
         lab.wait_listening(lab.server, "udp", 4433)
-        with open(log, "wb") as err:
-            sensor = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
-                 "-i", lab.client_if, "-f", str(records), "--ioc", str(ioc), "--alerts",
-                 str(alerts), "--tailgate", "--tailgate-cache", "", "--stats-interval", "0.2",
-                 "--stats-json-stream"], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        sensor = netlab.start_sensor(
+            ["-i", lab.client_if, "-f", str(records), "--ioc", str(ioc), "--alerts", str(alerts),
+             "--tailgate", "--tailgate-cache", "", "--stats-interval", "0.2", "--stats-json-stream"],
+            log, ns=lab.client, timeout=15)
         try:
-            assert _wait_for(lambda: b"iocwatch stats" in log.read_bytes())
             lab.run(lab.client, [sys.executable, quic, "client", netlab.SERVER_V4, "4433", FRONT])
             assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
             time.sleep(0.3)
@@ -605,14 +595,11 @@ def test_live_tailgating_after_dropping_root(pki, tmp_path):
     with netlab.lab("iwtg5", work) as lab:
         lab.start_nginx(conf)
         lab.wait_listening(lab.server, "tcp", 443)
-        with open(log, "wb") as err:
-            sensor = subprocess.Popen(
-                ["ip", "netns", "exec", lab.client, sys.executable, "-m", "iocwatch.cli",
-                 "-i", lab.client_if, "--user", "nobody", "--no-records", "--ioc", str(ioc),
-                 "--alerts", str(alerts), "--tailgate", "--tailgate-cache", str(db),
-                 "--stats-interval", "0.2"], stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
+        sensor = netlab.start_sensor(
+            ["-i", lab.client_if, "--user", "nobody", "--no-records", "--ioc", str(ioc), "--alerts",
+             str(alerts), "--tailgate", "--tailgate-cache", str(db), "--stats-interval", "0.2"],
+            log, ns=lab.client, timeout=15)
         try:
-            assert _wait_for(lambda: b"iocwatch stats" in log.read_bytes())
             _curl(lab, 443)
             assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
             sensor.send_signal(signal.SIGTERM)
