@@ -323,6 +323,10 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, at most {MAX_LIMIT}")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"rows to skip, at most {MAX_OFFSET}")]
+# the two CIRCL address lists page by address, not by offset
+AddressLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="addresses per page")]
+AfterAddress = Annotated[str | None, Query(
+    max_length=45, description="last address of the previous page (from the Link header)")]
 
 DESCRIPTION = f"""Passive-SSL lookups over iocwatch's store (read-only).
 
@@ -387,11 +391,8 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
              responses={200: {"model": dict[str, AddressCertsOut]}, **_ERRORS},
              summary="Certificates seen on an address or CIDR block, with their subjects")
     async def pssl_query(request: Request, q: str,
-                         limit: Annotated[int, Query(ge=1, le=MAX_LIMIT,
-                                                     description="addresses per page")] = MAX_LIMIT,
-                         after: Annotated[str | None, Query(
-                             max_length=45, description="last address of the previous page "
-                             "(from the Link header)")] = None) -> Response:
+                         limit: AddressLimit = MAX_LIMIT,
+                         after: AfterAddress = None) -> Response:
         net = inputs.network(q)
         cursor = inputs.address(after) if after is not None else None
         if cursor is not None and ipaddress.ip_address(cursor) not in net:
@@ -423,11 +424,8 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
              responses={200: {"model": CqueryOut}, **_ERRORS},
              summary="Addresses seen serving a certificate, and how many sessions used it")
     async def pssl_cquery(request: Request, sha1: str,
-                          limit: Annotated[int, Query(ge=1, le=MAX_LIMIT,
-                                                      description="addresses per page")] = MAX_LIMIT,
-                          after: Annotated[str | None, Query(
-                              max_length=45, description="last address of the previous page "
-                              "(from the Link header)")] = None) -> Response:
+                          limit: AddressLimit = MAX_LIMIT,
+                          after: AfterAddress = None) -> Response:
         fp = inputs.sha1(sha1)
         cursor = inputs.address(after) if after is not None else None
         # the first page is a LIMIT in the store; later ones (rare) are cut from the whole list
