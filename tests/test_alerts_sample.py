@@ -4,27 +4,17 @@ specification rather than by the library the sensor uses."""
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import ipaddress
 import json
-import struct
 import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
 
+from tests.communityid_spec import community_id
+
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = str(ROOT / "samples" / "sunburst.pcapng")
 
-
-def community_id(src: str, dst: str, sport: int, dport: int, proto: int, seed: int = 0) -> str:
-    """Community ID v1 (corelight/community-id-spec), written from the spec."""
-    a, b = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
-    if (a, sport) > (b, dport):
-        a, b, sport, dport = b, a, dport, sport
-    data = struct.pack("!H", seed) + a + b + struct.pack("!BBHH", proto, 0, sport, dport)
-    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
 def run(*args: str, ioc_text: str, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -12,7 +12,6 @@ packets arrive through a pipe.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import ipaddress
 import json
@@ -42,6 +41,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 import netlab  # noqa: E402
 import pktbuild as pb  # noqa: E402
+from communityid_spec import community_id  # noqa: E402
 
 PATHS = {
     "dns_query": "dns.query.question[].name",
@@ -61,14 +61,6 @@ needs_tshark = pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark
 
 # ---------------------------------------------------------------------------------- helpers
 
-
-def community_id(src: str, dst: str, sport: int, dport: int, proto: int, seed: int = 0) -> str:
-    """Community ID v1 from the spec: seed, ordered addresses, proto, pad, ordered ports."""
-    a, b = ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed
-    if (a, sport) > (b, dport):
-        a, b, sport, dport = b, a, dport, sport
-    data = struct.pack("!H", seed) + a + b + struct.pack("!BBHH", proto, 0, sport, dport)
-    return "1:" + base64.b64encode(hashlib.sha1(data).digest()).decode()
 
 
 def iso(ts: float) -> str:
