@@ -17,8 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from iocwatch.tailgate import Tailgater  # noqa: E402
 from iocwatch.tailgate.cache import ProbeCache  # noqa: E402
+from iocwatch.tailgate.extension import Tailgater  # noqa: E402
 from iocwatch.tailgate.probe import PortPicker, probe_tls  # noqa: E402
 from tests import netlab, tgserver  # noqa: E402
 from tests.test_tailgate import FakePipeline, _session  # noqa: E402

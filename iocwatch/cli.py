@@ -91,10 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     from iocwatch.live import add_live_arguments
 
     add_live_arguments(p)  # -i companions: filter, workers, rotation, outputs, config, user
-    from iocwatch.store.extension import add_arguments as add_store_arguments
+    from iocwatch.store.options import add_arguments as add_store_arguments
 
     add_store_arguments(p)  # --store: the passive-SSL store
-    from iocwatch.tailgate import add_arguments as add_tailgate_arguments
+    from iocwatch.tailgate.options import add_arguments as add_tailgate_arguments
 
     add_tailgate_arguments(p)
     from iocwatch.transport import add_arguments as add_transport_arguments

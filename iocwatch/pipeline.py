@@ -110,17 +110,20 @@ class Extension(Protocol):
     def counters(self) -> dict[str, int]: ...
 
 
-# "module:function" factories, imported only when called: f(args, pipeline) -> Extension | None.
-EXTENSIONS: list[str] = [
-    "iocwatch.store.extension:make",  # --store
-    "iocwatch.transport:make_extension",  # --publish redis://...
-    "iocwatch.tailgate:make",  # --tailgate
+# (flag, "module:function"): the factory f(args, pipeline) -> Extension | None, imported and
+# called only when its flag (the argparse dest) is set, so a run without it pays nothing.
+EXTENSIONS: list[tuple[str, str]] = [
+    ("store", "iocwatch.store.extension:make"),  # --store
+    ("publish", "iocwatch.transport:make_extension"),  # --publish redis://...
+    ("tailgate", "iocwatch.tailgate.extension:make"),  # --tailgate
 ]
 
 
 def _load_extensions(args: argparse.Namespace, pipeline: SensorPipeline) -> list[Extension]:
     out = []
-    for spec in EXTENSIONS:
+    for flag, spec in EXTENSIONS:
+        if not getattr(args, flag, None):
+            continue
         module, _, func = spec.partition(":")
         ext = getattr(importlib.import_module(module), func)(args, pipeline)
         if ext is not None:

@@ -19,8 +19,8 @@ import pytest
 from iocwatch.outputs.sessions import TlsSession
 from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols import x509
-from iocwatch.tailgate import Tailgater, local_addresses
 from iocwatch.tailgate.cache import ProbeCache
+from iocwatch.tailgate.extension import Tailgater, local_addresses
 from iocwatch.tailgate.probe import PortPicker, probe_tls
 from tests import netlab, tgserver
 
@@ -456,7 +456,7 @@ def test_two_workers_probe_once_and_drop_probe_flows_whichever_worker_sees_them(
 def test_unparseable_certificate_is_a_cached_failure(tmp_path):
     """The branch for a chain none of whose entries parses (e.g. a certificate type we do not
     know): counted and cached as a failure, no record."""
-    from iocwatch.tailgate import _Job
+    from iocwatch.tailgate.extension import _Job
     from iocwatch.tailgate.probe import ProbeResult
 
     pipe = FakePipeline()

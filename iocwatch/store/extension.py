@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import os
 import sqlite3
 import threading
 import time
@@ -26,29 +25,6 @@ from iocwatch.store.model import Batch
 BATCH_ITEMS = 20000  # most inputs per transaction (big batches write far faster)
 CLOSE_WAIT = 30.0  # seconds close() waits without a successful write before dropping the rest
 FILE_WAIT = 60.0  # seconds a full queue may hold up -r before items are dropped
-
-
-def store_url(value: str) -> str:
-    """argparse type: refuse what can never work before capture starts."""
-    if value.startswith(("postgresql://", "postgres://")):
-        return value
-    if "://" in value and not value.startswith("sqlite://"):
-        raise argparse.ArgumentTypeError(f"unsupported store URL: {value.split('://')[0]}://")
-    path = value[len("sqlite:///"):] if value.startswith("sqlite:///") else value
-    parent = os.path.dirname(os.path.abspath(path)) if path else ""
-    if not path or not os.path.isdir(parent):
-        raise argparse.ArgumentTypeError(f"no directory for the store file: {value}")
-    return value
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("passive-SSL store")
-    g.add_argument("--store", type=store_url, metavar="URL",
-                   help="write certificates, TLS sessions and observed names into this store: "
-                   "a SQLite file (WAL) or postgresql://...")
-    g.add_argument("--store-queue", type=int, default=100_000, metavar="N",
-                   help="records and sessions held while the store is slow or unreachable "
-                   "(default 100000); past it, live capture drops and counts them")
 
 
 def make(args: argparse.Namespace, pipeline: Any) -> StoreExtension | None:
