@@ -227,6 +227,27 @@ def test_per_destination_limit_cache_and_persistence(pki, tmp_path):
     assert len(pipe2.records) == 1 and pipe2.records[0]["tailgate"]["cached"] is True
 
 
+def _open_cache_and_claim(path: str) -> bool:
+    cache = ProbeCache(path)
+    try:
+        return cache.claim(("192.0.2.1", 443, "x.test"), time.time()) is None
+    finally:
+        cache.close()
+
+
+def test_workers_open_a_new_cache_file_at_once(tmp_path):
+    """The workers of one run create the cache file together: none fails, exactly one claims.
+
+    Switching a new file to WAL while another process opens it used to fail now and then
+    ("database is locked", one round in 25 measured): several new files in a row."""
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(4) as pool:
+        for i in range(25):
+            claims = pool.map(_open_cache_and_claim, [str(tmp_path / f"tg{i}.sqlite")] * 4)
+            assert sorted(claims) == [False, False, False, True]
+
+
 def test_own_traffic_is_recognised_by_port_range_and_address():
     pipe = FakePipeline()
     tg = Tailgater(pipe, cache=ProbeCache(None), threads=1, ports=(61000, 61099))

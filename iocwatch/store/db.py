@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from importlib import resources
 from typing import Any
 
+from iocwatch.sqlitewal import connect_wal
 from iocwatch.store.model import (
     Batch,
     CertRow,
@@ -578,12 +579,9 @@ def _open_sqlite(path: str, readonly: bool, timeout: float) -> SqliteStore:
             conn = sqlite3.connect(f"file:{quote(absolute)}?mode=ro", uri=True,
                                    timeout=timeout, isolation_level=None,
                                    check_same_thread=False)
+            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         else:
-            conn = sqlite3.connect(path, timeout=timeout, isolation_level=None,
-                                   check_same_thread=False)
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-        if not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
+            conn = connect_wal(path, timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
             # a writer touches index pages all over the store: keep up to 256 MiB of them, and
             # let the WAL grow to 64 MiB between checkpoints (measured: 40 % faster writes)

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols.cursor import Malformed
+from iocwatch.sqlitewal import connect_wal
 
 SCHEMA_VERSION = 1
 CLAIM_SECONDS = 60.0  # a claim older than this (its worker died mid-probe) may be taken over
@@ -68,14 +69,23 @@ class ProbeCache:
             os.makedirs(folder, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path or ":memory:", timeout=5.0, check_same_thread=False,
-                                   isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL" if path else "PRAGMA journal_mode=MEMORY")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        if self._db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            self._db.execute("DROP TABLE IF EXISTS probes")  # a cache: start afresh
-            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        self._db.execute(SCHEMA)
+        if path:
+            self._db = connect_wal(path, 5.0)
+        else:
+            self._db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+        db = self._db
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("BEGIN IMMEDIATE")  # the workers of one run open it together: one creates it
+        try:
+            if db.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
+                db.execute("DROP TABLE IF EXISTS probes")  # a cache: start afresh
+                db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute(SCHEMA)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            db.close()
+            raise
 
     def claim(self, key: tuple[str, int, str], now: float, run: str = "") -> Entry | None:
         """The fresh entry for ``key``, or None after claiming it for a probe by us.
