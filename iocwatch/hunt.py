@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from iocwatch.indicators import FORMATS, IndicatorFileError
+from iocwatch.indicators.normalise import normalise_name
 from iocwatch.matcher import Matcher
 from iocwatch.observations import NAME_CHANNELS, Channel, Observation
 from iocwatch.outputs.alerts import AlertWriter, iso_utc
@@ -91,6 +92,9 @@ class Hunt:
         self.matcher = Matcher(matcher_indicators, sensor, self._found.append)
         self.scanned = {"names": 0, "addresses": 0, "certificates": 0, "fingerprints": 0}
         self.alerts = 0
+        #: names already reported as certificate names by the name pass (with the certificates
+        #: that carry them): the certificate pass does not report them a second time
+        self._cert_names_done: set[str] = set()
 
     # ---------------------------------------------------------------- matching and writing
 
@@ -131,21 +135,30 @@ class Hunt:
             self.scanned["names"] += 1
             if not self._hits(probe_record, [Observation(name, Channel.DNS_QUERY)]):
                 continue
-            by_channel = self._name_context(name)
+            by_channel, certs = self._name_context(name)
             if not by_channel:  # the store knows no source for it: report it as a DNS name
                 by_channel = {Channel.DNS_QUERY: (first, last, count, [])}
             for ch, (f, la, n, addrs) in by_channel.items():
-                rec = self._record("name", name, f, la, n, source=ch.value, addresses=addrs)
+                context: dict[str, Any] = {"source": ch.value, "addresses": addrs}
+                if ch in (Channel.CERT_SAN, Channel.CERT_CN):
+                    context["certificates"] = certs
+                    if certs:
+                        self._cert_names_done.add(normalise_name(name))
+                rec = self._record("name", name, f, la, n, **context)
                 self._emit(rec, [Observation(name, ch)], f, la, n)
 
-    def _name_context(self, name: str) -> dict[Channel, tuple[Any, Any, int, list[str]]]:
-        """Per channel: first/last seen, count and some addresses, from the store's rows."""
+    def _name_context(self, name: str) -> tuple[dict[Channel, tuple[Any, Any, int, list[str]]],
+                                                 list[str]]:
+        """Per channel: first/last seen, count and some addresses, from the store's rows;
+        and the SHA-1 of some certificates that carry the name."""
         try:
-            rows = self.store.name(name, subdomains=False, limit=1000).get("names", [])
+            got = self.store.name(name, subdomains=False, limit=1000)
         except Exception:  # context is a bonus: the hit is reported anyway
-            return {}
+            return {}, []
+        certs = [c["sha1"] for c in got.get("certificates", [])
+                 if normalise_name(name) in {normalise_name(n) for n in c.get("names", ())}]
         out: dict[Channel, list[Any]] = {}
-        for row in rows:
+        for row in got.get("names", []):
             if row.get("name") != name:
                 continue  # another spelling of the name: it has its own stored row
             ch = source_channel(row.get("source")) or Channel.DNS_QUERY
@@ -160,7 +173,7 @@ class Hunt:
             addr = row.get("address")
             if addr and addr not in cur[3] and len(cur[3]) < MAX_CONTEXT:
                 cur[3].append(addr)
-        return {ch: (v[0], v[1], v[2], v[3]) for ch, v in out.items()}
+        return {ch: (v[0], v[1], v[2], v[3]) for ch, v in out.items()}, certs[:MAX_CONTEXT]
 
     def addresses(self) -> None:
         probe_record: dict = {}
@@ -199,6 +212,11 @@ class Hunt:
             obs.extend(Observation(n, Channel.CERT_SAN) for n in names or ())
             if not self._hits(probe_record, obs):
                 continue
+            if self._cert_names_done:
+                obs = [o for o in obs if o.channel is not Channel.CERT_SAN
+                       or normalise_name(o.name) not in self._cert_names_done]
+                if not self._hits(probe_record, obs):
+                    continue  # only names the name pass reported with this certificate
             cns: set[str] = set()
             try:
                 info = self.store.certificate(sha1) or {}

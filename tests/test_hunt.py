@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -38,15 +39,19 @@ def filled(request, tmp_path_factory):
         db = request.getfixturevalue("pg_cluster").new_db()
     else:
         db = str(work / "store.db")
+    _fill(db, work, CAPTURES)
+    return work, db
+
+
+def _fill(db: str, work: Path, captures: tuple[str, ...]) -> None:
     store = store_mod.open_store(db)
-    for cap in CAPTURES:
+    for cap in captures:
         rec, ses = work / f"{cap}.records.json", work / f"{cap}.sessions.json"
         r = _cli("-r", str(SAMPLES / cap), "-f", str(rec), "--session-records", str(ses), "-q")
         assert r.returncode == 0, r.stderr
         ingest_records(store, _lines(rec))
         ingest_records(store, _lines(ses))
     store.close()
-    return work, db
 
 
 def _hunt(db: str, out: Path, *iocs: str, extra: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
@@ -73,19 +78,17 @@ def test_hunt_finds_the_names_live_matching_found(filled):
     alerts = _lines(out)
     got = {(a["channel"], a["normalised"], a["indicator"]["value"]) for a in alerts}
     assert got == want
+    assert len(alerts) == len(got)  # one alert per hit: a certificate name is not reported twice
     live_keys = set(_lines(live)[0])
     for a in alerts:
         assert live_keys <= set(a)  # every field of a live alert, plus ours
         assert a["count"] >= 1 and a["first_seen"] <= a["last_seen"]
         assert a["indicator"]["file"] == str(RULES) and a["indicator"]["line"] > 0
         hunt = a["record"]["hunt"]
-        if hunt["kind"] == "name":
-            assert hunt["value"] == a["name"]
-        else:  # a certificate name: once more per certificate that carries it
-            assert hunt["kind"] == "certificate" and a["channel"] in ("cert_san", "cert_cn")
-            assert a["name"] in hunt["names"]
-    kinds = {a["record"]["hunt"]["kind"] for a in alerts}
-    assert kinds == {"name", "certificate"}
+        assert hunt["kind"] == "name" and hunt["value"] == a["name"]
+        if a["channel"] in ("cert_san", "cert_cn"):  # with the certificates that carry it
+            assert hunt["certificates"] and all(len(c) == 40 for c in hunt["certificates"])
+    assert {a["channel"] for a in alerts} >= {"cert_san", "tls_sni", "dns_query"}
 
 
 def test_hunt_certificates_addresses_fingerprints(filled):
@@ -126,12 +129,30 @@ def test_hunt_certificates_addresses_fingerprints(filled):
     a = by[("dst_ip", server)]  # a server address: the destination of stored sessions
     assert a["count"] == addrs[server][2] and a["dst_ip"] == server
     assert a["community_id"]  # a stored session gave the flow fields
-    # a SAN name (not the CN) of the certificate: per certificate and as a stored name
-    cert_hits = [a for a in alerts if a["indicator"]["source"] == "zeekfeed"
-                 and a["record"]["hunt"]["kind"] == "certificate"]
-    assert [(a["channel"], a["name"], a["record"]["hunt"]["value"]) for a in cert_hits] == [
-        ("cert_san", "databasegalore.com", sha1)]
-    assert ("cert_san", "databasegalore.com") in by
+    # a SAN name (not the CN) of the certificate: once, as a stored name, with the certificate
+    name_hits = [(a["channel"], a["record"]["hunt"]["kind"]) for a in alerts
+                 if a["name"] == "databasegalore.com"]
+    assert sorted(name_hits) == sorted({(c, "name") for c, _ in name_hits})
+    assert sha1 in by[("cert_san", "databasegalore.com")]["record"]["hunt"]["certificates"]
+
+
+def test_hunt_reports_a_certificate_name_the_names_table_lacks(tmp_path):
+    """A store that holds a certificate but no name row for its names (a name row was lost
+    or never written): the certificate pass reports the name, with the certificate."""
+    lean = tmp_path / "lean.db"
+    _fill(str(lean), tmp_path, ("sunburst.pcapng",))
+    with sqlite3.connect(lean) as con:
+        con.execute("DELETE FROM names WHERE name = 'databasegalore.com'")
+    con.close()
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text("databasegalore.com\n")
+    out = tmp_path / "out.json"
+    r = _hunt(str(lean), out, str(ioc))
+    assert r.returncode == 0, r.stderr
+    alerts = _lines(out)
+    assert alerts and {(a["channel"], a["record"]["hunt"]["kind"]) for a in alerts} == {
+        ("cert_san", "certificate")}
+    assert all("databasegalore.com" in a["record"]["hunt"]["names"] for a in alerts)
 
 
 def test_hunt_ecs_and_exit_status(filled):
