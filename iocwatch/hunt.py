@@ -26,6 +26,7 @@ from iocwatch.outputs.alerts import AlertWriter, iso_utc
 from iocwatch.pipeline import load_indicators, report_load
 from iocwatch.usage import Parser as _Parser
 from iocwatch.usage import UsageError as HuntError
+from iocwatch.usage import redact_url
 
 #: Store ``source`` words (the store writes the live channel names, and ``dns_answer`` for the
 #: owner name of an answer) to the live alert channel of a name.
@@ -250,18 +251,9 @@ class Hunt:
         self.fingerprints()
 
 
-def _redact(url: str) -> str:
-    """A store URL for messages, without a password."""
-    if "://" in url and "@" in url:
-        scheme, _, rest = url.partition("://")
-        cred, _, host = rest.rpartition("@")
-        return f"{scheme}://{cred.partition(':')[0]}:***@{host}"
-    return url
-
-
 def _store_message(url: str, exc: Exception) -> str:
-    text = str(exc).replace(url, _redact(url)).splitlines()[0] if str(exc) else repr(exc)
-    return text if _redact(url) in text else f"store {_redact(url)}: {text}"
+    text = str(exc).replace(url, redact_url(url)).splitlines()[0] if str(exc) else repr(exc)
+    return text if redact_url(url) in text else f"store {redact_url(url)}: {text}"
 
 
 def main(argv: Iterable[str]) -> int:

@@ -112,6 +112,7 @@ class Extension(Protocol):
 
 # (flag, "module:function"): the factory f(args, pipeline) -> Extension | None, imported and
 # called only when its flag (the argparse dest) is set, so a run without it pays nothing.
+# Extensions that inject records come after those that keep them (they close in reverse).
 EXTENSIONS: list[tuple[str, str]] = [
     ("store", "iocwatch.store.extension:make"),  # --store
     ("publish", "iocwatch.transport:make_extension"),  # --publish redis://...
@@ -239,8 +240,12 @@ class SensorPipeline:
             ext.tick()
 
     def close(self) -> None:
-        """End of the run: extensions first (they may still inject), then the writers."""
-        for ext in self.extensions:
+        """End of the run: extensions first (they may still inject), then the writers.
+
+        Extensions close in reverse order: one that injects (the tailgater, last in
+        :data:`EXTENSIONS`) hands its last results to those that keep them (store, publisher)
+        before they close."""
+        for ext in reversed(self.extensions):
             ext.close()
         if self.writer is not None:
             self.writer.close()

@@ -8,6 +8,7 @@ turns it into that line.
 from __future__ import annotations
 
 import argparse
+from urllib.parse import urlsplit, urlunsplit
 
 
 class UsageError(Exception):
@@ -19,3 +20,19 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         raise UsageError(message)
+
+
+def redact_url(url: str) -> str:
+    """A database or Redis URL fit for a message or log: its password replaced by ``***``."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:  # a malformed URL: hide all that comes before its last "@"
+        if "@" not in url:
+            return url
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}{sep}***@{url.rsplit('@', 1)[1]}" if sep else "***@" + url.rsplit("@", 1)[1]
+    if password:
+        netloc = parts.netloc.replace(f":{password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url

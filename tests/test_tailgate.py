@@ -423,6 +423,10 @@ def test_offline_capture_tailgates_only_when_asked_and_a_dropping_server(pki, tm
         assert hits == [] and not any(k.startswith("tailgate") for k in stats.get("extensions", {}))
         assert b"give --tailgate on the command line" in err
         stats, hits, err = run("--tailgate", "--tailgate-cache", "", "--tailgate-timeout", "2")
+        # with --store the cache is the store's table: a second run probes nothing
+        store = tmp_path / "store.db"
+        in_store = [run("--tailgate", "--store", str(store), "--tailgate-timeout", "2")
+                    for _ in range(2)]
     ext = stats["extensions"]
     assert ext["tailgate_probes"] == 2 and ext["tailgate_ok"] == 1, ext
     assert ext["tailgate_failed_timeout"] == 1, ext  # the dropping server
@@ -430,6 +434,23 @@ def test_offline_capture_tailgates_only_when_asked_and_a_dropping_server(pki, tm
     assert hits[0]["record"]["tailgate"]["session"]["dst_port"] == 443
     assert "drop 8445 full" in (tmp_path / "s2.log").read_text()
     assert not os.path.exists(f"/var/run/netns/{lab.client}")
+    (s1, hits1, _), (s2, hits2, _) = in_store
+    assert (s1["extensions"]["tailgate_probes"], s1["extensions"]["tailgate_ok"]) == (2, 1)
+    assert s2["extensions"].get("tailgate_probes", 0) == 0
+    assert s2["extensions"]["tailgate_cached"] == 2, s2["extensions"]
+    assert [h["normalised"] for h in hits1 + hits2] == [HIDDEN, HIDDEN]
+    assert hits2[0]["record"]["tailgate"]["cached"] is True
+    with sqlite3.connect(store) as db:
+        rows = db.execute("SELECT port, state, reason FROM tailgate_probes ORDER BY port").fetchall()
+    db.close()
+    assert rows == [(443, "ok", "ok"), (8445, "failed", "timeout")]
+    from iocwatch.store import open_store
+
+    st = open_store(str(store), readonly=True)
+    try:  # the tailgated certificate is stored like a passive one
+        assert st.name(HIDDEN)["certificates"]
+    finally:
+        st.close()
 
 
 @pytest.mark.skipif(LAB is not None, reason=str(LAB))

@@ -3,8 +3,8 @@
 In TLS 1.3 and QUIC the server's Certificate is encrypted. For each such session whose
 certificate was not seen, this extension queues one probe for (server address, port,
 server_name); background threads (never the capture loop) connect with the same SNI, read the
-chain and close (:mod:`iocwatch.tailgate.probe`). Results are cached by that key in SQLite
-(:mod:`iocwatch.tailgate.cache`) so a busy network costs one probe per server, and handed back
+chain and close (:mod:`iocwatch.tailgate.probe`). Results are cached by that key in SQLite or
+the store (:mod:`iocwatch.tailgate.cache`) so a busy network costs one probe per server, and handed back
 to the capture loop in :meth:`Tailgater.tick`, where they become ordinary records (marked
 ``"tailgated": true``), alerts, D4 session records and certificate files.
 
@@ -34,7 +34,7 @@ from iocwatch.flows.session import Dissector, Event
 from iocwatch.outputs.sessions import TlsSession
 from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols import x509
-from iocwatch.tailgate.cache import ProbeCache
+from iocwatch.tailgate.cache import CacheError, ProbeCache
 from iocwatch.tailgate.options import Network, default_cache_path
 from iocwatch.tailgate.probe import (
     PortPicker,
@@ -44,11 +44,12 @@ from iocwatch.tailgate.probe import (
     quic_available,
     warm_up,
 )
+from iocwatch.usage import redact_url
 
-KNOWN_MAX = 65536  # keys remembered in memory (beyond: the SQLite file still answers)
+KNOWN_MAX = 65536  # keys remembered in memory (beyond: the cache's database still answers)
 DEST_WINDOW = 60.0  # seconds over which --tailgate-per-dest counts
 LOCAL_REFRESH = 30.0
-PRUNE_EVERY = 3600.0  # expired rows leave the SQLite file this often (and at start)
+PRUNE_EVERY = 3600.0  # expired rows leave the cache's database this often (and at start)
 Key = tuple[str, int, str]
 
 
@@ -60,12 +61,23 @@ def make(args: argparse.Namespace, pipeline: Any) -> Tailgater | None:
         sys.stderr.write("iocwatch: warning: tailgating from a config file is not used with -r "
                          "(the capture may be old): give --tailgate on the command line\n")
         return None
-    path = args.tailgate_cache if args.tailgate_cache is not None else default_cache_path()
     workers = getattr(args, "workers", 1) if getattr(args, "interface", None) else 1
-    try:
-        cache = ProbeCache(path or None)
-    except (OSError, sqlite3.Error) as exc:
-        raise OSError(errno.EACCES, f"tailgate cache: {exc}", path)
+    cache = None
+    store = getattr(args, "store", None)
+    if args.tailgate_cache is None and store:  # shared by every sensor writing into the store
+        from iocwatch.store import StoreError
+
+        try:
+            cache = ProbeCache.in_store(store)
+        except (StoreError, ImportError) as exc:  # the store's writer keeps retrying; we go on
+            sys.stderr.write(f"iocwatch: warning: tailgate cache: store {redact_url(store)} is "
+                             f"unavailable ({exc}); using {default_cache_path()}\n")
+    if cache is None:
+        path = args.tailgate_cache if args.tailgate_cache is not None else default_cache_path()
+        try:
+            cache = ProbeCache(path or None)
+        except (OSError, sqlite3.Error) as exc:
+            raise OSError(errno.EACCES, f"tailgate cache: {exc}", path)
     return Tailgater(
         pipeline, cache=cache, ttl=args.tailgate_ttl,
         fail_ttl=args.tailgate_fail_ttl, timeout=args.tailgate_timeout,
@@ -349,7 +361,7 @@ class Tailgater:
                     self.prune_at = time.monotonic() + PRUNE_EVERY
                     try:
                         self.cache.prune(time.time())
-                    except sqlite3.Error:
+                    except CacheError:
                         self._count("cache_errors")
                 continue
             if job is None:

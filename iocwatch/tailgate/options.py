@@ -84,8 +84,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tailgate-fail-ttl", type=_positive, default=3600.0, metavar="SECONDS",
                    help="keep a failed probe this long before trying again (default 3600)")
     g.add_argument("--tailgate-cache", metavar="FILE", default=None,
-                   help=f"SQLite file of probe results (default {default_cache_path()}; "
-                   "'' keeps them in memory only)")
+                   help="SQLite file of probe results (default: the --store when given, "
+                   f"else {default_cache_path()}; '' keeps them in memory only)")
     g.add_argument("--tailgate-timeout", type=_positive, default=3.0, metavar="SECONDS",
                    help="whole probe, connect to close (default 3)")
     g.add_argument("--tailgate-rate", type=_positive, default=5.0, metavar="PER_SECOND",

@@ -29,7 +29,6 @@ from collections import deque
 from collections.abc import Callable
 from itertools import islice
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import redis
@@ -42,6 +41,7 @@ from iocwatch.transport import (
     TransportError,
     parse_url,
 )
+from iocwatch.usage import redact_url
 
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
@@ -60,14 +60,6 @@ def connect(url: str) -> redis.Redis:
     except (ValueError, TypeError) as exc:
         raise TransportError(f"bad Redis URL: {exc}")
     return client
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 # ---------------------------------------------------------------------------------------------
@@ -363,7 +355,7 @@ def _ingest_from(args: argparse.Namespace, store: Any) -> int:
         consumer.client.ping()
     except (redis.RedisError, OSError) as exc:
         consumer.close()
-        raise TransportError(f"cannot reach Redis at {_redact(client_url)}: {exc}")
+        raise TransportError(f"cannot reach Redis at {redact_url(client_url)}: {exc}")
 
     def on_signal(_signum: int, _frame: object) -> None:
         consumer.stop = True
