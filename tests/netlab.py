@@ -293,25 +293,35 @@ class Lab:
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def start_sensor(args: Sequence[str], log: Path, ns: str | None = None,
-                 timeout: float = 20.0) -> subprocess.Popen[bytes]:
-    """Start ``python -m iocwatch.cli ARGS`` (inside namespace ``ns``) with stderr to ``log``;
-    return once its first stats line is there (ARGS must give --stats-interval). A sensor
-    that exits or stays silent is killed and fails the test with its log."""
+@contextmanager
+def running_sensor(args: Sequence[str], log: Path, ns: str | None = None, timeout: float = 20.0,
+                   stop: signal.Signals | None = signal.SIGTERM,
+                   stop_timeout: float = 30.0) -> Iterator[subprocess.Popen[bytes]]:
+    """``with running_sensor(ARGS, log) as proc:`` runs ``python -m iocwatch.cli ARGS`` (inside
+    namespace ``ns``) with stderr to ``log``, from its first stats line (ARGS must give
+    --stats-interval) to the end of the block. There it is sent ``stop`` and must exit 0
+    within ``stop_timeout`` (``stop`` None: the block ends it itself). A sensor that does not
+    start or stop so fails the test with its log; on any failure it is killed."""
     argv = [sys.executable, "-m", "iocwatch.cli", *args]
     if ns is not None:
         argv = ["ip", "netns", "exec", ns, *argv]
     with open(log, "wb") as err:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=err, cwd=ROOT)
-    deadline = time.monotonic() + timeout
-    while b"iocwatch stats" not in log.read_bytes():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
-            raise AssertionError(f"the sensor did not start: {log.read_text(errors='replace')}")
-        time.sleep(0.05)
-    return proc
+    try:
+        deadline = time.monotonic() + timeout
+        while b"iocwatch stats" not in log.read_bytes():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"the sensor did not start: {log.read_text(errors='replace')}")
+            time.sleep(0.05)
+        yield proc
+        if stop is not None:
+            proc.send_signal(stop)
+            assert proc.wait(stop_timeout) == 0, log.read_text(errors="replace")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 @contextmanager

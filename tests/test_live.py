@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -40,11 +39,10 @@ def test_live_capture_sees_every_name_and_sigterm_loses_nothing(tmp_path):
         lab.wait_listening(lab.server, "tcp", 443)
         lab.set_resolver(netlab.SERVER_V4)
         log = tmp_path / "iocwatch.log"
-        sensor = netlab.start_sensor(
-            ["-i", lab.client_if, "-f", str(records), "--ioc", str(ioc), "--alerts", str(alerts),
-             "--stats-interval", "0.5", "--stats"],
-            log, ns=lab.client, timeout=15)
-        try:
+        with netlab.running_sensor(
+                ["-i", lab.client_if, "-f", str(records), "--ioc", str(ioc), "--alerts",
+                 str(alerts), "--stats-interval", "0.5", "--stats"],
+                log, ns=lab.client, timeout=15, stop_timeout=20):
             for name in NAMES:
                 lab.run(lab.client, ["curl", "-sS", "-k", "--max-time", "5", "-4",
                                      "--tls-max", "1.2", f"https://{name}/"])
@@ -52,11 +50,6 @@ def test_live_capture_sees_every_name_and_sigterm_loses_nothing(tmp_path):
                                      f"https://{name}/"])
                 lab.run(lab.client, ["curl", "-sS", "--max-time", "5", f"http://{name}/"])
             time.sleep(1.0)  # packets reach the capture ring within ~10 ms; leave ample margin
-            sensor.send_signal(signal.SIGTERM)
-            assert sensor.wait(20) == 0
-        finally:
-            if sensor.poll() is None:
-                sensor.kill()
     text = log.read_text()
     assert "iocwatch stats" in text and "dropped kernel 0 interface 0" in text
     recs = [json.loads(x) for x in records.read_text().splitlines()]

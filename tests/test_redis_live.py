@@ -49,12 +49,11 @@ def test_live_publish_through_a_redis_restart(tmp_path):
                                      "--resolve", f"{name}:443:{netlab.SERVER_V4}",
                                      f"https://{name}/"])
 
-        sensor = netlab.start_sensor(
-            ["-i", lab.client_if, "--workers", "2", "--filter", "tcp port 443", "--no-records",
-             "--session-records", str(sessions), "--publish", url, "--stats-interval", "0.5",
-             "--stats-json-stream"],
-            log, ns=lab.client, timeout=15)
-        try:
+        with netlab.running_sensor(
+                ["-i", lab.client_if, "--workers", "2", "--filter", "tcp port 443", "--no-records",
+                 "--session-records", str(sessions), "--publish", url, "--stats-interval", "0.5",
+                 "--stats-json-stream"],
+                log, ns=lab.client, timeout=15):
             clients(4)
             time.sleep(1.0)
             redis_proc.send_signal(signal.SIGKILL)  # Redis dies under the sensor
@@ -66,11 +65,6 @@ def test_live_publish_through_a_redis_restart(tmp_path):
             lab.wait_listening(lab.client, "tcp", srv.port)
             clients(4)
             time.sleep(1.0)
-            sensor.send_signal(signal.SIGTERM)
-            assert sensor.wait(30) == 0
-        finally:
-            if sensor.poll() is None:
-                sensor.kill()
         r = lab.run(lab.client, [sys.executable, "-m", "iocwatch.cli", "ingest", "--from", url,
                                  "--store", db, "--once"], timeout=60)
         assert b"0 recovered" in r.stderr

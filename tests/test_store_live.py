@@ -5,7 +5,6 @@ ingesting that same run's records and session records would make it."""
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from pathlib import Path
@@ -35,22 +34,14 @@ def test_two_workers_write_one_store(tmp_path: Path) -> None:
                CaptureReader(str(ROOT / "samples" / "tls12-long-chain.pcap"))]
     db, records, sessions = tmp_path / "live.db", tmp_path / "r.json", tmp_path / "s.json"
     log = tmp_path / "sensor.log"
-    with netlab.lab("iwst", tmp_path / "lab") as lab:
-        sensor = netlab.start_sensor(
+    with netlab.lab("iwst", tmp_path / "lab") as lab, netlab.running_sensor(
             ["-i", lab.client_if, "--workers", "2", "--store", str(db), "--sensor-name", "lw", "-f",
              str(records), "--session-records", str(sessions), "--stats-interval", "0.3",
              "--stats-json-stream"],
-            log, ns=lab.client)
-        try:
-            lab.run(lab.server, [sys.executable, "-c", INJECT, lab.server_if],
-                    stdin=" ".join(frames).encode())
-            time.sleep(0.5)
-            sensor.send_signal(signal.SIGTERM)
-            assert sensor.wait(60) == 0, log.read_text()
-        finally:
-            if sensor.poll() is None:
-                sensor.kill()
-                sensor.wait()
+            log, ns=lab.client, stop_timeout=60):
+        lab.run(lab.server, [sys.executable, "-c", INJECT, lab.server_if],
+                stdin=" ".join(frames).encode())
+        time.sleep(0.5)
     final = [json.loads(x.split(" ", 2)[2]) for x in log.read_text().splitlines()
              if x.startswith("iocwatch stats {") and '"final":true' in x]
     assert len(final) == 1 and len(final[0]["workers"]) == 2

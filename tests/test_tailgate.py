@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -309,13 +308,13 @@ def test_live_tailgating_alert_cache_slow_and_reset_servers(pki, tmp_path):
                                str(pki.key_file), str(srvlog), "8443:slow", "8444:reset"])
         lab.wait_listening(lab.server, "tcp", 443)
         lab.wait_listening(lab.server, "tcp", 8444)
-        sensor = netlab.start_sensor(
-            ["-i", lab.client_if, "--filter", "", "-f", str(records), "--ioc", str(ioc), "--alerts",
-             str(alerts), "-j", str(tmp_path / "sessions"), "-w", str(tmp_path / "certs"), "--tailgate",
-             "--tailgate-cache", str(tmp_path / "tg.sqlite"), "--tailgate-timeout", "6", "--stats-interval",
-             "0.2", "--stats-json-stream"],
-            log, ns=lab.client, timeout=15)
-        try:
+        with netlab.running_sensor(
+                ["-i", lab.client_if, "--filter", "", "-f", str(records), "--ioc", str(ioc),
+                 "--alerts", str(alerts), "-j", str(tmp_path / "sessions"), "-w",
+                 str(tmp_path / "certs"), "--tailgate", "--tailgate-cache",
+                 str(tmp_path / "tg.sqlite"), "--tailgate-timeout", "6", "--stats-interval", "0.2",
+                 "--stats-json-stream"],
+                log, ns=lab.client, timeout=15):
             link_before = lab.link_packets()
             _curl(lab, 443)
             assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
@@ -334,11 +333,6 @@ def test_live_tailgating_alert_cache_slow_and_reset_servers(pki, tmp_path):
             assert _wait_for(lambda: "slow 8443 closed" in srvlog.read_text(), 10)
             time.sleep(0.5)
             link_after = lab.link_packets()
-            sensor.send_signal(signal.SIGTERM)
-            assert sensor.wait(30) == 0, log.read_text()
-        finally:
-            if sensor.poll() is None:
-                sensor.kill()
     text = log.read_text()
     final = _stats(log)[-1]
     assert final.get("final") and final["dropped_kernel"] == 0, text
@@ -465,21 +459,15 @@ def test_two_workers_probe_once_and_drop_probe_flows_whichever_worker_sees_them(
     with netlab.lab("iwtg3", work) as lab:
         lab.start_nginx(conf)
         lab.wait_listening(lab.server, "tcp", 443)
-        sensor = netlab.start_sensor(
-            ["-i", lab.client_if, "--workers", "2", "-f", str(records), "--ioc", str(ioc), "--alerts",
-             str(alerts), "--tailgate", "--tailgate-cache", str(tmp_path / "tg.sqlite"), "--stats-interval",
-             "0.2", "--stats-json-stream"],
-            log, ns=lab.client, timeout=15)
-        try:
+        with netlab.running_sensor(
+                ["-i", lab.client_if, "--workers", "2", "-f", str(records), "--ioc", str(ioc),
+                 "--alerts", str(alerts), "--tailgate", "--tailgate-cache",
+                 str(tmp_path / "tg.sqlite"), "--stats-interval", "0.2", "--stats-json-stream"],
+                log, ns=lab.client, timeout=15):
             for _ in range(6):  # client ports differ: the flow hash spreads them over workers
                 _curl(lab, 443)
             assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
             time.sleep(0.5)
-            sensor.send_signal(signal.SIGTERM)
-            assert sensor.wait(30) == 0, log.read_text()
-        finally:
-            if sensor.poll() is None:
-                sensor.kill()
     workers = _stats(log)[-1]["workers"]
     total = Counter()
     for w in workers:
@@ -592,19 +580,13 @@ def test_live_quic_session_tailgated_over_quic(pki, tmp_path):
         lab.spawn(lab.server, [sys.executable, quic, "server", str(pki.cert_file),
                                str(pki.key_file), "4433"])
         lab.wait_listening(lab.server, "udp", 4433)
-        sensor = netlab.start_sensor(
-            ["-i", lab.client_if, "-f", str(records), "--ioc", str(ioc), "--alerts", str(alerts),
-             "--tailgate", "--tailgate-cache", "", "--stats-interval", "0.2", "--stats-json-stream"],
-            log, ns=lab.client, timeout=15)
-        try:
+        with netlab.running_sensor(
+                ["-i", lab.client_if, "-f", str(records), "--ioc", str(ioc), "--alerts", str(alerts),
+                 "--tailgate", "--tailgate-cache", "", "--stats-interval", "0.2", "--stats-json-stream"],
+                log, ns=lab.client, timeout=15):
             lab.run(lab.client, [sys.executable, quic, "client", netlab.SERVER_V4, "4433", FRONT])
             assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
             time.sleep(0.3)
-            sensor.send_signal(signal.SIGTERM)
-            assert sensor.wait(30) == 0, log.read_text()
-        finally:
-            if sensor.poll() is None:
-                sensor.kill()
     ext = _stats(log)[-1]["extensions"]
     # nothing listens on TCP 4433: refused there, then the certificate over QUIC
     assert (ext["tailgate_probes"], ext["tailgate_probes_quic"], ext["tailgate_ok"]) == (1, 1, 1), ext
@@ -637,18 +619,12 @@ def test_live_tailgating_after_dropping_root(pki, tmp_path):
     with netlab.lab("iwtg5", work) as lab:
         lab.start_nginx(conf)
         lab.wait_listening(lab.server, "tcp", 443)
-        sensor = netlab.start_sensor(
-            ["-i", lab.client_if, "--user", "nobody", "--no-records", "--ioc", str(ioc), "--alerts",
-             str(alerts), "--tailgate", "--tailgate-cache", str(db), "--stats-interval", "0.2"],
-            log, ns=lab.client, timeout=15)
-        try:
+        with netlab.running_sensor(
+                ["-i", lab.client_if, "--user", "nobody", "--no-records", "--ioc", str(ioc), "--alerts",
+                 str(alerts), "--tailgate", "--tailgate-cache", str(db), "--stats-interval", "0.2"],
+                log, ns=lab.client, timeout=15):
             _curl(lab, 443)
             assert _wait_for(lambda: alerts.exists() and alerts.read_text().strip()), log.read_text()
-            sensor.send_signal(signal.SIGTERM)
-            assert sensor.wait(30) == 0, log.read_text()
-        finally:
-            if sensor.poll() is None:
-                sensor.kill()
     assert "tailgate_ok 1" in log.read_text() and "failed" not in log.read_text()
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT state FROM probes").fetchall() == [("ok",)]
