@@ -34,6 +34,16 @@ class LabError(RuntimeError):
     """The lab could not be built or a step inside it failed."""
 
 
+def wait_for(cond, timeout: float = 20.0, step: float = 0.05) -> bool:
+    """Poll ``cond`` (bounded in time); True once it holds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(step)
+    return bool(cond())
+
+
 def missing_tools(tools: Sequence[str] = TOOLS) -> list[str]:
     """Tools absent from PATH (tests skip on these instead of failing)."""
     return [t for t in tools if shutil.which(t) is None]

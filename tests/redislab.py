@@ -81,13 +81,3 @@ class RedisServer:
     def restart(self, sig: int = signal.SIGTERM) -> None:
         self.stop(sig)
         self.start()
-
-
-def wait_for(cond, timeout: float = 20.0, step: float = 0.05) -> bool:
-    """Poll ``cond`` (bounded in time); True once it holds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return bool(cond())

@@ -15,7 +15,8 @@ redis = pytest.importorskip("redis")
 
 from iocwatch.transport import DEFAULT_KEY, TransportError, parse_url  # noqa: E402
 from iocwatch.transport.redis import RedisConsumer, RedisPublisher, connect  # noqa: E402
-from tests.redislab import RedisServer, free_port, wait_for  # noqa: E402
+from tests.netlab import wait_for  # noqa: E402
+from tests.redislab import RedisServer, free_port  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLE = ROOT / "samples" / "tls12-long-chain.pcap"

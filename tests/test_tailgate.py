@@ -83,13 +83,8 @@ def _client_hello(sni: str, alpn: bytes = b"") -> bytes:
             + len(exts).to_bytes(2, "big") + exts)
 
 
-def _wait_for(cond, seconds: float = 15.0, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if cond():
-            return True
-        time.sleep(step)
-    return cond()
+def _wait_for(cond, seconds: float = 15.0) -> bool:
+    return netlab.wait_for(cond, seconds)
 
 
 # -- probe and tailgater on loopback ----------------------------------------------------------
