@@ -101,7 +101,7 @@ class ProbeCache:
             db.execute("ROLLBACK")
             db.close()
             raise
-        self._setup(db, "probes", "sqlite", None)
+        self._setup(db, "probes", None)
 
     @classmethod
     def in_store(cls, url: str) -> ProbeCache:
@@ -112,44 +112,23 @@ class ProbeCache:
         store = open_store(url)
         self = cls.__new__(cls)
         self.path = url
-        self._setup(store.conn, "tailgate_probes", store.dialect, store)
+        self._setup(store.conn, "tailgate_probes", store)
         return self
 
-    def _reopen(self) -> None:
-        """After the store failed (a PostgreSQL restart): a new connection, tried at most every
-        :data:`REOPEN_SECONDS`; probes in between fail as cache errors, never in a tight loop."""
-        from iocwatch.store import StoreError, open_store
-
-        now = time.monotonic()
-        if now < self._reopen_at:
-            raise CacheError("store unavailable")
-        self._reopen_at = now + REOPEN_SECONDS
-        try:
-            self._owner.close()
-        except Exception:  # noqa: BLE001 - it is broken already
-            pass
-        try:
-            self._owner = open_store(self.path)
-        except StoreError as exc:
-            raise CacheError(str(exc)) from None
-        self._db = self._owner.conn
-        self._broken = False
-
-    def _setup(self, db: Any, table: str, dialect: str, owner: Any) -> None:
-        self._db = db
-        self._owner = owner  # the store whose connection this is (closed with it)
-        self._broken = False
+    def _setup(self, db: Any, table: str, store: Any) -> None:
+        self._db: Any = db  # None after the store's connection failed (see _connection)
+        self._store = store  # the store whose connection this is (None: a file of our own)
         self._reopen_at = 0.0
         self._lock = threading.Lock()
         self._errors: tuple[type[BaseException], ...] = (sqlite3.Error,)
-        if dialect == "postgresql":
+        if store is not None and store.dialect == "postgresql":
             import psycopg
 
             self._errors = (psycopg.Error,)
 
-        def q(sql: str) -> str:
+        def q(sql: str) -> str:  # the store spells its dialect's placeholders
             sql = sql.replace("{t}", table)
-            return sql.replace("?", "%s") if dialect == "postgresql" else sql
+            return store._q(sql) if store is not None else sql
 
         marks = ", ".join(["?"] * 11)
         update = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS.split(", ")[3:])
@@ -167,15 +146,44 @@ class ProbeCache:
             "rows": q("SELECT count(*) FROM {t}"),
         }
 
+    def _connection(self) -> Any:
+        """The connection; after the store failed (a PostgreSQL restart) a new one, tried at
+        most every :data:`REOPEN_SECONDS`: probes in between fail as cache errors, never in a
+        tight loop (the store's own writer retries the same way)."""
+        if self._db is None:
+            if self._store is None:
+                raise CacheError("the cache is closed")
+            from iocwatch.store import StoreError, open_store
+
+            now = time.monotonic()
+            if now < self._reopen_at:
+                raise CacheError("store unavailable")
+            self._reopen_at = now + REOPEN_SECONDS
+            try:
+                self._store = open_store(self.path)
+            except StoreError as exc:
+                raise CacheError(str(exc)) from None
+            self._db = self._store.conn
+        return self._db
+
     def _run(self, name: str, params: tuple = ()) -> Any:
-        if self._broken:
-            self._reopen()
+        db = self._connection()
         try:
-            return self._db.execute(self._sql[name], params)
+            return db.execute(self._sql[name], params)
         except self._errors as exc:
-            if self._owner is not None and self._owner.dialect == "postgresql":
-                self._broken = self._db.closed or self._db.broken
+            if self._store is not None:  # drop it: the next call opens a new connection
+                self._close()
             raise CacheError(str(exc).splitlines()[0] if str(exc) else repr(exc)) from None
+
+    def _close(self) -> None:
+        try:
+            if self._store is not None:
+                self._store.close()
+            elif self._db is not None:
+                self._db.close()
+        except Exception:  # noqa: BLE001 - closing a broken connection
+            pass
+        self._db = None
 
     def claim(self, key: tuple[str, int, str], now: float, run: str = "") -> Entry | None:
         """The fresh entry for ``key``, or None after claiming it for a probe by us.
@@ -218,10 +226,5 @@ class ProbeCache:
 
     def close(self) -> None:
         with self._lock:
-            try:
-                if self._owner is not None:
-                    self._owner.close()
-                else:
-                    self._db.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
+            self._close()
+            self._store = None  # for good: no reopening
