@@ -156,8 +156,9 @@ class Hunt:
             got = self.store.name(name, subdomains=False, limit=1000)
         except Exception:  # context is a bonus: the hit is reported anyway
             return {}, []
+        key = normalise_name(name)
         certs = [c["sha1"] for c in got.get("certificates", [])
-                 if normalise_name(name) in {normalise_name(n) for n in c.get("names", ())}]
+                 if any(normalise_name(n) == key for n in c.get("names", ()))]
         out: dict[Channel, list[Any]] = {}
         for row in got.get("names", []):
             if row.get("name") != name:
