@@ -150,8 +150,8 @@ def run_sensor(args: argparse.Namespace) -> int:
         report_load(report, args.quiet)
 
     def make_pipeline() -> SensorPipeline:
-        return SensorPipeline(args, records_to is not None, bool(args.ioc),
-                              args.session_records is not None)
+        return SensorPipeline(args, records_to is not None, args.session_records is not None,
+                              indicators)
 
     if args.interface is not None:
         from iocwatch.live import run_live
@@ -162,7 +162,7 @@ def run_sensor(args: argparse.Namespace) -> int:
     reader = CaptureReader(args.read)
     pipeline = make_pipeline()
     try:
-        pipeline.open_files(records_to, alerts_to, indicators)
+        pipeline.open_files(records_to, alerts_to)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename}: {exc.strerror or exc}")
     matcher = pipeline.matcher

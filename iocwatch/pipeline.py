@@ -137,9 +137,12 @@ class SensorPipeline:
     files, and the extensions. ``iocwatch -r`` opens it on files (:meth:`open_files`); each
     ``iocwatch -i`` worker attaches it to the writer process's ``emit`` (:meth:`attach`)."""
 
-    def __init__(self, args: argparse.Namespace, records: bool, alerts: bool, sessions: bool):
+    def __init__(self, args: argparse.Namespace, records: bool, sessions: bool,
+                 indicators: IndicatorSet | None):
         self.args = args
-        self.want_records, self.want_alerts, self.want_sessions = records, alerts, sessions
+        self.want_records, self.want_sessions = records, sessions
+        # loaded once by the parent (live workers are forked from it, sharing the set)
+        self.indicators = indicators
         self.writer: RecordWriter | None = None
         self.alert_sink: AlertSink | None = None
         self.matcher: Matcher | None = None
@@ -153,18 +156,14 @@ class SensorPipeline:
         self.own_dropped = 0
 
     def attach(self, emit: Callable[[str, bytes], None]) -> None:
-        """Live worker: every line goes to ``emit``; indicators were reported by the parent."""
-        args = self.args
-        indicators = load_indicators(args)[0] if args.ioc else None
+        """Live worker: every line goes to ``emit``."""
         self._open(RecordWriter("-", out=EmitFile(emit, "records")) if self.want_records else None,
-                   AlertWriter("-", args.alert_format, fh=EmitFile(emit, "alerts"))
-                   if indicators is not None else None,
-                   indicators, None)
+                   AlertWriter("-", self.args.alert_format, fh=EmitFile(emit, "alerts"))
+                   if self.indicators is not None else None, None)
         if self.sessions is not None and self.want_sessions:
             self.sessions.stream = EmitFile(emit, "sessions")
 
-    def open_files(self, records_to: str | None, alerts_to: str | None,
-                   indicators: IndicatorSet | None) -> None:
+    def open_files(self, records_to: str | None, alerts_to: str | None) -> None:
         """File mode: records truncate their file, alerts append (a SIEM tails it)."""
         writer = None
         if records_to is not None:
@@ -172,16 +171,16 @@ class SensorPipeline:
                 open(records_to, "wb").close()
             writer = RecordWriter(records_to)
         alerts = (AlertWriter(alerts_to, self.args.alert_format)
-                  if indicators is not None and alerts_to is not None else None)
-        self._open(writer, alerts, indicators, self.args.session_records)
+                  if self.indicators is not None and alerts_to is not None else None)
+        self._open(writer, alerts, self.args.session_records)
 
     def _open(self, writer: RecordWriter | None, alerts: AlertWriter | None,
-              indicators: IndicatorSet | None, session_stream: str | None) -> None:
+              session_stream: str | None) -> None:
         args = self.args
         self.writer = writer
-        if alerts is not None and indicators is not None:
+        if alerts is not None and self.indicators is not None:
             self.alert_sink = AlertSink(alerts, args.dedupe)
-            self.matcher = Matcher(indicators, args.sensor_name, self.alert_sink)
+            self.matcher = Matcher(self.indicators, args.sensor_name, self.alert_sink)
             self.flow_hook = self.matcher.flow
         if args.session_dir or args.cert_dir or session_stream or self.want_sessions:
             self.sessions = SessionWriter(args.session_dir, session_stream, args.cert_dir,
