@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-mbpt", "--max-buffered-pages-total", dest="mbpt", type=int, default=1024,
                    metavar="N", help="out-of-order TCP segments held in total (default 1024)")
     p.add_argument("--version", action="version", version=f"iocwatch {__version__}")
-    from iocwatch.live import add_live_arguments
+    from iocwatch.live_options import add_live_arguments
 
     add_live_arguments(p)  # -i companions: filter, workers, rotation, outputs, config, user
     from iocwatch.store.options import add_arguments as add_store_arguments
@@ -321,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             raise UsageError(str(exc))
         if args.interface is None:
-            from iocwatch.live import live_only_given
+            from iocwatch.live_options import live_only_given
 
             given = live_only_given(parser, args)
             if given:

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
-from iocwatch.live import EmitFile
 from iocwatch.matcher import Matcher
 from iocwatch.outputs.alerts import AlertWriter, Deduper
 from iocwatch.outputs.records import RecordWriter
@@ -130,6 +129,28 @@ def _load_extensions(args: argparse.Namespace, pipeline: SensorPipeline) -> list
         if ext is not None:
             out.append(ext)
     return out
+
+
+class EmitFile:
+    """A write-only binary file whose writes go to ``emit(stream, ...)``.
+
+    Lets the existing writers (RecordWriter, AlertWriter, SessionWriter streams), which write
+    one whole line per call, feed the single writer process unchanged: ``writer.out = EmitFile``.
+    """
+
+    def __init__(self, emit: Callable[[str, bytes], None], stream: str):
+        self.emit = emit
+        self.stream = stream
+
+    def write(self, data: bytes) -> int:
+        self.emit(self.stream, bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class SensorPipeline:

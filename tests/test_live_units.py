@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from iocwatch import live
+from iocwatch import live, live_options
 from iocwatch.capture.live import DEFAULT_FILTER, check_filter, default_filter
 from iocwatch.config import ConfigError, parse_args_with_config
 from iocwatch.outputs.sockets import (
@@ -231,7 +231,7 @@ def test_add_live_arguments_leaves_existing_flags() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("-i", "--interface", dest="iface_owned")
     p.add_argument("--filter", dest="filter_owned")
-    live.add_live_arguments(p)
+    live_options.add_live_arguments(p)
     a = p.parse_args(["-i", "x", "--workers", "2", "--filter", "udp"])
     assert (a.iface_owned, a.workers, a.filter_owned) == ("x", 2, "udp")
 
