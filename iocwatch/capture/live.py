@@ -9,8 +9,6 @@ a short TPACKET_V3 block timeout (packets reach Python within ~10 ms instead of 
 from __future__ import annotations
 
 import select
-import time
-from collections.abc import Callable, Iterator
 from struct import iter_unpack
 
 import pcapy
@@ -61,20 +59,16 @@ def default_filter(linktype: int) -> str:
 
 
 class LiveCapture:
-    """One libpcap handle on an interface; iterate to capture until :meth:`stop`.
+    """One libpcap handle on an interface, read in batches (:meth:`read`).
 
     ``bpf=None`` applies :func:`default_filter`; ``bpf=""`` captures everything.
     """
 
     def __init__(self, iface: str, bpf: str | None = None, snaplen: int = 65535,
                  promisc: bool = True, buffer_mb: int = 64, timeout_ms: int = BATCH_TIMEOUT_MS,
-                 immediate: bool = True, tick: float = 0.5,
-                 on_read: Callable[[], None] | None = None):
+                 immediate: bool = True):
         self.path = iface
-        self.on_read = on_read
-        self.tick = tick
         self.stats = ReadStats(format="live")
-        self._stop = False
         self._final: dict[str, int] | None = None
         try:
             handle = pcapy.create(iface)
@@ -115,10 +109,6 @@ class LiveCapture:
         except (pcapy.PcapError, OSError, ValueError) as exc:
             raise CaptureError(f"cannot join fanout group on {self.path}: {_clean(exc)}") from None
 
-    def stop(self) -> None:
-        """Ask the capture loop to end after the current batch (signal-handler safe)."""
-        self._stop = True
-
     def read(self, timeout_ms: int, max_n: int = BATCH_MAX) -> list[Packet]:
         """Up to ``max_n`` packets; an empty list after ``timeout_ms`` of silence."""
         handle = self.handle
@@ -135,7 +125,7 @@ class LiveCapture:
         lt = self.linktype
         out = [(sec, usec, lt, data[off:off + n]) for sec, usec, off, n in iter_unpack("=4I", meta)]
         self.stats.records += len(out)
-        self.stats.bytes += sum(n for _s, _u, _o, n in iter_unpack("=4I", meta))
+        self.stats.bytes += sum(len(p[3]) for p in out)
         return out
 
     def drops(self) -> dict[str, int]:
@@ -148,9 +138,6 @@ class LiveCapture:
             return {}
         return {"received": received, "dropped_kernel": dropped, "dropped_interface": ifdropped}
 
-    def position(self) -> int:
-        return self.stats.bytes
-
     def close(self) -> None:
         if self._final is not None:
             return
@@ -159,22 +146,6 @@ class LiveCapture:
             self.handle.close()
         except Exception:  # noqa: BLE001
             pass
-
-    def __iter__(self) -> Iterator[Packet]:
-        next_tick = time.monotonic() + self.tick
-        wait = max(1, int(self.tick * 1000))
-        while not self._stop:
-            try:
-                batch = self.read(wait)
-            except Exception as exc:  # noqa: BLE001 - interface gone, socket error
-                self.stats.damaged["capture_error"] += 1
-                raise CaptureError(f"capture on {self.path} failed: {_clean(exc)}") from None
-            yield from batch
-            now = time.monotonic()
-            if now >= next_tick:
-                next_tick = now + self.tick
-                if self.on_read is not None:
-                    self.on_read()
 
 
 def check_filter(expr: str, linktype: int = 1, snaplen: int = 65535) -> str | None:
