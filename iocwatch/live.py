@@ -107,7 +107,6 @@ class RotatingFile:
         self.rotated: list[str] = []
         self.deleted = 0
         self._stamp, self._seq = "", 0
-        self.lines = 0
         self.fh: BinaryIO = self._open()
 
     def _open(self) -> BinaryIO:
@@ -129,7 +128,6 @@ class RotatingFile:
             self.do_rotate()
         self.fh.write(chunk)
         self.size += len(chunk)
-        self.lines += chunk.count(b"\n")
 
     def tick(self) -> None:
         """Time rotation on a quiet stream too (an empty file is not rotated)."""
@@ -322,7 +320,7 @@ class _WorkerState:
     reload = False
 
 
-def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
+def _worker(index: int, cap: LiveCapture,
             make_pipeline: Callable[[], Pipeline], conn: Connection, mbpc: int, mbpt: int,
             user: tuple[int, int] | None) -> None:
     """Capture, decode, match; send whole lines to the parent. Never dies on a packet."""
@@ -337,9 +335,8 @@ def _worker(index: int, cap: LiveCapture, others: list[LiveCapture],
 
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGHUP, on_hup)
-    # ``others`` are forked copies of the siblings' handles: kept referenced and never
-    # closed here, for the same reason (closing would destroy the sibling's ring).
-    del others
+    # The siblings' handles were forked along (the parent's ``caps`` list still holds them):
+    # never closed here: pcap_close() would tear down the sibling's ring.
     pending: dict[str, list[bytes]] = {}
 
     def emit(stream: str, data: bytes) -> None:
@@ -534,12 +531,10 @@ def _validate(args: argparse.Namespace) -> None:
 
 
 def run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
-             streams: dict[str, str | None] | None = None) -> int:
+             streams: dict[str, str | None]) -> int:
     """Capture until SIGINT/SIGTERM; 0 on a clean stop, 2 when something fails before capture.
 
-    ``streams`` maps STREAMS to a path, '-' (stdout) or None; by default records go to
-    ``args.output`` (stdout when absent), alerts to ``args.alerts``, sessions to
-    ``args.session_records``.
+    ``streams`` maps STREAMS to a path, '-' (stdout) or None.
     """
     try:
         return _run_live(args, make_pipeline, streams)
@@ -549,13 +544,9 @@ def run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
 
 
 def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
-              streams: dict[str, str | None] | None) -> int:
+              streams: dict[str, str | None]) -> int:
     _validate(args)
     user = lookup_user(args.user) if getattr(args, "user", None) else None
-    if streams is None:
-        streams = {"records": getattr(args, "output", None) or "-",
-                   "alerts": getattr(args, "alerts", None),
-                   "sessions": getattr(args, "session_records", None)}
     caps: list[LiveCapture] = []
     try:
         for _ in range(args.workers):
@@ -589,9 +580,8 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     for i, cap in enumerate(caps):
         parent_end, child_end = ctx.Pipe(duplex=False)
-        others = [c for c in caps if c is not cap]
         p = ctx.Process(target=_worker, name=f"iocwatch-worker-{i}",
-                        args=(i, cap, others, make_pipeline, child_end, mbpc, mbpt, user))
+                        args=(i, cap, make_pipeline, child_end, mbpc, mbpt, user))
         p.start()
         child_end.close()
         procs.append(p)
