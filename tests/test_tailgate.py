@@ -498,6 +498,24 @@ def test_unparseable_certificate_is_a_cached_failure(tmp_path):
     assert entry is not None and (entry.state, entry.reason) == ("failed", "unparseable_certificate")
 
 
+def test_cache_failing_on_the_capture_thread_is_counted_not_raised():
+    """tick() runs on the capture thread: a cache database that fails there (closed here; a
+    PostgreSQL store that went away in practice) is a counted error, never an exception."""
+    from iocwatch.tailgate.extension import _Job
+    from iocwatch.tailgate.probe import ProbeResult
+
+    cache = ProbeCache(None)
+    tg = Tailgater(FakePipeline(), cache=cache, threads=1)
+    try:
+        cache.close()
+        job = _Job(("192.0.2.1", 443, "x.test"), _session("192.0.2.1", 443, "x.test"))
+        job.probed = time.time()
+        tg._emit(job, ProbeResult(True, "ok", [b"\x30\x03\x02\x01\x00"]))
+    finally:
+        tg.close()
+    assert tg.counters()["tailgate_cache_errors"] == 1
+
+
 def test_coverage_counts_names_only_tailgating_revealed():
     from iocwatch.coverage.builder import CoverageBuilder
     from iocwatch.coverage.render import render_text

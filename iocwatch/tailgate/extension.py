@@ -287,8 +287,11 @@ class Tailgater:
         certs, cert_json, obs = self.dissector.certificates(result.ders)
         if not certs:  # e.g. a certificate type we cannot parse
             self._count("failed_unparseable_certificate")
-            self.cache.store(job.key, False, "unparseable_certificate", job.probed,
-                             self.fail_ttl, result.via, result.version, result.ders)
+            try:  # the capture thread: a failing cache database must not stop it
+                self.cache.store(job.key, False, "unparseable_certificate", job.probed,
+                                 self.fail_ttl, result.via, result.version, result.ders)
+            except CacheError:
+                self._count("cache_errors")
             return
         s = job.session
         sni = job.key[2]
