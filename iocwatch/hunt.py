@@ -19,7 +19,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from iocwatch.indicators import FORMATS, IndicatorFileError
-from iocwatch.indicators.normalise import normalise_name
 from iocwatch.matcher import Matcher
 from iocwatch.observations import NAME_CHANNELS, Channel, Observation
 from iocwatch.outputs.alerts import AlertWriter, iso_utc
@@ -144,7 +143,7 @@ class Hunt:
                 if ch in (Channel.CERT_SAN, Channel.CERT_CN):
                     context["certificates"] = certs
                     if certs:
-                        self._cert_names_done.add(normalise_name(name))
+                        self._cert_names_done.add(self.matcher.normalise(name))
                 rec = self._record("name", name, f, la, n, **context)
                 self._emit(rec, [Observation(name, ch)], f, la, n)
 
@@ -153,12 +152,11 @@ class Hunt:
         """Per channel: first/last seen, count and some addresses, from the store's rows;
         and the SHA-1 of some certificates that carry the name."""
         try:
-            got = self.store.name(name, subdomains=False, limit=1000)
+            got = self.store.name(name, subdomains=False, limit=1000, sessions=False)
         except Exception:  # context is a bonus: the hit is reported anyway
             return {}, []
-        key = normalise_name(name)
-        certs = [c["sha1"] for c in got.get("certificates", [])
-                 if any(normalise_name(n) == key for n in c.get("names", ()))]
+        # the store matched the certificates by this exact (normalised) name
+        certs = [c["sha1"] for c in got.get("certificates", [])]
         out: dict[Channel, list[Any]] = {}
         for row in got.get("names", []):
             if row.get("name") != name:
@@ -216,7 +214,7 @@ class Hunt:
                 continue
             if self._cert_names_done:
                 obs = [o for o in obs if o.channel is not Channel.CERT_SAN
-                       or normalise_name(o.name) not in self._cert_names_done]
+                       or self.matcher.normalise(o.name) not in self._cert_names_done]
                 if not self._hits(probe_record, obs):
                     continue  # only names the name pass reported with this certificate
             cns: set[str] = set()

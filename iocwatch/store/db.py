@@ -460,7 +460,9 @@ class Store:
         return out
 
     def name(self, domain: str, *, subdomains: bool = True, limit: int = 100,
-             offset: int = 0) -> dict[str, Any]:
+             offset: int = 0, sessions: bool = True) -> dict[str, Any]:
+        """Name rows, sessions (unless ``sessions`` is False: the hunt needs only the rest)
+        and certificates for ``domain`` and, with ``subdomains``, the names below it."""
         rname = reversed_name(domain)
         if not rname:
             return {"names": [], "sessions": [], "certificates": []}
@@ -481,10 +483,10 @@ class Store:
                      "SELECT name, source, address, first_seen, last_seen, count FROM names "
                      "WHERE {where} ORDER BY rname, name, source, address LIMIT ?",
                      "rname = ?", "rname >= ? AND rname < ?")]
-        sessions = self._sessions_out(two_ranges(
+        found = self._sessions_out(two_ranges(
             f"SELECT {_SESSION_COLS} FROM sessions WHERE {{where}} "
             "ORDER BY sni_r, last_seen DESC, id DESC LIMIT ?",
-            "sni_r = ?", "sni_r >= ? AND sni_r < ?"))
+            "sni_r = ?", "sni_r >= ? AND sni_r < ?")) if sessions else []
         certs: list[dict[str, Any]] = []
         seen_certs: set[str] = set()
         for sha1, subject, dns, cn in two_ranges(
@@ -495,7 +497,7 @@ class Store:
                 seen_certs.add(sha1)
                 certs.append({"sha1": sha1, "subject": subject,
                               "names": list(dict.fromkeys(json.loads(dns) + json.loads(cn)))})
-        return {"names": names, "sessions": sessions, "certificates": certs}
+        return {"names": names, "sessions": found, "certificates": certs}
 
     def counts(self) -> dict[str, int]:
         """Row counts, kept by insert triggers (schema version 2): no table scan."""
