@@ -334,20 +334,16 @@ def ingest_from(args: argparse.Namespace, store: Any) -> int:
 
 
 def _ingest_from(args: argparse.Namespace, store: Any) -> int:
-    from iocwatch.store.ingest import ingest_records
+    from iocwatch.store.ingest import Converter, IngestStats, ingest_records
 
     client_url, key, consumer_name = parse_url(args.from_url)
     if getattr(args, "batch", BATCH) < 1:
         raise TransportError("--batch must be at least 1")
-    sensor = getattr(args, "sensor", None)
-    totals: dict[str, int] = {}
+    total = IngestStats()
+    conv = Converter(getattr(args, "sensor", None))  # one for the run: certificates parsed once
 
     def ingest(records: list[dict]) -> None:
-        got = ingest_records(store, records, sensor=sensor)
-        items = dataclasses.asdict(got) if dataclasses.is_dataclass(got) else vars(got)
-        for k, v in items.items():
-            if isinstance(v, int) and k != "records":
-                totals[k] = totals.get(k, 0) + v
+        total.add(ingest_records(store, records, converter=conv))
 
     consumer = RedisConsumer(client_url, key, consumer_name, ingest,
                              getattr(args, "batch", BATCH))
@@ -374,8 +370,10 @@ def _ingest_from(args: argparse.Namespace, store: Any) -> int:
         consumer.close()
     if not getattr(args, "quiet", False):
         c = consumer.counters()
+        if total.records:  # what the store took, once something reached it
+            c.update((k, v) for k, v in dataclasses.asdict(total).items() if k != "records")
         sys.stderr.write("iocwatch: redis ingest: " + ", ".join(
-            f"{v} {k.replace('_', ' ')}" for k, v in (*c.items(), *totals.items())) + "\n")
+            f"{v} {k.replace('_', ' ')}" for k, v in c.items()) + "\n")
     return status
 
 
