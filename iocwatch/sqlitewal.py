@@ -14,10 +14,10 @@ import time
 
 
 def connect_wal(path: str, timeout: float) -> sqlite3.Connection:
-    """A read-write autocommit connection to ``path`` (created if missing) in WAL mode."""
+    """A read-write autocommit connection to ``path`` (created if missing) in WAL mode; its
+    busy timeout is ``timeout`` (sqlite3.connect sets it)."""
     conn = sqlite3.connect(path, timeout=timeout, isolation_level=None, check_same_thread=False)
     try:
-        conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         deadline = time.monotonic() + timeout
         delay = 0.002
         while True:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from iocwatch.store.db import StoreError, open_store
+from iocwatch.store.db import StoreError, one_line, open_store
 from iocwatch.store.ingest import Converter, IngestStats, ingest_records
 from iocwatch.usage import Parser as _Parser
 from iocwatch.usage import UsageError
@@ -171,7 +171,7 @@ def run(args: argparse.Namespace) -> int:
             fs.files += 1
             total.add(ingest_records(store, safe_read(path, fs), converter=conv))
     except Exception as exc:  # noqa: BLE001 - the database failed (gone, full, locked too long)
-        failed = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        failed = one_line(exc)
     finally:
         store.close()
     for w in fs.warnings:

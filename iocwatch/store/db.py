@@ -31,6 +31,12 @@ class StoreError(Exception):
     """The store cannot be used (one-line message for the user)."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The first line of an error's message (a driver's can run to many), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 _SQLITE_TYPES = {"BLOB": "BLOB", "BIGINT": "INTEGER", "REAL": "REAL", "TEXTKEY": "TEXT",
                  "SERIAL": "INTEGER",
                  "WITHOUT_ROWID": " WITHOUT ROWID"}
@@ -358,15 +364,8 @@ class Store:
         return out
 
     def cert_subjects(self, sha1s: list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        uniq = list(dict.fromkeys(sha1s))
-        for i in range(0, len(uniq), _KEY_CHUNK):
-            chunk = uniq[i:i + _KEY_CHUNK]
-            marks = ",".join("?" * len(chunk))
-            for sha1, subject in self._rows(
-                    f"SELECT sha1, subject FROM certificates WHERE sha1 IN ({marks})", chunk):
-                out[sha1] = subject
-        return out
+        return dict(self._in("SELECT sha1, subject FROM certificates WHERE sha1 IN ({marks})",
+                             list(dict.fromkeys(sha1s))))
 
     def addresses_for_cert(self, sha1: str, *, limit: int | None = None) -> dict[str, Any] | None:
         """Sightings of a certificate and the addresses that served it (at most ``limit``)."""
@@ -581,7 +580,6 @@ def _open_sqlite(path: str, readonly: bool, timeout: float) -> SqliteStore:
             conn = sqlite3.connect(f"file:{quote(absolute)}?mode=ro", uri=True,
                                    timeout=timeout, isolation_level=None,
                                    check_same_thread=False)
-            conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
         else:
             conn = connect_wal(path, timeout)
             conn.execute("PRAGMA synchronous = NORMAL")
@@ -609,8 +607,9 @@ def _migrate(store: Store, readonly: bool) -> None:
     if cur.fetchall():
         cur.execute("SELECT max(version) FROM schema_version")
         have = cur.fetchall()[0][0] or 0
-    pending = [(v, sql) for v, sql in migrations(store.dialect) if v > have]
-    known = max((v for v, _ in migrations(store.dialect)), default=0)
+    every = migrations(store.dialect)
+    pending = [(v, sql) for v, sql in every if v > have]
+    known = max((v for v, _ in every), default=0)
     if have > known:
         raise StoreError(f"store schema version {have} is newer than this iocwatch ({known})")
     if not pending:
@@ -656,4 +655,4 @@ def retry_delay(attempt: int) -> float:
     return min(5.0, 0.05 * (2 ** min(attempt, 8)))
 
 
-__all__ = ["Store", "StoreError", "open_store", "SqliteStore", "migrations", "retry_delay"]
+__all__ = ["Store", "StoreError", "one_line", "open_store", "SqliteStore", "migrations", "retry_delay"]

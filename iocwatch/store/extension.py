@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from iocwatch.outputs.sessions import CertCache, TlsSession, d4_record
-from iocwatch.store.db import Store, StoreError, open_store, retry_delay
+from iocwatch.store.db import Store, StoreError, one_line, open_store, retry_delay
 from iocwatch.store.ingest import Converter
 from iocwatch.store.model import Batch
 
@@ -136,11 +136,11 @@ class StoreExtension:
             except Exception as exc:  # noqa: BLE001 - locked, gone, full: retry; bad data: drop
                 if not _transient(exc):  # this batch can never be written: drop it, go on
                     self.c["errors"] += pending_inputs
-                    self.last_error = _one_line(exc)
+                    self.last_error = one_line(exc)
                     pending = None
                     continue
                 self.c["db_errors"] += 1
-                self.last_error = _one_line(exc)
+                self.last_error = one_line(exc)
                 self.healthy = False
                 if store is not None:
                     store.close()
@@ -181,11 +181,6 @@ class StoreExtension:
                 batch.extend(b)
         self.space.set()
         return batch, n
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _transient(exc: BaseException) -> bool:

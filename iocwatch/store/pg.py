@@ -8,7 +8,7 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-from iocwatch.store.db import Store, StoreError, _migrate
+from iocwatch.store.db import Store, StoreError, _migrate, one_line
 
 _cursor_ids = itertools.count(1)
 
@@ -55,10 +55,8 @@ def open_postgresql(url: str, readonly: bool, timeout: float) -> PgStore:
         raise StoreError("PostgreSQL needs psycopg 3: pip install 'psycopg[binary]'") from None
     try:
         conn = psycopg.connect(url, autocommit=True, connect_timeout=max(1, int(timeout)))
-    except psycopg.Error as exc:
-        raise StoreError(f"cannot connect to PostgreSQL: {_one_line(exc)}") from None
-    except Exception as exc:  # noqa: BLE001 - a malformed URL (psycopg's ProgrammingError etc.)
-        raise StoreError(f"cannot connect to PostgreSQL: {_one_line(exc)}") from None
+    except Exception as exc:  # noqa: BLE001 - psycopg's errors, and a malformed URL's
+        raise StoreError(f"cannot connect to PostgreSQL: {one_line(exc)}") from None
     try:
         if readonly:
             conn.execute("SET default_transaction_read_only = on")
@@ -67,9 +65,4 @@ def open_postgresql(url: str, readonly: bool, timeout: float) -> PgStore:
         return store
     except psycopg.Error as exc:
         conn.close()
-        raise StoreError(f"PostgreSQL: {_one_line(exc)}") from None
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        raise StoreError(f"PostgreSQL: {one_line(exc)}") from None
