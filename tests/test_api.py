@@ -512,6 +512,9 @@ def test_cli_errors(data: dict[str, Any], server: str, tmp_path: Path) -> None:
         (["serve", "--store", data["db"], "--token-file", str(empty)], "no token"),
         (["serve", "--store", data["db"], "--token-file", str(tmp_path / "nope")], "cannot read"),
         (["serve", "--store", data["db"], "--threads", "0"], "at least 1"),
+        # nothing listens on port 1: the URL is shown without its password
+        (["serve", "--store", "postgresql://u:s3cret@127.0.0.1:1/x"],
+         "cannot open store postgresql://u:***@127.0.0.1:1/x"),
     ]
     for args, words in cases:
         r = _run(args)
@@ -519,6 +522,7 @@ def test_cli_errors(data: dict[str, Any], server: str, tmp_path: Path) -> None:
         lines = r.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("iocwatch: error: ") and words in lines[0], \
             (args, r.stderr)
+        assert "s3cret" not in r.stderr
 
 
 def test_ipv6_query(data: dict[str, Any], client: httpx.Client) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 from iocwatch.usage import Parser as _Parser
 from iocwatch.usage import UsageError as _UsageError
+from iocwatch.usage import redact_url
 
 __all__ = ["main", "parse_listen"]
 
@@ -114,7 +115,7 @@ def serve(args: argparse.Namespace) -> int:
     try:  # fail now, with one line, rather than on the first request
         open_store(url, readonly=True).close()
     except StoreError as exc:
-        raise _UsageError(f"cannot open store {url}: {exc}")
+        raise _UsageError(f"cannot open store {redact_url(url)}: {exc}")
 
     def opener() -> Any:
         return open_store(url, readonly=True)
@@ -126,7 +127,7 @@ def serve(args: argparse.Namespace) -> int:
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
     sys.stderr.write(f"iocwatch serve: listening on http://{shown}:{bound[1]} "
-                     f"(store {url}, read-only{', token required' if tokens else ''})\n")
+                     f"(store {redact_url(url)}, read-only{', token required' if tokens else ''})\n")
     sys.stderr.flush()
     logging.basicConfig(level=logging.WARNING, format="iocwatch serve: %(message)s")
     # pre-fork: the extra workers are forked before any thread or store connection exists;
