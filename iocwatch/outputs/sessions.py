@@ -464,12 +464,13 @@ class SessionWriter:
         return f"{whole}.{frac.ljust(6, '0')}Z-{os.getpid()}-{self._seq:08d}.json"
 
     def write(self, s: TlsSession) -> None:
-        data = dumps(d4_record(s, self._cache)) + b"\n"
         try:
-            if self.json_dir is not None:
-                _atomic_write(os.path.join(self.json_dir, self.file_name(s)), data)
-            if self.stream is not None:
-                self.stream.write(data)
+            if self.json_dir is not None or self.stream is not None:  # not for -w alone
+                data = dumps(d4_record(s, self._cache)) + b"\n"
+                if self.json_dir is not None:
+                    _atomic_write(os.path.join(self.json_dir, self.file_name(s)), data)
+                if self.stream is not None:
+                    self.stream.write(data)
             if self.certs is not None:
                 for cert in s.certificates:
                     self.certs.write(cert)
