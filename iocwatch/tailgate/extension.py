@@ -32,7 +32,6 @@ from typing import Any
 from iocwatch.engine import PacketContext, make_record
 from iocwatch.flows.session import Dissector, Event
 from iocwatch.outputs.sessions import TlsSession
-from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols import x509
 from iocwatch.tailgate.cache import CacheError, ProbeCache
 from iocwatch.tailgate.options import Network, default_cache_path
@@ -452,11 +451,10 @@ def _packed(ip: str) -> bytes:
 def _alpn(s: TlsSession) -> list[str] | None:
     """The session's own ALPN offer (a QUIC server refuses a handshake without a match)."""
     hello = s.client_hello
-    raw = hello.extension(16) if hello is not None else None
-    if not raw:
+    if hello is None or not hello.alpn:
         return None
     try:
-        names = [n.decode("ascii") for n in tlsp._alpn_names(raw)]
-    except (UnicodeDecodeError, ValueError):
+        names = [n.decode("ascii") for n in hello.alpn]  # parsed with the hello
+    except UnicodeDecodeError:
         return None
     return [n for n in names if n and n.isprintable()][:8] or None

@@ -353,6 +353,3 @@ def probe_quic(address: str, port: int, server_name: str, timeout: float, ports:
     ders = [c.public_bytes(Encoding.DER) for c in [leaf, *chain]]
     return _finish(sock, ProbeResult(True, "ok", ders, version="TLSv1.3", via="quic",
                                      source=local))
-
-
-Prober = Callable[..., ProbeResult]
