@@ -136,9 +136,7 @@ def _std_arc(oid: tuple[int, ...]) -> int | None:
 
 def go_pkix_name(attrs: list[tuple[str, Any]]) -> dict[str, Any]:
     """A pkix.Name as Go's encoding/json writes it, from (dotted OID, value) pairs in DER order."""
-    n: dict[str, Any] = {f: None for f in ("Country", "Organization", "OrganizationalUnit",
-                                            "Locality", "Province", "StreetAddress",
-                                            "PostalCode")}
+    n: dict[str, Any] = dict.fromkeys(_GO_LIST_FIELDS.values())  # Go's struct order
     n["SerialNumber"] = ""
     n["CommonName"] = ""
     names = []
