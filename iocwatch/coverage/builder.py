@@ -120,9 +120,8 @@ class CoverageBuilder:
         self.invalid_examples: dict[str, list[str]] = defaultdict(list)
         self.dns_times: dict[tuple[str, str], list[float]] = defaultdict(list)
         self.sni_times: dict[tuple[str, str], list[float]] = defaultdict(list)
-        # certificate names by how they were seen: from the wire, or by tailgating
+        # certificate names seen on the wire (the rest of a source's names only tailgating saw)
         self.cert_passive: dict[str, set[str]] = {s: set() for s in CERT_SOURCES}
-        self.cert_tailgated: dict[str, set[str]] = {s: set() for s in CERT_SOURCES}
         self.time_first: float | None = None
         self.time_last: float | None = None
 
@@ -177,8 +176,8 @@ class CoverageBuilder:
                 continue
             used = True
             self.names[s.source][name] += 1
-            if s.source in CERT_SOURCES:
-                (self.cert_tailgated if s.tailgated else self.cert_passive)[s.source].add(name)
+            if s.source in CERT_SOURCES and not s.tailgated:
+                self.cert_passive[s.source].add(name)
             if s.client is not None and t is not None:
                 if s.source == "dns":
                     self.dns_times[(s.client, name)].append(t)
@@ -211,7 +210,7 @@ class CoverageBuilder:
             not_in_dns=None if source in ("dns", *LOCAL_SOURCES) else len(names - sets["dns"]),
             invalid_reasons=dict(reasons.most_common()),
             invalid_examples=list(self.invalid_examples.get(source, [])),
-            only_tailgated=(len(self.cert_tailgated[source] - self.cert_passive[source])
+            only_tailgated=(len(names - self.cert_passive[source])
                             if source in CERT_SOURCES else None),
         )
 
