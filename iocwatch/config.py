@@ -63,8 +63,6 @@ def _convert(path: str, key: str, action: argparse.Action, value: Any) -> Any:
     if isinstance(action, argparse._AppendAction):
         items = value if isinstance(value, list) else [value]
         return [_scalar(where, action, v) for v in items]
-    if isinstance(value, list | dict | bool):
-        raise ConfigError(f"{where}: expected a single value")
     return _scalar(where, action, value)
 
 
@@ -89,9 +87,9 @@ def apply_config(parser: argparse.ArgumentParser, path: str) -> None:
     defaults: dict[str, Any] = {}
     for key, value in load_config(path).items():
         action = actions.get(key)
-        if action is None or key in ("config",):
-            if key == "config":
-                raise ConfigError(f"config {path}: a config file cannot name another")
+        if key == "config":
+            raise ConfigError(f"config {path}: a config file cannot name another")
+        if action is None:
             raise ConfigError(f"config {path}: unknown key {key!r}")
         defaults[action.dest] = _convert(path, key, action, value)
         action.required = False
