@@ -6,7 +6,6 @@ for long: a collector that is down costs dropped lines (counted), not dropped pa
 
 from __future__ import annotations
 
-import errno
 import os
 import socket
 import time
@@ -192,7 +191,6 @@ class TcpOutput:
         sock = self.sock
         assert sock is not None
         if block:
-            sock.setblocking(True)
             sock.settimeout(self.timeout)
         try:
             while self.backlog:
@@ -202,9 +200,8 @@ class TcpOutput:
                 del self.backlog[:n]
         except (BlockingIOError, InterruptedError):
             pass
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN,):
-                self._drop_connection()
+        except OSError:  # EAGAIN is BlockingIOError, above: this is a failed connection
+            self._drop_connection()
         finally:
             if block and self.sock is not None:
                 self.sock.setblocking(False)
@@ -230,8 +227,9 @@ class TcpOutput:
     def close(self) -> None:
         self._drain(block=True)
         if self.backlog:
-            self.dropped += self.backlog.count(b"\n")
-            self.sent -= self.backlog.count(b"\n")
+            lost = self.backlog.count(b"\n")
+            self.dropped += lost
+            self.sent -= lost
             self.backlog.clear()
         if self.sock is not None:
             self.sock.close()
