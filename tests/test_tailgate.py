@@ -271,6 +271,19 @@ def test_bad_tailgate_flags_are_one_line_errors(tmp_path):
 LAB = netlab.lab_unavailable()
 
 
+def _hidden_ioc(tmp_path: Path) -> Path:
+    """An indicator file naming the SAN that only the server's certificate holds."""
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text(HIDDEN + "\n")
+    return ioc
+
+
+def _tls13_only_nginx(work: Path, pki) -> str:
+    """nginx.conf for FRONT that speaks TLS 1.3 only: its certificate never crosses in clear."""
+    return netlab.nginx_conf(work, [([FRONT], pki)]).replace(
+        "ssl_protocols TLSv1.2 TLSv1.3;", "ssl_protocols TLSv1.3;")
+
+
 def _curl(lab: netlab.Lab, port: int, name: str = FRONT) -> None:
     lab.run(lab.client, ["curl", "-sS", "-k", "--max-time", "5", "--tlsv1.3", "--resolve",
                          f"{name}:{port}:{netlab.SERVER_V4}", f"https://{name}:{port}/"])
@@ -291,11 +304,9 @@ def test_live_tailgating_alert_cache_slow_and_reset_servers(pki, tmp_path):
     work = tmp_path / "lab"
     work.mkdir()
     records, alerts, log = tmp_path / "records.json", tmp_path / "alerts.json", tmp_path / "err"
-    ioc = tmp_path / "ioc.txt"
-    ioc.write_text(HIDDEN + "\n")
+    ioc = _hidden_ioc(tmp_path)
     srvlog = tmp_path / "server.log"
-    conf = netlab.nginx_conf(work, [([FRONT], pki)]).replace(
-        "ssl_protocols TLSv1.2 TLSv1.3;", "ssl_protocols TLSv1.3;")
+    conf = _tls13_only_nginx(work, pki)
     burst = 3000
     with netlab.lab("iwtg1", work) as lab:
         lab.start_nginx(conf)
@@ -370,8 +381,7 @@ def _stats(log: Path) -> list[dict]:
 def test_offline_capture_tailgates_only_when_asked_and_a_dropping_server(pki, tmp_path):
     work = tmp_path / "lab"
     work.mkdir()
-    ioc = tmp_path / "ioc.txt"
-    ioc.write_text(HIDDEN + "\n")
+    ioc = _hidden_ioc(tmp_path)
     cap_file = tmp_path / "tls13.pcapng"
     with netlab.lab("iwtg2", work) as lab:
         first = lab.spawn(lab.server, [sys.executable, SERVER, str(pki.cert_file),
@@ -447,10 +457,8 @@ def test_two_workers_probe_once_and_drop_probe_flows_whichever_worker_sees_them(
     work = tmp_path / "lab"
     work.mkdir()
     records, alerts, log = tmp_path / "records.json", tmp_path / "alerts.json", tmp_path / "err"
-    ioc = tmp_path / "ioc.txt"
-    ioc.write_text(HIDDEN + "\n")
-    conf = netlab.nginx_conf(work, [([FRONT], pki)]).replace(
-        "ssl_protocols TLSv1.2 TLSv1.3;", "ssl_protocols TLSv1.3;")
+    ioc = _hidden_ioc(tmp_path)
+    conf = _tls13_only_nginx(work, pki)
     with netlab.lab("iwtg3", work) as lab:
         lab.start_nginx(conf)
         lab.wait_listening(lab.server, "tcp", 443)
@@ -587,8 +595,7 @@ def test_live_quic_session_tailgated_over_quic(pki, tmp_path):
     pytest.importorskip("aioquic", reason="aioquic not installed (pip install '.[test]')")
     quic = str(Path(__file__).resolve().parent / "tgquic.py")
     records, alerts, log = tmp_path / "records.json", tmp_path / "alerts.json", tmp_path / "err"
-    ioc = tmp_path / "ioc.txt"
-    ioc.write_text(HIDDEN + "\n")
+    ioc = _hidden_ioc(tmp_path)
     with netlab.lab("iwtg4", tmp_path / "lab") as lab:
         lab.spawn(lab.server, [sys.executable, quic, "server", str(pki.cert_file),
                                str(pki.key_file), "4433"])
@@ -623,12 +630,10 @@ def test_live_tailgating_after_dropping_root(pki, tmp_path):
     except KeyError:
         pytest.skip("no user 'nobody'")
     alerts, log, db = tmp_path / "alerts.json", tmp_path / "err", tmp_path / "tg.sqlite"
-    ioc = tmp_path / "ioc.txt"
-    ioc.write_text(HIDDEN + "\n")
+    ioc = _hidden_ioc(tmp_path)
     work = tmp_path / "lab"
     work.mkdir()
-    conf = netlab.nginx_conf(work, [([FRONT], pki)]).replace(
-        "ssl_protocols TLSv1.2 TLSv1.3;", "ssl_protocols TLSv1.3;")
+    conf = _tls13_only_nginx(work, pki)
     with netlab.lab("iwtg5", work) as lab:
         lab.start_nginx(conf)
         lab.wait_listening(lab.server, "tcp", 443)
