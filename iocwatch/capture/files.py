@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from struct import unpack_from
 from typing import BinaryIO
 
+from iocwatch.boundary import classify
+
 Packet = tuple[int, int, int, bytes]
 
 PCAP_MAGICS = {
@@ -34,6 +36,13 @@ GZIP_MAGIC = b"\x1f\x8b"
 #: captures stay far below it).
 MAX_RECORD = 1 << 18
 CHUNK = 1 << 20
+#: 9999-12-31T23:59:58Z: the last second every time formatter (Python's datetime, Go's
+#: time.Time JSON) can write, with a second to spare for rounding of the fraction. A packet
+#: time past it is damage: the packet keeps the previous packet's time, counted.
+MAX_TS_SEC = 253402300798
+#: pcap/pcapng versions libpcap reads (sf-pcap.c, sf-pcapng.c)
+PCAP_VERSIONS = ((2, 0), (2, 1), (2, 2), (2, 3), (2, 4), (543, 0))
+PCAPNG_SHB_MIN = 28
 
 
 class CaptureError(Exception):
@@ -92,8 +101,11 @@ class _Buffer:
                 # read1: whatever is there (up to a chunk), so a pipe from tcpdump is handled
                 # as it arrives instead of a megabyte at a time
                 chunk = self.read(max(CHUNK, n - (len(self.data) - self.pos)))
-            except (OSError, EOFError, gzip.BadGzipFile, ValueError) as exc:
+            except OSError as exc:  # an I/O error, or gzip's BadGzipFile
                 self.error = f"read error: {exc}"
+                chunk = b""
+            except Exception as exc:  # zlib.error, EOFError: a damaged compressed stream
+                self.error = f"read error: {classify(exc)}: {exc}"
                 chunk = b""
             if not chunk:
                 self.eof = True
@@ -114,18 +126,78 @@ class CaptureReader:
         self.stream, self.raw = open_input(path)
         self.stats = ReadStats()
         try:
-            magic = self.stream.read(4)
-        except (OSError, EOFError, gzip.BadGzipFile) as exc:
-            raise CaptureError(f"{path}: cannot read: {exc}") from None
-        if len(magic) < 4:
-            raise CaptureError(f"{path}: empty or too short to be a capture")
-        self.magic = magic
-        if magic in PCAP_MAGICS:
-            self.stats.format = "pcap"
-        elif magic == PCAPNG_SHB:
-            self.stats.format = "pcapng"
+            magic = self._read_head(4)
+            if len(magic) < 4:
+                raise CaptureError(f"{path}: empty or too short to be a capture")
+            self.magic = magic
+            if magic in PCAP_MAGICS:
+                self.stats.format = "pcap"
+                self.head = magic + self._check_pcap_header(magic)
+            elif magic == PCAPNG_SHB:
+                self.stats.format = "pcapng"
+                self.head = magic + self._check_pcapng_header()
+            else:
+                raise CaptureError(f"{path}: not a pcap or pcapng file (magic {magic.hex()})")
+        except CaptureError:
+            self.close()
+            raise
+
+    def _read_head(self, n: int) -> bytes:
+        """Up to ``n`` bytes of the file header; a damaged or unreadable stream is refused."""
+        out = b""
+        try:
+            while len(out) < n:
+                chunk = self.stream.read(n - len(out))
+                if not chunk:
+                    break
+                out += chunk
+        except OSError as exc:  # BadGzipFile included
+            raise CaptureError(f"{self.path}: cannot read: {exc.strerror or exc}") from None
+        except Exception as exc:  # zlib.error, EOFError: a damaged gzip header
+            raise CaptureError(f"{self.path}: cannot read: {classify(exc)}: {exc}") from None
+        return out
+
+    def _unrecognisable(self, why: str) -> CaptureError:
+        return CaptureError(f"{self.path}: unrecognisable capture: {why}")
+
+    def _check_pcap_header(self, magic: bytes) -> bytes:
+        """The rest of the 24-byte file header, checked as libpcap checks it, before any output
+        is opened: a cut or garbage header is exit 2, not a run that reads "0 packets"."""
+        rest = self._read_head(20)
+        if len(rest) < 20:
+            raise self._unrecognisable(f"pcap file header cut short ({4 + len(rest)} of 24 bytes)")
+        endian = PCAP_MAGICS[magic][0]
+        major, minor = unpack_from(endian + "HH", rest, 0)
+        if (major, minor) not in PCAP_VERSIONS:
+            raise self._unrecognisable(f"pcap version {major}.{minor} in a damaged file header")
+        return rest
+
+    def _check_pcapng_header(self) -> bytes:
+        """The rest of the first Section Header Block, checked like libpcap does."""
+        rest = self._read_head(8)
+        if len(rest) < 8:
+            raise self._unrecognisable(
+                f"pcapng section header cut short ({4 + len(rest)} of {PCAPNG_SHB_MIN}+ bytes)")
+        bom = rest[4:8]
+        if bom == b"\x4d\x3c\x2b\x1a":
+            endian = "<"
+        elif bom == b"\x1a\x2b\x3c\x4d":
+            endian = ">"
         else:
-            raise CaptureError(f"{path}: not a pcap or pcapng file (magic {magic.hex()})")
+            raise self._unrecognisable("pcapng section header has no byte-order magic")
+        blen = unpack_from(endian + "I", rest, 0)[0]
+        if blen < PCAPNG_SHB_MIN or blen % 4 or blen > MAX_RECORD + 4096:
+            raise self._unrecognisable(f"pcapng section header length {blen} is impossible")
+        body = self._read_head(blen - 12)
+        if len(body) < blen - 12:
+            raise self._unrecognisable(
+                f"pcapng section header cut short ({12 + len(body)} of {blen} bytes)")
+        major = unpack_from(endian + "H", body, 0)[0]
+        trailer = unpack_from(endian + "I", body, len(body) - 4)[0]
+        if major != 1 or trailer != blen:
+            raise self._unrecognisable(f"pcapng section header damaged (version {major}, "
+                                       f"lengths {blen}/{trailer})")
+        return rest + body
 
     def position(self) -> int:
         """Bytes consumed of the underlying file (compressed bytes for gzip), for progress."""
@@ -141,14 +213,21 @@ class CaptureReader:
             pass
 
     def __iter__(self) -> Iterator[Packet]:
-        if self.stats.format == "pcap":
-            return self._pcap()
-        return self._pcapng()
+        return self._guarded(self._pcap() if self.stats.format == "pcap" else self._pcapng())
+
+    def _guarded(self, packets: Iterator[Packet]) -> Iterator[Packet]:
+        """The reader's input boundary: whatever a damaged file raises ends the file as
+        damage (counted, truncated) with every packet before it kept."""
+        try:
+            yield from packets
+        except Exception as exc:
+            self.stats.damaged["reader_" + classify(exc)] += 1
+            self.stats.truncated = True
 
     # -- classic pcap -------------------------------------------------------------------
     def _pcap(self) -> Iterator[Packet]:
         endian, scale = PCAP_MAGICS[self.magic]
-        buf = _Buffer(self.stream, self.magic, self.on_read)
+        buf = _Buffer(self.stream, self.head, self.on_read)
         stats = self.stats
         if not buf.ensure(24):
             stats.truncated = True
@@ -202,8 +281,9 @@ class CaptureReader:
         finally:
             stats.records += records
             stats.bytes += nbytes
-        if buf.error:
+        if buf.error:  # e.g. a gzip damaged mid-stream: what came before it is kept
             stats.damaged["read_error"] += 1
+            stats.truncated = True
 
     @staticmethod
     def _resync_pcap(buf: _Buffer, hdr: str, scale: int, last_sec: int | None) -> bool:
@@ -241,11 +321,12 @@ class CaptureReader:
 
     # -- pcapng ---------------------------------------------------------------------------
     def _pcapng(self) -> Iterator[Packet]:
-        buf = _Buffer(self.stream, self.magic, self.on_read)
+        buf = _Buffer(self.stream, self.head, self.on_read)
         stats = self.stats
         endian = "<"
         # per interface: (linktype, units per second)
         interfaces: list[tuple[int, int]] = []
+        last_ts = (0, 0)
         while True:
             if not buf.ensure(12):
                 if len(buf.data) > buf.pos:
@@ -291,6 +372,9 @@ class CaptureReader:
                 ts = (ts_hi << 32) | ts_lo
                 sec, rem = divmod(ts, units)
                 usec = rem * 1_000_000 // units
+                if sec > MAX_TS_SEC:
+                    stats.damaged["timestamp_out_of_range"] += 1
+                    sec, usec = last_ts
             elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
                 if not interfaces or end - body < 4:
                     stats.damaged["pcapng_spb"] += 1
@@ -312,6 +396,9 @@ class CaptureReader:
                 pkt = data[body + 20 : body + 20 + caplen]
                 sec, rem = divmod((ts_hi << 32) | ts_lo, units)
                 usec = rem * 1_000_000 // units
+                if sec > MAX_TS_SEC:
+                    stats.damaged["timestamp_out_of_range"] += 1
+                    sec, usec = last_ts
             elif btype == 1:  # Interface Description Block
                 if end - body < 8:
                     stats.damaged["pcapng_idb"] += 1
@@ -330,9 +417,11 @@ class CaptureReader:
             if not pkt:
                 stats.damaged["empty_record"] += 1
                 continue
+            last_ts = (sec, usec)
             yield sec, usec, linktype, pkt
-        if buf.error:
+        if buf.error:  # e.g. a gzip damaged mid-stream: what came before it is kept
             stats.damaged["read_error"] += 1
+            stats.truncated = True
 
 
 def _tsresol(data: bytes, pos: int, end: int, endian: str) -> int:

@@ -1,0 +1,207 @@
+"""Capture files damaged in their header (refused, exit 2, before any output) and after it
+(counted, everything before the damage kept, exit 0): issue 14 item 6, issue 15 items 2-3."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import random
+import struct
+import subprocess
+import sys
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from iocwatch.capture.files import PCAP_MAGICS, CaptureError, CaptureReader
+from tests import pktbuild as pb
+
+FRAME = pb.eth(pb.ipv4(pb.udp(b"x" * 20)))
+PCAP = pb.pcap([(1600000000.0 + i, FRAME) for i in range(3)])
+PCAPNG = pb.pcapng_shb() + pb.pcapng_idb(1) + pb.pcapng_epb(0, 1_600_000_000_000_000, FRAME)
+
+
+def run(*argv: str, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "iocwatch.cli", *argv], input=stdin,
+                          capture_output=True, timeout=60)
+
+
+def read_all(path: str) -> tuple[list, CaptureReader]:
+    r = CaptureReader(path)
+    pkts = list(r)
+    r.close()
+    return pkts, r
+
+
+@pytest.mark.parametrize("n", range(4, 24))
+def test_pcap_header_cut_short_is_refused(tmp_path, n):
+    f = tmp_path / "cut.pcap"
+    f.write_bytes(PCAP[:n])
+    with pytest.raises(CaptureError, match="unrecognisable capture"):
+        CaptureReader(str(f))
+
+
+@pytest.mark.parametrize("n", [4, 8, 11, 12, 20, 27])
+def test_pcapng_section_header_cut_short_is_refused(tmp_path, n):
+    f = tmp_path / "cut.pcapng"
+    f.write_bytes(PCAPNG[:n])
+    with pytest.raises(CaptureError, match="unrecognisable capture"):
+        CaptureReader(str(f))
+
+
+@pytest.mark.parametrize("damage", [
+    lambda shb: shb[:8] + b"\0\0\0\0" + shb[12:],  # no byte-order magic
+    lambda shb: shb[:4] + struct.pack("<I", 13) + shb[8:],  # length not a multiple of 4
+    lambda shb: shb[:4] + struct.pack("<I", 1 << 30) + shb[8:],  # impossible length
+    lambda shb: shb[:12] + b"\x07\x00" + shb[14:],  # version 7
+    lambda shb: shb[:-4] + struct.pack("<I", 32),  # trailing length disagrees
+])
+def test_pcapng_garbage_section_header_is_refused(tmp_path, damage):
+    shb = pb.pcapng_shb()
+    f = tmp_path / "bad.pcapng"
+    f.write_bytes(damage(shb) + PCAPNG[len(shb):])
+    with pytest.raises(CaptureError, match="unrecognisable capture"):
+        CaptureReader(str(f))
+
+
+@settings(max_examples=300, deadline=None)
+@given(magic=st.sampled_from(sorted(PCAP_MAGICS)), rest=st.binary(min_size=0, max_size=200))
+def test_pcap_magic_then_random_bytes(tmp_path_factory, magic, rest):
+    """Random bytes after a pcap magic: refused unless they happen to carry a valid version;
+    never an exception other than CaptureError, while iterating either."""
+    f = tmp_path_factory.mktemp("m") / "r.pcap"
+    f.write_bytes(magic + rest)
+    endian = PCAP_MAGICS[magic][0]
+    plausible = len(rest) >= 20 and struct.unpack_from(endian + "HH", rest)[0] in (2, 543)
+    try:
+        pkts, r = read_all(str(f))
+    except CaptureError:
+        return
+    assert plausible
+    assert r.stats.records >= 0 and all(v >= 0 for v in r.stats.damaged.values())
+
+
+def test_gzip_of_a_non_capture_and_of_a_cut_header_are_refused(tmp_path):
+    for name, content in (("text.gz", b"not a capture at all, just text"), ("cut.gz", PCAP[:10])):
+        f = tmp_path / name
+        f.write_bytes(gzip.compress(content))
+        with pytest.raises(CaptureError):
+            CaptureReader(str(f))
+
+
+def test_cli_refuses_garbage_header_before_any_output(tmp_path):
+    f = tmp_path / "cut.pcap"
+    f.write_bytes(PCAP[:12])
+    out = tmp_path / "records.json"
+    stats = tmp_path / "stats.json"
+    sess = tmp_path / "sessions.json"
+    res = run("-r", str(f), "-f", str(out), "--stats-json", str(stats),
+              "--session-records", str(sess))
+    assert res.returncode == 2
+    err = res.stderr.decode()
+    assert err.count("\n") == 1 and "unrecognisable capture" in err and str(f) in err
+    assert not out.exists() and not stats.exists() and not sess.exists()
+
+
+def test_cli_magic_then_random_bytes_is_exit_2(tmp_path):
+    f = tmp_path / "garbage.pcapng"
+    rng = random.Random(7)
+    f.write_bytes(b"\x0a\x0d\x0d\x0a" + bytes(rng.randrange(256) for _ in range(300)))
+    res = run("-r", str(f))
+    assert res.returncode == 2 and b"unrecognisable capture" in res.stderr
+
+
+def _damaged_gzip(data: bytes) -> bytes:
+    """A gzip whose deflate stream is corrupt past its first part (zlib.error when read)."""
+    rng = random.Random(1)
+    gz0 = gzip.compress(data)
+    for _ in range(500):
+        gz = bytearray(gz0)
+        pos = rng.randrange(len(gz) // 3, len(gz) - 20)
+        for i in range(pos, pos + 30):
+            gz[i] = rng.randrange(256)
+        try:
+            gzip.decompress(bytes(gz))
+        except gzip.zlib.error:
+            return bytes(gz)
+        except (EOFError, OSError):
+            continue
+    raise AssertionError("no zlib.error damage found")
+
+
+_RNG = random.Random(3)
+BIG = pb.pcap([(1600000000.0 + i, pb.eth(pb.ipv4(pb.udp(_RNG.randbytes(64)))))
+               for i in range(3000)])
+
+
+def test_gzip_damaged_mid_stream_keeps_what_came_before(tmp_path):
+    f = tmp_path / "d.pcap.gz"
+    f.write_bytes(_damaged_gzip(BIG))
+    pkts, r = read_all(str(f))
+    assert 0 < len(pkts) < 3000
+    assert r.stats.truncated and r.stats.damaged["read_error"] == 1
+    assert [p[0] for p in pkts] == list(range(1600000000, 1600000000 + len(pkts)))
+
+
+@pytest.mark.parametrize("from_stdin", [False, True])
+def test_cli_damaged_gzip_is_counted_exit_0(tmp_path, from_stdin):
+    f = tmp_path / "d.pcap.gz"
+    f.write_bytes(_damaged_gzip(BIG))
+    stats = tmp_path / "s.json"
+    if from_stdin:
+        res = run("-r", "-", "--stats-json", str(stats), "-q", stdin=f.read_bytes())
+    else:
+        res = run("-r", str(f), "--stats-json", str(stats), "-q")
+    assert res.returncode == 0, res.stderr
+    assert b"Traceback" not in res.stderr
+    assert b'"read_error"' in stats.read_bytes()
+
+
+def test_pcapng_time_beyond_year_9999_keeps_previous_time(tmp_path):
+    body = (pb.pcapng_shb() + pb.pcapng_idb(1, tsresol=0)  # units: whole seconds
+            + pb.pcapng_epb(0, 1_600_000_000, FRAME)
+            + pb.pcapng_epb(0, 2**63, FRAME)
+            + pb.pcapng_epb(0, 1_600_000_002, FRAME))
+    f = tmp_path / "future.pcapng"
+    f.write_bytes(body)
+    pkts, r = read_all(str(f))
+    assert [(p[0], p[1]) for p in pkts] == [(1_600_000_000, 0)] * 2 + [(1_600_000_002, 0)]
+    assert r.stats.damaged["timestamp_out_of_range"] == 1
+
+
+@pytest.mark.parametrize("tsresol", [0, 0x80, 6, 9, 30, 31, 0x80 | 63, 0xFF])
+def test_pcapng_odd_tsresol_gives_sane_times(tmp_path, tsresol):
+    f = tmp_path / "r.pcapng"
+    f.write_bytes(pb.pcapng_shb() + pb.pcapng_idb(1, tsresol=tsresol)
+                  + pb.pcapng_epb(0, 2**64 - 1, FRAME) + pb.pcapng_epb(0, 0, FRAME))
+    pkts, _ = read_all(str(f))
+    assert len(pkts) == 2
+    for sec, usec, _lt, _data in pkts:
+        assert 0 <= sec <= 253402300798 and 0 <= usec < 1_000_000
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.binary(max_size=400), cut=st.integers(0, 200))
+def test_damage_after_a_valid_header_never_raises(tmp_path_factory, data, cut):
+    """Anything after a valid header (or a valid prefix) is read as packets or counted."""
+    d = tmp_path_factory.mktemp("d")
+    for name, head in (("a.pcap", PCAP[:24]), ("b.pcapng", PCAPNG[:28])):
+        f = d / name
+        f.write_bytes(head + data)
+        pkts, r = read_all(str(f))
+        assert all(v >= 0 for v in r.stats.damaged.values()) and r.stats.records >= len(pkts)
+        g = d / (name + ".gz")
+        g.write_bytes(gzip.compress(head + data)[: max(cut, 40)])
+        try:
+            read_all(str(g))
+        except CaptureError:
+            pass  # cut inside the gzip header or the capture header
+
+
+def test_sample_captures_unchanged():
+    root = os.path.join(os.path.dirname(__file__), "..", "samples")
+    for name in sorted(os.listdir(root)):
+        if name.endswith((".pcap", ".pcapng")):
+            pkts, r = read_all(os.path.join(root, name))
+            assert pkts and not r.stats.truncated and not r.stats.damaged, name
