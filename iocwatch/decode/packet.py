@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections import Counter
 from struct import unpack_from
 
+from iocwatch.boundary import classify
+
 # Link types (LINKTYPE_* / DLT_* numbers as they appear in files).
 LT_NULL = 0
 LT_ETHERNET = 1
@@ -117,8 +119,12 @@ class Decoder:
                 return self._ip_by_version(data, 0, 0)
             if linktype in (LT_PPP, LT_PPP_HDLC):
                 off = 2 if data[:2] == b"\xff\x03" else 0
+                if len(data) <= off:
+                    return self._bad("ppp_truncated")
                 if data[off] & 1:  # protocol field compressed to one byte
                     return self._ppp(data[off], data, off + 1, 0)
+                if len(data) < off + 2:
+                    return self._bad("ppp_truncated")
                 return self._ppp(unpack_from("!H", data, off)[0], data, off + 2, 0)
             if linktype in (LT_NULL, LT_LOOP):
                 if len(data) < 4:
@@ -131,8 +137,8 @@ class Decoder:
                 if fam in (10, 24, 28, 30):
                     return self._ipv6(data, 4, 0)
                 return self._bad("null_family")
-        except (IndexError, ValueError, OverflowError) as exc:  # struct.error is a ValueError
-            return self._bad("decode_" + type(exc).__name__)
+        except Exception as exc:  # the decoder's input boundary (boundary.py): counted, skipped
+            return self._bad("decode_" + classify(exc))
         self.stats[f"linktype_unsupported_{linktype}"] += 1
         return None
 
