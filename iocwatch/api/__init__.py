@@ -27,8 +27,10 @@ DEFAULT_LISTEN = "127.0.0.1:8088"
 
 def build_parser() -> argparse.ArgumentParser:
     from iocwatch.api.app import Limits
+    from iocwatch.api.server import ConnLimits
 
     d = Limits()
+    c = ConnLimits()
     p = _Parser(prog="iocwatch serve",
                 description="Serve the store read-only over HTTP: CIRCL passive-SSL v2 "
                 "(/v2pssl/query, cquery, cfetch; the pypssl client works unchanged) and D4 "
@@ -50,7 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "its own --threads and --max-inflight")
     p.add_argument("--max-inflight", type=int, default=d.max_inflight, metavar="N",
                    help=f"requests answered at once; more get 503 (default {d.max_inflight})")
-    p.add_argument("--access-log", action="store_true", help="log every request on stderr")
+    p.add_argument("--header-timeout", type=float, default=c.header_timeout, metavar="SECONDS",
+                   help="close a connection whose request head is not complete this long after "
+                   f"it opened (or after the first byte of a keep-alive request), with a JSON 408 "
+                   f"(default {c.header_timeout:g})")
+    p.add_argument("--body-timeout", type=float, default=c.body_timeout, metavar="SECONDS",
+                   help="the same for a request body, from the end of the head "
+                   f"(default {c.body_timeout:g})")
+    p.add_argument("--max-conns-per-client", type=int, default=c.max_conns_per_client,
+                   metavar="N", help="open connections per source address; more are answered "
+                   f"with a JSON 429 and closed (default {c.max_conns_per_client}, per worker)")
+    p.add_argument("--max-connections", type=int, default=c.max_connections, metavar="N",
+                   help="open connections in all; more are answered with a JSON 503 and closed "
+                   f"(default {c.max_connections}, per worker)")
+    p.add_argument("--access-log", action="store_true",
+                   help="log every request on stderr (client, method, path, status)")
     return p
 
 
@@ -94,11 +110,18 @@ def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
 def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from iocwatch.api.app import Limits, create_app, load_tokens
+    from iocwatch.api.app import MAX_HEADERS, MAX_URL, Limits, create_app, load_tokens
+    from iocwatch.api.server import ConnLimits, protocol_class
     from iocwatch.store import StoreError, open_store
 
     if args.threads < 1 or args.max_inflight < 1 or not 1 <= args.workers <= 64:
         raise _UsageError("--threads and --max-inflight must be at least 1, --workers 1..64")
+    for flag, value in (("--header-timeout", args.header_timeout),
+                        ("--body-timeout", args.body_timeout)):
+        if not 0 < value <= 3600:  # NaN fails this too
+            raise _UsageError(f"{flag}: want seconds between 0 and 3600, got {value:g}")
+    if args.max_conns_per_client < 1 or args.max_connections < 1:
+        raise _UsageError("--max-conns-per-client and --max-connections must be at least 1")
     try:
         host, port = parse_listen(args.listen)
     except ValueError as exc:
@@ -129,6 +152,8 @@ def serve(args: argparse.Namespace) -> int:
     sys.stderr.write(f"iocwatch serve: listening on http://{shown}:{bound[1]} "
                      f"(store {redact_url(url)}, read-only{', token required' if tokens else ''})\n")
     sys.stderr.flush()
+    # uvicorn's loggers propagate to this one handler on stderr (log_config=None below: its own
+    # set-up would send the access log to stdout, at its warning level, i.e. nowhere)
     logging.basicConfig(level=logging.WARNING, format="iocwatch serve: %(message)s")
     # pre-fork: the extra workers are forked before any thread or store connection exists;
     # the kernel spreads the connections of the one listening socket over them
@@ -145,10 +170,18 @@ def serve(args: argparse.Namespace) -> int:
         children.append(pid)
     app, pool = create_app(opener, tokens=tokens,
                            limits=Limits(threads=args.threads, max_inflight=args.max_inflight))
-    config = uvicorn.Config(app, log_level="warning", access_log=args.access_log,
-                            server_header=False, lifespan="off", http="h11",
-                            limit_concurrency=max(4 * args.max_inflight, 64),
+    conn_limits = ConnLimits(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
+                             max_conns_per_client=args.max_conns_per_client,
+                             max_connections=args.max_connections)
+    # uvicorn's own h11 protocol with read deadlines and connection caps added (api/server.py);
+    # no limit_concurrency: it counts slow connections too and answers everyone plain text
+    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=args.access_log,
+                            server_header=False, lifespan="off",
+                            http=protocol_class(conn_limits),
+                            h11_max_incomplete_event_size=MAX_URL + MAX_HEADERS + 1024,
                             timeout_keep_alive=15)
+    if args.access_log:  # uvicorn logs requests at INFO
+        logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
     # a no-op one here, so the pool is closed below and the exit status is 0.
     for sig in (signal.SIGINT, signal.SIGTERM):
