@@ -185,12 +185,9 @@ def test_utf16_file(tmp_path: Path) -> None:
     assert len(s) == 2 and len(s.match_name("xn--bcher-kva.de")) == 1
 
 
-def test_binary_file_reported_not_loaded(tmp_path: Path) -> None:
-    s, r = load(tmp_path, "a.bin", bytes(range(256)) * 20)
-    assert len(s) == 0
-    assert r.files[0].error == "binary file"
-    assert "binary" in r.skipped[0][2]
-    assert any("empty" in w for w in r.warnings)
+def test_binary_file_refused(tmp_path: Path) -> None:
+    with pytest.raises(IndicatorFileError, match="no usable indicators: binary file"):
+        load(tmp_path, "a.bin", bytes(range(256)) * 20)
 
 
 def test_duplicates_folded(tmp_path: Path) -> None:
@@ -302,8 +299,10 @@ def test_zeek_intel(tmp_path: Path) -> None:
 
 
 def test_zeek_without_fields(tmp_path: Path) -> None:
-    s, r = load(tmp_path, "intel.dat", "evil.com\tIntel::DOMAIN\n", fmt="zeek")
-    assert len(s) == 0 and "before the #fields" in r.skipped[0][2]
+    with pytest.raises(IndicatorFileError, match="no usable indicators: 1 line malformed"):
+        load(tmp_path, "intel.dat", "evil.com\tIntel::DOMAIN\n", fmt="zeek")
+    s, r = load(tmp_path, "intel2.dat", "evil.com\tIntel::DOMAIN\nok.example\n", fmt="plain")
+    assert len(s) == 1 and r.skipped_total == 1
 
 
 # -------------------------------------------------------------------------------- stix
@@ -366,21 +365,27 @@ def test_stix_revoked_and_non_stix(tmp_path: Path) -> None:
     doc = json.loads(_stix(["[domain-name:value = 'a.example']"], revoked=True))
     doc["objects"].append({"type": "indicator", "id": "indicator--x", "pattern_type": "sigma",
                            "pattern": "title: x"})
+    doc["objects"].append(json.loads(_stix(["[domain-name:value = 'b.example']"]))["objects"][-1])
     s, r = load(tmp_path, "b.json", json.dumps(doc))
-    assert len(s) == 0 and r.unsupported == 1 and any("revoked" in w for _, _, w in r.skipped)
+    assert len(s) == 1 and r.unsupported == 1 and r.ignored == 1 and r.skipped_total == 0
+    assert any("1 entry deleted or revoked" in w for w in r.warnings)
+    with pytest.raises(IndicatorFileError, match="1 entry deleted or revoked, 1 entry of a type"):
+        doc["objects"].pop()
+        load(tmp_path, "c.json", json.dumps(doc))
 
 
 def test_stix_hostile(tmp_path: Path) -> None:
     deep = "[" + "(" * 3000 + "domain-name:value = 'a.b'" + ")" * 3000 + "]"
-    s, r = load(tmp_path, "b.json", _stix([deep, "[" * 5000, "x" * 70000]))
-    assert len(s) == 0 and len(r.skipped) == 3
-    s, r = load(tmp_path, "c.json", '{"type": "bundle", "objects": [1, "x", null, {"type":'
-                ' "indicator", "pattern": 5}]}')
-    assert len(s) == 0 and r.skipped
-    s, r = load(tmp_path, "d.json", '{"type": "bundle", "objects": [', fmt="stix")
-    assert len(s) == 0 and "invalid JSON" in r.skipped[0][2]
-    s, r = load(tmp_path, "e.json", "[" * 100000, fmt="stix")
-    assert len(s) == 0 and r.skipped
+    good = "[domain-name:value = 'ok.example']"
+    s, r = load(tmp_path, "b.json", _stix([deep, "[" * 5000, "x" * 70000, good]))
+    assert len(s) == 1 and len(r.skipped) == 3 and r.skipped_total == 3
+    with pytest.raises(IndicatorFileError, match="5 entries not a JSON object"):
+        load(tmp_path, "c.json", '{"type": "bundle", "objects": [1, "x", null, {"type":'
+             ' "indicator", "pattern": 5}, []]}')
+    with pytest.raises(IndicatorFileError, match="no usable indicators: invalid JSON"):
+        load(tmp_path, "d.json", '{"type": "bundle", "objects": [', fmt="stix")
+    with pytest.raises(IndicatorFileError, match="invalid JSON"):
+        load(tmp_path, "e.json", "[" * 100000, fmt="stix")
 
 
 # -------------------------------------------------------------------------------- misp
@@ -442,9 +447,8 @@ def test_misp_feed_manifest(tmp_path: Path) -> None:
 
 def test_misp_manifest_path_traversal(tmp_path: Path) -> None:
     (tmp_path / "secret.json").write_text(json.dumps(_misp_event()))
-    s, r = load(tmp_path, "manifest.json", json.dumps({"../secret": {"info": "x"}}),
-                fmt="misp")
-    assert len(s) == 0
+    with pytest.raises(IndicatorFileError, match="no usable indicators"):
+        load(tmp_path, "manifest.json", json.dumps({"../secret": {"info": "x"}}), fmt="misp")
 
 
 # ------------------------------------------------------------------------------- cache

@@ -1,8 +1,10 @@
 """Readers for each indicator file format, and format detection from content.
 
-Every reader turns one file's text into calls on a :class:`Sink` (add / skip / unsupported)
-and never raises on content: a bad line, row, pattern or attribute is reported with its line
-and the reader goes on. Only :mod:`.store` turns the calls into a set.
+Every reader turns one file's text into calls on a :class:`Sink` (add / skip / unsupported /
+ignore) and never raises on content: a bad line, row, pattern or attribute is reported with
+its line and one reason (``model.R_*``) and the reader goes on. A JSON object is read inside
+its own error boundary (:func:`iocwatch.boundary.classify`), so a member of the wrong type
+costs that object, not the file. Only :mod:`.store` turns the calls into a set.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 import orjson
+
+from iocwatch.boundary import classify
 
 from . import model as m
 from .normalise import TYPE_NAMES, UNSUPPORTED_TYPES
@@ -34,9 +38,16 @@ class Sink(Protocol):
     def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
             exact: bool) -> None: ...
 
-    def skip(self, line: int, reason: str) -> None: ...
+    def skip(self, line: int, reason: str, why: str = m.R_MALFORMED) -> None: ...
 
-    def unsupported(self, line: int, what: str, listed: bool = False) -> None: ...
+    def unsupported(self, line: int, what: str, listed: bool = False,
+                    why: str = m.R_UNSUPPORTED) -> None: ...
+
+    def ignore(self, line: int, why: str) -> None: ...
+
+    def comment(self) -> None: ...
+
+    def warn(self, text: str) -> None: ...
 
     def read_sibling(self, name: str) -> bytes | None: ...
 
@@ -44,7 +55,9 @@ class Sink(Protocol):
 def decode(data: bytes) -> str | None:
     """Text of a file (UTF-8 or UTF-16 with BOM, BOM dropped), or None if it is binary.
 
-    Undecodable UTF-8 sequences become U+FFFD so the line readers can report those lines.
+    Binary means many control bytes at the start (a capture, an archive, random bytes). A
+    stray NUL or undecodable sequence in a text file is not binary: the readers skip and count
+    the lines that hold one (undecodable UTF-8 becomes U+FFFD), the rest of the file loads.
     """
     if data.startswith((b"\xff\xfe", b"\xfe\xff")):
         try:
@@ -52,16 +65,21 @@ def decode(data: bytes) -> str | None:
         except UnicodeDecodeError:
             return None
     else:
-        if b"\x00" in data:
-            return None
         head = data[:4096]
         ctrl = sum(1 for b in head if b < 9 or 13 < b < 32 or b == 127)
         if head and ctrl * 10 > len(head):
             return None
         text = data.decode("utf-8", "replace")
-    if "\x00" in text:
-        return None
     return text.removeprefix("\ufeff")
+
+
+def _bad_text(s: str) -> str | None:
+    """Why text holding an undecodable sequence (U+FFFD) or a NUL is skipped, else None."""
+    if "\ufffd" in s:
+        return "invalid UTF-8"
+    if "\x00" in s:
+        return "NUL byte"
+    return None
 
 
 def _lines(text: str) -> Iterator[tuple[int, str]]:
@@ -161,7 +179,7 @@ def read_plain(text: str, sink: Sink, exact: bool) -> None:
     shared: dict[str, Any] = {}
     for n, line in _lines(text):
         if len(line) > MAX_LINE:
-            sink.skip(n, f"line longer than {MAX_LINE} characters")
+            sink.skip(n, f"line longer than {MAX_LINE} characters", m.R_MALFORMED)
             continue
         s = line.strip()
         if not s:
@@ -169,9 +187,11 @@ def read_plain(text: str, sink: Sink, exact: bool) -> None:
         if s.startswith("#"):
             if _EXACT_DIRECTIVE.match(s):
                 exact = True
+            sink.comment()
             continue
-        if "\ufffd" in s:
-            sink.skip(n, "invalid UTF-8")
+        bad = _bad_text(s)
+        if bad:
+            sink.skip(n, bad, m.R_ENCODING)
             continue
         meta = shared
         value = s
@@ -187,7 +207,7 @@ def read_plain(text: str, sink: Sink, exact: bool) -> None:
             if len(tokens) == 2 and tokens[0] in ("0.0.0.0", "127.0.0.1", "::", "::1"):
                 tokens = tokens[1:]
             if len(tokens) != 1:
-                sink.skip(n, "more than one value on the line")
+                sink.skip(n, "more than one value on the line", m.R_MALFORMED)
                 continue
             value = tokens[0]
         one_exact = exact
@@ -199,6 +219,42 @@ def read_plain(text: str, sink: Sink, exact: bool) -> None:
 # ----------------------------------------------------------------------------------- csv
 
 
+MAX_ROW_LINES = 64
+
+
+def _csv_chunks(text: str, sink: Sink) -> Iterator[tuple[int, str]]:
+    """``(first line number, text)`` pieces of a CSV file that hold only whole rows.
+
+    A quoted field may span lines, but a quote left open would swallow the rest of the file
+    into one field: a row still open after :data:`MAX_ROW_LINES` lines is skipped (its first
+    line, counted) and reading goes on from the next line.
+    """
+    lines = text.split("\n")
+    chunk: list[str] = []
+    chunk_start = 1
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        j = i
+        if line.count('"') % 2:
+            quotes = line.count('"')
+            while quotes % 2 and j + 1 < len(lines) and j - i < MAX_ROW_LINES:
+                j += 1
+                quotes += lines[j].count('"')
+            if quotes % 2:
+                if chunk:
+                    yield chunk_start, "\n".join(chunk)
+                    chunk = []
+                sink.skip(i + 1, "quoted field never closed", m.R_MALFORMED)
+                i += 1
+                chunk_start = i + 1
+                continue
+        chunk.extend(lines[i:j + 1])
+        i = j + 1
+    if chunk:
+        yield chunk_start, "\n".join(chunk)
+
+
 def read_csv(text: str, sink: Sink, exact: bool) -> None:
     """CSV with a header row; the indicator column is chosen by name, the rest is metadata."""
     first = next((ln for _, ln in _lines(text) if ln.strip() and not ln.lstrip().startswith("#")),
@@ -206,71 +262,78 @@ def read_csv(text: str, sink: Sink, exact: bool) -> None:
     delim = ","
     if "," not in first:
         delim = "\t" if "\t" in first else (";" if ";" in first else ",")
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
     header: list[str] | None = None
     vcol = tcol = xcol = -1
     hint: str | None = None
-    errors = 0
-    last = 0
-    while errors < 10_000:
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as e:
-            errors += 1
-            last = reader.line_num
-            sink.skip(last, f"broken CSV row: {e}")
-            continue
-        start, last = last + 1, reader.line_num
-        if not row or all(not c.strip() for c in row) or row[0].lstrip().startswith("#"):
-            continue
-        if header is None:
-            header = [c.strip().lower() for c in row]
-            vcol = next((header.index(c) for c in _VALUE_COLUMNS if c in header), -1)
-            if vcol == -1:
-                vcol = 0
-                sink.skip(start, f"no indicator column in header, using {header[0]!r}")
-            name = header[vcol]
-            hint = TYPE_NAMES.get(name) if name in _VALUE_COLUMNS[6:] else None
-            tcol = next((header.index(c) for c in _TYPE_COLUMNS if c in header), -1)
-            xcol = next((header.index(c) for c in ("exact", "exact_only", "match")
-                         if c in header), -1)
-            continue
-        if len(row) != len(header):
-            sink.skip(start, f"expected {len(header)} fields, got {len(row)}")
-            continue
-        if any(len(c) > MAX_LINE for c in row):
-            sink.skip(start, f"field longer than {MAX_LINE} characters")
-            continue
-        if "\ufffd" in row[vcol]:
-            sink.skip(start, "invalid UTF-8")
-            continue
-        meta: dict[str, Any] = {}
-        for i, cell in enumerate(row):
-            if i in (vcol, tcol, xcol) or not cell.strip():
+    for base, chunk in _csv_chunks(text, sink):
+        reader = csv.reader(io.StringIO(chunk, newline=""), delimiter=delim)
+        last = 0
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:  # the reader has consumed the bad row: go on after it
+                sink.skip(base + last, f"broken CSV row: {str(e)[:80]}", m.R_MALFORMED)
+                last = reader.line_num
                 continue
-            key = _META_ALIASES.get(header[i], header[i])
-            if key == "tags":
-                meta[key] = _tags(cell)
-            elif key == "confidence":
-                meta[key] = _confidence(cell)
-            elif key not in meta:
-                meta[key] = cell.strip()
-        one_hint = hint
-        if tcol != -1 and row[tcol].strip():
-            t = row[tcol].strip().lower()
-            if t in UNSUPPORTED_TYPES:
-                sink.unsupported(start, t)
+            start, last = base + last, reader.line_num
+            if not row or all(not c.strip() for c in row):
                 continue
-            if t not in TYPE_NAMES:
-                sink.skip(start, f"unknown indicator type {row[tcol].strip()[:40]!r}")
+            if row[0].lstrip().startswith("#"):
+                sink.comment()
                 continue
-            one_hint = TYPE_NAMES[t]
-        one_exact = exact or (xcol != -1 and _truthy(row[xcol]))
-        sink.add(row[vcol], one_hint, start, meta, one_exact)
-    if header is None:
-        sink.skip(1, "no header row")
+            if header is None:
+                header = [c.strip().lower() for c in row]
+                vcol = next((header.index(c) for c in _VALUE_COLUMNS if c in header), -1)
+                if vcol == -1:
+                    vcol = 0
+                    sink.warn(f"line {start}: no indicator column in the header, using"
+                              f" {header[0][:40]!r}")
+                name = header[vcol]
+                hint = TYPE_NAMES.get(name) if name in _VALUE_COLUMNS[6:] else None
+                tcol = next((header.index(c) for c in _TYPE_COLUMNS if c in header), -1)
+                xcol = next((header.index(c) for c in ("exact", "exact_only", "match")
+                             if c in header), -1)
+                continue
+            _csv_row(row, header, vcol, tcol, xcol, hint, start, sink, exact)
+
+
+def _csv_row(row: list[str], header: list[str], vcol: int, tcol: int, xcol: int,
+             hint: str | None, start: int, sink: Sink, exact: bool) -> None:
+    if len(row) != len(header):
+        sink.skip(start, f"expected {len(header)} fields, got {len(row)}", m.R_MALFORMED)
+        return
+    if any(len(c) > MAX_LINE for c in row):
+        sink.skip(start, f"field longer than {MAX_LINE} characters", m.R_MALFORMED)
+        return
+    bad = _bad_text(row[vcol])
+    if bad:
+        sink.skip(start, bad, m.R_ENCODING)
+        return
+    meta: dict[str, Any] = {}
+    for i, cell in enumerate(row):
+        if i in (vcol, tcol, xcol) or not cell.strip():
+            continue
+        key = _META_ALIASES.get(header[i], header[i])
+        if key == "tags":
+            meta[key] = _tags(cell)
+        elif key == "confidence":
+            meta[key] = _confidence(cell)
+        elif key not in meta:
+            meta[key] = cell.strip()
+    one_hint = hint
+    if tcol != -1 and row[tcol].strip():
+        t = row[tcol].strip().lower()
+        if t in UNSUPPORTED_TYPES:
+            sink.unsupported(start, t)
+            return
+        if t not in TYPE_NAMES:
+            sink.skip(start, f"unknown indicator type {row[tcol].strip()[:40]!r}", m.R_TYPE)
+            return
+        one_hint = TYPE_NAMES[t]
+    one_exact = exact or (xcol != -1 and _truthy(row[xcol]))
+    sink.add(row[vcol], one_hint, start, meta, one_exact)
 
 
 # ---------------------------------------------------------------------------------- zeek
@@ -302,7 +365,7 @@ def read_zeek(text: str, sink: Sink, exact: bool) -> None:
     fields: list[str] | None = None
     for n, line in _lines(text):
         if len(line) > MAX_LINE:
-            sink.skip(n, f"line longer than {MAX_LINE} characters")
+            sink.skip(n, f"line longer than {MAX_LINE} characters", m.R_MALFORMED)
             continue
         if not line.strip():
             continue
@@ -312,16 +375,17 @@ def read_zeek(text: str, sink: Sink, exact: bool) -> None:
             elif line.startswith("#fields"):
                 fields = [f.strip() for f in line.split(sep)[1:]]
                 if "indicator" not in fields or "indicator_type" not in fields:
-                    sink.skip(n, "#fields lacks indicator / indicator_type")
+                    sink.warn(f"line {n}: #fields lacks indicator / indicator_type")
                     fields = None
-                    return
+            else:
+                sink.comment()
             continue
-        if fields is None:
-            sink.skip(n, "data before the #fields header")
+        if fields is None:  # every such line is counted, so a bad header is never silent
+            sink.skip(n, "no usable #fields header before this line", m.R_MALFORMED)
             continue
         cols = line.split(sep)
         if len(cols) != len(fields):
-            sink.skip(n, f"expected {len(fields)} fields, got {len(cols)}")
+            sink.skip(n, f"expected {len(fields)} fields, got {len(cols)}", m.R_MALFORMED)
             continue
         row = dict(zip(fields, cols, strict=True))
         t = row["indicator_type"].strip().lower()
@@ -329,10 +393,11 @@ def read_zeek(text: str, sink: Sink, exact: bool) -> None:
             sink.unsupported(n, t)
             continue
         if t not in _ZEEK_TYPES:
-            sink.skip(n, f"unknown indicator type {row['indicator_type'][:40]!r}")
+            sink.skip(n, f"unknown indicator type {row['indicator_type'][:40]!r}", m.R_TYPE)
             continue
-        if "\ufffd" in row["indicator"]:
-            sink.skip(n, "invalid UTF-8")
+        bad = _bad_text(row["indicator"])
+        if bad:
+            sink.skip(n, bad, m.R_ENCODING)
             continue
         meta: dict[str, Any] = {}
         for k, v in row.items():
@@ -369,12 +434,46 @@ def _uuid_lines(text: str) -> dict[str, int]:
     return out
 
 
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def _escape_controls(text: str) -> str:
+    """``text`` with raw control characters inside JSON strings written as ``\\u00XX``."""
+    def one(found: re.Match[str]) -> str:
+        return _CONTROL.sub(lambda c: f"\\u{ord(c.group()):04x}", found.group())
+    return _JSON_STRING.sub(one, text)
+
+
 def _load_json(text: str, sink: Sink) -> Any:
+    """The parsed document, or None (counted: one invalid document).
+
+    A raw NUL, tab or other control character inside a string is invalid JSON, but it must
+    cost the one value holding it, not the whole file: such a document is read again with
+    those characters escaped, and a value holding a NUL is then skipped where it is read.
+    """
     try:
         return orjson.loads(text)
     except orjson.JSONDecodeError as e:
-        sink.skip(_json_error_line(e), f"invalid JSON: {str(e)[:120]}")
+        if "control character" in str(e):
+            try:
+                doc = orjson.loads(_escape_controls(text))
+            except orjson.JSONDecodeError:
+                pass
+            else:
+                sink.warn("raw control characters inside JSON strings (read as escaped)")
+                return doc
+        sink.skip(_json_error_line(e), f"invalid JSON: {str(e)[:120]}", m.R_JSON)
         return None
+
+
+def _list(value: Any) -> list[Any]:
+    """A JSON member that should be a list: itself if it is one, else nothing."""
+    return value if isinstance(value, list) else []
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 # ---------------------------------------------------------------------------------- stix
@@ -483,67 +582,101 @@ def stix_terms(pattern: str) -> list[tuple[str, str]]:
 
 
 def read_stix(text: str, sink: Sink, exact: bool) -> None:
-    """STIX 2.1 bundles (or lists / single objects): ``indicator`` objects with STIX patterns."""
+    """STIX 2.1 bundles (or lists / single objects): ``indicator`` objects with STIX patterns.
+
+    Each indicator object is read inside its own error boundary: a member of the wrong type
+    (an ``id`` that is a list, ``labels`` that is a number) costs that object, counted.
+    """
     doc = _load_json(text, sink)
     if doc is None:
         return
     objects = doc
     if isinstance(doc, dict):
-        objects = doc.get("objects") if "objects" in doc else [doc]
+        if "objects" in doc:
+            objects = doc["objects"]
+        elif doc.get("type") == "indicator":
+            objects = [doc]
+        else:
+            sink.skip(1, "not a STIX bundle, list of objects or indicator", m.R_DOCUMENT)
+            return
     if not isinstance(objects, list):
-        sink.skip(1, "STIX bundle without an objects list")
+        sink.skip(1, "STIX bundle without an objects list", m.R_DOCUMENT)
         return
     lines = _uuid_lines(text)
-    names = {o.get("id"): o.get("name") for o in objects
-             if isinstance(o, dict) and o.get("type") == "identity"}
+    names: dict[str, str] = {}
+    for o in objects:
+        if isinstance(o, dict) and o.get("type") == "identity":
+            oid, name = _str(o.get("id")), _str(o.get("name"))
+            if oid is not None and name is not None:
+                names[oid] = name
     for i, obj in enumerate(objects):
-        if not isinstance(obj, dict) or obj.get("type") != "indicator":
+        if not isinstance(obj, dict):
+            sink.skip(1, f"objects[{i}] is not a JSON object", m.R_SHAPE)
             continue
-        oid = obj.get("id") if isinstance(obj.get("id"), str) else f"objects[{i}]"
+        if obj.get("type") != "indicator":
+            continue  # identities, relationships, malware, ...: context, not entries
+        oid = _str(obj.get("id")) or f"objects[{i}]"
         n = lines.get(oid.removeprefix("indicator--").lower(), 1)
-        if obj.get("revoked") is True:
-            sink.skip(n, f"{oid}: revoked")
-            continue
-        ptype = obj.get("pattern_type", "stix")
-        pattern = obj.get("pattern")
-        if ptype != "stix":
-            sink.unsupported(n, f"{oid}: pattern_type {str(ptype)[:20]}", listed=True)
-            continue
-        if not isinstance(pattern, str) or not pattern.strip():
-            sink.skip(n, f"{oid}: no pattern")
-            continue
-        if len(pattern) > MAX_PATTERN:
-            sink.skip(n, f"{oid}: pattern longer than {MAX_PATTERN} characters")
-            continue
         try:
-            terms = stix_terms(pattern)
-        except _Unsupported as e:
-            sink.unsupported(n, f"{oid}: unsupported pattern: {e}", listed=True)
+            got = _stix_indicator(obj, oid, n, names, sink)
+        except Exception as e:  # one bad object costs that object (boundary rule)
+            sink.skip(n, f"{oid}: unreadable indicator ({classify(e)})", m.R_ERROR)
             continue
-        except RecursionError:
-            sink.skip(n, f"{oid}: bad STIX pattern: nested too deeply")
-            continue
-        except Exception as e:  # third-party parser: any failure means a bad pattern
-            sink.skip(n, f"{oid}: bad STIX pattern: {str(e)[:120]}")
-            continue
-        meta: dict[str, Any] = {"id": oid}
-        creator = names.get(obj.get("created_by_ref"))
-        if isinstance(creator, str):
-            meta["source"] = creator
-        desc = obj.get("description") or obj.get("name")
-        if isinstance(desc, str):
-            meta["description"] = desc
-        tags = [t for key in ("indicator_types", "labels") for t in obj.get(key) or []
-                if isinstance(t, str)]
-        if tags:
-            meta["tags"] = tags
-        if isinstance(obj.get("confidence"), int):
-            meta["confidence"] = obj["confidence"]
-        for key in ("name", "valid_from", "valid_until"):
-            if isinstance(obj.get(key), str):
-                meta[key] = obj[key]
-        for kind, value in terms:
-            sink.add(value, kind, n, meta, exact)
+        if got is not None:
+            terms, meta = got
+            for kind, value in terms:
+                sink.add(value, kind, n, meta, exact)
+
+
+def _stix_indicator(obj: dict[str, Any], oid: str, n: int, names: dict[str, str],
+                    sink: Sink) -> tuple[list[tuple[str, str]], dict[str, Any]] | None:
+    """The terms and metadata of one indicator object, or None after counting why not."""
+    if obj.get("revoked") is True:
+        sink.ignore(n, m.R_DELETED)
+        return None
+    ptype = obj.get("pattern_type", "stix")
+    pattern = obj.get("pattern")
+    if ptype != "stix":
+        sink.unsupported(n, f"{oid}: pattern_type {str(ptype)[:20]}", listed=True)
+        return None
+    if not isinstance(pattern, str) or not pattern.strip():
+        sink.skip(n, f"{oid}: no pattern", m.R_SHAPE)
+        return None
+    if len(pattern) > MAX_PATTERN:
+        sink.skip(n, f"{oid}: pattern longer than {MAX_PATTERN} characters", m.R_MALFORMED)
+        return None
+    if "\x00" in pattern:
+        sink.skip(n, f"{oid}: NUL byte in the pattern", m.R_ENCODING)
+        return None
+    try:
+        terms = stix_terms(pattern)
+    except _Unsupported as e:
+        sink.unsupported(n, f"{oid}: unsupported pattern: {e}", listed=True, why=m.R_PATTERN)
+        return None
+    except RecursionError:
+        sink.skip(n, f"{oid}: bad STIX pattern: nested too deeply", m.R_BAD_PATTERN)
+        return None
+    except Exception as e:  # third-party parser: any failure of it means a bad pattern
+        sink.skip(n, f"{oid}: bad STIX pattern: {str(e)[:120]}", m.R_BAD_PATTERN)
+        return None
+    meta: dict[str, Any] = {"id": oid}
+    creator = obj.get("created_by_ref")
+    if isinstance(creator, str) and creator in names:
+        meta["source"] = names[creator]
+    desc = _str(obj.get("description")) or _str(obj.get("name"))
+    if desc:
+        meta["description"] = desc
+    tags = [t for key in ("indicator_types", "labels") for t in _list(obj.get(key))
+            if isinstance(t, str)]
+    if tags:
+        meta["tags"] = tags
+    conf = obj.get("confidence")
+    if isinstance(conf, int) and not isinstance(conf, bool):
+        meta["confidence"] = conf
+    for key in ("name", "valid_from", "valid_until"):
+        if isinstance(obj.get(key), str):
+            meta[key] = obj[key]
+    return terms, meta
 
 
 # ---------------------------------------------------------------------------------- misp
@@ -572,7 +705,9 @@ def _misp_events(doc: Any) -> list[Any] | None:
 def read_misp(text: str, sink: Sink, exact: bool, misp_all: bool) -> None:
     """MISP event exports, and feed manifests (the events are read from sibling files).
 
-    Only attributes flagged ``to_ids`` load unless ``misp_all``; deleted ones never do.
+    Only attributes flagged ``to_ids`` load unless ``misp_all``; deleted ones never do; both
+    are counted as ignored. Each event and each attribute is read inside its own error
+    boundary: a member of the wrong JSON type costs that event or attribute, counted.
     """
     doc = _load_json(text, sink)
     if doc is None:
@@ -582,7 +717,7 @@ def read_misp(text: str, sink: Sink, exact: bool, misp_all: bool) -> None:
         _read_manifest(doc, text, sink, exact, misp_all)
         return
     if events is None:
-        sink.skip(1, "not a MISP event export or feed manifest")
+        sink.skip(1, "not a MISP event export or feed manifest", m.R_DOCUMENT)
         return
     _read_events(events, text, sink, exact, misp_all)
 
@@ -592,28 +727,39 @@ def _read_manifest(doc: dict[str, Any], text: str, sink: Sink, exact: bool,
     lines = _uuid_lines(text)
     for k, uuid in enumerate(doc):
         if k >= MAX_MISP_EVENTS:
-            sink.skip(1, f"more than {MAX_MISP_EVENTS} events in manifest")
+            sink.skip(1, f"more than {MAX_MISP_EVENTS} events in manifest: rest not read",
+                      m.R_MALFORMED)
             return
         n = lines.get(uuid.lower(), 1)
         data = sink.read_sibling(uuid.lower() + ".json")
         if data is None:
-            sink.skip(n, f"event file {uuid}.json listed in the manifest is missing")
+            sink.skip(n, f"event file {uuid}.json listed in the manifest is missing",
+                      m.R_SHAPE)
             continue
         event_text = decode(data)
         if event_text is None:
-            sink.skip(n, f"event file {uuid}.json is binary")
+            sink.skip(n, f"event file {uuid}.json is binary", m.R_ENCODING)
             continue
         try:
             event_doc = orjson.loads(event_text)
         except orjson.JSONDecodeError as e:
-            sink.skip(n, f"event file {uuid}.json: invalid JSON: {str(e)[:100]}")
-            continue
+            try:
+                event_doc = orjson.loads(_escape_controls(event_text))
+            except orjson.JSONDecodeError:
+                sink.skip(n, f"event file {uuid}.json: invalid JSON: {str(e)[:100]}",
+                          m.R_MALFORMED)
+                continue
         events = _misp_events(event_doc)
         if events is None:
-            sink.skip(n, f"event file {uuid}.json is not a MISP event")
+            sink.skip(n, f"event file {uuid}.json is not a MISP event", m.R_SHAPE)
             continue
         # lines of attributes point into the manifest: the event file has no line of its own
         _read_events(events, None, sink, exact, misp_all, at=n, where=f"{uuid}.json: ")
+
+
+def _tag_names(value: Any) -> list[str]:
+    return [t["name"] for t in _list(value) if isinstance(t, dict) and isinstance(t.get("name"),
+                                                                                   str)]
 
 
 def _read_events(events: list[Any], text: str | None, sink: Sink, exact: bool,
@@ -621,57 +767,84 @@ def _read_events(events: list[Any], text: str | None, sink: Sink, exact: bool,
     lines = _uuid_lines(text) if text is not None else {}
     for event in events:
         if not isinstance(event, dict):
-            sink.skip(at, f"{where}event is not an object")
+            sink.skip(at, f"{where}event is not an object", m.R_SHAPE)
             continue
-        org = event.get("Orgc") or event.get("Org") or {}
-        info = event.get("info") if isinstance(event.get("info"), str) else None
-        event_tags = [t["name"] for t in event.get("Tag") or []
-                      if isinstance(t, dict) and isinstance(t.get("name"), str)]
-        attrs: list[Any] = list(event.get("Attribute") or [])
-        for obj in event.get("Object") or []:
-            if isinstance(obj, dict):
-                attrs.extend(obj.get("Attribute") or [])
+        try:
+            org = event.get("Orgc") or event.get("Org")
+            source = _str(org.get("name")) if isinstance(org, dict) else None
+            info = _str(event.get("info"))
+            event_uuid = _str(event.get("uuid"))
+            event_tags = _tag_names(event.get("Tag"))
+            attrs: list[Any] = list(_list(event.get("Attribute")))
+            for obj in _list(event.get("Object")):
+                if isinstance(obj, dict):
+                    attrs.extend(_list(obj.get("Attribute")))
+        except Exception as e:  # one bad event costs that event (boundary rule)
+            sink.skip(at, f"{where}unreadable event ({classify(e)})", m.R_ERROR)
+            continue
         for attr in attrs:
             if not isinstance(attr, dict):
+                sink.skip(at, f"{where}attribute is not an object", m.R_SHAPE)
                 continue
             uuid = attr.get("uuid")
             n = lines.get(uuid.lower(), at) if isinstance(uuid, str) else at
-            if _truthy(attr.get("deleted")):
+            try:
+                got = _misp_attribute(attr, n, sink, misp_all, where, source, info,
+                                      event_tags, event_uuid)
+            except Exception as e:  # one bad attribute costs that attribute
+                sink.skip(n, f"{where}unreadable attribute ({classify(e)})", m.R_ERROR)
                 continue
-            if not misp_all and not _truthy(attr.get("to_ids")):
-                continue
-            atype = str(attr.get("type", "")).lower()
-            value = attr.get("value")
-            if not isinstance(value, str):
-                sink.skip(n, f"{where}attribute without a text value")
-                continue
-            if atype in _MISP_TYPES:
-                parts = [(value, _MISP_TYPES[atype])]
-            elif atype in _MISP_PAIRS:
-                left, _, right = value.partition("|")
-                a, b = _MISP_PAIRS[atype]
-                parts = [(left, a)] + ([(right, b)] if b else [])
-            else:
-                sink.unsupported(n, atype or "(no type)")
-                continue
-            meta: dict[str, Any] = {}
-            if isinstance(org, dict) and isinstance(org.get("name"), str):
-                meta["source"] = org["name"]
-            comment = attr.get("comment")
-            desc = " - ".join(x for x in (info, comment) if isinstance(x, str) and x)
-            if desc:
-                meta["description"] = desc
-            tags = event_tags + [t["name"] for t in attr.get("Tag") or []
-                                 if isinstance(t, dict) and isinstance(t.get("name"), str)]
-            if tags:
-                meta["tags"] = tags
-            for key in ("category", "type", "uuid"):
-                if isinstance(attr.get(key), str):
-                    meta[key] = attr[key]
-            if isinstance(event.get("uuid"), str):
-                meta["event_uuid"] = event["uuid"]
-            for raw, kind in parts:
-                sink.add(raw, kind, n, meta, exact)
+            if got is not None:
+                parts, meta = got
+                for raw, kind in parts:
+                    sink.add(raw, kind, n, meta, exact)
+
+
+def _misp_attribute(attr: dict[str, Any], n: int, sink: Sink, misp_all: bool, where: str,
+                    source: str | None, info: str | None, event_tags: list[str],
+                    event_uuid: str | None
+                    ) -> tuple[list[tuple[str, str]], dict[str, Any]] | None:
+    """The values and metadata of one attribute, or None after counting why not."""
+    if _truthy(attr.get("deleted")):
+        sink.ignore(n, m.R_DELETED)
+        return None
+    if not misp_all and not _truthy(attr.get("to_ids")):
+        sink.ignore(n, m.R_NOT_IDS)
+        return None
+    atype = attr.get("type", "")
+    atype = atype.lower() if isinstance(atype, str) else ""
+    value = attr.get("value")
+    if not isinstance(value, str):
+        sink.skip(n, f"{where}attribute without a text value", m.R_SHAPE)
+        return None
+    if "\x00" in value:
+        sink.skip(n, f"{where}NUL byte in the value", m.R_ENCODING)
+        return None
+    if atype in _MISP_TYPES:
+        parts: list[tuple[str, str]] = [(value, _MISP_TYPES[atype])]
+    elif atype in _MISP_PAIRS:
+        left, _, right = value.partition("|")
+        a, b = _MISP_PAIRS[atype]
+        parts = [(left, a)] + ([(right, b)] if b else [])
+    else:
+        sink.unsupported(n, atype[:40] or "(no type)")
+        return None
+    meta: dict[str, Any] = {}
+    if source is not None:
+        meta["source"] = source
+    comment = attr.get("comment")
+    desc = " - ".join(x for x in (info, comment) if isinstance(x, str) and x)
+    if desc:
+        meta["description"] = desc
+    tags = event_tags + _tag_names(attr.get("Tag"))
+    if tags:
+        meta["tags"] = tags
+    for key in ("category", "type", "uuid"):
+        if isinstance(attr.get(key), str):
+            meta[key] = attr[key]
+    if event_uuid is not None:
+        meta["event_uuid"] = event_uuid
+    return parts, meta
 
 
 READERS: dict[str, Callable[..., None]] = {

@@ -40,25 +40,62 @@ class Indicator:
     exact: bool = False
 
 
+#: Why an entry did not load. Every entry of a file that is not loaded is counted under
+#: exactly one of these, in one of three buckets: ``skipped`` (bad content), ``unsupported``
+#: (well formed, but nothing a network sensor can observe) or ``ignored`` (deliberately not
+#: loaded: MISP ``to_ids`` unset, deleted, revoked). The phrases follow a count and a noun
+#: ("412 lines not a domain, IP, URL, hash or fingerprint").
+R_VALUE = "not a domain, IP, URL, hash or fingerprint"
+R_MALFORMED = "malformed (several values, wrong field count, too long)"
+R_ENCODING = "with invalid UTF-8 or NUL bytes"
+R_TYPE = "of an unknown indicator type"
+R_BAD_PATTERN = "with a bad STIX pattern"
+R_SHAPE = "not a JSON object or missing its value"
+R_ERROR = "that could not be read"
+R_UNSUPPORTED = "of a type iocwatch cannot observe"
+R_PATTERN = "with a STIX pattern iocwatch cannot match (AND, FOLLOWEDBY, qualifiers, ...)"
+R_NOT_IDS = "not flagged to_ids (--misp-all loads them)"
+R_DELETED = "deleted or revoked"
+#: reasons that refuse a whole file or document, not one entry: shown without a count
+R_BINARY = "binary file, not text"
+R_JSON = "invalid JSON"
+R_DOCUMENT = "not a STIX bundle or MISP export"
+
+SKIPPED_REASONS = frozenset({R_VALUE, R_MALFORMED, R_ENCODING, R_TYPE, R_BAD_PATTERN, R_SHAPE,
+                             R_ERROR, R_BINARY, R_JSON, R_DOCUMENT})
+UNSUPPORTED_REASONS = frozenset({R_UNSUPPORTED, R_PATTERN})
+IGNORED_REASONS = frozenset({R_NOT_IDS, R_DELETED})
+DOCUMENT_REASONS = frozenset({R_BINARY, R_JSON, R_DOCUMENT})
+
+
 @dataclass(slots=True)
 class FileSummary:
-    """What one file contributed; ``error`` is set when the whole file was refused."""
+    """What one file contributed; ``error`` is set when the whole file was refused.
+
+    ``reasons`` counts the entries not loaded by reason (one of the ``R_*`` phrases);
+    ``comments`` counts comment lines (not entries, never a reason to refuse a file).
+    """
 
     path: str
     fmt: str
     loaded: int = 0
     digest: str = ""
     error: str | None = None
+    reasons: dict[str, int] = field(default_factory=dict)
+    comments: int = 0
 
 
 @dataclass(slots=True)
 class LoadReport:
-    """Everything a load noticed, for the operator; a load never fails on bad *content*.
+    """Everything a load noticed, for the operator.
 
-    ``skipped`` lists ``(file, line, reason)`` for entries that were not loaded (bad lines,
-    unknown types, unsupported STIX patterns, binary files); it is capped per file, while
-    ``skipped_total`` counts them all. ``unsupported`` counts well-formed entries of a type
-    iocwatch cannot observe (file hashes, e-mail addresses, ...).
+    Every entry that did not load is counted exactly once, in one of ``skipped_total`` (bad
+    content: malformed lines, values that are no indicator, bad STIX patterns, invalid JSON),
+    ``unsupported`` (well formed but unobservable: file hashes, e-mail addresses, STIX
+    patterns with AND / FOLLOWEDBY / qualifiers) or ``ignored`` (MISP attributes without
+    ``to_ids``, deleted attributes, revoked STIX indicators); ``reasons`` splits the three by
+    reason. ``skipped`` lists ``(file, line, reason)`` for skipped entries and unsupported
+    STIX patterns (capped per file): a listing to find them, not a count.
     """
 
     files: list[FileSummary] = field(default_factory=list)
@@ -68,10 +105,14 @@ class LoadReport:
     warnings: list[str] = field(default_factory=list)
     duplicates: int = 0
     skipped_total: int = 0
+    ignored: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)
 
 
 class IndicatorFileError(Exception):
-    """A file that cannot be read at all (missing, unreadable, a directory, too large).
+    """A file that cannot be read at all (missing, unreadable, a directory, too large), or
+    from which no indicator loads although it has content (binary, invalid JSON, nothing but
+    bad lines): a useless file must not look like a clean result.
 
     The message is one line, ``PATH: reason``; the CLI prints it and exits 2, and a reload
     that hits it keeps the previous set.

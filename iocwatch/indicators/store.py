@@ -24,6 +24,8 @@ from collections import Counter
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from iocwatch import boundary
+
 from . import formats
 from . import model as m
 from .model import FileSummary, Indicator, IndicatorFileError, LoadReport
@@ -106,12 +108,18 @@ class _FileSink:
         self.extra_files = extra_files
         self.last_meta: dict[str, Any] | None = None
         self.last_mi = 0
+        self.details: dict[str, str] = {}
 
     def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
             exact: bool) -> None:
-        got = classify(raw, hint)
+        try:
+            got = classify(raw, hint)
+        except Exception as e:  # boundary: one value that breaks normalisation costs itself
+            self.skip(line, f"unreadable value ({boundary.classify(e)})", m.R_ERROR)
+            return
         if isinstance(got, str):
-            self.skip(line, got)
+            self.skip(line, got, m.R_TYPE if got.startswith("unknown indicator type")
+                      else m.R_VALUE)
             return
         kind, value, flags = got
         if exact and not flags & WILDCARD:
@@ -133,18 +141,42 @@ class _FileSink:
         b.meta_idx.append(mi)
         self.summary.loaded += 1
 
-    def skip(self, line: int, reason: str) -> None:
-        self.report.skipped_total += 1
+    def _count(self, why: str) -> None:
+        reasons = self.summary.reasons
+        reasons[why] = reasons.get(why, 0) + 1
+
+    def _list(self, line: int, reason: str) -> None:
         if self.listed < MAX_SKIPPED_LISTED:
             self.report.skipped.append((self.summary.path, line, reason))
         self.listed += 1
 
-    def unsupported(self, line: int, what: str, listed: bool = False) -> None:
+    def skip(self, line: int, reason: str, why: str = m.R_MALFORMED) -> None:
+        if why in m.DOCUMENT_REASONS and why != m.R_BINARY:
+            self.details[why] = reason
+        self.report.skipped_total += 1
+        self._count(why)
+        self._list(line, reason)
+
+    def unsupported(self, line: int, what: str, listed: bool = False,
+                    why: str = m.R_UNSUPPORTED) -> None:
+        """Counted once, as unsupported; ``listed`` also shows it in the listing."""
         self.report.unsupported += 1
+        self._count(why)
         if listed:
-            self.skip(line, what)
+            self._list(line, what)
         else:
             self.unsupported_types[what] += 1
+
+    def ignore(self, line: int, why: str) -> None:
+        """Deliberately not loaded (MISP ``to_ids`` unset, deleted, revoked): counted once."""
+        self.report.ignored += 1
+        self._count(why)
+
+    def comment(self) -> None:
+        self.summary.comments += 1
+
+    def warn(self, text: str) -> None:
+        self.report.warnings.append(f"{self.summary.path}: {text}")
 
     def read_sibling(self, name: str) -> bytes | None:
         path = formats.sibling(self.summary.path, name)
@@ -157,18 +189,63 @@ class _FileSink:
         self.extra_files.append((path, _digest(data)))
         return data
 
-    def finish(self) -> None:
+    def finish(self, noun: tuple[str, str]) -> None:
+        """Warnings for the file; :class:`IndicatorFileError` if it has content but nothing
+        loaded from it (binary, invalid JSON, only bad lines): never a silent empty list.
+
+        A file without entries (empty, only comments, a bundle without indicators) is a
+        legitimate empty list: a warning, not an error.
+        """
+        path, summary = self.summary.path, self.summary
+        for why, n in summary.reasons.items():
+            report_reasons = self.report.reasons
+            report_reasons[why] = report_reasons.get(why, 0) + n
+        if summary.loaded == 0 and summary.reasons:
+            raise IndicatorFileError(path, "no usable indicators: "
+                                     + describe_reasons(summary, noun, self.details))
         if self.listed > MAX_SKIPPED_LISTED:
             self.report.warnings.append(
-                f"{self.summary.path}: {self.listed - MAX_SKIPPED_LISTED} more skipped entries"
-                " not listed")
+                f"{path}: {self.listed - MAX_SKIPPED_LISTED} more skipped entries not listed")
         if self.unsupported_types:
             kinds = ", ".join(f"{k} ({n})" for k, n in self.unsupported_types.most_common(8))
             self.report.warnings.append(
-                f"{self.summary.path}: {sum(self.unsupported_types.values())} entries of types"
+                f"{path}: {sum(self.unsupported_types.values())} entries of types"
                 f" iocwatch cannot observe: {kinds}")
-        if self.summary.loaded == 0 and self.summary.error is None:
-            self.report.warnings.append(f"{self.summary.path}: no indicators loaded")
+        ignored = {w: n for w, n in summary.reasons.items() if w in m.IGNORED_REASONS}
+        if ignored:
+            self.report.warnings.append(
+                f"{path}: not loaded: " + ", ".join(f"{_n(n, noun)} {w}" for w, n in ignored.items()))
+        if summary.loaded == 0:
+            what = "only comments" if summary.comments else "empty"
+            self.report.warnings.append(f"{path}: no indicators ({what})")
+
+
+def describe_reasons(summary: FileSummary, noun: tuple[str, str],
+                     details: dict[str, str] | None = None) -> str:
+    """``412 lines not a domain, ..., 3 comment lines``: why nothing of a file loaded.
+
+    A reason that refuses the whole document is shown once, with its detail when known.
+    """
+    parts = []
+    for why, n in sorted(summary.reasons.items(), key=lambda kv: -kv[1]):
+        if why in m.DOCUMENT_REASONS:
+            parts.append((details or {}).get(why, why))
+        else:
+            parts.append(f"{_n(n, noun)} {why}")
+    if summary.comments:
+        parts.append(_n(summary.comments, ("comment line", "comment lines")))
+    return ", ".join(parts)
+
+
+#: what an entry of each format is called in messages
+NOUNS: dict[str, tuple[str, str]] = {
+    "plain": ("line", "lines"), "csv": ("row", "rows"), "zeek": ("line", "lines"),
+    "stix": ("entry", "entries"), "misp": ("attribute", "attributes")}
+ENTRIES = ("entry", "entries")
+
+
+def _n(count: int, noun: tuple[str, str]) -> str:
+    return f"{count} {noun[count != 1]}"
 
 
 class IndicatorSet:
@@ -210,8 +287,9 @@ class IndicatorSet:
              exact: Collection[str] = ()) -> tuple[IndicatorSet, LoadReport]:
         """Read every file and return a complete new set, or raise; never a partial set.
 
-        A file that cannot be read raises :class:`IndicatorFileError` (the caller keeps its
-        old set). Bad content never raises: it is listed in the report and skipped.
+        A file that cannot be read, or from which nothing loads although it has content
+        (binary, invalid JSON, only bad lines), raises :class:`IndicatorFileError` (the
+        caller keeps its old set). Other bad content is counted in the report and skipped.
         ``fmt`` forces one of :data:`model.FORMATS` for all files; paths in ``exact``
         (as given) load as exact-only.
         """
@@ -231,16 +309,19 @@ class IndicatorSet:
             text = formats.decode(data)
             if text is None:
                 summary.error = "binary file"
-                sink.skip(0, "binary file, not an indicator list")
-                sink.finish()
+                sink.skip(0, "binary file, not an indicator list", m.R_BINARY)
+                sink.finish(ENTRIES)
                 continue
             summary.fmt = fmt or formats.detect(text)
             file_exact = os.path.abspath(path) in exact_set
-            if summary.fmt == "misp":
-                formats.read_misp(text, sink, file_exact, misp_all)
-            else:
-                formats.READERS[summary.fmt](text, sink, file_exact)
-            sink.finish()
+            try:  # boundary per reader: a bug in one costs the rest of that file, counted
+                if summary.fmt == "misp":
+                    formats.read_misp(text, sink, file_exact, misp_all)
+                else:
+                    formats.READERS[summary.fmt](text, sink, file_exact)
+            except Exception as e:
+                sink.skip(0, f"reading stopped ({boundary.classify(e)})", m.R_ERROR)
+            sink.finish(NOUNS.get(summary.fmt, ENTRIES))
         del datas
         s = cls._from_builder(b, report)
         report.loaded = len(s)
