@@ -8,9 +8,10 @@ lookup, with no object created. Everything else takes :meth:`Engine.packet`.
 from __future__ import annotations
 
 import socket
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import islice
 from struct import unpack_from
 
 from iocwatch.decode.packet import Decoder
@@ -25,11 +26,18 @@ from iocwatch.protocols import x509
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 IDLE_TIMEOUT = 120  # seconds of capture time without a packet before a flow is dropped
 SWEEP_EVERY = 30
-DONE_MAX = 500_000  # remembered finished directions; cleared wholesale beyond (cheap to relearn)
-FLOWS_MAX = 200_000
-QUIC_CONNECTIONS_MAX = 10_000
+# Every table keyed per flow or per address has a hard bound: floods (SYNs, scans, one-packet
+# UDP flows, QUIC Initials) fill it, and the oldest entries go, counted as evicted_<table>.
+FLOWS_MAX = 200_000  # TCP connections held (least recently used one evicted beyond)
+DONE_MAX = 500_000  # finished TCP directions remembered for the fast path (cheap to relearn)
+UDP_SEEN_MAX = 500_000  # UDP 5-tuple directions already handed to the flow hook
+QUIC_DONE_MAX = 200_000  # finished QUIC flow directions, skipped unread
+QUIC_SOURCES_MAX = 65_536  # source addresses with a QUIC decryption budget this period
+QUIC_CONNECTIONS_MAX = 10_000  # QUIC connections waiting for CRYPTO data or a server Initial
+QUIC_CRYPTO_BYTES_MAX = 16 << 20  # CRYPTO bytes those connections may hold, all together
 QUIC_INITIALS_PER_SOURCE = 2_000  # decryption attempts per source address per sweep period
 QUIC_SERVER_WAIT = 30  # seconds a ClientHello waits for the server's Initial (its ServerHello)
+EVICT_SHARE = 16  # a full plain-dict table frees its oldest 1/16 at once
 
 #: What the engine hands to the outputs: the mercury record and the names it carries.
 Sink = Callable[[dict, list[Observation], Event], None]
@@ -56,6 +64,24 @@ class EngineConfig:
     max_pages_per_conn: int = 16
     max_pages_total: int = 1024
     cert_cache_size: int = 4096
+    #: table bounds (entries); lowered by tests and benchmarks
+    max_flows: int = FLOWS_MAX
+    max_done: int = DONE_MAX
+    max_udp_seen: int = UDP_SEEN_MAX
+    max_quic_done: int = QUIC_DONE_MAX
+    max_quic_sources: int = QUIC_SOURCES_MAX
+    max_quic_connections: int = QUIC_CONNECTIONS_MAX
+    max_quic_crypto_bytes: int = QUIC_CRYPTO_BYTES_MAX
+
+
+def evict_oldest(table: dict, bound: int) -> list:
+    """Remove and return the oldest keys of a full insertion-ordered dict: a batch of
+    bound/EVICT_SHARE, not one, because finding a dict's first key scans past the slots that
+    earlier deletions left at its front; one scan per batch keeps insertion O(1) amortised."""
+    keys = list(islice(table, max(1, bound // EVICT_SHARE)))
+    for k in keys:
+        del table[k]
+    return keys
 
 
 @dataclass(slots=True)
@@ -70,14 +96,25 @@ class _QuicServerWait:
 
 
 class _Flow:
-    __slots__ = ("conn", "streams", "keys", "last")
+    """One TCP connection under both directions' keys (``keys[0]`` is the first packet's)."""
 
-    def __init__(self, conn: TcpConnection, keys: tuple[bytes, bytes], limits: ReassemblyLimits,
-                 now: int):
-        self.conn = conn
+    __slots__ = ("conn", "streams", "keys", "last", "client")
+
+    def __init__(self, keys: tuple[bytes, bytes], limits: ReassemblyLimits, now: int):
+        #: built with the first payload byte: a SYN flood's flows stay small
+        self.conn: TcpConnection | None = None
         self.streams = (TcpStream(limits), TcpStream(limits))
         self.keys = keys
         self.last = now
+        self.client: int | None = None  # the direction that sent a SYN without ACK
+
+    def connection(self) -> TcpConnection:
+        conn = self.conn
+        if conn is None:
+            key = self.keys[0]
+            conn = self.conn = TcpConnection(*unpack_from("!HH", key, len(key) - 4))
+            conn.client = self.client
+        return conn
 
 
 @dataclass
@@ -96,18 +133,35 @@ class Engine:
         self.limits = ReassemblyLimits(self.config.max_pages_per_conn, self.config.max_pages_total)
         self.certs = x509.CertificateCache(self.config.cert_cache_size)
         self.dissector = Dissector(self.certs, self.stats)
-        self.flows: dict[bytes, tuple[_Flow, int]] = {}
-        self.done: set[bytes] = set()
+        cfg = self.config
+        #: both directions' keys -> the connection (``len(flows) // 2`` connections)
+        self.flows: dict[bytes, _Flow] = {}
+        #: the same connections, least recently active first: expiry and eviction take them
+        #: from the front (a flow moves to the back once per second of capture time it is seen)
+        self.flow_order: OrderedDict[_Flow, None] = OrderedDict()
+        #: finished directions, oldest first (a dict for its order; the values are unused)
+        self.done: dict[bytes, None] = {}
         #: finished QUIC flows: client side -> the Destination CIDs its Initials carry (an
         #: Initial with another one may be a new connection); server side -> [] (always skip)
         self.quic_done: dict[bytes, list[bytes]] = {}
-        self.udp_seen: set[bytes] = set()
+        self.udp_seen: dict[bytes, None] = {}
         self.quic_budget: dict[bytes, int] = {}
         self.quic_crypto: dict[tuple[bytes, bytes], quicp.CryptoAssembler] = {}
-        #: server-to-client key -> the connection waiting for the server's Initial
-        self.quic_servers: dict[bytes, _QuicServerWait] = {}
+        #: CRYPTO bytes held by quic_crypto and quic_servers (``CryptoAssembler.size`` each)
+        self.quic_crypto_bytes = 0
+        #: server-to-client key -> the connection waiting for the server's Initial, oldest first
+        self.quic_servers: OrderedDict[bytes, _QuicServerWait] = OrderedDict()
         self.next_sweep = 0
         self.last_sec = 0
+        #: table entries looked at by sweeps and evictions (tests check it stays O(packets))
+        self.table_work = 0
+        self.max_flows = max(1, cfg.max_flows)
+        self.max_done = max(2, cfg.max_done)
+        self.max_udp_seen = max(2, cfg.max_udp_seen)
+        self.max_quic_done = max(2, cfg.max_quic_done)
+        self.max_quic_sources = max(1, cfg.max_quic_sources)
+        self.max_quic_connections = max(1, cfg.max_quic_connections)
+        self.max_quic_crypto_bytes = max(1, cfg.max_quic_crypto_bytes)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, packets: Iterable[tuple[int, int, int, bytes]]) -> None:
@@ -159,8 +213,8 @@ class Engine:
                 return
             # the 5-tuple is used again (clients and NATs recycle source ports): a new
             # connection, analysed from scratch
-            self.done.discard(key)
-            self.done.discard(dst + src + l4[2:4] + l4[:2])
+            self.done.pop(key, None)
+            self.done.pop(dst + src + l4[2:4] + l4[:2], None)
             self.stats["tcp_port_reuse"] += 1
         sport, dport, seq, _ack, offflags = unpack_from("!HHIIH", l4, 0)
         doff = (offflags >> 12) * 4
@@ -169,41 +223,56 @@ class Engine:
             self.stats["malformed_tcp_header"] += 1
             return
         payload = l4[doff:]
-        entry = self.flows.get(key)
-        if entry is not None and fresh_syn:
-            expect = entry[0].streams[entry[1]].next_seq
-            if expect is not None and (seq + 1) % SEQ_MOD != expect:  # not a retransmitted SYN
-                self._drop(entry[0])  # a new connection replaces one that never closed
-                self.stats["tcp_port_reuse"] += 1
-                entry = None
-        if entry is None:
+        flow = self.flows.get(key)
+        if flow is not None:
+            d = 0 if key == flow.keys[0] else 1
+            if fresh_syn:
+                expect = flow.streams[d].next_seq
+                if expect is not None and (seq + 1) % SEQ_MOD != expect:  # not a retransmitted SYN
+                    self._drop(flow)  # a new connection replaces one that never closed
+                    self.stats["tcp_port_reuse"] += 1
+                    flow = None
+        if flow is None:
             if flags & RST or not (payload or flags & SYN):
                 return
-            if len(self.flows) >= 2 * FLOWS_MAX:
-                self._sweep(sec, force=True)
+            order = self.flow_order
+            while len(order) >= self.max_flows:  # full: the least recently active one goes
+                self.table_work += 1
+                self._drop(next(iter(order)))
+                self.stats["evicted_tcp_flows"] += 1
             rkey = dst + src + l4[2:4] + l4[:2]
-            flow = _Flow(TcpConnection(sport, dport), (key, rkey), self.limits, sec)
-            self.flows[key] = (flow, 0)
-            self.flows[rkey] = (flow, 1)
+            flow = _Flow((key, rkey), self.limits, sec)
+            self.flows[key] = flow
+            self.flows[rkey] = flow
+            order[flow] = None
             self.stats["tcp_flows"] += 1
             if self.flow_hook is not None:
                 self.flow_hook(flow_record(PacketContext(version, src, dst, 6, sport, dport, ttl,
                                                          ipid, sec, usec)))
             d = 0
-        else:
-            flow, d = entry
-        flow.last = sec
+        elif flow.last != sec:
+            flow.last = sec
+            self.flow_order.move_to_end(flow)
         stream = flow.streams[d]
         if flags & SYN:
             stream.syn(seq)
             if not flags & ACK:
-                flow.conn.client = d
-        direction = flow.conn.dirs[d]
-        if payload and direction.state != State.DONE:
+                flow.client = d
+                if flow.conn is not None:
+                    flow.conn.client = d
+        if not payload:
+            if flags & RST or (flow.conn is not None and flow.conn.done):
+                self._close(flow)
+            elif flags & FIN:
+                self.stats["tcp_fin"] += 1
+            return
+        conn = flow.connection()
+        direction = conn.dirs[d]
+        if direction.state != State.DONE:
             chunks = stream.add(seq, payload)
             if stream.gapped:
                 stream.gapped = False
-                flow.conn.gapped = True
+                conn.gapped = True
                 self.dissector.tcp_gap(direction)
             ctx = None
             for chunk in chunks:
@@ -214,11 +283,11 @@ class Engine:
                     for ev in events:
                         self._emit(ev, ctx)
                         if self.session_sink is not None and ev.key == "tls":
-                            self._session(flow.conn, ev, ctx)
+                            self._session(conn, ev, ctx)
             if direction.state == State.DONE:
                 stream.release()
-                self.done.add(key)
-        if flags & RST or flow.conn.done:
+                self._mark_done(key)
+        if flags & RST or conn.done:
             self._close(flow)
         elif flags & FIN:
             self.stats["tcp_fin"] += 1
@@ -257,9 +326,12 @@ class Engine:
 
     def _flush(self, flow: _Flow) -> None:
         """Report what a closing or expiring flow still holds (partial HTTP headers...)."""
-        if flow.conn.session is not None:
-            self._session_done(flow.conn, partial=True)
-        for idx, direction in enumerate(flow.conn.dirs):
+        conn = flow.conn
+        if conn is None:  # never carried a byte
+            return
+        if conn.session is not None:
+            self._session_done(conn, partial=True)
+        for idx, direction in enumerate(conn.dirs):
             if direction.state == State.DONE:
                 continue
             events = self.dissector.flush(direction)
@@ -271,6 +343,7 @@ class Engine:
 
     def _drop(self, flow: _Flow) -> None:
         """Forget a flow (expired or replaced) after reporting what it still holds."""
+        self.flow_order.pop(flow, None)
         self._flush(flow)
         for k in flow.keys:
             self.flows.pop(k, None)
@@ -279,26 +352,44 @@ class Engine:
 
     def _close(self, flow: _Flow) -> None:
         self._drop(flow)
-        self.done.update(flow.keys)
-        if len(self.done) > DONE_MAX:
-            self.done.clear()
-            self.stats["done_table_resets"] += 1
+        for k in flow.keys:
+            self._mark_done(k)
 
-    def _sweep(self, now: int, force: bool = False) -> None:
+    def _mark_done(self, key: bytes) -> None:
+        """Remember a finished direction for the fast path; a full table forgets its oldest."""
+        done = self.done
+        if key not in done:
+            if len(done) >= self.max_done:
+                n = len(evict_oldest(done, self.max_done))
+                self.table_work += n
+                self.stats["evicted_done"] += n
+            done[key] = None
+
+    def _sweep(self, now: int) -> None:
+        """Expire what went idle. Both tables are in order of age, so a sweep looks at what it
+        expires plus one entry: nothing to expire costs O(1), however full the tables."""
         self.next_sweep = now + SWEEP_EVERY
         self.quic_budget.clear()
         limit = now - IDLE_TIMEOUT
-        stale = {id(f): f for f, _ in self.flows.values() if f.last < limit or force and
-                 f.last < now - 5}
-        for flow in stale.values():
+        order = self.flow_order
+        expired = 0
+        while order:
+            self.table_work += 1
+            flow = next(iter(order))
+            if flow.last >= limit:
+                break
             self._drop(flow)
-        self.stats["tcp_flows_expired"] += len(stale)
-        for key, wait in [(k, w) for k, w in self.quic_servers.items()
-                          if w.since < now - (5 if force else QUIC_SERVER_WAIT)]:
+            expired += 1
+        if expired:
+            self.stats["tcp_flows_expired"] += expired
+        servers = self.quic_servers
+        limit = now - QUIC_SERVER_WAIT
+        while servers:
+            self.table_work += 1
+            key, wait = next(iter(servers.items()))
+            if wait.since >= limit:
+                break
             self._quic_server_end(key, wait)
-        if len(self.done) > DONE_MAX:
-            self.done.clear()
-            self.stats["done_table_resets"] += 1
 
     # -- UDP ------------------------------------------------------------------------------
     def _udp(self, sec: int, usec: int, version: int, src: bytes, dst: bytes, l4: bytes,
@@ -310,12 +401,15 @@ class Engine:
         payload = l4[8:]
         if self.flow_hook is not None:
             fkey = src + dst + l4[:4]
-            if fkey not in self.udp_seen:
-                if len(self.udp_seen) >= DONE_MAX:
-                    self.udp_seen.clear()
+            seen = self.udp_seen
+            if fkey not in seen:
+                if len(seen) >= self.max_udp_seen - 1:
+                    n = len(evict_oldest(seen, self.max_udp_seen))
+                    self.table_work += n
+                    self.stats["evicted_udp_seen"] += n
                 # both directions: a query and its answer are one flow, as a TCP connection is
-                self.udp_seen.add(fkey)
-                self.udp_seen.add(dst + src + l4[2:4] + l4[:2])
+                seen[fkey] = None
+                seen[dst + src + l4[2:4] + l4[:2]] = None
                 self.flow_hook(flow_record(PacketContext(version, src, dst, 17, sport, dport, ttl,
                                                          ipid, sec, usec)))
         if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
@@ -344,11 +438,18 @@ class Engine:
             known.append(dcid)
         # Each Initial costs key derivation and AES: a source gets a bounded number per sweep
         # period, so a flood of bogus Initials cannot starve everyone else's.
-        spent = self.quic_budget.get(src, 0)
-        if spent >= QUIC_INITIALS_PER_SOURCE:
+        budget = self.quic_budget
+        spent = budget.get(src)
+        if spent is None:
+            spent = 0
+            if len(budget) >= self.max_quic_sources:  # a forgotten source starts afresh
+                n = len(evict_oldest(budget, self.max_quic_sources))
+                self.table_work += n
+                self.stats["evicted_quic_sources"] += n
+        elif spent >= QUIC_INITIALS_PER_SOURCE:
             self.stats["quic_initials_capped"] += 1
             return
-        self.quic_budget[src] = spent + 1
+        budget[src] = spent + 1
         wait = self.quic_servers.get(key)
         if wait is not None:
             self._quic_server(wait, key, payload,
@@ -368,22 +469,22 @@ class Engine:
             self.stats["quic_port_reuse"] += 1
         if failures:
             self.stats["quic_undecryptable"] += failures
+        crypto = self.quic_crypto
         for pkt in packets:
             if not pkt.tag_ok:
                 self.stats["quic_bad_tag"] += 1
             ckey = (key, pkt.dcid)
-            asm = self.quic_crypto.get(ckey)
+            asm = crypto.get(ckey)
             if asm is None:
-                if len(self.quic_crypto) >= QUIC_CONNECTIONS_MAX:
-                    del self.quic_crypto[next(iter(self.quic_crypto))]
-                    self.stats["quic_state_evicted"] += 1
-                asm = self.quic_crypto[ckey] = quicp.CryptoAssembler()
-            for off, data in pkt.crypto:
-                asm.add(off, data)
+                if len(crypto) >= self.max_quic_connections:
+                    self._evict_quic_crypto()
+                asm = crypto[ckey] = quicp.CryptoAssembler()
+            self._quic_feed(asm, pkt.crypto)
             msg = asm.first_message()
             if msg is None:
                 continue
-            del self.quic_crypto[ckey]
+            if crypto.pop(ckey, None) is asm:  # (unless the byte budget just gave it up)
+                self.quic_crypto_bytes -= asm.size
             if msg[0] != 1:
                 self.stats["quic_crypto_not_client_hello"] += 1
                 continue
@@ -396,16 +497,55 @@ class Engine:
                     session = TlsSession(
                         ip_text(src), sport, ip_text(dst), dport, float(f"{sec}.{usec:06d}"),
                         transport="q", client_hello=ev.client_hello, partial=True)
-                if len(self.quic_servers) >= QUIC_CONNECTIONS_MAX:
-                    oldest = next(iter(self.quic_servers))
-                    self._quic_server_end(oldest, self.quic_servers[oldest])
-                    self.stats["quic_state_evicted"] += 1
-                self.quic_servers[dst + src + l4[2:4] + l4[:2]] = _QuicServerWait(
-                    pkt.dcid, session, sec)
-                if len(self.quic_done) > DONE_MAX:
-                    self.quic_done.clear()
-                self.quic_done[key] = [pkt.dcid]
+                servers = self.quic_servers
+                skey = dst + src + l4[2:4] + l4[:2]
+                old = servers.pop(skey, None)
+                if old is not None:  # replaced (as before the bound existed), its bytes freed
+                    self.quic_crypto_bytes -= old.crypto.size
+                while len(servers) >= self.max_quic_connections:
+                    self.table_work += 1
+                    self._quic_server_end(*next(iter(servers.items())))
+                    self.stats["evicted_quic_servers"] += 1
+                servers[skey] = _QuicServerWait(pkt.dcid, session, sec)
+                self._quic_mark_done(key, [pkt.dcid])
             break
+
+    def _quic_feed(self, asm: quicp.CryptoAssembler, frames: list[tuple[int, bytes]]) -> None:
+        """CRYPTO frames into an assembler, under one byte budget for all of them: past it,
+        the oldest waiting ClientHellos are given up (the bytes are what a flood inflates)."""
+        for off, data in frames:
+            before = len(asm.pieces)
+            asm.add(off, data)
+            if len(asm.pieces) != before or asm.pieces.get(off) is data:
+                asm.size += len(data)
+                self.quic_crypto_bytes += len(data)
+        while self.quic_crypto_bytes > self.max_quic_crypto_bytes and self.quic_crypto:
+            self._evict_quic_crypto()
+        if self.quic_crypto_bytes > self.max_quic_crypto_bytes:
+            servers = self.quic_servers
+            while self.quic_crypto_bytes > self.max_quic_crypto_bytes and servers:
+                self.table_work += 1
+                self._quic_server_end(*next(iter(servers.items())))
+                self.stats["evicted_quic_servers"] += 1
+
+    def _evict_quic_crypto(self) -> None:
+        """Give up the oldest batch of half-received ClientHellos."""
+        crypto = self.quic_crypto
+        batch = list(islice(crypto.items(), max(1, self.max_quic_connections // EVICT_SHARE)))
+        for ckey, asm in batch:
+            del crypto[ckey]
+            self.quic_crypto_bytes -= asm.size
+        self.table_work += len(batch)
+        self.stats["evicted_quic_crypto"] += len(batch)
+
+    def _quic_mark_done(self, key: bytes, cids: list[bytes]) -> None:
+        """A finished QUIC flow direction; a full table forgets its oldest."""
+        done = self.quic_done
+        if key not in done and len(done) >= self.max_quic_done:
+            n = len(evict_oldest(done, self.max_quic_done))
+            self.table_work += n
+            self.stats["evicted_quic_done"] += n
+        done[key] = cids
 
     def _quic_server(self, wait: _QuicServerWait, key: bytes, payload: bytes,
                      ctx: PacketContext) -> None:
@@ -423,8 +563,9 @@ class Engine:
         for pkt in packets:
             if not pkt.tag_ok:
                 self.stats["quic_bad_tag"] += 1
-            for off, data in pkt.crypto:
-                wait.crypto.add(off, data)
+            self._quic_feed(wait.crypto, pkt.crypto)
+            if self.quic_servers.get(key) is not wait:
+                return  # given up to the byte budget while this datagram was read
             self._quic_client_cid(key, pkt.scid)  # the client's next Initials go to it
             msg = wait.crypto.first_message()
             if msg is None:
@@ -451,8 +592,9 @@ class Engine:
 
     def _quic_server_end(self, key: bytes, wait: _QuicServerWait) -> None:
         """Stop waiting: later server packets are skipped, the session goes out as it is."""
-        self.quic_servers.pop(key, None)
-        self.quic_done[key] = []
+        if self.quic_servers.pop(key, None) is wait:
+            self.quic_crypto_bytes -= wait.crypto.size
+        self._quic_mark_done(key, [])
         if wait.session is not None and self.session_sink is not None:
             self.stats["tls_sessions"] += 1
             self.session_sink(wait.session)
@@ -468,11 +610,12 @@ class Engine:
     def finish(self) -> None:
         """End of input: report whatever half-received directions still hold."""
         seen: set[int] = set()
-        for flow, _d in list(self.flows.values()):
+        for flow in list(self.flows.values()):
             if id(flow) not in seen:
                 seen.add(id(flow))
                 self._flush(flow)
         self.flows.clear()
+        self.flow_order.clear()
         for key, wait in list(self.quic_servers.items()):
             self._quic_server_end(key, wait)
 
