@@ -421,11 +421,22 @@ def test_offline_capture_tailgates_only_when_asked_and_a_dropping_server(pki, tm
         stats, hits, err = run(config=conf)
         assert hits == [] and not any(k.startswith("tailgate") for k in stats.get("extensions", {}))
         assert b"give --tailgate on the command line" in err
-        stats, hits, err = run("--tailgate", "--tailgate-cache", "", "--tailgate-timeout", "2")
+        # --tailgate with -r needs --tailgate-offline-ok: exit 2, nothing written, no probe
+        refused = lab.run(lab.client, [sys.executable, "-m", "iocwatch.cli", "-r", str(cap_file),
+                                       "--ioc", str(ioc), "--tailgate", "--tailgate-cache", "",
+                                       "-f", str(tmp_path / "refused.json")],
+                          timeout=60, check=False)
+        assert refused.returncode == 2 and b"--tailgate-offline-ok" in refused.stderr
+        assert refused.stderr.count(b"\n") == 1 and not (tmp_path / "refused.json").exists()
+        stats, hits, err = run("--tailgate", "--tailgate-offline-ok", "--tailgate-cache", "",
+                               "--tailgate-timeout", "2")
+        # said once, before any probe: how many servers and which
+        assert err.count(b"tailgate: about to contact 2 server(s) seen in the capture") == 1, err
+        assert f"{netlab.SERVER_V4}:443 ({FRONT})".encode() in err
         # with --store the cache is the store's table: a second run probes nothing
         store = tmp_path / "store.db"
-        in_store = [run("--tailgate", "--store", str(store), "--tailgate-timeout", "2")
-                    for _ in range(2)]
+        in_store = [run("--tailgate", "--tailgate-offline-ok", "--store", str(store),
+                        "--tailgate-timeout", "2") for _ in range(2)]
     ext = stats["extensions"]
     assert ext["tailgate_probes"] == 2 and ext["tailgate_ok"] == 1, ext
     assert ext["tailgate_failed_timeout"] == 1, ext  # the dropping server

@@ -34,7 +34,8 @@ from iocwatch.flows.session import Dissector, Event
 from iocwatch.outputs.sessions import TlsSession
 from iocwatch.protocols import x509
 from iocwatch.tailgate.cache import CacheError, ProbeCache
-from iocwatch.tailgate.options import Network, default_cache_path
+from iocwatch.tailgate.hello import profile
+from iocwatch.tailgate.options import Network, check_offline, default_cache_path
 from iocwatch.tailgate.probe import (
     PortPicker,
     ProbeResult,
@@ -43,7 +44,7 @@ from iocwatch.tailgate.probe import (
     quic_available,
     warm_up,
 )
-from iocwatch.usage import redact_url
+from iocwatch.usage import UsageError, redact_url
 
 KNOWN_MAX = 65536  # keys remembered in memory (beyond: the cache's database still answers)
 DEST_WINDOW = 60.0  # seconds over which --tailgate-per-dest counts
@@ -60,6 +61,9 @@ def make(args: argparse.Namespace, pipeline: Any) -> Tailgater | None:
         sys.stderr.write("iocwatch: warning: tailgating from a config file is not used with -r "
                          "(the capture may be old): give --tailgate on the command line\n")
         return None
+    refusal = check_offline(args)
+    if refusal:
+        raise UsageError(refusal)
     workers = getattr(args, "workers", 1) if getattr(args, "interface", None) else 1
     cache = None
     store = getattr(args, "store", None)
@@ -84,7 +88,8 @@ def make(args: argparse.Namespace, pipeline: Any) -> Tailgater | None:
         queue_max=args.tailgate_queue, threads=args.tailgate_threads,
         allow=args.tailgate_allow, deny=args.tailgate_deny, source=args.tailgate_source,
         ports=args.tailgate_ports, quic=not args.tailgate_no_quic and quic_available(),
-        run=args.tailgate_run)
+        run=args.tailgate_run, matched=args.tailgate_matched, proxy=args.tailgate_proxy,
+        hello=args.tailgate_hello, offline=getattr(args, "read", None) is not None)
 
 
 def local_addresses() -> set[str]:
@@ -159,8 +164,18 @@ class Tailgater:
                  per_dest: int = 10, queue_max: int = 1000, threads: int = 4,
                  allow: list[Network] | None = None, deny: list[Network] | None = None,
                  source: str | None = None, ports: tuple[int, int] = (61000, 61999),
-                 quic: bool = False, run: str | None = None):
+                 quic: bool = False, run: str | None = None, matched: bool = False,
+                 proxy: str | None = None, hello: str = "observed", offline: bool = False):
         self.pipeline = pipeline
+        self.matched = matched  # probe servers that already matched an indicator too
+        self.proxy = proxy
+        self.hello = hello
+        self.offline = offline
+        # live: probes start at once; -r: only once the capture is read and announced (close)
+        self.go = threading.Event()
+        if not offline:
+            self.go.set()
+        self.withheld: OrderedDict[Key, None] = OrderedDict()
         self.cache = cache
         self.ttl, self.fail_ttl, self.timeout = ttl, fail_ttl, timeout
         self.per_dest = per_dest
@@ -216,7 +231,45 @@ class Tailgater:
         if s.transport != "q" and (hello is None or not hello.is_tls13):
             return
         sni = s.client_hello.server_name if s.client_hello is not None else None
-        self.submit((s.server_ip, s.server_port, sni or ""), s)
+        key = (s.server_ip, s.server_port, sni or "")
+        if not self.matched:
+            hit = self._already_matched(s.server_ip, sni)
+            if hit is not None:
+                self._withhold(key, s, hit)
+                return
+        self.submit(key, s)
+
+    def _already_matched(self, address: str, sni: str | None) -> str | None:
+        """The indicator the session's server address or SNI matched, if any: that session
+        already has its alert, and a probe would only tell the adversary."""
+        matcher = getattr(self.pipeline, "matcher", None)
+        if matcher is None:
+            return None
+        ind = matcher.indicators
+        hits = ind.match_ip(address)
+        if not hits and sni:
+            norm = matcher.normalise(sni)
+            hits = ind.match_name(norm) if norm else []
+        return hits[0].value if hits else None
+
+    def _withhold(self, key: Key, s: TlsSession, indicator: str) -> None:
+        """Count the withheld probe and say so once per (server, port, name) in a record."""
+        self._count("withheld_matched")
+        if key in self.withheld:
+            self.withheld.move_to_end(key)
+            return
+        self.withheld[key] = None
+        if len(self.withheld) > KNOWN_MAX:
+            self.withheld.popitem(last=False)
+        record = {
+            "tailgate": {"withheld": "indicator_match", "indicator": indicator,
+                         "server_name": key[2] or None,
+                         "hint": "the server already matched; --tailgate-matched probes it"},
+            "src_ip": s.client_ip, "dst_ip": s.server_ip,
+            "protocol": 17 if s.transport == "q" else 6,
+            "src_port": s.client_port, "dst_port": s.server_port, "event_start": s.timestamp,
+        }
+        self.pipeline.inject(record, [])
 
     def submit(self, key: Key, s: TlsSession) -> bool:
         """Queue one probe for ``key`` unless known, pending, not allowed or over the cap."""
@@ -320,9 +373,29 @@ class Tailgater:
             s.client_hello, s.server_hello, certs, partial=False, incomplete=s.incomplete,
             tailgated=True))
 
+    def announce(self) -> None:
+        """``-r``: say once which servers the probes are about to contact, then let them go."""
+        if self.go.is_set():
+            return
+        keys = sorted(self.pending)
+        if keys:
+            shown = ", ".join(f"{_endpoint(a, p)} ({n or 'no SNI'})" for a, p, n in keys[:5])
+            more = f" and {len(keys) - 5} more" if len(keys) > 5 else ""
+            via = f" through {redact_url(self.proxy)}" if self.proxy else ""
+            sys.stderr.write(f"iocwatch: tailgate: about to contact {len(keys)} server(s) "
+                             f"seen in the capture (not those cached){via}: {shown}{more}\n")
+        self.go.set()
+
     def close(self) -> None:
-        """Give queued and running probes a bounded time, then hand over what finished."""
-        deadline = time.monotonic() + max(5.0, 2 * self.timeout)
+        """Give queued and running probes a bounded time, then hand over what finished.
+
+        With ``-r`` the probes only start now (after :meth:`announce`), so the time allowed
+        grows with what is queued: the rate limit and the timeout per thread, bounded by the
+        queue's size."""
+        waiting = len(self.pending) if self.offline else 0
+        self.announce()
+        allowance = waiting / self.bucket.rate + self.timeout * waiting / len(self.threads or [0])
+        deadline = time.monotonic() + max(5.0, 2 * self.timeout) + allowance
         while (self.pending and time.monotonic() < deadline
                and (not self.queue.empty() or any(t.is_alive() for t in self.threads))):
             self.tick()
@@ -355,6 +428,9 @@ class Tailgater:
 
     # -- the probe threads ------------------------------------------------------------------
     def _run(self) -> None:
+        while not self.go.is_set():  # -r: wait until the capture is read and announced
+            if self.stop.wait(0.1):
+                return
         while not self.stop.is_set():
             try:
                 job = self.queue.get(timeout=0.2)
@@ -407,16 +483,21 @@ class Tailgater:
             job.skipped = True
             return
         job.probed = time.time()
-        alpn = _alpn(job.session)
+        hello = job.session.client_hello
+        offer = profile(self.hello, hello)
         self._count("probes")
-        result = probe_tls(key[0], key[1], key[2], self.timeout, self.ports, self.source, alpn,
-                           self._learn)
+        result = probe_tls(key[0], key[1], key[2], self.timeout, self.ports, self.source,
+                           None, self._learn, hello=offer, proxy=self.proxy)
         if not result.ok and job.session.transport == "q" and self.quic:
-            self._count("probes_quic")
-            quic = probe_quic(key[0], key[1], key[2], self.timeout, self.ports, self.source,
-                              alpn, self._learn)
-            if quic.ok or result.reason in ("refused", "timeout"):
-                result = quic
+            if self.proxy:  # a SOCKS5 TCP proxy cannot carry QUIC, and we never go around it
+                self._count("quic_skipped_proxy")
+            else:
+                self._count("probes_quic")
+                alpn = list(profile(self.hello, hello, quic=True).alpn) or None
+                quic = probe_quic(key[0], key[1], key[2], self.timeout, self.ports,
+                                  self.source, alpn, self._learn)
+                if quic.ok or result.reason in ("refused", "timeout"):
+                    result = quic
         job.result = result
         if result.ok:
             self._count("ok")
@@ -448,13 +529,5 @@ def _packed(ip: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6 if ":" in ip else socket.AF_INET, ip)
 
 
-def _alpn(s: TlsSession) -> list[str] | None:
-    """The session's own ALPN offer (a QUIC server refuses a handshake without a match)."""
-    hello = s.client_hello
-    if hello is None or not hello.alpn:
-        return None
-    try:
-        names = [n.decode("ascii") for n in hello.alpn]  # parsed with the hello
-    except UnicodeDecodeError:
-        return None
-    return [n for n in names if n and n.isprintable()][:8] or None
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -73,6 +73,41 @@ def _address(text: str) -> str:
         raise argparse.ArgumentTypeError(f"not an address: {text!r}")
 
 
+PROXY_SCHEMES = ("socks5://", "socks5h://")
+
+
+def _proxy(text: str) -> str:
+    """socks5://HOST:PORT or socks5h://HOST:PORT (user:password@ allowed): checked now, so a
+    typo is a one-line error instead of every probe failing."""
+    from urllib.parse import urlsplit
+
+    if not text.startswith(PROXY_SCHEMES):
+        raise argparse.ArgumentTypeError(f"expected socks5://HOST:PORT or socks5h://HOST:PORT: "
+                                         f"{text!r}")
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc}: {text!r}")
+    if not parts.hostname or port is None or parts.path not in ("", "/"):
+        raise argparse.ArgumentTypeError(f"expected socks5://HOST:PORT: {text!r}")
+    return text
+
+
+def check_offline(args: argparse.Namespace) -> str | None:
+    """Why ``-r --tailgate`` may not run as given (None when it may): a capture may be weeks
+    old, its servers may have changed hands, and each probe tells a watchful server that the
+    network is monitored and from where."""
+    if (getattr(args, "read", None) is not None and getattr(args, "tailgate", False)
+            and getattr(args, "tailgate_explicit", False)
+            and not getattr(args, "tailgate_offline_ok", False)):
+        return ("--tailgate with -r contacts the servers seen in the capture now, though the "
+                "capture may be old and its servers may have changed hands, and every probe "
+                "shows the server that it is being watched and from which address: add "
+                "--tailgate-offline-ok to go ahead")
+    return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("TLS 1.3 certificate tailgating")
     g.add_argument("--tailgate", action=_ExplicitTailgate,
@@ -107,5 +142,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    "addresses on these ports are its own and never analysed (default 61000-61999)")
     g.add_argument("--tailgate-no-quic", action="store_true",
                    help="probe QUIC servers over TCP only, even when aioquic is installed")
+    g.add_argument("--tailgate-matched", action="store_true",
+                   help="also probe servers whose SNI or address already matched an indicator "
+                   "(default: withheld, since the alert exists and a probe tells the adversary)")
+    g.add_argument("--tailgate-proxy", type=_proxy, metavar="URL", default=None,
+                   help="send probes through this SOCKS5 proxy (socks5://HOST:PORT, or socks5h://) "
+                   "so they leave from an egress of your choice; QUIC probes are skipped")
+    g.add_argument("--tailgate-hello", choices=("observed", "browser"), default="observed",
+                   help="the probe's ClientHello: mirror the observed client's offer (default) "
+                   "or a common browser profile")
+    g.add_argument("--tailgate-offline-ok", action="store_true",
+                   help="allow --tailgate with -r (contacts today the servers of an old capture)")
     # one id per iocwatch run, taken before -i forks its workers: they share it
     parser.set_defaults(tailgate_explicit=False, tailgate_run=f"{os.getpid()}-{time.time():.6f}")

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols.cursor import Malformed
+from iocwatch.tailgate.hello import HelloProfile
 
 MAX_BYTES = 256 * 1024  # more than any sane certificate flight; a firehose is cut off
 READ_SIZE = 16384
@@ -99,6 +100,34 @@ def _connected(address: str, port: int, timeout: float, source: str | None,
     raise OSError(errno.EADDRINUSE, "no free source port")
 
 
+def _via_proxy(proxy: str, address: str, port: int, timeout: float, source: str | None,
+               ports: PortPicker) -> socket.socket:
+    """A TCP connection to ``address`` through a SOCKS5 proxy (python-socks), leaving from our
+    port range so the capture side still knows the sensor-to-proxy flow as ours."""
+    from python_socks import ProxyConnectionError, ProxyError, ProxyTimeoutError
+    from python_socks.sync import Proxy
+
+    rdns = proxy.startswith("socks5h://")
+    client = Proxy.from_url("socks5://" + proxy.split("://", 1)[1], rdns=rdns)
+    for attempt in range(3):
+        try:
+            sock = client.connect(address, port, timeout=timeout,
+                                  local_addr=(source or "", ports.take()))
+            sock.settimeout(timeout)
+            return sock
+        except ProxyConnectionError as exc:  # our side: the source port may be taken
+            if exc.errno not in (errno.EADDRINUSE, errno.EADDRNOTAVAIL) or attempt == 2 or (
+                    source and exc.errno == errno.EADDRNOTAVAIL):
+                raise OSError(exc.errno or errno.ECONNREFUSED, f"proxy: {exc}")
+        except ProxyTimeoutError as exc:
+            raise TimeoutError(f"proxy: {exc}")
+        except ProxyError as exc:  # the proxy's own answer: refused, unreachable, ...
+            code = getattr(exc, "error_code", None)
+            raise OSError({3: errno.ENETUNREACH, 4: errno.EHOSTUNREACH,
+                           5: errno.ECONNREFUSED}.get(code, errno.ECONNABORTED), f"proxy: {exc}")
+    raise OSError(errno.EADDRINUSE, "no free source port")
+
+
 def _reason(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError | socket.timeout):
         return "timeout"
@@ -113,7 +142,8 @@ def _reason(exc: BaseException) -> str:
     return "error"
 
 
-def _client_context(alpn: list[str] | None = None) -> ssl.SSLContext:
+def _client_context(alpn: list[str] | None = None,
+                    hello: HelloProfile | None = None) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE  # we read what the server sends, we do not judge it
@@ -127,6 +157,8 @@ def _client_context(alpn: list[str] | None = None) -> ssl.SSLContext:
             ctx.set_alpn_protocols(alpn)
         except (ValueError, NotImplementedError):
             pass
+    if hello is not None:
+        hello.apply(ctx)
     return ctx
 
 
@@ -152,14 +184,17 @@ class _Collector:
 
 def probe_tls(address: str, port: int, server_name: str, timeout: float, ports: PortPicker,
               source: str | None = None, alpn: list[str] | None = None,
-              on_connect: Callable[[str], None] | None = None) -> ProbeResult:
+              on_connect: Callable[[str], None] | None = None, *,
+              hello: HelloProfile | None = None, proxy: str | None = None) -> ProbeResult:
     """One TLS handshake with ``server_name`` as SNI; never sends application data.
 
     ``on_connect`` gets our local address as soon as the connection stands, before the
-    ClientHello leaves (so the capture side knows the flow as ours in time)."""
+    ClientHello leaves (so the capture side knows the flow as ours in time). ``hello`` shapes
+    the ClientHello (:mod:`iocwatch.tailgate.hello`); ``proxy`` (``socks5://HOST:PORT`` or
+    ``socks5h://``) makes the probe leave from the proxy instead of from us."""
     deadline = time.monotonic() + timeout
     collector = _Collector()
-    ctx = _client_context(alpn)
+    ctx = _client_context(alpn, hello)
     ctx._msg_callback = collector  # type: ignore[attr-defined]
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     try:  # the name came off the wire: ssl refuses what IDNA cannot encode (before connecting)
@@ -167,7 +202,8 @@ def probe_tls(address: str, port: int, server_name: str, timeout: float, ports: 
     except (ValueError, TypeError):
         return ProbeResult(False, "bad_server_name")
     try:
-        sock = _connected(address, port, timeout, source, ports)
+        sock = (_via_proxy(proxy, address, port, timeout, source, ports) if proxy
+                else _connected(address, port, timeout, source, ports))
     except OSError as exc:
         if exc.errno == errno.EADDRNOTAVAIL and source:
             return ProbeResult(False, "bad_source")
