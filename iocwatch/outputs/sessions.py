@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import math
 import os
 import sys
 import warnings
@@ -29,11 +30,17 @@ from typing import Any, BinaryIO
 
 from cryptography import x509 as cx509
 
+from iocwatch.boundary import classify
 from iocwatch.protocols.fingerprints import client_fingerprints, server_fingerprints
 from iocwatch.protocols.tls import ClientHello, ServerHello
 from iocwatch.protocols.x509 import Certificate
 
 TLSH_MIN_INPUT = 50  # py-tlsh refuses shorter input (and input with too little variety)
+
+# The times Go's time.Time JSON (and Python's datetime) can write: years 1 to 9999. A session
+# time outside it (a damaged capture) is written as the nearest bound and counted.
+MIN_TIME = -62135596800.0  # 0001-01-01T00:00:00Z
+MAX_TIME = 253402300799.0  # 9999-12-31T23:59:59Z
 
 # Go's pkix short names, by the last arc of 2.5.4.x.
 _GO_SHORT = {3: "CN", 5: "SERIALNUMBER", 6: "C", 7: "L", 8: "ST", 9: "STREET", 10: "O",
@@ -195,13 +202,34 @@ def go_time(ts: float | datetime) -> str:
         dt = ts.astimezone(UTC)
         micros = dt.microsecond
     else:
-        total = round(ts * 1_000_000)
+        ts = clamp_time(ts)
+        total = min(round(ts * 1_000_000), int(MAX_TIME) * 1_000_000 + 999_999)
         dt = datetime.fromtimestamp(total // 1_000_000, tz=UTC)
         micros = total % 1_000_000
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    text = f"{dt.year:04d}" + dt.strftime("-%m-%dT%H:%M:%S")  # glibc's %Y does not pad
     if micros:
         text += "." + f"{micros:06d}".rstrip("0")
     return text + "Z"
+
+
+def clamp_time(ts: float) -> float:
+    """``ts`` within the years Go and Python can write (NaN as the epoch): never raises."""
+    if not MIN_TIME <= ts <= MAX_TIME:  # NaN fails both comparisons
+        return 0.0 if math.isnan(ts) else max(MIN_TIME, min(MAX_TIME, ts))
+    return ts
+
+
+def go_serial(serial: int) -> dict[str, Any]:
+    """The certificate's SerialNumber as Go writes a big.Int: a JSON number.
+
+    A serial too long for Python's int-to-str limit (4,300 digits: no Python JSON reader could
+    load it either, and decimal conversion is quadratic) is hostile, RFC 5280 allowing 20
+    octets: null, plus its hex digits in SerialNumberHex."""
+    limit = sys.get_int_max_str_digits()
+    if not limit or abs(serial).bit_length() * 0.30103 < limit - 2:
+        return {"SerialNumber": serial}
+    sign = "-" if serial < 0 else ""
+    return {"SerialNumber": None, "SerialNumberHex": sign + format(abs(serial), "x")}
 
 
 def _go_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
@@ -231,7 +259,7 @@ def go_certificate(cert: Certificate) -> GoCert:
             subject = go_pkix_name(_name_pairs(c.subject))
             body: dict[str, Any] = {
                 "Version": c.version.value + 1,
-                "SerialNumber": c.serial_number,
+                **go_serial(c.serial_number),
                 "Issuer": issuer,
                 "Subject": subject,
                 "NotBefore": go_time(c.not_valid_before_utc),
@@ -430,6 +458,10 @@ class SessionWriter:
         self.json_dir = json_dir
         self.sessions_written = 0
         self.write_errors = 0
+        #: sessions dropped because rendering them failed on hostile input, by error kind
+        self.session_errors: dict[str, int] = {}
+        #: sessions whose time lay outside years 1-9999, written with the nearest bound
+        self.times_clamped = 0
         self._seq = 0
         self._cache = CertCache()
         if json_dir is not None:
@@ -462,6 +494,8 @@ class SessionWriter:
         return f"{whole}.{frac.ljust(6, '0')}Z-{os.getpid()}-{self._seq:08d}.json"
 
     def write(self, s: TlsSession) -> None:
+        if clamp_time(s.timestamp) != s.timestamp:
+            self.times_clamped += 1
         try:
             if self.json_dir is not None or self.stream is not None:  # not for -w alone
                 data = dumps(d4_record(s, self._cache)) + b"\n"
@@ -474,6 +508,10 @@ class SessionWriter:
                     self.certs.write(cert)
         except OSError:
             self.write_errors += 1
+            return
+        except Exception as exc:  # the session's input boundary: a hostile handshake, counted
+            kind = classify(exc)
+            self.session_errors[kind] = self.session_errors.get(kind, 0) + 1
             return
         self.sessions_written += 1
 
