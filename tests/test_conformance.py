@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from scripts import conformance
+from tests.conftest import SHARED
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
+CORPUS = SHARED / "corpus"
 # mercury decrypts this one Initial although its AEAD tag and payload do not decrypt with the
 # RFC 9001 keys (tshark fails on it too); documented in the README as mercury's exception.
 KNOWN = {"mercury/quic_sni": {"mercury__quic_decry.pcap: '12.1.1.2'"}}

@@ -21,9 +21,10 @@ from iocwatch.coverage import (
     render_png,
     render_text,
 )
+from tests.conftest import SHARED
 
 A, B, RES, SRV = "10.0.0.1", "10.0.0.2", "10.0.0.53", "192.0.2.10"
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus" / "mercury"
+CORPUS = SHARED / "corpus" / "mercury"
 
 
 def flow(src: str, dst: str, t: float, proto: int = 6, sport: int = 40000,

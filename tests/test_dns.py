@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from iocwatch.protocols.cursor import Malformed
 from iocwatch.protocols.dns import looks_like_dns, parse_message, split_tcp_stream
+from tests.conftest import SHARED
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = SHARED / "corpus"
 DNS_CAPTURES = (
     "mercury__dns_packet.capture2.pcap",
     "mercury__emix.pcap",

@@ -17,8 +17,9 @@ from iocwatch.capture.files import CaptureReader
 from iocwatch.engine import Engine
 from iocwatch.protocols.fingerprints import client_fingerprints, server_fingerprints
 from iocwatch.protocols.tls import parse_client_hello, parse_server_hello
+from tests.conftest import SHARED
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
+CORPUS = SHARED / "corpus"
 
 
 def u16s(values: list[int]) -> bytes:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -13,8 +12,9 @@ from hypothesis import strategies as st
 
 from iocwatch.protocols.cursor import Malformed, Truncated
 from iocwatch.protocols.http import authority_host, looks_like_request, parse_request
+from tests.conftest import SHARED
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = SHARED / "corpus"
 HTTP_CAPTURES = (
     "mercury__http_rawip.pcap",
     "mercury__http_auth.pcap",

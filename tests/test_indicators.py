@@ -10,6 +10,7 @@ import pytest
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, normalise_name
 from iocwatch.indicators.normalise import classify
+from tests.conftest import SHARED
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -505,7 +506,7 @@ def test_shipped_sunburst_list() -> None:
 
 
 def test_shared_corpus_names_do_not_crash() -> None:
-    corpus = Path("/work/shared/corpus/mercury")
+    corpus = SHARED / "corpus" / "mercury"
     if not corpus.is_dir():
         pytest.skip("shared corpus not present")
     s, _ = IndicatorSet.load([str(ROOT / "rules" / "sunburst.txt")])

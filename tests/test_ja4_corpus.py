@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from iocwatch.capture.files import CaptureReader
 from iocwatch.engine import Engine
 from iocwatch.protocols.fingerprints import client_fingerprints, server_fingerprints
+from tests.conftest import SHARED
 
-CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
+CORPUS = SHARED / "corpus"
 
 
 @pytest.mark.skipif(not (CORPUS / "ja4").is_dir(), reason="shared corpus not present")

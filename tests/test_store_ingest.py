@@ -16,10 +16,10 @@ import pytest
 
 from iocwatch.store import open_store
 from iocwatch.store.ingest import ingest_records
+from tests.conftest import SHARED as SHARED_DIR
 from tests.storekit import ROOT, dump, lines, run_samples
 
-SHARED = next((p / "corpus" / "mercury" for p in (ROOT.parent / "shared", ROOT.parent.parent / "shared")
-               if (p / "corpus" / "mercury").is_dir()), None)
+SHARED = SHARED_DIR / "corpus" / "mercury" if (SHARED_DIR / "corpus" / "mercury").is_dir() else None
 SUMMARY = re.compile(rb"iocwatch: ingest: (\d+) files \((\d+) unreadable\), (\d+) objects: (\d+) "
                      rb"sessions, (\d+) certificate sightings, (\d+) name sightings new; (\d+) "
                      rb"duplicates, (\d+) skipped, (\d+) bad\n")

@@ -32,9 +32,10 @@ from iocwatch.protocols.tls import (
     parse_server_hello,
     parse_sslv2_client_hello,
 )
+from tests.conftest import SHARED
 from tests.tlsmem import client_hello, run_handshake
 
-CORPUS = Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+CORPUS = SHARED / "corpus"
 
 # ---------------------------------------------------------------------------------------------
 # building blocks

@@ -7,7 +7,6 @@ import ipaddress
 import json
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -26,8 +25,9 @@ from iocwatch.protocols.x509 import (
     oid_to_dotted,
     parse_certificate,
 )
+from tests.conftest import SHARED
 
-CORPUS = Path(__file__).resolve().parents[2] / "shared" / "corpus"
+CORPUS = SHARED / "corpus"
 
 # ---------------------------------------------------------------------------------------------
 # Building certificates
