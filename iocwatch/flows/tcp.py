@@ -38,7 +38,9 @@ class TcpStream:
 
     def __init__(self, limits: ReassemblyLimits):
         self.next_seq: int | None = None
-        self.pending: dict[int, bytes] = {}
+        #: held out-of-order segments by sequence number; None until the first one (most
+        #: streams never hold one, and a SYN flood's thousands of streams should cost little)
+        self.pending: dict[int, bytes] | None = None
         self.limits = limits
         self.delivered = 0
         #: set when bytes were skipped; the consumer must resynchronise, then clear it
@@ -75,16 +77,19 @@ class TcpStream:
         return out
 
     def _hold(self, seq: int, data: bytes) -> None:
-        old = self.pending.get(seq)
+        pending = self.pending
+        if pending is None:
+            pending = self.pending = {}
+        old = pending.get(seq)
         if old is None:
             self.limits.pages_in_use += 1
-            self.pending[seq] = data
+            pending[seq] = data
         elif len(data) > len(old):
-            self.pending[seq] = data
+            pending[seq] = data
 
     def _over_limit(self) -> bool:
         lim = self.limits
-        if len(self.pending) > lim.max_pages_per_conn:
+        if self.pending is not None and len(self.pending) > lim.max_pages_per_conn:
             lim.overflows_conn += 1
             return True
         if lim.pages_in_use > lim.max_pages_total:
@@ -94,6 +99,8 @@ class TcpStream:
 
     def _drain(self, nxt: int, out: list[bytes]) -> int:
         pending = self.pending
+        if pending is None:
+            return nxt
         progressed = True
         while pending and progressed:
             progressed = False
@@ -114,9 +121,12 @@ class TcpStream:
         self.limits.gaps += 1
         self.gapped = True
         base = self.next_seq if self.next_seq is not None else 0
-        first = min(self.pending, key=lambda s: seq_diff(s, base))
+        pending = self.pending
+        if not pending:  # (called only while segments are held)
+            return []
+        first = min(pending, key=lambda s: seq_diff(s, base))
         out: list[bytes] = []
-        data = self.pending.pop(first)
+        data = pending.pop(first)
         self.limits.pages_in_use -= 1
         out.append(data)
         nxt = self._drain((first + len(data)) % SEQ_MOD, out)
@@ -126,5 +136,6 @@ class TcpStream:
 
     def release(self) -> None:
         """Return held pages to the global budget (flow closed or expired)."""
-        self.limits.pages_in_use -= len(self.pending)
-        self.pending.clear()
+        if self.pending:
+            self.limits.pages_in_use -= len(self.pending)
+        self.pending = None
