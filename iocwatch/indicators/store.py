@@ -19,6 +19,7 @@ import marshal
 import os
 import socket
 import stat
+import struct
 from array import array
 from collections import Counter
 from collections.abc import Collection, Iterable
@@ -33,7 +34,14 @@ from .normalise import WILDCARD, classify, fingerprint, parse_ip, url_key_of, ur
 
 MAX_FILE = 1 << 30
 MAX_SKIPPED_LISTED = 1000
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+#: first bytes of every indicator cache: lets a file be recognised without unmarshalling it
+CACHE_MAGIC = b"iocwatch indicator cache\n\x00"
+#: after the magic: format version, body length, BLAKE2b-256 of the body
+_HEADER = struct.Struct("<HQ32s")
+#: what version 1 (no header) started with: a marshal 19-tuple whose first item is int 1
+_V1_PREFIXES = tuple(t + b"\x13" + i + b"\x01\x00\x00\x00"
+                     for t in (b")", b"\xa9") for i in (b"i", b"\xe9"))
 
 _EXACT = 1
 _KIND_CODE = {k: i for i, k in enumerate(m.KINDS)}
@@ -76,6 +84,59 @@ def read_file(path: str) -> bytes:
 
 def _digest(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def _checksum(body: bytes) -> bytes:
+    return hashlib.blake2b(body, digest_size=32).digest()
+
+
+def _cache_body(data: bytes) -> bytes | str:
+    """The marshal body of a cache file once its header and checksum check out, else why not.
+
+    The length in the header must be the file's remaining length, so marshal never sees a
+    truncated or padded body, and the checksum must match before anything is unmarshalled.
+    """
+    if data.startswith(_V1_PREFIXES):
+        return "written by an older iocwatch"
+    if not data.startswith(CACHE_MAGIC):
+        return "not an iocwatch indicator cache"
+    head = data[len(CACHE_MAGIC):len(CACHE_MAGIC) + _HEADER.size]
+    if len(head) < _HEADER.size:
+        return "truncated header"
+    version, length, checksum = _HEADER.unpack(head)
+    if version != CACHE_VERSION:
+        return f"cache format {version}, this iocwatch writes {CACHE_VERSION}"
+    start = len(CACHE_MAGIC) + _HEADER.size
+    if length != len(data) - start:
+        return f"body is {len(data) - start} bytes, header says {length}"
+    body = data[start:]
+    if _checksum(body) != checksum:
+        return "checksum mismatch"
+    return body
+
+
+def is_cache_file(path: str) -> bool:
+    """Whether ``path`` is an indicator cache iocwatch wrote (any version), so that
+    ``--ioc-cache`` may replace it. Reads the first bytes only; never unmarshals."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(CACHE_MAGIC))
+    except OSError:
+        return False
+    return head.startswith(CACHE_MAGIC) or head.startswith(_V1_PREFIXES)
+
+
+def check_cache_path(path: str) -> None:
+    """:class:`IndicatorFileError` unless ``path`` is absent, empty or an iocwatch cache."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise IndicatorFileError(path, "is a directory, not an indicator cache")
+    if stat.S_ISREG(st.st_mode) and st.st_size and not is_cache_file(path):
+        raise IndicatorFileError(path, "exists and is not an iocwatch indicator cache; "
+                                 "refusing to overwrite it")
 
 
 class _Builder:
@@ -548,21 +609,27 @@ class IndicatorSet:
     def save_cache(self, path: str) -> None:
         """Write the set, its sources' digests and its report; atomic (temp file + rename).
 
-        The cache uses :mod:`marshal` (no code runs on load); keep it in a directory only
-        the sensor can write all the same.
+        The file is :data:`CACHE_MAGIC`, a header (format version, body length, BLAKE2b of
+        the body) and a :mod:`marshal` body (no code runs on load). Refuses to replace an
+        existing file that is not an iocwatch cache (:class:`IndicatorFileError`).
         """
+        check_cache_path(path)
         r = self._report
-        report = ([(f.path, f.fmt, f.loaded, f.digest, f.error) for f in r.files], r.loaded,
-                  r.skipped, r.unsupported, r.warnings, r.duplicates, r.skipped_total)
+        report = ([(f.path, f.fmt, f.loaded, f.digest, f.error, f.reasons, f.comments)
+                   for f in r.files], r.loaded, r.skipped, r.unsupported, r.warnings,
+                  r.duplicates, r.skipped_total, r.ignored, r.reasons)
         blob = (CACHE_VERSION, self._key, report, self._values, bytes(self._kinds),
                 bytes(self._flags), self._file_idx.tobytes(), self._lines.tobytes(),
                 self._meta_idx.tobytes(), self._metas, self._files, self._dom,
                 self._children, self._v4, self._v6, self._urls, self._certs, self._fps,
                 self._dead)
+        body = marshal.dumps(blob)
+        header = CACHE_MAGIC + _HEADER.pack(CACHE_VERSION, len(body), _checksum(body))
         tmp = f"{path}.tmp{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
-                f.write(marshal.dumps(blob))
+                f.write(header)
+                f.write(body)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
@@ -577,47 +644,87 @@ class IndicatorSet:
         Every source file (MISP event files too) is re-read and its digest compared, so
         any edit invalidates the cache, whatever the timestamps say.
         """
+        got, _damage = cls._load_cache(path, paths, fmt, misp_all, exact)
+        return got
+
+    @classmethod
+    def _load_cache(cls, path: str, paths: list[str], fmt: str | None, misp_all: bool,
+                    exact: Collection[str]
+                    ) -> tuple[tuple[IndicatorSet, LoadReport] | None, str | None]:
+        """``(set and report, None)``, ``(None, None)`` when stale or absent, or
+        ``(None, why)`` when the file is damaged (a warning for the operator)."""
         try:
             with open(path, "rb") as f:
                 data = f.read()
-            blob = marshal.loads(data)  # loads() on the bytes: load() on a file is 3x slower
-            del data
-        except (OSError, EOFError, ValueError, TypeError):
-            return None
+        except OSError:
+            return None, None
+        body = _cache_body(data)
+        if isinstance(body, str):
+            return None, body
+        try:
+            blob = marshal.loads(body)  # loads() on the bytes: load() on a file is 3x slower
+        except Exception as e:  # checksum matched, so this is our own writer's fault
+            return None, f"unreadable ({boundary.classify(e)})"
+        del data, body
         if not isinstance(blob, tuple) or len(blob) != 19 or blob[0] != CACHE_VERSION:
-            return None
+            return None, "unexpected contents"
         key = blob[1]
         want = cls._cache_key(paths, fmt, misp_all, exact)
-        if not isinstance(key, tuple) or key[:-1] != want:
-            return None
-        for src, digest in key[-1]:
-            try:
-                if _digest(read_file(src)) != digest:
-                    return None
-            except IndicatorFileError:
-                return None
+        if not isinstance(key, tuple) or not key or key[:-1] != want:
+            return None, None  # built from other files or options: stale, not damaged
         try:
-            s = cls()
-            (_, s._key, rep, s._values, kinds, flags, fidx, lines, midx, s._metas, s._files,
-             s._dom, s._children, s._v4, s._v6, s._urls, s._certs, s._fps, s._dead) = blob
-            s._kinds, s._flags = bytearray(kinds), bytearray(flags)
-            s._file_idx, s._lines, s._meta_idx = array("I"), array("I"), array("I")
-            s._file_idx.frombytes(fidx)
-            s._lines.frombytes(lines)
-            s._meta_idx.frombytes(midx)
-            n = len(s._values)
-            if not (len(s._kinds) == len(s._flags) == len(s._file_idx) == len(s._lines)
-                    == len(s._meta_idx) == n):
-                return None
-            files, loaded, skipped, unsupported, warnings, dups, total = rep
-            s._report = LoadReport(files=[FileSummary(*f) for f in files], loaded=loaded,
-                                   skipped=[tuple(x) for x in skipped],
-                                   unsupported=unsupported, warnings=list(warnings),
-                                   duplicates=dups, skipped_total=total)
-            s._finish_index()
-        except (TypeError, ValueError):
-            return None
-        return s, s._report
+            for src, digest in key[-1]:
+                try:
+                    if _digest(read_file(src)) != digest:
+                        return None, None
+                except IndicatorFileError:
+                    return None, None
+            s = cls._from_blob(blob)
+        except Exception as e:  # a well-formed file with inconsistent contents
+            return None, f"inconsistent contents ({boundary.classify(e)})"
+        return (s, s._report), None
+
+    @classmethod
+    def _from_blob(cls, blob: tuple[Any, ...]) -> IndicatorSet:
+        """A set from an unmarshalled cache, every column and index checked, never trusted."""
+        s = cls()
+        (_, s._key, rep, s._values, kinds, flags, fidx, lines, midx, s._metas, s._files,
+         s._dom, s._children, s._v4, s._v6, s._urls, s._certs, s._fps, s._dead) = blob
+        s._kinds, s._flags = bytearray(kinds), bytearray(flags)
+        s._file_idx, s._lines, s._meta_idx = array("I"), array("I"), array("I")
+        s._file_idx.frombytes(fidx)
+        s._lines.frombytes(lines)
+        s._meta_idx.frombytes(midx)
+        n = len(s._values)
+        if not (len(s._kinds) == len(s._flags) == len(s._file_idx) == len(s._lines)
+                == len(s._meta_idx) == n):
+            raise ValueError("columns of different lengths")
+        if n and (max(s._kinds) >= len(m.KINDS) or max(s._file_idx) >= len(s._files)
+                  or max(s._meta_idx) >= len(s._metas)):
+            raise ValueError("column index out of range")
+        if not (all(type(v) is str for v in s._values) and all(type(x) is dict for x in s._metas)
+                and all(type(x) is str for x in s._files)):
+            raise ValueError("column of the wrong type")
+        tables = [s._dom, s._children, s._urls, s._certs, *s._fps.values(), *s._v4.values(),
+                  *s._v6.values()]
+        if set(s._fps) != set(m.FINGERPRINT_KINDS) or not all(
+                type(k) is int and 0 <= k <= 128 for k in (*s._v4, *s._v6)):
+            raise ValueError("bad table keys")
+        for t in tables:
+            for v in t.values():
+                if (max(v) if type(v) is tuple else v) >= n or (min(v) if type(v) is tuple
+                                                                 else v) < 0:
+                    raise ValueError("index out of range")
+        if not all(type(i) is int and 0 <= i < n for i in s._dead):
+            raise ValueError("index out of range")
+        files, loaded, skipped, unsupported, warnings, dups, total, ignored, reasons = rep
+        s._report = LoadReport(files=[FileSummary(*f) for f in files], loaded=loaded,
+                               skipped=[tuple(x) for x in skipped],
+                               unsupported=unsupported, warnings=list(warnings),
+                               duplicates=dups, skipped_total=total, ignored=ignored,
+                               reasons=dict(reasons))
+        s._finish_index()
+        return s
 
     @classmethod
     def load_cached(cls, paths: list[str], fmt: str | None = None, *, cache: str,
@@ -625,12 +732,18 @@ class IndicatorSet:
                     ) -> tuple[IndicatorSet, LoadReport, bool]:
         """The cached set when still valid, else a fresh load (then cached); bool: from cache.
 
-        A cache that cannot be written is not an error: the fresh set is returned anyway.
+        A cache that cannot be written is not an error: the fresh set is returned anyway. A
+        damaged cache is rebuilt with one warning in the report; an existing file that is not
+        an iocwatch cache is never overwritten (:class:`IndicatorFileError`).
         """
-        got = cls.load_cache(cache, paths, fmt, misp_all=misp_all, exact=exact)
+        check_cache_path(cache)  # before a long load: never overwrite an indicator feed
+        got, damage = cls._load_cache(cache, paths, fmt, misp_all, exact)
         if got is not None:
             return got[0], got[1], True
         s, report = cls.load(paths, fmt, misp_all=misp_all, exact=exact)
+        if damage is not None:
+            report.warnings.append(f"{cache}: indicator cache not usable ({damage}), rebuilt"
+                                   " from the indicator files")
         try:
             s.save_cache(cache)
         except OSError as e:
