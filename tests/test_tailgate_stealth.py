@@ -6,6 +6,7 @@ ClientHello it is sent, and Debian's microsocks as the SOCKS5 proxy."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -106,6 +107,14 @@ def test_observed_profile_mirrors_the_clients_tls12_suites_order_and_alpn():
         assert _tls12(sent.cipher_suites) == _tls12(CHROME_LIKE)  # BROWSER_CIPHERS, by IANA code
         assert len(BROWSER_CIPHERS) == len(_tls12(CHROME_LIKE))
         assert sent.alpn == [b"h2", b"http/1.1"]
+        # a client that offered TLS 1.3 only: so does the probe (no TLS 1.2 suite at all)
+        only13 = _hello_with([0x1301, 0x1302], b"h2")
+        only13.supported_versions = [0x2A2A, 0x0304]
+        probe_tls("127.0.0.1", catcher.port, FRONT, 3.0, PortPicker(61000, 61999),
+                  hello=observed(only13))
+        assert _wait_for(lambda: len(catcher.got) > 3)
+        sent = catcher.hello(3)
+        assert _tls12(sent.cipher_suites) == [] and sent.cipher_suites, sent.cipher_suites
     finally:
         catcher.close()
 
@@ -288,3 +297,88 @@ def test_offline_tailgating_needs_offline_ok_and_proxy_urls_are_checked(tmp_path
                               capture_output=True, timeout=60, cwd=tmp_path)
         assert proc.returncode == 2 and b"--tailgate-proxy" in proc.stderr, (bad, proc.stderr)
         assert proc.stderr.count(b"\n") == 1
+
+
+# -- the same in the namespace lab (prefix iwtg6): iocwatch -i, curl, a SOCKS5 proxy ----------
+
+LAB = netlab.lab_unavailable()
+KNOWN = "c2-known.lab.test"  # an SNI the indicator file names: its session is never probed
+CURL_CIPHERS = "ECDHE-RSA-AES256-GCM-SHA384:ECDHE-RSA-CHACHA20-POLY1305:AES128-SHA"
+
+
+def _curl(lab: netlab.Lab, name: str, port: int = 443) -> None:
+    lab.run(lab.client, ["curl", "-sS", "-k", "--max-time", "5", "--tlsv1.2", "--ciphers",
+                         CURL_CIPHERS, "--resolve", f"{name}:{port}:{netlab.SERVER_V4}",
+                         f"https://{name}:{port}/"])
+
+
+@pytest.mark.skipif(LAB is not None or shutil.which("microsocks") is None,
+                    reason=str(LAB or "microsocks missing"))
+def test_lab_matched_withheld_proxy_egress_and_mirrored_hello(pki, tmp_path):  # noqa: F811
+    from tests.test_tailgate import HIDDEN, SERVER
+
+    work = tmp_path / "lab"
+    work.mkdir()
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text(f"{KNOWN}\n{HIDDEN}\n")
+    srvlog = tmp_path / "server.log"
+    with netlab.lab("iwtg6", work) as lab:
+        lab.spawn(lab.server, [sys.executable, SERVER, str(pki.cert_file), str(pki.key_file),
+                               str(srvlog), "443:ok"])
+        # the proxy lives on the server's side: what it connects to sees its address
+        lab.spawn(lab.server, ["microsocks", "-i", netlab.SERVER_V4, "-p", "1080",
+                               "-b", "127.0.0.1"])
+        lab.wait_listening(lab.server, "tcp", 443)
+        lab.wait_listening(lab.server, "tcp", 1080)
+
+        def sensor(run: str, *extra: str) -> tuple[list[dict], list[dict], dict]:
+            records, alerts, log = (tmp_path / f"{run}.json", tmp_path / f"{run}.alerts",
+                                    tmp_path / f"{run}.log")
+            with netlab.running_sensor(
+                    ["-i", lab.client_if, "--filter", "", "-f", str(records), "--ioc", str(ioc),
+                     "--alerts", str(alerts), "--tailgate", "--tailgate-cache", "",
+                     "--tailgate-timeout", "4", "--stats-interval", "0.2",
+                     "--stats-json-stream", *extra], log, ns=lab.client, timeout=15):
+                _curl(lab, KNOWN)
+                _curl(lab, FRONT)
+                assert _wait_for(lambda: alerts.exists() and HIDDEN in alerts.read_text()), \
+                    log.read_text()
+            recs = [json.loads(x) for x in records.read_text().splitlines()]
+            hits = [json.loads(x) for x in alerts.read_text().splitlines()]
+            stats = [json.loads(x[len("iocwatch stats "):]) for x in log.read_text().splitlines()
+                     if x.startswith("iocwatch stats {")]
+            return recs, hits, stats[-1]["workers"][0]
+
+        # 1: through the proxy; the matched SNI is withheld
+        recs, hits, worker = sensor("proxy", "--tailgate-proxy",
+                                    f"socks5://{netlab.SERVER_V4}:1080")
+        probes_via_proxy = [x for x in srvlog.read_text().splitlines() if x.endswith(" 127.0.0.1")]
+        assert len(probes_via_proxy) == 1, srvlog.read_text()  # FRONT's probe, from the proxy
+        assert worker["tailgate_probes"] == 1 and worker["tailgate_withheld_matched"] == 1, worker
+        assert worker["own_traffic_dropped"] > 0, worker  # our flow to the proxy
+        withheld = [r for r in recs if r.get("tailgate", {}).get("withheld")]
+        assert [(w["tailgate"]["indicator"], w["dst_ip"]) for w in withheld] == [
+            (KNOWN, netlab.SERVER_V4)]
+        assert {(h["channel"], h["normalised"]) for h in hits} == {
+            ("tls_sni", KNOWN), ("cert_san", HIDDEN)}
+        assert not [r for r in recs if 1080 in (r["src_port"], r["dst_port"])]
+
+        # 2: --tailgate-matched probes the known server too, straight from the sensor, with
+        # the ClientHello curl sent (its TLS 1.2 suites, in its order)
+        cap = lab.capture(tmp_path / "direct.pcapng")
+        recs, hits, worker = sensor("matched", "--tailgate-matched")
+        cap.stop()
+        assert worker["tailgate_probes"] == 2 and "tailgate_withheld_matched" not in worker, worker
+        direct = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r",
+                                 str(tmp_path / "direct.pcapng"), "-q"], capture_output=True,
+                                timeout=60, check=True, cwd=tmp_path).stdout.splitlines()
+    hellos = [json.loads(x) for x in direct if b'"client"' in x]
+    by_side = {}
+    for rec in hellos:
+        side = "probe" if 61000 <= rec["src_port"] <= 61999 else "curl"
+        by_side.setdefault(side, set()).add(_tls12_hex(rec["tls"]["client"]["cipher_suites"]))
+    assert len(by_side["probe"]) == 1 and by_side["probe"] == by_side["curl"], by_side
+
+
+def _tls12_hex(suites: str) -> tuple[int, ...]:
+    return tuple(_tls12([int(suites[i:i + 4], 16) for i in range(0, len(suites), 4)]))

@@ -6,7 +6,8 @@ from the probe port range get the port's MODE: ``ok`` (normal), ``slow`` (read t
 then hold the connection without answering until the peer closes), ``reset`` (read the
 ClientHello, then abort with a TCP RST) or ``drop`` (the listener's accept queue is kept full, so
 the kernel drops every new SYN: only the first, filler connection is ever accepted). Events go
-to LOG, one line each: ``<mode> <port> <event> <peer port>``.
+to LOG, one line each: ``<mode> <port> <event> <peer port>`` (a completed handshake adds the
+peer's address).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _log(path: str, lock: threading.Lock, text: str) -> None:
 
 def _handle(conn: socket.socket, ctx: ssl.SSLContext, mode: str, port: int, log: str,
             lock: threading.Lock, probe_ports: tuple[int, int]) -> None:
-    peer = conn.getpeername()[1]
+    peer_addr, peer = conn.getpeername()[:2]
     probe = probe_ports[0] <= peer <= probe_ports[1]
     conn.settimeout(15)
     try:
@@ -45,7 +46,7 @@ def _handle(conn: socket.socket, ctx: ssl.SSLContext, mode: str, port: int, log:
             _log(log, lock, f"{mode} {port} closed {peer}")
             return
         tls = ctx.wrap_socket(conn, server_side=True)
-        _log(log, lock, f"{mode} {port} {'probe' if probe else 'client'} {peer}")
+        _log(log, lock, f"{mode} {port} {'probe' if probe else 'client'} {peer} {peer_addr}")
         try:
             data = tls.recv(4096)
             if data:

@@ -5,8 +5,9 @@ victim's connection, is easy to tell apart. Two profiles:
 
 - ``observed``: mirror the client whose session is probed: its TLS 1.2-and-older cipher suites
   in its order and its ALPN offer, so the server answers as it answered the victim (same
-  certificate where a server picks one by cipher or ALPN). Versions are not mirrored: only
-  sessions the server took to TLS 1.3 (or QUIC) are probed, so the client offered 1.3.
+  certificate where a server picks one by cipher or ALPN). A client that offered TLS 1.3 only
+  gets a TLS 1.3-only probe (no TLS 1.2 suites at all); only sessions the server took to TLS
+  1.3 (or QUIC) are probed, so the client always offered 1.3.
 - ``browser``: one fixed, common browser-like offer (modern AEAD suites first, ``h2`` and
   ``http/1.1``), the same for every probe, so the probes look like ordinary browsing.
 
@@ -43,6 +44,7 @@ class HelloProfile:
     name: str
     ciphers: tuple[str, ...] = ()  # OpenSSL names (TLS 1.2 and older), offer order; () = default
     alpn: tuple[str, ...] = ()
+    tls13_only: bool = False
 
     def apply(self, ctx: ssl.SSLContext) -> None:
         """Set this offer on a client context (what OpenSSL refuses keeps its default)."""
@@ -56,6 +58,8 @@ class HelloProfile:
                 ctx.set_alpn_protocols(list(self.alpn))
             except (ValueError, NotImplementedError):
                 pass
+        if self.tls13_only:
+            ctx.minimum_version = ssl.TLSVersion.TLSv1_3
 
 
 @cache
@@ -89,7 +93,8 @@ def observed(hello: ClientHello | None) -> HelloProfile:
     names = _openssl_names()
     ciphers = tuple(dict.fromkeys(names[c] for c in hello.cipher_suites
                                   if not is_grease(c) and c in names))
-    return HelloProfile("observed", ciphers, _alpn_text(hello.alpn))
+    versions = {v for v in hello.supported_versions if not is_grease(v)}
+    return HelloProfile("observed", ciphers, _alpn_text(hello.alpn), versions == {0x0304})
 
 
 def browser(quic: bool = False) -> HelloProfile:
