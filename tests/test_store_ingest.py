@@ -113,10 +113,10 @@ def test_hostile_files(data: dict[str, dict[str, Path]], tmp_path: Path) -> None
 
 
 def test_long_line_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from iocwatch.store import cli
+    from iocwatch.store import cli, ingest
 
-    monkeypatch.setattr(cli, "MAX_LINE", 1000)
-    monkeypatch.setattr(cli, "MAX_DOCUMENT", 100)
+    monkeypatch.setattr(ingest, "MAX_LINE", 1000)
+    monkeypatch.setattr(ingest, "MAX_DOCUMENT", 100)
     path = tmp_path / "long.json"
     rec = {"src_ip": "192.0.2.1", "dst_ip": "192.0.2.2", "event_start": 1.0, "src_port": 1,
            "dst_port": 80, "protocol": 6, "http": {"request": {"host": "long.test"}}}

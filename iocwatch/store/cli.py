@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import itertools
-import json
 import os
 import stat
 import sys
@@ -17,12 +15,10 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from iocwatch.store.db import StoreError, one_line, open_store
-from iocwatch.store.ingest import Converter, IngestStats, ingest_records
+from iocwatch.store.ingest import Converter, IngestStats, ReadStats, ingest_records, read_objects
 from iocwatch.usage import Parser as _Parser
 from iocwatch.usage import UsageError
 
-MAX_LINE = 16 << 20  # longer lines are not records (a corrupt or hostile file)
-MAX_DOCUMENT = 64 << 20  # a file that is one JSON document (D4's indented session files)
 MAX_WARNINGS = 20
 
 
@@ -55,6 +51,14 @@ def walk(paths: list[str], fs: FileStats) -> Iterator[str]:
             yield top
 
 
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 def _walk_error(exc: OSError, fs: FileStats) -> None:
     fs.bad_files += 1
     fs.warn(f"cannot read {_shown(str(exc.filename))}: {exc.strerror}")
@@ -80,48 +84,16 @@ def _open(path: str) -> IO[bytes]:
 
 
 def read_file(path: str, fs: FileStats) -> Iterator[Any]:
-    """JSON objects of one file: one document (object or array), or JSON lines."""
-    with _open(path) as fh:
-        head = fh.read(MAX_DOCUMENT + 1)
-        start = head.lstrip()[:1]
-        if start in (b"{", b"[") and len(head) <= MAX_DOCUMENT:
-            try:
-                doc = json.loads(head)
-            except (ValueError, RecursionError):
-                doc = None
-            if isinstance(doc, list):
-                yield from doc
-                return
-            if isinstance(doc, dict):
-                yield doc
-                return
-        yield from _lines(head, fh, fs)
-
-
-def _lines(head: bytes, fh: IO[bytes], fs: FileStats) -> Iterator[Any]:
-    buf = b""
-    skipping = False  # inside a line longer than MAX_LINE
-    for chunk in itertools.chain([head], iter(lambda: fh.read(1 << 20), b"")):
-        buf += chunk
-        *complete, buf = buf.split(b"\n")
-        for line in complete:
-            if skipping:
-                skipping = False
-                continue
-            yield from _parse(line, fs)
-        if len(buf) > MAX_LINE:
-            fs.bad_lines += 0 if skipping else 1
-            buf, skipping = b"", True
-    if buf and not skipping:
-        yield from _parse(buf, fs)
-
-
-def _parse(line: bytes, fs: FileStats) -> Iterator[Any]:
-    if line.strip():
-        try:
-            yield json.loads(line)
-        except (ValueError, RecursionError):
-            fs.bad_lines += 1
+    """JSON objects of one file (one document, or JSON lines), read in bounded memory by
+    :func:`iocwatch.store.ingest.read_objects`; bad and over-long lines counted."""
+    rs = ReadStats()
+    try:
+        with _open(path) as fh:
+            yield from read_objects(fh, rs)
+    finally:
+        fs.bad_lines += rs.bad_lines
+        if rs.long_lines:
+            fs.warn(f"{_shown(path)}: {rs.long_lines} lines longer than {rs.limit} bytes skipped")
 
 
 def safe_read(path: str, fs: FileStats) -> Iterator[Any]:
@@ -146,28 +118,78 @@ def build_parser() -> argparse.ArgumentParser:
     from iocwatch.transport import add_ingest_arguments
 
     add_ingest_arguments(p)  # --from redis://..., --once, --batch: the Redis transport
+    p.set_defaults(batch=None)  # None: not given, so --batch without --from can be refused
     return p
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags that contradict each other, and a store that is one of the inputs, are refused
+    before the store is opened (or created)."""
+    from iocwatch.transport import BATCH
+
+    if args.from_url is None:
+        given = [flag for flag, on in (("--once", args.once), ("--batch", args.batch is not None))
+                 if on]
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with --from redis://...")
+    elif args.paths:
+        raise UsageError("give DIR|FILE... or --from, not both")
+    if args.batch is None:
+        args.batch = BATCH
+    elif args.batch < 1:
+        raise UsageError(f"--batch {args.batch}: must be at least 1")
+    if args.from_url is None and not args.paths:
+        raise UsageError("nothing to ingest: give DIR|FILE... or --from redis://...")
+    for path in args.paths:
+        if not os.path.exists(path):
+            raise UsageError(f"{_shown(path)}: no such file or directory")
+    store_file = _store_file(args.store)
+    if store_file is not None:
+        from iocwatch.outputs.paths import refuse_same
+
+        refuse_same([("--store", store_file)],
+                    [("DIR|FILE", p) for p in args.paths if not os.path.isdir(p)])
+
+
+def _store_file(url: str) -> str | None:
+    """The file of a SQLite store (None for PostgreSQL)."""
+    if "://" in url and not url.startswith("sqlite://"):
+        return None
+    for prefix in ("sqlite:///", "sqlite://"):
+        if url.startswith(prefix):
+            return url[len(prefix):] or None
+    return url
+
+
+def _store_files(url: str) -> set[tuple[int, int]]:
+    """(st_dev, st_ino) of a SQLite store and its journals, never read as input files."""
+    path = _store_file(url)
+    out: set[tuple[int, int]] = set()
+    for name in ([path, path + "-wal", path + "-shm", path + "-journal"] if path else []):
+        try:
+            st = os.stat(name)
+        except OSError:
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
 def run(args: argparse.Namespace) -> int:
+    check_flags(args)
     if args.from_url is not None:  # the Redis transport (iocwatch/transport/redis.py)
-        if args.paths:
-            raise ValueError("give DIR|FILE... or --from, not both")
         from iocwatch.transport.redis import ingest_from_url
 
         return ingest_from_url(args)
-    if not args.paths:
-        raise ValueError("nothing to ingest: give DIR|FILE... or --from redis://...")
-    for path in args.paths:
-        if not os.path.exists(path):
-            raise ValueError(f"{_shown(path)}: no such file or directory")
     store = open_store(args.store)
+    skip = _store_files(args.store)  # a store inside an input directory is not an input
     fs = FileStats()
     total = IngestStats()
     conv = Converter(args.sensor)
     failed = ""
     try:
         for path in walk(args.paths, fs):
+            if skip and _identity(path) in skip:
+                continue
             fs.files += 1
             total.add(ingest_records(store, safe_read(path, fs), converter=conv))
     except Exception as exc:  # noqa: BLE001 - the database failed (gone, full, locked too long)

@@ -12,16 +12,20 @@ from __future__ import annotations
 
 import base64
 import binascii
+import codecs
 import hashlib
+import json
+import re
 import warnings
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
 from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import serialization
 
+from iocwatch.boundary import classify
 from iocwatch.coverage.extract import strip_port
 from iocwatch.protocols.cursor import Malformed
 from iocwatch.protocols.x509 import parse_certificate
@@ -43,6 +47,16 @@ from iocwatch.store.model import (
 _MAX_CERTS = 16  # certificates per session or record
 _MAX_ITEMS = 256  # questions, answers, names per record
 _MAX_STR = 4096
+
+#: Longest input line (or element of a top-level JSON array) read, in bytes: a record with
+#: sixteen certificates is well under it. A longer one is skipped and counted, never held whole.
+MAX_LINE = 1 << 20
+#: A file this small that is one JSON document (D4's indented session files) is parsed whole;
+#: bigger arrays are read element by element (json.loads of a document costs ~25x its size).
+MAX_DOCUMENT = 1 << 20
+READ_SIZE = 1 << 20  # bytes read (or decompressed) at a time
+_TEXT = re.compile(rb"[^\n]")
+_SPACE = b" \t\r\n"
 
 
 @dataclass(slots=True)
@@ -302,6 +316,153 @@ class Converter:
                                                   ts))
 
 
+@dataclass(slots=True)
+class ReadStats:
+    """What a reader skipped: lines (or array elements) that are not JSON, or longer than
+    MAX_LINE; and how many of those were too long."""
+
+    bad_lines: int = 0
+    long_lines: int = 0
+    limit: int = 0  # the line limit applied
+
+
+def _json(text: bytes | str, rs: ReadStats) -> Iterator[Any]:
+    try:
+        yield json.loads(text)
+    except (ValueError, RecursionError):  # not JSON, or nested beyond the parser's depth
+        rs.bad_lines += 1
+
+
+def read_objects(fh: IO[bytes], rs: ReadStats, max_line: int | None = None) -> Iterator[Any]:
+    """The JSON values of one input, in bounded memory whatever its size or shape: a small file
+    that is one document (object or array) whole; a big top-level array element by element;
+    anything else as JSON lines. Bad or over-long (``max_line``, default MAX_LINE) lines are
+    counted in ``rs`` and skipped."""
+    max_line = rs.limit = MAX_LINE if max_line is None else max_line
+    head = fh.read(min(MAX_DOCUMENT, max_line) + 1)
+    start = head.lstrip(_SPACE)[:1]
+    if start in (b"{", b"[") and len(head) <= min(MAX_DOCUMENT, max_line):
+        try:
+            doc = json.loads(head)
+        except (ValueError, RecursionError):
+            doc = None
+        if isinstance(doc, list):
+            yield from doc
+            return
+        if isinstance(doc, dict):
+            yield doc
+            return
+    if start == b"[":  # a document too big to parse whole: element by element
+        yield from _array(head, fh, rs, max_line)
+        return
+    yield from _lines(head, fh, rs, max_line)
+
+
+def iter_lines(head: bytes, fh: IO[bytes], rs: ReadStats, max_line: int = MAX_LINE) -> Iterator[bytes]:
+    """Non-empty lines of ``head`` and then the rest of ``fh``, each at most ``max_line`` bytes;
+    a longer one is counted and dropped as it streams past, never held whole. Runs of newlines
+    are skipped by a regular expression, not line by line in Python (a gzip of a billion
+    newlines reads at decompression speed)."""
+    carry: list[bytes] = []  # the start of a line that continues in the next chunk
+    held = 0
+    skipping = False  # inside a line longer than max_line
+    chunk = head
+    while chunk:
+        n = len(chunk)
+        m = _TEXT.search(chunk)
+        start = m.start() if m else n
+        if start and carry:  # the carried line ended at the chunk's first byte
+            yield b"".join(carry)
+            carry, held = [], 0
+        if start:
+            skipping = False
+        while start < n:
+            nl = chunk.find(b"\n", start)
+            if nl < 0:  # the line goes on in the next chunk
+                if not skipping:
+                    held += n - start
+                    if held > max_line:
+                        rs.bad_lines += 1
+                        rs.long_lines += 1
+                        carry, held, skipping = [], 0, True
+                    else:
+                        carry.append(chunk[start:])
+                break
+            if skipping:
+                skipping = False
+            elif held + nl - start > max_line:
+                rs.bad_lines += 1
+                rs.long_lines += 1
+                carry, held = [], 0
+            elif carry:
+                yield b"".join(carry) + chunk[start:nl]
+                carry, held = [], 0
+            else:
+                yield chunk[start:nl]
+            m = _TEXT.search(chunk, nl + 1)
+            start = m.start() if m else n
+        chunk = fh.read(READ_SIZE)
+    if carry:
+        yield b"".join(carry)
+
+
+def _lines(head: bytes, fh: IO[bytes], rs: ReadStats, max_line: int) -> Iterator[Any]:
+    for line in iter_lines(head, fh, rs, max_line):
+        if line.strip(_SPACE):
+            yield from _json(line, rs)
+
+
+def _array(head: bytes, fh: IO[bytes], rs: ReadStats, max_line: int) -> Iterator[Any]:
+    """Elements of a top-level JSON array, decoded one at a time from a sliding window; an
+    element longer than ``max_line`` or not JSON ends the file (counted): inside an array
+    there is no line to resynchronise on."""
+    decoder = json.JSONDecoder()
+    utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+    buf = utf8.decode(head.lstrip(_SPACE)[1:])  # after the "["
+    pos = 0
+    eof = False
+    expect_comma = False
+    while True:
+        while pos < len(buf) and buf[pos] in " \t\r\n":
+            pos += 1
+        if pos >= len(buf) or buf[pos] != "]" and len(buf) - pos < max_line and not eof:
+            if pos > READ_SIZE:  # drop what is consumed; keeps the window bounded
+                buf, pos = buf[pos:], 0
+            if not eof:
+                more = fh.read(READ_SIZE)
+                eof = not more
+                buf += utf8.decode(more, final=eof)
+                continue
+            if pos >= len(buf):
+                rs.bad_lines += 1  # the array never closed
+                return
+        ch = buf[pos]
+        if ch == "]":  # anything after the array is read as JSON lines
+            yield from _lines(buf[pos + 1:].encode(), fh, rs, max_line)
+            return
+        if expect_comma:
+            if ch != ",":
+                rs.bad_lines += 1
+                return
+            pos += 1
+            expect_comma = False
+            continue
+        try:
+            value, end = decoder.raw_decode(buf, pos)
+        except (ValueError, RecursionError):
+            rs.bad_lines += 1
+            if len(buf) - pos >= max_line:
+                rs.long_lines += 1
+            return
+        if end - pos > max_line:
+            rs.bad_lines += 1
+            rs.long_lines += 1
+        else:
+            yield value
+        pos = end
+        expect_comma = True
+
+
 def ingest_records(store: Any, records: Iterable[Any], *, sensor: str | None = None,
                    batch_size: int = 20000, converter: Converter | None = None) -> IngestStats:
     """Everything in ``records`` into ``store`` in batched transactions; bad records counted."""
@@ -312,9 +473,8 @@ def ingest_records(store: Any, records: Iterable[Any], *, sensor: str | None = N
         stats.records += 1
         try:
             b = conv.convert(rec)
-        except (KeyboardInterrupt, SystemExit, MemoryError):
-            raise
-        except Exception:  # noqa: BLE001 - a hostile record must not stop the rest
+        except Exception as exc:  # each record is its own error boundary (iocwatch/boundary.py)
+            classify(exc)  # our own bugs re-raise under IOCWATCH_STRICT=1
             stats.errors += 1
             continue
         if b is None:
