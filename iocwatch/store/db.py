@@ -570,6 +570,8 @@ def _open_sqlite(path: str, readonly: bool, timeout: float) -> SqliteStore:
         path = path[len("sqlite://"):]
     if not path:
         raise StoreError("empty store path")
+    if os.path.isdir(path):  # SQLite's own words for it are "disk I/O error"
+        raise StoreError(f"{path}: is a directory, not an iocwatch store")
     try:
         if readonly:
             if not os.path.exists(path):
@@ -591,6 +593,10 @@ def _open_sqlite(path: str, readonly: bool, timeout: float) -> SqliteStore:
         _migrate(store, readonly)
         return store
     except sqlite3.Error as exc:
+        if str(exc) == "file is not a database":
+            raise StoreError(f"{path}: not an iocwatch store (not a SQLite database)") from None
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise StoreError(f"{path}: no such directory for the store") from None
         raise StoreError(f"{path}: {exc}") from None
 
 
