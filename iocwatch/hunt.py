@@ -264,12 +264,30 @@ def main(argv: Iterable[str]) -> int:
         return 2
 
 
+def check_paths(args: argparse.Namespace) -> None:
+    """The alert file can be written and is no input (the store, an indicator file), checked
+    before the store is opened or an indicator loaded."""
+    from iocwatch.outputs.paths import check_file, refuse_same
+
+    check_file("--alerts", args.alerts)
+    inputs = [("--ioc", p) for p in args.ioc]
+    if "://" not in args.store or args.store.startswith("sqlite://"):
+        store = args.store.split("sqlite://", 1)[-1]
+        store = store[1:] if args.store.startswith("sqlite:///") else store
+        inputs += [("--store", store)]
+    outputs = [("--alerts", args.alerts)]
+    if args.ioc_cache:
+        outputs.append(("--ioc-cache", args.ioc_cache))
+    refuse_same(outputs, inputs)
+
+
 def run(args: argparse.Namespace) -> int:
     from iocwatch.store import StoreError, open_store
 
     args.ioc = args.ioc + [p for p in args.ioc_exact if p not in args.ioc]
     if not args.ioc:
         raise HuntError("hunt needs at least one --ioc FILE")
+    check_paths(args)
     try:  # first: a wrong store is found before a million indicators are loaded
         store = open_store(args.store, readonly=True)
     except (StoreError, ImportError) as exc:  # ImportError: the PostgreSQL driver is missing

@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
+import math
+import os
 import sys
+import zlib
 from collections.abc import Callable, Iterable
 from typing import IO
 
@@ -73,6 +77,20 @@ def _open(path: str) -> IO[bytes]:
     return open(path, "rb")  # noqa: SIM115 - closed by the caller
 
 
+def looks_like_capture(path: str) -> bool:
+    """True when ``path`` starts (after gunzip) with a pcap or pcapng magic number."""
+    from iocwatch.capture.files import PCAP_MAGICS, PCAPNG_SHB
+
+    if path == "-":
+        return False  # stdin cannot be sniffed without consuming it
+    try:
+        with _open(path) as fh:
+            magic = fh.read(4)
+    except (OSError, EOFError, zlib.error):
+        return False
+    return magic in PCAP_MAGICS or magic == PCAPNG_SHB
+
+
 def read_files(builder: CoverageBuilder, paths: Iterable[str]) -> None:
     """Feed every line of every file; a damaged gzip tail ends that file, not the run."""
     for path in paths:
@@ -80,7 +98,7 @@ def read_files(builder: CoverageBuilder, paths: Iterable[str]) -> None:
         try:
             for line in fh:
                 builder.add_line(line)
-        except (EOFError, gzip.BadGzipFile, OSError) as exc:
+        except (EOFError, gzip.BadGzipFile, OSError, zlib.error) as exc:
             sys.stderr.write(f"iocwatch coverage: {path}: read stopped: {exc}\n")
             builder.counts["files_truncated"] += 1
         finally:
@@ -126,6 +144,49 @@ def _write(path: str, data: bytes) -> None:
         fh.write(data)
 
 
+def check_outputs(args: argparse.Namespace) -> None:
+    """Every output can be written, at most one goes to stdout, none is an input: checked
+    before any work, so a typo costs nothing and never destroys an input."""
+    from iocwatch.outputs.paths import check_file, refuse_same
+
+    outputs = [(flag, path) for flag, path in
+               (("--json", args.json), ("--html", args.html), ("--png", args.png)) if path]
+    if args.png == "-":
+        raise _UsageError("--png -: a PNG cannot go to stdout; give a file name")
+    to_stdout = [flag for flag, path in outputs if path == "-"]
+    if len(to_stdout) > 1:
+        raise _UsageError(f"{' and '.join(to_stdout)}: only one report can go to stdout")
+    for flag, path in outputs:
+        check_file(flag, path)
+    inputs = ([("RECORDS", p) for p in args.files] + [("-r", p) for p in args.read]
+              + [("--ioc", p) for p in args.ioc])
+    refuse_same(outputs, inputs)
+    if args.png and importlib.util.find_spec("matplotlib") is None:
+        raise _UsageError("--png needs matplotlib (pip install matplotlib)")
+
+
+def check_inputs(args: argparse.Namespace) -> None:
+    """Record files must be readable; one that is a capture is read as with ``-r``."""
+    records: list[str] = []
+    for path in args.files:
+        if path != "-":
+            try:
+                open(path, "rb").close()
+            except OSError as exc:
+                reason = (exc.strerror or str(exc)).lower()
+                raise _UsageError(f"{path}: cannot read: {reason}") from None
+            if looks_like_capture(path):
+                if not args.quiet:
+                    sys.stderr.write(f"iocwatch coverage: {path} is a capture: reading it "
+                                     "as with -r\n")
+                args.read.append(path)
+                continue
+        records.append(path)
+    if args.files.count("-") > 1:
+        raise _UsageError("'-' (stdin) can be given only once")
+    args.files = records
+
+
 def main(argv: list[str], *, records_from_pcap: RecordsFromPcap | None = None,
          load_indicators: IndicatorLoader | None = None) -> int:
     """The ``iocwatch coverage`` subcommand; 0 on success, 2 on a usage or file error."""
@@ -133,14 +194,10 @@ def main(argv: list[str], *, records_from_pcap: RecordsFromPcap | None = None,
         args = build_parser().parse_args(argv)
         if not args.files and not args.read:
             raise _UsageError("give record files or -r CAPTURE")
-        if args.window < 0 or args.top < 1:
-            raise _UsageError("--window must be >= 0 and --top >= 1")
-        for path in args.files:
-            if path != "-":
-                try:
-                    open(path, "rb").close()
-                except OSError as exc:
-                    raise _UsageError(f"cannot read {path}: {exc.strerror or exc}")
+        if not (math.isfinite(args.window) and args.window >= 0) or args.top < 1:
+            raise _UsageError("--window must be a number of seconds >= 0 and --top >= 1")
+        check_inputs(args)
+        check_outputs(args)
         matcher = None
         if args.ioc:
             matcher = (load_indicators or _load_indicators)(args.ioc)
@@ -169,10 +226,16 @@ def main(argv: list[str], *, records_from_pcap: RecordsFromPcap | None = None,
                 raise _UsageError("--png needs matplotlib (pip install matplotlib)")
         if not args.quiet and args.json != "-" and args.html != "-":
             sys.stdout.write(render_text(report, top=args.top))
+            sys.stdout.flush()
         return 0
     except _UsageError as exc:
-        sys.stderr.write(f"iocwatch coverage: error: {exc}\n")
+        sys.stderr.write(f"iocwatch: error: {exc}\n")
         return 2
-    except OSError as exc:
-        sys.stderr.write(f"iocwatch coverage: error: {exc}\n")
+    except BrokenPipeError:  # the reader of our stdout went away (`| head`): not an error
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
+    except OSError as exc:  # a write failed after all (disk full): the path and the reason
+        where = f"{exc.filename}: " if exc.filename else ""
+        sys.stderr.write(f"iocwatch: error: {where}{(exc.strerror or str(exc)).lower()}\n")
         return 2
