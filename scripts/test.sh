@@ -45,7 +45,7 @@ wheel=$(ls "$venv"/dist/iocwatch-*.whl)
 # itself: only the wheel can be imported
 stage=$venv/stage
 mkdir -p "$stage"
-tar -c --exclude=./iocwatch --exclude=./.git --exclude=./.venv --exclude=./.venv-test \
+tar -c --exclude=./iocwatch --exclude=./.git --exclude=./.venv --exclude=./.venv-test --exclude=./.venv-lint \
     --exclude=./build --exclude=./dist --exclude='*.egg-info' --exclude=__pycache__ \
     --exclude=./.hypothesis --exclude=./.pytest_cache --exclude=./.ruff_cache . | tar -x -C "$stage"
 cd "$stage"
