@@ -81,29 +81,66 @@ def _scalar(where: str, action: argparse.Action, value: Any) -> Any:
     return out
 
 
-def apply_config(parser: argparse.ArgumentParser, path: str) -> None:
-    """Make the file's values the parser's defaults (required options become optional)."""
+def _exclusive(parser: argparse.ArgumentParser, action: argparse.Action) -> bool:
+    """True for a member of a mutually exclusive group (the mode: ``-r`` or ``-i``)."""
+    return any(action in g._group_actions for g in parser._mutually_exclusive_groups)
+
+
+def apply_config(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """Make the file's values the parser's defaults (required options become optional).
+
+    Values of mutually exclusive options (the mode, ``read`` or ``interface``) are not made
+    defaults but returned: they apply only when the command line names no member of their
+    group (see :func:`parse_args_with_config`), so a config file never switches the mode.
+    """
     actions = _actions(parser)
     defaults: dict[str, Any] = {}
+    held: dict[str, Any] = {}
     for key, value in load_config(path).items():
         action = actions.get(key)
         if key == "config":
             raise ConfigError(f"config {path}: a config file cannot name another")
         if action is None:
             raise ConfigError(f"config {path}: unknown key {key!r}")
-        defaults[action.dest] = _convert(path, key, action, value)
+        converted = _convert(path, key, action, value)
+        if _exclusive(parser, action):
+            held[action.dest] = converted
+        else:
+            defaults[action.dest] = converted
         action.required = False
-        for group in parser._mutually_exclusive_groups:
-            if action in group._group_actions:
-                group.required = False
+    for group in parser._mutually_exclusive_groups:
+        given = [a for a in group._group_actions if a.dest in held]
+        if len(given) > 1:
+            names = " and ".join(a.option_strings[-1].lstrip("-") for a in given)
+            raise ConfigError(f"config {path}: {names} cannot both be set (they are one choice)")
     parser.set_defaults(**defaults)
+    return held
 
 
 def parse_args_with_config(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    """``parser.parse_args(argv)`` with ``--config FILE`` applied first as defaults."""
+    """``parser.parse_args(argv)`` with ``--config FILE`` applied first as defaults.
+
+    The command line wins: a config value of a mutually exclusive option (``interface`` or
+    ``read``) is used only when the command line gives no option of that group.
+    """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config")
     known, _rest = pre.parse_known_args(argv)
-    if known.config:
-        apply_config(parser, known.config)
-    return parser.parse_args(argv)
+    if not known.config:
+        return parser.parse_args(argv)
+    required = [g for g in parser._mutually_exclusive_groups if g.required]
+    held = apply_config(parser, known.config)
+    for group in parser._mutually_exclusive_groups:
+        group.required = False  # checked below, once the file's choice is known
+    args = parser.parse_args(argv)
+    for group in parser._mutually_exclusive_groups:
+        members = group._group_actions
+        if any(getattr(args, a.dest, None) != a.default for a in members):
+            continue  # the command line chose: the file's choice is ignored
+        for a in members:
+            if a.dest in held:
+                setattr(args, a.dest, held[a.dest])
+        if group in required and all(getattr(args, a.dest, None) == a.default for a in members):
+            names = " ".join("/".join(a.option_strings) for a in members)
+            parser.error(f"one of the arguments {names} is required")
+    return args
