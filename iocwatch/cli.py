@@ -6,6 +6,7 @@ import argparse
 import os
 import signal
 import socket
+import stat
 import sys
 import time
 from collections import Counter
@@ -19,6 +20,8 @@ from iocwatch.indicators import FORMATS, IndicatorFileError
 from iocwatch.pipeline import (
     SensorPipeline,
     load_indicators,
+    loss_line,
+    losses,
     report_load,
 )
 from iocwatch.usage import Parser as _Parser
@@ -104,25 +107,130 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Progress:
-    """A one-line progress bar on stderr, updated per megabyte read."""
+    """A one-line progress display on stderr: a bar when the size is known, else a counter
+    of bytes read and packets (stdin, a FIFO), so a long ``-r -`` shows it is alive."""
 
-    def __init__(self, reader: CaptureReader, size: int):
+    def __init__(self, reader: CaptureReader, size: int | None):
         self.reader = reader
-        self.size = max(size, 1)
+        self.size = size if size else None
         self.last = 0.0
+        self.width = 0
 
     def __call__(self) -> None:
         now = time.monotonic()
         if now - self.last < 0.2:
             return
         self.last = now
-        frac = min(self.reader.position() / self.size, 1.0)
-        bar = "#" * int(frac * 30)
-        sys.stderr.write(f"\r[{bar:<30}] {frac * 100:5.1f}% ")
+        if self.size is None:
+            st = self.reader.stats
+            text = f"\r{self.reader.position() / 1e6:,.1f} MB read, {st.records:,} packets "
+        else:
+            frac = min(self.reader.position() / self.size, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"\r[{bar:<30}] {frac * 100:5.1f}% "
+        self.width = max(self.width, len(text))
+        sys.stderr.write(text)
         sys.stderr.flush()
 
     def end(self) -> None:
-        sys.stderr.write("\r" + " " * 44 + "\r")
+        sys.stderr.write("\r" + " " * max(self.width, 44) + "\r")
+
+
+def _given_without(args: argparse.Namespace) -> list[str]:
+    """Flags that mean nothing in this combination: contradictory, so exit 2 with the reason
+    rather than a run that silently ignores what was asked."""
+    bad = []
+    if args.no_records and args.output:
+        bad.append("--no-records and -f/--output: choose one (records are either written "
+                   "or not)")
+    if args.pem and not args.cert_dir:
+        bad.append("--pem: only with -w DIR (it writes a .pem beside each .der there)")
+    if not args.ioc:
+        for flag, on in (("--alerts", args.alerts), ("--fail-on-alert", args.fail_on_alert),
+                         ("--dedupe", args.dedupe), ("--ioc-cache", args.ioc_cache),
+                         ("--ioc-format", args.ioc_format), ("--misp-all", args.misp_all),
+                         ("--reload-interval", args.reload_interval),
+                         ("--alert-format", args.alert_format != "json")):
+            if on:
+                bad.append(f"{flag}: only with --ioc or --ioc-exact (there is nothing to match)")
+    return bad
+
+
+def _is_indicator_cache(path: str) -> bool:
+    """Whether ``path`` holds an indicator cache iocwatch wrote (so --ioc-cache may replace it).
+
+    Asks :mod:`iocwatch.indicators.store` when it offers a check; else recognises the format it
+    writes: a marshal 19-tuple whose first item is the cache version."""
+    from iocwatch.indicators import store as istore
+
+    for name in ("is_cache_file", "is_cache"):
+        fn = getattr(istore, name, None)
+        if callable(fn):
+            return bool(fn(path))
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+    except OSError:
+        return False
+    magic = getattr(istore, "CACHE_MAGIC", None)
+    if isinstance(magic, bytes):
+        return head.startswith(magic)
+    return len(head) >= 3 and head[0] & 0x7F == 0x29 and head[1] == 19 and head[2] & 0x7F == 0x69
+
+
+def check_paths(args: argparse.Namespace, records_to: str | None,
+                alerts_to: str | None) -> None:
+    """Every output opened or validated, none an input, before anything is read or written."""
+    from iocwatch.outputs import paths
+
+    outputs: list[tuple[str, str]] = []
+    for flag, path in (("-f", records_to), ("--alerts", alerts_to),
+                       ("--stats-json", args.stats_json),
+                       ("--session-records", args.session_records)):
+        if path is not None and path != "-":
+            paths.check_file(flag, path)
+            outputs.append((flag, path))
+    for flag, path in (("-j", args.session_dir), ("-w", args.cert_dir)):
+        if path is not None:
+            paths.check_dir(flag, path)
+            outputs.append((flag, path))
+    if args.ioc_cache:
+        paths.check_file("--ioc-cache", args.ioc_cache)
+        outputs.append(("--ioc-cache", args.ioc_cache))
+    inputs: list[tuple[str, str]] = []
+    if args.read and args.read != "-":
+        inputs.append(("-r", args.read))
+    inputs += [("--ioc", p) for p in dict.fromkeys(args.ioc)]
+    if getattr(args, "config", None):
+        inputs.append(("--config", args.config))
+    store = getattr(args, "store", None)
+    if store:
+        from iocwatch.store.options import sqlite_path
+
+        path = sqlite_path(store)
+        if path:  # read and written: neither an input nor another output may be it
+            outputs.insert(0, ("--store", path))
+    paths.refuse_same(outputs, inputs)
+    if args.ioc_cache:  # after refuse_same, which gives the better reason for an input
+        paths.check_cache(args.ioc_cache, _is_indicator_cache)
+
+
+def probe_sinks(args: argparse.Namespace) -> None:
+    """A file run's store and publisher reached once before anything is written: one that
+    cannot be used is exit 2 now, not a run that drops everything and says it succeeded."""
+    if getattr(args, "store", None):
+        from iocwatch.store.extension import probe as probe_store
+        from iocwatch.usage import redact_url
+
+        why = probe_store(args.store)
+        if why:
+            raise UsageError(f"--store {redact_url(args.store)}: {why}")
+    if getattr(args, "publish", None):
+        from iocwatch.transport import probe as probe_redis
+
+        why = probe_redis(args.publish)
+        if why:
+            raise UsageError(f"--publish: {why}")
 
 
 def run_sensor(args: argparse.Namespace) -> int:
@@ -131,6 +239,9 @@ def run_sensor(args: argparse.Namespace) -> int:
         raise UsageError("-mbpc and -mbpt must be at least 1")
     if args.dedupe < 0 or args.reload_interval < 0:
         raise UsageError("--dedupe and --reload-interval take a number of seconds >= 0")
+    contradictions = _given_without(args)
+    if contradictions:
+        raise UsageError(contradictions[0])
     records_to = args.output if args.output else (None if args.ioc else "-")
     if args.no_records:
         records_to = None
@@ -141,6 +252,7 @@ def run_sensor(args: argparse.Namespace) -> int:
         raise UsageError("records and alerts cannot both go to stdout")
     if args.session_records == "-" and "-" in (records_to, alerts_to if args.ioc else None):
         raise UsageError("session records and records/alerts cannot all go to stdout")
+    check_paths(args, records_to, alerts_to if args.ioc else None)
     indicators = None
     if args.ioc:
         try:
@@ -160,11 +272,18 @@ def run_sensor(args: argparse.Namespace) -> int:
                                               "alerts": alerts_to if args.ioc else None,
                                               "sessions": args.session_records})
     reader = CaptureReader(args.read)
+    try:
+        probe_sinks(args)
+    except UsageError:
+        reader.close()
+        raise
     pipeline = make_pipeline()
     try:
         pipeline.open_files(records_to, alerts_to)
     except OSError as exc:
-        raise UsageError(f"cannot write {exc.filename}: {exc.strerror or exc}")
+        reader.close()
+        raise UsageError(f"{exc.filename or records_to}: cannot write: "
+                         f"{(exc.strerror or str(exc)).lower()}")
     matcher = pipeline.matcher
 
     reload_state = {"requested": False, "next": time.monotonic() + args.reload_interval}
@@ -176,11 +295,15 @@ def run_sensor(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGHUP, on_hup)
 
     progress = None
-    if not args.quiet and args.read != "-" and sys.stderr.isatty():
-        try:
-            progress = Progress(reader, os.stat(args.read).st_size)
-        except OSError:
-            progress = None
+    if not args.quiet and sys.stderr.isatty():
+        size = None
+        if args.read != "-":
+            try:
+                st = os.stat(args.read)
+                size = st.st_size if stat.S_ISREG(st.st_mode) else None
+            except OSError:
+                size = None
+        progress = Progress(reader, size)
 
     def periodic() -> None:
         """Runs once per chunk read: progress, indicator reload, extensions' background work."""
@@ -202,16 +325,24 @@ def run_sensor(args: argparse.Namespace) -> int:
     engine.session_sink = pipeline.session_sink
     started = time.process_time()
     interrupted = False
+    write_error: OSError | None = None
     try:
-        engine.run(reader)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        engine.finish()
-        pipeline.close()
-        reader.close()
-        if progress is not None:
-            progress.end()
+        try:
+            engine.run(reader)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if progress is not None:
+                progress.end()
+            try:
+                engine.finish()
+            finally:
+                pipeline.close()
+                reader.close()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:  # an output failed mid-run (disk full, /dev/full): data is lost
+        write_error = exc
     cpu = time.process_time() - started
     report = collect_stats(engine, reader, cpu)
     alert_sink, sessions = pipeline.alert_sink, pipeline.sessions
@@ -229,15 +360,25 @@ def run_sensor(args: argparse.Namespace) -> int:
             with open(args.stats_json, "wb") as fh:
                 fh.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
         except OSError as exc:
-            raise UsageError(f"cannot write {args.stats_json}: {exc.strerror or exc}")
+            write_error = write_error or exc
     if args.stats:
         sys.stderr.write(render_stats(report))
     elif not args.quiet:
         sys.stderr.write(summary_line(report) + "\n")
+    lost = losses(extra)
+    if sessions is not None and sessions.write_errors:
+        lost["tls_session_write_errors"] = sessions.write_errors
+    if write_error is not None:
+        sys.stderr.write(f"iocwatch: data lost: {write_error.filename or 'an output'}: "
+                         f"cannot write: {(write_error.strerror or str(write_error)).lower()}\n")
+    elif lost:
+        sys.stderr.write(loss_line(lost) + "\n")
     if interrupted:
         return 130
     if args.fail_on_alert and alert_sink is not None and alert_sink.count:
         return 3
+    if lost or write_error is not None:
+        return 4
     return 0
 
 
@@ -272,13 +413,30 @@ def collect_stats(engine: Engine, reader: CaptureReader, cpu: float) -> dict:
     }
 
 
+#: LINKTYPE_ values (pcap/pcapng) by their libpcap DLT names, as tcpdump -L shows them
+LINKTYPE_NAMES = {
+    0: "NULL", 1: "EN10MB", 101: "RAW", 12: "RAW", 14: "RAW", 105: "IEEE802_11",
+    108: "LOOP", 113: "LINUX_SLL", 127: "IEEE802_11_RADIO", 192: "PPI", 228: "IPV4",
+    229: "IPV6", 276: "LINUX_SLL2", 9: "PPP", 50: "PPP_HDLC", 104: "C_HDLC",
+}
+
+
+def linktype_name(value: int | str) -> str:
+    """``EN10MB (1)``: the name a user knows, and the number in the file."""
+    try:
+        number = int(value)
+    except ValueError:
+        return str(value)
+    return f"{LINKTYPE_NAMES.get(number, 'unknown')} ({number})"
+
+
 def summary_line(r: dict) -> str:
     names = sum(r["names"].values())
     bad = sum(r["malformed"].values()) + sum(r["file_damage"].values())
     trunc = ", file truncated" if r["truncated"] else ""
     alerts = f", {r['alerts']} alerts" if "alerts" in r else ""
-    return (f"iocwatch: {r['packets']} packets, {r['records']} records, {names} names{alerts}, "
-            f"{bad} malformed{trunc}, {r['cpu_seconds']:.2f} s CPU")
+    return (f"iocwatch: {r['packets']} packets, {r.get('bytes', 0)} bytes, {r['records']} records, "
+            f"{names} names{alerts}, {bad} malformed{trunc}, {r['cpu_seconds']:.2f} s CPU")
 
 
 def render_stats(r: dict) -> str:
@@ -290,6 +448,8 @@ def render_stats(r: dict) -> str:
         if not items:
             continue
         lines.append(f"  {section}:")
+        if section == "linktypes":
+            items = {linktype_name(k): v for k, v in items.items()}
         lines.extend(f"    {k:<40} {v}" for k, v in items.items())
     return "\n".join(lines) + "\n"
 

@@ -29,6 +29,7 @@ from iocwatch.capture.live import LiveCapture, check_filter
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.outputs.sessions import TlsSession
 from iocwatch.outputs.sockets import OutputError, SyslogOutput, TcpOutput, UdpOutput
+from iocwatch.pipeline import LossWatch, loss_line, losses
 
 STREAMS = ("records", "alerts", "sessions")
 WORKER_WAIT_MS = 100  # longest a worker sleeps in poll(): signal and stop latency
@@ -532,7 +533,8 @@ def _validate(args: argparse.Namespace) -> None:
 
 def run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
              streams: dict[str, str | None]) -> int:
-    """Capture until SIGINT/SIGTERM; 0 on a clean stop, 2 when something fails before capture.
+    """Capture until SIGINT/SIGTERM; 0 on a clean stop, 2 when something fails before capture,
+    4 when a sink (store, publisher, network output) lost data on the way.
 
     ``streams`` maps STREAMS to a path, '-' (stdout) or None.
     """
@@ -597,6 +599,7 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
     # socket is shared, and pcap_close() would tear down the worker's ring.
 
     printer = StatsPrinter(getattr(args, "stats_json_stream", False))
+    watch = LossWatch()
     interval = args.stats_interval
     next_line = time.monotonic() + interval if interval > 0 else float("inf")
     stopping = False
@@ -632,6 +635,10 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
                     flags["stop"] = True
             outputs.tick()
             now = time.monotonic()
+            warning = watch.check(_live_losses(printer, outputs), now)
+            if warning:  # capture goes on; the operator hears of it at most once a minute
+                sys.stderr.write(warning + "\n")
+                sys.stderr.flush()
             if now >= next_line:
                 next_line = now + interval
                 sys.stderr.write(printer.line(outputs) + "\n")
@@ -651,7 +658,22 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
     for msg in fatal:
         sys.stderr.write(f"iocwatch: error: {msg}\n")
     sys.stderr.write(printer.line(outputs, final=True) + "\n")
+    lost = _live_losses(printer, outputs)
+    if lost:
+        sys.stderr.write(loss_line(lost) + "\n")
     sys.stderr.flush()
     if fatal or not stopping:
         return 1  # a worker died on its own: the service manager should know
-    return 0
+    return 4 if lost else 0
+
+
+def _live_losses(printer: StatsPrinter, outputs: Outputs) -> dict[str, int]:
+    """What the workers' sinks (store, publisher) and the network outputs lost so far."""
+    lost: dict[str, int] = {}
+    for w in printer.latest.values():
+        for k, v in losses(w).items():
+            lost[k] = lost.get(k, 0) + v
+    dropped = sum(s["dropped"] for s in outputs.socket_stats().values())
+    if dropped:
+        lost["socket_dropped"] = dropped
+    return lost

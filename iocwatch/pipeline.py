@@ -63,16 +63,24 @@ def reload_indicators(args: argparse.Namespace, matcher: Matcher) -> bool:
 
 
 class AlertSink:
-    """Matcher output: optional dedupe, then the writer; counts what it wrote."""
+    """Matcher output: optional dedupe, then the writer.
+
+    ``matches`` counts what the matcher produced, :attr:`count` the alert lines written: with
+    ``--dedupe`` several matches fold into one line, and the summary reports lines."""
 
     def __init__(self, writer: AlertWriter, dedupe: float):
         self.writer = writer
         self.deduper = Deduper(dedupe) if dedupe > 0 else None
-        self.count = 0
+        self.matches = 0
         self.now = 0.0
 
+    @property
+    def count(self) -> int:
+        """Alert lines written so far (what a reader of the alert file sees)."""
+        return self.writer.count
+
     def __call__(self, alert: dict) -> None:
-        self.count += 1
+        self.matches += 1
         if self.deduper is None:
             self.writer.write(alert)
         else:
@@ -129,6 +137,60 @@ def _load_extensions(args: argparse.Namespace, pipeline: SensorPipeline) -> list
         if ext is not None:
             out.append(ext)
     return out
+
+
+#: extension counters that mean records were lost (name -> what the stderr line calls it)
+LOSS_COUNTERS: dict[str, str] = {
+    "store_dropped": "store: dropped while its queue was full",
+    "store_dropped_at_close": "store: left unwritten at the end",
+    "store_errors": "store: refused by the database",
+    "redis_dropped": "--publish: dropped (buffer full or Redis unreachable at the end)",
+    "redis_render_errors": "--publish: could not be encoded",
+    "tls_session_write_errors": "TLS session outputs: write failed",
+    "socket_dropped": "--syslog/--udp/--tcp: dropped",
+}
+
+
+def losses(counters: dict[str, Any]) -> dict[str, int]:
+    """The non-zero loss counters among ``counters`` (an extension's or a worker's)."""
+    return {k: int(v) for k, v in counters.items()
+            if k in LOSS_COUNTERS and isinstance(v, int) and v > 0}
+
+
+def loss_line(lost: dict[str, int]) -> str:
+    """One stderr line saying what was lost and how much (exit status 4 follows)."""
+    total = sum(lost.values())
+    parts = "; ".join(f"{LOSS_COUNTERS.get(k, k)}: {v}" for k, v in sorted(lost.items()))
+    return f"iocwatch: data lost: {total} records/sessions not delivered ({parts})"
+
+
+class LossWatch:
+    """Live capture keeps running while a sink fails; this says so on stderr, at most once per
+    ``every`` seconds, and only when the loss grew since the last warning."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self.warned_at: float | None = None
+        self.warned_total = 0
+
+    def check(self, lost: dict[str, int], now: float) -> str | None:
+        """The warning line to write now, or None."""
+        total = sum(lost.values())
+        if total <= self.warned_total:
+            return None
+        if self.warned_at is not None and now - self.warned_at < self.every:
+            return None
+        self.warned_at, self.warned_total = now, total
+        return loss_line(lost).replace("iocwatch: data lost:", "iocwatch: warning: losing data:")
+
+
+def _pending(ext: Any) -> tuple[str, int, float] | None:
+    """(name, items still queued, seconds close() may wait) for a sink that is failing or far
+    behind, so a run that waits at its end says why; None for one that will finish at once."""
+    pub = getattr(ext, "publisher", None)  # the Redis publisher (iocwatch.transport.redis)
+    if pub is not None and getattr(pub, "buffered", 0) and getattr(pub, "errors", 0):
+        return "the Redis publisher", int(pub.buffered), float(getattr(ext, "flush", 0.0))
+    return None
 
 
 class EmitFile:
@@ -266,6 +328,12 @@ class SensorPipeline:
         :data:`EXTENSIONS`) hands its last results to those that keep them (store, publisher)
         before they close."""
         for ext in reversed(self.extensions):
+            waiting = _pending(ext)
+            if waiting and not getattr(self.args, "quiet", False):
+                what, n, limit = waiting
+                sys.stderr.write(f"iocwatch: waiting for {what} to take {n} queued items "
+                                 f"(at most {limit:g} s without progress)\n")
+                sys.stderr.flush()
             ext.close()
         if self.writer is not None:
             self.writer.close()
@@ -280,6 +348,8 @@ class SensorPipeline:
 
     def counters(self) -> dict[str, int]:
         out = {"alerts": self.alert_sink.count if self.alert_sink is not None else 0}
+        if self.alert_sink is not None and self.alert_sink.deduper is not None:
+            out["alert_matches"] = self.alert_sink.matches
         if self.own_traffic is not None:
             out["own_traffic_dropped"] = self.own_dropped
         for ext in self.extensions:

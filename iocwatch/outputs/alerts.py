@@ -558,8 +558,13 @@ class AlertWriter:
         if self._fh is None:
             raise ValueError("write to a closed AlertWriter")
         doc = to_ecs(alert) if self.fmt == "ecs" else alert
-        self._fh.write(orjson.dumps(doc, default=_default, option=orjson.OPT_APPEND_NEWLINE))
-        self._fh.flush()
+        try:
+            self._fh.write(orjson.dumps(doc, default=_default, option=orjson.OPT_APPEND_NEWLINE))
+            self._fh.flush()
+        except OSError as exc:  # a buffered write's error names no file: the message must
+            if exc.filename is None and not isinstance(exc, BrokenPipeError):
+                exc.filename = "stdout" if self.path == "-" else os.fspath(self.path)
+            raise
         self.count += 1
 
     def write_many(self, alerts: list[dict]) -> None:

@@ -22,7 +22,10 @@ class RecordWriter:
         return open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 - long-lived
 
     def write(self, record: dict) -> None:
-        self.out.write(orjson.dumps(record) + b"\n")
+        try:
+            self.out.write(orjson.dumps(record) + b"\n")
+        except OSError as exc:
+            raise _named(exc, self.path)
         self.count += 1
 
     def flush(self) -> None:
@@ -30,6 +33,8 @@ class RecordWriter:
             self.out.flush()
         except BrokenPipeError:
             pass
+        except OSError as exc:
+            raise _named(exc, self.path)
 
     def reopen(self) -> None:
         self.close()
@@ -39,3 +44,10 @@ class RecordWriter:
         self.flush()
         if self.out is not sys.stdout.buffer:
             self.out.close()
+
+
+def _named(exc: OSError, path: str) -> OSError:
+    """A buffered write's error names no file; the user's message must (``-f PATH: ...``)."""
+    if exc.filename is None and not isinstance(exc, BrokenPipeError):
+        exc.filename = "stdout" if path == "-" else path
+    return exc

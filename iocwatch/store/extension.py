@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import os
 import sqlite3
+import sys
 import threading
 import time
 from typing import Any
@@ -21,10 +23,13 @@ from iocwatch.outputs.sessions import CertCache, TlsSession, d4_record
 from iocwatch.store.db import Store, StoreError, one_line, open_store, retry_delay
 from iocwatch.store.ingest import Converter
 from iocwatch.store.model import Batch
+from iocwatch.store.options import sqlite_path
+from iocwatch.usage import redact_url
 
 BATCH_ITEMS = 20000  # most inputs per transaction (big batches write far faster)
 CLOSE_WAIT = 30.0  # seconds close() waits without a successful write before dropping the rest
 FILE_WAIT = 60.0  # seconds a full queue may hold up -r before items are dropped
+NOTE_AFTER = 1.0  # seconds close() waits silently before saying what it waits for
 
 
 def make(args: argparse.Namespace, pipeline: Any) -> StoreExtension | None:
@@ -34,13 +39,16 @@ def make(args: argparse.Namespace, pipeline: Any) -> StoreExtension | None:
         return None
     return StoreExtension(url, sensor=getattr(args, "sensor_name", None),
                           max_queue=max(1, getattr(args, "store_queue", 100_000)),
-                          live=getattr(args, "interface", None) is not None)
+                          live=getattr(args, "interface", None) is not None,
+                          quiet=bool(getattr(args, "quiet", False)))
 
 
 class StoreExtension:
     def __init__(self, url: str, *, sensor: str | None = None, max_queue: int = 100_000,
-                 live: bool = True, timeout: float = 5.0, close_wait: float = CLOSE_WAIT) -> None:
+                 live: bool = True, timeout: float = 5.0, close_wait: float = CLOSE_WAIT,
+                 quiet: bool = True) -> None:
         self.url = url
+        self.quiet = quiet  # False: close() says on stderr when it has to wait
         self.timeout = timeout  # SQLite busy timeout / PostgreSQL connect timeout per attempt
         self.close_wait = close_wait
         self.sensor = sensor
@@ -97,9 +105,17 @@ class StoreExtension:
         self.stopping = True
         self.wake.set()
         started = time.monotonic()
+        said = self.quiet
         while self._thread.is_alive():  # drain while the writer makes progress
             self._thread.join(0.2)
-            if time.monotonic() - max(self.progress_at, started) > self.close_wait:
+            now = time.monotonic()
+            if not said and now - started >= NOTE_AFTER:  # a wait at the end says why
+                said = True
+                sys.stderr.write(f"iocwatch: waiting for the store {redact_url(self.url)} to take "
+                                 f"{len(self.queue)} queued items (at most {self.close_wait:g} s "
+                                 f"without progress){'; ' + self.last_error if self.last_error else ''}\n")
+                sys.stderr.flush()
+            if now - max(self.progress_at, started) > self.close_wait:
                 break
         left = len(self.queue)
         if left:  # the writer is stuck on a dead database: what is still queued is lost
@@ -181,6 +197,21 @@ class StoreExtension:
                 batch.extend(b)
         self.space.set()
         return batch, n
+
+
+def probe(url: str, timeout: float = 5.0) -> str | None:
+    """Open and close the store once before a file run writes anything: why it cannot be used
+    (one line, in words), or None. A text file, a directory or an unreachable server is a
+    command-line error (exit 2), not a run that silently drops everything."""
+    path = sqlite_path(url)
+    if path is not None and os.path.isdir(path):
+        return "is a directory, not a store file"
+    try:
+        open_store(url, timeout=timeout).close()
+    except StoreError as exc:
+        why = one_line(exc)
+        return why[len(path) + 2:] if path and why.startswith(f"{path}: ") else why
+    return None
 
 
 def _transient(exc: BaseException) -> bool:

@@ -8,6 +8,13 @@ import argparse
 import os
 
 
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite store URL (``FILE`` or ``sqlite:///FILE``); None for PostgreSQL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
+    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+
+
 def store_url(value: str) -> str:
     """argparse type: refuse what can never work before capture starts."""
     if value.startswith(("postgresql://", "postgres://")):

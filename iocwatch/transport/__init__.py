@@ -62,6 +62,27 @@ def _url(value: str) -> str:
     return value
 
 
+def probe(url: str) -> str | None:
+    """One PING before a file run writes anything: why Redis cannot be used, or None.
+
+    ``iocwatch -r`` with a dead ``--publish`` server would otherwise buffer, give up at the
+    end and drop every record; live capture does not probe (its publisher waits for Redis)."""
+    from iocwatch.transport.redis import connect
+    from iocwatch.usage import redact_url
+
+    try:
+        client = connect(parse_url(url)[0])
+    except TransportError as exc:
+        return str(exc)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is the reason
+        return f"cannot reach Redis at {redact_url(url)}: {exc}"
+    finally:
+        client.close()
+    return None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The sensor's ``--publish`` flags."""
     g = parser.add_argument_group("multi-sensor transport (Redis)")
