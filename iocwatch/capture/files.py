@@ -213,16 +213,13 @@ class CaptureReader:
             pass
 
     def __iter__(self) -> Iterator[Packet]:
-        return self._guarded(self._pcap() if self.stats.format == "pcap" else self._pcapng())
+        return self._pcap() if self.stats.format == "pcap" else self._pcapng()
 
-    def _guarded(self, packets: Iterator[Packet]) -> Iterator[Packet]:
-        """The reader's input boundary: whatever a damaged file raises ends the file as
-        damage (counted, truncated) with every packet before it kept."""
-        try:
-            yield from packets
-        except Exception as exc:
-            self.stats.damaged["reader_" + classify(exc)] += 1
-            self.stats.truncated = True
+    def _damage(self, exc: Exception) -> None:
+        """The reader's input boundary (both loops): whatever a damaged file raises ends the
+        file as damage, counted, with every packet before it kept."""
+        self.stats.damaged["reader_" + classify(exc)] += 1
+        self.stats.truncated = True
 
     # -- classic pcap -------------------------------------------------------------------
     def _pcap(self) -> Iterator[Packet]:
@@ -278,6 +275,8 @@ class CaptureReader:
                     stats.damaged["empty_record"] += 1
                     continue
                 yield sec, (frac if scale == 1 else frac // scale), linktype, pkt
+        except Exception as exc:
+            self._damage(exc)
         finally:
             stats.records += records
             stats.bytes += nbytes
@@ -322,6 +321,15 @@ class CaptureReader:
     # -- pcapng ---------------------------------------------------------------------------
     def _pcapng(self) -> Iterator[Packet]:
         buf = _Buffer(self.stream, self.head, self.on_read)
+        try:
+            yield from self._pcapng_blocks(buf)
+        except Exception as exc:
+            self._damage(exc)
+        if buf.error:  # e.g. a gzip damaged mid-stream: what came before it is kept
+            self.stats.damaged["read_error"] += 1
+            self.stats.truncated = True
+
+    def _pcapng_blocks(self, buf: _Buffer) -> Iterator[Packet]:
         stats = self.stats
         endian = "<"
         # per interface: (linktype, units per second)
@@ -419,9 +427,6 @@ class CaptureReader:
                 continue
             last_ts = (sec, usec)
             yield sec, usec, linktype, pkt
-        if buf.error:  # e.g. a gzip damaged mid-stream: what came before it is kept
-            stats.damaged["read_error"] += 1
-            stats.truncated = True
 
 
 def _tsresol(data: bytes, pos: int, end: int, endian: str) -> int:
