@@ -34,6 +34,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from iocwatch import __version__
 from iocwatch.api import inputs
 from iocwatch.api.certinfo import cfetch
+from iocwatch.boundary import INPUT_ERRORS, classify
 from iocwatch.indicators import model as m
 
 log = logging.getLogger("iocwatch.api")
@@ -379,6 +380,15 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
     @app.exception_handler(StoreUnavailable)
     async def _store_error(_request: Request, _exc: StoreUnavailable) -> Response:
         return error(503, "store unavailable", {"Retry-After": "5"})
+
+    async def _input_error(_request: Request, exc: Exception) -> Response:
+        # the HTTP request is an input boundary (iocwatch/boundary.py): what bad input raises
+        # by nature, escaping a validator, is still the client's error
+        log.warning("malformed request: %s: %s", classify(exc), exc)
+        return error(400, "malformed request")
+
+    for kind in INPUT_ERRORS:
+        app.add_exception_handler(kind, _input_error)
 
     @app.exception_handler(Exception)
     async def _internal(_request: Request, exc: Exception) -> Response:

@@ -105,7 +105,8 @@ def tlsh(value: str) -> str:
 
 def name(value: str) -> str:
     """A domain name, normalised the way the sensor stores names (lower case, A-labels)."""
-    if not value or len(value) > _MAX_NAME + 1:
+    # U+FFFD: the URL held bytes that are not UTF-8 (the server decodes them as replacements)
+    if not value or len(value) > _MAX_NAME + 1 or "\ufffd" in value:
         raise BadInput(f"not a domain name: {_show(value)}")
     got = domain(value)
     if isinstance(got, str) or got[1] or len(got[0]) > _MAX_NAME or not got[0].isprintable():
