@@ -301,8 +301,7 @@ def test_cache_with_bad_indices_but_good_checksum_is_rebuilt(tmp_path: Path) -> 
     blob = list(marshal.loads(Path(cache).read_bytes()[header_len:]))
     blob[11] = {"evil.com": 99}  # the domain table points past the columns
     body = marshal.dumps(tuple(blob))
-    Path(cache).write_bytes(istore.CACHE_MAGIC + istore._HEADER.pack(
-        istore.CACHE_VERSION, len(body), istore._checksum(body)) + body)
+    Path(cache).write_bytes(istore.frame_cache_body(body))
     assert IndicatorSet.load_cache(cache, [src]) is None
     _rebuilt_once(src, cache)
 

@@ -115,6 +115,12 @@ def _cache_body(data: bytes) -> bytes | str:
     return body
 
 
+def frame_cache_body(body: bytes) -> bytes:
+    """A cache file's bytes for a marshal ``body``: magic, header, body (fuzzers use it too,
+    to reach the checks behind the checksum)."""
+    return CACHE_MAGIC + _HEADER.pack(CACHE_VERSION, len(body), _checksum(body)) + body
+
+
 def is_cache_file(path: str) -> bool:
     """Whether ``path`` is an indicator cache iocwatch wrote (any version), so that
     ``--ioc-cache`` may replace it. Reads the first bytes only; never unmarshals."""
@@ -623,13 +629,11 @@ class IndicatorSet:
                 self._meta_idx.tobytes(), self._metas, self._files, self._dom,
                 self._children, self._v4, self._v6, self._urls, self._certs, self._fps,
                 self._dead)
-        body = marshal.dumps(blob)
-        header = CACHE_MAGIC + _HEADER.pack(CACHE_VERSION, len(body), _checksum(body))
+        data = frame_cache_body(marshal.dumps(blob))
         tmp = f"{path}.tmp{os.getpid()}"
         try:
             with open(tmp, "wb") as f:
-                f.write(header)
-                f.write(body)
+                f.write(data)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):
