@@ -205,3 +205,35 @@ def test_sample_captures_unchanged():
         if name.endswith((".pcap", ".pcapng")):
             pkts, r = read_all(os.path.join(root, name))
             assert pkts and not r.stats.truncated and not r.stats.damaged, name
+
+
+@pytest.mark.parametrize("name", ["a.pcap", "b.pcapng"])
+def test_reader_boundary_counts_an_input_error_mid_file(tmp_path, monkeypatch, name):
+    """Whatever a damaged file makes the loop raise (here struct.error on the second packet
+    record's header) ends the file as counted damage; the packets before it are kept."""
+    import iocwatch.capture.files as files
+
+    f = tmp_path / name
+    f.write_bytes(pb.pcap([(1.0 + i, FRAME) for i in range(5)]) if name.endswith(".pcap") else
+                  pb.pcapng_shb() + pb.pcapng_idb(1)
+                  + b"".join(pb.pcapng_epb(0, i, FRAME) for i in range(5)))
+    r = CaptureReader(str(f))
+    real, calls = files.unpack_from, []
+
+    def flaky(fmt, data, off=0):
+        if fmt.endswith("IIII"):  # a pcap record header or a pcapng EPB
+            calls.append(fmt)
+        if len(calls) == 2:
+            raise struct.error("unpack requires a buffer of 16 bytes")
+        return real(fmt, data, off)
+
+    monkeypatch.setattr(files, "unpack_from", flaky)
+    pkts = list(r)
+    assert len(pkts) == 1
+    assert r.stats.truncated and r.stats.damaged["reader_error"] == 1
+
+
+def test_stdin_garbage_header_is_exit_2():
+    res = run("-r", "-", stdin=PCAP[:17])
+    assert res.returncode == 2 and b"unrecognisable capture" in res.stderr
+    assert res.stdout == b""
