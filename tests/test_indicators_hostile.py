@@ -106,6 +106,14 @@ def test_hunt_fail_on_alert_does_not_read_a_useless_file_as_clean(tmp_path: Path
     assert r.returncode == 2, r.stderr
     assert f"{junk}: no usable indicators: invalid JSON" in r.stderr
     assert "Traceback" not in r.stderr
+    good = tmp_path / "feed.txt"
+    good.write_text("evil.com\n")
+    notes = tmp_path / "notes"
+    notes.write_bytes(b"\x00precious")
+    r = _cli("hunt", "--store", db, "--ioc", str(good), "--ioc-cache", str(notes),
+             "--alerts", str(tmp_path / "a.json"), "-q")
+    assert r.returncode == 2 and "refusing to overwrite it" in r.stderr, r.stderr
+    assert notes.read_bytes() == b"\x00precious"
 
 
 # ------------------------------------------------------------------ one bad byte, one entry
