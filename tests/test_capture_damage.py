@@ -119,7 +119,7 @@ def _damaged_gzip(data: bytes) -> bytes:
     for _ in range(500):
         gz = bytearray(gz0)
         pos = rng.randrange(len(gz) // 3, len(gz) - 20)
-        for i in range(pos, pos + 30):
+        for i in range(pos, min(pos + 30, len(gz) - 8)):
             gz[i] = rng.randrange(256)
         try:
             gzip.decompress(bytes(gz))
