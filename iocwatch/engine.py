@@ -28,7 +28,7 @@ IDLE_TIMEOUT = 120  # seconds of capture time without a packet before a flow is 
 SWEEP_EVERY = 30
 # Every table keyed per flow or per address has a hard bound: floods (SYNs, scans, one-packet
 # UDP flows, QUIC Initials) fill it, and the oldest entries go, counted as evicted_<table>.
-FLOWS_MAX = 200_000  # TCP connections held (least recently used one evicted beyond)
+FLOWS_MAX = 150_000  # TCP connections held (least recently used one evicted beyond): ~140 MB
 DONE_MAX = 500_000  # finished TCP directions remembered for the fast path (cheap to relearn)
 UDP_SEEN_MAX = 500_000  # UDP 5-tuple directions already handed to the flow hook
 QUIC_DONE_MAX = 200_000  # finished QUIC flow directions, skipped unread
@@ -98,12 +98,13 @@ class _QuicServerWait:
 class _Flow:
     """One TCP connection under both directions' keys (``keys[0]`` is the first packet's)."""
 
-    __slots__ = ("conn", "streams", "keys", "last", "client")
+    __slots__ = ("conn", "up", "down", "keys", "last", "client")
 
     def __init__(self, keys: tuple[bytes, bytes], limits: ReassemblyLimits, now: int):
-        #: built with the first payload byte: a SYN flood's flows stay small
+        # conn and the reverse stream are built when needed: a SYN flood's flows stay small
         self.conn: TcpConnection | None = None
-        self.streams = (TcpStream(limits), TcpStream(limits))
+        self.up = TcpStream(limits)  # the direction of keys[0]
+        self.down: TcpStream | None = None
         self.keys = keys
         self.last = now
         self.client: int | None = None  # the direction that sent a SYN without ACK
@@ -138,7 +139,7 @@ class Engine:
         self.flows: dict[bytes, _Flow] = {}
         #: the same connections, least recently active first: expiry and eviction take them
         #: from the front (a flow moves to the back once per second of capture time it is seen)
-        self.flow_order: OrderedDict[_Flow, None] = OrderedDict()
+        self.flow_order: dict[_Flow, None] = {}
         #: finished directions, oldest first (a dict for its order; the values are unused)
         self.done: dict[bytes, None] = {}
         #: finished QUIC flows: client side -> the Destination CIDs its Initials carry (an
@@ -227,7 +228,8 @@ class Engine:
         if flow is not None:
             d = 0 if key == flow.keys[0] else 1
             if fresh_syn:
-                expect = flow.streams[d].next_seq
+                held = flow.up if d == 0 else flow.down
+                expect = None if held is None else held.next_seq
                 if expect is not None and (seq + 1) % SEQ_MOD != expect:  # not a retransmitted SYN
                     self._drop(flow)  # a new connection replaces one that never closed
                     self.stats["tcp_port_reuse"] += 1
@@ -236,10 +238,12 @@ class Engine:
             if flags & RST or not (payload or flags & SYN):
                 return
             order = self.flow_order
-            while len(order) >= self.max_flows:  # full: the least recently active one goes
-                self.table_work += 1
-                self._drop(next(iter(order)))
-                self.stats["evicted_tcp_flows"] += 1
+            if len(order) >= self.max_flows:  # full: the least recently active ones go
+                batch = list(islice(order, max(1, self.max_flows // EVICT_SHARE)))
+                for old in batch:
+                    self._drop(old)
+                self.table_work += len(batch)
+                self.stats["evicted_tcp_flows"] += len(batch)
             rkey = dst + src + l4[2:4] + l4[:2]
             flow = _Flow((key, rkey), self.limits, sec)
             self.flows[key] = flow
@@ -252,8 +256,15 @@ class Engine:
             d = 0
         elif flow.last != sec:
             flow.last = sec
-            self.flow_order.move_to_end(flow)
-        stream = flow.streams[d]
+            order = self.flow_order
+            del order[flow]
+            order[flow] = None
+        if d == 0:
+            stream = flow.up
+        else:
+            stream = flow.down
+            if stream is None:
+                stream = flow.down = TcpStream(self.limits)
         if flags & SYN:
             stream.syn(seq)
             if not flags & ACK:
@@ -347,8 +358,9 @@ class Engine:
         self._flush(flow)
         for k in flow.keys:
             self.flows.pop(k, None)
-        for s in flow.streams:
-            s.release()
+        flow.up.release()
+        if flow.down is not None:
+            flow.down.release()
 
     def _close(self, flow: _Flow) -> None:
         self._drop(flow)
@@ -374,12 +386,17 @@ class Engine:
         order = self.flow_order
         expired = 0
         while order:
-            self.table_work += 1
-            flow = next(iter(order))
-            if flow.last >= limit:
-                break
-            self._drop(flow)
-            expired += 1
+            # batches that double: each islice skips the slots freed before it once
+            batch = list(islice(order, max(64, expired)))
+            self.table_work += len(batch)
+            for flow in batch:
+                if flow.last >= limit:
+                    break
+                self._drop(flow)
+                expired += 1
+            else:
+                continue
+            break
         if expired:
             self.stats["tcp_flows_expired"] += expired
         servers = self.quic_servers
