@@ -32,6 +32,9 @@ HTTP_MAX_REQUESTS = 64
 DNS_TCP_MAX_BYTES = 1 << 18
 DNS_PORTS = frozenset({53, 5353, 5355})
 DNS_CACHE_MAX = 8192
+#: raw message bytes the DNS parse cache holds (parsed, they take several times that): distinct
+#: 60 KB messages must not make 8192 entries half a gigabyte
+DNS_CACHE_BYTES = 2 << 20
 
 
 class State(IntEnum):
@@ -112,6 +115,7 @@ class Dissector:
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
         self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str]]] = {}
+        self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
     def tcp_gap(self, d: Direction) -> None:
@@ -500,9 +504,15 @@ class Dissector:
             body = msg.to_mercury()
             hit = (msg.is_response, next(iter(body)), body, msg.question_names(),
                    [ip for _owner, ip in msg.addresses()])
-            if len(self.dns_cache) >= DNS_CACHE_MAX:
-                self.dns_cache.clear()
-            self.dns_cache[cache_key] = hit
+            size = len(cache_key)
+            if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
+                if (len(self.dns_cache) >= DNS_CACHE_MAX
+                        or self.dns_cache_bytes + size > DNS_CACHE_BYTES):
+                    self.stats["evicted_dns_cache"] += len(self.dns_cache)
+                    self.dns_cache.clear()  # wholesale: O(1) amortised, cheap to relearn
+                    self.dns_cache_bytes = 0
+                self.dns_cache[cache_key] = hit
+                self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
         is_response, section, body, names, addresses = hit
