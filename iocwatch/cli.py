@@ -239,6 +239,13 @@ def run_sensor(args: argparse.Namespace) -> int:
         raise UsageError("-mbpc and -mbpt must be at least 1")
     if args.dedupe < 0 or args.reload_interval < 0:
         raise UsageError("--dedupe and --reload-interval take a number of seconds >= 0")
+    for flag, value in (("-r", args.read), ("-f", args.output), ("--alerts", args.alerts),
+                        ("--stats-json", args.stats_json), ("-j", args.session_dir),
+                        ("--session-records", args.session_records), ("-w", args.cert_dir),
+                        ("--ioc-cache", args.ioc_cache), ("--config", getattr(args, "config", None)),
+                        *(("--ioc", p) for p in args.ioc)):
+        if value == "":  # argparse takes it; every later check would read it as "not given"
+            raise UsageError(f"{flag}: empty path")
     contradictions = _given_without(args)
     if contradictions:
         raise UsageError(contradictions[0])
@@ -271,7 +278,10 @@ def run_sensor(args: argparse.Namespace) -> int:
         return run_live(args, make_pipeline, {"records": records_to,
                                               "alerts": alerts_to if args.ioc else None,
                                               "sessions": args.session_records})
-    reader = CaptureReader(args.read)
+    try:
+        reader = CaptureReader(args.read)
+    except OSError as exc:  # a device or /proc file that fails on its first read
+        raise UsageError(f"-r {args.read}: cannot read: {(exc.strerror or str(exc)).lower()}")
     try:
         probe_sinks(args)
     except UsageError:
@@ -325,24 +335,30 @@ def run_sensor(args: argparse.Namespace) -> int:
     engine.session_sink = pipeline.session_sink
     started = time.process_time()
     interrupted = False
-    write_error: OSError | None = None
+    write_error: OSError | None = None  # an output failed mid-run (disk full): data is lost
+    stop: BaseException | None = None  # re-raised once everything is closed
     try:
-        try:
-            engine.run(reader)
-        except KeyboardInterrupt:
-            interrupted = True
-        finally:
-            if progress is not None:
-                progress.end()
-            try:
-                engine.finish()
-            finally:
-                pipeline.close()
-                reader.close()
-    except BrokenPipeError:
-        raise
-    except OSError as exc:  # an output failed mid-run (disk full, /dev/full): data is lost
+        engine.run(reader)
+    except KeyboardInterrupt:
+        interrupted = True
+    except BrokenPipeError as exc:
+        stop = exc
+    except OSError as exc:
         write_error = exc
+    except BaseException as exc:  # noqa: BLE001 - closed below, then raised again
+        stop = exc
+    finally:
+        if progress is not None:
+            progress.end()
+    for step in (engine.finish, pipeline.close, reader.close):
+        try:  # each runs even when one before failed: the store still drains
+            step()
+        except BrokenPipeError as exc:
+            stop = stop or exc
+        except OSError as exc:
+            write_error = write_error or exc
+    if stop is not None:
+        raise stop
     cpu = time.process_time() - started
     report = collect_stats(engine, reader, cpu)
     alert_sink, sessions = pipeline.alert_sink, pipeline.sessions

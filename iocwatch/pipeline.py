@@ -335,12 +335,20 @@ class SensorPipeline:
                                  f"(at most {limit:g} s without progress)\n")
                 sys.stderr.flush()
             ext.close()
-        if self.writer is not None:
-            self.writer.close()
-        if self.alert_sink is not None:
-            self.alert_sink.close()
-        if self.sessions is not None:
-            self.sessions.close()
+        first: OSError | None = None  # every writer is closed even when one fails
+        for obj, path in ((self.writer, self.writer.path if self.writer else None),
+                          (self.alert_sink, self.alert_sink.writer.path if self.alert_sink else None),
+                          (self.sessions, getattr(self.args, "session_records", None))):
+            if obj is None:
+                continue
+            try:
+                obj.close()
+            except OSError as exc:
+                if exc.filename is None and not isinstance(exc, BrokenPipeError):
+                    exc.filename = "stdout" if path in (None, "-") else path
+                first = first or exc
+        if first is not None:
+            raise first
 
     def reload_indicators(self) -> None:
         if self.matcher is not None:

@@ -198,11 +198,13 @@ def test_publisher_losing_records_mid_run_is_exit_4(tmp_path: Path) -> None:
     assert len(lost) == 1 and "--publish" in lost[0] and " 9 " in lost[0], proc.stderr
 
 
-def test_output_failing_mid_run_is_exit_4_naming_it() -> None:
-    proc = run("-r", SAMPLE, "-f", "/dev/full")
+@pytest.mark.parametrize("flags", [["-f", "/dev/full"],
+                                   ["-f", os.devnull, "--session-records", "/dev/full"],
+                                   ["-f", os.devnull, "--ioc", RULES, "--alerts", "/dev/full"]])
+def test_output_failing_mid_run_is_exit_4_naming_it(flags: list[str]) -> None:
+    proc = run("-r", SAMPLE, "-q", *flags)
     assert proc.returncode == 4, proc.stderr
-    assert "/dev/full" in proc.stderr and "no space left" in proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert proc.stderr == "iocwatch: data lost: /dev/full: cannot write: no space left on device\n"
 
 
 def test_live_loss_warning_at_most_once_a_minute() -> None:
@@ -353,3 +355,5 @@ def test_bad_read_paths_are_one_line(tmp_path: Path) -> None:
     empty = tmp_path / "empty.pcap"
     empty.write_bytes(b"")
     one_error(run("-r", str(empty)), "empty.pcap")
+    for flag in ("-f", "--stats-json", "-j", "-w", "--session-records"):
+        one_error(run("-r", SAMPLE, flag, ""), f"{flag}: empty path")
