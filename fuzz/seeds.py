@@ -26,7 +26,8 @@ from iocwatch.protocols.cursor import Malformed
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
-SHARED = Path(os.environ.get("IOCWATCH_SHARED_CORPUS", ROOT.parent / "shared" / "corpus"))
+#: ../shared/corpus, or where IOCWATCH_SHARED points (scripts/test.sh runs from a staging copy)
+SHARED = Path(os.environ.get("IOCWATCH_SHARED") or ROOT.parent / "shared") / "corpus"
 PER_KIND = 64  # seeds kept per kind: enough variety, short CI replays
 PACKETS_PER_CAPTURE = 12
 
