@@ -8,7 +8,8 @@ README says they are, ``iocwatch.db`` a store filled from the sample (for ``hunt
 ``serve``). ``iocwatch`` is the installed console script. A command must exit as documented
 (0; 3 with ``--fail-on-alert``, which our indicator files trigger), with no traceback, and a
 ``$`` transcript must print what the README shows. Lines that need what a test cannot have
-(a real interface, a remote database) are in SKIP, each with its reason.
+(a remote database, probes to the capture's servers) are in SKIP, each with its reason;
+``-i eth0`` lines run in a network namespace whose ``eth0`` is a veth.
 """
 
 from __future__ import annotations
@@ -40,14 +41,12 @@ SKIP: list[tuple[str, str]] = [
     (r"^bash scripts/test\.sh", "the command that runs this suite"),
     (r"^bash scripts/setup\.sh", "run by test_setup_script_on_system_python below, on a copy of the "
                                   "source with Debian's python3"),
-    (r"-i eth0\b", "live capture on a real interface (eth0): tests/test_live*.py capture live in "
-                   "network namespaces"),
     (r"postgresql://", "a PostgreSQL server at the documented address: the store, hunt and API "
                        "tests run the same code on a throwaway cluster (tests/pgcluster.py)"),
     (r"redis://collector", "a Redis server at the documented address: tests/test_redis_*.py run "
                            "the transport against a throwaway redis-server"),
-    (r"--tailgate\b", "would probe the capture's servers over the real network: tests/test_tailgate.py "
-                      "runs -r and -i --tailgate in network-namespace labs"),
+    (r"^iocwatch -r .*--tailgate\b", "would probe the capture's servers over the real network: "
+                                     "tests/test_tailgate.py runs -r --tailgate in namespace labs"),
 ]
 # Commands that fail now for reasons other helpers are fixing (issue 14); flip when fixed.
 XFAIL: dict[str, str] = {}
@@ -296,6 +295,107 @@ def served(world: tuple[Path, dict[str, str]], tmp_path_factory: pytest.TempPath
     assert rc == 0 and "Traceback" not in tail, f"serve exit {rc}: {tail[-2000:]}"
 
 
+# -- live lines: "eth0" is a veth in a network namespace of our own ------------------------------
+
+LIVE_NAME = "avsvmcloud.com"  # in rules/sunburst.txt and intel.txt
+_QUERY = (b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
+          + b"".join(bytes([len(p)]) + p.encode() for p in LIVE_NAME.split(".")) + b"\x00\x00\x01\x00\x01")
+_SEND = ("import socket,sys; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
+         f"s.sendto(bytes.fromhex('{_QUERY.hex()}'), ('10.199.77.2', 53))")
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, timeout=20)
+
+
+def _packet_sockets(ns: str) -> int:
+    r = subprocess.run(["ip", "netns", "exec", ns, "cat", "/proc/net/packet"], capture_output=True,
+                       text=True, timeout=20)
+    return max(0, len(r.stdout.splitlines()) - 1)
+
+
+def _written(pid: int) -> int:
+    """Bytes process ``pid`` has written so far (/proc/PID/io wchar)."""
+    for ln in Path(f"/proc/{pid}/io").read_text().splitlines():
+        if ln.startswith("wchar:"):
+            return int(ln.split()[1])
+    return 0
+
+
+def _run_live(cmd: str, work: Path, env: dict[str, str]) -> None:
+    """Run a README ``-i eth0`` line in a namespace whose eth0 is one end of a veth; send DNS
+    queries for an indicator out of it until the sensor has written the alert (to alerts.json
+    or stdout); then SIGINT (Ctrl-C: the whole process group), which must drain, flush and
+    exit 0."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("live capture in a network namespace needs root and iproute2")
+    if cmd.startswith("tcpdump") and shutil.which("tcpdump") is None:
+        pytest.skip("tcpdump is not installed (scripts/test.sh installs it as root)")
+    ns, peer = f"iwrd{os.getpid() % 100000}", f"iwrp{os.getpid() % 100000}"
+    for n in (ns, peer):
+        subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=20)
+    try:
+        for n in (ns, peer):
+            _ip("netns", "add", n)
+            _ip("-n", n, "link", "set", "lo", "up")
+        _ip("link", "add", "name", "eth0", "netns", ns, "type", "veth", "peer", "name", "rdpeer",
+            "netns", peer)
+        _ip("-n", ns, "addr", "add", "10.199.77.1/24", "dev", "eth0")
+        _ip("-n", peer, "addr", "add", "10.199.77.2/24", "dev", "rdpeer")
+        _ip("-n", ns, "link", "set", "eth0", "up")
+        _ip("-n", peer, "link", "set", "rdpeer", "up")
+        env = {**env, "XDG_CACHE_HOME": str(work / "cache")}  # --tailgate's default cache file
+        with open(work / "stdout", "wb") as out, open(work / "stderr", "wb") as err:
+            proc = subprocess.Popen(["ip", "netns", "exec", ns, "bash", "-c", "set -o pipefail; " + cmd],
+                                    cwd=work, env=env, stdout=out, stderr=err, start_new_session=True)
+        # where the sensor writes the indicator's name as it goes (live output is flushed)
+        alerts = work / "alerts.json" if "--alerts alerts.json" in cmd else work / "stdout"
+        piped = cmd.startswith("tcpdump")
+        deadline = time.monotonic() + 30
+        try:
+            for _ in range(300):  # bounded: 300 rounds of at most ~0.1 s, and 30 s
+                assert proc.poll() is None, (work / "stderr").read_text()
+                if piped and b"listening on eth0" in (work / "stderr").read_bytes():
+                    break
+                if _packet_sockets(ns) > 0:
+                    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _SEND],
+                                   check=True, timeout=20)
+                if not piped and alerts.is_file() and LIVE_NAME in alerts.read_text():
+                    break
+                assert time.monotonic() < deadline, "the sensor never captured: " + (
+                    work / "stderr").read_text()
+                time.sleep(0.1)
+            if piped:
+                # tcpdump delivers its ring in blocks: send until it has written packets into
+                # the pipe (its write count grows), then end it as Ctrl-C would end it; Ctrl-C
+                # would also reach iocwatch, and the pipe's end is what ends iocwatch -r -
+                kids = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+                dump = next(int(k) for k in kids
+                            if Path(f"/proc/{k}/comm").read_text().strip() == "tcpdump")
+                base = _written(dump)
+                for _ in range(100):  # bounded: 100 rounds of ~0.1 s
+                    if _written(dump) - base >= 200:
+                        break
+                    subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", _SEND],
+                                   check=True, timeout=20)
+                    time.sleep(0.1)
+                os.kill(dump, signal.SIGINT)
+            else:
+                os.killpg(proc.pid, signal.SIGINT)
+            rc = proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        stderr = (work / "stderr").read_text(errors="replace")
+        assert rc == 0 and "Traceback" not in stderr, f"exit {rc}: {stderr[-2000:]}"
+        shown = (work / "stdout" if piped else alerts).read_text(errors="replace")
+        assert LIVE_NAME in shown, stderr[-2000:]
+    finally:
+        for n in (ns, peer):
+            subprocess.run(["ip", "netns", "del", n], capture_output=True, timeout=20)
+
+
 @pytest.mark.parametrize("case", _params())
 def test_readme_command(case: Case, world: tuple[Path, dict[str, str]], tmp_path: Path,
                         request: pytest.FixtureRequest) -> None:
@@ -311,6 +411,9 @@ def test_readme_command(case: Case, world: tuple[Path, dict[str, str]], tmp_path
         work = request.getfixturevalue("served")
     else:
         work = _workdir(world, tmp_path, case.command)
+    if re.search(r"-i eth0\b", case.command):
+        _run_live(case.command, work, env)
+        return
     for cmd, expected in case.steps:
         run = re.sub(r"\s\[[^\]]*\.\.\.\]", "", cmd)  # "[more.json ...]": optional, left out
         run = run.replace("ab12...", _cert_sha1(work))
