@@ -259,6 +259,14 @@ def run_sensor(args: argparse.Namespace) -> int:
         raise UsageError("records and alerts cannot both go to stdout")
     if args.session_records == "-" and "-" in (records_to, alerts_to if args.ioc else None):
         raise UsageError("session records and records/alerts cannot all go to stdout")
+    if args.stats_json == "-" and "-" in (records_to, alerts_to if args.ioc else None,
+                                          args.session_records):
+        raise UsageError("--stats-json -: stdout already carries records, alerts or sessions")
+    if args.ioc_cache == "-":
+        raise UsageError("--ioc-cache: needs a file, not stdout")
+    if args.interface is not None and args.stats_json:
+        raise UsageError("--stats-json: only with -r; live capture writes its counters with "
+                         "--stats-interval and --stats-json-stream")
     check_paths(args, records_to, alerts_to if args.ioc else None)
     indicators = None
     if args.ioc:
@@ -372,10 +380,19 @@ def run_sensor(args: argparse.Namespace) -> int:
             "written": sessions.sessions_written, "write_errors": sessions.write_errors,
             "certificates_written": sessions.certs.written if sessions.certs else 0}
     if args.stats_json:
+        doc = orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n"
         try:
-            with open(args.stats_json, "wb") as fh:
-                fh.write(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+            if args.stats_json == "-":
+                sys.stdout.buffer.write(doc)
+                sys.stdout.buffer.flush()
+            else:
+                with open(args.stats_json, "wb") as fh:
+                    fh.write(doc)
+        except BrokenPipeError:
+            raise
         except OSError as exc:
+            if exc.filename is None:
+                exc.filename = "stdout" if args.stats_json == "-" else args.stats_json
             write_error = write_error or exc
     if args.stats:
         sys.stderr.write(render_stats(report))

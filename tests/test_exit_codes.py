@@ -357,3 +357,12 @@ def test_bad_read_paths_are_one_line(tmp_path: Path) -> None:
     one_error(run("-r", str(empty)), "empty.pcap")
     for flag in ("-f", "--stats-json", "-j", "-w", "--session-records"):
         one_error(run("-r", SAMPLE, flag, ""), f"{flag}: empty path")
+
+
+def test_stats_json_dash_is_stdout_and_never_a_file_named_dash(tmp_path: Path) -> None:
+    proc = subprocess.run([*_argv(), "-r", SAMPLE, "-q", "-f", os.devnull, "--stats-json", "-"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["packets"] == 216 and not (tmp_path / "-").exists()
+    one_error(run("-r", SAMPLE, "--stats-json", "-"), "--stats-json -", "stdout")
+    one_error(run("-i", "lo", "--stats-json", str(tmp_path / "s.json")), "--stats-json", "only with -r")
