@@ -15,7 +15,7 @@ from itertools import islice
 from struct import unpack_from
 
 from iocwatch.decode.packet import Decoder
-from iocwatch.flows.session import DNS_PORTS, Dissector, Event, State, TcpConnection
+from iocwatch.flows.session import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
 from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
 from iocwatch.observations import NAME_CHANNELS, Observation
 from iocwatch.outputs.sessions import TlsSession
@@ -37,6 +37,7 @@ QUIC_CONNECTIONS_MAX = 10_000  # QUIC connections waiting for CRYPTO data or a s
 QUIC_CRYPTO_BYTES_MAX = 16 << 20  # CRYPTO bytes those connections may hold, all together
 QUIC_INITIALS_PER_SOURCE = 2_000  # decryption attempts per source address per sweep period
 QUIC_SERVER_WAIT = 30  # seconds a ClientHello waits for the server's Initial (its ServerHello)
+BUFFERED_MAX = 64 << 20  # bytes all connections' dissectors may hold waiting for more
 EVICT_SHARE = 16  # a full plain-dict table frees its oldest 1/16 at once
 
 #: What the engine hands to the outputs: the mercury record and the names it carries.
@@ -72,6 +73,7 @@ class EngineConfig:
     max_quic_sources: int = QUIC_SOURCES_MAX
     max_quic_connections: int = QUIC_CONNECTIONS_MAX
     max_quic_crypto_bytes: int = QUIC_CRYPTO_BYTES_MAX
+    max_buffered_bytes: int = BUFFERED_MAX
 
 
 def evict_oldest(table: dict, bound: int) -> list:
@@ -98,7 +100,7 @@ class _QuicServerWait:
 class _Flow:
     """One TCP connection under both directions' keys (``keys[0]`` is the first packet's)."""
 
-    __slots__ = ("conn", "up", "down", "keys", "last", "client")
+    __slots__ = ("conn", "up", "down", "keys", "last", "client", "held")
 
     def __init__(self, keys: tuple[bytes, bytes], limits: ReassemblyLimits, now: int):
         # conn and the reverse stream are built when needed: a SYN flood's flows stay small
@@ -108,6 +110,7 @@ class _Flow:
         self.keys = keys
         self.last = now
         self.client: int | None = None  # the direction that sent a SYN without ACK
+        self.held = 0  # bytes its dissection holds (held_bytes), counted in Engine.buffered
 
     def connection(self) -> TcpConnection:
         conn = self.conn
@@ -163,6 +166,11 @@ class Engine:
         self.max_quic_sources = max(1, cfg.max_quic_sources)
         self.max_quic_connections = max(1, cfg.max_quic_connections)
         self.max_quic_crypto_bytes = max(1, cfg.max_quic_crypto_bytes)
+        self.max_buffered = max(1, cfg.max_buffered_bytes)
+        #: bytes held by all connections' dissectors, and the connections that held some,
+        #: oldest first: past the budget they are evicted (their partial data reported)
+        self.buffered = 0
+        self.buffering: dict[_Flow, None] = {}
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, packets: Iterable[tuple[int, int, int, bytes]]) -> None:
@@ -295,6 +303,16 @@ class Engine:
                         self._emit(ev, ctx)
                         if self.session_sink is not None and ev.key == "tls":
                             self._session(conn, ev, ctx)
+            held = held_bytes(conn)
+            if held != flow.held:
+                self.buffered += held - flow.held
+                flow.held = held
+                if not held:
+                    self.buffering.pop(flow, None)
+                elif flow not in self.buffering:
+                    self.buffering[flow] = None
+                if self.buffered > self.max_buffered:
+                    self._evict_buffering(flow)
             if direction.state == State.DONE:
                 stream.release()
                 self._mark_done(key)
@@ -355,6 +373,10 @@ class Engine:
     def _drop(self, flow: _Flow) -> None:
         """Forget a flow (expired or replaced) after reporting what it still holds."""
         self.flow_order.pop(flow, None)
+        if flow.held:
+            self.buffered -= flow.held
+            flow.held = 0
+        self.buffering.pop(flow, None)
         self._flush(flow)
         for k in flow.keys:
             self.flows.pop(k, None)
@@ -366,6 +388,22 @@ class Engine:
         self._drop(flow)
         for k in flow.keys:
             self._mark_done(k)
+
+    def _evict_buffering(self, keep: _Flow) -> None:
+        """Over the byte budget: the connections that began holding bytes first are evicted
+        (reported as they are) until it is met; ``keep``, the one being read, stays."""
+        buffering = self.buffering
+        target = self.max_buffered - self.max_buffered // EVICT_SHARE  # free a batch at once
+        evicted = 0
+        while self.buffered > target and len(buffering) > 1:
+            for flow in list(islice(buffering, max(64, evicted))):  # doubling: see _sweep
+                if self.buffered <= target:
+                    break
+                self.table_work += 1
+                if flow is not keep:
+                    self._drop(flow)
+                    evicted += 1
+        self.stats["evicted_tcp_buffering"] += evicted
 
     def _mark_done(self, key: bytes) -> None:
         """Remember a finished direction for the fast path; a full table forgets its oldest."""
@@ -632,6 +670,8 @@ class Engine:
                 self._flush(flow)
         self.flows.clear()
         self.flow_order.clear()
+        self.buffering.clear()
+        self.buffered = 0
         for key, wait in list(self.quic_servers.items()):
             self._quic_server_end(key, wait)
 

@@ -177,3 +177,19 @@ def test_dns_cache_holds_a_bounded_number_of_bytes(monkeypatch):
     cache = eng.dissector.dns_cache
     assert sum(len(k) for k in cache) == eng.dissector.dns_cache_bytes <= 20_000
     assert len(cache) >= 1 and eng.stats["evicted_dns_cache"] > 0
+
+
+def test_bytes_held_by_dissectors_have_one_budget():
+    """Connections that each hold part of an HTTP request header: their sum stays within
+    the budget; the ones that began holding first are evicted, their partial request still
+    reported."""
+    eng, records = engine(max_buffered_bytes=50_000)
+    head = b"GET / HTTP/1.1\r\nHost: held.example.test\r\nX-Pad: " + b"p" * 900
+    eng.run((T0, i, 1, syn(i, 0x18, head)) for i in range(1_000))
+    assert eng.buffered <= 50_000
+    assert eng.buffered == sum(f.held for f in eng.flow_order)
+    assert eng.stats["evicted_tcp_buffering"] >= 1_000 - 50_000 // len(head)
+    assert len(records) == eng.stats["evicted_tcp_buffering"]  # each reported on eviction
+    assert eng.table_work <= 4 * 1_000
+    eng.finish()
+    assert len(records) == 1_000 and eng.buffered == 0

@@ -101,6 +101,19 @@ class TcpConnection:
         return self.dirs[0].state == State.DONE and self.dirs[1].state == State.DONE
 
 
+def held_bytes(conn: TcpConnection) -> int:
+    """Bytes a connection's dissection holds while it waits for more (HTTP headers, a DNS
+    message, a TLS handshake message): each is bounded per direction, the engine bounds
+    their sum over all connections."""
+    n = 0
+    for d in conn.dirs:
+        n += len(d.buf)
+        t = d.tls
+        if t is not None:
+            n += len(t._buf) + len(t._hs)
+    return n
+
+
 class Dissector:
     """Turns reassembled TCP chunks and UDP payloads into events; keeps counters."""
 
