@@ -635,7 +635,7 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
                     flags["stop"] = True
             outputs.tick()
             now = time.monotonic()
-            warning = watch.check(_live_losses(printer, outputs), now)
+            warning = None if stopping else watch.check(_live_counters(printer, outputs), now)
             if warning:  # capture goes on; the operator hears of it at most once a minute
                 sys.stderr.write(warning + "\n")
                 sys.stderr.flush()
@@ -667,13 +667,17 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
     return 4 if lost else 0
 
 
-def _live_losses(printer: StatsPrinter, outputs: Outputs) -> dict[str, int]:
-    """What the workers' sinks (store, publisher) and the network outputs lost so far."""
-    lost: dict[str, int] = {}
+def _live_counters(printer: StatsPrinter, outputs: Outputs) -> dict[str, int]:
+    """The workers' sink counters (store, publisher) summed, and the network outputs' drops."""
+    out: dict[str, int] = {}
     for w in printer.latest.values():
-        for k, v in losses(w).items():
-            lost[k] = lost.get(k, 0) + v
-    dropped = sum(s["dropped"] for s in outputs.socket_stats().values())
-    if dropped:
-        lost["socket_dropped"] = dropped
-    return lost
+        for k, v in w.items():
+            if isinstance(v, int) and not isinstance(v, bool):
+                out[k] = out.get(k, 0) + v
+    out["socket_dropped"] = sum(s["dropped"] for s in outputs.socket_stats().values())
+    return out
+
+
+def _live_losses(printer: StatsPrinter, outputs: Outputs) -> dict[str, int]:
+    """What the workers' sinks and the network outputs lost."""
+    return losses(_live_counters(printer, outputs))

@@ -164,24 +164,39 @@ def loss_line(lost: dict[str, int]) -> str:
     return f"iocwatch: data lost: {total} records/sessions not delivered ({parts})"
 
 
+#: counters that grow while a sink fails (before anything is lost: it still retries)
+FAILING_COUNTERS: dict[str, str] = {
+    "store_db_errors": "store errors",
+    "redis_errors": "Redis errors",
+}
+
+
 class LossWatch:
     """Live capture keeps running while a sink fails; this says so on stderr, at most once per
-    ``every`` seconds, and only when the loss grew since the last warning."""
+    ``every`` seconds, and only when errors or losses grew since the last warning."""
 
     def __init__(self, every: float = 60.0) -> None:
         self.every = every
         self.warned_at: float | None = None
-        self.warned_total = 0
+        self.seen: dict[str, int] = {}
 
-    def check(self, lost: dict[str, int], now: float) -> str | None:
-        """The warning line to write now, or None."""
-        total = sum(lost.values())
-        if total <= self.warned_total:
+    def check(self, counters: dict[str, int], now: float) -> str | None:
+        """The warning line to write now, or None. ``counters``: summed worker counters and
+        losses (the keys of :data:`LOSS_COUNTERS` and :data:`FAILING_COUNTERS`)."""
+        keys = [k for k in (*FAILING_COUNTERS, *LOSS_COUNTERS) if counters.get(k, 0) > 0]
+        grew = [k for k in keys if counters[k] > self.seen.get(k, 0)]
+        if not grew or (self.warned_at is not None and now - self.warned_at < self.every):
             return None
-        if self.warned_at is not None and now - self.warned_at < self.every:
-            return None
-        self.warned_at, self.warned_total = now, total
-        return loss_line(lost).replace("iocwatch: data lost:", "iocwatch: warning: losing data:")
+        self.warned_at = now
+        self.seen = {k: counters[k] for k in keys}
+        failing = [f"{FAILING_COUNTERS[k]}: {counters[k]}" for k in keys if k in FAILING_COUNTERS]
+        lost = losses(counters)
+        parts = []
+        if failing:
+            parts.append("a sink is failing (" + ", ".join(failing) + "); capture goes on")
+        if lost:
+            parts.append(loss_line(lost).removeprefix("iocwatch: data lost: "))
+        return "iocwatch: warning: " + "; ".join(parts)
 
 
 def _pending(ext: Any) -> tuple[str, int, float] | None:

@@ -211,12 +211,13 @@ def test_live_loss_warning_at_most_once_a_minute() -> None:
     from iocwatch.pipeline import LossWatch
 
     w = LossWatch(every=60)
-    assert w.check({}, 0.0) is None
-    first = w.check({"store_dropped": 5}, 1.0)
-    assert first is not None and "5" in first and "store" in first
-    assert w.check({"store_dropped": 50}, 30.0) is None  # within the minute: quiet
-    assert w.check({"store_dropped": 50}, 62.0) is not None
-    assert w.check({"store_dropped": 50}, 200.0) is None  # nothing new lost: quiet
+    assert w.check({"store_db_errors": 0, "packets": 9}, 0.0) is None
+    failing = w.check({"store_db_errors": 2, "store_queue": 20}, 1.0)  # nothing lost yet
+    assert failing is not None and "store errors: 2" in failing and "capture goes on" in failing
+    assert w.check({"store_db_errors": 9, "store_dropped": 5}, 30.0) is None  # within the minute
+    again = w.check({"store_db_errors": 9, "store_dropped": 50}, 62.0)
+    assert again is not None and "50" in again and "dropped while its queue was full" in again
+    assert w.check({"store_db_errors": 9, "store_dropped": 50}, 200.0) is None  # no change
 
 
 # ------------------------------------------------------------------ outputs checked at start
