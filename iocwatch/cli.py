@@ -268,13 +268,26 @@ def run_sensor(args: argparse.Namespace) -> int:
         raise UsageError("--stats-json: only with -r; live capture writes its counters with "
                          "--stats-interval and --stats-json-stream")
     check_paths(args, records_to, alerts_to if args.ioc else None)
+    reader = None
+    if args.interface is None:  # the capture, store and publisher checked before the indicator
+        try:  # cache (an output) is written
+            reader = CaptureReader(args.read)
+        except OSError as exc:  # a device or /proc file that fails on its first read
+            raise UsageError(f"-r {args.read}: cannot read: {(exc.strerror or str(exc)).lower()}")
     indicators = None
-    if args.ioc:
-        try:
-            indicators, report = load_indicators(args)
-        except IndicatorFileError as exc:
-            raise UsageError(str(exc))
-        report_load(report, args.quiet)
+    try:
+        if reader is not None:
+            probe_sinks(args)
+        if args.ioc:
+            try:
+                indicators, report = load_indicators(args)
+            except IndicatorFileError as exc:
+                raise UsageError(str(exc))
+            report_load(report, args.quiet)
+    except BaseException:
+        if reader is not None:
+            reader.close()
+        raise
 
     def make_pipeline() -> SensorPipeline:
         return SensorPipeline(args, records_to is not None, args.session_records is not None,
@@ -286,15 +299,7 @@ def run_sensor(args: argparse.Namespace) -> int:
         return run_live(args, make_pipeline, {"records": records_to,
                                               "alerts": alerts_to if args.ioc else None,
                                               "sessions": args.session_records})
-    try:
-        reader = CaptureReader(args.read)
-    except OSError as exc:  # a device or /proc file that fails on its first read
-        raise UsageError(f"-r {args.read}: cannot read: {(exc.strerror or str(exc)).lower()}")
-    try:
-        probe_sinks(args)
-    except UsageError:
-        reader.close()
-        raise
+    assert reader is not None
     pipeline = make_pipeline()
     try:
         pipeline.open_files(records_to, alerts_to)

@@ -351,7 +351,10 @@ def test_stdin_on_a_terminal_shows_a_byte_counter() -> None:
 # ------------------------------------------------------------------ bad inputs: one line
 
 def test_bad_read_paths_are_one_line(tmp_path: Path) -> None:
-    one_error(run("-r", str(tmp_path / "absent.pcap")), "absent.pcap")
+    cache = tmp_path / "ioc.cache"
+    one_error(run("-r", str(tmp_path / "absent.pcap"), "--ioc", RULES, "--ioc-cache", str(cache)),
+              "absent.pcap")
+    assert not cache.exists()  # the indicator cache is an output too: not written first
     one_error(run("-r", str(tmp_path)), str(tmp_path))
     empty = tmp_path / "empty.pcap"
     empty.write_bytes(b"")

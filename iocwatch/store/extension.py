@@ -206,6 +206,9 @@ def probe(url: str, timeout: float = 5.0) -> str | None:
     path = sqlite_path(url)
     if path is not None and os.path.isdir(path):
         return "is a directory, not a store file"
+    if path is not None and not os.path.exists(path):  # made at the first write: not yet
+        parent = os.path.dirname(os.path.abspath(path))
+        return None if os.access(parent, os.W_OK | os.X_OK) else f"cannot create {path}"
     try:
         open_store(url, timeout=timeout).close()
     except StoreError as exc:
