@@ -36,7 +36,10 @@ from iocwatch.protocols.cursor import Malformed
 
 from . import seeds as sd
 
-MAX_NAME = 4096  # no name from the wire, escaped for JSON, may be longer than this
+#: no name from the wire may be longer than this (an HTTP header block is at most 16 kB; mercury's
+#: escaping of an unprintable byte takes up to four characters)
+MAX_NAME = 4 * 16384
+MAX_DNS_NAME = 4 * 255  # a DNS name is at most 255 octets on the wire
 Target = Callable[[bytes], None]
 
 
@@ -99,25 +102,32 @@ def t_dns(data: bytes) -> None:
     check_bounded(len(body), len(data), 400, "dns json")
     for n in msg.names():
         check_name(n, len(data))
+        assert len(n) <= MAX_DNS_NAME, f"DNS name of {len(n)} characters"
     for owner, ip in msg.addresses():
         check_name(owner, len(data))
+        assert len(owner) <= MAX_DNS_NAME, f"DNS name of {len(owner)} characters"
         check_name(ip, len(data))
     msgs, used = dnsp.split_tcp_stream(data)
     assert 0 <= used <= len(data) and sum(len(m) for m in msgs) <= used
 
 
-def t_tls_records(data: bytes) -> None:
+def _feed_all(data: bytes, step: int) -> tuple[list[tuple[int, bytes, bool]], Any]:
     reader = tlsp.HandshakeReader()
-    total = 0
-    step = 1 + (data[0] % 64 if data else 0)
-    pos = 0
-    while pos < len(data):
-        for msg in reader.feed(data[pos : pos + step * 97]):
-            total += len(msg.body)
-            assert isinstance(msg.msg_type, int)
-        pos += step * 97
-    assert total <= len(data), "handshake messages longer than the bytes fed"
+    got = []
+    for pos in range(0, len(data), step):
+        got += [(m.msg_type, m.body, m.sslv2) for m in reader.feed(data[pos : pos + step])]
+    return got, reader
+
+
+def t_tls_records(data: bytes) -> None:
+    """Records into handshake messages; TCP segment boundaries must not change the result."""
+    whole, reader = _feed_all(data, max(1, len(data)))
+    assert sum(len(b) for _t, b, _v in whole) <= len(data), "messages longer than the input"
     assert reader.malformed >= 0 and reader.messages >= 0
+    step = 1 + (data[0] % 97 if data else 0)
+    pieces, other = _feed_all(data, step)
+    assert pieces == whole, f"fed in {step}-byte pieces: different messages"
+    assert (other.done, other.not_tls) == (reader.done, reader.not_tls)
 
 
 def _hello_checks(hello: tlsp.ClientHello, data_len: int) -> None:
@@ -219,32 +229,53 @@ def t_quic_frames(data: bytes) -> None:
 
 
 def t_http(data: bytes) -> None:
+    got = []
     for final in (False, True):
         try:
             req = httpp.parse_request(data, final)
         except Malformed:
+            got.append(None)
             continue
         body = check_json(req.to_mercury())
+        got.append(body)
         check_bounded(len(body), len(data), 8, "http json")
         for n in (req.host, req.host_header, req.user_agent, req.uri_authority):
             if n is not None:
                 check_name(n, len(data))
         if req.host:
             check_name(httpp.authority_host(req.host), len(data))
+    if got[0] is not None:
+        assert got[1] == got[0], "a complete request reads differently at the end of a stream"
 
 
-def t_starttls(data: bytes) -> None:
+def _starttls_run(pieces: list[tuple[int, bytes]]) -> tuple[Any, int]:
     det = stls.StartTlsDetector()
     fed = 0
-    for sel, chunk in frames(data):
+    for sel, chunk in pieces:
         st = det.feed(bool(sel & 1), chunk)
         fed += len(chunk)
         assert isinstance(st, stls.StartTlsState)
         if st is not stls.StartTlsState.NEGOTIATING:
             break
+    return det, fed
+
+
+def t_starttls(data: bytes) -> None:
+    """Both directions of a cleartext start; splitting a chunk in two must not change the
+    outcome (TCP segments fall anywhere)."""
+    pieces = list(frames(data))
+    det, fed = _starttls_run(pieces)
     for side in (False, True):
         assert len(det.pending(side)) <= fed
     assert det.protocol is None or isinstance(det.protocol, str)
+    split = []
+    for sel, chunk in pieces:
+        half = len(chunk) // 2
+        split += [(sel, chunk[:half]), (sel, chunk[half:])] if half else [(sel, chunk)]
+    det2, _ = _starttls_run(split)
+    assert det2.state == det.state, f"split chunks: {det2.state} instead of {det.state}"
+    if det.state is stls.StartTlsState.UPGRADED:  # (the family is a guess until then)
+        assert det2.protocol == det.protocol, f"upgraded as {det2.protocol}, not {det.protocol}"
 
 
 # ------------------------------------------------------------------- decode and flows

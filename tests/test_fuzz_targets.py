@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -218,3 +219,59 @@ def test_quic_initial_properties(_quic_initials: list[tuple[str, bytes]], pick: 
     for f in flips:
         damaged[f % len(damaged)] ^= 1 << (f % 8)
     TARGETS["quic"][0](bytes(damaged))
+
+
+# ------------------------------------------- parser bugs the fuzzers found, fixed at the root
+
+_HELLO_WITH_LF = b"\x16\x03\x01\x00\x0a\x01\x00\x00\x06\x03\x03\n\x0a\x00\x00"
+
+
+def _starttls(script: list[tuple[bool, bytes]]) -> Any:
+    from iocwatch.protocols.starttls import StartTlsDetector
+
+    det = StartTlsDetector()
+    for from_client, data in script:
+        det.feed(from_client, data)
+    return det
+
+
+def test_starttls_binary_greeting_same_verdict_however_split() -> None:
+    """A greeting with binary bytes gave up when whole but was classified (and waited) when
+    TCP cut it after '+OK ': the verdict must not depend on segmentation."""
+    from iocwatch.protocols.starttls import StartTlsState
+
+    tail = [(True, b"\x17\x1c\x17.\x16\xb7")]
+    whole = _starttls([(False, b"+OK POP3o\x10")] + tail)
+    split = _starttls([(False, b"+OK "), (False, b"POP3o\x10")] + tail)
+    assert whole.state is split.state is StartTlsState.NOT_STARTTLS
+
+
+def test_starttls_client_hello_with_newline_right_after_the_command() -> None:
+    """A client that sends its hello without waiting: the hello's 0x0A bytes are no line."""
+    from iocwatch.protocols.starttls import StartTlsState
+
+    det = _starttls([(False, b"+OK POP3 ready\r\n"), (True, b"STLS\r\n" + _HELLO_WITH_LF),
+                     (False, b"+OK go\r\n")])
+    assert det.state is StartTlsState.UPGRADED and det.pending(True) == _HELLO_WITH_LF
+
+
+def test_starttls_ldap_response_and_tls_in_one_segment() -> None:
+    """Bytes after the StartTLS ExtendedResponse are TLS, never parsed as LDAP."""
+    from iocwatch.protocols.starttls import StartTlsState
+
+    req = bytes.fromhex("301d02010177188016312e332e362e312e342e312e313436362e3230303337")
+    resp = bytes.fromhex("300c02010178070a010004000400")
+    tls = b"\x30\x03\x04\x01\x00\x17\x03\x03"  # a whole BER SEQUENCE, but no LDAPMessage
+    det = _starttls([(True, req), (False, resp + tls)])
+    assert det.state is StartTlsState.UPGRADED and det.pending(False) == tls
+
+
+def test_starttls_xmpp_proceed_and_tls_in_one_segment() -> None:
+    from iocwatch.protocols.starttls import StartTlsState
+
+    ns = b"xmlns='urn:ietf:params:xml:ns:xmpp-tls'"
+    det = _starttls([(True, b"<?xml version='1.0'?><stream:stream to='a'>"),
+                     (False, b"<stream:features><starttls " + ns + b"/>"),
+                     (True, b"<starttls " + ns + b"/>"),
+                     (False, b"<proceed " + ns + b"/>" + _HELLO_WITH_LF)])
+    assert det.state is StartTlsState.UPGRADED and det.pending(False) == _HELLO_WITH_LF

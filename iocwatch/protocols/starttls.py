@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Iterator
 
 from iocwatch.protocols.cursor import Cursor, Malformed, Truncated
 
@@ -42,9 +43,13 @@ class StartTlsState(enum.Enum):
     NOT_STARTTLS = "not_starttls"
 
 
-def _is_text(data: bytes) -> bool:
-    """Plaintext protocol bytes: no C0 controls other than TAB, CR, LF."""
-    return not any(b < 0x20 and b not in (9, 10, 13) or b == 0x7F for b in data)
+_NOT_TEXT = bytes(b for b in range(256) if b < 0x20 and b not in (9, 10, 13) or b == 0x7F)
+
+
+def _is_text(data: bytes | bytearray) -> bool:
+    """Plaintext protocol bytes: no C0 controls other than TAB, CR, LF (checked in C: a
+    partial line is checked again on every segment)."""
+    return len(data.translate(None, _NOT_TEXT)) == len(data)
 
 
 def _ber_element(c: Cursor) -> tuple[int, Cursor]:
@@ -235,6 +240,10 @@ class StartTlsDetector:
         if i < 0:
             if len(buf) > self.max_line:
                 raise Malformed("line too long")
+            # binary bytes end a text protocol when they arrive, not when a newline does:
+            # otherwise the verdict would depend on where TCP cut the line
+            if not _is_text(buf):
+                raise Malformed("binary data in a text protocol")
             return None
         line = bytes(buf[:i]).rstrip(b"\r")
         del buf[: i + 1]
@@ -249,6 +258,10 @@ class StartTlsDetector:
         # Process the client's commands first only when they are what was just fed.
         d = 1 if from_client else 0
         while self.state is StartTlsState.NEGOTIATING:
+            if from_client and self._pending_cmd:
+                # a client that did not wait for the answer: what follows its command is its
+                # TLS hello (any bytes, newlines included), held until the server says yes
+                return
             line = self._take_line(d)
             if line is None:
                 return
@@ -327,7 +340,14 @@ class StartTlsDetector:
 
     def _xmpp(self, from_client: bool) -> None:
         buf = self._buf[1 if from_client else 0]
-        if not _is_text(bytes(buf)):
+        if not from_client and self._pending_cmd:
+            # TLS may follow <proceed/> in the same segment: only what precedes it must be text
+            m = _XMPP_PROCEED.search(buf)
+            close = buf.find(b">", m.start()) if m else -1
+            if close >= 0 and _is_text(buf[: close + 1]):
+                self._upgrade(False, bytes(buf[close + 1 :]))
+                return
+        if not _is_text(buf):
             raise Malformed("binary data in XMPP")
         if from_client:
             m = _XMPP_STARTTLS.search(buf)
@@ -342,37 +362,36 @@ class StartTlsDetector:
             if len(buf) > self.max_line:
                 del buf[: len(buf) - 64]
             return
-        m = _XMPP_PROCEED.search(buf)
-        if m:
-            close = buf.find(b">", m.start())
-            if close < 0:
-                return
-            self._upgrade(False, bytes(buf[close + 1 :]))
-            return
+        if _XMPP_PROCEED.search(buf):
+            return  # its closing '>' has not arrived yet
         if _XMPP_FAILURE.search(buf):
             self._give_up()
 
     # --- LDAP ------------------------------------------------------------------------------
 
-    def _ldap_messages(self, d: int) -> list[tuple[int, int, Cursor]]:
-        """Complete LDAPMessages at the front of a direction: (messageID, op tag, op cursor)."""
+    def _ldap_messages(self, d: int) -> Iterator[tuple[int, int, Cursor]]:
+        """Complete LDAPMessages at the front of a direction: (messageID, op tag, op cursor).
+
+        One at a time: what follows the server's StartTLS response is TLS, not LDAP, so it is
+        never parsed (and segmentation cannot decide whether it is)."""
         buf = self._buf[d]
-        out: list[tuple[int, int, Cursor]] = []
-        while buf and len(out) < 64:
+        for _ in range(64):
+            if not buf:
+                return
             c = Cursor(bytes(buf))
             try:
                 tag, msg = _ber_element(c)
             except Truncated:
-                break  # the rest of this message has not arrived yet
+                return  # the rest of this message has not arrived yet
             if tag != 0x30:
                 raise Malformed("not an LDAPMessage")
             itag, mid = _ber_element(msg)
             if itag != 0x02:
                 raise Malformed("LDAPMessage without messageID")
             op_tag, op = _ber_element(msg)
-            out.append((_ber_int(mid), op_tag, op))
+            mid_value = _ber_int(mid)
             del buf[: c.pos]
-        return out
+            yield mid_value, op_tag, op
 
     def _ldap(self, from_client: bool) -> None:
         d = 1 if from_client else 0
