@@ -95,10 +95,13 @@ def run_atheris(name: str, seconds: float, seed: int, regressions: Path,
             crashes += 1
             art.unlink()
             lines = proc.stdout.splitlines()
-            summary = next((ln for ln in reversed(lines) if re.match(r"^\w+(Error|Exception)\b", ln)
-                            or "==ERROR" in ln), "see the log")
+            at = [i for i, ln in enumerate(lines) if "Uncaught Python exception" in ln]
+            summary = (lines[at[-1] + 1] if at and at[-1] + 1 < len(lines)
+                       else next((ln for ln in lines if "==ERROR" in ln), "see the log"))
             print(f"  CRASH {name} ({art.name.split('-')[0]}): {summary}\n    saved {path}",
                   flush=True)
+            with open(corpus_root / f"{name}.crashes.log", "a") as log:  # whole tracebacks
+                log.write(f"==== {path}\n" + "\n".join(lines[-60:]) + "\n")
         if not found:
             if proc.returncode != 0:
                 print(f"  atheris child for {name} exited {proc.returncode}:\n"
