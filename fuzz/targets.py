@@ -156,6 +156,43 @@ def t_tls_client_hello(data: bytes) -> None:
     _hello_checks(v2, len(data))
 
 
+def _fps_of(hello: Any) -> tuple:
+    if isinstance(hello, tlsp.ServerHello):
+        f = [fpr.server_fingerprints(hello, t) for t in ("t", "q")]
+    else:
+        f = [fpr.client_fingerprints(hello, t) for t in ("t", "q")] + [
+            hello.mercury_quic_fingerprint(1)]
+    return (hello.mercury_fingerprint(), *f)
+
+
+def t_tls_hello_pair(data: bytes) -> None:
+    """Two hellos of one kind: the engine caches fingerprints by ``fingerprint_key``, so two
+    hellos with one key must have the same fingerprints (else the cache reports wrong ones)."""
+    parts = [chunk for _sel, chunk in frames(data)][:2]
+    if len(parts) < 2:
+        return
+    for parse in (tlsp.parse_client_hello, tlsp.parse_server_hello):
+        try:
+            a, b = parse(parts[0]), parse(parts[1])
+        except Malformed:
+            continue
+        if tlsp.fingerprint_key(a) == tlsp.fingerprint_key(b):
+            assert _fps_of(a) == _fps_of(b), "one fingerprint key, different fingerprints"
+
+
+def _hello_pair_seeds() -> list[bytes]:
+    out = []
+    for kind in ("tls_client_hello", "tls_server_hello"):
+        hellos = _c(kind)
+        for i, h in enumerate(hellos[:24]):
+            other = bytearray(h)
+            if len(other) > 10:
+                other[5] ^= 0x55  # a byte of the random: same key
+            out.append(unframe([(0, h), (0, bytes(other))]))
+            out.append(unframe([(0, h), (0, hellos[(i + 1) % len(hellos)])]))
+    return out
+
+
 def t_tls_server_hello(data: bytes) -> None:
     try:
         hello = tlsp.parse_server_hello(data)
@@ -193,7 +230,21 @@ def _x509_checks(der: bytes) -> None:
 
 
 def t_x509(data: bytes) -> None:
+    """Our DER walk against ``cryptography``: where both read the SAN, the DNS names agree."""
     _x509_checks(data)
+    try:
+        cert = x509.parse_certificate(data, strict_check=False)
+    except Malformed:
+        return
+    try:
+        from cryptography import x509 as cx
+
+        theirs = cx.load_der_x509_certificate(data)
+        san = theirs.extensions.get_extension_for_class(cx.SubjectAlternativeName).value
+        their_dns = san.get_values_for_type(cx.DNSName)
+    except Exception:  # noqa: BLE001 - whatever cryptography refuses is not compared
+        return
+    assert sorted(set(their_dns)) == sorted(set(cert.dns_names)), (their_dns, cert.dns_names)
 
 
 def t_quic(data: bytes) -> None:
@@ -671,6 +722,7 @@ TARGETS: dict[str, tuple[Target, Callable[[], list[bytes]]]] = {
     "tls_records": (t_tls_records, lambda: _c("tls_records")),
     "tls_client_hello": (t_tls_client_hello, lambda: _c("tls_client_hello")),
     "tls_server_hello": (t_tls_server_hello, lambda: _c("tls_server_hello")),
+    "tls_hello_pair": (t_tls_hello_pair, _hello_pair_seeds),
     "tls_certificate": (t_tls_certificate, lambda: _c("tls_certificate")),
     "x509": (t_x509, lambda: _c("x509")),
     "quic": (t_quic, lambda: _c("quic")),
