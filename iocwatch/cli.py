@@ -145,14 +145,38 @@ def _given_without(args: argparse.Namespace) -> list[str]:
                    "or not)")
     if args.pem and not args.cert_dir:
         bad.append("--pem: only with -w DIR (it writes a .pem beside each .der there)")
+    # "X only with Y" is judged on the command line: a --config file (contrib/iocwatch.toml)
+    # may well keep, say, net-streams while its outputs are commented out
+    given = getattr(args, "command_line", None)
+
+    def typed(flag: str) -> bool:
+        return given is None or any(f in given for f in flag.split("/"))
+
     if not args.ioc:
         for flag, on in (("--alerts", args.alerts), ("--fail-on-alert", args.fail_on_alert),
                          ("--dedupe", args.dedupe), ("--ioc-cache", args.ioc_cache),
                          ("--ioc-format", args.ioc_format), ("--misp-all", args.misp_all),
                          ("--reload-interval", args.reload_interval),
                          ("--alert-format", args.alert_format != "json")):
-            if on:
+            if on and typed(flag):
                 bad.append(f"{flag}: only with --ioc or --ioc-exact (there is nothing to match)")
+    from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH
+
+    for flag, on, needs in (
+            ("--store-queue", getattr(args, "store_queue", 100_000) != 100_000
+             and not getattr(args, "store", None), "--store"),
+            ("--publish-buffer", getattr(args, "publish_buffer", DEFAULT_BUFFER) != DEFAULT_BUFFER
+             and not getattr(args, "publish", None), "--publish"),
+            ("--publish-flush", getattr(args, "publish_flush", DEFAULT_FLUSH) != DEFAULT_FLUSH
+             and not getattr(args, "publish", None), "--publish"),
+            ("--syslog-socket/--syslog-facility",
+             (getattr(args, "syslog_socket", "/dev/log"), getattr(args, "syslog_facility", "local0"))
+             != ("/dev/log", "local0") and not getattr(args, "syslog", False), "--syslog"),
+            ("--net-streams", getattr(args, "net_streams", "records,alerts") != "records,alerts"
+             and not (getattr(args, "syslog", False) or getattr(args, "udp", None)
+                      or getattr(args, "tcp", None)), "--syslog, --udp or --tcp")):
+        if on and typed(flag):
+            bad.append(f"{flag}: only with {needs}")
     return bad
 
 
@@ -524,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
             given = live_only_given(parser, args)
             if given:
                 raise UsageError(f"{', '.join(given)}: only with -i (live capture)")
+        args.command_line = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
         return run_sensor(args)
     except (UsageError, CaptureError) as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")

@@ -282,6 +282,8 @@ def test_ioc_cache_refuses_a_file_that_is_not_a_cache(tmp_path: Path) -> None:
     (["--alerts", "OUT"], "--alerts"),
     (["--fail-on-alert"], "--fail-on-alert"),
     (["--dedupe", "60"], "--dedupe"),
+    (["--store-queue", "10"], "--store-queue: only with --store"),
+    (["--publish-flush", "1"], "--publish-flush: only with --publish"),
 ])
 def test_contradictory_flags_are_exit_2_with_the_reason(tmp_path: Path, flags: list[str],
                                                         word: str) -> None:
@@ -292,6 +294,30 @@ def test_contradictory_flags_are_exit_2_with_the_reason(tmp_path: Path, flags: l
 
 
 # ------------------------------------------------------------------ summary and --stats
+
+@pytest.mark.parametrize("flags,word", [
+    (["--net-streams", "alerts"], "--net-streams: only with --syslog, --udp or --tcp"),
+    (["--syslog-facility", "local3"], "only with --syslog"),
+])
+def test_live_flags_without_their_output_are_exit_2(flags: list[str], word: str) -> None:
+    one_error(run("-i", "lo", "--no-records", *flags, timeout=30), word)
+
+
+def test_a_config_template_keeping_such_keys_is_not_a_contradiction(tmp_path: Path) -> None:
+    """contrib/iocwatch.toml keeps net-streams while its syslog/udp/tcp lines are comments."""
+    a = parse_args_with_config(cli.build_parser(), ["-r", SAMPLE, "--config", str(_cfg(tmp_path))])
+    a.command_line = {"--config"}
+    a.ioc = []
+    assert cli._given_without(a) == []
+    a.command_line = {"--config", "--net-streams"}
+    assert cli._given_without(a)
+
+
+def _cfg(tmp_path: Path) -> Path:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('net-streams = "alerts"\nstore-queue = 5\n')
+    return cfg
+
 
 def test_dedupe_summary_counts_the_lines_written(tmp_path: Path) -> None:
     alerts = tmp_path / "a.json"
