@@ -39,6 +39,9 @@ QUIC_INITIALS_PER_SOURCE = 2_000  # decryption attempts per source address per s
 QUIC_SERVER_WAIT = 30  # seconds a ClientHello waits for the server's Initial (its ServerHello)
 BUFFERED_MAX = 64 << 20  # bytes all connections' dissectors may hold waiting for more
 EVICT_SHARE = 16  # a full plain-dict table frees its oldest 1/16 at once
+EVICTION_COUNTERS = ("evicted_tcp_flows", "evicted_tcp_buffering", "evicted_done",
+                     "evicted_udp_seen", "evicted_quic_done", "evicted_quic_sources",
+                     "evicted_quic_crypto", "evicted_quic_servers", "evicted_dns_cache")
 
 #: What the engine hands to the outputs: the mercury record and the names it carries.
 Sink = Callable[[dict, list[Observation], Event], None]
@@ -171,6 +174,8 @@ class Engine:
         #: oldest first: past the budget they are evicted (their partial data reported)
         self.buffered = 0
         self.buffering: dict[_Flow, None] = {}
+        for table in EVICTION_COUNTERS:  # shown in --stats from the start, 0 included
+            self.stats[table] += 0
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, packets: Iterable[tuple[int, int, int, bytes]]) -> None:

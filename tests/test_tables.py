@@ -193,3 +193,20 @@ def test_bytes_held_by_dissectors_have_one_budget():
     assert eng.table_work <= 4 * 1_000
     eng.finish()
     assert len(records) == 1_000 and eng.buffered == 0
+
+
+def test_eviction_counters_are_in_the_stats_output(tmp_path):
+    """--stats / --stats-json list every table's eviction counter, 0 included."""
+    import json
+    import subprocess
+    import sys
+
+    from iocwatch.engine import EVICTION_COUNTERS
+
+    out = tmp_path / "stats.json"
+    proc = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", "samples/sunburst.pcapng",
+                           "-q", "--stats-json", str(out)], capture_output=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    counters = json.loads(out.read_text())["counters"]
+    assert {name: counters.get(name) for name in EVICTION_COUNTERS} == dict.fromkeys(
+        EVICTION_COUNTERS, 0)
