@@ -144,6 +144,8 @@ def run_flood(name: str, n: int) -> dict:
         "flood": name, "packets": i, "seconds": round(sum(t for _, t in times), 2),
         "finish_s": round(finish, 2), "us_first": round(first, 2), "us_last": round(last, 2),
         "ratio": round(last / first, 2),
+        "deciles_us": [round(per_packet(times[k * tenth : (k + 1) * tenth]), 2)
+                       for k in range(len(times) // tenth)],
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "rss_after_imports_mb": round(base_rss / 1024, 1),
         "tables": tables,
@@ -180,6 +182,7 @@ def main() -> int:
               f"first 10 % {res['us_first']:6.2f} us/pkt  last 10 % {res['us_last']:6.2f} us/pkt  "
               f"ratio {res['ratio']:.2f}  peak RSS {res['peak_rss_mb']:.0f} MB "
               f"(after imports {res['rss_after_imports_mb']:.0f} MB)")
+        print(f"      us/pkt by tenth {res['deciles_us']}")
         print(f"      tables {res['tables']}")
         print(f"      evicted {res['evicted']}  table work/packet {res['table_work_per_packet']}"
               f"  records {res['records']:,}")
