@@ -275,3 +275,18 @@ def test_starttls_xmpp_proceed_and_tls_in_one_segment() -> None:
                      (True, b"<starttls " + ns + b"/>"),
                      (False, b"<proceed " + ns + b"/>" + _HELLO_WITH_LF)])
     assert det.state is StartTlsState.UPGRADED and det.pending(False) == _HELLO_WITH_LF
+
+
+def test_http_blank_line_in_the_request_line_delimiter_is_not_the_end_of_the_head() -> None:
+    """mercury reads "\\n\\r\\n" after the request line as one line end; a segment ending in
+    "\\n\\r\\nHost:" used to count as a complete head, reported with an empty Host (the name in
+    the next segment never reported: evasion by segmentation)."""
+    from iocwatch.protocols.cursor import Truncated
+    from iocwatch.protocols.http import parse_request
+
+    head = b"GET / HTTP/1.1\n\r\nHost:"
+    with pytest.raises(Truncated):
+        parse_request(head)
+    whole = parse_request(head + b" evil.example\r\nAccept: */*\r\n\r\n")
+    assert whole.host == "evil.example"
+    assert parse_request(b"GET / HTTP/1.0\r\n\r\n").headers == []  # no headers: complete

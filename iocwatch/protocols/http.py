@@ -206,12 +206,16 @@ def parse_request(data: bytes, final: bool = False) -> HttpRequest:
         if not final and end == n and b"HTTP/".startswith(protocol):
             raise Truncated("request line incomplete")
         raise Malformed("not an HTTP request line")
-    if not final and n < MAX_HEAD and not _head_complete(data[end:]):
-        raise Truncated("header block incomplete")
     pos = end
     while pos < n and not _is_alpha(data[pos]):
         pos += 1
     delim = data[end:pos]
+    # The head is complete at a blank line after the first header, not at one inside the
+    # request line's own delimiter ("\n\r\n" is read as one line end): else a segment ending
+    # in "\n\r\nHost:" would be reported with an empty Host, and the name behind it never.
+    if not final and n < MAX_HEAD and not (
+            _head_complete(data[pos:]) or pos >= n and _head_complete(delim)):
+        raise Truncated("header block incomplete")
     headers, rest = _parse_headers(data, pos, delim)
     body = data[rest : rest + _BODY_MAX] if rest is not None and rest < n else None
     req = HttpRequest(
