@@ -41,7 +41,8 @@ BUFFERED_MAX = 64 << 20  # bytes all connections' dissectors may hold waiting fo
 EVICT_SHARE = 16  # a full plain-dict table frees its oldest 1/16 at once
 EVICTION_COUNTERS = ("evicted_tcp_flows", "evicted_tcp_buffering", "evicted_done",
                      "evicted_udp_seen", "evicted_quic_done", "evicted_quic_sources",
-                     "evicted_quic_crypto", "evicted_quic_servers", "evicted_dns_cache")
+                     "evicted_quic_crypto", "evicted_quic_servers", "evicted_dns_cache",
+                     "evicted_cert_json")
 
 #: What the engine hands to the outputs: the mercury record and the names it carries.
 Sink = Callable[[dict, list[Observation], Event], None]

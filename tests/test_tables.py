@@ -210,3 +210,21 @@ def test_eviction_counters_are_in_the_stats_output(tmp_path):
     counters = json.loads(out.read_text())["counters"]
     assert {name: counters.get(name) for name in EVICTION_COUNTERS} == dict.fromkeys(
         EVICTION_COUNTERS, 0)
+
+
+def test_certificate_json_cache_holds_a_bounded_number_of_bytes(monkeypatch):
+    """Distinct certificates: the rendered-JSON cache frees itself by DER bytes too."""
+    from cryptography.x509.oid import NameOID
+
+    from tests.test_x509 import _build, _name
+
+    monkeypatch.setattr(session, "CERT_JSON_BYTES", 5_000)
+    ders = [_build(subject=_name((NameOID.COMMON_NAME, f"c{i}.example.test")), serial=1000 + i)
+            for i in range(30)]
+    eng, _ = engine()
+    for der in ders:
+        certs, js, _obs = eng.dissector.certificates([der])
+        assert js[0]["cert"] and certs[0].subject_cns == [f"c{ders.index(der)}.example.test"]
+    d = eng.dissector
+    assert 0 < d.cert_json_bytes <= 5_000 and eng.stats["evicted_cert_json"] > 0
+    assert len(d.cert_json) < 30

@@ -35,6 +35,9 @@ DNS_CACHE_MAX = 8192
 #: raw message bytes the DNS parse cache holds (parsed, they take several times that): distinct
 #: 60 KB messages must not make 8192 entries half a gigabyte
 DNS_CACHE_BYTES = 2 << 20
+CERT_JSON_MAX = 4096
+#: DER bytes of the certificates whose rendered JSON is kept (the JSON is a few times larger)
+CERT_JSON_BYTES = 16 << 20
 
 
 class State(IntEnum):
@@ -124,6 +127,7 @@ class Dissector:
         # new observation, one whose query was missed (asymmetric capture) still does
         self.recent_queries: dict[tuple[int, str], None] = {}
         self.cert_json: dict[str, dict] = {}
+        self.cert_json_bytes = 0
         # fingerprint_key -> (mercury's string, JA3(S) MD5, JA4(S)): one client or server
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
@@ -366,9 +370,13 @@ class Dissector:
             certs.append(cert)
             js = self.cert_json.get(cert.sha1)
             if js is None:  # building the JSON costs more than parsing: keep it with the cache
-                if len(self.cert_json) >= 4096:
-                    self.cert_json.clear()
+                if (len(self.cert_json) >= CERT_JSON_MAX
+                        or self.cert_json_bytes + len(der) > CERT_JSON_BYTES):
+                    self.stats["evicted_cert_json"] += len(self.cert_json)
+                    self.cert_json.clear()  # wholesale: O(1) amortised, cheap to relearn
+                    self.cert_json_bytes = 0
                 js = self.cert_json[cert.sha1] = {"cert": cert.to_mercury()}
+                self.cert_json_bytes += len(der)
             cert_json.append(js)
             obs.extend(Observation(n, Channel.CERT_SAN) for n in cert.dns_names)
             obs.extend(Observation(n, Channel.CERT_CN) for n in cert.subject_cns)
