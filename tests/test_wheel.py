@@ -113,3 +113,17 @@ def test_store_and_ingest_work_from_the_installed_package(tmp_path: Path) -> Non
         where = subprocess.run([sys.executable, "-c", "import iocwatch; print(iocwatch.__file__)"],
                                cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
         assert "site-packages" in where.stdout, where.stdout + where.stderr
+
+
+def test_a_run_that_imports_the_checkout_is_refused(tmp_path: Path) -> None:
+    """IOCWATCH_REQUIRE_INSTALLED=1 (scripts/test.sh) stops the session when the checkout, not
+    the installed package, was imported: here the source is put first on PYTHONPATH."""
+    src = _source()
+    if src is None:
+        pytest.skip("no source tree (set IOCWATCH_SOURCE)")
+    env = {**os.environ, "IOCWATCH_REQUIRE_INSTALLED": "1", "PYTHONPATH": f"{src}:{ROOT}"}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--co",
+                        str(ROOT / "tests" / "test_wheel.py")], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 4, r.stdout[-2000:] + r.stderr[-2000:]
+    assert f"imported from {src.resolve() / 'iocwatch' / '__init__.py'}" in r.stdout + r.stderr
