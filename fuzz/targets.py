@@ -400,6 +400,35 @@ def t_tcp_session(data: bytes) -> None:
     check_bounded(out, len(data), 64, "session events")
 
 
+def _session_names(sport: int, dport: int, chunks: list[bytes]) -> list[tuple[str, str]]:
+    from iocwatch.flows.session import TcpConnection
+
+    dis = _dissector()
+    conn = TcpConnection(sport, dport)
+    events = []
+    for chunk in chunks:
+        events += dis.tcp_data(conn.dirs[1], chunk)
+    events += dis.flush(conn.dirs[1])
+    return [(ob.channel.value, ob.name) for ev in events for ob in ev.observations]
+
+
+def t_tcp_split(data: bytes) -> None:
+    """One direction's bytes in one chunk or cut in two: the same names (a sensor must not be
+    evaded by where the sender cuts its segments)."""
+    if len(data) < 6:
+        return
+    sport, dport, cut = struct.unpack("!HHH", data[:6])
+    stream = data[6:]
+    cut = cut % (len(stream) + 1)
+    if not (tlsp.looks_like_tls_record(stream) or httpp.looks_like_request(stream)):
+        # Detection scans segment starts for a late TLS record (SOCKS, proxies): there the
+        # cut decides by design. Streams that start as TLS or HTTP must not depend on it.
+        return
+    whole = _session_names(sport, dport, [stream])
+    split = _session_names(sport, dport, [stream[:cut], stream[cut:]])
+    assert sorted(split) == sorted(whole), f"cut at {cut}: {split} instead of {whole}"
+
+
 def t_reassembly(data: bytes) -> None:
     """Segment sequences (direction, sequence number, payload) through reassembly and on."""
     from iocwatch.flows.session import TcpConnection
@@ -685,6 +714,14 @@ def _session_seeds() -> list[bytes]:
     return out
 
 
+def _split_seeds() -> list[bytes]:
+    out = []
+    for port, kind in ((443, "tls_records"), (80, "http"), (53, "dns_tcp"), (25, "text_streams")):
+        for s in _c(kind)[:16]:
+            out.append(struct.pack("!HHH", 50000, port, len(s) // 3) + s[:8192])
+    return out
+
+
 def _reassembly_seeds() -> list[bytes]:
     out = []
     for s in _c("tls_records")[:8] + _c("http")[:8]:
@@ -728,6 +765,7 @@ def _quic_frames_seeds() -> list[bytes]:
 TARGETS: dict[str, tuple[Target, Callable[[], list[bytes]]]] = {
     "decode": (t_decode, lambda: _c("frames")),
     "reassembly": (t_reassembly, _reassembly_seeds),
+    "tcp_split": (t_tcp_split, _split_seeds),
     "tcp_session": (t_tcp_session, _session_seeds),
     "dns": (t_dns, lambda: _c("dns") + [s[2:] for s in _c("dns_tcp")[:16]]),
     "tls_records": (t_tls_records, lambda: _c("tls_records")),
