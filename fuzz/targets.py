@@ -273,10 +273,25 @@ def t_quic_frames(data: bytes) -> None:
         return
     assert sum(len(d) for _o, d in pkt.crypto) <= len(data)
     check_json(pkt.to_mercury())
-    crypto = quicp.CryptoAssembler()
-    for off, piece in pkt.crypto:
-        crypto.add(off, piece)
-    crypto.first_message()
+    # CRYPTO frames arrive in any order (and in several Initials): the message must not care
+    got = []
+    for frames_in in (pkt.crypto, pkt.crypto[::-1]):
+        crypto = quicp.CryptoAssembler()
+        for off, piece in frames_in:
+            crypto.add(off, piece)
+        got.append(crypto.first_message())
+    if len({(o, len(p)) for o, p in pkt.crypto}) == len(pkt.crypto) and _consistent(pkt.crypto):
+        assert got[0] == got[1], "CRYPTO frames in another order gave another message"
+
+
+def _consistent(pieces: list[tuple[int, bytes]]) -> bool:
+    """Overlapping pieces agree on their common bytes (else first-wins may differ, fairly)."""
+    seen: dict[int, int] = {}
+    for off, piece in pieces:
+        for i, b in enumerate(piece[:4096]):
+            if seen.setdefault(off + i, b) != b:
+                return False
+    return True
 
 
 def t_http(data: bytes) -> None:
@@ -759,7 +774,16 @@ def _quic_frames_seeds() -> list[bytes]:
     out = [b"\x06\x00" + bytes([0x40 | (len(h) + 4) >> 8, (len(h) + 4) & 0xFF]) + b"\x01"
            + len(h).to_bytes(3, "big") + h for h in hello if len(h) + 4 < 0x3FFF]
     out.append(b"\x02\x00\x00\x00\x00\x01\x1c\x0a\x00\x03bye\x00\x00")
+    for h in hello:  # one ClientHello in three CRYPTO frames, out of order, one overlapping
+        msg = b"\x01" + len(h).to_bytes(3, "big") + h
+        a, b = len(msg) // 3, 2 * len(msg) // 3
+        parts = [(b, msg[b:]), (0, msg[: a + 5]), (a, msg[a:b])]
+        out.append(b"".join(b"\x06" + _varint(off) + _varint(len(p)) + p for off, p in parts))
     return out
+
+
+def _varint(v: int) -> bytes:
+    return bytes([0x40 | v >> 8, v & 0xFF]) if v < 0x4000 else (0x80000000 | v).to_bytes(4, "big")
 
 
 TARGETS: dict[str, tuple[Target, Callable[[], list[bytes]]]] = {
