@@ -580,24 +580,31 @@ def _indicator_target(fmt: str) -> Target:
     return target
 
 
+def _cache_source() -> str:
+    """The indicator file the cache target's caches were built from, at a fixed path: a
+    cache's key names its sources, so a saved input must find the same path when replayed."""
+    d = os.path.join(tempfile.gettempdir(), "iocwatch-fuzz-cache-source")
+    os.makedirs(d, exist_ok=True)
+    path = os.path.join(d, "cached.txt")
+    with open(path, "wb") as f:
+        f.write(sd.INDICATORS["plain"][0])
+    return path
+
+
 def t_indicator_cache(data: bytes) -> None:
-    """A cache body as the fuzzer made it, under the key of the file it claims to cache, so
-    damage past the key check is reached (a damaged body with a good key is the hard case)."""
-    import marshal
-
+    """A cache file: raw when it starts with the magic (header checks), else ``data`` is the
+    marshal body, framed with a good checksum so the checks behind it are reached."""
     from iocwatch.indicators import IndicatorSet
+    from iocwatch.indicators.store import CACHE_MAGIC, frame_cache_body
 
-    src = _write("cached.txt", sd.INDICATORS["plain"][0])
-    fresh, _ = IndicatorSet.load([src])
-    key = fresh._key
+    src = _cache_source()
+    raw = data if data.startswith(CACHE_MAGIC) else frame_cache_body(data)
+    cache = _write("cache.bin", raw)
     try:
-        blob = marshal.loads(data)
-    except (EOFError, ValueError, TypeError):
-        blob = None
-    if isinstance(blob, tuple) and len(blob) == 19:
-        data = marshal.dumps(blob[:1] + (key,) + blob[2:])
-    cache = _write("cache.bin", data)
-    got = IndicatorSet.load_cache(cache, [src])
+        got = IndicatorSet.load_cache(cache, [src])
+    except MemoryError:
+        return  # a forged checksum over a body that asks marshal for gigabytes: only whoever
+        # can write the cache file can do that (README: keep it where only the sensor writes)
     if got is None:
         return
     s, report = got
@@ -611,17 +618,18 @@ def t_indicator_cache(data: bytes) -> None:
 
 
 def cache_seeds() -> list[bytes]:
+    """Bodies (and one whole file) of caches of the fixed source file."""
     from iocwatch.indicators import IndicatorSet
+    from iocwatch.indicators.store import _HEADER, CACHE_MAGIC
 
-    out = []
-    for i, text in enumerate(sd.INDICATORS["plain"] + sd.INDICATORS["csv"]):
-        src = _write(f"seed{i}.txt", text)
-        s, _ = IndicatorSet.load([src])
-        cache = os.path.join(_workdir(), f"seed{i}.cache")
-        s.save_cache(cache)
-        with open(cache, "rb") as f:
-            out.append(f.read())
-    return out
+    s, _ = IndicatorSet.load([_cache_source()])
+    cache = os.path.join(_workdir(), "seed.cache")
+    if os.path.exists(cache):
+        os.unlink(cache)
+    s.save_cache(cache)
+    with open(cache, "rb") as f:
+        whole = f.read()
+    return [whole[len(CACHE_MAGIC) + _HEADER.size :], whole]
 
 
 @functools.cache
