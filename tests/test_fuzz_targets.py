@@ -30,6 +30,8 @@ CI_MAX_EXECS = 20_000
 KNOWN_OPEN = {
     "tcp_split": "flows/session.py cuts an HTTP head at '\\n\\n' only when no CRLFCRLF is in "
                  "the buffer yet, so the cut decides whether the Host is reported",
+    "indicator_cache": "indicators/store.py trusts the types inside a cache body whose "
+                       "checksum matches (TypeError at load and at iteration)",
 }
 
 
