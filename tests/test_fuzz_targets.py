@@ -300,3 +300,14 @@ def test_http_blank_line_in_the_request_line_delimiter_is_not_the_end_of_the_hea
     whole = parse_request(head + b" evil.example\r\nAccept: */*\r\n\r\n")
     assert whole.host == "evil.example"
     assert parse_request(b"GET / HTTP/1.0\r\n\r\n").headers == []  # no headers: complete
+
+
+def test_starttls_ldap_refusal_reads_what_follows_in_the_same_segment() -> None:
+    """After a refused StartTLS (resultCode != 0) the rest of that segment was left unread
+    until the next one came: garbage behind it ended the detector only when cut apart."""
+    from iocwatch.protocols.starttls import StartTlsState
+
+    req = bytes.fromhex("301d02010177188016312e332e362e312e342e312e313436362e3230303337")
+    refused = bytes.fromhex("300c02010178070a016504000400")
+    assert _starttls([(True, req), (False, refused + b",,,,")]).state is \
+        StartTlsState.NOT_STARTTLS

@@ -408,9 +408,10 @@ class StartTlsDetector:
                     raise Malformed("ExtendedResponse without resultCode")
                 if _ber_int(code) == 0:
                     self._upgrade(False, bytes(self._buf[0]))
-                else:
-                    self._pending_cmd = False
-                return
+                    return
+                # refused: the messages after it in this segment are read now, as they would
+                # be had they come in the next one
+                self._pending_cmd = False
 
     # --- PostgreSQL ------------------------------------------------------------------------
 
