@@ -273,6 +273,11 @@ def run_sensor(args: argparse.Namespace) -> int:
     contradictions = _given_without(args)
     if contradictions:
         raise UsageError(contradictions[0])
+    from iocwatch.tailgate.options import check_offline  # light: the flags' own module
+
+    refusal = check_offline(args)
+    if refusal:  # before anything is opened or written
+        raise UsageError(refusal)
     records_to = args.output if args.output else (None if args.ioc else "-")
     if args.no_records:
         records_to = None
@@ -407,6 +412,7 @@ def run_sensor(args: argparse.Namespace) -> int:
     if sessions is not None:
         report["tls_sessions"] = {
             "written": sessions.sessions_written, "write_errors": sessions.write_errors,
+            "session_errors": sessions.session_errors, "times_clamped": sessions.times_clamped,
             "certificates_written": sessions.certs.written if sessions.certs else 0}
     if args.stats_json:
         doc = orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n"

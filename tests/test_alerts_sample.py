@@ -104,11 +104,16 @@ def test_hostile_indicator_file_keeps_good_lines(tmp_path):
                     + b"\r\nnot a domain at all!!\r\n")
     binary = tmp_path / "blob.bin"
     binary.write_bytes(bytes(range(256)) * 4)
-    proc = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", SAMPLE, "--ioc", str(ioc),
-                           "--ioc", str(binary)], capture_output=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", SAMPLE, "--ioc", str(ioc)],
+                          capture_output=True, timeout=60)
     assert proc.returncode == 0
     assert {json.loads(x)["normalised"] for x in proc.stdout.splitlines()} == {"zupertech.com"}
-    assert b"bad.txt:2: skipped" in proc.stderr and b"blob.bin:0: skipped" in proc.stderr
+    assert b"bad.txt:2: skipped" in proc.stderr
+    # a file from which nothing loads is refused (exit 2, one line), before any alert
+    proc = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", SAMPLE, "--ioc", str(ioc),
+                           "--ioc", str(binary)], capture_output=True, timeout=60)
+    assert proc.returncode == 2 and proc.stdout == b""
+    assert proc.stderr == f"iocwatch: error: {binary}: no usable indicators: binary file, not text\n".encode()
 
 
 def test_sighup_reloads_indicators_and_a_broken_file_keeps_the_old_set(tmp_path):

@@ -513,12 +513,16 @@ def test_hostile_indicator_files_keep_the_good_lines(tmp_path: Path) -> None:
         b"deftsecurity.com  # still fine\n",  # 9
         b"http://\n",  # 10
     ])
-    blob = bytes(range(256)) * 64  # binary: refused as a whole, reported, not fatal
+    blob = bytes(range(256)) * 64  # binary: nothing loads from it, so the run is refused
     junk = tmp_path / "junk.bin"
     junk.write_bytes(blob)
     ioc = tmp_path / "hostile.txt"
     ioc.write_bytes(text)
-    proc = cli("-r", SAMPLE, "--ioc", ioc, "--ioc", junk)
+    refused = cli("-r", SAMPLE, "--ioc", ioc, "--ioc", junk)
+    assert refused.returncode == 2 and refused.stdout == b"", refused.stderr
+    assert refused.stderr.decode().splitlines() == [
+        f"iocwatch: error: {junk}: no usable indicators: binary file, not text"]
+    proc = cli("-r", SAMPLE, "--ioc", ioc)
     assert proc.returncode == 0, proc.stderr
     alerts = jlines(proc.stdout)
     assert {(a["indicator"]["value"], a["indicator"]["line"]) for a in alerts} == {
@@ -527,8 +531,7 @@ def test_hostile_indicator_files_keep_the_good_lines(tmp_path: Path) -> None:
     skipped = {int(line.split(":")[2]) for line in err.splitlines()
                if line.startswith(f"iocwatch: {ioc}:") and ": skipped: " in line}
     assert skipped == {2, 3, 4, 5, 7, 8, 10}, err
-    assert f"iocwatch: {junk}:0: skipped" in err
-    assert "2 indicators loaded from 2 file(s)" in err
+    assert "2 indicators loaded from 1 file(s)" in err
     assert "Traceback" not in err
 
 
