@@ -42,7 +42,7 @@ def report_load(report: LoadReport, quiet: bool) -> None:
     if not quiet:
         sys.stderr.write(f"iocwatch: {report.loaded} indicators loaded from "
                          f"{len(report.files)} file(s), {report.skipped_total} skipped, "
-                         f"{report.unsupported} unsupported\n")
+                         f"{report.unsupported} unsupported, {report.ignored} ignored\n")
 
 
 def reload_indicators(args: argparse.Namespace, matcher: Matcher) -> bool:
