@@ -16,19 +16,10 @@ import pytest
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
 from iocwatch.indicators import store as istore
+from tests.test_indicators import load
 
 ROOT = Path(__file__).resolve().parent.parent
 PCAP = ROOT / "samples" / "sunburst.pcapng"
-
-
-def load(tmp_path: Path, name: str, content: str | bytes, fmt: str | None = None,
-         **kw: object) -> tuple[IndicatorSet, LoadReport]:
-    p = tmp_path / name
-    if isinstance(content, str):
-        p.write_text(content, encoding="utf-8", newline="")
-    else:
-        p.write_bytes(content)
-    return IndicatorSet.load([str(p)], fmt, **kw)  # type: ignore[arg-type]
 
 
 def balanced(r: LoadReport) -> None:
