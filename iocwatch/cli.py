@@ -180,28 +180,6 @@ def _given_without(args: argparse.Namespace) -> list[str]:
     return bad
 
 
-def _is_indicator_cache(path: str) -> bool:
-    """Whether ``path`` holds an indicator cache iocwatch wrote (so --ioc-cache may replace it).
-
-    Asks :mod:`iocwatch.indicators.store` when it offers a check; else recognises the format it
-    writes: a marshal 19-tuple whose first item is the cache version."""
-    from iocwatch.indicators import store as istore
-
-    for name in ("is_cache_file", "is_cache"):
-        fn = getattr(istore, name, None)
-        if callable(fn):
-            return bool(fn(path))
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(16)
-    except OSError:
-        return False
-    magic = getattr(istore, "CACHE_MAGIC", None)
-    if isinstance(magic, bytes):
-        return head.startswith(magic)
-    return len(head) >= 3 and head[0] & 0x7F == 0x29 and head[1] == 19 and head[2] & 0x7F == 0x69
-
-
 def check_paths(args: argparse.Namespace, records_to: str | None,
                 alerts_to: str | None) -> None:
     """Every output opened or validated, none an input, before anything is read or written."""
@@ -236,7 +214,12 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
             outputs.insert(0, ("--store", path))
     paths.refuse_same(outputs, inputs)
     if args.ioc_cache:  # after refuse_same, which gives the better reason for an input
-        paths.check_cache(args.ioc_cache, _is_indicator_cache)
+        from iocwatch.indicators.store import check_cache_path  # the load checks it so too
+
+        try:
+            check_cache_path(args.ioc_cache)
+        except IndicatorFileError as exc:
+            raise UsageError(f"--ioc-cache {exc}") from None
 
 
 def probe_sinks(args: argparse.Namespace) -> None:

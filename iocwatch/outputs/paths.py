@@ -11,7 +11,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from iocwatch.usage import UsageError
 
@@ -115,13 +115,3 @@ def refuse_same(outputs: Iterable[Named], inputs: Iterable[Named]) -> None:
                              "refusing to overwrite it")
         seen[ident] = (flag, path)
 
-
-def check_cache(path: str, is_cache: Callable[[str], bool]) -> None:
-    """``--ioc-cache`` may replace an earlier cache, never another file (an indicator feed)."""
-    try:
-        st = os.stat(path)
-    except OSError:
-        return
-    if stat.S_ISREG(st.st_mode) and st.st_size and not is_cache(path):
-        raise UsageError(f"--ioc-cache {path}: exists and is not an iocwatch indicator cache; "
-                         "refusing to overwrite it")
