@@ -268,12 +268,12 @@ def check_paths(args: argparse.Namespace) -> None:
     """The alert file can be written and is no input (the store, an indicator file), checked
     before the store is opened or an indicator loaded."""
     from iocwatch.outputs.paths import check_file, refuse_same
+    from iocwatch.store.options import sqlite_path
 
     check_file("--alerts", args.alerts)
     inputs = [("--ioc", p) for p in args.ioc]
-    if "://" not in args.store or args.store.startswith("sqlite://"):
-        store = args.store.split("sqlite://", 1)[-1]
-        store = store[1:] if args.store.startswith("sqlite:///") else store
+    store = sqlite_path(args.store)
+    if store:
         inputs += [("--store", store)]
     outputs = [("--alerts", args.alerts)]
     if args.ioc_cache:

@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from iocwatch.store.db import StoreError, one_line, open_store
 from iocwatch.store.ingest import Converter, IngestStats, ReadStats, ingest_records, read_objects
+from iocwatch.store.options import sqlite_path
 from iocwatch.usage import Parser as _Parser
 from iocwatch.usage import UsageError
 
@@ -143,7 +144,7 @@ def check_flags(args: argparse.Namespace) -> None:
     for path in args.paths:
         if not os.path.exists(path):
             raise UsageError(f"{_shown(path)}: no such file or directory")
-    store_file = _store_file(args.store)
+    store_file = sqlite_path(args.store)
     if store_file is not None:
         from iocwatch.outputs.paths import refuse_same
 
@@ -151,19 +152,9 @@ def check_flags(args: argparse.Namespace) -> None:
                     [("DIR|FILE", p) for p in args.paths if not os.path.isdir(p)])
 
 
-def _store_file(url: str) -> str | None:
-    """The file of a SQLite store (None for PostgreSQL)."""
-    if "://" in url and not url.startswith("sqlite://"):
-        return None
-    for prefix in ("sqlite:///", "sqlite://"):
-        if url.startswith(prefix):
-            return url[len(prefix):] or None
-    return url
-
-
 def _store_files(url: str) -> set[tuple[int, int]]:
     """(st_dev, st_ino) of a SQLite store and its journals, never read as input files."""
-    path = _store_file(url)
+    path = sqlite_path(url)
     out: set[tuple[int, int]] = set()
     for name in ([path, path + "-wal", path + "-shm", path + "-journal"] if path else []):
         try:

@@ -9,10 +9,13 @@ import os
 
 
 def sqlite_path(url: str) -> str | None:
-    """The file of a SQLite store URL (``FILE`` or ``sqlite:///FILE``); None for PostgreSQL."""
-    if url.startswith(("postgresql://", "postgres://")):
-        return None
-    return url[len("sqlite:///"):] if url.startswith("sqlite:///") else url
+    """The file of a SQLite store URL (``FILE``, ``sqlite:///FILE`` or ``sqlite://FILE``, read
+    as :func:`iocwatch.store.db.open_store` reads them); None for PostgreSQL, another scheme or
+    no path."""
+    for prefix in ("sqlite:///", "sqlite://"):
+        if url.startswith(prefix):
+            return url[len(prefix):] or None
+    return None if "://" in url else url or None
 
 
 def store_url(value: str) -> str:
