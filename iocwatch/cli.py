@@ -17,6 +17,7 @@ from iocwatch import __version__
 from iocwatch.capture.files import CaptureError, CaptureReader
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.indicators import FORMATS, IndicatorFileError
+from iocwatch.outputs.paths import reason
 from iocwatch.pipeline import (
     SensorPipeline,
     load_indicators,
@@ -285,7 +286,7 @@ def run_sensor(args: argparse.Namespace) -> int:
         try:  # cache (an output) is written
             reader = CaptureReader(args.read)
         except OSError as exc:  # a device or /proc file that fails on its first read
-            raise UsageError(f"-r {args.read}: cannot read: {(exc.strerror or str(exc)).lower()}")
+            raise UsageError(f"-r {args.read}: cannot read: {reason(exc)}")
     indicators = None
     try:
         if reader is not None:
@@ -318,7 +319,7 @@ def run_sensor(args: argparse.Namespace) -> int:
     except OSError as exc:
         reader.close()
         raise UsageError(f"{exc.filename or records_to}: cannot write: "
-                         f"{(exc.strerror or str(exc)).lower()}")
+                         f"{reason(exc)}")
     matcher = pipeline.matcher
 
     reload_state = {"requested": False, "next": time.monotonic() + args.reload_interval}
@@ -421,7 +422,7 @@ def run_sensor(args: argparse.Namespace) -> int:
         lost["tls_session_write_errors"] = sessions.write_errors
     if write_error is not None:
         sys.stderr.write(f"iocwatch: data lost: {write_error.filename or 'an output'}: "
-                         f"cannot write: {(write_error.strerror or str(write_error)).lower()}\n")
+                         f"cannot write: {reason(write_error)}\n")
     elif lost:
         sys.stderr.write(loss_line(lost) + "\n")
     if interrupted:

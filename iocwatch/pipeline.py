@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
 from iocwatch.matcher import Matcher
 from iocwatch.outputs.alerts import AlertWriter, Deduper
+from iocwatch.outputs.paths import named
 from iocwatch.outputs.records import RecordWriter
 from iocwatch.outputs.sessions import SessionWriter, TlsSession
 
@@ -359,9 +360,7 @@ class SensorPipeline:
             try:
                 obj.close()
             except OSError as exc:
-                if exc.filename is None and not isinstance(exc, BrokenPipeError):
-                    exc.filename = "stdout" if path in (None, "-") else path
-                first = first or exc
+                first = first or named(exc, path)
         if first is not None:
             raise first
 

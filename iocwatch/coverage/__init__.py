@@ -21,6 +21,7 @@ import orjson
 from iocwatch.coverage.builder import CoverageBuilder, CoverageReport, IndicatorMatcher
 from iocwatch.coverage.extract import LABELS, LOCAL_SOURCES, SOURCES, normalise, registrable
 from iocwatch.coverage.render import render_html, render_json, render_png, render_text
+from iocwatch.outputs.paths import reason
 from iocwatch.usage import Parser as _Parser
 from iocwatch.usage import UsageError as _UsageError
 
@@ -173,8 +174,7 @@ def check_inputs(args: argparse.Namespace) -> None:
             try:
                 open(path, "rb").close()
             except OSError as exc:
-                reason = (exc.strerror or str(exc)).lower()
-                raise _UsageError(f"{path}: cannot read: {reason}") from None
+                raise _UsageError(f"{path}: cannot read: {reason(exc)}") from None
             if looks_like_capture(path):
                 if not args.quiet:
                     sys.stderr.write(f"iocwatch coverage: {path} is a capture: reading it "
@@ -237,5 +237,5 @@ def main(argv: list[str], *, records_from_pcap: RecordsFromPcap | None = None,
         return 0
     except OSError as exc:  # a write failed after all (disk full): the path and the reason
         where = f"{exc.filename}: " if exc.filename else ""
-        sys.stderr.write(f"iocwatch: error: {where}{(exc.strerror or str(exc)).lower()}\n")
+        sys.stderr.write(f"iocwatch: error: {where}{reason(exc)}\n")
         return 2

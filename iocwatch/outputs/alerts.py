@@ -20,6 +20,7 @@ import communityid
 import orjson
 
 from iocwatch.observations import MERCURY_PATH, Channel
+from iocwatch.outputs.paths import named
 
 __all__ = [
     "AlertWriter",
@@ -562,9 +563,7 @@ class AlertWriter:
             self._fh.write(orjson.dumps(doc, default=_default, option=orjson.OPT_APPEND_NEWLINE))
             self._fh.flush()
         except OSError as exc:  # a buffered write's error names no file: the message must
-            if exc.filename is None and not isinstance(exc, BrokenPipeError):
-                exc.filename = "stdout" if self.path == "-" else os.fspath(self.path)
-            raise
+            raise named(exc, os.fspath(self.path))
         self.count += 1
 
     def write_many(self, alerts: list[dict]) -> None:

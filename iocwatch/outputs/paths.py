@@ -19,13 +19,21 @@ from iocwatch.usage import UsageError
 Named = tuple[str, str]
 
 
-def _reason(exc: OSError) -> str:
-    """The error in words, lower case, without the errno number."""
+def reason(exc: OSError) -> str:
+    """The error in words, lower case, without the errno number (for one-line messages)."""
     if exc.errno == errno.EACCES or exc.errno == errno.EPERM:
         return "permission denied"
     if exc.errno == errno.EROFS:
         return "read-only file system"
     return (exc.strerror or str(exc)).lower()
+
+
+def named(exc: OSError, path: str | None) -> OSError:
+    """``exc`` naming the output it failed on: a buffered write's error names no file, and the
+    user's message must (``stdout`` for '-' or None). A broken pipe is left as it is."""
+    if exc.filename is None and not isinstance(exc, BrokenPipeError):
+        exc.filename = "stdout" if path in (None, "-") else path
+    return exc
 
 
 def _parent_problem(path: str) -> str | None:
@@ -53,7 +61,7 @@ def check_file(flag: str, path: str) -> None:
             raise UsageError(f"{where}: {why}") from None
         return
     except OSError as exc:
-        raise UsageError(f"{where}: {_reason(exc)}") from None
+        raise UsageError(f"{where}: {reason(exc)}") from None
     if stat.S_ISDIR(st.st_mode):
         raise UsageError(f"{where}: is a directory, not a file")
     if not stat.S_ISREG(st.st_mode):
@@ -63,7 +71,7 @@ def check_file(flag: str, path: str) -> None:
     try:
         os.close(os.open(path, os.O_WRONLY | os.O_APPEND))
     except OSError as exc:
-        raise UsageError(f"{where}: {_reason(exc)}") from None
+        raise UsageError(f"{where}: {reason(exc)}") from None
 
 
 def check_dir(flag: str, path: str) -> None:

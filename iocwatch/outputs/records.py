@@ -7,6 +7,8 @@ from typing import BinaryIO
 
 import orjson
 
+from iocwatch.outputs.paths import named
+
 
 class RecordWriter:
     """Buffered JSON-lines writer; ``-`` means stdout. ``reopen`` serves log rotation."""
@@ -25,7 +27,7 @@ class RecordWriter:
         try:
             self.out.write(orjson.dumps(record) + b"\n")
         except OSError as exc:
-            raise _named(exc, self.path)
+            raise named(exc, self.path)
         self.count += 1
 
     def flush(self) -> None:
@@ -34,7 +36,7 @@ class RecordWriter:
         except BrokenPipeError:
             pass
         except OSError as exc:
-            raise _named(exc, self.path)
+            raise named(exc, self.path)
 
     def reopen(self) -> None:
         self.close()
@@ -44,10 +46,3 @@ class RecordWriter:
         self.flush()
         if self.out is not sys.stdout.buffer:
             self.out.close()
-
-
-def _named(exc: OSError, path: str) -> OSError:
-    """A buffered write's error names no file; the user's message must (``-f PATH: ...``)."""
-    if exc.filename is None and not isinstance(exc, BrokenPipeError):
-        exc.filename = "stdout" if path == "-" else path
-    return exc
