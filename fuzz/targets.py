@@ -614,7 +614,7 @@ def t_indicator_cache(data: bytes) -> None:
     s.match_ip("13.59.205.66")
     s.match_ip("2001:db8::5")
     s.match_url("https://evil.example/path?q=1")
-    list(s)
+    assert len(list(s)) == len(s)
 
 
 def cache_seeds() -> list[bytes]:

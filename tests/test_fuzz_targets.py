@@ -28,10 +28,6 @@ CI_MAX_EXECS = 20_000
 #: targets whose open findings are in code owned elsewhere (reported, not yet fixed): a crash
 #: there is an expected failure with its details, no crash a pass. Empty this when fixed.
 KNOWN_OPEN = {
-    "tcp_split": "flows/session.py cuts an HTTP head at '\\n\\n' only when no CRLFCRLF is in "
-                 "the buffer yet, so the cut decides whether the Host is reported",
-    "indicator_cache": "indicators/store.py trusts the types inside a cache body whose "
-                       "checksum matches (TypeError at load and at iteration)",
 }
 
 

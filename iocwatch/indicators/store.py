@@ -23,6 +23,7 @@ import struct
 from array import array
 from collections import Counter
 from collections.abc import Collection, Iterable
+from itertools import chain, compress
 from typing import Any
 
 from iocwatch import boundary
@@ -667,30 +668,30 @@ class IndicatorSet:
             return None, body
         try:
             blob = marshal.loads(body)  # loads() on the bytes: load() on a file is 3x slower
-        except Exception as e:  # checksum matched, so this is our own writer's fault
-            return None, f"unreadable ({boundary.classify(e)})"
+        except (ValueError, EOFError, TypeError) as e:  # what marshal raises for bad data
+            return None, f"unreadable ({type(e).__name__})"
         del data, body
-        if not isinstance(blob, tuple) or len(blob) != 19 or blob[0] != CACHE_VERSION:
-            return None, "unexpected contents"
-        key = blob[1]
-        want = cls._cache_key(paths, fmt, misp_all, exact)
-        if not isinstance(key, tuple) or not key or key[:-1] != want:
+        try:
+            _check_blob(blob)
+        except CacheDamaged as e:
+            return None, f"inconsistent contents: {e}"
+        if blob[1][:-1] != cls._cache_key(paths, fmt, misp_all, exact):
             return None, None  # built from other files or options: stale, not damaged
         try:
-            for src, digest in key[-1]:
+            for src, digest in blob[1][-1]:
                 try:
                     if _digest(read_file(src)) != digest:
                         return None, None
                 except IndicatorFileError:
                     return None, None
             s = cls._from_blob(blob)
-        except Exception as e:  # a well-formed file with inconsistent contents
+        except Exception as e:  # boundary: _check_blob vouched for the shape; count the rest
             return None, f"inconsistent contents ({boundary.classify(e)})"
         return (s, s._report), None
 
     @classmethod
     def _from_blob(cls, blob: tuple[Any, ...]) -> IndicatorSet:
-        """A set from an unmarshalled cache, every column and index checked, never trusted."""
+        """A set from an unmarshalled cache that :func:`_check_blob` accepted."""
         s = cls()
         (_, s._key, rep, s._values, kinds, flags, fidx, lines, midx, s._metas, s._files,
          s._dom, s._children, s._v4, s._v6, s._urls, s._certs, s._fps, s._dead) = blob
@@ -699,28 +700,6 @@ class IndicatorSet:
         s._file_idx.frombytes(fidx)
         s._lines.frombytes(lines)
         s._meta_idx.frombytes(midx)
-        n = len(s._values)
-        if not (len(s._kinds) == len(s._flags) == len(s._file_idx) == len(s._lines)
-                == len(s._meta_idx) == n):
-            raise ValueError("columns of different lengths")
-        if n and (max(s._kinds) >= len(m.KINDS) or max(s._file_idx) >= len(s._files)
-                  or max(s._meta_idx) >= len(s._metas)):
-            raise ValueError("column index out of range")
-        if not (all(type(v) is str for v in s._values) and all(type(x) is dict for x in s._metas)
-                and all(type(x) is str for x in s._files)):
-            raise ValueError("column of the wrong type")
-        tables = [s._dom, s._children, s._urls, s._certs, *s._fps.values(), *s._v4.values(),
-                  *s._v6.values()]
-        if set(s._fps) != set(m.FINGERPRINT_KINDS) or not all(
-                type(k) is int and 0 <= k <= 128 for k in (*s._v4, *s._v6)):
-            raise ValueError("bad table keys")
-        for t in tables:
-            for v in t.values():
-                if (max(v) if type(v) is tuple else v) >= n or (min(v) if type(v) is tuple
-                                                                 else v) < 0:
-                    raise ValueError("index out of range")
-        if not all(type(i) is int and 0 <= i < n for i in s._dead):
-            raise ValueError("index out of range")
         files, loaded, skipped, unsupported, warnings, dups, total, ignored, reasons = rep
         s._report = LoadReport(files=[FileSummary(*f) for f in files], loaded=loaded,
                                skipped=[tuple(x) for x in skipped],
@@ -745,11 +724,149 @@ class IndicatorSet:
         if got is not None:
             return got[0], got[1], True
         s, report = cls.load(paths, fmt, misp_all=misp_all, exact=exact)
+        try:  # saved before this load's cache warnings: a cache never repeats them later
+            s.save_cache(cache)
+            written = None
+        except OSError as e:
+            written = f"{cache}: cache not written: {e.strerror or e}"
         if damage is not None:
             report.warnings.append(f"{cache}: indicator cache not usable ({damage}), rebuilt"
                                    " from the indicator files")
-        try:
-            s.save_cache(cache)
-        except OSError as e:
-            report.warnings.append(f"{cache}: cache not written: {e.strerror or e}")
+        if written is not None:
+            report.warnings.append(written)
         return s, report, False
+
+
+# ------------------------------------------------------------------ cache validation
+
+
+class CacheDamaged(ValueError):
+    """An unmarshalled cache body that is not what :meth:`IndicatorSet.save_cache` writes.
+
+    The checksum only says the body is the one its writer meant; whoever can write the file
+    can forge it, so every type, index and count is checked before the set is built.
+    """
+
+
+def _types(items: Iterable[Any]) -> set[type]:
+    """The types of ``items``; ``map`` keeps the loop in C (a million items: milliseconds)."""
+    return set(map(type, items))
+
+
+def _need(ok: bool, what: str) -> None:
+    if not ok:
+        raise CacheDamaged(what)
+
+
+def _list_of(x: Any, types: set[type], what: str) -> None:
+    _need(type(x) is list and _types(x) <= types, f"{what} of the wrong type")
+
+
+def _counts(*xs: Any) -> bool:
+    return all(type(x) is int and x >= 0 for x in xs)
+
+
+def _str_counts(d: Any) -> bool:
+    return (type(d) is dict and _types(d) <= {str} and _types(d.values()) <= {int}
+            and (not d or min(d.values()) >= 0))
+
+
+_IS_INT = {int}.__contains__
+_IS_TUPLE = {tuple}.__contains__
+_IS_LIST = {list}.__contains__
+
+
+def _check_table(table: Any, key_types: set[type], n: int, what: str) -> None:
+    """A lookup table: keys of ``key_types``, values a row or a tuple of rows below ``n``."""
+    _need(type(table) is dict and _types(table) <= key_types, f"{what} table of the wrong type")
+    rows: Any = table.values()
+    kinds = _types(rows)
+    _need(kinds <= {int, tuple}, f"{what} table of the wrong type")
+    if tuple in kinds:
+        many = list(compress(rows, map(_IS_TUPLE, map(type, rows))))
+        _need(min(map(len, many)) >= 2 and _types(chain.from_iterable(many)) <= {int},
+              f"{what} table of the wrong type")
+        rows = list(chain(compress(rows, map(_IS_INT, map(type, rows))),
+                          chain.from_iterable(many)))
+    _need(not rows or (min(rows) >= 0 and max(rows) < n), f"{what} table: row out of range")
+
+
+def _check_ip_tables(tables: Any, bits: int, n: int, what: str) -> None:
+    _need(type(tables) is dict and _types(tables) <= {int}, f"{what} tables of the wrong type")
+    for plen, table in tables.items():
+        _need(0 <= plen <= bits, f"{what} prefix length out of range")
+        _check_table(table, {int}, n, what)
+        _need(not table or (min(table) >= 0 and max(table) >> plen == 0),
+              f"{what} network out of range")
+
+
+def _check_report(rep: Any, files: list[str], n: int, dead: set[int]) -> None:
+    """The report's shape, and its counts against the columns: what a load would have said."""
+    _need(type(rep) is tuple and len(rep) == 9, "report of the wrong shape")
+    summaries, loaded, skipped, unsupported, warnings, dups, total, ignored, reasons = rep
+    _need(_counts(loaded, unsupported, dups, total, ignored), "report counts of the wrong type")
+    _list_of(warnings, {str}, "report warnings")
+    _list_of(skipped, {tuple}, "report listing")
+    _need(all(len(x) == 3 and type(x[0]) is str and type(x[1]) is int and type(x[2]) is str
+              for x in skipped), "report listing of the wrong type")
+    _list_of(summaries, {tuple}, "report files")
+    by_reason: dict[str, int] = {}
+    for f in summaries:
+        _need(len(f) == 7 and type(f[0]) is str and type(f[1]) is str and _counts(f[2], f[6])
+              and type(f[3]) is str and (f[4] is None or type(f[4]) is str)
+              and _str_counts(f[5]), "report file of the wrong type")
+        for why, k in f[5].items():
+            by_reason[why] = by_reason.get(why, 0) + k
+    _need(_str_counts(reasons), "report reasons of the wrong type")
+    _need([f[0] for f in summaries] == files, "report files differ from the set's files")
+    _need(loaded == n - len(dead) == sum(f[2] for f in summaries) and dups == len(dead),
+          "report counts differ from the set")
+    _need(by_reason == reasons and sum(reasons.values()) == total + unsupported + ignored,
+          "report reasons do not add up")
+
+
+def _check_blob(blob: Any) -> None:
+    """:class:`CacheDamaged` unless ``blob`` has exactly the shape ``save_cache`` writes.
+
+    Every column, table, key and row index is checked for type and range, and the report
+    against the columns, so that nothing built from it can raise later (at load, match or
+    iteration time). Linear in the set's size, and kept in C loops (``map``, ``set``,
+    ``min``/``max``): a few hundredths of a second per million rows (bench/bench_indicators.py).
+    """
+    _need(type(blob) is tuple and len(blob) == 19 and type(blob[0]) is int
+          and blob[0] == CACHE_VERSION, "unexpected contents")
+    (_, key, rep, values, kinds, flags, fidx, lines, midx, metas, files,
+     dom, children, v4, v6, urls, certs, fps, dead) = blob
+    _need(type(key) is tuple and len(key) > 1 and type(key[-1]) is tuple
+          and all(type(x) is tuple and len(x) == 2 and _types(x) <= {str} for x in key[-1]),
+          "sources of the wrong type")
+    _list_of(values, {str}, "values")
+    n = len(values)
+    _need(all(type(c) is bytes for c in (kinds, flags, fidx, lines, midx)),
+          "columns of the wrong type")
+    _need(len(kinds) == len(flags) == n and len(fidx) == len(lines) == len(midx) == 4 * n,
+          "columns of different lengths")
+    _list_of(files, {str}, "files")
+    _list_of(metas, {dict}, "metadata")
+    _need(_types(chain.from_iterable(metas)) <= {str}, "metadata of the wrong type")
+    meta_values: Any = list(chain.from_iterable(map(dict.values, metas)))
+    meta_types = _types(meta_values)
+    _need(meta_types <= {str, int, list}, "metadata of the wrong type")
+    if list in meta_types:
+        lists = compress(meta_values, map(_IS_LIST, map(type, meta_values)))
+        _need(_types(chain.from_iterable(lists)) <= {str}, "metadata of the wrong type")
+    if n:
+        _need(max(kinds) < len(m.KINDS) and max(memoryview(fidx).cast("I")) < len(files)
+              and max(memoryview(midx).cast("I")) < len(metas), "column index out of range")
+    for table, what in ((dom, "domain"), (children, "subdomain"), (urls, "URL"),
+                        (certs, "certificate")):
+        _check_table(table, {str}, n, what)
+    _need(type(fps) is dict and set(fps) == set(m.FINGERPRINT_KINDS) and len(fps) == len(
+        m.FINGERPRINT_KINDS), "fingerprint tables of the wrong type")
+    for kind, table in fps.items():
+        _check_table(table, {str}, n, kind)
+    _check_ip_tables(v4, 32, n, "IPv4")
+    _check_ip_tables(v6, 128, n, "IPv6")
+    _need(type(dead) is set and _types(dead) <= {int}
+          and (not dead or (min(dead) >= 0 and max(dead) < n)), "duplicate rows: wrong type or out of range")
+    _check_report(rep, files, n, dead)

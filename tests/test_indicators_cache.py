@@ -1,0 +1,162 @@
+"""The indicator cache behind a good checksum (fuzz finding, issue 15): whoever can write the
+file can forge the checksum, so every type, index and count of the body is checked before the
+set is built. A forged body is rebuilt with one warning, never a TypeError at load, match or
+iteration time, and never a report that disagrees with the set."""
+
+from __future__ import annotations
+
+import json
+import marshal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iocwatch.indicators import IndicatorSet
+from iocwatch.indicators import store as istore
+
+HEADER = len(istore.CACHE_MAGIC) + istore._HEADER.size
+PLAIN = ("evil.com\n*.wild.example\nevil.com\n192.0.2.0/24\n198.51.100.7\n2001:db8::/32\n"
+         "http://bad.example/x?q=1\nja3:" + "e" * 32 + "\n" + "ab" * 20 + "\n")
+CSV = "indicator,type,tags,confidence,description\nc2.example,domain,apt;x,90,seen\n" \
+      "203.0.113.9,ip,,low,\n"
+STIX = {"type": "bundle", "objects": [
+    {"type": "indicator", "id": "indicator--1", "pattern_type": "stix", "confidence": 70,
+     "labels": ["malicious-activity"], "name": "n",
+     "pattern": "[domain-name:value = 'stix.example']"}]}
+
+
+@pytest.fixture(autouse=True)
+def _strict(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IOCWATCH_STRICT", "1")  # a TypeError of ours must surface, not count
+
+
+def _sources(tmp_path: Path) -> list[str]:
+    files = {"a.txt": PLAIN, "b.csv": CSV, "c.json": json.dumps(STIX)}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    return [str(tmp_path / name) for name in files]
+
+
+def _cache(tmp_path: Path) -> tuple[list[str], str]:
+    srcs = _sources(tmp_path)
+    cache = str(tmp_path / "ioc.cache")
+    _, _, cached = IndicatorSet.load_cached(srcs, cache=cache)
+    assert not cached
+    return srcs, cache
+
+
+def _blob(cache: str) -> list[Any]:
+    return list(marshal.loads(Path(cache).read_bytes()[HEADER:]))
+
+
+def _forge(cache: str, blob: list[Any]) -> None:
+    Path(cache).write_bytes(istore.frame_cache_body(marshal.dumps(tuple(blob))))
+
+
+def test_every_format_round_trips_through_the_cache(tmp_path: Path) -> None:
+    """The checks accept all the writer writes: metadata lists and ints, dead rows, tables."""
+    srcs, cache = _cache(tmp_path)
+    fresh, report = IndicatorSet.load(srcs)
+    assert report.duplicates == 1
+    s, r, cached = IndicatorSet.load_cached(srcs, cache=cache)
+    assert cached and len(s) == len(fresh) == r.loaded
+    assert sorted(map(repr, s)) == sorted(map(repr, fresh))
+    assert s.match_name("c2.example")[0].meta["tags"] == ["apt", "x"]
+    assert s.match_name("stix.example")[0].meta["confidence"] == 70
+    assert len(s.match_ip("2001:db8::1")) == 1 and len(s.match_ip("192.0.2.9")) == 1
+
+
+def _set(i: int, v: Any) -> Callable[[list[Any]], None]:
+    def edit(b: list[Any]) -> None:
+        b[i] = v
+    return edit
+
+
+def _rep(i: int, v: Any) -> Callable[[list[Any]], None]:
+    def edit(b: list[Any]) -> None:
+        rep = list(b[2])
+        rep[i] = v(rep[i]) if callable(v) else v
+        b[2] = tuple(rep)
+    return edit
+
+
+def _first_table(i: int, f: Callable[[dict[Any, Any]], dict[Any, Any]]
+                 ) -> Callable[[list[Any]], None]:
+    def edit(b: list[Any]) -> None:
+        b[i] = f(dict(b[i]))
+    return edit
+
+
+# each one a distinct site the fuzzer reached (TypeError, AttributeError, wrong counts), or
+# a value that loaded before and raised later, at match or iteration time
+FORGED: dict[str, Callable[[list[Any]], None]] = {
+    "sources not iterable": _set(1, (2, (), "", False, (), ...)),
+    "source not a pair": _set(1, (2, (), "", False, (), (...,))),
+    "values a str": _set(3, "abc"),
+    "value not a str": lambda b: b[3].__setitem__(0, 5),
+    "kinds a list": _set(4, [0]),
+    "flags an ellipsis": _set(5, ...),
+    "file column a list": _set(6, [0]),
+    "line column a str": _set(7, "abcd"),
+    "meta column an ellipsis": _set(8, ...),
+    "meta not a dict": lambda b: b[9].__setitem__(0, "x"),
+    "meta value a set": lambda b: b[9].__setitem__(0, {"k": {1}}),
+    "meta tags not strs": lambda b: b[9].__setitem__(0, {"tags": [1]}),
+    "files an ellipsis": _set(10, ...),
+    "domain table a str": _set(11, "x"),
+    "domain row a str": _first_table(11, lambda d: {**d, "x.example": "0"}),
+    "domain row a float": _first_table(11, lambda d: {**d, "x.example": 0.5}),
+    "domain rows with a str": _first_table(11, lambda d: {**d, "x.example": (0, "1")}),
+    "domain key an int": _first_table(11, lambda d: {**d, 7: 0}),
+    "IPv4 prefix 64": _first_table(13, lambda d: {**d, 64: {1: 0}}),
+    "IPv4 network too wide": _first_table(13, lambda d: {**d, 8: {256: 0}}),
+    "IPv6 tables a list": _set(14, [1]),
+    "fingerprint tables a str": _set(17, "ja3"),
+    "fingerprint table missing": _first_table(17, lambda d: {k: d[k] for k in list(d)[1:]}),
+    "ja4 table an ellipsis": _first_table(17, lambda d: {**d, "ja4": ...}),
+    "dead rows a str": _set(18, "x"),
+    "dead row out of range": _set(18, {10**6}),
+    "report an ellipsis": _set(2, ...),
+    "report loaded off by one": _rep(1, lambda x: x + 1),
+    "report duplicates off": _rep(5, 0),
+    "report file loaded off": _rep(0, lambda fs: [(f[0], f[1], f[2] + 1, *f[3:]) for f in fs]),
+    "report file a str": _rep(0, ["x"]),
+    "report reasons do not add up": _rep(8, {"malformed": 3}),
+    "report warning not a str": _rep(4, [...]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FORGED))
+def test_forged_body_with_good_checksum_is_rebuilt_once(tmp_path: Path, name: str) -> None:
+    """Before: TypeError/AttributeError at load (re-raised under IOCWATCH_STRICT), or a set
+    that raised at match or iteration time, or a report whose counts were not the set's."""
+    srcs, cache = _cache(tmp_path)
+    blob = _blob(cache)
+    FORGED[name](blob)
+    _forge(cache, blob)
+    got, damage = IndicatorSet._load_cache(cache, srcs, None, False, ())
+    assert got is None and damage is not None and damage.startswith("inconsistent contents: ")
+    s, r, cached = IndicatorSet.load_cached(srcs, cache=cache)
+    assert not cached and r.loaded == len(s) == len(list(s))
+    assert [w for w in r.warnings if "indicator cache not usable" in w] == [
+        f"{cache}: indicator cache not usable ({damage}), rebuilt from the indicator files"]
+    s, r, cached = IndicatorSet.load_cached(srcs, cache=cache)  # rewritten, good again
+    assert cached and len(s.match_ip("192.0.2.1")) == 1
+    assert not any("not usable" in w for w in r.warnings)  # the rebuild's warning not cached
+
+
+def test_marshal_type_error_is_damage(tmp_path: Path) -> None:
+    """marshal raises TypeError for some bad data (a NULL in a list): damage, not our bug."""
+    srcs, cache = _cache(tmp_path)
+    Path(cache).write_bytes(istore.frame_cache_body(b"[\x01\x00\x00\x000"))
+    got, damage = IndicatorSet._load_cache(cache, srcs, None, False, ())
+    assert got is None and damage == "unreadable (TypeError)"
+
+
+def test_stale_cache_is_not_damaged(tmp_path: Path) -> None:
+    srcs, cache = _cache(tmp_path)
+    assert IndicatorSet._load_cache(cache, srcs[:1], None, False, ()) == (None, None)
+    Path(srcs[0]).write_text("other.example\n")
+    assert IndicatorSet._load_cache(cache, srcs, None, False, ()) == (None, None)
