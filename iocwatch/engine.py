@@ -80,16 +80,6 @@ class EngineConfig:
     max_buffered_bytes: int = BUFFERED_MAX
 
 
-def evict_oldest(table: dict, bound: int) -> list:
-    """Remove and return the oldest keys of a full insertion-ordered dict: a batch of
-    bound/EVICT_SHARE, not one, because finding a dict's first key scans past the slots that
-    earlier deletions left at its front; one scan per batch keeps insertion O(1) amortised."""
-    keys = list(islice(table, max(1, bound // EVICT_SHARE)))
-    for k in keys:
-        del table[k]
-    return keys
-
-
 @dataclass(slots=True)
 class _QuicServerWait:
     """A QUIC connection whose ClientHello was read, until the server's Initial brings the
@@ -411,14 +401,23 @@ class Engine:
                     evicted += 1
         self.stats["evicted_tcp_buffering"] += evicted
 
+    def _evict_oldest(self, table: dict, bound: int, counter: str) -> None:
+        """Free the oldest entries of a full insertion-ordered table, counted as ``counter``: a
+        batch of bound/EVICT_SHARE, not one, because finding a dict's first key scans past the
+        slots that earlier deletions left at its front; one scan per batch keeps insertion O(1)
+        amortised."""
+        keys = list(islice(table, max(1, bound // EVICT_SHARE)))
+        for k in keys:
+            del table[k]
+        self.table_work += len(keys)
+        self.stats[counter] += len(keys)
+
     def _mark_done(self, key: bytes) -> None:
         """Remember a finished direction for the fast path; a full table forgets its oldest."""
         done = self.done
         if key not in done:
             if len(done) >= self.max_done:
-                n = len(evict_oldest(done, self.max_done))
-                self.table_work += n
-                self.stats["evicted_done"] += n
+                self._evict_oldest(done, self.max_done, "evicted_done")
             done[key] = None
 
     def _sweep(self, now: int) -> None:
@@ -464,9 +463,7 @@ class Engine:
             seen = self.udp_seen
             if fkey not in seen:
                 if len(seen) >= self.max_udp_seen - 1:
-                    n = len(evict_oldest(seen, self.max_udp_seen))
-                    self.table_work += n
-                    self.stats["evicted_udp_seen"] += n
+                    self._evict_oldest(seen, self.max_udp_seen, "evicted_udp_seen")
                 # both directions: a query and its answer are one flow, as a TCP connection is
                 seen[fkey] = None
                 seen[dst + src + l4[2:4] + l4[:2]] = None
@@ -503,9 +500,7 @@ class Engine:
         if spent is None:
             spent = 0
             if len(budget) >= self.max_quic_sources:  # a forgotten source starts afresh
-                n = len(evict_oldest(budget, self.max_quic_sources))
-                self.table_work += n
-                self.stats["evicted_quic_sources"] += n
+                self._evict_oldest(budget, self.max_quic_sources, "evicted_quic_sources")
         elif spent >= QUIC_INITIALS_PER_SOURCE:
             self.stats["quic_initials_capped"] += 1
             return
@@ -563,9 +558,7 @@ class Engine:
                 if old is not None:  # replaced (as before the bound existed), its bytes freed
                     self.quic_crypto_bytes -= old.crypto.size
                 while len(servers) >= self.max_quic_connections:
-                    self.table_work += 1
-                    self._quic_server_end(*next(iter(servers.items())))
-                    self.stats["evicted_quic_servers"] += 1
+                    self._evict_quic_server()
                 servers[skey] = _QuicServerWait(pkt.dcid, session, sec)
                 self._quic_mark_done(key, [pkt.dcid])
             break
@@ -574,19 +567,11 @@ class Engine:
         """CRYPTO frames into an assembler, under one byte budget for all of them: past it,
         the oldest waiting ClientHellos are given up (the bytes are what a flood inflates)."""
         for off, data in frames:
-            before = len(asm.pieces)
-            asm.add(off, data)
-            if len(asm.pieces) != before or asm.pieces.get(off) is data:
-                asm.size += len(data)
-                self.quic_crypto_bytes += len(data)
+            self.quic_crypto_bytes += asm.add(off, data)
         while self.quic_crypto_bytes > self.max_quic_crypto_bytes and self.quic_crypto:
             self._evict_quic_crypto()
-        if self.quic_crypto_bytes > self.max_quic_crypto_bytes:
-            servers = self.quic_servers
-            while self.quic_crypto_bytes > self.max_quic_crypto_bytes and servers:
-                self.table_work += 1
-                self._quic_server_end(*next(iter(servers.items())))
-                self.stats["evicted_quic_servers"] += 1
+        while self.quic_crypto_bytes > self.max_quic_crypto_bytes and self.quic_servers:
+            self._evict_quic_server()
 
     def _evict_quic_crypto(self) -> None:
         """Give up the oldest batch of half-received ClientHellos."""
@@ -598,13 +583,17 @@ class Engine:
         self.table_work += len(batch)
         self.stats["evicted_quic_crypto"] += len(batch)
 
+    def _evict_quic_server(self) -> None:
+        """Stop waiting for the server of the oldest waiting ClientHello (its session goes out)."""
+        self.table_work += 1
+        self._quic_server_end(*next(iter(self.quic_servers.items())))
+        self.stats["evicted_quic_servers"] += 1
+
     def _quic_mark_done(self, key: bytes, cids: list[bytes]) -> None:
         """A finished QUIC flow direction; a full table forgets its oldest."""
         done = self.quic_done
         if key not in done and len(done) >= self.max_quic_done:
-            n = len(evict_oldest(done, self.max_quic_done))
-            self.table_work += n
-            self.stats["evicted_quic_done"] += n
+            self._evict_oldest(done, self.max_quic_done, "evicted_quic_done")
         done[key] = cids
 
     def _quic_server(self, wait: _QuicServerWait, key: bytes, payload: bytes,

@@ -289,12 +289,17 @@ class CryptoAssembler:
         self.delivered = False
         self.size = 0
 
-    def add(self, offset: int, data: bytes) -> None:
+    def add(self, offset: int, data: bytes) -> int:
+        """Hold one frame; the bytes it added to :attr:`size` (what a byte budget counts: a
+        longer frame at a held offset counts whole)."""
         if self.delivered or len(self.pieces) >= MAX_FRAGMENTS or offset + len(data) > MAX_CRYPTO:
-            return
+            return 0
         old = self.pieces.get(offset)
         if old is None or len(data) > len(old):
             self.pieces[offset] = data
+            self.size += len(data)
+            return len(data)
+        return 0
 
     def first_message(self) -> tuple[int, bytes] | None:
         """(handshake type, body) once the first message is contiguous from offset 0."""
