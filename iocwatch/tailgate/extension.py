@@ -35,7 +35,7 @@ from iocwatch.outputs.sessions import TlsSession
 from iocwatch.protocols import x509
 from iocwatch.tailgate.cache import CacheError, ProbeCache
 from iocwatch.tailgate.hello import profile
-from iocwatch.tailgate.options import Network, check_offline, default_cache_path
+from iocwatch.tailgate.options import Network, default_cache_path
 from iocwatch.tailgate.probe import (
     PortPicker,
     ProbeResult,
@@ -44,7 +44,7 @@ from iocwatch.tailgate.probe import (
     quic_available,
     warm_up,
 )
-from iocwatch.usage import UsageError, redact_url
+from iocwatch.usage import redact_url
 
 KNOWN_MAX = 65536  # keys remembered in memory (beyond: the cache's database still answers)
 DEST_WINDOW = 60.0  # seconds over which --tailgate-per-dest counts
@@ -61,9 +61,8 @@ def make(args: argparse.Namespace, pipeline: Any) -> Tailgater | None:
         sys.stderr.write("iocwatch: warning: tailgating from a config file is not used with -r "
                          "(the capture may be old): give --tailgate on the command line\n")
         return None
-    refusal = check_offline(args)
-    if refusal:
-        raise UsageError(refusal)
+    # -r without --tailgate-offline-ok never gets here: cli.run_sensor refuses it (check_offline)
+    # before any output is opened
     workers = getattr(args, "workers", 1) if getattr(args, "interface", None) else 1
     cache = None
     store = getattr(args, "store", None)
