@@ -411,19 +411,24 @@ class Dissector:
     def _http(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
         buf += data
-        end = buf.find(b"\r\n\r\n")
-        sep = 4
-        if end < 0:
-            end = buf.find(b"\n\n")
-            sep = 2
+        if d.requests and not httpp.could_be_request(buf):
+            d.state = State.DONE  # what follows a request is not one (as for ``rest`` below)
+            buf.clear()
+            return b""
+        # Where the head ends is http.py's one rule (its earliest blank line): cutting here by
+        # any other search made the sender's segmentation decide whether the Host was seen.
+        try:
+            end = httpp.head_end(buf)
+        except Malformed:
+            end = len(buf)  # not a request line: parse_request below says so and counts it
         if end < 0:
             if len(buf) > HTTP_MAX_HEADER:
                 self.stats["malformed_http_header_too_long"] += 1
                 d.state = State.DONE
                 buf.clear()
             return b""
-        head = bytes(buf[: end + sep])
-        rest = bytes(buf[end + sep :])
+        head = bytes(buf[:end])
+        rest = bytes(buf[end:])
         buf.clear()
         try:
             req = httpp.parse_request(head)
@@ -458,7 +463,7 @@ class Dissector:
         if length:
             d.skip = length
             d.state = State.HTTP_BODY
-        elif rest and not httpp.looks_like_request(rest):
+        elif rest and not httpp.could_be_request(rest):
             d.state = State.DONE
             return b""
         return rest

@@ -169,6 +169,13 @@ def looks_like_request(data: bytes) -> bool:
     return data[:12].startswith(_METHODS)
 
 
+def could_be_request(data: bytes) -> bool:
+    """``looks_like_request``, or too short to tell: a segment may end inside the method of
+    the next pipelined request, and the cut must not decide whether it is read."""
+    head = bytes(data[:12])
+    return head.startswith(_METHODS) or any(m.startswith(head) for m in _METHODS)
+
+
 def _is_upper(b: bytes) -> bool:
     return all(0x41 <= c <= 0x5A for c in b)
 
@@ -177,13 +184,36 @@ def _is_alpha(c: int) -> bool:
     return 0x41 <= c <= 0x5A or 0x61 <= c <= 0x7A
 
 
-def _head_complete(data: bytes) -> bool:
-    return b"\r\n\r\n" in data or b"\n\n" in data or b"\n\r\n" in data
+#: blank lines that end a head anywhere after the request line (CRLF CRLF, LF LF)
+_BLANK = (b"\r\n\r\n", b"\n\n")
+#: after the first header also an LF-ended line followed by a CRLF blank line; inside the
+#: request line's delimiter mercury reads "\n\r\n" as one line end, so it ends nothing there
+_BLANK_AFTER_LINE = (*_BLANK, b"\n\r\n")
 
 
-def parse_request(data: bytes, final: bool = False) -> HttpRequest:
-    """Parse a request head; Truncated while it may still be incomplete (unless ``final``)."""
-    data = bytes(data[:_MAX_INPUT])
+def _earliest_end(data: bytes, forms: tuple[bytes, ...], start: int, stop: int) -> int:
+    """End of the first of ``forms`` to end in ``data[start:stop]`` (-1 if none)."""
+    best = -1
+    for form in forms:
+        i = data.find(form, start, stop)
+        if i >= 0 and (best < 0 or i + len(form) < best):
+            best = i + len(form)
+    return best
+
+
+def _head_end(data: bytes, end: int, pos: int) -> int:
+    """Offset just past the blank line that ends the head, -1 while none has arrived.
+
+    ``end`` is where the request line ends and ``pos`` where its delimiter run ends. The
+    earliest blank line wins, so the answer for a stream never depends on where it was cut:
+    a blank line once found stays the earliest whatever bytes follow.
+    """
+    e = _earliest_end(data, _BLANK, end, pos)
+    return e if e >= 0 else _earliest_end(data, _BLANK_AFTER_LINE, pos, len(data))
+
+
+def _request_line(data: bytes, final: bool) -> tuple[bytes, bytes, bytes, int, int]:
+    """Method, URI, protocol, where the line ends and where its delimiter run ends."""
     n = len(data)
     sp = data.find(b" ", 0, 17)
     if sp < 0:
@@ -209,14 +239,39 @@ def parse_request(data: bytes, final: bool = False) -> HttpRequest:
     pos = end
     while pos < n and not _is_alpha(data[pos]):
         pos += 1
-    delim = data[end:pos]
-    # The head is complete at a blank line after the first header, not at one inside the
-    # request line's own delimiter ("\n\r\n" is read as one line end): else a segment ending
-    # in "\n\r\nHost:" would be reported with an empty Host, and the name behind it never.
-    if not final and n < MAX_HEAD and not (
-            _head_complete(data[pos:]) or pos >= n and _head_complete(delim)):
-        raise Truncated("header block incomplete")
-    headers, rest = _parse_headers(data, pos, delim)
+    return method, uri, protocol, end, pos
+
+
+def head_end(data: bytes) -> int:
+    """Length of the request head at the start of a stream's bytes, -1 while it may still be
+    incomplete; Malformed when they are not an HTTP request. The one rule for where a head
+    ends: ``parse_request`` reads exactly these bytes as the head, and the TCP dissector cuts
+    its stream here, so how the sender segments the stream cannot change what is reported."""
+    data = bytes(data[:_MAX_INPUT])
+    try:
+        _, _, _, end, pos = _request_line(data, False)
+    except Truncated:
+        return -1
+    return _head_end(data, end, pos)
+
+
+def parse_request(data: bytes, final: bool = False) -> HttpRequest:
+    """Parse a request head; Truncated while it may still be incomplete (unless ``final``)."""
+    data = bytes(data[:_MAX_INPUT])
+    n = len(data)
+    method, uri, protocol, end, pos = _request_line(data, final)
+    # The head ends at its earliest blank line (head_end), never at one inside the request
+    # line's own delimiter ("\n\r\n" is read as one line end): else a segment ending in
+    # "\n\r\nHost:" would be reported with an empty Host, and the name behind it never.
+    stop = _head_end(data, end, pos)
+    if stop < 0:
+        if not final and n < MAX_HEAD:
+            raise Truncated("header block incomplete")
+        stop = n  # the stream ended (or the head is too long): parsed as it stands
+    head = data[:stop]
+    pos = min(pos, stop)
+    delim = head[end:pos]
+    headers, rest = _parse_headers(head, pos, delim)
     body = data[rest : rest + _BODY_MAX] if rest is not None and rest < n else None
     req = HttpRequest(
         method=mercury_text(method), uri=mercury_text(uri), protocol=mercury_text(protocol),
