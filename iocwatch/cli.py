@@ -161,6 +161,9 @@ def _given_without(args: argparse.Namespace) -> list[str]:
                          ("--alert-format", args.alert_format != "json")):
             if on and typed(flag):
                 bad.append(f"{flag}: only with --ioc or --ioc-exact (there is nothing to match)")
+    if args.interface is not None and args.fail_on_alert and typed("--fail-on-alert"):
+        bad.append("--fail-on-alert: only with -r (live capture runs until stopped; watch its "
+                   "alerts instead)")
     from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH
 
     for flag, on, needs in (

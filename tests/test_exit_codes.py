@@ -298,6 +298,8 @@ def test_contradictory_flags_are_exit_2_with_the_reason(tmp_path: Path, flags: l
 @pytest.mark.parametrize("flags,word", [
     (["--net-streams", "alerts"], "--net-streams: only with --syslog, --udp or --tcp"),
     (["--syslog-facility", "local3"], "only with --syslog"),
+    (["--ioc", str(ROOT / "rules" / "sunburst.txt"), "--alerts", "/dev/null", "--fail-on-alert"],
+     "--fail-on-alert: only with -r"),
 ])
 def test_live_flags_without_their_output_are_exit_2(flags: list[str], word: str) -> None:
     one_error(run("-i", "lo", "--no-records", *flags, timeout=30), word)
