@@ -411,6 +411,10 @@ class Dissector:
     def _http(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
         buf += data
+        if d.requests:  # RFC 9112 2.2: a server reads past empty lines before a request line
+            blank = len(buf) - len(buf.lstrip(b"\r\n"))
+            if blank:
+                del buf[:blank]
         if d.requests and not httpp.could_be_request(buf):
             d.state = State.DONE  # what follows a request is not one (as for ``rest`` below)
             buf.clear()
@@ -463,7 +467,7 @@ class Dissector:
         if length:
             d.skip = length
             d.state = State.HTTP_BODY
-        elif rest and not httpp.could_be_request(rest):
+        elif rest and not httpp.could_be_request(rest.lstrip(b"\r\n")):
             d.state = State.DONE
             return b""
         return rest
