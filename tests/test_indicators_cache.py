@@ -147,12 +147,30 @@ def test_forged_body_with_good_checksum_is_rebuilt_once(tmp_path: Path, name: st
     assert not any("not usable" in w for w in r.warnings)  # the rebuild's warning not cached
 
 
-def test_marshal_type_error_is_damage(tmp_path: Path) -> None:
-    """marshal raises TypeError for some bad data (a NULL in a list): damage, not our bug."""
+BAD_CODE = Path(__file__).parent / "regressions" / "indicator_cache" / \
+    "414d07aa3398284e9f25fc5dbe67972d9de2a777"
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b"[\x01\x00\x00\x000", "TypeError"),  # a NULL in a list
+    (BAD_CODE.read_bytes(), "SystemError"),  # a malformed code object (fuzz finding)
+])
+def test_marshal_errors_are_damage(tmp_path: Path, body: bytes, error: str) -> None:
+    """marshal raises TypeError and SystemError for some bad data: damage, not our bug."""
     srcs, cache = _cache(tmp_path)
-    Path(cache).write_bytes(istore.frame_cache_body(b"[\x01\x00\x00\x000"))
+    Path(cache).write_bytes(istore.frame_cache_body(body))
     got, damage = IndicatorSet._load_cache(cache, srcs, None, False, ())
-    assert got is None and damage == "unreadable (TypeError)"
+    assert got is None and damage == f"unreadable ({error})"
+
+
+def test_code_object_is_the_wrong_type(tmp_path: Path) -> None:
+    """marshal builds code objects (never runs them); none belongs in a cache."""
+    srcs, cache = _cache(tmp_path)
+    blob = _blob(cache)
+    blob[3] = [compile("1", "x", "eval")]
+    _forge(cache, blob)
+    got, damage = IndicatorSet._load_cache(cache, srcs, None, False, ())
+    assert got is None and damage == "inconsistent contents: values of the wrong type"
 
 
 def test_stale_cache_is_not_damaged(tmp_path: Path) -> None:

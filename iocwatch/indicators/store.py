@@ -668,7 +668,9 @@ class IndicatorSet:
             return None, body
         try:
             blob = marshal.loads(body)  # loads() on the bytes: load() on a file is 3x slower
-        except (ValueError, EOFError, TypeError) as e:  # what marshal raises for bad data
+        except (ValueError, EOFError, TypeError, SystemError) as e:
+            # what marshal raises for bad data (SystemError: a malformed code object); a
+            # forged count can still make it allocate gigabytes: keep the file sensor-only
             return None, f"unreadable ({type(e).__name__})"
         del data, body
         try:
