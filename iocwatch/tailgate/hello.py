@@ -24,8 +24,6 @@ from functools import cache
 
 from iocwatch.protocols.tls import ClientHello, is_grease
 
-PROFILES = ("observed", "browser")
-
 #: a common browser's TLS 1.2 offer, OpenSSL names in the browser's order
 BROWSER_CIPHERS = (
     "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
