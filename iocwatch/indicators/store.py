@@ -833,7 +833,8 @@ def _check_blob(blob: Any) -> None:
     Every column, table, key and row index is checked for type and range, and the report
     against the columns, so that nothing built from it can raise later (at load, match or
     iteration time). Linear in the set's size, and kept in C loops (``map``, ``set``,
-    ``min``/``max``): a few hundredths of a second per million rows (bench/bench_indicators.py).
+    ``min``/``max``): 0.18-0.29 s of CPU for 1 M domains and 100 k networks, measured on a loaded
+    2-core machine, against 0.5-0.85 s for ``marshal.loads`` itself.
     """
     _need(type(blob) is tuple and len(blob) == 19 and type(blob[0]) is int
           and blob[0] == CACHE_VERSION, "unexpected contents")
