@@ -11,15 +11,18 @@ from pathlib import Path
 
 import pytest
 
-from iocwatch import live, live_options
+from iocwatch import live_options
 from iocwatch.capture.live import DEFAULT_FILTER, check_filter, default_filter
 from iocwatch.config import ConfigError, parse_args_with_config
-from iocwatch.outputs.sockets import (
+from iocwatch.outputs.streams import (
+    FileOutput,
     OutputError,
     SyslogOutput,
     TcpOutput,
     UdpOutput,
+    open_outputs,
     parse_hostport,
+    parse_rotate,
 )
 
 
@@ -47,19 +50,19 @@ def cli_parser():
 
 
 def test_parse_rotate() -> None:
-    assert live.parse_rotate("1h") == ("time", 3600.0)
-    assert live.parse_rotate("30m") == ("time", 1800.0)
-    assert live.parse_rotate("2d") == ("time", 172800.0)
-    assert live.parse_rotate("100M") == ("size", float(100 << 20))
-    assert live.parse_rotate("1G") == ("size", float(1 << 30))
-    assert live.parse_rotate("512k") == ("size", 512.0 * 1024)
+    assert parse_rotate("1h") == ("time", 3600.0)
+    assert parse_rotate("30m") == ("time", 1800.0)
+    assert parse_rotate("2d") == ("time", 172800.0)
+    assert parse_rotate("100M") == ("size", float(100 << 20))
+    assert parse_rotate("1G") == ("size", float(1 << 30))
+    assert parse_rotate("512k") == ("size", 512.0 * 1024)
     for bad in ("", "5", "1x", "0s", "-1h", "1.5h"):
-        with pytest.raises(live.LiveError):
-            live.parse_rotate(bad)
+        with pytest.raises(OutputError):
+            parse_rotate(bad)
 
 
 def test_size_rotation_keeps_every_line_whole(tmp_path: Path) -> None:
-    f = live.RotatingFile(str(tmp_path / "r.json"), ("size", 1000.0))
+    f = FileOutput(str(tmp_path / "r.json"), ("size", 1000.0))
     for chunk in _chunks(500):
         f.write(chunk)
     f.close()
@@ -72,7 +75,7 @@ def test_size_rotation_keeps_every_line_whole(tmp_path: Path) -> None:
 
 def test_time_rotation_and_reopen(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
-    f = live.RotatingFile(str(path), ("time", 1.0))
+    f = FileOutput(str(path), ("time", 1.0))
     f.write(b'{"a":1}\n')
     f.tick()
     assert not f.rotated  # not due yet
@@ -90,10 +93,8 @@ def test_time_rotation_and_reopen(tmp_path: Path) -> None:
 
 
 def test_outputs_route_streams_and_refuse_two_stdouts(tmp_path: Path) -> None:
-    args = argparse.Namespace(rotate=None, net_streams="records,alerts", syslog=False,
-                              udp=None, tcp=None)
-    outs = live.open_outputs(args, {"records": str(tmp_path / "r"),
-                                    "alerts": str(tmp_path / "a"), "sessions": None})
+    outs = open_outputs({"records": str(tmp_path / "r"), "alerts": str(tmp_path / "a"),
+                         "sessions": None}, net_streams="records,alerts")
     outs.write("records", b'{"r":1}\n')
     outs.write("alerts", b'{"a":1}\n{"a":2}\n')
     outs.write("sessions", b'{"s":1}\n')  # no destination: counted, dropped
@@ -101,14 +102,13 @@ def test_outputs_route_streams_and_refuse_two_stdouts(tmp_path: Path) -> None:
     assert (tmp_path / "r").read_bytes() == b'{"r":1}\n'
     assert (tmp_path / "a").read_bytes().count(b"\n") == 2
     assert outs.lines == {"records": 1, "alerts": 2, "sessions": 1}
-    with pytest.raises(live.LiveError):
-        live.open_outputs(args, {"records": "-", "alerts": "-", "sessions": None})
-    with pytest.raises(live.LiveError, match="no such directory"):
-        live.open_outputs(args, {"records": str(tmp_path / "no" / "r"), "alerts": None,
-                                 "sessions": None})
-    args.net_streams = "records,bogus"
-    with pytest.raises(live.LiveError, match="bogus"):
-        live.open_outputs(args, {"records": None, "alerts": None, "sessions": None})
+    with pytest.raises(OutputError):
+        open_outputs({"records": "-", "alerts": "-", "sessions": None})
+    with pytest.raises(OutputError, match="no such directory"):
+        open_outputs({"records": str(tmp_path / "no" / "r"), "alerts": None, "sessions": None})
+    with pytest.raises(OutputError, match="bogus"):
+        open_outputs({"records": None, "alerts": None, "sessions": None},
+                     net_streams="records,bogus")
 
 
 def test_udp_output_one_datagram_per_line() -> None:
@@ -251,7 +251,7 @@ def test_rotate_keep_deletes_the_oldest_rotated_files_of_this_and_earlier_runs(t
     for o in old:  # left by an earlier run
         o.write_text("{}\n")
     (tmp_path / "r.json.notes").write_text("not ours")
-    f = live.RotatingFile(str(path), ("size", 1000.0), keep=3)
+    f = FileOutput(str(path), ("size", 1000.0), keep=3)
     for chunk in _chunks(300):
         f.write(chunk)
     f.close()
