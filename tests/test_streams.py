@@ -67,6 +67,8 @@ def test_a_full_disk_names_the_file() -> None:
     with pytest.raises(OSError) as err:
         alerts.write({"name": "a.example"})  # flushed after every alert
     assert err.value.filename == "/dev/full" and alerts.count == 0
+    with pytest.raises(OSError):
+        alerts.close()
 
 
 def test_stdout_with_its_reader_gone_stops_a_file_run_but_not_live_capture() -> None:
