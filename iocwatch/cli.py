@@ -17,14 +17,9 @@ from iocwatch import __version__
 from iocwatch.capture.files import CaptureError, CaptureReader
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.indicators import FORMATS, IndicatorFileError
+from iocwatch.outputs.consumers import loss_line, losses
 from iocwatch.outputs.paths import reason
-from iocwatch.pipeline import (
-    SensorPipeline,
-    load_indicators,
-    loss_line,
-    losses,
-    report_load,
-)
+from iocwatch.pipeline import SensorPipeline, load_indicators, report_load
 from iocwatch.usage import Parser as _Parser
 from iocwatch.usage import UsageError
 
@@ -310,7 +305,7 @@ def run_sensor(args: argparse.Namespace) -> int:
                               indicators)
 
     if args.interface is not None:
-        from iocwatch.live import run_live
+        from iocwatch.workers import run_live
 
         return run_live(args, make_pipeline, {"records": records_to,
                                               "alerts": alerts_to if args.ioc else None,

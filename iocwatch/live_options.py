@@ -1,7 +1,7 @@
 """The live-capture flags (``-i`` and its companions), apart from the capture itself:
 building the command line, and refusing live flags given with ``-r``, must not import the
 capture workers, libpcap and multiprocessing, which ``iocwatch -r`` never uses (see
-:mod:`iocwatch.live`)."""
+:mod:`iocwatch.workers`)."""
 
 from __future__ import annotations
 

@@ -208,7 +208,7 @@ def test_output_failing_mid_run_is_exit_4_naming_it(flags: list[str]) -> None:
 
 
 def test_live_loss_warning_at_most_once_a_minute() -> None:
-    from iocwatch.pipeline import LossWatch
+    from iocwatch.workers import LossWatch
 
     w = LossWatch(every=60)
     assert w.check({"store_db_errors": 0, "packets": 9}, 0.0) is None

@@ -1,4 +1,4 @@
-"""Multi-worker live capture (iocwatch.live) on a namespace lab with real clients and servers.
+"""Multi-worker live capture (iocwatch.workers) on a namespace lab with real clients and servers.
 
 One run covers: 2 fanout workers, the default kernel prefilter (IPv4, IPv6, an 802.1Q VLAN,
 a ClientHello spread over several segments, TLS 1.2 certificate chains with intermediates),

@@ -9,20 +9,20 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from enum import Enum
-from typing import IO, Any, Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import communityid
 import orjson
 
 from iocwatch.observations import MERCURY_PATH, Channel
-from iocwatch.outputs.paths import named
+from iocwatch.outputs.streams import LineStream, open_stream
 
 __all__ = [
+    "AlertSink",
     "AlertWriter",
     "Deduper",
     "IndicatorLike",
@@ -512,42 +512,32 @@ def _default(obj: Any) -> Any:
 
 
 class AlertWriter:
-    """orjson lines to a file (appended) or ``-`` for stdout, flushed after every alert.
+    """orjson lines into a line stream (a file, appended, or ``-`` for stdout), flushed after
+    every alert; ``stream`` overrides where the lines go (a live worker's pipe).
 
-    ``reopen()`` closes and reopens the file so log rotation works on SIGHUP; a signal
-    handler should call ``request_reopen()`` instead, which only sets a flag that the next
-    ``write`` acts on, so a write is never interrupted half way.
+    ``reopen()`` reopens the file so log rotation works on SIGHUP; a signal handler should
+    call ``request_reopen()`` instead, which only sets a flag that the next ``write`` acts on,
+    so a write is never interrupted half way.
     """
 
-    __slots__ = ("path", "fmt", "count", "_fh", "_owned", "_reopen")
+    __slots__ = ("path", "fmt", "count", "_out", "_closed", "_reopen")
 
     def __init__(self, path: str, fmt: Literal["json", "ecs"] = "json",
-                 fh: IO[bytes] | None = None) -> None:
+                 stream: LineStream | None = None) -> None:
         if fmt not in ("json", "ecs"):
             raise ValueError(f"unknown alert format {fmt!r}")
         self.path = path
         self.fmt = fmt
         self.count = 0
         self._reopen = False
-        self._fh: IO[bytes] | None = fh
-        self._owned = False
-        if fh is None:
-            self._open()
-
-    def _open(self) -> None:
-        if self.path == "-":
-            self._fh, self._owned = sys.stdout.buffer, False
-        else:
-            self._fh = open(os.fspath(self.path), "ab")  # noqa: SIM115 - lives as long as self
-            self._owned = True
+        self._out: LineStream = stream if stream is not None else open_stream(os.fspath(path))
+        self._closed = False
 
     def reopen(self) -> None:
         """Close and reopen the file (a no-op for stdout)."""
         self._reopen = False
-        if self.path == "-":
-            return
-        self.close()
-        self._open()
+        self._out.reopen()
+        self._closed = False
 
     def request_reopen(self) -> None:
         """Async-signal-safe: mark the file for reopening before the next write."""
@@ -556,14 +546,11 @@ class AlertWriter:
     def write(self, alert: dict) -> None:
         if self._reopen:
             self.reopen()
-        if self._fh is None:
+        if self._closed:
             raise ValueError("write to a closed AlertWriter")
         doc = to_ecs(alert) if self.fmt == "ecs" else alert
-        try:
-            self._fh.write(orjson.dumps(doc, default=_default, option=orjson.OPT_APPEND_NEWLINE))
-            self._fh.flush()
-        except OSError as exc:  # a buffered write's error names no file: the message must
-            raise named(exc, os.fspath(self.path))
+        self._out.write(orjson.dumps(doc, default=_default, option=orjson.OPT_APPEND_NEWLINE))
+        self._out.flush()
         self.count += 1
 
     def write_many(self, alerts: list[dict]) -> None:
@@ -571,15 +558,47 @@ class AlertWriter:
             self.write(alert)
 
     def close(self) -> None:
-        if self._fh is not None:
-            if self._owned:
-                self._fh.close()
-            else:
-                self._fh.flush()
-        self._fh = None
+        if not self._closed:
+            self._closed = True
+            self._out.close()
 
     def __enter__(self) -> AlertWriter:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class AlertSink:
+    """Matcher output: optional dedupe, then the writer.
+
+    ``matches`` counts what the matcher produced, :attr:`count` the alert lines written: with
+    ``--dedupe`` several matches fold into one line, and the summary reports lines."""
+
+    def __init__(self, writer: AlertWriter, dedupe: float):
+        self.writer = writer
+        self.deduper = Deduper(dedupe) if dedupe > 0 else None
+        self.matches = 0
+        self.now = 0.0
+
+    @property
+    def count(self) -> int:
+        """Alert lines written so far (what a reader of the alert file sees)."""
+        return self.writer.count
+
+    def __call__(self, alert: dict) -> None:
+        self.matches += 1
+        if self.deduper is None:
+            self.writer.write(alert)
+        else:
+            start = alert.get("event_start")
+            self.now = start if isinstance(start, float) else self.now
+            self.writer.write_many(self.deduper.add(alert, self.now))
+
+    def flush(self) -> None:
+        if self.deduper is not None:
+            self.writer.write_many(self.deduper.flush())
+
+    def close(self) -> None:
+        self.flush()
+        self.writer.close()

@@ -1,33 +1,23 @@
-"""Mercury-compatible records as JSON lines (orjson), to a file or stdout."""
+"""Mercury-compatible records as JSON lines (orjson), into a line stream (a file or stdout)."""
 
 from __future__ import annotations
 
-import sys
-from typing import BinaryIO
-
 import orjson
 
-from iocwatch.outputs.paths import named
+from iocwatch.outputs.streams import LineStream, open_stream
 
 
 class RecordWriter:
-    """Buffered JSON-lines writer; ``-`` means stdout. ``reopen`` serves log rotation."""
+    """One JSON line per record; ``path`` ``-`` means stdout, ``stream`` overrides where the
+    lines go (a live worker's pipe to the writer process). ``reopen`` serves log rotation."""
 
-    def __init__(self, path: str, out: BinaryIO | None = None):
+    def __init__(self, path: str, stream: LineStream | None = None):
         self.path = path
         self.count = 0
-        self.out: BinaryIO = out if out is not None else self._open()
-
-    def _open(self) -> BinaryIO:
-        if self.path == "-":
-            return sys.stdout.buffer
-        return open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 - long-lived
+        self.out: LineStream = stream if stream is not None else open_stream(path)
 
     def write(self, record: dict) -> None:
-        try:
-            self.out.write(orjson.dumps(record) + b"\n")
-        except OSError as exc:
-            raise named(exc, self.path)
+        self.out.write(orjson.dumps(record) + b"\n")
         self.count += 1
 
     def flush(self) -> None:
@@ -35,14 +25,10 @@ class RecordWriter:
             self.out.flush()
         except BrokenPipeError:
             pass
-        except OSError as exc:
-            raise named(exc, self.path)
 
     def reopen(self) -> None:
-        self.close()
-        self.out = self._open()
+        self.out.reopen()
 
     def close(self) -> None:
         self.flush()
-        if self.out is not sys.stdout.buffer:
-            self.out.close()
+        self.out.close()

@@ -26,11 +26,12 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, BinaryIO
+from typing import Any
 
 from cryptography import x509 as cx509
 
 from iocwatch.boundary import classify
+from iocwatch.outputs.streams import LineStream, open_stream
 from iocwatch.protocols.fingerprints import client_fingerprints, server_fingerprints
 from iocwatch.protocols.tls import ClientHello, ServerHello
 from iocwatch.protocols.x509 import Certificate
@@ -467,11 +468,8 @@ class SessionWriter:
         if json_dir is not None:
             _check_dir(json_dir)
         self.certs = CertDumper(cert_dir, pem) if cert_dir is not None else None
-        self.stream: BinaryIO | None = None
-        if stream == "-":
-            self.stream = sys.stdout.buffer
-        elif stream is not None:
-            self.stream = open(stream, "ab")  # noqa: SIM115 - lives as long as the writer
+        #: where ``--session-records`` lines go (a live worker sets its pipe here)
+        self.stream: LineStream | None = open_stream(stream) if stream is not None else None
 
     @property
     def certs_written(self) -> int:
@@ -521,6 +519,5 @@ class SessionWriter:
                 self.stream.flush()
             except OSError:
                 self.write_errors += 1
-            if self.stream is not sys.stdout.buffer:
-                self.stream.close()
+            self.stream.close()
             self.stream = None

@@ -33,7 +33,7 @@ NOTE_AFTER = 1.0  # seconds close() waits silently before saying what it waits f
 
 
 def make(args: argparse.Namespace, pipeline: Any) -> StoreExtension | None:
-    """The pipeline factory (pipeline.EXTENSIONS)."""
+    """The consumer factory (iocwatch.outputs.consumers.CONSUMERS)."""
     url = getattr(args, "store", None)
     if not url:
         return None

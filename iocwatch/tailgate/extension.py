@@ -156,7 +156,7 @@ class _Job:
 
 
 class Tailgater:
-    """The pipeline extension (see :class:`iocwatch.pipeline.Extension`)."""
+    """The pipeline consumer (see :class:`iocwatch.outputs.consumers.Consumer`)."""
 
     def __init__(self, pipeline: Any, *, cache: ProbeCache, ttl: float = 86400.0,
                  fail_ttl: float = 3600.0, timeout: float = 3.0, rate: float = 5.0,

@@ -98,7 +98,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def make_extension(args: argparse.Namespace, pipeline: Any) -> Any:
-    """``pipeline.EXTENSIONS`` factory: a Redis publisher when ``--publish`` was given."""
+    """``outputs.consumers.CONSUMERS`` factory: a Redis publisher when ``--publish`` is given."""
     if not getattr(args, "publish", None):
         return None
     from iocwatch.transport.redis import make_publisher

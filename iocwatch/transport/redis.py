@@ -156,7 +156,7 @@ class RedisPublisher:
 
 
 class PublishExtension:
-    """The sensor :class:`~iocwatch.pipeline.Extension` behind ``--publish``."""
+    """The sensor :class:`~iocwatch.outputs.consumers.Consumer` behind ``--publish``."""
 
     def __init__(self, publisher: RedisPublisher, flush: float) -> None:
         self.publisher = publisher

@@ -1,12 +1,14 @@
-"""Live sensor orchestration: N capture workers in one PACKET_FANOUT group, one writer.
+"""Live capture workers: N capture processes in one PACKET_FANOUT group, one writer.
 
 Each worker is a forked process with its own libpcap handle, Engine (reassembly) and
 pipeline (matcher); it turns packets into finished output lines and sends them over a pipe.
-The parent is the only writer of every output, so lines never interleave, and it owns
-rotation, SIGHUP reopening and the stats lines. The handles are opened (and joined to the
-fanout group) by the parent before ``--user`` drops root, so workers never need privileges.
+The parent is the only writer of every output (the line streams of
+:mod:`iocwatch.outputs.streams`), so lines never interleave, and it owns rotation, SIGHUP
+reopening and the stats lines. The handles are opened (and joined to the fanout group) by the
+parent before ``--user`` drops root, so workers never need privileges.
 
-The CLI (``iocwatch -i``) calls :func:`run_live` with iocwatch.pipeline.SensorPipeline.
+The sensor command (``iocwatch -i``) calls :func:`run_live` with
+iocwatch.pipeline.SensorPipeline.
 """
 
 from __future__ import annotations
@@ -14,24 +16,23 @@ from __future__ import annotations
 import argparse
 import multiprocessing
 import os
-import re
 import signal
 import sys
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
-from typing import Any, BinaryIO, Protocol
+from typing import Any, Protocol
 
 import orjson
 
 from iocwatch.capture.files import CaptureError
 from iocwatch.capture.live import LiveCapture, check_filter
 from iocwatch.engine import Engine, EngineConfig
+from iocwatch.outputs.consumers import FAILING_COUNTERS, LOSS_COUNTERS, loss_line, losses
 from iocwatch.outputs.sessions import TlsSession
-from iocwatch.outputs.sockets import OutputError, SyslogOutput, TcpOutput, UdpOutput
-from iocwatch.pipeline import LossWatch, loss_line, losses
+from iocwatch.outputs.streams import OutputError, Outputs, open_outputs, parse_rotate
+from iocwatch.privileges import PrivilegeError, drop_privileges, lookup_user
 
-STREAMS = ("records", "alerts", "sessions")
 WORKER_WAIT_MS = 100  # longest a worker sleeps in poll(): signal and stop latency
 WORKER_STATS_EVERY = 1.0
 DRAIN_BATCHES = 10_000  # packets still in the ring at stop: read until empty, but bounded
@@ -46,7 +47,8 @@ class Pipeline(Protocol):
     """What a worker needs from the lead's wiring: callbacks for the Engine, lines out.
 
     ``attach`` is called once in the worker with the function that takes finished output
-    (stream name in :data:`STREAMS`, one or more whole JSON lines ending in newline).
+    (a stream name of :data:`iocwatch.outputs.streams.STREAMS`, one or more whole JSON lines
+    ending in newline).
     """
 
     flow_hook: Callable[[dict], None] | None
@@ -57,7 +59,7 @@ class Pipeline(Protocol):
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None: ...
 
     def tick(self) -> None:
-        """Between batches: extensions hand over finished background work."""
+        """Between batches: consumers hand over finished background work."""
 
     def close(self) -> None:
         """End of capture: emit whatever is held back (deduplicated alerts...), close."""
@@ -68,250 +70,6 @@ class Pipeline(Protocol):
     def counters(self) -> dict[str, int]:
         """Numbers for the stats line (e.g. ``{"alerts": 3}``)."""
         ...
-
-
-# -- outputs: files with rotation, stdout, sockets ---------------------------------------------
-
-_SIZE = re.compile(r"^(\d+)([kKmMgG]?)$")
-_TIME = re.compile(r"^(\d+)([smhd])$")
-
-
-def parse_rotate(spec: str) -> tuple[str, float]:
-    """``"1h"`` / ``"30m"`` / ``"86400s"`` -> ("time", seconds); ``"100M"`` -> ("size", bytes)."""
-    text = spec.strip()
-    m = _TIME.match(text)
-    if m:
-        secs = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
-        if secs < 1:
-            raise LiveError(f"--rotate: interval must be positive, got {spec!r}")
-        return "time", float(secs)
-    m = _SIZE.match(text)
-    if m and m.group(2):
-        size = int(m.group(1)) << {"k": 10, "m": 20, "g": 30}[m.group(2).lower()]
-        if size < 1:
-            raise LiveError(f"--rotate: size must be positive, got {spec!r}")
-        return "size", float(size)
-    raise LiveError(f"--rotate: expected e.g. 1h, 30m, 1d (time) or 100M, 1G (size), got {spec!r}")
-
-
-class RotatingFile:
-    """An append-only JSON-lines file that rotates between writes, never inside a line.
-
-    Every write is a chunk of whole lines, so a rotation between two writes cannot split a
-    line; the rotated file is renamed to ``PATH.YYYYmmdd-HHMMSS[.N]`` and a new PATH opened.
-    """
-
-    def __init__(self, path: str, rotate: tuple[str, float] | None = None, keep: int = 0):
-        self.path = path
-        self.rotate = rotate
-        self.keep = keep  # rotated files to keep (0: all); older ones, earlier runs' too, go
-        self.rotated: list[str] = []
-        self.deleted = 0
-        self._stamp, self._seq = "", 0
-        self.fh: BinaryIO = self._open()
-
-    def _open(self) -> BinaryIO:
-        fh = open(self.path, "ab", buffering=1 << 16)  # noqa: SIM115 - long-lived
-        self.opened = time.time()
-        self.size = fh.tell()
-        return fh
-
-    def _due(self, incoming: int) -> bool:
-        if self.rotate is None:
-            return False
-        kind, limit = self.rotate
-        if kind == "time":
-            return time.time() - self.opened >= limit
-        return self.size > 0 and self.size + incoming > limit
-
-    def write(self, chunk: bytes) -> None:
-        if self._due(len(chunk)):
-            self.do_rotate()
-        self.fh.write(chunk)
-        self.size += len(chunk)
-
-    def tick(self) -> None:
-        """Time rotation on a quiet stream too (an empty file is not rotated)."""
-        if self.rotate is not None and self.rotate[0] == "time" and self.size and self._due(0):
-            self.do_rotate()
-
-    def do_rotate(self) -> None:
-        self.fh.close()
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime())
-        # within one second the suffix only grows (a pruned name is not reused), so the
-        # names keep sorting in rotation order
-        n = self._seq + 1 if stamp == self._stamp else 0
-        target = f"{self.path}.{stamp}" + (f".{n}" if n else "")
-        while os.path.exists(target):
-            n += 1
-            target = f"{self.path}.{stamp}.{n}"
-        self._stamp, self._seq = stamp, n
-        os.rename(self.path, target)
-        self.rotated.append(target)
-        self.fh = self._open()
-        if self.keep:
-            self._prune()
-
-    def _prune(self) -> None:
-        """Delete the oldest rotated files beyond ``keep`` (names sort by their stamp)."""
-        folder, base = os.path.split(os.path.abspath(self.path))
-        stamped = re.compile(re.escape(base) + r"\.\d{8}-\d{6}(\.\d+)?$")
-        try:
-            names = [n for n in os.listdir(folder) if stamped.match(n)]
-        except OSError:
-            return
-
-        def order(name: str) -> tuple[str, int]:
-            stamp, _, n = name[len(base) + 1 :].partition(".")
-            return stamp, int(n or 0)
-
-        for name in sorted(names, key=order)[: max(0, len(names) - self.keep)]:
-            try:
-                os.unlink(os.path.join(folder, name))
-                self.deleted += 1
-            except OSError:
-                pass
-
-    def flush(self) -> None:
-        self.fh.flush()
-
-    def reopen(self) -> None:
-        """SIGHUP (logrotate moved the file): continue in a fresh file at PATH."""
-        self.fh.close()
-        self.fh = self._open()
-
-    def close(self) -> None:
-        self.fh.close()
-
-
-class StdoutOutput:
-    def __init__(self) -> None:
-        self.fh = sys.stdout.buffer
-
-    def write(self, chunk: bytes) -> None:
-        try:
-            self.fh.write(chunk)
-        except BrokenPipeError:
-            pass
-
-    def tick(self) -> None:
-        pass
-
-    def flush(self) -> None:
-        try:
-            self.fh.flush()
-        except BrokenPipeError:
-            pass
-
-    def reopen(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.flush()
-
-
-class Outputs:
-    """Stream name -> destinations; the parent's single writer."""
-
-    def __init__(self) -> None:
-        self.routes: dict[str, list[Any]] = {s: [] for s in STREAMS}
-        self.all: list[Any] = []
-        self.lines: dict[str, int] = dict.fromkeys(STREAMS, 0)
-
-    def add(self, streams: list[str], dest: Any) -> None:
-        self.all.append(dest)
-        for s in streams:
-            self.routes[s].append(dest)
-
-    def write(self, stream: str, chunk: bytes) -> None:
-        self.lines[stream] += chunk.count(b"\n")
-        for dest in self.routes.get(stream, ()):
-            dest.write(chunk)
-
-    def _each(self, method: str) -> None:
-        for dest in self.all:
-            fn = getattr(dest, method, None)
-            if fn is not None:
-                try:
-                    fn()
-                except OSError as exc:
-                    sys.stderr.write(f"iocwatch: output {method} failed: {exc}\n")
-
-    def tick(self) -> None:
-        self._each("tick")
-        self._each("flush")
-
-    def reopen(self) -> None:
-        self._each("reopen")
-
-    def close(self) -> None:
-        self._each("close")
-
-    def socket_stats(self) -> dict[str, dict[str, int]]:
-        out = {}
-        for dest in self.all:
-            if isinstance(dest, SyslogOutput | UdpOutput | TcpOutput):
-                out[type(dest).__name__] = {"sent": dest.sent, "dropped": dest.dropped}
-        return out
-
-
-def open_outputs(args: argparse.Namespace, pipeline_streams: dict[str, str | None]) -> Outputs:
-    """Files (with --rotate), stdout and sockets; any failure is a LiveError before capture."""
-    rotate = parse_rotate(args.rotate) if getattr(args, "rotate", None) else None
-    outs = Outputs()
-    stdout_streams = [s for s, path in pipeline_streams.items() if path == "-"]
-    if len(stdout_streams) > 1:
-        raise LiveError("only one of records, alerts and session records can go to stdout")
-    if stdout_streams:
-        outs.add(stdout_streams, StdoutOutput())
-    for stream, path in pipeline_streams.items():
-        if path is None or path == "-":
-            continue
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise LiveError(f"cannot write {path}: no such directory {folder}")
-        try:
-            outs.add([stream], RotatingFile(path, rotate, getattr(args, "rotate_keep", 0)))
-        except OSError as exc:
-            raise LiveError(f"cannot write {path}: {exc.strerror or exc}")
-    net = [s.strip() for s in getattr(args, "net_streams", "records,alerts").split(",") if s.strip()]
-    bad = [s for s in net if s not in STREAMS]
-    if bad:
-        raise LiveError(f"--net-streams: unknown stream {bad[0]!r} (records, alerts, sessions)")
-    try:
-        if getattr(args, "syslog", False):
-            outs.add(net, SyslogOutput(args.syslog_socket, args.syslog_facility))
-        for target in getattr(args, "udp", None) or []:
-            outs.add(net, UdpOutput(target))
-        for target in getattr(args, "tcp", None) or []:
-            outs.add(net, TcpOutput(target))
-    except OutputError as exc:
-        raise LiveError(str(exc))
-    return outs
-
-
-# -- arguments -------------------------------------------------------------------------------
-
-def lookup_user(user: str) -> tuple[int, int]:
-    """(uid, gid) of ``user``, checked before capture starts."""
-    import pwd
-
-    try:
-        pw = pwd.getpwnam(user)
-    except KeyError:
-        raise LiveError(f"no such user: {user}")
-    return pw.pw_uid, pw.pw_gid
-
-
-def drop_privileges(ids: tuple[int, int], name: str = "") -> None:
-    """Become that user and group for good (supplementary groups dropped too)."""
-    uid, gid = ids
-    try:
-        os.setgroups([])
-        os.setgid(gid)
-        os.setuid(uid)
-    except OSError as exc:
-        raise LiveError(f"cannot become {name or uid}: {exc.strerror or exc}")
 
 
 # -- the worker --------------------------------------------------------------------------------
@@ -457,6 +215,34 @@ _SNAPSHOT_KEYS = frozenset({
     "final"})
 
 
+class LossWatch:
+    """Live capture keeps running while a sink fails; this says so on stderr, at most once per
+    ``every`` seconds, and only when errors or losses grew since the last warning."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        self.every = every
+        self.warned_at: float | None = None
+        self.seen: dict[str, int] = {}
+
+    def check(self, counters: dict[str, int], now: float) -> str | None:
+        """The warning line to write now, or None. ``counters``: summed worker counters and
+        losses (the keys of :data:`LOSS_COUNTERS` and :data:`FAILING_COUNTERS`)."""
+        keys = [k for k in (*FAILING_COUNTERS, *LOSS_COUNTERS) if counters.get(k, 0) > 0]
+        grew = [k for k in keys if counters[k] > self.seen.get(k, 0)]
+        if not grew or (self.warned_at is not None and now - self.warned_at < self.every):
+            return None
+        self.warned_at = now
+        self.seen = {k: counters[k] for k in keys}
+        failing = [f"{FAILING_COUNTERS[k]}: {counters[k]}" for k in keys if k in FAILING_COUNTERS]
+        lost = losses(counters)
+        parts = []
+        if failing:
+            parts.append("a sink is failing (" + ", ".join(failing) + "); capture goes on")
+        if lost:
+            parts.append(loss_line(lost).removeprefix("iocwatch: data lost: "))
+        return "iocwatch: warning: " + "; ".join(parts)
+
+
 class StatsPrinter:
     """Per-worker snapshots summed into one line, with rates since the previous line."""
 
@@ -469,7 +255,7 @@ class StatsPrinter:
         keys = ("packets", "bytes", "received", "dropped_kernel", "dropped_interface", "flows",
                 "records", "names", "alerts", "malformed", "packet_errors")
         out: dict = {k: sum(int(w.get(k, 0)) for w in self.latest.values()) for k in keys}
-        ext: dict[str, int] = {}  # extensions' counters (pipeline.counters() beyond alerts)
+        ext: dict[str, int] = {}  # consumers' counters (pipeline.counters() beyond alerts)
         for w in self.latest.values():
             for k, v in w.items():
                 if k not in _SNAPSHOT_KEYS and isinstance(v, int) and not isinstance(v, bool):
@@ -540,7 +326,7 @@ def run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
     """
     try:
         return _run_live(args, make_pipeline, streams)
-    except (LiveError, CaptureError) as exc:
+    except (LiveError, CaptureError, OutputError, PrivilegeError) as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")
         return 2
 
@@ -559,7 +345,12 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
             group = os.getpid() & 0xFFFF
             for cap in caps:
                 cap.join_fanout(group)
-        outputs = open_outputs(args, streams)
+        outputs = open_outputs(
+            streams, rotate=getattr(args, "rotate", None), keep=getattr(args, "rotate_keep", 0),
+            net_streams=getattr(args, "net_streams", "records,alerts"),
+            syslog_socket=args.syslog_socket if getattr(args, "syslog", False) else None,
+            syslog_facility=getattr(args, "syslog_facility", "local0"),
+            udp=getattr(args, "udp", None) or (), tcp=getattr(args, "tcp", None) or ())
     except BaseException:
         for cap in caps:
             cap.close()
@@ -592,7 +383,7 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
     if user is not None:
         try:
             drop_privileges(user, args.user)
-        except LiveError as exc:
+        except PrivilegeError as exc:
             fatal.append(str(exc))
             flags["stop"] = True
     # The parent keeps its references but never closes a handle while workers run: the
@@ -668,7 +459,8 @@ def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
 
 
 def _live_counters(printer: StatsPrinter, outputs: Outputs) -> dict[str, int]:
-    """The workers' sink counters (store, publisher) summed, and the network outputs' drops."""
+    """The workers' consumer counters (store, publisher) summed, and the network outputs'
+    drops."""
     out: dict[str, int] = {}
     for w in printer.latest.values():
         for k, v in w.items():
@@ -679,5 +471,5 @@ def _live_counters(printer: StatsPrinter, outputs: Outputs) -> dict[str, int]:
 
 
 def _live_losses(printer: StatsPrinter, outputs: Outputs) -> dict[str, int]:
-    """What the workers' sinks and the network outputs lost."""
+    """What the workers' consumers and the network outputs lost."""
     return losses(_live_counters(printer, outputs))
