@@ -15,7 +15,7 @@ from itertools import islice
 from struct import unpack_from
 
 from iocwatch.decode.packet import Decoder
-from iocwatch.flows.session import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
+from iocwatch.flows.dissector import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
 from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
 from iocwatch.observations import NAME_CHANNELS, Observation
 from iocwatch.outputs.sessions import TlsSession

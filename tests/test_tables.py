@@ -8,7 +8,7 @@ import struct
 from collections.abc import Iterator
 
 from iocwatch.engine import IDLE_TIMEOUT, QUIC_SERVER_WAIT, SWEEP_EVERY, Engine, EngineConfig
-from iocwatch.flows import session
+from iocwatch.flows import dissector
 from tests import pktbuild as pb
 from tests.test_quic import CLIENT_HELLO_FRAME, protect
 
@@ -165,7 +165,7 @@ def test_quic_initial_flood_from_many_sources_is_bounded_everywhere():
 
 def test_dns_cache_holds_a_bounded_number_of_bytes(monkeypatch):
     """Distinct large DNS messages: the parse cache frees itself by bytes, not only by count."""
-    monkeypatch.setattr(session, "DNS_CACHE_BYTES", 20_000)
+    monkeypatch.setattr(dissector, "DNS_CACHE_BYTES", 20_000)
     eng, records = engine()
     pkts = []
     for i in range(200):
@@ -218,7 +218,7 @@ def test_certificate_json_cache_holds_a_bounded_number_of_bytes(monkeypatch):
 
     from tests.test_x509 import _build, _name
 
-    monkeypatch.setattr(session, "CERT_JSON_BYTES", 5_000)
+    monkeypatch.setattr(dissector, "CERT_JSON_BYTES", 5_000)
     ders = [_build(subject=_name((NameOID.COMMON_NAME, f"c{i}.example.test")), serial=1000 + i)
             for i in range(30)]
     eng, _ = engine()
