@@ -128,9 +128,9 @@ def run_flood(name: str, n: int) -> dict:
         eng.run(chunk)
         times.append((len(chunk), time.process_time() - start))
     tables = {"tcp_flows": len(eng.flow_order), "done": len(eng.done),
-              "udp_seen": len(eng.udp_seen), "quic_done": len(eng.quic_done),
-              "quic_budget": len(eng.quic_budget), "quic_crypto": len(eng.quic_crypto),
-              "quic_crypto_bytes": eng.quic_crypto_bytes, "quic_servers": len(eng.quic_servers)}
+              "udp_seen": len(eng.udp_seen), "quic_done": len(eng.quic.done),
+              "quic_budget": len(eng.quic.budget), "quic_crypto": len(eng.quic.crypto),
+              "quic_crypto_bytes": eng.quic.crypto_bytes, "quic_servers": len(eng.quic.servers)}
     start = time.process_time()
     eng.finish()
     finish = time.process_time() - start

@@ -379,7 +379,7 @@ def t_decode(data: bytes) -> None:
 
 
 def _dissector() -> Any:
-    from iocwatch.flows.session import Dissector
+    from iocwatch.flows.dissector import Dissector
 
     return Dissector(x509.CertificateCache(64, strict_check=False), Counter())
 
@@ -396,7 +396,7 @@ def _check_events(events: list, data_len: int) -> int:
 
 def t_tcp_session(data: bytes) -> None:
     """A TCP connection's reassembled bytes, both directions, into the dissector."""
-    from iocwatch.flows.session import TcpConnection
+    from iocwatch.flows.dissector import TcpConnection
 
     if len(data) < 4:
         return
@@ -416,7 +416,7 @@ def t_tcp_session(data: bytes) -> None:
 
 
 def _session_names(sport: int, dport: int, chunks: list[bytes]) -> list[tuple[str, str]]:
-    from iocwatch.flows.session import TcpConnection
+    from iocwatch.flows.dissector import TcpConnection
 
     dis = _dissector()
     conn = TcpConnection(sport, dport)
@@ -446,7 +446,7 @@ def t_tcp_split(data: bytes) -> None:
 
 def t_reassembly(data: bytes) -> None:
     """Segment sequences (direction, sequence number, payload) through reassembly and on."""
-    from iocwatch.flows.session import TcpConnection
+    from iocwatch.flows.dissector import TcpConnection
     from iocwatch.flows.tcp import ReassemblyLimits, TcpStream
 
     if len(data) < 5:

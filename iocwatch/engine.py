@@ -8,14 +8,22 @@ lookup, with no object created. Everything else takes :meth:`Engine.packet`.
 from __future__ import annotations
 
 import socket
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from struct import unpack_from
 
 from iocwatch.decode.packet import Decoder
-from iocwatch.flows.session import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
+from iocwatch.flows.dissector import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
+from iocwatch.flows.quic import (
+    QUIC_CONNECTIONS_MAX,
+    QUIC_CRYPTO_BYTES_MAX,
+    QUIC_DONE_MAX,
+    QUIC_SOURCES_MAX,
+    QuicTracker,
+)
+from iocwatch.flows.tables import EVICT_SHARE, evict_oldest
 from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
 from iocwatch.observations import NAME_CHANNELS, Observation
 from iocwatch.outputs.sessions import TlsSession
@@ -27,18 +35,12 @@ SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 IDLE_TIMEOUT = 120  # seconds of capture time without a packet before a flow is dropped
 SWEEP_EVERY = 30
 # Every table keyed per flow or per address has a hard bound: floods (SYNs, scans, one-packet
-# UDP flows, QUIC Initials) fill it, and the oldest entries go, counted as evicted_<table>.
+# UDP flows, QUIC Initials) fill it, and the oldest entries go, counted as evicted_<table>
+# (flows/tables.py; the QUIC tables and their bounds are in flows/quic.py).
 FLOWS_MAX = 150_000  # TCP connections held (least recently used one evicted beyond): ~140 MB
 DONE_MAX = 500_000  # finished TCP directions remembered for the fast path (cheap to relearn)
 UDP_SEEN_MAX = 500_000  # UDP 5-tuple directions already handed to the flow hook
-QUIC_DONE_MAX = 200_000  # finished QUIC flow directions, skipped unread
-QUIC_SOURCES_MAX = 65_536  # source addresses with a QUIC decryption budget this period
-QUIC_CONNECTIONS_MAX = 10_000  # QUIC connections waiting for CRYPTO data or a server Initial
-QUIC_CRYPTO_BYTES_MAX = 16 << 20  # CRYPTO bytes those connections may hold, all together
-QUIC_INITIALS_PER_SOURCE = 2_000  # decryption attempts per source address per sweep period
-QUIC_SERVER_WAIT = 30  # seconds a ClientHello waits for the server's Initial (its ServerHello)
 BUFFERED_MAX = 64 << 20  # bytes all connections' dissectors may hold waiting for more
-EVICT_SHARE = 16  # a full plain-dict table frees its oldest 1/16 at once
 EVICTION_COUNTERS = ("evicted_tcp_flows", "evicted_tcp_buffering", "evicted_done",
                      "evicted_udp_seen", "evicted_quic_done", "evicted_quic_sources",
                      "evicted_quic_crypto", "evicted_quic_servers", "evicted_dns_cache",
@@ -78,17 +80,6 @@ class EngineConfig:
     max_quic_connections: int = QUIC_CONNECTIONS_MAX
     max_quic_crypto_bytes: int = QUIC_CRYPTO_BYTES_MAX
     max_buffered_bytes: int = BUFFERED_MAX
-
-
-@dataclass(slots=True)
-class _QuicServerWait:
-    """A QUIC connection whose ClientHello was read, until the server's Initial brings the
-    ServerHello (or QUIC_SERVER_WAIT passes); the TLS session is held back until then."""
-
-    client_dcid: bytes  # both sides' Initial keys derive from it
-    session: TlsSession | None
-    since: int
-    crypto: quicp.CryptoAssembler = field(default_factory=quicp.CryptoAssembler)
 
 
 class _Flow:
@@ -139,27 +130,20 @@ class Engine:
         self.flow_order: dict[_Flow, None] = {}
         #: finished directions, oldest first (a dict for its order; the values are unused)
         self.done: dict[bytes, None] = {}
-        #: finished QUIC flows: client side -> the Destination CIDs its Initials carry (an
-        #: Initial with another one may be a new connection); server side -> [] (always skip)
-        self.quic_done: dict[bytes, list[bytes]] = {}
         self.udp_seen: dict[bytes, None] = {}
-        self.quic_budget: dict[bytes, int] = {}
-        self.quic_crypto: dict[tuple[bytes, bytes], quicp.CryptoAssembler] = {}
-        #: CRYPTO bytes held by quic_crypto and quic_servers (``CryptoAssembler.size`` each)
-        self.quic_crypto_bytes = 0
-        #: server-to-client key -> the connection waiting for the server's Initial, oldest first
-        self.quic_servers: OrderedDict[bytes, _QuicServerWait] = OrderedDict()
+        #: QUIC connections from client Initial to ServerHello, and the flows finished with
+        self.quic = QuicTracker(self.dissector, self.stats, emit=self._emit, context=PacketContext,
+                                start_session=self._quic_session, end_session=self._session_out,
+                                max_done=cfg.max_quic_done, max_sources=cfg.max_quic_sources,
+                                max_connections=cfg.max_quic_connections,
+                                max_crypto_bytes=cfg.max_quic_crypto_bytes)
         self.next_sweep = 0
         self.last_sec = 0
-        #: table entries looked at by sweeps and evictions (tests check it stays O(packets))
-        self.table_work = 0
+        #: TCP and UDP table entries looked at by sweeps and evictions (see :attr:`table_work`)
+        self._table_work = 0
         self.max_flows = max(1, cfg.max_flows)
         self.max_done = max(2, cfg.max_done)
         self.max_udp_seen = max(2, cfg.max_udp_seen)
-        self.max_quic_done = max(2, cfg.max_quic_done)
-        self.max_quic_sources = max(1, cfg.max_quic_sources)
-        self.max_quic_connections = max(1, cfg.max_quic_connections)
-        self.max_quic_crypto_bytes = max(1, cfg.max_quic_crypto_bytes)
         self.max_buffered = max(1, cfg.max_buffered_bytes)
         #: bytes held by all connections' dissectors, and the connections that held some,
         #: oldest first: past the budget they are evicted (their partial data reported)
@@ -246,7 +230,7 @@ class Engine:
                 batch = list(islice(order, max(1, self.max_flows // EVICT_SHARE)))
                 for old in batch:
                     self._drop(old)
-                self.table_work += len(batch)
+                self._table_work += len(batch)
                 self.stats["evicted_tcp_flows"] += len(batch)
             rkey = dst + src + l4[2:4] + l4[:2]
             flow = _Flow((key, rkey), self.limits, sec)
@@ -395,43 +379,31 @@ class Engine:
             for flow in list(islice(buffering, max(64, evicted))):  # doubling: see _sweep
                 if self.buffered <= target:
                     break
-                self.table_work += 1
+                self._table_work += 1
                 if flow is not keep:
                     self._drop(flow)
                     evicted += 1
         self.stats["evicted_tcp_buffering"] += evicted
-
-    def _evict_oldest(self, table: dict, bound: int, counter: str) -> None:
-        """Free the oldest entries of a full insertion-ordered table, counted as ``counter``: a
-        batch of bound/EVICT_SHARE, not one, because finding a dict's first key scans past the
-        slots that earlier deletions left at its front; one scan per batch keeps insertion O(1)
-        amortised."""
-        keys = list(islice(table, max(1, bound // EVICT_SHARE)))
-        for k in keys:
-            del table[k]
-        self.table_work += len(keys)
-        self.stats[counter] += len(keys)
 
     def _mark_done(self, key: bytes) -> None:
         """Remember a finished direction for the fast path; a full table forgets its oldest."""
         done = self.done
         if key not in done:
             if len(done) >= self.max_done:
-                self._evict_oldest(done, self.max_done, "evicted_done")
+                self._table_work += evict_oldest(done, self.max_done, self.stats, "evicted_done")
             done[key] = None
 
     def _sweep(self, now: int) -> None:
         """Expire what went idle. Both tables are in order of age, so a sweep looks at what it
         expires plus one entry: nothing to expire costs O(1), however full the tables."""
         self.next_sweep = now + SWEEP_EVERY
-        self.quic_budget.clear()
         limit = now - IDLE_TIMEOUT
         order = self.flow_order
         expired = 0
         while order:
             # batches that double: each islice skips the slots freed before it once
             batch = list(islice(order, max(64, expired)))
-            self.table_work += len(batch)
+            self._table_work += len(batch)
             for flow in batch:
                 if flow.last >= limit:
                     break
@@ -441,14 +413,7 @@ class Engine:
                 continue
             break
         self.stats["tcp_flows_expired"] += expired  # (0 too: --stats always shows it)
-        servers = self.quic_servers
-        limit = now - QUIC_SERVER_WAIT
-        while servers:
-            self.table_work += 1
-            key, wait = next(iter(servers.items()))
-            if wait.since >= limit:
-                break
-            self._quic_server_end(key, wait)
+        self.quic.sweep(now)
 
     # -- UDP ------------------------------------------------------------------------------
     def _udp(self, sec: int, usec: int, version: int, src: bytes, dst: bytes, l4: bytes,
@@ -463,14 +428,15 @@ class Engine:
             seen = self.udp_seen
             if fkey not in seen:
                 if len(seen) >= self.max_udp_seen - 1:
-                    self._evict_oldest(seen, self.max_udp_seen, "evicted_udp_seen")
+                    self._table_work += evict_oldest(seen, self.max_udp_seen, self.stats,
+                                                        "evicted_udp_seen")
                 # both directions: a query and its answer are one flow, as a TCP connection is
                 seen[fkey] = None
                 seen[dst + src + l4[2:4] + l4[:2]] = None
                 self.flow_hook(flow_record(PacketContext(version, src, dst, 17, sport, dport, ttl,
                                                          ipid, sec, usec)))
         if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
-            self._quic(sec, usec, version, src, dst, l4, ttl, ipid, sport, dport, payload)
+            self.quic.datagram(sec, usec, version, src, dst, l4, ttl, ipid, sport, dport, payload)
             return
         if dport in DNS_PORTS or sport in DNS_PORTS:
             port = dport if dport in DNS_PORTS else sport
@@ -482,171 +448,24 @@ class Engine:
         if ev is not None:
             self._emit(ev, PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec))
 
-    def _quic(self, sec: int, usec: int, version: int, src: bytes, dst: bytes, l4: bytes,
-              ttl: int, ipid: int, sport: int, dport: int, payload: bytes) -> None:
-        key = src + dst + l4[:4]
-        known = self.quic_done.get(key)
-        if known is not None:
-            # a finished flow: only a client Initial under a Destination CID not seen on it
-            # yet can be a new connection on a recycled 5-tuple; each such CID is looked at once
-            dcid = quicp.initial_dcid(payload)
-            if not known or dcid is None or dcid in known or len(known) >= 8:
-                return
-            known.append(dcid)
-        # Each Initial costs key derivation and AES: a source gets a bounded number per sweep
-        # period, so a flood of bogus Initials cannot starve everyone else's.
-        budget = self.quic_budget
-        spent = budget.get(src)
-        if spent is None:
-            spent = 0
-            if len(budget) >= self.max_quic_sources:  # a forgotten source starts afresh
-                self._evict_oldest(budget, self.max_quic_sources, "evicted_quic_sources")
-        elif spent >= QUIC_INITIALS_PER_SOURCE:
-            self.stats["quic_initials_capped"] += 1
-            return
-        budget[src] = spent + 1
-        wait = self.quic_servers.get(key)
-        if wait is not None:
-            self._quic_server(wait, key, payload,
-                              PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec))
-            return
-        packets, failures = quicp.parse_datagram(payload)
-        if known is not None:
-            if not any(off == 0 and data[:1] == b"\x01" for pkt in packets
-                       for off, data in pkt.crypto):
-                return  # the old connection's Initial (e.g. its server's CID, unseen by us)
-            rkey = dst + src + l4[2:4] + l4[:2]
-            old = self.quic_servers.get(rkey)
-            if old is not None:
-                self._quic_server_end(rkey, old)
-            self.quic_done.pop(key, None)
-            self.quic_done.pop(rkey, None)
-            self.stats["quic_port_reuse"] += 1
-        if failures:
-            self.stats["quic_undecryptable"] += failures
-        crypto = self.quic_crypto
-        for pkt in packets:
-            if not pkt.tag_ok:
-                self.stats["quic_bad_tag"] += 1
-            ckey = (key, pkt.dcid)
-            asm = crypto.get(ckey)
-            if asm is None:
-                if len(crypto) >= self.max_quic_connections:
-                    self._evict_quic_crypto()
-                asm = crypto[ckey] = quicp.CryptoAssembler()
-            self._quic_feed(asm, pkt.crypto)
-            msg = asm.first_message()
-            if msg is None:
-                continue
-            if crypto.pop(ckey, None) is asm:  # (unless the byte budget just gave it up)
-                self.quic_crypto_bytes -= asm.size
-            if msg[0] != 1:
-                self.stats["quic_crypto_not_client_hello"] += 1
-                continue
-            ev = self.dissector.quic_client_hello(msg[1], pkt)
-            if ev is not None:
-                ctx = PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec)
-                self._emit(ev, ctx)
-                session = None
-                if self.session_sink is not None:
-                    session = TlsSession(
-                        ip_text(src), sport, ip_text(dst), dport, float(f"{sec}.{usec:06d}"),
-                        transport="q", client_hello=ev.client_hello, partial=True)
-                servers = self.quic_servers
-                skey = dst + src + l4[2:4] + l4[:2]
-                old = servers.pop(skey, None)
-                if old is not None:  # replaced (as before the bound existed), its bytes freed
-                    self.quic_crypto_bytes -= old.crypto.size
-                while len(servers) >= self.max_quic_connections:
-                    self._evict_quic_server()
-                servers[skey] = _QuicServerWait(pkt.dcid, session, sec)
-                self._quic_mark_done(key, [pkt.dcid])
-            break
+    def _quic_session(self, ev: Event, ctx: PacketContext) -> TlsSession | None:
+        """The TLS session of a QUIC ClientHello, held until its ServerHello (if sessions go
+        anywhere)."""
+        if self.session_sink is None:
+            return None
+        return TlsSession(ip_text(ctx.src), ctx.sport, ip_text(ctx.dst), ctx.dport,
+                          float(f"{ctx.sec}.{ctx.usec:06d}"), transport="q",
+                          client_hello=ev.client_hello, partial=True)
 
-    def _quic_feed(self, asm: quicp.CryptoAssembler, frames: list[tuple[int, bytes]]) -> None:
-        """CRYPTO frames into an assembler, under one byte budget for all of them: past it,
-        the oldest waiting ClientHellos are given up (the bytes are what a flood inflates)."""
-        for off, data in frames:
-            self.quic_crypto_bytes += asm.add(off, data)
-        while self.quic_crypto_bytes > self.max_quic_crypto_bytes and self.quic_crypto:
-            self._evict_quic_crypto()
-        while self.quic_crypto_bytes > self.max_quic_crypto_bytes and self.quic_servers:
-            self._evict_quic_server()
-
-    def _evict_quic_crypto(self) -> None:
-        """Give up the oldest batch of half-received ClientHellos."""
-        crypto = self.quic_crypto
-        batch = list(islice(crypto.items(), max(1, self.max_quic_connections // EVICT_SHARE)))
-        for ckey, asm in batch:
-            del crypto[ckey]
-            self.quic_crypto_bytes -= asm.size
-        self.table_work += len(batch)
-        self.stats["evicted_quic_crypto"] += len(batch)
-
-    def _evict_quic_server(self) -> None:
-        """Stop waiting for the server of the oldest waiting ClientHello (its session goes out)."""
-        self.table_work += 1
-        self._quic_server_end(*next(iter(self.quic_servers.items())))
-        self.stats["evicted_quic_servers"] += 1
-
-    def _quic_mark_done(self, key: bytes, cids: list[bytes]) -> None:
-        """A finished QUIC flow direction; a full table forgets its oldest."""
-        done = self.quic_done
-        if key not in done and len(done) >= self.max_quic_done:
-            self._evict_oldest(done, self.max_quic_done, "evicted_quic_done")
-        done[key] = cids
-
-    def _quic_server(self, wait: _QuicServerWait, key: bytes, payload: bytes,
-                     ctx: PacketContext) -> None:
-        """A datagram from a server whose client's Initial we read: find its ServerHello."""
-        new_dcid = quicp.retry_scid(payload)
-        if new_dcid is not None:  # the client starts over with the server's chosen CID
-            wait.client_dcid = new_dcid
-            self._quic_client_cid(key, new_dcid)
-            self.stats["quic_retry"] += 1
-            return
-        packets, failures = quicp.parse_datagram(payload, server=True,
-                                                 client_dcid=wait.client_dcid)
-        if failures:
-            self.stats["quic_undecryptable"] += failures
-        for pkt in packets:
-            if not pkt.tag_ok:
-                self.stats["quic_bad_tag"] += 1
-            self._quic_feed(wait.crypto, pkt.crypto)
-            if self.quic_servers.get(key) is not wait:
-                return  # given up to the byte budget while this datagram was read
-            self._quic_client_cid(key, pkt.scid)  # the client's next Initials go to it
-            msg = wait.crypto.first_message()
-            if msg is None:
-                continue
-            if msg[0] != 2:
-                self.stats["quic_crypto_not_server_hello"] += 1
-            else:
-                ev = self.dissector.quic_server_hello(msg[1], pkt)
-                if ev is not None:
-                    self._emit(ev, ctx)
-                    if wait.session is not None:
-                        wait.session.server_hello = ev.server_hello
-            self._quic_server_end(key, wait)
-            return
-
-    def _quic_client_cid(self, server_key: bytes, cid: bytes) -> None:
-        """A Destination CID the client of this server flow will use: not a new connection."""
-        half = (len(server_key) - 4) // 2
-        client_key = (server_key[half : 2 * half] + server_key[:half] + server_key[-2:]
-                      + server_key[-4:-2])
-        known = self.quic_done.get(client_key)
-        if known is not None and cid not in known and len(known) < 8:
-            known.append(cid)
-
-    def _quic_server_end(self, key: bytes, wait: _QuicServerWait) -> None:
-        """Stop waiting: later server packets are skipped, the session goes out as it is."""
-        if self.quic_servers.pop(key, None) is wait:
-            self.quic_crypto_bytes -= wait.crypto.size
-        self._quic_mark_done(key, [])
-        if wait.session is not None and self.session_sink is not None:
+    def _session_out(self, session: TlsSession) -> None:
+        if self.session_sink is not None:
             self.stats["tls_sessions"] += 1
-            self.session_sink(wait.session)
+            self.session_sink(session)
+
+    @property
+    def table_work(self) -> int:
+        """Table entries looked at by sweeps and evictions (tests check it stays O(packets))."""
+        return self._table_work + self.quic.table_work
 
     # -- records --------------------------------------------------------------------------
     def _emit(self, ev: Event, ctx: PacketContext) -> None:
@@ -667,8 +486,7 @@ class Engine:
         self.flow_order.clear()
         self.buffering.clear()
         self.buffered = 0
-        for key, wait in list(self.quic_servers.items()):
-            self._quic_server_end(key, wait)
+        self.quic.finish()
 
 
 def _context_from_key(key: bytes, sec: int) -> PacketContext | None:

@@ -143,7 +143,7 @@ def test_hostile_packets_never_raise_and_keep_earlier_records(tmp_path):
 
 
 def test_quic_initial_flood_is_capped_per_source():
-    from iocwatch.engine import QUIC_INITIALS_PER_SOURCE
+    from iocwatch.flows.quic import QUIC_INITIALS_PER_SOURCE
     from tests.test_quic import CLIENT_HELLO_FRAME, protect
 
     bogus = []

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from iocwatch.flows.session import Dissector, TcpConnection
+from iocwatch.flows.dissector import Dissector, TcpConnection
 from iocwatch.protocols import http as httpp
 from iocwatch.protocols import x509
 from iocwatch.protocols.cursor import Malformed

@@ -7,8 +7,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterator
 
-from iocwatch.engine import IDLE_TIMEOUT, QUIC_SERVER_WAIT, SWEEP_EVERY, Engine, EngineConfig
-from iocwatch.flows import session
+from iocwatch.engine import IDLE_TIMEOUT, SWEEP_EVERY, Engine, EngineConfig
+from iocwatch.flows import dissector
+from iocwatch.flows.quic import QUIC_SERVER_WAIT
 from tests import pktbuild as pb
 from tests.test_quic import CLIENT_HELLO_FRAME, protect
 
@@ -150,22 +151,22 @@ def test_quic_initial_flood_from_many_sources_is_bounded_everywhere():
         struct.pack_into("!I", pkt, 26, 0x0B000000 + i)  # another source for each
         pkts.append((T0, i, 1, bytes(pkt)))
     eng.run(pkts)
-    assert len(eng.quic_done) <= 200 and len(eng.quic_budget) <= 100
-    assert len(eng.quic_crypto) <= 50 and len(eng.quic_servers) <= 50
-    assert 0 <= eng.quic_crypto_bytes <= 3_000
-    assert eng.quic_crypto_bytes == (sum(a.size for a in eng.quic_crypto.values())
-                                     + sum(w.crypto.size for w in eng.quic_servers.values()))
+    assert len(eng.quic.done) <= 200 and len(eng.quic.budget) <= 100
+    assert len(eng.quic.crypto) <= 50 and len(eng.quic.servers) <= 50
+    assert 0 <= eng.quic.crypto_bytes <= 3_000
+    assert eng.quic.crypto_bytes == (sum(a.size for a in eng.quic.crypto.values())
+                                     + sum(w.crypto.size for w in eng.quic.servers.values()))
     for table in ("quic_done", "quic_sources", "quic_crypto", "quic_servers"):
         assert eng.stats["evicted_" + table] > 0, table
     assert len(records) == 1_000  # every whole ClientHello was read
     assert eng.table_work <= 4 * len(pkts)
     eng.run([(T0 + QUIC_SERVER_WAIT + 1, 0, 1, quic_initial(999_999, CLIENT_HELLO_FRAME))])
-    assert len(records) == 1_001 and len(eng.quic_servers) == 1
+    assert len(records) == 1_001 and len(eng.quic.servers) == 1
 
 
 def test_dns_cache_holds_a_bounded_number_of_bytes(monkeypatch):
     """Distinct large DNS messages: the parse cache frees itself by bytes, not only by count."""
-    monkeypatch.setattr(session, "DNS_CACHE_BYTES", 20_000)
+    monkeypatch.setattr(dissector, "DNS_CACHE_BYTES", 20_000)
     eng, records = engine()
     pkts = []
     for i in range(200):
@@ -218,7 +219,7 @@ def test_certificate_json_cache_holds_a_bounded_number_of_bytes(monkeypatch):
 
     from tests.test_x509 import _build, _name
 
-    monkeypatch.setattr(session, "CERT_JSON_BYTES", 5_000)
+    monkeypatch.setattr(dissector, "CERT_JSON_BYTES", 5_000)
     ders = [_build(subject=_name((NameOID.COMMON_NAME, f"c{i}.example.test")), serial=1000 + i)
             for i in range(30)]
     eng, _ = engine()

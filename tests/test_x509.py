@@ -18,13 +18,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iocwatch.protocols.cursor import Malformed
-from iocwatch.protocols.x509 import (
-    CertificateCache,
-    _escape,
-    _ipv6_text,
-    oid_to_dotted,
-    parse_certificate,
-)
+from iocwatch.protocols.oids import oid_to_dotted
+from iocwatch.protocols.text import ipv6_text, mercury_text
+from iocwatch.protocols.x509 import CertificateCache, parse_certificate
 from tests.conftest import SHARED
 
 CORPUS = SHARED / "corpus"
@@ -574,20 +570,20 @@ def test_mutated_certificate_only_malformed(edits: list[tuple[int, int]]) -> Non
 
 
 def test_escape_rules() -> None:
-    assert _escape(b"plain.example") == "plain.example"
-    assert _escape("b\u00fccher".encode()) == "b\u00fccher"
-    assert _escape(b"\x00\x1f\x7f") == "\x00\x1f\x7f"  # the JSON writer escapes these
-    assert _escape(b"\xc0\xaf") == "\ufffd\ufffd"  # overlong lead: one byte each
-    assert _escape(b"\xe2\x82") == "\ufffd\ufffd"  # truncated sequence
-    assert _escape(b"\xed\xa0\x80") == "\ufffd\ufffd\ufffd"  # surrogate: bad second byte
-    assert _escape("\ue000".encode()) == "\ufffd"  # private use: whole sequence
-    assert _escape("\U0001f600".encode()) == "\U0001f600"
-    assert _escape(b"\xf5\x80") == "\ufffd\ufffd"
+    assert mercury_text(b"plain.example") == "plain.example"
+    assert mercury_text("b\u00fccher".encode()) == "b\u00fccher"
+    assert mercury_text(b"\x00\x1f\x7f") == "\x00\x1f\x7f"  # the JSON writer escapes these
+    assert mercury_text(b"\xc0\xaf") == "\ufffd\ufffd"  # overlong lead: one byte each
+    assert mercury_text(b"\xe2\x82") == "\ufffd\ufffd"  # truncated sequence
+    assert mercury_text(b"\xed\xa0\x80") == "\ufffd\ufffd\ufffd"  # surrogate: bad second byte
+    assert mercury_text("\ue000".encode()) == "\ufffd"  # private use: whole sequence
+    assert mercury_text("\U0001f600".encode()) == "\U0001f600"
+    assert mercury_text(b"\xf5\x80") == "\ufffd\ufffd"
 
 
 def test_ipv6_text_matches_mercury_writer() -> None:
     def text(s: str) -> str:
-        return _ipv6_text(ipaddress.IPv6Address(s).packed)
+        return ipv6_text(ipaddress.IPv6Address(s).packed)
 
     assert text("2001:db8::1") == "2001:db8::1"
     assert text("::1") == "::1"

@@ -12,6 +12,7 @@ import enum
 import re
 from collections.abc import Iterator
 
+from iocwatch.protocols.asn1 import read_element, read_small_int
 from iocwatch.protocols.cursor import Cursor, Malformed, Truncated
 
 __all__ = ["StartTlsDetector", "StartTlsState"]
@@ -50,31 +51,6 @@ def _is_text(data: bytes | bytearray) -> bool:
     """Plaintext protocol bytes: no C0 controls other than TAB, CR, LF (checked in C: a
     partial line is checked again on every segment)."""
     return len(data.translate(None, _NOT_TEXT)) == len(data)
-
-
-def _ber_element(c: Cursor) -> tuple[int, Cursor]:
-    """One BER TLV (definite length, low tag numbers) as (tag, content cursor)."""
-    tag = c.u8()
-    if tag & 0x1F == 0x1F:
-        raise Malformed("high tag number")
-    first = c.u8()
-    if first < 0x80:
-        length = first
-    else:
-        n = first & 0x7F
-        if n == 0 or n > 4:
-            raise Malformed("unsupported BER length")
-        length = 0
-        for _ in range(n):
-            length = (length << 8) | c.u8()
-    return tag, c.sub(length)
-
-
-def _ber_int(c: Cursor) -> int:
-    data = c.rest()
-    if not data or len(data) > 4:
-        raise Malformed("bad INTEGER")
-    return int.from_bytes(data, "big", signed=True)
 
 
 class StartTlsDetector:
@@ -380,16 +356,16 @@ class StartTlsDetector:
                 return
             c = Cursor(bytes(buf))
             try:
-                tag, msg = _ber_element(c)
+                tag, msg = read_element(c)
             except Truncated:
                 return  # the rest of this message has not arrived yet
             if tag != 0x30:
                 raise Malformed("not an LDAPMessage")
-            itag, mid = _ber_element(msg)
+            itag, mid = read_element(msg)
             if itag != 0x02:
                 raise Malformed("LDAPMessage without messageID")
-            op_tag, op = _ber_element(msg)
-            mid_value = _ber_int(mid)
+            op_tag, op = read_element(msg)
+            mid_value = read_small_int(mid)
             del buf[: c.pos]
             yield mid_value, op_tag, op
 
@@ -398,15 +374,15 @@ class StartTlsDetector:
         for mid, op_tag, op in self._ldap_messages(d):
             if from_client:
                 if op_tag == 0x77:  # [APPLICATION 23] ExtendedRequest
-                    ntag, name = _ber_element(op)
+                    ntag, name = read_element(op)
                     if ntag == 0x80 and name.rest() == LDAP_STARTTLS_OID:
                         self._ldap_id = mid
                         self._pending_cmd = True
             elif op_tag == 0x78 and self._pending_cmd and mid == self._ldap_id:
-                rtag, code = _ber_element(op)
+                rtag, code = read_element(op)
                 if rtag != 0x0A:
                     raise Malformed("ExtendedResponse without resultCode")
-                if _ber_int(code) == 0:
+                if read_small_int(code) == 0:
                     self._upgrade(False, bytes(self._buf[0]))
                     return
                 # refused: the messages after it in this segment are read now, as they would

@@ -30,7 +30,7 @@ from collections import Counter, OrderedDict, deque
 from typing import Any
 
 from iocwatch.engine import PacketContext, make_record
-from iocwatch.flows.session import Dissector, Event
+from iocwatch.flows.dissector import Dissector, Event
 from iocwatch.outputs.sessions import TlsSession
 from iocwatch.protocols import x509
 from iocwatch.tailgate.cache import CacheError, ProbeCache
