@@ -595,7 +595,7 @@ def t_indicator_cache(data: bytes) -> None:
     """A cache file: raw when it starts with the magic (header checks), else ``data`` is the
     marshal body, framed with a good checksum so the checks behind it are reached."""
     from iocwatch.indicators import IndicatorSet
-    from iocwatch.indicators.store import CACHE_MAGIC, frame_cache_body
+    from iocwatch.indicators.sets import CACHE_MAGIC, frame_cache_body
 
     src = _cache_source()
     raw = data if data.startswith(CACHE_MAGIC) else frame_cache_body(data)
@@ -620,7 +620,7 @@ def t_indicator_cache(data: bytes) -> None:
 def cache_seeds() -> list[bytes]:
     """Bodies (and one whole file) of caches of the fixed source file."""
     from iocwatch.indicators import IndicatorSet
-    from iocwatch.indicators.store import _HEADER, CACHE_MAGIC
+    from iocwatch.indicators.sets import _HEADER, CACHE_MAGIC
 
     s, _ = IndicatorSet.load([_cache_source()])
     cache = os.path.join(_workdir(), "seed.cache")

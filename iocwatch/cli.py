@@ -218,7 +218,7 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
             outputs.insert(0, ("--store", path))
     paths.refuse_same(outputs, inputs)
     if args.ioc_cache:  # after refuse_same, which gives the better reason for an input
-        from iocwatch.indicators.store import check_cache_path  # the load checks it so too
+        from iocwatch.indicators.sets import check_cache_path  # the load checks it so too
 
         try:
             check_cache_path(args.ioc_cache)
