@@ -634,14 +634,14 @@ def cache_seeds() -> list[bytes]:
 
 @functools.cache
 def _ingest_store() -> Any:
-    from iocwatch.store.db import open_store
+    from iocwatch.store import open_store
 
     return open_store(os.path.join(_workdir(), "ingest.sqlite"))
 
 
 def t_ingest(data: bytes) -> None:
     from iocwatch.boundary import classify
-    from iocwatch.store.cli import FileStats, safe_read
+    from iocwatch.store.files import FileStats, safe_read
     from iocwatch.store.ingest import Converter, ingest_records
 
     path = _write("ingest.jsonl", data)
@@ -665,7 +665,7 @@ def t_ingest(data: bytes) -> None:
 @functools.cache
 def _api() -> Any:
     from iocwatch.api.app import Limits, create_app
-    from iocwatch.store.db import open_store
+    from iocwatch.store import open_store
 
     path = os.path.join(_workdir(), "api.sqlite")
     open_store(path).close()

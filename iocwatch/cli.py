@@ -211,7 +211,7 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
         inputs.append(("--config", args.config))
     store = getattr(args, "store", None)
     if store:
-        from iocwatch.store.options import sqlite_path
+        from iocwatch.store.sqlite import sqlite_path
 
         path = sqlite_path(store)
         if path:  # read and written: neither an input nor another output may be it

@@ -13,8 +13,7 @@ from typing import Any
 
 import pytest
 
-from iocwatch.indicators import IndicatorSet
-from iocwatch.indicators import sets
+from iocwatch.indicators import IndicatorSet, sets
 
 HEADER = len(sets.CACHE_MAGIC) + sets._HEADER.size
 PLAIN = ("evil.com\n*.wild.example\nevil.com\n192.0.2.0/24\n198.51.100.7\n2001:db8::/32\n"

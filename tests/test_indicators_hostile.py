@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
-from iocwatch.indicators import sets
+from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport, sets
 from tests.test_indicators import load
 
 ROOT = Path(__file__).resolve().parent.parent
