@@ -237,7 +237,7 @@ def probe_sinks(args: argparse.Namespace) -> None:
         if why:
             raise UsageError(f"--store {redact_url(args.store)}: {why}")
     if getattr(args, "publish", None):
-        from iocwatch.transport import probe as probe_redis
+        from iocwatch.transport.redis import probe as probe_redis
 
         why = probe_redis(args.publish)
         if why:
