@@ -157,7 +157,7 @@ class Store(ABC):
 
     @abstractmethod
     def _has_table(self, name: str) -> bool:
-        """Whether table ``name`` exists (before the schema is known to)."""
+        """Whether table ``name`` exists (asked before the schema version is known)."""
 
     @abstractmethod
     def _lock_schema(self) -> None:
