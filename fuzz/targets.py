@@ -595,7 +595,7 @@ def t_indicator_cache(data: bytes) -> None:
     """A cache file: raw when it starts with the magic (header checks), else ``data`` is the
     marshal body, framed with a good checksum so the checks behind it are reached."""
     from iocwatch.indicators import IndicatorSet
-    from iocwatch.indicators.store import CACHE_MAGIC, frame_cache_body
+    from iocwatch.indicators.sets import CACHE_MAGIC, frame_cache_body
 
     src = _cache_source()
     raw = data if data.startswith(CACHE_MAGIC) else frame_cache_body(data)
@@ -620,7 +620,7 @@ def t_indicator_cache(data: bytes) -> None:
 def cache_seeds() -> list[bytes]:
     """Bodies (and one whole file) of caches of the fixed source file."""
     from iocwatch.indicators import IndicatorSet
-    from iocwatch.indicators.store import _HEADER, CACHE_MAGIC
+    from iocwatch.indicators.sets import _HEADER, CACHE_MAGIC
 
     s, _ = IndicatorSet.load([_cache_source()])
     cache = os.path.join(_workdir(), "seed.cache")
@@ -634,14 +634,14 @@ def cache_seeds() -> list[bytes]:
 
 @functools.cache
 def _ingest_store() -> Any:
-    from iocwatch.store.db import open_store
+    from iocwatch.store import open_store
 
     return open_store(os.path.join(_workdir(), "ingest.sqlite"))
 
 
 def t_ingest(data: bytes) -> None:
     from iocwatch.boundary import classify
-    from iocwatch.store.cli import FileStats, safe_read
+    from iocwatch.store.files import FileStats, safe_read
     from iocwatch.store.ingest import Converter, ingest_records
 
     path = _write("ingest.jsonl", data)
@@ -665,7 +665,7 @@ def t_ingest(data: bytes) -> None:
 @functools.cache
 def _api() -> Any:
     from iocwatch.api.app import Limits, create_app
-    from iocwatch.store.db import open_store
+    from iocwatch.store import open_store
 
     path = os.path.join(_workdir(), "api.sqlite")
     open_store(path).close()

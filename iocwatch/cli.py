@@ -206,14 +206,14 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
         inputs.append(("--config", args.config))
     store = getattr(args, "store", None)
     if store:
-        from iocwatch.store.options import sqlite_path
+        from iocwatch.store.sqlite import sqlite_path
 
         path = sqlite_path(store)
         if path:  # read and written: neither an input nor another output may be it
             outputs.insert(0, ("--store", path))
     paths.refuse_same(outputs, inputs)
     if args.ioc_cache:  # after refuse_same, which gives the better reason for an input
-        from iocwatch.indicators.store import check_cache_path  # the load checks it so too
+        from iocwatch.indicators.sets import check_cache_path  # the load checks it so too
 
         try:
             check_cache_path(args.ioc_cache)
@@ -232,7 +232,7 @@ def probe_sinks(args: argparse.Namespace) -> None:
         if why:
             raise UsageError(f"--store {redact_url(args.store)}: {why}")
     if getattr(args, "publish", None):
-        from iocwatch.transport import probe as probe_redis
+        from iocwatch.transport.redis import probe as probe_redis
 
         why = probe_redis(args.publish)
         if why:

@@ -268,7 +268,7 @@ def check_paths(args: argparse.Namespace) -> None:
     """The alert file can be written and is no input (the store, an indicator file), checked
     before the store is opened or an indicator loaded."""
     from iocwatch.outputs.paths import check_file, refuse_same
-    from iocwatch.store.options import sqlite_path
+    from iocwatch.store.sqlite import sqlite_path
 
     check_file("--alerts", args.alerts)
     inputs = [("--ioc", p) for p in args.ioc]

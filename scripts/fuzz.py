@@ -120,9 +120,9 @@ def atheris_child(name: str, argv: list[str]) -> None:
         import iocwatch.decode.packet  # noqa: F401
         import iocwatch.engine  # noqa: F401
         import iocwatch.flows.dissector  # noqa: F401
-        import iocwatch.indicators.store  # noqa: F401
+        import iocwatch.indicators.sets  # noqa: F401
         import iocwatch.outputs.sessions  # noqa: F401
-        import iocwatch.store.cli  # noqa: F401
+        import iocwatch.store.files  # noqa: F401
         import iocwatch.store.ingest  # noqa: F401
         from fuzz.targets import TARGETS
     fn = TARGETS[name][0]

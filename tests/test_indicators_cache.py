@@ -13,10 +13,9 @@ from typing import Any
 
 import pytest
 
-from iocwatch.indicators import IndicatorSet
-from iocwatch.indicators import store as istore
+from iocwatch.indicators import IndicatorSet, sets
 
-HEADER = len(istore.CACHE_MAGIC) + istore._HEADER.size
+HEADER = len(sets.CACHE_MAGIC) + sets._HEADER.size
 PLAIN = ("evil.com\n*.wild.example\nevil.com\n192.0.2.0/24\n198.51.100.7\n2001:db8::/32\n"
          "http://bad.example/x?q=1\nja3:" + "e" * 32 + "\n" + "ab" * 20 + "\n")
 CSV = "indicator,type,tags,confidence,description\nc2.example,domain,apt;x,90,seen\n" \
@@ -52,7 +51,7 @@ def _blob(cache: str) -> list[Any]:
 
 
 def _forge(cache: str, blob: list[Any]) -> None:
-    Path(cache).write_bytes(istore.frame_cache_body(marshal.dumps(tuple(blob))))
+    Path(cache).write_bytes(sets.frame_cache_body(marshal.dumps(tuple(blob))))
 
 
 def test_every_format_round_trips_through_the_cache(tmp_path: Path) -> None:
@@ -158,7 +157,7 @@ BAD_CODE = Path(__file__).parent / "regressions" / "indicator_cache" / \
 def test_marshal_errors_are_damage(tmp_path: Path, body: bytes, error: str) -> None:
     """marshal raises TypeError and SystemError for some bad data: damage, not our bug."""
     srcs, cache = _cache(tmp_path)
-    Path(cache).write_bytes(istore.frame_cache_body(body))
+    Path(cache).write_bytes(sets.frame_cache_body(body))
     got, damage = IndicatorSet._load_cache(cache, srcs, None, False, ())
     assert got is None and damage == f"unreadable ({error})"
 

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
-from iocwatch.indicators import store as istore
+from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport, sets
 from tests.test_indicators import load
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -248,7 +247,7 @@ def _cached(tmp_path: Path, text: str = "evil.com\n192.0.2.0/24\n") -> tuple[str
     src.write_text(text)
     cache = str(tmp_path / "ioc.cache")
     _, _, cached = IndicatorSet.load_cached([str(src)], cache=cache)
-    assert not cached and istore.is_cache_file(cache)
+    assert not cached and sets.is_cache_file(cache)
     return str(src), cache
 
 
@@ -281,7 +280,7 @@ def test_truncated_cache_is_rebuilt(tmp_path: Path, keep: int) -> None:
 
 def test_cache_body_from_another_cache_with_the_same_key(tmp_path: Path) -> None:
     src, cache = _cached(tmp_path)
-    header_len = len(istore.CACHE_MAGIC) + istore._HEADER.size
+    header_len = len(sets.CACHE_MAGIC) + sets._HEADER.size
     mine = Path(cache).read_bytes()
     other = tmp_path / "other"
     other.mkdir()
@@ -296,11 +295,11 @@ def test_cache_with_bad_indices_but_good_checksum_is_rebuilt(tmp_path: Path) -> 
     import marshal
 
     src, cache = _cached(tmp_path)
-    header_len = len(istore.CACHE_MAGIC) + istore._HEADER.size
+    header_len = len(sets.CACHE_MAGIC) + sets._HEADER.size
     blob = list(marshal.loads(Path(cache).read_bytes()[header_len:]))
     blob[11] = {"evil.com": 99}  # the domain table points past the columns
     body = marshal.dumps(tuple(blob))
-    Path(cache).write_bytes(istore.frame_cache_body(body))
+    Path(cache).write_bytes(sets.frame_cache_body(body))
     assert IndicatorSet.load_cache(cache, [src]) is None
     _rebuilt_once(src, cache)
 
@@ -315,11 +314,11 @@ def test_cache_never_overwrites_a_file_that_is_not_a_cache(tmp_path: Path) -> No
     other.write_bytes(b"\x00precious")
     with pytest.raises(IndicatorFileError):
         IndicatorSet.load_cached([str(src)], cache=str(other))
-    assert other.read_bytes() == b"\x00precious" and not istore.is_cache_file(str(other))
+    assert other.read_bytes() == b"\x00precious" and not sets.is_cache_file(str(other))
     empty = tmp_path / "empty"
     empty.write_bytes(b"")  # an empty file holds nothing to lose
     IndicatorSet.load_cached([str(src)], cache=str(empty))
-    assert istore.is_cache_file(str(empty))
+    assert sets.is_cache_file(str(empty))
     for cache in (src, other):  # the CLI may say "same file as --ioc" first: either refuses
         r = _cli("-r", str(PCAP), "--ioc", str(src), "--ioc-cache", str(cache), "-q")
         assert r.returncode == 2 and "Traceback" not in r.stderr
@@ -334,7 +333,7 @@ def test_version_1_cache_is_recognised_and_replaced(tmp_path: Path) -> None:
     src.write_text("evil.com\n")
     old = tmp_path / "old.cache"
     old.write_bytes(marshal.dumps((1,) + (None,) * 18))
-    assert istore.is_cache_file(str(old))
+    assert sets.is_cache_file(str(old))
     s, r, cached = IndicatorSet.load_cached([str(src)], cache=str(old))
     assert not cached and len(s) == 1 and any("older iocwatch" in w for w in r.warnings)
-    assert old.read_bytes().startswith(istore.CACHE_MAGIC)
+    assert old.read_bytes().startswith(sets.CACHE_MAGIC)

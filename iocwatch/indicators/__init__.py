@@ -2,7 +2,7 @@
 
 Formats (detected from content, or forced): plain lists, CSV, Zeek intel, STIX 2.1 bundles,
 MISP event exports and feed manifests. See rules/README.md for the rules of each format and
-:mod:`.store` for why the data structures are what they are.
+:mod:`.sets` for why the data structures are what they are.
 """
 
 from .model import (
@@ -14,7 +14,7 @@ from .model import (
     LoadReport,
 )
 from .normalise import normalise_name
-from .store import IndicatorSet
+from .sets import IndicatorSet
 
 __all__ = [
     "FORMATS",

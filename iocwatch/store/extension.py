@@ -20,10 +20,11 @@ import time
 from typing import Any
 
 from iocwatch.outputs.sessions import CertCache, TlsSession, d4_record
-from iocwatch.store.db import Store, StoreError, one_line, open_store, retry_delay
+from iocwatch.store import open_store
+from iocwatch.store.db import Store, StoreError, one_line, retry_delay
 from iocwatch.store.ingest import Converter
 from iocwatch.store.model import Batch
-from iocwatch.store.options import sqlite_path
+from iocwatch.store.sqlite import sqlite_path
 from iocwatch.usage import redact_url
 
 BATCH_ITEMS = 20000  # most inputs per transaction (big batches write far faster)

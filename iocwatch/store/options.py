@@ -8,16 +8,6 @@ import argparse
 import os
 
 
-def sqlite_path(url: str) -> str | None:
-    """The file of a SQLite store URL (``FILE``, ``sqlite:///FILE`` or ``sqlite://FILE``, read
-    as :func:`iocwatch.store.db.open_store` reads them); None for PostgreSQL, another scheme or
-    no path."""
-    for prefix in ("sqlite:///", "sqlite://"):
-        if url.startswith(prefix):
-            return url[len(prefix):] or None
-    return None if "://" in url else url or None
-
-
 def store_url(value: str) -> str:
     """argparse type: refuse what can never work before capture starts."""
     if value.startswith(("postgresql://", "postgres://")):

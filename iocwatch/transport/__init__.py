@@ -1,7 +1,9 @@
 """Moving records between sensors and the store (the Redis list transport).
 
-The sensor's flags and extension factory live here so that a run without ``--publish`` never
-imports the Redis client.
+Here: the URL, its defaults and errors, which import no Redis client, and the sensor's flags
+and extension factory, so that a run without ``--publish`` never imports the client. What talks
+to Redis (connect, probe, publisher, consumer) is :mod:`iocwatch.transport.redis`. The transport
+may use the store (``ingest --from`` feeds it); the store never imports the transport.
 """
 
 from __future__ import annotations
@@ -60,27 +62,6 @@ def _url(value: str) -> str:
     except TransportError as exc:
         raise argparse.ArgumentTypeError(str(exc))
     return value
-
-
-def probe(url: str) -> str | None:
-    """One PING before a file run writes anything: why Redis cannot be used, or None.
-
-    ``iocwatch -r`` with a dead ``--publish`` server would otherwise buffer, give up at the
-    end and drop every record; live capture does not probe (its publisher waits for Redis)."""
-    from iocwatch.transport.redis import connect
-    from iocwatch.usage import redact_url
-
-    try:
-        client = connect(parse_url(url)[0])
-    except TransportError as exc:
-        return str(exc)
-    try:
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is the reason
-        return f"cannot reach Redis at {redact_url(url)}: {exc}"
-    finally:
-        client.close()
-    return None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -62,6 +62,24 @@ def connect(url: str) -> redis.Redis:
     return client
 
 
+def probe(url: str) -> str | None:
+    """One PING before a file run writes anything: why Redis cannot be used, or None.
+
+    ``iocwatch -r`` with a dead ``--publish`` server would otherwise buffer, give up at the
+    end and drop every record; live capture does not probe (its publisher waits for Redis)."""
+    try:
+        client = connect(parse_url(url)[0])
+    except TransportError as exc:
+        return str(exc)
+    try:
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure to reach the server is the reason
+        return f"cannot reach Redis at {redact_url(url)}: {exc}"
+    finally:
+        client.close()
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # sensor side
 
