@@ -641,7 +641,7 @@ def _ingest_store() -> Any:
 
 def t_ingest(data: bytes) -> None:
     from iocwatch.boundary import classify
-    from iocwatch.store.cli import FileStats, safe_read
+    from iocwatch.store.files import FileStats, safe_read
     from iocwatch.store.ingest import Converter, ingest_records
 
     path = _write("ingest.jsonl", data)

@@ -2,11 +2,12 @@
 
 ``iocwatch hunt --store URL --ioc FILE`` (:mod:`iocwatch.commands.hunt`) loads indicators
 exactly as the sensor does and streams every stored name, address, certificate and
-fingerprint through the sensor's own :class:`~iocwatch.matcher.Matcher`, so a hunt and a live capture can never disagree about what
-matches. Each stored item is one observation; only on a hit does the hunt go back to the store
-for context (which sources saw a name, which role an address had, whether a certificate name
-was its CN), then matches the item again with those channels and writes the alerts with
-``first_seen``, ``last_seen`` and ``count`` of the stored item.
+fingerprint through the sensor's own :class:`~iocwatch.matcher.Matcher`, so a hunt and a live
+capture can never disagree about what matches. Each stored item is one observation; only on a
+hit does the hunt go back to the store for context (which sources saw a name, which role an
+address had, whether a certificate name was its CN), then matches the item again with those
+channels and writes the alerts with ``first_seen``, ``last_seen`` and ``count`` of the stored
+item.
 """
 
 from __future__ import annotations

@@ -122,7 +122,7 @@ def atheris_child(name: str, argv: list[str]) -> None:
         import iocwatch.flows.session  # noqa: F401
         import iocwatch.indicators.store  # noqa: F401
         import iocwatch.outputs.sessions  # noqa: F401
-        import iocwatch.store.cli  # noqa: F401
+        import iocwatch.store.files  # noqa: F401
         import iocwatch.store.ingest  # noqa: F401
         from fuzz.targets import TARGETS
     fn = TARGETS[name][0]

@@ -17,7 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iocwatch.store import ingest
-from iocwatch.store.cli import FileStats, safe_read
+from iocwatch.store.files import FileStats, safe_read
 from iocwatch.store.ingest import ReadStats, iter_lines, read_objects
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -169,7 +169,7 @@ def test_memory_bounded_for_newlines_and_a_big_document(tmp_path: Path) -> None:
                 + "]")
     base = _peak_rss_mb(_RSS)
     for path, want in ((nl, 0), (doc, 800_000)):
-        code = ("import resource; from iocwatch.store.cli import FileStats, safe_read\n"
+        code = ("import resource; from iocwatch.store.files import FileStats, safe_read\n"
                 f"fs = FileStats(); n = sum(1 for _ in safe_read({str(path)!r}, fs))\n"
                 f"assert n == {want} and fs.bad_lines == 0, (n, fs)\n"
                 "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")

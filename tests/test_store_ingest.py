@@ -113,7 +113,7 @@ def test_hostile_files(data: dict[str, dict[str, Path]], tmp_path: Path) -> None
 
 
 def test_long_line_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from iocwatch.store import cli, ingest
+    from iocwatch.store import files, ingest
 
     monkeypatch.setattr(ingest, "MAX_LINE", 1000)
     monkeypatch.setattr(ingest, "MAX_DOCUMENT", 100)
@@ -122,8 +122,8 @@ def test_long_line_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
            "dst_port": 80, "protocol": 6, "http": {"request": {"host": "long.test"}}}
     path.write_bytes(json.dumps(rec).encode() + b"\n" + b"x" * 5_000_000 + b"\n"
                      + json.dumps(rec | {"event_start": 2.0}).encode())
-    fs = cli.FileStats()
-    got = list(cli.read_file(str(path), fs))
+    fs = files.FileStats()
+    got = list(files.read_file(str(path), fs))
     assert [r["event_start"] for r in got] == [1.0, 2.0] and fs.bad_lines == 1
 
 

@@ -1,15 +1,17 @@
 """Moving records between sensors and the store (the Redis list transport).
 
-The sensor's flags and extension factory live here so that a run without ``--publish`` never
-imports the Redis client.
+The URL parsing, the start-up probe and the extension factory live here, apart from
+:mod:`.redis`, so that a run without ``--publish`` never imports the Redis client (the flags
+are in :mod:`iocwatch.commands.sensor_options` and :mod:`iocwatch.commands.ingest`).
 """
 
 from __future__ import annotations
 
-import argparse
 import socket
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from iocwatch.usage import Flags
 
 DEFAULT_BUFFER = 100_000
 BATCH = 500
@@ -50,18 +52,6 @@ def parse_url(url: str) -> tuple[str, str, str]:
     return urlunsplit(parts._replace(query=urlencode(rest))), key, consumer
 
 
-def _url(value: str) -> str:
-    """argparse type of ``--publish``: the whole URL checked before capture starts."""
-    try:
-        client_url = parse_url(value)[0]
-        from iocwatch.transport.redis import connect
-
-        connect(client_url).close()
-    except TransportError as exc:
-        raise argparse.ArgumentTypeError(str(exc))
-    return value
-
-
 def probe(url: str) -> str | None:
     """One PING before a file run writes anything: why Redis cannot be used, or None.
 
@@ -83,36 +73,10 @@ def probe(url: str) -> str | None:
     return None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The sensor's ``--publish`` flags."""
-    g = parser.add_argument_group("multi-sensor transport (Redis)")
-    g.add_argument("--publish", metavar="URL", type=_url,
-                   help="push every TLS session record onto a Redis list, D4 style: "
-                   f"redis://host:port/db[?key=LIST] (default list {DEFAULT_KEY})")
-    g.add_argument("--publish-buffer", type=int, default=DEFAULT_BUFFER, metavar="N",
-                   help="records held while Redis is unreachable before new ones are dropped "
-                   f"(default {DEFAULT_BUFFER})")
-    g.add_argument("--publish-flush", type=float, default=DEFAULT_FLUSH, metavar="SECONDS",
-                   help="at exit, wait this long for buffered records to be pushed "
-                   f"(default {DEFAULT_FLUSH:g})")
-
-
-def make_extension(args: argparse.Namespace, pipeline: Any) -> Any:
+def make_extension(args: Flags, pipeline: Any) -> Any:
     """``pipeline.EXTENSIONS`` factory: a Redis publisher when ``--publish`` was given."""
     if not getattr(args, "publish", None):
         return None
     from iocwatch.transport.redis import make_publisher
 
-    return make_publisher(args)
-
-
-def add_ingest_arguments(parser: argparse.ArgumentParser) -> None:
-    """``iocwatch ingest --from redis://...`` and its companions."""
-    parser.add_argument("--from", dest="from_url", metavar="URL",
-                        help="pop D4 session records from a Redis list (redis://host:port/db"
-                        f"[?key=LIST&consumer=NAME], default list {DEFAULT_KEY}) with "
-                        "acknowledged pops, until SIGINT/SIGTERM")
-    parser.add_argument("--once", action="store_true",
-                        help="with --from: stop when the list is empty")
-    parser.add_argument("--batch", type=int, default=BATCH, metavar="N",
-                        help=f"with --from: records per store transaction (default {BATCH})")
+    return make_publisher(args.publish, args.publish_buffer, args.publish_flush)
