@@ -151,7 +151,7 @@ def _peak_rss_mb(code: str) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
-_RSS = ("import resource, sys; from iocwatch.store import cli; "
+_RSS = ("import resource, sys; from iocwatch.store import files; "
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
 
 
