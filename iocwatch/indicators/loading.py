@@ -7,8 +7,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
-from iocwatch.indicators.model import LoadReport
-from iocwatch.indicators.store import IndicatorSet
+from iocwatch.indicators import IndicatorSet, LoadReport
 
 
 @dataclass(frozen=True)
