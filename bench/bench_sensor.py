@@ -267,10 +267,10 @@ def report(m: Measured, packets: int, size: int) -> None:
 # Python sees only the first 20 packets of each IPv4 flow plus all non-IPv4 packets) with a
 # no-op callback. Real work (handshakes, DNS, records) comes on top of each.
 FLOOR_STEPS = (
-    ("python + imports", "import iocwatch.cli"),
-    ("+ read packets", "import iocwatch.cli\nfrom iocwatch.capture.files import CaptureReader\n"
+    ("python + imports", "import iocwatch.commands.sensor"),
+    ("+ read packets", "import iocwatch.commands.sensor\nfrom iocwatch.capture.files import CaptureReader\n"
                        "for _ in CaptureReader(sys.argv[1]): pass"),
-    ("pcapy-ng C head", "import iocwatch.cli, pcapy\n"
+    ("pcapy-ng C head", "import iocwatch.commands.sensor, pcapy\n"
                         "pcapy.open_offline(sys.argv[1]).loop_filtered(-1, lambda h, d, c: None, "
                         "admit_mask=3, flow_cutoff=20)"),
 )

@@ -1,31 +1,22 @@
 """Retro-hunt: today's indicators against everything the store has already seen.
 
-``iocwatch hunt --store URL --ioc FILE`` loads indicators exactly as the sensor does and
-streams every stored name, address, certificate and fingerprint through the sensor's own
-:class:`~iocwatch.matcher.Matcher`, so a hunt and a live capture can never disagree about what
-matches. Each stored item is one observation; only on a hit does the hunt go back to the store
-for context (which sources saw a name, which role an address had, whether a certificate name
-was its CN), then matches the item again with those channels and writes the alerts with
-``first_seen``, ``last_seen`` and ``count`` of the stored item.
+``iocwatch hunt --store URL --ioc FILE`` (:mod:`iocwatch.commands.hunt`) loads indicators
+exactly as the sensor does and streams every stored name, address, certificate and
+fingerprint through the sensor's own :class:`~iocwatch.matcher.Matcher`, so a hunt and a live
+capture can never disagree about what matches. Each stored item is one observation; only on a
+hit does the hunt go back to the store for context (which sources saw a name, which role an
+address had, whether a certificate name was its CN), then matches the item again with those
+channels and writes the alerts with ``first_seen``, ``last_seen`` and ``count`` of the stored
+item.
 """
 
 from __future__ import annotations
 
-import argparse
-import socket
-import sys
-import time
-from collections.abc import Iterable
 from typing import Any
 
-from iocwatch.indicators import FORMATS, IndicatorFileError
 from iocwatch.matcher import Matcher
 from iocwatch.observations import NAME_CHANNELS, Channel, Observation
 from iocwatch.outputs.alerts import AlertWriter, iso_utc
-from iocwatch.pipeline import load_indicators, report_load
-from iocwatch.usage import Parser as _Parser
-from iocwatch.usage import UsageError as HuntError
-from iocwatch.usage import redact_url
 
 #: Store ``source`` words (the store writes the live channel names, and ``dns_answer`` for the
 #: owner name of an answer) to the live alert channel of a name.
@@ -36,32 +27,6 @@ _SOURCE_WORDS = (("quic", Channel.QUIC_SNI), ("sni", Channel.TLS_SNI), ("cn", Ch
                  ("dns", Channel.DNS_QUERY))
 #: Addresses kept in a name alert's context (a name can have thousands).
 MAX_CONTEXT = 20
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="iocwatch hunt",
-                description="Match indicator files against every name, address, certificate "
-                "and TLS fingerprint already in the store; alerts as the live sensor writes "
-                "them, with first_seen, last_seen and count.")
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="the store: a SQLite path, sqlite:///path or postgresql://...")
-    p.add_argument("--ioc", action="append", default=[], metavar="FILE",
-                   help="indicator file (every format the sensor reads); repeatable")
-    p.add_argument("--ioc-format", choices=FORMATS, help="force the format of every --ioc file")
-    p.add_argument("--ioc-exact", action="append", default=[], metavar="FILE",
-                   help="indicator file whose domains match only themselves; repeatable")
-    p.add_argument("--ioc-cache", metavar="FILE", help="compiled indicator cache, as the sensor's")
-    p.add_argument("--misp-all", action="store_true", help="take MISP attributes not flagged to_ids")
-    p.add_argument("--alerts", default="-", metavar="FILE",
-                   help="append alerts (JSON lines) here; default stdout")
-    p.add_argument("--alert-format", choices=("json", "ecs"), default="json",
-                   help="alert schema: iocwatch JSON (default) or Elastic Common Schema")
-    p.add_argument("--sensor-name", default=socket.gethostname(),
-                   help="sensor name put in every alert (default: the host name)")
-    p.add_argument("--fail-on-alert", action="store_true",
-                   help="exit with status 3 when anything matched")
-    p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
-    return p
 
 
 def _iso(ts: Any) -> str | None:
@@ -248,74 +213,3 @@ class Hunt:
         self.addresses()
         self.certificates()
         self.fingerprints()
-
-
-def _store_message(url: str, exc: Exception) -> str:
-    text = str(exc).replace(url, redact_url(url)).splitlines()[0] if str(exc) else repr(exc)
-    return text if redact_url(url) in text else f"store {redact_url(url)}: {text}"
-
-
-def main(argv: Iterable[str]) -> int:
-    try:
-        args = build_parser().parse_args(list(argv))
-        return run(args)
-    except HuntError as exc:
-        sys.stderr.write(f"iocwatch: error: {exc}\n")
-        return 2
-
-
-def check_paths(args: argparse.Namespace) -> None:
-    """The alert file can be written and is no input (the store, an indicator file), checked
-    before the store is opened or an indicator loaded."""
-    from iocwatch.outputs.paths import check_file, refuse_same
-    from iocwatch.store.sqlite import sqlite_path
-
-    check_file("--alerts", args.alerts)
-    inputs = [("--ioc", p) for p in args.ioc]
-    store = sqlite_path(args.store)
-    if store:
-        inputs += [("--store", store)]
-    outputs = [("--alerts", args.alerts)]
-    if args.ioc_cache:
-        outputs.append(("--ioc-cache", args.ioc_cache))
-    refuse_same(outputs, inputs)
-
-
-def run(args: argparse.Namespace) -> int:
-    from iocwatch.store import StoreError, open_store
-
-    args.ioc = args.ioc + [p for p in args.ioc_exact if p not in args.ioc]
-    if not args.ioc:
-        raise HuntError("hunt needs at least one --ioc FILE")
-    check_paths(args)
-    try:  # first: a wrong store is found before a million indicators are loaded
-        store = open_store(args.store, readonly=True)
-    except (StoreError, ImportError) as exc:  # ImportError: the PostgreSQL driver is missing
-        raise HuntError(_store_message(args.store, exc))
-    try:
-        indicators, report = load_indicators(args)
-    except IndicatorFileError as exc:
-        store.close()
-        raise HuntError(str(exc))
-    report_load(report, args.quiet)
-    try:
-        writer = AlertWriter(args.alerts, args.alert_format)
-    except OSError as exc:
-        store.close()
-        raise HuntError(f"cannot write {args.alerts}: {exc.strerror or exc}")
-    hunt = Hunt(store, indicators, writer, args.sensor_name)
-    started = time.monotonic()
-    try:
-        hunt.run()
-    except StoreError as exc:
-        raise HuntError(_store_message(args.store, exc))
-    finally:
-        writer.close()
-        store.close()
-    if not args.quiet:
-        s = hunt.scanned
-        sys.stderr.write(f"iocwatch: hunted {s['names']} names, {s['addresses']} addresses, "
-                         f"{s['certificates']} certificates, {s['fingerprints']} fingerprints "
-                         f"against {len(indicators)} indicators: {hunt.alerts} alerts in "
-                         f"{time.monotonic() - started:.1f} s\n")
-    return 3 if args.fail_on_alert and hunt.alerts else 0

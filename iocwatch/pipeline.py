@@ -7,12 +7,12 @@ by the file mode (``iocwatch -r``, everything in one process) and the live worke
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from typing import Any
 
-from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
+from iocwatch.indicators import IndicatorFileError, IndicatorSet
+from iocwatch.indicators.loading import IndicatorSources, load_indicators, report_load
 from iocwatch.matcher import Matcher
 from iocwatch.outputs.alerts import AlertSink, AlertWriter
 from iocwatch.outputs.consumers import Consumer, load_consumers, pending
@@ -20,38 +20,13 @@ from iocwatch.outputs.paths import named
 from iocwatch.outputs.records import RecordWriter
 from iocwatch.outputs.sessions import SessionWriter, TlsSession
 from iocwatch.outputs.streams import EmitOutput, open_stream
+from iocwatch.usage import Flags
 
 
-def load_indicators(args: argparse.Namespace) -> tuple[IndicatorSet, LoadReport]:
-    """Load every --ioc file (cached when asked); raises IndicatorFileError on an unreadable one."""
-    paths = list(dict.fromkeys(args.ioc + args.ioc_exact))
-    if args.ioc_cache:
-        indicators, report, _cached = IndicatorSet.load_cached(
-            paths, args.ioc_format, cache=args.ioc_cache, misp_all=args.misp_all,
-            exact=args.ioc_exact)
-        return indicators, report
-    return IndicatorSet.load(paths, args.ioc_format, misp_all=args.misp_all,
-                             exact=args.ioc_exact)
-
-
-def report_load(report: LoadReport, quiet: bool) -> None:
-    """Skipped lines and warnings on stderr (bounded), so a bad feed is noticed."""
-    for path, line, reason in report.skipped[:20]:
-        sys.stderr.write(f"iocwatch: {path}:{line}: skipped: {reason}\n")
-    if report.skipped_total > 20:
-        sys.stderr.write(f"iocwatch: ... {report.skipped_total - 20} more skipped entries\n")
-    for w in report.warnings:
-        sys.stderr.write(f"iocwatch: warning: {w}\n")
-    if not quiet:
-        sys.stderr.write(f"iocwatch: {report.loaded} indicators loaded from "
-                         f"{len(report.files)} file(s), {report.skipped_total} skipped, "
-                         f"{report.unsupported} unsupported, {report.ignored} ignored\n")
-
-
-def reload_indicators(args: argparse.Namespace, matcher: Matcher) -> bool:
+def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool) -> bool:
     """Re-read the files; swap the set in only if every file still loads (else keep the old)."""
     try:
-        new, rep = load_indicators(args)
+        new, rep = load_indicators(sources)
     except (IndicatorFileError, OSError, ValueError) as exc:
         sys.stderr.write(f"iocwatch: reload failed, keeping the old indicators: {exc}\n")
         return False
@@ -61,7 +36,7 @@ def reload_indicators(args: argparse.Namespace, matcher: Matcher) -> bool:
                          + "; ".join(broken) + "\n")
         return False
     matcher.swap(new)
-    report_load(rep, args.quiet)
+    report_load(rep, quiet)
     return True
 
 
@@ -71,12 +46,13 @@ class SensorPipeline:
     (:meth:`open_files`); each ``iocwatch -i`` worker attaches it to the writer process's
     ``emit`` (:meth:`attach`)."""
 
-    def __init__(self, args: argparse.Namespace, records: bool, sessions: bool,
-                 indicators: IndicatorSet | None):
+    def __init__(self, args: Flags, records: bool, sessions: bool,
+                 indicators: IndicatorSet | None, sources: IndicatorSources | None = None):
         self.args = args
         self.want_records, self.want_sessions = records, sessions
         # loaded once by the parent (live workers are forked from it, sharing the set)
         self.indicators = indicators
+        self.sources = sources  # what a reload reads again
         self.writer: RecordWriter | None = None
         self.alert_sink: AlertSink | None = None
         self.matcher: Matcher | None = None
@@ -198,8 +174,8 @@ class SensorPipeline:
             raise first
 
     def reload_indicators(self) -> None:
-        if self.matcher is not None:
-            reload_indicators(self.args, self.matcher)
+        if self.matcher is not None and self.sources is not None:
+            reload_indicators(self.sources, self.matcher, self.args.quiet)
 
     def counters(self) -> dict[str, int]:
         out = {"alerts": self.alert_sink.count if self.alert_sink is not None else 0}

@@ -1,13 +1,14 @@
-"""Command-line errors, shared by ``iocwatch`` and its subcommands.
+"""What every floor may know of the command line: its error, its parsed flags as feature
+code sees them, and URLs made fit to print.
 
 A bad flag, value or unusable input is one line on stderr and exit status 2, never argparse's
-usage dump or a traceback: every parser raises :class:`UsageError` and each command's main
-turns it into that line.
+usage dump or a traceback: every parser (:mod:`iocwatch.commands`) and every feature check
+raises :class:`UsageError`, and each command's main turns it into that line.
 """
 
 from __future__ import annotations
 
-import argparse
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 
 
@@ -15,11 +16,12 @@ class UsageError(Exception):
     """A bad flag or value, or an input that cannot be used: one line on stderr, exit 2."""
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse with its errors raised as :class:`UsageError` (one line, no usage dump)."""
+class Flags(Protocol):
+    """The sensor's parsed flags as the pipeline, live capture and the extensions read them:
+    one attribute per long flag (``args.ioc_cache``), built by :mod:`iocwatch.commands`; so
+    that no feature module needs argparse to name the type."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UsageError(message)
+    def __getattr__(self, name: str) -> Any: ...
 
 
 def redact_url(url: str) -> str:

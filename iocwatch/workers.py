@@ -13,7 +13,6 @@ iocwatch.pipeline.SensorPipeline.
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import signal
@@ -32,6 +31,7 @@ from iocwatch.outputs.consumers import FAILING_COUNTERS, LOSS_COUNTERS, loss_lin
 from iocwatch.outputs.sessions import TlsSession
 from iocwatch.outputs.streams import OutputError, Outputs, open_outputs, parse_rotate
 from iocwatch.privileges import PrivilegeError, drop_privileges, lookup_user
+from iocwatch.usage import Flags
 
 WORKER_WAIT_MS = 100  # longest a worker sleeps in poll(): signal and stop latency
 WORKER_STATS_EVERY = 1.0
@@ -297,7 +297,7 @@ class StatsPrinter:
         return text
 
 
-def _validate(args: argparse.Namespace) -> None:
+def _validate(args: Flags) -> None:
     if not getattr(args, "interface", None):
         raise LiveError("no interface: give -i IFACE (or interface = \"...\" in --config)")
     if args.workers < 1 or args.workers > 64:
@@ -317,7 +317,7 @@ def _validate(args: argparse.Namespace) -> None:
         raise LiveError("--rotate-keep takes a count >= 0 and needs --rotate")
 
 
-def run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
+def run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
              streams: dict[str, str | None]) -> int:
     """Capture until SIGINT/SIGTERM; 0 on a clean stop, 2 when something fails before capture,
     4 when a sink (store, publisher, network output) lost data on the way.
@@ -331,7 +331,7 @@ def run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
         return 2
 
 
-def _run_live(args: argparse.Namespace, make_pipeline: Callable[[], Pipeline],
+def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
               streams: dict[str, str | None]) -> int:
     _validate(args)
     user = lookup_user(args.user) if getattr(args, "user", None) else None

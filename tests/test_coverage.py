@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iocwatch.commands.coverage import main
 from iocwatch.coverage import (
     CoverageBuilder,
-    main,
     normalise,
     registrable,
     render_html,

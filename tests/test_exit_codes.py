@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from iocwatch import cli
-from iocwatch.config import ConfigError, parse_args_with_config
+from iocwatch.commands import sensor
+from iocwatch.commands.config import ConfigError, parse_args_with_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -69,15 +70,15 @@ def test_command_line_read_wins_over_config_interface(tmp_path: Path) -> None:
 def test_config_mode_applies_only_when_the_command_line_names_none(tmp_path: Path) -> None:
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'read = "{SAMPLE}"\n')
-    a = parse_args_with_config(cli.build_parser(), ["--config", str(cfg)])
+    a = parse_args_with_config(sensor.build_parser(), ["--config", str(cfg)])
     assert (a.read, a.interface) == (SAMPLE, None)
-    a = parse_args_with_config(cli.build_parser(), ["-i", "lo", "--config", str(cfg)])
+    a = parse_args_with_config(sensor.build_parser(), ["-i", "lo", "--config", str(cfg)])
     assert (a.read, a.interface) == (None, "lo")
     proc = run("--config", str(cfg), "-q")
     assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 57, proc.stderr
     cfg.write_text(f'read = "{SAMPLE}"\ninterface = "eth0"\n')
     with pytest.raises(ConfigError, match="cannot both"):
-        parse_args_with_config(cli.build_parser(), ["--config", str(cfg)])
+        parse_args_with_config(sensor.build_parser(), ["--config", str(cfg)])
     one_error(run("--config", str(cfg)), "read", "interface")
     cfg.write_text("stats-interval = 10\n")
     one_error(run("--config", str(cfg)), "-r/--read", "required")
@@ -307,12 +308,12 @@ def test_live_flags_without_their_output_are_exit_2(flags: list[str], word: str)
 
 def test_a_config_template_keeping_such_keys_is_not_a_contradiction(tmp_path: Path) -> None:
     """contrib/iocwatch.toml keeps net-streams while its syslog/udp/tcp lines are comments."""
-    a = parse_args_with_config(cli.build_parser(), ["-r", SAMPLE, "--config", str(_cfg(tmp_path))])
+    a = parse_args_with_config(sensor.build_parser(), ["-r", SAMPLE, "--config", str(_cfg(tmp_path))])
     a.command_line = {"--config"}
     a.ioc = []
-    assert cli._given_without(a) == []
+    assert sensor.contradictions(a) == []
     a.command_line = {"--config", "--net-streams"}
-    assert cli._given_without(a)
+    assert sensor.contradictions(a)
 
 
 def _cfg(tmp_path: Path) -> Path:

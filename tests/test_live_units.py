@@ -8,13 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from iocwatch import live_options
 from iocwatch.capture.live import DEFAULT_FILTER, check_filter, default_filter
-from iocwatch.config import ConfigError, parse_args_with_config
+from iocwatch.commands import sensor_options
+from iocwatch.commands.config import ConfigError, parse_args_with_config
 
 
 def cli_parser():
-    from iocwatch.cli import build_parser
+    from iocwatch.commands.sensor import build_parser
 
     return build_parser()
 
@@ -53,7 +53,7 @@ def test_add_live_arguments_leaves_existing_flags() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("-i", "--interface", dest="iface_owned")
     p.add_argument("--filter", dest="filter_owned")
-    live_options.add_live_arguments(p)
+    sensor_options.add_live_arguments(p)
     a = p.parse_args(["-i", "x", "--workers", "2", "--filter", "udp"])
     assert (a.iface_owned, a.workers, a.filter_owned) == ("x", 2, "udp")
 

@@ -97,7 +97,7 @@ def test_store_connection_killed_is_reopened(pg_cluster, monkeypatch):
 
 
 def _args(tmp_path: Path, **over: object) -> argparse.Namespace:
-    from iocwatch.cli import build_parser
+    from iocwatch.commands.sensor import build_parser
 
     args = build_parser().parse_args(["-r", str(tmp_path / "x.pcap"), "--tailgate",
                                         "--tailgate-offline-ok"])

@@ -1,4 +1,5 @@
-"""``iocwatch serve``: the passive-SSL REST API over a store, read-only, under uvicorn.
+"""The passive-SSL REST API over a store, read-only, under uvicorn (``iocwatch serve``, whose
+command line is :mod:`iocwatch.commands.serve`).
 
 The listening socket is bound here, before uvicorn starts, so a busy port or a bad address is
 a one-line error like every other bad command line, and ``--listen HOST:0`` can report the port
@@ -7,67 +8,21 @@ the kernel chose (the first stderr line, which tests read).
 
 from __future__ import annotations
 
-import argparse
 import ipaddress
 import logging
 import os
 import signal
 import socket
 import sys
+from dataclasses import dataclass
 from typing import Any
 
-from iocwatch.usage import Parser as _Parser
 from iocwatch.usage import UsageError as _UsageError
 from iocwatch.usage import redact_url
 
-__all__ = ["main", "parse_listen"]
+__all__ = ["DEFAULT_LISTEN", "ServeOptions", "parse_listen", "serve"]
 
 DEFAULT_LISTEN = "127.0.0.1:8088"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from iocwatch.api.app import Limits
-    from iocwatch.api.server import ConnLimits
-
-    d = Limits()
-    c = ConnLimits()
-    p = _Parser(prog="iocwatch serve",
-                description="Serve the store read-only over HTTP: CIRCL passive-SSL v2 "
-                "(/v2pssl/query, cquery, cfetch; the pypssl client works unchanged) and D4 "
-                "analyzer style lookups (/ja3, /ja3s, /ja4, /ja4s, /tlsh, /name). "
-                "OpenAPI description at /openapi.json.")
-    p.add_argument("--store", required=True, metavar="URL",
-                   help="store to read: a SQLite file path, sqlite:///path or postgresql://...")
-    p.add_argument("--listen", default=DEFAULT_LISTEN, metavar="HOST:PORT",
-                   help=f"address to listen on (default {DEFAULT_LISTEN}; [::1]:8088 for IPv6; "
-                   "port 0 picks a free port)")
-    p.add_argument("--token-file", metavar="FILE",
-                   help="require one of the tokens in FILE (one per line) on every request but "
-                   "/openapi.json: as Bearer token, bare Authorization header or basic-auth "
-                   "password")
-    p.add_argument("--threads", type=int, default=d.threads, metavar="N",
-                   help=f"store query threads, each with its own connection (default {d.threads})")
-    p.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="server processes sharing the listening socket (default 1); each has "
-                   "its own --threads and --max-inflight")
-    p.add_argument("--max-inflight", type=int, default=d.max_inflight, metavar="N",
-                   help=f"requests answered at once; more get 503 (default {d.max_inflight})")
-    p.add_argument("--header-timeout", type=float, default=c.header_timeout, metavar="SECONDS",
-                   help="close a connection whose request head is not complete this long after "
-                   f"it opened (or after the first byte of a keep-alive request), with a JSON 408 "
-                   f"(default {c.header_timeout:g})")
-    p.add_argument("--body-timeout", type=float, default=c.body_timeout, metavar="SECONDS",
-                   help="the same for a request body, from the end of the head "
-                   f"(default {c.body_timeout:g})")
-    p.add_argument("--max-conns-per-client", type=int, default=c.max_conns_per_client,
-                   metavar="N", help="open connections per source address; more are answered "
-                   f"with a JSON 429 and closed (default {c.max_conns_per_client}, per worker)")
-    p.add_argument("--max-connections", type=int, default=c.max_connections, metavar="N",
-                   help="open connections in all; more are answered with a JSON 503 and closed "
-                   f"(default {c.max_connections}, per worker)")
-    p.add_argument("--access-log", action="store_true",
-                   help="log every request on stderr (client, method, path, status)")
-    return p
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -107,34 +62,44 @@ def _bind(host: str, port: int, reuse_port: bool = False) -> socket.socket:
     return sock
 
 
-def serve(args: argparse.Namespace) -> int:
+@dataclass(frozen=True)
+class ServeOptions:
+    """What ``iocwatch serve`` was asked for, its flags checked (:mod:`iocwatch.commands.serve`)."""
+
+    store: str
+    listen: str
+    token_file: str | None
+    threads: int
+    workers: int
+    max_inflight: int
+    header_timeout: float
+    body_timeout: float
+    max_conns_per_client: int
+    max_connections: int
+    access_log: bool
+
+
+def serve(opts: ServeOptions) -> int:
+    """Bind, report the address, fork the extra workers, run uvicorn until SIGINT/SIGTERM."""
     import uvicorn
 
     from iocwatch.api.app import MAX_HEADERS, MAX_URL, Limits, create_app, load_tokens
     from iocwatch.api.server import ConnLimits, protocol_class
     from iocwatch.store import StoreError, open_store
 
-    if args.threads < 1 or args.max_inflight < 1 or not 1 <= args.workers <= 64:
-        raise _UsageError("--threads and --max-inflight must be at least 1, --workers 1..64")
-    for flag, value in (("--header-timeout", args.header_timeout),
-                        ("--body-timeout", args.body_timeout)):
-        if not 0 < value <= 3600:  # NaN fails this too
-            raise _UsageError(f"{flag}: want seconds between 0 and 3600, got {value:g}")
-    if args.max_conns_per_client < 1 or args.max_connections < 1:
-        raise _UsageError("--max-conns-per-client and --max-connections must be at least 1")
     try:
-        host, port = parse_listen(args.listen)
+        host, port = parse_listen(opts.listen)
     except ValueError as exc:
         raise _UsageError(str(exc))
     tokens = None
-    if args.token_file:
+    if opts.token_file:
         try:
-            tokens = load_tokens(args.token_file)
+            tokens = load_tokens(opts.token_file)
         except OSError as exc:
-            raise _UsageError(f"cannot read {args.token_file}: {exc.strerror or exc}")
+            raise _UsageError(f"cannot read {opts.token_file}: {exc.strerror or exc}")
         except ValueError as exc:
             raise _UsageError(str(exc))
-    url = args.store
+    url = opts.store
     try:  # fail now, with one line, rather than on the first request
         open_store(url, readonly=True).close()
     except StoreError as exc:
@@ -144,9 +109,9 @@ def serve(args: argparse.Namespace) -> int:
         return open_store(url, readonly=True)
 
     try:
-        sock = _bind(host, port, reuse_port=args.workers > 1)
+        sock = _bind(host, port, reuse_port=opts.workers > 1)
     except OSError as exc:
-        raise _UsageError(f"cannot listen on {args.listen}: {exc.strerror or exc}")
+        raise _UsageError(f"cannot listen on {opts.listen}: {exc.strerror or exc}")
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
     sys.stderr.write(f"iocwatch serve: listening on http://{shown}:{bound[1]} "
@@ -159,7 +124,7 @@ def serve(args: argparse.Namespace) -> int:
     # the kernel spreads the connections of the one listening socket over them
     parent = os.getpid()
     children: list[int] = []
-    for _ in range(args.workers - 1):
+    for _ in range(opts.workers - 1):
         pid = os.fork()
         if pid == 0:
             children = []
@@ -169,18 +134,18 @@ def serve(args: argparse.Namespace) -> int:
             break
         children.append(pid)
     app, pool = create_app(opener, tokens=tokens,
-                           limits=Limits(threads=args.threads, max_inflight=args.max_inflight))
-    conn_limits = ConnLimits(header_timeout=args.header_timeout, body_timeout=args.body_timeout,
-                             max_conns_per_client=args.max_conns_per_client,
-                             max_connections=args.max_connections)
+                           limits=Limits(threads=opts.threads, max_inflight=opts.max_inflight))
+    conn_limits = ConnLimits(header_timeout=opts.header_timeout, body_timeout=opts.body_timeout,
+                             max_conns_per_client=opts.max_conns_per_client,
+                             max_connections=opts.max_connections)
     # uvicorn's own h11 protocol with read deadlines and connection caps added (api/server.py);
     # no limit_concurrency: it counts slow connections too and answers everyone plain text
-    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=args.access_log,
+    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=opts.access_log,
                             server_header=False, lifespan="off",
                             http=protocol_class(conn_limits),
                             h11_max_incomplete_event_size=MAX_URL + MAX_HEADERS + 1024,
                             timeout_keep_alive=15)
-    if args.access_log:  # uvicorn logs requests at INFO
+    if opts.access_log:  # uvicorn logs requests at INFO
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
     # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
     # a no-op one here, so the pool is closed below and the exit status is 0.
@@ -191,7 +156,7 @@ def serve(args: argparse.Namespace) -> int:
     finally:
         pool.close()
         sock.close()
-    if args.workers > 1 and not children and os.getpid() != parent:
+    if opts.workers > 1 and not children and os.getpid() != parent:
         os._exit(0)  # a forked worker: the parent reports
     for pid in children:  # the parent was told to stop: so are the workers (they drain too)
         try:
@@ -200,14 +165,3 @@ def serve(args: argparse.Namespace) -> int:
         except (ProcessLookupError, ChildProcessError):
             pass
     return 0
-
-
-def main(argv: list[str]) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-        return serve(args)
-    except _UsageError as exc:
-        sys.stderr.write(f"iocwatch: error: {exc}\n")
-        return 2
-    except KeyboardInterrupt:
-        return 130

@@ -10,11 +10,11 @@ nothing of it; the implementations live with what they feed (``store/``, ``trans
 
 from __future__ import annotations
 
-import argparse
 import importlib
 from typing import Any, Protocol
 
 from iocwatch.outputs.sessions import TlsSession
+from iocwatch.usage import Flags
 
 
 class Consumer(Protocol):
@@ -34,7 +34,7 @@ class Consumer(Protocol):
 
 
 # (flag, "module:function"): the factory f(args, pipeline) -> Consumer | None, imported and
-# called only when its flag (the argparse dest) is set, so a run without it pays nothing.
+# called only when its flag (the flag's attribute) is set, so a run without it pays nothing.
 # Consumers that inject records come after those that keep them (they close in reverse).
 CONSUMERS: list[tuple[str, str]] = [
     ("store", "iocwatch.store.extension:make"),  # --store
@@ -43,7 +43,7 @@ CONSUMERS: list[tuple[str, str]] = [
 ]
 
 
-def load_consumers(args: argparse.Namespace, pipeline: Any) -> list[Consumer]:
+def load_consumers(args: Flags, pipeline: Any) -> list[Consumer]:
     """The consumers whose flags ``args`` sets, in :data:`CONSUMERS` order."""
     out = []
     for flag, spec in CONSUMERS:

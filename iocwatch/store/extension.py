@@ -10,7 +10,6 @@ while the queue fills to its bound; past it, live capture drops and counts. Read
 
 from __future__ import annotations
 
-import argparse
 import collections
 import os
 import sqlite3
@@ -25,7 +24,7 @@ from iocwatch.store.db import Store, StoreError, one_line, retry_delay
 from iocwatch.store.ingest import Converter
 from iocwatch.store.model import Batch
 from iocwatch.store.sqlite import sqlite_path
-from iocwatch.usage import redact_url
+from iocwatch.usage import Flags, redact_url
 
 BATCH_ITEMS = 20000  # most inputs per transaction (big batches write far faster)
 CLOSE_WAIT = 30.0  # seconds close() waits without a successful write before dropping the rest
@@ -33,7 +32,7 @@ FILE_WAIT = 60.0  # seconds a full queue may hold up -r before items are dropped
 NOTE_AFTER = 1.0  # seconds close() waits silently before saying what it waits for
 
 
-def make(args: argparse.Namespace, pipeline: Any) -> StoreExtension | None:
+def make(args: Flags, pipeline: Any) -> StoreExtension | None:
     """The consumer factory (iocwatch.outputs.consumers.CONSUMERS)."""
     url = getattr(args, "store", None)
     if not url:

@@ -50,7 +50,7 @@ def walk(paths: list[str], fs: FileStats) -> Iterator[str]:
             yield top
 
 
-def _identity(path: str) -> tuple[int, int] | None:
+def identity(path: str) -> tuple[int, int] | None:
     try:
         st = os.stat(path)
     except OSError:
@@ -124,10 +124,10 @@ def ingest_paths(store: Store, paths: list[str], fs: FileStats, total: IngestSta
     (the exception propagates) they still say what was committed."""
     conv = Converter(sensor)  # one for the run: certificates parsed once
     for path in walk(paths, fs):
-        if skip and _identity(path) in skip:
+        if skip and identity(path) in skip:
             continue
         fs.files += 1
         total.add(ingest_records(store, safe_read(path, fs), converter=conv))
 
 
-__all__ = ["FileStats", "ingest_paths", "read_file", "safe_read", "shown", "store_files", "walk"]
+__all__ = ["FileStats", "identity", "ingest_paths", "read_file", "safe_read", "shown", "store_files", "walk"]

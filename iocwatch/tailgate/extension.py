@@ -16,7 +16,6 @@ by address and port and drops them before anything analyses them.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import ipaddress
 import os
@@ -34,8 +33,8 @@ from iocwatch.flows.dissector import Dissector, Event
 from iocwatch.outputs.sessions import TlsSession
 from iocwatch.protocols import x509
 from iocwatch.tailgate.cache import CacheError, ProbeCache
+from iocwatch.tailgate.defaults import Network, default_cache_path
 from iocwatch.tailgate.hello import profile
-from iocwatch.tailgate.options import Network, default_cache_path
 from iocwatch.tailgate.probe import (
     PortPicker,
     ProbeResult,
@@ -44,7 +43,7 @@ from iocwatch.tailgate.probe import (
     quic_available,
     warm_up,
 )
-from iocwatch.usage import redact_url
+from iocwatch.usage import Flags, redact_url
 
 KNOWN_MAX = 65536  # keys remembered in memory (beyond: the cache's database still answers)
 DEST_WINDOW = 60.0  # seconds over which --tailgate-per-dest counts
@@ -53,7 +52,7 @@ PRUNE_EVERY = 3600.0  # expired rows leave the cache's database this often (and 
 Key = tuple[str, int, str]
 
 
-def make(args: argparse.Namespace, pipeline: Any) -> Tailgater | None:
+def make(args: Flags, pipeline: Any) -> Tailgater | None:
     """The pipeline's factory: None unless --tailgate (for -r: on the command line)."""
     if not getattr(args, "tailgate", False):
         return None
@@ -61,7 +60,7 @@ def make(args: argparse.Namespace, pipeline: Any) -> Tailgater | None:
         sys.stderr.write("iocwatch: warning: tailgating from a config file is not used with -r "
                          "(the capture may be old): give --tailgate on the command line\n")
         return None
-    # -r without --tailgate-offline-ok never gets here: cli.run_sensor refuses it (check_offline)
+    # -r without --tailgate-offline-ok never gets here: commands.sensor refuses it (check_offline)
     # before any output is opened
     workers = getattr(args, "workers", 1) if getattr(args, "interface", None) else 1
     cache = None

@@ -19,7 +19,6 @@ Records queued *inside* Redis survive a Redis restart only when Redis persists t
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import signal
 import sys
@@ -206,10 +205,11 @@ class PublishExtension:
                 "redis_reconnects": p.reconnects, "redis_render_errors": self.render_errors}
 
 
-def make_publisher(args: argparse.Namespace) -> PublishExtension:
-    client_url, key, _consumer = parse_url(args.publish)
-    return PublishExtension(RedisPublisher(client_url, key, args.publish_buffer),
-                            args.publish_flush)
+def make_publisher(url: str, buffer: int = DEFAULT_BUFFER,
+                   flush: float = DEFAULT_FLUSH) -> PublishExtension:
+    """``--publish URL``: the pipeline extension pushing every TLS session record to Redis."""
+    client_url, key, _consumer = parse_url(url)
+    return PublishExtension(RedisPublisher(client_url, key, buffer), flush)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -341,30 +341,31 @@ class StoreUnavailable(Exception):
     """The store kept failing while we were asked to stop: the batch stays unacknowledged."""
 
 
-def ingest_from(args: argparse.Namespace, store: Any) -> int:
-    """Run the consumer for ``args.from_url`` into an open store; the exit status (a bad URL or
-    an unreachable Redis: one line on stderr, 2)."""
+def ingest_from(url: str, store: Any, *, once: bool = False, batch: int = BATCH,
+                sensor: str | None = None, quiet: bool = False) -> int:
+    """Run the consumer for ``url`` into an open store; the exit status (a bad URL or an
+    unreachable Redis: one line on stderr, 2)."""
     try:
-        return _ingest_from(args, store)
+        return _ingest_from(url, store, once, batch, sensor, quiet)
     except TransportError as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")
         return 2
 
 
-def _ingest_from(args: argparse.Namespace, store: Any) -> int:
+def _ingest_from(url: str, store: Any, once: bool, batch: int, sensor: str | None,
+                 quiet: bool) -> int:
     from iocwatch.store.ingest import Converter, IngestStats, ingest_records
 
-    client_url, key, consumer_name = parse_url(args.from_url)
-    if getattr(args, "batch", BATCH) < 1:
+    client_url, key, consumer_name = parse_url(url)
+    if batch < 1:
         raise TransportError("--batch must be at least 1")
     total = IngestStats()
-    conv = Converter(getattr(args, "sensor", None))  # one for the run: certificates parsed once
+    conv = Converter(sensor)  # one for the run: certificates parsed once
 
     def ingest(records: list[dict]) -> None:
         total.add(ingest_records(store, records, converter=conv))
 
-    consumer = RedisConsumer(client_url, key, consumer_name, ingest,
-                             getattr(args, "batch", BATCH))
+    consumer = RedisConsumer(client_url, key, consumer_name, ingest, batch)
     try:
         consumer.client.ping()
     except (redis.RedisError, OSError) as exc:
@@ -377,7 +378,7 @@ def _ingest_from(args: argparse.Namespace, store: Any) -> int:
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
     status = 0
     try:
-        consumer.run(once=args.once)
+        consumer.run(once=once)
     except StoreUnavailable as exc:
         sys.stderr.write(f"iocwatch: store unavailable, batch left in {consumer.processing}: "
                          f"{exc}\n")
@@ -386,7 +387,7 @@ def _ingest_from(args: argparse.Namespace, store: Any) -> int:
         for s, h in old.items():
             signal.signal(s, h)
         consumer.close()
-    if not getattr(args, "quiet", False):
+    if not quiet:
         c = consumer.counters()
         if total.records:  # what the store took, once something reached it
             c.update((k, v) for k, v in dataclasses.asdict(total).items() if k != "records")
@@ -395,23 +396,24 @@ def _ingest_from(args: argparse.Namespace, store: Any) -> int:
     return status
 
 
-def ingest_from_url(args: argparse.Namespace) -> int:
+def ingest_from_url(url: str, store_url: str, *, once: bool = False, batch: int = BATCH,
+                    sensor: str | None = None, quiet: bool = False) -> int:
     """``iocwatch ingest --from URL --store STORE``: check the URL, open the store, consume.
 
-    Called by the ingest command (iocwatch/store/cli.py); errors are one line, exit 2.
+    Called by the ingest command (iocwatch/commands/ingest.py); errors are one line, exit 2.
     """
     from iocwatch.store import StoreError, open_store
 
     try:
-        parse_url(args.from_url)  # a bad URL before the store is created
+        parse_url(url)  # a bad URL before the store is created
         try:
-            store = open_store(args.store)
+            store = open_store(store_url)
         except StoreError as exc:
             raise TransportError(str(exc))
     except TransportError as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")
         return 2
     try:
-        return ingest_from(args, store)
+        return ingest_from(url, store, once=once, batch=batch, sensor=sensor, quiet=quiet)
     finally:
         store.close()

@@ -1,4 +1,5 @@
-"""A TOML configuration file whose keys are the long flag names (``stats-interval = 10``).
+"""``--config FILE``: a TOML file whose keys are the sensor's long flag names
+(``stats-interval = 10``).
 
 The file supplies defaults; anything given on the command line wins. Keys may use ``-`` or
 ``_``; a ``[section]`` table is only a visual grouping (its keys are flags too). Unknown keys

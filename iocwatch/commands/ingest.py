@@ -1,5 +1,6 @@
-"""``iocwatch ingest DIR|FILE...``: session files, session records, records and mercury output
-into the store (the files: :mod:`iocwatch.store.files`; ``--from``: the Redis transport)."""
+"""``iocwatch ingest DIR|FILE...`` (or ``--from redis://...``): its flags and checks, and the
+run that feeds the files (:mod:`iocwatch.store.files`) or the Redis list
+(:mod:`iocwatch.transport.redis`) into the store."""
 
 from __future__ import annotations
 
@@ -7,12 +8,12 @@ import argparse
 import os
 import sys
 
-from iocwatch.store import open_store
-from iocwatch.store.db import StoreError, one_line
-from iocwatch.store.files import FileStats, ingest_paths, shown, store_files
-from iocwatch.store.ingest import IngestStats
+from iocwatch.commands.options import Parser as _Parser
+from iocwatch.store.db import StoreError, one_line, open_store
+from iocwatch.store.files import FileStats, identity, safe_read, shown, store_files, walk
+from iocwatch.store.ingest import Converter, IngestStats, ingest_records
 from iocwatch.store.sqlite import sqlite_path
-from iocwatch.usage import Parser as _Parser
+from iocwatch.transport import BATCH, DEFAULT_KEY
 from iocwatch.usage import UsageError
 
 
@@ -26,9 +27,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="SQLite file or postgresql://... (default iocwatch.db)")
     p.add_argument("--sensor", metavar="NAME", help="sensor name recorded with new sessions")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
-    from iocwatch.transport import add_ingest_arguments
-
-    add_ingest_arguments(p)  # --from redis://..., --once, --batch: the Redis transport
+    # the Redis transport
+    p.add_argument("--from", dest="from_url", metavar="URL",
+                   help="pop D4 session records from a Redis list (redis://host:port/db"
+                   f"[?key=LIST&consumer=NAME], default list {DEFAULT_KEY}) with "
+                   "acknowledged pops, until SIGINT/SIGTERM")
+    p.add_argument("--once", action="store_true",
+                   help="with --from: stop when the list is empty")
+    p.add_argument("--batch", type=int, default=BATCH, metavar="N",
+                   help=f"with --from: records per store transaction (default {BATCH})")
     p.set_defaults(batch=None)  # None: not given, so --batch without --from can be refused
     return p
 
@@ -36,8 +43,6 @@ def build_parser() -> argparse.ArgumentParser:
 def check_flags(args: argparse.Namespace) -> None:
     """Flags that contradict each other, and a store that is one of the inputs, are refused
     before the store is opened (or created)."""
-    from iocwatch.transport import BATCH
-
     if args.from_url is None:
         given = [flag for flag, on in (("--once", args.once), ("--batch", args.batch is not None))
                  if on]
@@ -67,15 +72,20 @@ def run(args: argparse.Namespace) -> int:
     if args.from_url is not None:  # the Redis transport (iocwatch/transport/redis.py)
         from iocwatch.transport.redis import ingest_from_url
 
-        return ingest_from_url(args)
+        return ingest_from_url(args.from_url, args.store, once=args.once, batch=args.batch,
+                               sensor=args.sensor, quiet=args.quiet)
     store = open_store(args.store)
+    skip = store_files(args.store)  # a store inside an input directory is not an input
     fs = FileStats()
     total = IngestStats()
+    conv = Converter(args.sensor)
     failed = ""
     try:
-        # a store inside an input directory is not an input
-        ingest_paths(store, args.paths, fs, total, sensor=args.sensor,
-                     skip=store_files(args.store))
+        for path in walk(args.paths, fs):
+            if skip and identity(path) in skip:
+                continue
+            fs.files += 1
+            total.add(ingest_records(store, safe_read(path, fs), converter=conv))
     except Exception as exc:  # noqa: BLE001 - the database failed (gone, full, locked too long)
         failed = one_line(exc)
     finally:

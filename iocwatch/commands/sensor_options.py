@@ -1,6 +1,11 @@
-"""The ``--tailgate*`` flags, apart from the tailgater itself: building the command line
-must not import the probes and their TLS stack, which a run without ``--tailgate`` never uses
-(see :mod:`iocwatch.tailgate.extension`)."""
+"""The sensor's flag groups beside the indicator flags: live capture (``-i`` and its
+companions), network outputs, the passive-SSL store, tailgating and the Redis transport.
+
+Only argparse and light modules are imported here: building the command line, and refusing
+live flags given with ``-r``, must not import the capture workers, libpcap, the store's
+database code, the probes' TLS stack or the Redis client, which a run without those flags
+never uses.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +15,97 @@ import os
 import time
 from typing import Any
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+from iocwatch.tailgate.defaults import Network, default_cache_path
+from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH, DEFAULT_KEY, TransportError, parse_url
 
 
-def default_cache_path() -> str:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "iocwatch", "tailgate.sqlite")
+def add_live_arguments(parser: argparse.ArgumentParser) -> None:
+    """The live-capture flags; options the parser already has are left as they are."""
+    have = set(getattr(parser, "_option_string_actions", {}))
+
+    def add(group: Any, *names: str, **kw: Any) -> None:
+        if not have.intersection(names):
+            group.add_argument(*names, **kw)
+
+    g = parser.add_argument_group("live capture")
+    add(g, "-i", "--interface", metavar="IFACE",
+        help="capture on this interface ('any' for all) until SIGINT/SIGTERM")
+    add(g, "--filter", metavar="BPF", default=None,
+        help="capture filter (tcpdump syntax) instead of the built-in prefilter, which drops "
+        "pure TCP ACKs and QUIC short-header packets in the kernel; '' keeps everything")
+    add(g, "--snaplen", type=int, default=65535, metavar="BYTES",
+        help="bytes kept per packet (default 65535)")
+    add(g, "--no-promisc", action="store_true", help="no promiscuous mode")
+    add(g, "--buffer-size", type=int, default=64, metavar="MB",
+        help="kernel ring per worker in MB (default 64)")
+    add(g, "--no-immediate", action="store_true",
+        help="deliver packets in 250 ms blocks instead of within ~10 ms (less CPU when busy)")
+    add(g, "--workers", type=int, default=1, metavar="N",
+        help="capture processes sharing the interface by flow hash (PACKET_FANOUT); default 1")
+    add(g, "--stats-interval", type=float, default=0.0, metavar="SECONDS",
+        help="write a stats line (packets, bytes, drops, flows, names, alerts, rates) to "
+        "stderr this often; 0: only at the end")
+    add(g, "--stats-json-stream", action="store_true",
+        help="write the stats lines as JSON ('iocwatch stats {...}')")
+    add(g, "--rotate", metavar="SPEC",
+        help="rotate output files by time (30m, 1h, 1d) or size (100M, 1G); the old file "
+        "becomes FILE.YYYYmmdd-HHMMSS")
+    add(g, "--rotate-keep", type=int, default=0, metavar="N",
+        help="with --rotate, keep only the N newest rotated files of each output (also those "
+        "of earlier runs); default 0 keeps all")
+    add(g, "--user", metavar="NAME", help="drop root to this user once the interface is open")
+    add(g, "--config", metavar="FILE",
+        help="TOML file whose keys are long flag names (see contrib/iocwatch.toml); "
+        "flags on the command line win")
+    n = parser.add_argument_group("network outputs (JSON lines)")
+    add(n, "--syslog", action="store_true", help="send lines to the local syslog socket")
+    add(n, "--syslog-socket", default="/dev/log", metavar="PATH",
+        help="syslog socket (default /dev/log)")
+    add(n, "--syslog-facility", default="local0", metavar="NAME", help="default local0")
+    add(n, "--udp", action="append", metavar="HOST:PORT", help="one datagram per line")
+    add(n, "--tcp", action="append", metavar="HOST:PORT",
+        help="newline-delimited over TCP, reconnecting when the collector restarts")
+    add(n, "--net-streams", default="records,alerts", metavar="LIST",
+        help="which streams go to --syslog/--udp/--tcp (records, alerts, sessions)")
+
+
+def live_only_given(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """Flags of add_live_arguments' groups set away from their defaults (a --config file
+    sets defaults, so its live keys do not count): meaningless when reading a file."""
+    given = []
+    for group in parser._action_groups:
+        if group.title not in ("live capture", "network outputs (JSON lines)"):
+            continue
+        for action in group._group_actions:
+            if action.dest in ("interface", "config"):
+                continue
+            if getattr(args, action.dest, None) != parser.get_default(action.dest):
+                given.append(action.option_strings[-1])
+    return given
+
+
+def store_url(value: str) -> str:
+    """argparse type: refuse what can never work before capture starts."""
+    if value.startswith(("postgresql://", "postgres://")):
+        return value
+    if "://" in value and not value.startswith("sqlite://"):
+        raise argparse.ArgumentTypeError(f"unsupported store URL: {value.split('://')[0]}://")
+    path = value[len("sqlite:///"):] if value.startswith("sqlite:///") else value
+    parent = os.path.dirname(os.path.abspath(path)) if path else ""
+    if not path or not os.path.isdir(parent):
+        raise argparse.ArgumentTypeError(f"no directory for the store file: {value}")
+    return value
+
+
+def add_store_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--store`` flags (the writer is :mod:`iocwatch.store.extension`)."""
+    g = parser.add_argument_group("passive-SSL store")
+    g.add_argument("--store", type=store_url, metavar="URL",
+                   help="write certificates, TLS sessions and observed names into this store: "
+                   "a SQLite file (WAL) or postgresql://...")
+    g.add_argument("--store-queue", type=int, default=100_000, metavar="N",
+                   help="records and sessions held while the store is slow or unreachable "
+                   "(default 100000); past it, live capture drops and counts them")
 
 
 class _ExplicitTailgate(argparse._StoreTrueAction):
@@ -108,7 +198,8 @@ def check_offline(args: argparse.Namespace) -> str | None:
     return None
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_tailgate_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``--tailgate*`` flags (the tailgater is :mod:`iocwatch.tailgate.extension`)."""
     g = parser.add_argument_group("TLS 1.3 certificate tailgating")
     g.add_argument("--tailgate", action=_ExplicitTailgate,
                    help="for TLS 1.3 and QUIC sessions (certificate encrypted), connect to the "
@@ -155,3 +246,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="allow --tailgate with -r (contacts today the servers of an old capture)")
     # one id per iocwatch run, taken before -i forks its workers: they share it
     parser.set_defaults(tailgate_explicit=False, tailgate_run=f"{os.getpid()}-{time.time():.6f}")
+
+
+def _redis_url(value: str) -> str:
+    """argparse type of ``--publish``: the whole URL checked before capture starts."""
+    try:
+        client_url = parse_url(value)[0]
+        from iocwatch.transport.redis import connect
+
+        connect(client_url).close()
+    except TransportError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+    return value
+
+
+def add_publish_arguments(parser: argparse.ArgumentParser) -> None:
+    """The sensor's ``--publish`` flags (the publisher is :mod:`iocwatch.transport.redis`)."""
+    g = parser.add_argument_group("multi-sensor transport (Redis)")
+    g.add_argument("--publish", metavar="URL", type=_redis_url,
+                   help="push every TLS session record onto a Redis list, D4 style: "
+                   f"redis://host:port/db[?key=LIST] (default list {DEFAULT_KEY})")
+    g.add_argument("--publish-buffer", type=int, default=DEFAULT_BUFFER, metavar="N",
+                   help="records held while Redis is unreachable before new ones are dropped "
+                   f"(default {DEFAULT_BUFFER})")
+    g.add_argument("--publish-flush", type=float, default=DEFAULT_FLUSH, metavar="SECONDS",
+                   help="at exit, wait this long for buffered records to be pushed "
+                   f"(default {DEFAULT_FLUSH:g})")

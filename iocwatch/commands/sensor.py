@@ -1,0 +1,492 @@
+"""The sensor, ``iocwatch -r FILE`` or ``-i IFACE``: its command line, the checks made before
+anything is opened, and a file run from capture to exit status, one named step each. Live
+capture hands over to :mod:`iocwatch.workers` after the same checks."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import stat
+import sys
+import time
+from dataclasses import dataclass
+
+import orjson
+
+from iocwatch import __version__
+from iocwatch.capture.files import CaptureReader
+from iocwatch.commands.config import ConfigError, parse_args_with_config
+from iocwatch.commands.options import Parser, add_indicator_flags, indicator_sources, merge_exact
+from iocwatch.commands.sensor_options import (
+    add_live_arguments,
+    add_publish_arguments,
+    add_store_arguments,
+    add_tailgate_arguments,
+    check_offline,
+    live_only_given,
+)
+from iocwatch.commands.sensor_report import Progress, collect_stats, render_stats, summary_line
+from iocwatch.engine import Engine, EngineConfig
+from iocwatch.indicators import IndicatorFileError, IndicatorSet
+from iocwatch.indicators.loading import IndicatorSources, load_indicators, report_load
+from iocwatch.indicators.sets import check_cache_path
+from iocwatch.outputs.paths import reason
+from iocwatch.pipeline import SensorPipeline, loss_line, losses
+from iocwatch.store.sqlite import sqlite_path
+from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH
+from iocwatch.transport.redis import probe as probe_redis
+from iocwatch.usage import UsageError, redact_url
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = Parser(
+        prog="iocwatch",
+        description="Extract server names from DNS, TLS and HTTP traffic as mercury-style "
+        "JSON records. Subcommands: 'iocwatch coverage', 'iocwatch ingest', "
+        "'iocwatch hunt', 'iocwatch serve' (see their -h).",
+    )
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("-r", "--read", metavar="FILE",
+                     help="pcap or pcapng file (optionally gzip-compressed); '-' reads stdin")
+    src.add_argument("-i", "--interface", metavar="IFACE",
+                     help="capture live on this interface ('any' for all) until SIGINT/SIGTERM")
+    p.add_argument("-f", "--output", dest="output", metavar="FILE",
+                   help="write records (JSON lines) here ('-': stdout); default stdout, "
+                   "or no records when --ioc is given")
+    p.add_argument("--no-records", action="store_true", help="do not write records")
+    tls = p.add_argument_group("TLS sessions (D4 passive-SSL style)")
+    tls.add_argument("-j", "--session-dir", metavar="DIR",
+                     help="one JSON file per TLS session (D4 sensor fields), written atomically")
+    tls.add_argument("--session-records", metavar="FILE",
+                     help="the same session objects as JSON lines on one stream ('-': stdout)")
+    tls.add_argument("-w", "--cert-dir", metavar="DIR",
+                     help="every distinct certificate once, as DIR/ab/cd/<sha1>.der")
+    tls.add_argument("--pem", action="store_true", help="with -w, also write <sha1>.pem")
+    ioc = p.add_argument_group("indicators and alerts")
+    add_indicator_flags(ioc, ("--ioc", "--ioc-format", "--ioc-cache", "--ioc-exact",
+                              "--misp-all", "--alerts", "--alert-format"))
+    ioc.add_argument("--dedupe", type=float, metavar="SECONDS", default=0.0,
+                     help="fold repeats of the same indicator, name and host pair within "
+                     "SECONDS into one alert with a count")
+    add_indicator_flags(ioc, ("--sensor-name", "--fail-on-alert"))
+    ioc.add_argument("--reload-interval", type=float, metavar="SECONDS", default=0.0,
+                     help="re-read the indicator files this often (also on SIGHUP)")
+    p.add_argument("--stats", action="store_true",
+                   help="print detailed counters (per link type, dissector, malformed kind) "
+                   "to stderr at the end")
+    p.add_argument("--stats-json", metavar="FILE", help="write the counters as JSON to FILE")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no end-of-run summary line")
+    p.add_argument("-mbpc", "--max-buffered-pages-per-connection", dest="mbpc", type=int,
+                   default=16, metavar="N",
+                   help="out-of-order TCP segments held per connection (default 16)")
+    p.add_argument("-mbpt", "--max-buffered-pages-total", dest="mbpt", type=int, default=1024,
+                   metavar="N", help="out-of-order TCP segments held in total (default 1024)")
+    p.add_argument("--version", action="version", version=f"iocwatch {__version__}")
+    add_live_arguments(p)  # -i companions: filter, workers, rotation, outputs, config, user
+    add_store_arguments(p)  # --store: the passive-SSL store
+    add_tailgate_arguments(p)
+    add_publish_arguments(p)  # --publish redis://...
+    return p
+
+
+def contradictions(args: argparse.Namespace) -> list[str]:
+    """Flags that mean nothing in this combination: contradictory, so exit 2 with the reason
+    rather than a run that silently ignores what was asked."""
+    bad = []
+    if args.no_records and args.output:
+        bad.append("--no-records and -f/--output: choose one (records are either written "
+                   "or not)")
+    if args.pem and not args.cert_dir:
+        bad.append("--pem: only with -w DIR (it writes a .pem beside each .der there)")
+    # "X only with Y" is judged on the command line: a --config file (contrib/iocwatch.toml)
+    # may well keep, say, net-streams while its outputs are commented out
+    given = getattr(args, "command_line", None)
+
+    def typed(flag: str) -> bool:
+        return given is None or any(f in given for f in flag.split("/"))
+
+    if not args.ioc:
+        for flag, on in (("--alerts", args.alerts), ("--fail-on-alert", args.fail_on_alert),
+                         ("--dedupe", args.dedupe), ("--ioc-cache", args.ioc_cache),
+                         ("--ioc-format", args.ioc_format), ("--misp-all", args.misp_all),
+                         ("--reload-interval", args.reload_interval),
+                         ("--alert-format", args.alert_format != "json")):
+            if on and typed(flag):
+                bad.append(f"{flag}: only with --ioc or --ioc-exact (there is nothing to match)")
+    if args.interface is not None and args.fail_on_alert and typed("--fail-on-alert"):
+        bad.append("--fail-on-alert: only with -r (live capture runs until stopped; watch its "
+                   "alerts instead)")
+    for flag, on, needs in (
+            ("--store-queue", getattr(args, "store_queue", 100_000) != 100_000
+             and not getattr(args, "store", None), "--store"),
+            ("--publish-buffer", getattr(args, "publish_buffer", DEFAULT_BUFFER) != DEFAULT_BUFFER
+             and not getattr(args, "publish", None), "--publish"),
+            ("--publish-flush", getattr(args, "publish_flush", DEFAULT_FLUSH) != DEFAULT_FLUSH
+             and not getattr(args, "publish", None), "--publish"),
+            ("--syslog-socket/--syslog-facility",
+             (getattr(args, "syslog_socket", "/dev/log"), getattr(args, "syslog_facility", "local0"))
+             != ("/dev/log", "local0") and not getattr(args, "syslog", False), "--syslog"),
+            ("--net-streams", getattr(args, "net_streams", "records,alerts") != "records,alerts"
+             and not (getattr(args, "syslog", False) or getattr(args, "udp", None)
+                      or getattr(args, "tcp", None)), "--syslog, --udp or --tcp")):
+        if on and typed(flag):
+            bad.append(f"{flag}: only with {needs}")
+    return bad
+
+
+def check_paths(args: argparse.Namespace, records_to: str | None,
+                alerts_to: str | None) -> None:
+    """Every output opened or validated, none an input, before anything is read or written."""
+    from iocwatch.outputs import paths
+
+    outputs: list[tuple[str, str]] = []
+    for flag, path in (("-f", records_to), ("--alerts", alerts_to),
+                       ("--stats-json", args.stats_json),
+                       ("--session-records", args.session_records)):
+        if path is not None and path != "-":
+            paths.check_file(flag, path)
+            outputs.append((flag, path))
+    for flag, path in (("-j", args.session_dir), ("-w", args.cert_dir)):
+        if path is not None:
+            paths.check_dir(flag, path)
+            outputs.append((flag, path))
+    if args.ioc_cache:
+        paths.check_file("--ioc-cache", args.ioc_cache)
+        outputs.append(("--ioc-cache", args.ioc_cache))
+    inputs: list[tuple[str, str]] = []
+    if args.read and args.read != "-":
+        inputs.append(("-r", args.read))
+    inputs += [("--ioc", p) for p in dict.fromkeys(args.ioc)]
+    if getattr(args, "config", None):
+        inputs.append(("--config", args.config))
+    store = getattr(args, "store", None)
+    if store:
+        path = sqlite_path(store)
+        if path:  # read and written: neither an input nor another output may be it
+            outputs.insert(0, ("--store", path))
+    paths.refuse_same(outputs, inputs)
+    if args.ioc_cache:  # after refuse_same, which gives the better reason for an input
+        try:
+            check_cache_path(args.ioc_cache)  # the load checks it so too
+        except IndicatorFileError as exc:
+            raise UsageError(f"--ioc-cache {exc}") from None
+
+
+def probe_sinks(args: argparse.Namespace) -> None:
+    """A file run's store and publisher reached once before anything is written: one that
+    cannot be used is exit 2 now, not a run that drops everything and says it succeeded."""
+    if getattr(args, "store", None):
+        from iocwatch.store.extension import probe as probe_store
+
+        why = probe_store(args.store)
+        if why:
+            raise UsageError(f"--store {redact_url(args.store)}: {why}")
+    if getattr(args, "publish", None):
+        why = probe_redis(args.publish)
+        if why:
+            raise UsageError(f"--publish: {why}")
+
+
+def parse(argv: list[str]) -> argparse.Namespace:
+    """The command line, with ``--config FILE`` applied as defaults; live-only flags refused
+    with ``-r``; the long flags typed on the command line kept (see :func:`contradictions`)."""
+    parser = build_parser()
+    try:
+        args = parse_args_with_config(parser, argv)
+    except ConfigError as exc:
+        raise UsageError(str(exc))
+    if args.interface is None:
+        given = live_only_given(parser, args)
+        if given:
+            raise UsageError(f"{', '.join(given)}: only with -i (live capture)")
+    args.command_line = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    return args
+
+
+def check_values(args: argparse.Namespace) -> None:
+    """Numbers in range and no empty path (argparse takes ``-f ''``; every later check would
+    read it as "not given")."""
+    if args.mbpc < 1 or args.mbpt < 1:
+        raise UsageError("-mbpc and -mbpt must be at least 1")
+    if args.dedupe < 0 or args.reload_interval < 0:
+        raise UsageError("--dedupe and --reload-interval take a number of seconds >= 0")
+    for flag, value in (("-r", args.read), ("-f", args.output), ("--alerts", args.alerts),
+                        ("--stats-json", args.stats_json), ("-j", args.session_dir),
+                        ("--session-records", args.session_records), ("-w", args.cert_dir),
+                        ("--ioc-cache", args.ioc_cache), ("--config", getattr(args, "config", None)),
+                        *(("--ioc", p) for p in args.ioc)):
+        if value == "":
+            raise UsageError(f"{flag}: empty path")
+
+
+@dataclass(frozen=True)
+class Streams:
+    """Where records and alerts go: a path, ``-`` (stdout) or None (not written). ``alerts``
+    is None without indicators."""
+
+    records: str | None
+    alerts: str | None
+
+
+def streams(args: argparse.Namespace) -> Streams:
+    """Records to stdout unless matching (then alerts are the point), never two streams on
+    stdout at once."""
+    records_to = args.output if args.output else (None if args.ioc else "-")
+    if args.no_records:
+        records_to = None
+    alerts_to = args.alerts if args.alerts else ("-" if records_to != "-" else None)
+    if args.ioc and alerts_to is None:
+        raise UsageError("records and alerts would both go to stdout: give -f FILE or --alerts FILE")
+    if args.ioc and records_to == "-" and alerts_to == "-":
+        raise UsageError("records and alerts cannot both go to stdout")
+    if args.session_records == "-" and "-" in (records_to, alerts_to if args.ioc else None):
+        raise UsageError("session records and records/alerts cannot all go to stdout")
+    if args.stats_json == "-" and "-" in (records_to, alerts_to if args.ioc else None,
+                                          args.session_records):
+        raise UsageError("--stats-json -: stdout already carries records, alerts or sessions")
+    if args.ioc_cache == "-":
+        raise UsageError("--ioc-cache: needs a file, not stdout")
+    if args.interface is not None and args.stats_json:
+        raise UsageError("--stats-json: only with -r; live capture writes its counters with "
+                         "--stats-interval and --stats-json-stream")
+    return Streams(records_to, alerts_to if args.ioc else None)
+
+
+def open_capture(args: argparse.Namespace) -> CaptureReader | None:
+    """The -r capture (None for live capture), opened before the indicator cache, an output,
+    is written."""
+    if args.interface is not None:
+        return None
+    try:
+        return CaptureReader(args.read)
+    except OSError as exc:  # a device or /proc file that fails on its first read
+        raise UsageError(f"-r {args.read}: cannot read: {reason(exc)}")
+
+
+def load(args: argparse.Namespace, sources: IndicatorSources) -> IndicatorSet | None:
+    """The indicator set (None without --ioc); an unreadable file is a usage error."""
+    if not args.ioc:
+        return None
+    try:
+        indicators, report = load_indicators(sources)
+    except IndicatorFileError as exc:
+        raise UsageError(str(exc))
+    report_load(report, args.quiet)
+    return indicators
+
+
+def run(args: argparse.Namespace) -> int:
+    """Checks first (nothing opened or written until all pass), then a live or a file run."""
+    merge_exact(args)
+    check_values(args)
+    bad = contradictions(args)
+    if bad:
+        raise UsageError(bad[0])
+    refusal = check_offline(args)
+    if refusal:  # before anything is opened or written
+        raise UsageError(refusal)
+    to = streams(args)
+    check_paths(args, to.records, to.alerts)
+    reader = open_capture(args)  # the capture, store and publisher checked before the cache
+    sources = indicator_sources(args)
+    try:
+        if reader is not None:
+            probe_sinks(args)
+        indicators = load(args, sources)
+    except BaseException:
+        if reader is not None:
+            reader.close()
+        raise
+
+    def make_pipeline() -> SensorPipeline:
+        return SensorPipeline(args, to.records is not None, args.session_records is not None,
+                              indicators, sources)
+
+    if reader is None:
+        from iocwatch.workers import run_live
+
+        return run_live(args, make_pipeline, {"records": to.records, "alerts": to.alerts,
+                                              "sessions": args.session_records})
+    return run_file(args, reader, make_pipeline(), to)
+
+
+class Reloader:
+    """Re-reads the indicator files on SIGHUP and every --reload-interval seconds; checked
+    once per chunk read, never from the signal handler."""
+
+    def __init__(self, pipeline: SensorPipeline, interval: float):
+        self.pipeline = pipeline
+        self.interval = interval
+        self.requested = False
+        self.next = time.monotonic() + interval
+        if pipeline.matcher is not None and hasattr(signal, "SIGHUP"):
+            signal.signal(signal.SIGHUP, self._on_hup)
+
+    def _on_hup(self, _signum: int, _frame: object) -> None:
+        self.requested = True
+
+    def tick(self) -> None:
+        if self.pipeline.matcher is None:
+            return
+        due = self.interval and time.monotonic() >= self.next
+        if self.requested or due:
+            self.requested = False
+            self.next = time.monotonic() + self.interval
+            self.pipeline.reload_indicators()
+
+
+def progress_display(args: argparse.Namespace, reader: CaptureReader) -> Progress | None:
+    """A progress line on an interactive stderr (a bar when the capture's size is known)."""
+    if args.quiet or not sys.stderr.isatty():
+        return None
+    size = None
+    if args.read != "-":
+        try:
+            st = os.stat(args.read)
+            size = st.st_size if stat.S_ISREG(st.st_mode) else None
+        except OSError:
+            size = None
+    return Progress(reader, size)
+
+
+@dataclass
+class Outcome:
+    """How the engine's run ended: interrupted (exit 130), an output that failed mid-run (disk
+    full: data lost), or anything else to raise again once everything is closed."""
+
+    interrupted: bool = False
+    write_error: OSError | None = None
+    stop: BaseException | None = None
+
+
+def run_engine(engine: Engine, reader: CaptureReader, progress: Progress | None) -> Outcome:
+    out = Outcome()
+    try:
+        engine.run(reader)
+    except KeyboardInterrupt:
+        out.interrupted = True
+    except BrokenPipeError as exc:
+        out.stop = exc
+    except OSError as exc:
+        out.write_error = exc
+    except BaseException as exc:  # noqa: BLE001 - closed by close_all, then raised again
+        out.stop = exc
+    finally:
+        if progress is not None:
+            progress.end()
+    return out
+
+
+def close_all(engine: Engine, pipeline: SensorPipeline, reader: CaptureReader,
+              out: Outcome) -> None:
+    """Each step runs even when one before failed: the store still drains."""
+    for step in (engine.finish, pipeline.close, reader.close):
+        try:
+            step()
+        except BrokenPipeError as exc:
+            out.stop = out.stop or exc
+        except OSError as exc:
+            out.write_error = out.write_error or exc
+    if out.stop is not None:
+        raise out.stop
+
+
+def run_report(engine: Engine, reader: CaptureReader, pipeline: SensorPipeline,
+               cpu: float) -> dict:
+    """The counters of the run: capture, engine, alerts, extensions, TLS session files."""
+    report = collect_stats(engine, reader, cpu)
+    alert_sink, sessions = pipeline.alert_sink, pipeline.sessions
+    if alert_sink is not None:
+        report["alerts"] = alert_sink.count
+    extra = {k: v for k, v in pipeline.counters().items() if k != "alerts"}
+    if extra:
+        report["extensions"] = extra
+    if sessions is not None:
+        report["tls_sessions"] = {
+            "written": sessions.sessions_written, "write_errors": sessions.write_errors,
+            "session_errors": sessions.session_errors, "times_clamped": sessions.times_clamped,
+            "certificates_written": sessions.certs.written if sessions.certs else 0}
+    return report
+
+
+def write_stats_json(path: str, report: dict, out: Outcome) -> None:
+    doc = orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n"
+    try:
+        if path == "-":
+            sys.stdout.buffer.write(doc)
+            sys.stdout.buffer.flush()
+        else:
+            with open(path, "wb") as fh:
+                fh.write(doc)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = "stdout" if path == "-" else path
+        out.write_error = out.write_error or exc
+
+
+def lost_data(pipeline: SensorPipeline, report: dict) -> dict[str, int]:
+    """What the outputs and extensions dropped (exit status 4)."""
+    lost = losses(report.get("extensions", {}))
+    sessions = pipeline.sessions
+    if sessions is not None and sessions.write_errors:
+        lost["tls_session_write_errors"] = sessions.write_errors
+    return lost
+
+
+def run_file(args: argparse.Namespace, reader: CaptureReader, pipeline: SensorPipeline,
+             to: Streams) -> int:
+    """``iocwatch -r``: one process from capture to exit status (0, 3 matched with
+    --fail-on-alert, 4 data lost, 130 interrupted)."""
+    try:
+        pipeline.open_files(to.records, to.alerts)
+    except OSError as exc:
+        reader.close()
+        raise UsageError(f"{exc.filename or to.records}: cannot write: "
+                         f"{reason(exc)}")
+    reloader = Reloader(pipeline, args.reload_interval)
+    progress = progress_display(args, reader)
+
+    def periodic() -> None:
+        """Runs once per chunk read: progress, indicator reload, extensions' background work."""
+        if progress is not None:
+            progress()
+        pipeline.tick()
+        reloader.tick()
+
+    reader.on_read = periodic
+    engine = Engine(pipeline.engine_sink, EngineConfig(args.mbpc, args.mbpt))
+    engine.flow_hook = pipeline.flow_hook
+    engine.session_sink = pipeline.session_sink
+    started = time.process_time()
+    out = run_engine(engine, reader, progress)
+    close_all(engine, pipeline, reader, out)
+    report = run_report(engine, reader, pipeline, time.process_time() - started)
+    if args.stats_json:
+        write_stats_json(args.stats_json, report, out)
+    if args.stats:
+        sys.stderr.write(render_stats(report))
+    elif not args.quiet:
+        sys.stderr.write(summary_line(report) + "\n")
+    lost = lost_data(pipeline, report)
+    if out.write_error is not None:
+        sys.stderr.write(f"iocwatch: data lost: {out.write_error.filename or 'an output'}: "
+                         f"cannot write: {reason(out.write_error)}\n")
+    elif lost:
+        sys.stderr.write(loss_line(lost) + "\n")
+    if out.interrupted:
+        return 130
+    alerts = pipeline.alert_sink
+    if args.fail_on_alert and alerts is not None and alerts.count:
+        return 3
+    if lost or out.write_error is not None:
+        return 4
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    """``iocwatch [flags]``: errors are raised for :func:`iocwatch.cli.main` to report."""
+    return run(parse(argv))

@@ -1,0 +1,113 @@
+"""What a file run (``iocwatch -r``) shows on stderr and in --stats-json: a progress line
+while it reads, then the counters of the capture, the engine and the outputs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+
+from iocwatch.capture.files import CaptureReader
+from iocwatch.engine import Engine
+
+
+class Progress:
+    """A one-line progress display on stderr: a bar when the size is known, else a counter
+    of bytes read and packets (stdin, a FIFO), so a long ``-r -`` shows it is alive."""
+
+    def __init__(self, reader: CaptureReader, size: int | None):
+        self.reader = reader
+        self.size = size if size else None
+        self.last = 0.0
+        self.width = 0
+
+    def __call__(self) -> None:
+        now = time.monotonic()
+        if now - self.last < 0.2:
+            return
+        self.last = now
+        if self.size is None:
+            st = self.reader.stats
+            text = f"\r{self.reader.position() / 1e6:,.1f} MB read, {st.records:,} packets "
+        else:
+            frac = min(self.reader.position() / self.size, 1.0)
+            bar = "#" * int(frac * 30)
+            text = f"\r[{bar:<30}] {frac * 100:5.1f}% "
+        self.width = max(self.width, len(text))
+        sys.stderr.write(text)
+        sys.stderr.flush()
+
+    def end(self) -> None:
+        sys.stderr.write("\r" + " " * max(self.width, 44) + "\r")
+
+
+def collect_stats(engine: Engine, reader: CaptureReader, cpu: float) -> dict:
+    rs = reader.stats
+    counters: Counter[str] = engine.stats
+    linktypes = dict(rs.linktypes)
+    if rs.format == "pcap" and len(linktypes) == 1:  # one link type: no per-packet counting
+        linktypes = {next(iter(linktypes)): rs.records}
+    lim = engine.limits
+    return {
+        "file": reader.path,
+        "format": rs.format,
+        "packets": rs.records,
+        "bytes": rs.bytes,
+        "truncated": rs.truncated,
+        "file_damage": dict(rs.damaged),
+        "linktypes": {str(k): v for k, v in linktypes.items()},
+        "cpu_seconds": round(cpu, 3),
+        "records": counters.get("records", 0),
+        "names": {k[6:]: v for k, v in counters.items() if k.startswith("names_")},
+        "tcp_flows": counters.get("tcp_flows", 0),
+        "reassembly": {
+            "overflows_per_connection": lim.overflows_conn,
+            "overflows_total": lim.overflows_total,
+            "gaps_skipped": lim.gaps,
+        },
+        "certificates": {"parsed": engine.certs.misses, "cache_hits": engine.certs.hits},
+        "malformed": {k[10:]: v for k, v in counters.items() if k.startswith("malformed_")},
+        "counters": {k: v for k, v in sorted(counters.items())
+                     if not k.startswith(("malformed_", "names_"))},
+    }
+
+
+#: LINKTYPE_ values (pcap/pcapng) by their libpcap DLT names, as tcpdump -L shows them
+LINKTYPE_NAMES = {
+    0: "NULL", 1: "EN10MB", 101: "RAW", 12: "RAW", 14: "RAW", 105: "IEEE802_11",
+    108: "LOOP", 113: "LINUX_SLL", 127: "IEEE802_11_RADIO", 192: "PPI", 228: "IPV4",
+    229: "IPV6", 276: "LINUX_SLL2", 9: "PPP", 50: "PPP_HDLC", 104: "C_HDLC",
+}
+
+
+def linktype_name(value: int | str) -> str:
+    """``EN10MB (1)``: the name a user knows, and the number in the file."""
+    try:
+        number = int(value)
+    except ValueError:
+        return str(value)
+    return f"{LINKTYPE_NAMES.get(number, 'unknown')} ({number})"
+
+
+def summary_line(r: dict) -> str:
+    names = sum(r["names"].values())
+    bad = sum(r["malformed"].values()) + sum(r["file_damage"].values())
+    trunc = ", file truncated" if r["truncated"] else ""
+    alerts = f", {r['alerts']} alerts" if "alerts" in r else ""
+    return (f"iocwatch: {r['packets']} packets, {r.get('bytes', 0)} bytes, {r['records']} records, "
+            f"{names} names{alerts}, {bad} malformed{trunc}, {r['cpu_seconds']:.2f} s CPU")
+
+
+def render_stats(r: dict) -> str:
+    lines = [summary_line(r)]
+    for section in ("linktypes", "names", "reassembly", "certificates", "tls_sessions",
+                    "extensions",
+                    "file_damage", "malformed", "counters"):
+        items = r.get(section)
+        if not items:
+            continue
+        lines.append(f"  {section}:")
+        if section == "linktypes":
+            items = {linktype_name(k): v for k, v in items.items()}
+        lines.extend(f"    {k:<40} {v}" for k, v in items.items())
+    return "\n".join(lines) + "\n"
