@@ -9,7 +9,8 @@ import os
 import sys
 
 from iocwatch.commands.options import Parser as _Parser
-from iocwatch.store.db import StoreError, one_line, open_store
+from iocwatch.store import open_store
+from iocwatch.store.db import StoreError, one_line
 from iocwatch.store.files import FileStats, identity, safe_read, shown, store_files, walk
 from iocwatch.store.ingest import Converter, IngestStats, ingest_records
 from iocwatch.store.sqlite import sqlite_path

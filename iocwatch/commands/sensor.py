@@ -31,8 +31,9 @@ from iocwatch.engine import Engine, EngineConfig
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
 from iocwatch.indicators.loading import IndicatorSources, load_indicators, report_load
 from iocwatch.indicators.sets import check_cache_path
+from iocwatch.outputs.consumers import loss_line, losses
 from iocwatch.outputs.paths import reason
-from iocwatch.pipeline import SensorPipeline, loss_line, losses
+from iocwatch.pipeline import SensorPipeline
 from iocwatch.store.sqlite import sqlite_path
 from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH
 from iocwatch.transport.redis import probe as probe_redis
