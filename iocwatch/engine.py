@@ -17,8 +17,9 @@ from struct import unpack_from
 from iocwatch.decode.packet import Decoder
 from iocwatch.flows.session import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
 from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
-from iocwatch.observations import NAME_CHANNELS, Observation
-from iocwatch.outputs.sessions import TlsSession
+from iocwatch.model.channels import NAME_CHANNELS
+from iocwatch.model.observation import Observation
+from iocwatch.model.tls_session import TlsSession
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import quic as quicp
 from iocwatch.protocols import x509

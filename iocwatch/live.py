@@ -27,7 +27,7 @@ import orjson
 from iocwatch.capture.files import CaptureError
 from iocwatch.capture.live import LiveCapture, check_filter
 from iocwatch.engine import Engine, EngineConfig
-from iocwatch.outputs.sessions import TlsSession
+from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.sockets import OutputError, SyslogOutput, TcpOutput, UdpOutput
 from iocwatch.pipeline import LossWatch, loss_line, losses
 

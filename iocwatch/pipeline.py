@@ -13,11 +13,12 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
-from iocwatch.matcher import Matcher
-from iocwatch.outputs.alerts import AlertWriter, Deduper
+from iocwatch.matcher import Match, Matcher
+from iocwatch.outputs.alerts import AlertWriter, Deduper, alerts_for
 from iocwatch.outputs.paths import named
 from iocwatch.outputs.records import RecordWriter
-from iocwatch.outputs.sessions import SessionWriter, TlsSession
+from iocwatch.model.tls_session import TlsSession
+from iocwatch.outputs.sessions import SessionWriter
 
 
 def load_indicators(args: argparse.Namespace) -> tuple[IndicatorSet, LoadReport]:
@@ -279,8 +280,8 @@ class SensorPipeline:
         self.writer = writer
         if alerts is not None and self.indicators is not None:
             self.alert_sink = AlertSink(alerts, args.dedupe)
-            self.matcher = Matcher(self.indicators, args.sensor_name, self.alert_sink)
-            self.flow_hook = self.matcher.flow
+            self.matcher = Matcher(self.indicators)
+            self.flow_hook = self._match_flow
         if args.session_dir or args.cert_dir or session_stream or self.want_sessions:
             self.sessions = SessionWriter(args.session_dir, session_stream, args.cert_dir,
                                           args.pem)
@@ -300,7 +301,18 @@ class SensorPipeline:
 
     def _flow(self, record: dict) -> None:
         if self.matcher is not None and not self._own(record):
-            self.matcher.flow(record)
+            self._match_flow(record)
+
+    def _match_flow(self, record: dict) -> None:
+        assert self.matcher is not None
+        matches = self.matcher.flow(record)
+        if matches:
+            self._alert(record, matches)
+
+    def _alert(self, record: dict, matches: list[Match]) -> None:
+        assert self.alert_sink is not None
+        for alert in alerts_for(record, matches, self.args.sensor_name):
+            self.alert_sink(alert)
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
         if self.own_traffic is not None and event is not None and self._own(record):
@@ -308,7 +320,9 @@ class SensorPipeline:
         if self.writer is not None:
             self.writer.write(record)
         if self.matcher is not None and observations:
-            self.matcher.observe(record, observations)
+            matches = self.matcher.observe(observations)
+            if matches:
+                self._alert(record, matches)
         for ext in self.extensions:
             ext.record(record, observations, event)
 

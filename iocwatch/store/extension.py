@@ -19,7 +19,8 @@ import threading
 import time
 from typing import Any
 
-from iocwatch.outputs.sessions import CertCache, TlsSession, d4_record
+from iocwatch.model.tls_session import TlsSession
+from iocwatch.outputs.sessions import CertCache, d4_record
 from iocwatch.store.db import Store, StoreError, one_line, open_store, retry_delay
 from iocwatch.store.ingest import Converter
 from iocwatch.store.model import Batch
