@@ -14,10 +14,10 @@ from typing import Any, Protocol
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
 from iocwatch.matcher import Match, Matcher
+from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.alerts import AlertWriter, Deduper, alerts_for
 from iocwatch.outputs.paths import named
 from iocwatch.outputs.records import RecordWriter
-from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.sessions import SessionWriter
 
 
