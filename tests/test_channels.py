@@ -33,9 +33,10 @@ def test_every_channel_has_one_complete_row() -> None:
 
 
 def test_derived_sets() -> None:
-    assert NAME_CHANNELS == {Channel.DNS_QUERY, Channel.TLS_SNI, Channel.QUIC_SNI,
-                             Channel.CERT_SAN, Channel.CERT_CN, Channel.HTTP_HOST}
-    assert FINGERPRINT_CHANNELS == {Channel.JA3, Channel.JA3S, Channel.JA4, Channel.JA4S}
+    names = {Channel.DNS_QUERY, Channel.TLS_SNI, Channel.QUIC_SNI, Channel.CERT_SAN,
+             Channel.CERT_CN, Channel.HTTP_HOST}
+    fingerprints = {Channel.JA3, Channel.JA3S, Channel.JA4, Channel.JA4S}
+    assert names == NAME_CHANNELS and fingerprints == FINGERPRINT_CHANNELS
     assert [r.coverage for r in COVERAGE_CHANNELS] == [
         "dns", "tls_sni", "quic_sni", "cert_san", "cert_cn", "http_host"]
     assert [c for c, r in CHANNELS.items() if r.authority] == [Channel.HTTP_HOST]

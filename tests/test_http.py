@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iocwatch.protocols.cursor import Malformed, Truncated
 from iocwatch.model.hosts import host_key
+from iocwatch.protocols.cursor import Malformed, Truncated
 from iocwatch.protocols.http import looks_like_request, parse_request
 from tests.conftest import SHARED
 
