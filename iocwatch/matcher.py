@@ -10,6 +10,7 @@ stage, in ``outputs.alerts``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,7 @@ NORMALISE_CACHE_MAX = 1 << 16
 
 _KIND = {c: row.kind for c, row in CHANNELS.items()}
 _AUTHORITY = frozenset(c for c, row in CHANNELS.items() if row.authority)
-_NO_MATCHES: list[Match] = []  # shared by every observation list that matched nothing; never grown
+_NO_MATCHES: tuple[Match, ...] = ()  # what most observation lists match: no allocation
 
 
 @dataclass(slots=True, frozen=True)
@@ -58,10 +59,10 @@ class Matcher:
             cache[key] = norm
         return norm
 
-    def observe(self, observations: list[Observation]) -> list[Match]:
+    def observe(self, observations: list[Observation]) -> Sequence[Match]:
         """Every match of these observations (of one record), in their order."""
         ind = self.indicators
-        out = _NO_MATCHES
+        out: list[Match] | None = None
         for ob in observations:
             ch = ob.channel
             kind = _KIND.get(ch)
@@ -83,12 +84,12 @@ class Matcher:
             else:
                 continue
             if hits:
-                if out is _NO_MATCHES:
+                if out is None:
                     out = []
                 out.extend(Match(ch, ob.name, norm, hit) for hit in hits)
-        return out
+        return _NO_MATCHES if out is None else out
 
-    def flow(self, record: dict) -> list[Match]:
+    def flow(self, record: dict) -> Sequence[Match]:
         """Match the addresses of a flow (its first packet), whatever it carries."""
         ind = self.indicators
         src, dst = record["src_ip"], record["dst_ip"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, LoadReport
@@ -309,7 +309,7 @@ class SensorPipeline:
         if matches:
             self._alert(record, matches)
 
-    def _alert(self, record: dict, matches: list[Match]) -> None:
+    def _alert(self, record: dict, matches: Sequence[Match]) -> None:
         assert self.alert_sink is not None
         for alert in alerts_for(record, matches, self.args.sensor_name):
             self.alert_sink(alert)

@@ -11,7 +11,7 @@ import ipaddress
 import os
 import sys
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
 from typing import IO, TYPE_CHECKING, Any, Literal, Protocol
@@ -217,7 +217,7 @@ def build_alert(
     return alert
 
 
-def alerts_for(record: dict, matches: list[Match], sensor: str) -> list[dict]:
+def alerts_for(record: dict, matches: Sequence[Match], sensor: str) -> list[dict]:
     """The alerts of one record's matches (see :class:`~iocwatch.matcher.Matcher`)."""
     return [build_alert(record=record, channel=m.channel, name=m.name, normalised=m.normalised,
                         indicator=m.indicator, sensor=sensor) for m in matches]
