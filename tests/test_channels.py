@@ -14,6 +14,7 @@ from iocwatch.model.channels import (
     STORED_NAME_CHANNELS,
     Channel,
     Kind,
+    sni_channel,
 )
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "iocwatch" / "store" / "migrations"
@@ -40,6 +41,7 @@ def test_derived_sets() -> None:
     assert [r.coverage for r in COVERAGE_CHANNELS] == [
         "dns", "tls_sni", "quic_sni", "cert_san", "cert_cn", "http_host"]
     assert [c for c, r in CHANNELS.items() if r.authority] == [Channel.HTTP_HOST]
+    assert (sni_channel(False), sni_channel(True)) == (Channel.TLS_SNI, Channel.QUIC_SNI)
 
 
 def test_the_names_table_comment_lists_exactly_the_stored_name_sources() -> None:

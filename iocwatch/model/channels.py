@@ -5,7 +5,8 @@ a JA4 fingerprint...). Its value is the string alerts write in ``channel``, the 
 a name ``source`` or fingerprint ``kind``, and hunt reads back. Each row says, once, how the
 rest of iocwatch treats the channel: what kind of value it carries (so which indicator lookup
 matches it), the mercury JSON path users write in jq, the ECS field and ``network.protocol``
-of an ECS alert, and the key and labels of the coverage report. Modules read the row instead of
+of an ECS alert, the transport where only one carries it, whether the store keeps its names,
+and the key and labels of the coverage report. Modules read the row instead of
 spelling channel names; ``tests/test_channels.py`` checks the SQL migrations against it.
 """
 
@@ -59,6 +60,9 @@ class ChannelInfo:
     ecs_field: str
     #: ECS ``network.protocol`` of an alert on this channel; None: the alert says none
     protocol: str | None = None
+    #: the transport that alone carries the value, where the channel says (a ClientHello's SNI:
+    #: ``tcp`` for TLS, ``udp`` for QUIC's Initial); None where either can
+    transport: str | None = None
     #: True: the value is a host, maybe with ``:port`` (HTTP Host), stripped before matching
     authority: bool = False
     #: the store writes names of this channel in ``names.source`` (under the channel's value)
@@ -73,9 +77,11 @@ _ROWS = (
     ChannelInfo(Channel.DNS_QUERY, Kind.NAME, "dns.query.question[].name", "dns.question.name",
                 "dns", stored_name=True, coverage="dns", label="DNS query", short="DNS"),
     ChannelInfo(Channel.TLS_SNI, Kind.NAME, "tls.client.server_name", "tls.client.server_name",
-                "tls", stored_name=True, coverage="tls_sni", label="TLS SNI (TCP)", short="SNI"),
+                "tls", transport="tcp", stored_name=True, coverage="tls_sni", label="TLS SNI (TCP)",
+                short="SNI"),
     ChannelInfo(Channel.QUIC_SNI, Kind.NAME, "tls.client.server_name", "tls.client.server_name",
-                "quic", stored_name=True, coverage="quic_sni", label="QUIC SNI", short="QUIC"),
+                "quic", transport="udp", stored_name=True, coverage="quic_sni", label="QUIC SNI",
+                short="QUIC"),
     ChannelInfo(Channel.CERT_SAN, Kind.NAME,
                 "tls.server.certs[].cert.extensions[].subject_alt_name[].dns_name",
                 "tls.server.x509.alternative_names", "tls", stored_name=True,
@@ -119,6 +125,10 @@ STORED_NAME_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.stored_
 COVERAGE_CHANNELS: tuple[ChannelInfo, ...] = tuple(r for r in _ROWS if r.coverage is not None)
 
 
+_SNI_BY_TRANSPORT = {row.transport: c for c, row in CHANNELS.items()
+                     if row.mercury_path == "tls.client.server_name"}
+
+
 def sni_channel(quic: bool) -> Channel:
-    """The channel of a ClientHello's server name: QUIC's Initial, or TLS over TCP."""
-    return Channel.QUIC_SNI if quic else Channel.TLS_SNI
+    """The channel of a ClientHello's server name: QUIC's Initial (UDP), or TLS over TCP."""
+    return _SNI_BY_TRANSPORT["udp" if quic else "tcp"]
