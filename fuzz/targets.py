@@ -25,6 +25,7 @@ from typing import Any
 import orjson
 
 from iocwatch.boundary import INPUT_ERRORS
+from iocwatch.model.hosts import host_key
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import fingerprints as fpr
 from iocwatch.protocols import http as httpp
@@ -309,7 +310,7 @@ def t_http(data: bytes) -> None:
             if n is not None:
                 check_name(n, len(data))
         if req.host:
-            check_name(httpp.authority_host(req.host), len(data))
+            check_name(host_key(req.host), len(data))
     if got[0] is not None:
         assert got[1] == got[0], "a complete request reads differently at the end of a stream"
     # a head read from the first bytes of a stream is the head read once more bytes came

@@ -25,8 +25,9 @@ from iocwatch.flows.quic import (
 )
 from iocwatch.flows.tables import EVICT_SHARE, evict_oldest
 from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
-from iocwatch.observations import NAME_CHANNELS, Observation
-from iocwatch.outputs.sessions import TlsSession
+from iocwatch.model.channels import NAME_CHANNELS
+from iocwatch.model.observation import Observation
+from iocwatch.model.tls_session import TlsSession
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import quic as quicp
 from iocwatch.protocols import x509

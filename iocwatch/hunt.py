@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 from iocwatch.matcher import Matcher
-from iocwatch.observations import NAME_CHANNELS, Channel, Observation
-from iocwatch.outputs.alerts import AlertWriter, iso_utc
+from iocwatch.model.channels import NAME_CHANNELS, Channel
+from iocwatch.model.observation import Observation
+from iocwatch.outputs.alerts import AlertWriter, alerts_for, iso_utc
 
 #: Store ``source`` words (the store writes the live channel names, and ``dns_answer`` for the
 #: owner name of an answer) to the live alert channel of a name.
@@ -53,8 +54,8 @@ class Hunt:
     def __init__(self, store: Any, matcher_indicators: Any, writer: AlertWriter, sensor: str):
         self.store = store
         self.writer = writer
-        self._found: list[dict] = []
-        self.matcher = Matcher(matcher_indicators, sensor, self._found.append)
+        self.sensor = sensor
+        self.matcher = Matcher(matcher_indicators)
         self.scanned = {"names": 0, "addresses": 0, "certificates": 0, "fingerprints": 0}
         self.alerts = 0
         #: names already reported as certificate names by the name pass (with the certificates
@@ -63,18 +64,14 @@ class Hunt:
 
     # ---------------------------------------------------------------- matching and writing
 
-    def _hits(self, record: dict, observations: list[Observation]) -> bool:
-        """Cheap first look: does anything match at all? (the found list is reset)"""
-        self._found.clear()
-        return self.matcher.observe(record, observations) > 0
+    def _hits(self, observations: list[Observation]) -> bool:
+        """Cheap first look: does anything match at all?"""
+        return bool(self.matcher.observe(observations))
 
     def _emit(self, record: dict, observations: list[Observation], first: Any, last: Any,
               count: Any) -> None:
-        self._found.clear()
-        self.matcher.observe(record, observations)
-        for alert in self._found:
+        for alert in alerts_for(record, self.matcher.observe(observations), self.sensor):
             self._write(alert, first, last, count)
-        self._found.clear()
 
     def _write(self, alert: dict, first: Any, last: Any, count: Any) -> None:
         alert["count"] = int(count) if isinstance(count, int | float) else 0
@@ -95,10 +92,9 @@ class Hunt:
     # --------------------------------------------------------------------------- the passes
 
     def names(self) -> None:
-        probe_record: dict = {}
         for name, first, last, count in self.store.iter_names():
             self.scanned["names"] += 1
-            if not self._hits(probe_record, [Observation(name, Channel.DNS_QUERY)]):
+            if not self._hits([Observation(name, Channel.DNS_QUERY)]):
                 continue
             by_channel, certs = self._name_context(name)
             if not by_channel:  # the store knows no source for it: report it as a DNS name
@@ -141,10 +137,9 @@ class Hunt:
         return {ch: (v[0], v[1], v[2], v[3]) for ch, v in out.items()}, certs[:MAX_CONTEXT]
 
     def addresses(self) -> None:
-        probe_record: dict = {}
         for ip, first, last, count in self.store.iter_addresses():
             self.scanned["addresses"] += 1
-            if not self._hits(probe_record, [Observation(ip, Channel.DST_IP)]):
+            if not self._hits([Observation(ip, Channel.DST_IP)]):
                 continue
             ch, session = self._address_role(ip)
             rec = self._record("address", ip, first, last, count, role=ch.value)
@@ -168,19 +163,18 @@ class Hunt:
         return Channel.DNS_ANSWER, None
 
     def certificates(self) -> None:
-        probe_record: dict = {}
         for sha1, sha256, names, first, last, count in self.store.iter_certificates():
             self.scanned["certificates"] += 1
             obs = [Observation(sha1, Channel.CERT_SHA1)]
             if sha256:
                 obs.append(Observation(sha256, Channel.CERT_SHA256))
             obs.extend(Observation(n, Channel.CERT_SAN) for n in names or ())
-            if not self._hits(probe_record, obs):
+            if not self._hits(obs):
                 continue
             if self._cert_names_done:
                 obs = [o for o in obs if o.channel is not Channel.CERT_SAN
                        or self.matcher.normalise(o.name) not in self._cert_names_done]
-                if not self._hits(probe_record, obs):
+                if not self._hits(obs):
                     continue  # only names the name pass reported with this certificate
             cns: set[str] = set()
             try:
@@ -196,7 +190,6 @@ class Hunt:
             self._emit(rec, obs, first, last, count)
 
     def fingerprints(self) -> None:
-        probe_record: dict = {}
         for kind, value, first, last, count in self.store.iter_fingerprints():
             self.scanned["fingerprints"] += 1
             try:
@@ -204,7 +197,7 @@ class Hunt:
             except ValueError:
                 continue
             obs = [Observation(value, ch)]
-            if self._hits(probe_record, obs):
+            if self._hits(obs):
                 self._emit(self._record("fingerprint", value, first, last, count, fingerprint=kind),
                            obs, first, last, count)
 

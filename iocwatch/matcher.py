@@ -1,86 +1,98 @@
-"""The matcher stage: observations in, alerts out.
+"""The matcher stage: observations in, matches out.
 
 Names are normalised once (cached: the same names repeat all day) and looked up in the
-current :class:`~iocwatch.indicators.IndicatorSet`; addresses, URLs and certificate hashes go
-to their own lookups. The set is replaced as a whole on reload (:meth:`Matcher.swap`), so a
-lookup never sees a half-loaded list.
+current :class:`~iocwatch.indicators.IndicatorSet`; addresses, URLs, certificate hashes and
+fingerprints go to their own lookups, chosen by the channel's kind in the channel table. The
+set is replaced as a whole on reload (:meth:`Matcher.swap`), so a lookup never sees a
+half-loaded list. What a match becomes (an alert line, a hunt result) is decided above this
+stage, in ``outputs.alerts``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from iocwatch.indicators import IndicatorSet, normalise_name
-from iocwatch.observations import FINGERPRINT_CHANNELS, NAME_CHANNELS, Channel, Observation
-from iocwatch.outputs.alerts import build_alert
-from iocwatch.protocols.http import authority_host
+from iocwatch.model.channels import CHANNELS, Channel, Kind
+from iocwatch.model.hosts import host_key
+from iocwatch.model.observation import Observation
 
 NORMALISE_CACHE_MAX = 1 << 16
 
+_KIND = {c: row.kind for c, row in CHANNELS.items()}
+_AUTHORITY = frozenset(c for c, row in CHANNELS.items() if row.authority)
+_NO_MATCHES: tuple[Match, ...] = ()  # what most observation lists match: no allocation
+
+
+@dataclass(slots=True, frozen=True)
+class Match:
+    """One indicator hit: the value as seen, as matched, its channel and the indicator."""
+
+    channel: Channel
+    name: str
+    normalised: str
+    indicator: Any
+
 
 class Matcher:
-    """Turns (record, observations) into alert dicts with :func:`build_alert`."""
+    """Turns observations into :class:`Match` es against one indicator set."""
 
-    def __init__(self, indicators: IndicatorSet, sensor: str,
-                 emit: Callable[[dict], None]):
+    def __init__(self, indicators: IndicatorSet):
         self.indicators = indicators
-        self.sensor = sensor
-        self.emit = emit
-        self.hits = 0
         self._norm: dict[str, str] = {}
 
     def swap(self, indicators: IndicatorSet) -> None:
         """Replace the indicator set in one assignment (reload)."""
         self.indicators = indicators
 
-    def normalise(self, name: str, http: bool = False) -> str:
+    def normalise(self, name: str, authority: bool = False) -> str:
+        """The matching form of a name; ``authority``: a Host value, its port dropped first."""
         cache = self._norm
-        key = ("h:" + name) if http else name
+        key = ("h:" + name) if authority else name
         norm = cache.get(key)
         if norm is None:
-            raw = authority_host(name) if http else name
-            norm = normalise_name(raw)
+            norm = normalise_name(host_key(name) if authority else name)
             if len(cache) >= NORMALISE_CACHE_MAX:
                 cache.clear()
             cache[key] = norm
         return norm
 
-    def observe(self, record: dict, observations: list[Observation]) -> int:
-        """Match every observation of one record; returns the number of alerts emitted."""
+    def observe(self, observations: list[Observation]) -> Sequence[Match]:
+        """Every match of these observations (of one record), in their order."""
         ind = self.indicators
-        count = 0
+        out: list[Match] | None = None
         for ob in observations:
             ch = ob.channel
-            if ch in NAME_CHANNELS:
-                norm = self.normalise(ob.name, http=ch == Channel.HTTP_HOST)
+            kind = _KIND.get(ch)
+            if kind is Kind.NAME:
+                norm = self.normalise(ob.name, ch in _AUTHORITY)
                 hits: list[Any] = ind.match_name(norm) if norm else []
-            elif ch in (Channel.DNS_ANSWER, Channel.SRC_IP, Channel.DST_IP):
+            elif kind is Kind.ADDRESS:
                 norm = ob.name
                 hits = ind.match_ip(norm)
-            elif ch in (Channel.CERT_SHA1, Channel.CERT_SHA256):
+            elif kind is Kind.CERT_HASH:
                 norm = ob.name
                 hits = ind.match_cert_hash(norm)
-            elif ch == Channel.HTTP_URL:
+            elif kind is Kind.URL:
                 norm = ob.name
                 hits = ind.match_url(norm)
-            elif ch in FINGERPRINT_CHANNELS:
+            elif kind is Kind.FINGERPRINT:
                 norm = ob.name
                 hits = ind.match_fingerprint(ch.value, norm)
             else:
                 continue
-            for hit in hits:
-                self.emit(build_alert(record=record, channel=ch.value, name=ob.name,
-                                      normalised=norm, indicator=hit, sensor=self.sensor))
-                count += 1
-        self.hits += count
-        return count
+            if hits:
+                if out is None:
+                    out = []
+                out.extend(Match(ch, ob.name, norm, hit) for hit in hits)
+        return _NO_MATCHES if out is None else out
 
-    def flow(self, record: dict) -> int:
+    def flow(self, record: dict) -> Sequence[Match]:
         """Match the addresses of a flow (its first packet), whatever it carries."""
         ind = self.indicators
-        obs = [Observation(record["src_ip"], Channel.SRC_IP),
-               Observation(record["dst_ip"], Channel.DST_IP)]
-        if not (ind.match_ip(obs[0].name) or ind.match_ip(obs[1].name)):
-            return 0
-        return self.observe(record, obs)
+        src, dst = record["src_ip"], record["dst_ip"]
+        if not (ind.match_ip(src) or ind.match_ip(dst)):
+            return _NO_MATCHES
+        return self.observe([Observation(src, Channel.SRC_IP), Observation(dst, Channel.DST_IP)])

@@ -8,17 +8,18 @@ by the file mode (``iocwatch -r``, everything in one process) and the live worke
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
 from iocwatch.indicators.loading import IndicatorSources, load_indicators, report_load
-from iocwatch.matcher import Matcher
-from iocwatch.outputs.alerts import AlertSink, AlertWriter
+from iocwatch.matcher import Match, Matcher
+from iocwatch.model.tls_session import TlsSession
+from iocwatch.outputs.alerts import AlertSink, AlertWriter, alerts_for
 from iocwatch.outputs.consumers import Consumer, load_consumers, pending
 from iocwatch.outputs.paths import named
 from iocwatch.outputs.records import RecordWriter
-from iocwatch.outputs.sessions import SessionWriter, TlsSession
+from iocwatch.outputs.sessions import SessionWriter
 from iocwatch.outputs.streams import EmitOutput, open_stream
 from iocwatch.usage import Flags
 
@@ -88,8 +89,8 @@ class SensorPipeline:
         self.writer = writer
         if alerts is not None and self.indicators is not None:
             self.alert_sink = AlertSink(alerts, args.dedupe)
-            self.matcher = Matcher(self.indicators, args.sensor_name, self.alert_sink)
-            self.flow_hook = self.matcher.flow
+            self.matcher = Matcher(self.indicators)
+            self.flow_hook = self._match_flow
         if args.session_dir or args.cert_dir or session_stream or self.want_sessions:
             self.sessions = SessionWriter(args.session_dir, session_stream, args.cert_dir,
                                           args.pem)
@@ -109,7 +110,18 @@ class SensorPipeline:
 
     def _flow(self, record: dict) -> None:
         if self.matcher is not None and not self._own(record):
-            self.matcher.flow(record)
+            self._match_flow(record)
+
+    def _match_flow(self, record: dict) -> None:
+        assert self.matcher is not None
+        matches = self.matcher.flow(record)
+        if matches:
+            self._alert(record, matches)
+
+    def _alert(self, record: dict, matches: Sequence[Match]) -> None:
+        assert self.alert_sink is not None
+        for alert in alerts_for(record, matches, self.args.sensor_name):
+            self.alert_sink(alert)
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
         if self.own_traffic is not None and event is not None and self._own(record):
@@ -117,7 +129,9 @@ class SensorPipeline:
         if self.writer is not None:
             self.writer.write(record)
         if self.matcher is not None and observations:
-            self.matcher.observe(record, observations)
+            matches = self.matcher.observe(observations)
+            if matches:
+                self._alert(record, matches)
         for consumer in self.consumers:
             consumer.record(record, observations, event)
 

@@ -27,8 +27,8 @@ import orjson
 from iocwatch.capture.files import CaptureError
 from iocwatch.capture.live import LiveCapture, check_filter
 from iocwatch.engine import Engine, EngineConfig
+from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.consumers import FAILING_COUNTERS, LOSS_COUNTERS, loss_line, losses
-from iocwatch.outputs.sessions import TlsSession
 from iocwatch.outputs.streams import OutputError, Outputs, open_outputs, parse_rotate
 from iocwatch.privileges import PrivilegeError, drop_privileges, lookup_user
 from iocwatch.usage import Flags

@@ -10,8 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iocwatch.model.hosts import host_key
 from iocwatch.protocols.cursor import Malformed, Truncated
-from iocwatch.protocols.http import authority_host, looks_like_request, parse_request
+from iocwatch.protocols.http import looks_like_request, parse_request
 from tests.conftest import SHARED
 
 CORPUS = SHARED / "corpus"
@@ -77,16 +78,9 @@ def test_connect_and_absolute_uri_authority() -> None:
     c = parse_request(b"CONNECT ts01.example.net:443 HTTP/1.0\r\nUser-Agent: s\r\n\r\n")
     assert c.host_header is None and c.host == "ts01.example.net:443"
     assert "host" not in c.to_mercury()
-    assert authority_host(c.host) == "ts01.example.net"
+    assert host_key(c.host) == "ts01.example.net"
     a = parse_request(b"GET http://ui.example.com:8080/p?x HTTP/1.1\r\nhost: other.test\r\n\r\n")
     assert a.host == "other.test" and a.uri_authority == "ui.example.com:8080"
-
-
-def test_authority_host() -> None:
-    assert authority_host("[2001:db8::1]:443") == "2001:db8::1"
-    assert authority_host("Example.COM.:80") == "example.com"
-    assert authority_host("user:pw@h.test:8080") == "h.test"
-    assert authority_host("2001:db8::1") == "2001:db8::1"
 
 
 def test_authorization_forms() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from iocwatch.observations import NAME_CHANNELS
+from iocwatch.model.channels import NAME_CHANNELS
 
 store_mod = pytest.importorskip("iocwatch.store")
 from iocwatch.store.ingest import ingest_records  # noqa: E402

@@ -28,10 +28,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.sessions import (
     CertDumper,
     SessionWriter,
-    TlsSession,
     d4_record,
     dumps,
     go_certificate,

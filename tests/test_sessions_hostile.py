@@ -16,7 +16,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from iocwatch.outputs.sessions import SessionWriter, TlsSession, d4_record, dumps, go_time
+from iocwatch.model.tls_session import TlsSession
+from iocwatch.outputs.sessions import SessionWriter, d4_record, dumps, go_time
 from iocwatch.protocols.x509 import parse_certificate
 from tests import pktbuild as pb
 from tests.tlsmem import client_hello

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from iocwatch.outputs.sessions import TlsSession
+from iocwatch.model.tls_session import TlsSession
 from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols import x509
 from iocwatch.tailgate.cache import ProbeCache

@@ -216,7 +216,7 @@ class MatchingPipeline(FakePipeline):
     def __init__(self, ioc: Path) -> None:
         super().__init__()
         indicators, _ = IndicatorSet.load([str(ioc)])
-        self.matcher = Matcher(indicators, "test", lambda alert: None)
+        self.matcher = Matcher(indicators)
 
 
 def test_a_server_that_already_matched_is_not_probed_unless_asked(pki, tmp_path):  # noqa: F811

@@ -14,22 +14,34 @@ from typing import Any, Protocol
 
 import orjson
 
-from iocwatch.coverage.extract import LOCAL_SOURCES, SOURCES, extract, normalise, registrable
+from iocwatch.coverage.extract import (
+    CERT_CN,
+    CERT_SAN,
+    DNS,
+    HTTP_HOST,
+    LOCAL_SOURCES,
+    QUIC_SNI,
+    SOURCES,
+    TLS_SNI,
+    extract,
+    normalise,
+    registrable,
+)
 
-TLS_SOURCES = ("tls_sni", "quic_sni")
-CERT_SOURCES = ("cert_san", "cert_cn")
+TLS_SOURCES = (TLS_SNI, QUIC_SNI)
+CERT_SOURCES = (CERT_SAN, CERT_CN)
 _REVERSE = (".in-addr.arpa", ".ip6.arpa", ".ip6.int")
 
 #: Overlap name -> (label, "seen in" sources, "never in" sources).
 OVERLAPS: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
-    "tls_not_dns": ("In TLS/QUIC SNI, never in DNS", TLS_SOURCES, ("dns",)),
-    "http_not_dns": ("In HTTP Host, never in DNS", ("http_host",), ("dns",)),
+    "tls_not_dns": ("In TLS/QUIC SNI, never in DNS", TLS_SOURCES, (DNS,)),
+    "http_not_dns": ("In HTTP Host, never in DNS", (HTTP_HOST,), (DNS,)),
     "client_not_dns": ("In SNI or HTTP Host, never in DNS (what DNS logs miss)",
-                       (*TLS_SOURCES, "http_host"), ("dns",)),
-    "dns_not_tls_http": ("In DNS, never in TLS, QUIC or HTTP", ("dns",),
-                         (*TLS_SOURCES, "http_host")),
+                       (*TLS_SOURCES, HTTP_HOST), (DNS,)),
+    "dns_not_tls_http": ("In DNS, never in TLS, QUIC or HTTP", (DNS,),
+                         (*TLS_SOURCES, HTTP_HOST)),
     "cert_not_asked": ("In certificates, never asked for in DNS or SNI", CERT_SOURCES,
-                       ("dns", *TLS_SOURCES)),
+                       (DNS, *TLS_SOURCES)),
 }
 
 
@@ -161,11 +173,11 @@ class CoverageBuilder:
             t = None
         used = False
         for s in seen:
-            name, reason = normalise(s.raw, s.source in ("cert_san", "cert_cn"))
-            if name is not None and s.source == "cert_cn" and "." not in name:
+            name, reason = normalise(s.raw, s.source in CERT_SOURCES)
+            if name is not None and s.source == CERT_CN and "." not in name:
                 # A dotless CN names a product or a CA ("R3"), not a server anyone resolves.
                 name, reason = None, "cn_not_hostname"
-            elif name is not None and s.source == "dns" and name.endswith(_REVERSE):
+            elif name is not None and s.source == DNS and name.endswith(_REVERSE):
                 # PTR lookups name addresses, not servers: no TLS or HTTP peer to compare.
                 name, reason = None, "reverse_lookup"
             if name is None:
@@ -179,7 +191,7 @@ class CoverageBuilder:
             if s.source in CERT_SOURCES and not s.tailgated:
                 self.cert_passive[s.source].add(name)
             if s.client is not None and t is not None:
-                if s.source == "dns":
+                if s.source == DNS:
                     self.dns_times[(s.client, name)].append(t)
                 elif s.source in TLS_SOURCES:
                     self.sni_times[(s.client, name)].append(t)
@@ -207,7 +219,7 @@ class CoverageBuilder:
             names=len(names),
             domains=len({registrable(n) for n in names}),
             invalid=sum(reasons.values()),
-            not_in_dns=None if source in ("dns", *LOCAL_SOURCES) else len(names - sets["dns"]),
+            not_in_dns=None if source in (DNS, *LOCAL_SOURCES) else len(names - sets[DNS]),
             invalid_reasons=dict(reasons.most_common()),
             invalid_examples=list(self.invalid_examples.get(source, [])),
             only_tailgated=(len(names - self.cert_passive[source])
@@ -289,7 +301,7 @@ class CoverageBuilder:
                 continue
             values = sorted({str(getattr(m, "value", m)) for m in matched})
             srcs = [s for s in SOURCES if n in sets[s]]
-            hits.append(IndicatorHit(n, values, srcs, n in sets["dns"], self._occ(n, srcs)))
+            hits.append(IndicatorHit(n, values, srcs, n in sets[DNS], self._occ(n, srcs)))
         summary: dict[str, int] = {f"names_hit_{s}": sum(s in h.sources for h in hits)
                                    for s in SOURCES}
         summary["names_hit"] = len(hits)

@@ -1,4 +1,5 @@
-"""Names out of mercury-schema records, and the one normalisation both sides of a comparison use.
+"""Names out of mercury-schema records (read by ``model.records``), and the one normalisation
+both sides of a comparison use.
 
 Records come from files anyone can write, so every field is type-checked before use and
 nothing here raises on odd JSON: a missing or mistyped field simply yields no name.
@@ -8,27 +9,35 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from iocwatch.indicators import normalise_name
+from iocwatch.model.channels import CHANNELS, COVERAGE_CHANNELS, Channel
+from iocwatch.model.hosts import authority_host
+from iocwatch.model.records import RecordItem, read_record
 
-#: Name sources compared in the report, in display order.
-SOURCES: tuple[str, ...] = ("dns", "tls_sni", "quic_sni", "cert_san", "cert_cn", "http_host")
+
+def _key(channel: Channel) -> str:
+    key = CHANNELS[channel].coverage
+    assert key is not None
+    return key
+
+
+#: Name sources compared in the report (the channel table's coverage keys), in display order.
+SOURCES: tuple[str, ...] = tuple(r.coverage for r in COVERAGE_CHANNELS if r.coverage)
+DNS, TLS_SNI, QUIC_SNI, CERT_SAN, CERT_CN, HTTP_HOST = (
+    _key(c) for c in (Channel.DNS_QUERY, Channel.TLS_SNI, Channel.QUIC_SNI, Channel.CERT_SAN,
+                      Channel.CERT_CN, Channel.HTTP_HOST))
 
 #: Link-local name services: counted, but kept out of the DNS set and the overlaps, since a
 #: DNS sensor at the resolver never sees them and they name no Internet server.
 LOCAL_SOURCES: tuple[str, ...] = ("mdns", "llmnr")
 
 LABELS: dict[str, str] = {
-    "dns": "DNS query",
-    "tls_sni": "TLS SNI (TCP)",
-    "quic_sni": "QUIC SNI",
-    "cert_san": "Certificate SAN",
-    "cert_cn": "Certificate CN",
-    "http_host": "HTTP Host",
+    **{r.coverage: r.label for r in COVERAGE_CHANNELS if r.coverage},
     "mdns": "mDNS (5353)",
     "llmnr": "LLMNR (5355)",
 }
@@ -110,109 +119,25 @@ def registrable(name: str) -> str:
     return reg or base
 
 
-def _str_field(obj: Any, key: str) -> str | None:
-    if isinstance(obj, Mapping):
-        value = obj.get(key)
-        if isinstance(value, str):
-            return value
-    return None
-
-
-def _dict_list(obj: Any) -> list[Mapping[str, Any]]:
-    if isinstance(obj, list):
-        return [x for x in obj[:_MAX_NAMES_PER_RECORD] if isinstance(x, Mapping)]
-    return []
-
-
-def _questions(body: Any) -> Iterator[tuple[str, str]]:
-    """(part, name) for the question names of a DNS-shaped body."""
-    if not isinstance(body, Mapping):
-        return
-    for part in ("query", "response"):
-        msg = body.get(part)
-        if isinstance(msg, Mapping):
-            for q in _dict_list(msg.get("question")):
-                name = q.get("name")
-                if isinstance(name, str):
-                    yield part, name
-
-
-def _dns_source(record: Mapping[str, Any]) -> str:
-    """mercury writes port-5353 traffic under ``mdns`` but LLMNR (5355) under ``dns``."""
-    ports = (record.get("src_port"), record.get("dst_port"))
-    if 5355 in ports:
-        return "llmnr"
-    if 5353 in ports:
-        return "mdns"
-    return "dns"
-
-
-def _certs(tls: Mapping[str, Any]) -> Iterator[tuple[str, Mapping[str, Any]]]:
-    for part in ("server", "undetermined"):
-        side = tls.get(part)
-        if isinstance(side, Mapping):
-            for c in _dict_list(side.get("certs")):
-                cert = c.get("cert")
-                if isinstance(cert, Mapping):
-                    yield part, cert
-
-
-def strip_port(host: str) -> str:
-    """``example.com:8080`` -> ``example.com``; ``[::1]:80`` -> ``::1``; IPv6 bare kept."""
-    host = host.strip()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[1:end] if end > 0 else host
-    if host.count(":") == 1:
-        head, _, tail = host.partition(":")
-        if tail.isdigit() or tail == "":
-            return head
-    return host
-
-
 def extract(record: Mapping[str, Any]) -> tuple[bool, list[Seen]]:
     """Whether the record is of a name-bearing protocol, and every name in it."""
-    keys = NAME_KEYS.intersection(record.keys())
-    if not keys:
+    if not NAME_KEYS.intersection(record.keys()):
         return False, []
     src = record.get("src_ip") if isinstance(record.get("src_ip"), str) else None
     dst = record.get("dst_ip") if isinstance(record.get("dst_ip"), str) else None
+    client = {"query": src, "client": src, "response": dst, "server": dst}
+    tailgated = record.get("tailgated") is True
     out: list[Seen] = []
-    if "dns" in keys:
-        source = _dns_source(record)
-        for part, name in _questions(record["dns"]):
-            out.append(Seen(source, name, src if part == "query" else dst))
-    if "mdns" in keys:
-        for part, name in _questions(record["mdns"]):
-            out.append(Seen("mdns", name, src if part == "query" else dst))
-    tls = record.get("tls")
-    if isinstance(tls, Mapping):
-        sni = _str_field(tls.get("client"), "server_name")
-        if sni is not None:
-            out.append(Seen("quic_sni" if "quic" in record else "tls_sni", sni, src))
-        tailgated = record.get("tailgated") is True
-        for part, cert in _certs(tls):
-            client = dst if part == "server" else None
-            for attr in _dict_list(cert.get("subject")):
-                cn = attr.get("common_name")
-                if isinstance(cn, str):
-                    out.append(Seen("cert_cn", cn, client, tailgated))
-            for ext in _dict_list(cert.get("extensions")):
-                for alt in _dict_list(ext.get("subject_alt_name")):
-                    dns_name = alt.get("dns_name")
-                    if isinstance(dns_name, str):
-                        out.append(Seen("cert_san", dns_name, client, tailgated))
-    host = _str_field(_field(record, "http", "request"), "host")
-    if host is not None:
-        out.append(Seen("http_host", strip_port(host), src))
+    for item in read_record(record, _MAX_NAMES_PER_RECORD):
+        if not isinstance(item, RecordItem):
+            continue
+        ch = item.channel
+        if ch is Channel.DNS_QUERY:
+            out.append(Seen(item.service, item.value, client.get(item.part)))
+        elif ch is Channel.HTTP_HOST:
+            out.append(Seen(HTTP_HOST, authority_host(item.value), src))
+        elif ch in (Channel.CERT_CN, Channel.CERT_SAN):
+            out.append(Seen(_key(ch), item.value, client.get(item.part), tailgated))
+        elif ch in (Channel.TLS_SNI, Channel.QUIC_SNI):
+            out.append(Seen(_key(ch), item.value, src))
     return True, out[:_MAX_NAMES_PER_RECORD]
-
-
-def _field(record: Mapping[str, Any], *path: str) -> Any:
-    obj: Any = record
-    for key in path:
-        if not isinstance(obj, Mapping):
-            return None
-        obj = obj.get(key)
-    return obj
-

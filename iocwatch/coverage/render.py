@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from iocwatch.coverage.builder import CoverageReport, SourceStats
-from iocwatch.coverage.extract import LABELS, SOURCES
+from iocwatch.coverage.extract import DNS, LABELS, SOURCES
+from iocwatch.model.channels import COVERAGE_CHANNELS
 
-_SHORT = {"dns": "DNS", "tls_sni": "SNI", "quic_sni": "QUIC", "cert_san": "SAN",
-          "cert_cn": "CN", "http_host": "HTTP"}
+_SHORT = {r.coverage: r.short for r in COVERAGE_CHANNELS}
 
 
 def _when(ts: float | None) -> str:
@@ -193,7 +193,7 @@ def _figure(r: CoverageReport) -> Any:
     # top intersections
     inter = [(m, n) for m, n in r.upset_names if m][:15]
     xs = list(range(len(inter)))
-    colors = ["#dd8452" if "dns" not in m else "#4c72b0" for m, _ in inter]
+    colors = ["#dd8452" if DNS not in m else "#4c72b0" for m, _ in inter]
     bars = ax_bar.bar(xs, [n for _, n in inter], color=colors, width=0.6)
     ax_bar.bar_label(bars, fontsize=8, padding=2)
     ax_bar.set_ylabel("distinct names in exactly\nthis combination of sources")

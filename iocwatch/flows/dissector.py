@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
-from iocwatch.observations import Channel, Observation
+from iocwatch.model.channels import Channel
+from iocwatch.model.hosts import host_key
+from iocwatch.model.observation import Observation
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import fingerprints as fpr
 from iocwatch.protocols import http as httpp
@@ -477,7 +479,7 @@ class Dissector:
         if req.host:
             obs.append(Observation(req.host, Channel.HTTP_HOST))
             uri = req.uri
-            url = uri if "://" in uri[:16] else f"http://{httpp.authority_host(req.host)}{uri}"
+            url = uri if "://" in uri[:16] else f"http://{host_key(req.host)}{uri}"
             obs.append(Observation(url, Channel.HTTP_URL))
         d.requests += 1
         d.conn.client = d.index

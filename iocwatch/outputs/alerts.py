@@ -10,22 +10,26 @@ from __future__ import annotations
 import ipaddress
 import os
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import communityid
 import orjson
 
-from iocwatch.observations import MERCURY_PATH, Channel
+from iocwatch.model.channels import CHANNELS, Channel
 from iocwatch.outputs.streams import LineStream, open_stream
+
+if TYPE_CHECKING:
+    from iocwatch.matcher import Match
 
 __all__ = [
     "AlertSink",
     "AlertWriter",
     "Deduper",
     "IndicatorLike",
+    "alerts_for",
     "build_alert",
     "community_id",
     "iso_utc",
@@ -37,44 +41,6 @@ _PORT_PROTOCOLS = frozenset({1, 6, 17, 58, 132})
 
 #: ECS ``network.transport`` names (lower case IANA keywords, as ECS asks).
 _TRANSPORT = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
-
-#: ECS field that holds the observed name, per channel (used for ``threat.enrichments``).
-_ECS_FIELD = {
-    Channel.DNS_QUERY: "dns.question.name",
-    Channel.TLS_SNI: "tls.client.server_name",
-    Channel.QUIC_SNI: "tls.client.server_name",
-    Channel.CERT_SAN: "tls.server.x509.alternative_names",
-    Channel.CERT_CN: "tls.server.x509.subject.common_name",
-    Channel.HTTP_HOST: "url.domain",
-    Channel.HTTP_URL: "url.full",
-    Channel.DNS_ANSWER: "dns.answers.data",
-    Channel.SRC_IP: "source.ip",
-    Channel.DST_IP: "destination.ip",
-    Channel.CERT_SHA1: "tls.server.hash.sha1",
-    Channel.CERT_SHA256: "tls.server.hash.sha256",
-    Channel.JA3: "tls.client.ja3",
-    Channel.JA3S: "tls.server.ja3s",
-    Channel.JA4: "tls.client.ja4",
-    Channel.JA4S: "tls.server.ja4s",
-}
-
-#: Application protocol per channel, for ECS ``network.protocol``.
-_NETWORK_PROTOCOL = {
-    Channel.DNS_QUERY: "dns",
-    Channel.TLS_SNI: "tls",
-    Channel.QUIC_SNI: "quic",
-    Channel.CERT_SAN: "tls",
-    Channel.CERT_CN: "tls",
-    Channel.HTTP_HOST: "http",
-    Channel.HTTP_URL: "http",
-    Channel.DNS_ANSWER: "dns",
-    Channel.CERT_SHA1: "tls",
-    Channel.CERT_SHA256: "tls",
-    Channel.JA3: "tls",
-    Channel.JA3S: "tls",
-    Channel.JA4: "tls",
-    Channel.JA4S: "tls",
-}
 
 #: Indicator kinds mapped to the STIX/ECS ``threat.indicator.type`` vocabulary.
 _ECS_INDICATOR_TYPE = {
@@ -200,10 +166,10 @@ def _path(channel: Channel, record: Mapping[str, Any], name: str = "") -> str:
 
     An AAAA answer's address sits under ``ip6_addr`` (mercury's key), not ``ipv4_addr``.
     """
-    path = MERCURY_PATH[channel]
+    path = CHANNELS[channel].mercury_path
     if channel is Channel.DNS_ANSWER and ":" in name:
         return path.replace("ipv4_addr", "ip6_addr")
-    if channel in (Channel.CERT_SAN, Channel.CERT_CN, Channel.CERT_SHA1, Channel.CERT_SHA256):
+    if path.startswith("tls.server."):  # a certificate's name or hash
         tls = record.get("tls")
         if isinstance(tls, Mapping) and "server" not in tls and "undetermined" in tls:
             path = path.replace("tls.server.", "tls.undetermined.", 1)
@@ -249,6 +215,12 @@ def build_alert(
     if record.get("tailgated") is True:  # the certificate came from our own probe
         alert["tailgated"] = True
     return alert
+
+
+def alerts_for(record: dict, matches: Sequence[Match], sensor: str) -> list[dict]:
+    """The alerts of one record's matches (see :class:`~iocwatch.matcher.Matcher`)."""
+    return [build_alert(record=record, channel=m.channel, name=m.name, normalised=m.normalised,
+                        indicator=m.indicator, sensor=sensor) for m in matches]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,8 +294,9 @@ def to_ecs(alert: dict) -> dict:
     if "count" in alert:
         event["end"] = alert.get("last_seen")
     network: dict[str, Any] = {}
-    if chan in _NETWORK_PROTOCOL:
-        network["protocol"] = _NETWORK_PROTOCOL[chan]
+    row = CHANNELS[chan]
+    if row.protocol is not None:
+        network["protocol"] = row.protocol
     proto = alert.get("protocol")
     if isinstance(proto, int):
         network["iana_number"] = str(proto)
@@ -349,7 +322,7 @@ def to_ecs(alert: dict) -> dict:
                     "indicator": threat_ind,
                     "matched": {
                         "atomic": alert.get("normalised"),
-                        "field": _ECS_FIELD[chan],
+                        "field": row.ecs_field,
                         "type": "indicator_match_rule",
                     },
                 }

@@ -24,16 +24,16 @@ import os
 import sys
 import warnings
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509 as cx509
 
 from iocwatch.boundary import classify
+from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.streams import LineStream, open_stream
 from iocwatch.protocols.fingerprints import client_fingerprints, server_fingerprints
-from iocwatch.protocols.tls import ClientHello, ServerHello
 from iocwatch.protocols.x509 import Certificate
 
 TLSH_MIN_INPUT = 50  # py-tlsh refuses shorter input (and input with too little variety)
@@ -54,22 +54,6 @@ _GO_LIST_FIELDS = {6: "Country", 10: "Organization", 11: "OrganizationalUnit", 7
 _GO_PRINTABLE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789'()+,-./:=? ")
 _GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
                "\v": "\\v"}
-
-
-@dataclass(slots=True)
-class TlsSession:
-    client_ip: str
-    client_port: int
-    server_ip: str
-    server_port: int
-    timestamp: float  # event_start of the ClientHello (or the first handshake message seen)
-    transport: str = "t"  # "t" TCP, "q" QUIC
-    client_hello: ClientHello | None = None
-    server_hello: ServerHello | None = None
-    certificates: list[Certificate] = field(default_factory=list)
-    partial: bool = False  # no certificate: TLS 1.3, QUIC, resumption, or the flow ended early
-    incomplete: bool = False  # reassembly bounds (-mbpc/-mbpt) cost bytes of this handshake
-    tailgated: bool = False
 
 
 @dataclass(slots=True)

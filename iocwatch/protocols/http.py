@@ -135,20 +135,6 @@ def _authorization_json(value: bytes) -> dict[str, Any] | None:
     return {name: {"param": mercury_text(param)}}
 
 
-def authority_host(value: str) -> str:
-    """Host part of an authority (``[v6]:port``, ``host:port``, ``user@host``), for matching."""
-    v = value.strip()
-    at = v.rfind("@")
-    if at >= 0:
-        v = v[at + 1 :]
-    if v.startswith("["):
-        end = v.find("]")
-        return (v[1:end] if end > 0 else v[1:]).lower()
-    if v.count(":") == 1:
-        v = v.split(":", 1)[0]
-    return v.rstrip(".").lower()
-
-
 def _uri_authority(method: str, uri: str) -> str | None:
     if method == "CONNECT":
         return uri or None

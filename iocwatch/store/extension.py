@@ -18,7 +18,8 @@ import threading
 import time
 from typing import Any
 
-from iocwatch.outputs.sessions import CertCache, TlsSession, d4_record
+from iocwatch.model.tls_session import TlsSession
+from iocwatch.outputs.sessions import CertCache, d4_record
 from iocwatch.store import open_store
 from iocwatch.store.db import Store, StoreError, one_line, retry_delay
 from iocwatch.store.ingest import Converter

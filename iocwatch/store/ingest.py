@@ -26,7 +26,9 @@ from cryptography import x509 as cx509
 from cryptography.hazmat.primitives import serialization
 
 from iocwatch.boundary import classify
-from iocwatch.coverage.extract import strip_port
+from iocwatch.model.channels import FINGERPRINT_CHANNELS, Channel, sni_channel
+from iocwatch.model.hosts import authority_host
+from iocwatch.model.records import LLMNR_PORT, MDNS_PORT, RecordCert, RecordItem, read_record
 from iocwatch.protocols.cursor import Malformed
 from iocwatch.protocols.x509 import parse_certificate
 from iocwatch.store.model import (
@@ -198,11 +200,12 @@ class Converter:
             sni, ja3, ja3d, ja3s, ja3sd, ja4, ja4s, tlsh, chain, rec.get("Partial") is True,
             self.sensor, ts))
         if sni:
-            self._name(b, "quic_sni" if transport == "quic" else "tls_sni", sni, server, ts, flow)
-        for kind, value in (("ja3", ja3d), ("ja3s", ja3sd), ("ja4", ja4), ("ja4s", ja4s)):
+            self._name(b, sni_channel(transport == "quic"), sni, server, ts, flow)
+        for kind, value in ((Channel.JA3, ja3d), (Channel.JA3S, ja3sd), (Channel.JA4, ja4),
+                            (Channel.JA4S, ja4s)):
             if value:
-                b.fingerprints.append(FingerprintObs(content_key("f", kind, value, flow), kind,
-                                                     value, ts))
+                b.fingerprints.append(FingerprintObs(content_key("f", kind, value, flow),
+                                                     kind.value, value, ts))
         for ip in (client, server):
             b.addresses.append(AddressObs(content_key("a", ip, flow), ip, ts))
         b.groups.append(b.keys())
@@ -211,15 +214,17 @@ class Converter:
     def _cert_obs(self, b: Batch, row: CertRow, server: str, flow: str, ts: float) -> None:
         b.certs.append(CertObs(content_key("c", row.sha1, flow), row, server, ts))
         for n in row.san_dns[:_MAX_ITEMS]:
-            self._name(b, "cert_san", n, server, ts, flow)
+            self._name(b, Channel.CERT_SAN, n, server, ts, flow)
         for n in row.cn[:_MAX_ITEMS]:
-            self._name(b, "cert_cn", n, server, ts, flow)
+            self._name(b, Channel.CERT_CN, n, server, ts, flow)
 
     @staticmethod
-    def _name(b: Batch, source: str, name: str, address: str, ts: float, *key: Any) -> None:
+    def _name(b: Batch, source: Channel, name: str, address: str, ts: float, *key: Any) -> None:
+        """A name under its channel's value (the store's ``source``); the flow and ``key``
+        decide what counts once."""
         if name and len(name) <= 1024:
-            b.names.append(NameObs(content_key("n", source, name, address, *key), name, source,
-                                   address, ts))
+            b.names.append(NameObs(content_key("n", source, name, address, *key), name,
+                                   source.value, address, ts))
 
     # ---------------------------------------------------------------- mercury/iocwatch records
     def record(self, rec: Mapping[str, Any]) -> Batch | None:
@@ -232,32 +237,34 @@ class Converter:
         proto = rec.get("protocol")
         transport = "tcp" if proto == 6 else "udp" if proto == 17 or "quic" in rec else str(proto)
         flow = flow_key(transport, src, sport, dst, dport)
+        # link-local name services (mDNS, LLMNR) name no Internet server: not stored
+        local = MDNS_PORT in (sport, dport) or LLMNR_PORT in (sport, dport)
         b = Batch()
-        dns = rec.get("dns")
-        if isinstance(dns, Mapping) and 5355 not in (sport, dport) and 5353 not in (sport, dport):
-            self._dns(b, dns, flow, ts)
-        tls = rec.get("tls")
-        fps = rec.get("fingerprints") if isinstance(rec.get("fingerprints"), Mapping) else {}
-        if isinstance(tls, Mapping):
-            client = tls.get("client")
-            if isinstance(client, Mapping):
-                sni = _str(client.get("server_name"), 1024)
-                if sni:
-                    self._name(b, "quic_sni" if "quic" in rec else "tls_sni", sni, dst, ts, flow)
-                for kind in ("ja3", "ja4"):
-                    self._fp(b, kind, fps.get(kind), flow, ts)
-            server = tls.get("server")
-            if isinstance(server, Mapping):
-                for kind in ("ja3s", "ja4s"):
-                    self._fp(b, kind, fps.get(kind), flow, ts)
-                for entry in _list(server.get("certs"), _MAX_CERTS):
-                    if isinstance(entry, Mapping):
-                        self._record_cert(b, entry, src, flow, ts)
-        http = rec.get("http")
-        if isinstance(http, Mapping) and isinstance(http.get("request"), Mapping):
-            host = _str(http["request"].get("host"), 1024)
-            if host:
-                self._name(b, "http_host", strip_port(host), dst, ts, flow, f"{ts:.6f}")
+        for item in read_record(rec, _MAX_ITEMS, _MAX_CERTS):
+            if isinstance(item, RecordCert):
+                if item.part == "server":
+                    self._der_cert(b, item.base64, src, flow, ts)
+                continue
+            ch = item.channel
+            if ch is Channel.DNS_QUERY:
+                if item.service == "dns" and not local:
+                    self._name(b, ch, _str(item.value, 1024), "", ts, flow, _str(item.txid, 16))
+            elif ch is Channel.DNS_ANSWER:
+                if item.service == "dns" and not local:
+                    self._answer(b, item, flow, ts)
+            elif ch in FINGERPRINT_CHANNELS:
+                self._fp(b, ch, item.value, flow, ts)
+            elif ch in (Channel.CERT_CN, Channel.CERT_SAN):
+                # the server's certificate (its record runs server to client); from the DER
+                # when the record carries it
+                if item.part == "server" and not item.beside_der:
+                    self._name(b, ch, _str(item.value, 1024), src, ts, flow)
+            elif ch is Channel.HTTP_HOST:
+                host = _str(item.value, 1024)
+                if host:
+                    self._name(b, ch, authority_host(host), dst, ts, flow, f"{ts:.6f}")
+            elif ch in (Channel.TLS_SNI, Channel.QUIC_SNI):
+                self._name(b, ch, _str(item.value, 1024), dst, ts, flow)
         if not len(b):
             return None
         for ip in (src, dst):
@@ -266,54 +273,30 @@ class Converter:
         return b
 
     @staticmethod
-    def _fp(b: Batch, kind: str, value: Any, flow: str, ts: float) -> None:
+    def _fp(b: Batch, kind: Channel, value: Any, flow: str, ts: float) -> None:
         v = _str(value, 256)
         if v:
-            if kind in ("ja3", "ja3s"):
+            if kind in (Channel.JA3, Channel.JA3S):
                 v = v.lower()
-            b.fingerprints.append(FingerprintObs(content_key("f", kind, v, flow), kind, v, ts))
+            b.fingerprints.append(FingerprintObs(content_key("f", kind, v, flow), kind.value, v,
+                                                 ts))
 
-    def _record_cert(self, b: Batch, entry: Mapping[str, Any], server: str, flow: str,
-                     ts: float) -> None:
-        raw = entry.get("base64")
-        if isinstance(raw, str) and raw:
-            try:
-                row = self.cert(base64.b64decode(raw, validate=True))
-            except (binascii.Error, ValueError):
-                row = None
-            if row is not None:
-                self._cert_obs(b, row, server, flow, ts)
-            return
-        cert = entry.get("cert")
-        if not isinstance(cert, Mapping):
-            return
-        for attr in _list(cert.get("subject")):
-            if isinstance(attr, Mapping):
-                self._name(b, "cert_cn", _str(attr.get("common_name"), 1024), server, ts, flow)
-        for ext in _list(cert.get("extensions")):
-            if isinstance(ext, Mapping):
-                for alt in _list(ext.get("subject_alt_name")):
-                    if isinstance(alt, Mapping):
-                        self._name(b, "cert_san", _str(alt.get("dns_name"), 1024), server, ts, flow)
+    def _der_cert(self, b: Batch, der: str, server: str, flow: str, ts: float) -> None:
+        try:
+            row = self.cert(base64.b64decode(der, validate=True))
+        except (binascii.Error, ValueError):
+            row = None
+        if row is not None:
+            self._cert_obs(b, row, server, flow, ts)
 
-    def _dns(self, b: Batch, dns: Mapping[str, Any], flow: str, ts: float) -> None:
-        for part in ("query", "response"):
-            msg = dns.get(part)
-            if not isinstance(msg, Mapping):
-                continue
-            txid = _str(msg.get("id"), 16)
-            for q in _list(msg.get("question")):
-                if isinstance(q, Mapping):
-                    self._name(b, "dns_query", _str(q.get("name"), 1024), "", ts, flow, txid)
-            for a in _list(msg.get("answer")):
-                if not isinstance(a, Mapping):
-                    continue
-                name = _str(a.get("name"), 1024)
-                ip = canonical_ip(_str(a.get("ipv4_addr") or a.get("ip6_addr"), 64))
-                if name and ip is not None:
-                    self._name(b, "dns_answer", name, ip, ts, flow, txid)
-                    b.addresses.append(AddressObs(content_key("a", ip, "dns", name, flow, txid), ip,
-                                                  ts))
+    def _answer(self, b: Batch, item: RecordItem, flow: str, ts: float) -> None:
+        """A DNS answer: its owner name (source ``dns_answer``) and the address it gave."""
+        txid = _str(item.txid, 16)
+        name = _str(item.value, 1024)
+        ip = canonical_ip(_str(item.address, 64))
+        if name and ip is not None:
+            self._name(b, Channel.DNS_ANSWER, name, ip, ts, flow, txid)
+            b.addresses.append(AddressObs(content_key("a", ip, "dns", name, flow, txid), ip, ts))
 
 
 @dataclass(slots=True)

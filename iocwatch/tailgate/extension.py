@@ -30,7 +30,7 @@ from typing import Any
 
 from iocwatch.engine import PacketContext, make_record
 from iocwatch.flows.dissector import Dissector, Event
-from iocwatch.outputs.sessions import TlsSession
+from iocwatch.model.tls_session import TlsSession
 from iocwatch.protocols import x509
 from iocwatch.tailgate.cache import CacheError, ProbeCache
 from iocwatch.tailgate.defaults import Network, default_cache_path

@@ -32,7 +32,8 @@ from typing import Any
 import orjson
 import redis
 
-from iocwatch.outputs.sessions import CertCache, TlsSession, d4_record, dumps
+from iocwatch.model.tls_session import TlsSession
+from iocwatch.outputs.sessions import CertCache, d4_record, dumps
 from iocwatch.transport import (
     BATCH,
     DEFAULT_BUFFER,
