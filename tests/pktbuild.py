@@ -76,3 +76,25 @@ def pcapng_idb(linktype: int, tsresol: int | None = None) -> bytes:
 def pcapng_epb(ifid: int, ts_units: int, data: bytes) -> bytes:
     return _block(6, struct.pack("<IIIII", ifid, ts_units >> 32, ts_units & 0xFFFFFFFF,
                                  len(data), len(data)) + data)
+
+
+def tcp_conversation(flights: list[tuple[bool, bytes]], client: str = "10.0.0.1",
+                     server: str = "10.0.0.2", sport: int = 40000, dport: int = 443,
+                     mss: int = 1400) -> list[bytes]:
+    """IPv4 packets of a whole TCP connection: handshake, each ``(from_client, bytes)``
+    flight cut into ``mss``-sized segments with their sequence numbers, then FINs."""
+    seq = {True: 1000, False: 5000}
+    ends = {True: (client, server, sport, dport), False: (server, client, dport, sport)}
+
+    def seg(c2s: bool, payload: bytes = b"", flags: int = 0x18) -> bytes:
+        src, dst, sp, dp = ends[c2s]
+        pkt = ipv4(tcp(payload, sp, dp, seq[c2s], seq[not c2s], flags), src, dst)
+        seq[c2s] = (seq[c2s] + len(payload) + (1 if flags & 0x03 else 0)) & 0xFFFFFFFF
+        return pkt
+
+    out = [seg(True, flags=0x02), seg(False, flags=0x12), seg(True, flags=0x10)]
+    for c2s, data in flights:
+        for i in range(0, len(data), mss):
+            out.append(seg(c2s, data[i : i + mss]))
+    out += [seg(True, flags=0x11), seg(False, flags=0x11), seg(True, flags=0x10)]
+    return out

@@ -256,6 +256,13 @@ class Dissector:
                         peer = d.conn.dirs[1 - d.index].tls
                         if peer is not None:  # let the client's second ClientHello through
                             peer.allow_compat_ccs()
+                        # mercury reports the HelloRetryRequest and the ServerHello after it,
+                        # each with its fingerprint: so do we (JA3S/JA4S for both). The TLS
+                        # session waits for the real ServerHello.
+                        d.server_hello = hello
+                        ev = self._server_event(d, [])
+                        ev.server_hello = None
+                        events.append(ev)
                         continue
                     d.server_hello = hello
                     if hello.is_tls13:  # the certificate follows encrypted
