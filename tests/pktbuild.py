@@ -178,3 +178,23 @@ def nflog(packet: bytes, family: int = 2, order: str = "<") -> bytes:
     hw = 0x0800 if family == 2 else 0x86DD
     return (struct.pack("!BBH", family, 0, 5) + tlv(1, struct.pack("!HBB", hw, 3, 0))
             + tlv(10, b"iocwatch\0") + tlv(11, struct.pack("!I", 0)) + tlv(9, packet))
+
+
+def openvpn_tcp(tls: bytes, client: bool, auth: bytes = b"", mtu: int = 1250) -> bytes:
+    """One direction of an OpenVPN-over-TCP control channel carrying ``tls`` (TLS records):
+    the hard reset, then P_CONTROL_V1 packets of at most ``mtu`` TLS bytes, each acking the
+    peer's previous message. ``auth`` stands in for a tls-auth HMAC + packet id + time."""
+    sid = (b"\x11" if client else b"\x22") * 8
+    peer = (b"\x22" if client else b"\x11") * 8
+
+    def packet(op: int, pid: int, payload: bytes = b"", acks: tuple[int, ...] = ()) -> bytes:
+        body = bytes([op << 3]) + sid + auth + bytes([len(acks)])
+        body += b"".join(struct.pack("!I", a) for a in acks) + (peer if acks else b"")
+        body += struct.pack("!I", pid) + payload
+        return struct.pack("!H", len(body)) + body
+
+    out = [packet(7 if client else 8, 0, acks=() if client else (0,))]
+    for n, i in enumerate(range(0, len(tls), mtu)):
+        out.append(packet(4, n + 1, tls[i : i + mtu], acks=(n,)))
+    out.append(struct.pack("!H", 7) + bytes([5 << 3]) + sid[:6])  # an ACK packet (cut short)
+    return b"".join(out)
