@@ -11,7 +11,7 @@ root=$PWD
 need=()
 for pair in tshark:tshark dumpcap:tshark tcpdump:tcpdump dnsmasq:dnsmasq-base nginx:nginx-light \
             curl:curl openssl:openssl ip:iproute2 editcap:tshark mergecap:tshark \
-            redis-server:redis-server microsocks:microsocks; do
+            redis-server:redis-server microsocks:microsocks iptables:iptables openvpn:openvpn; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
