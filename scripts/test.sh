@@ -4,7 +4,7 @@
 # extra) into a fresh venv (.venv-test/), and runs pytest there on a copy of the tests, so that
 # `iocwatch` is imported from the venv's site-packages and never from this checkout.
 # Real traffic tests need root (network namespaces) and Debian's dnsmasq, nginx, curl, tcpdump,
-# tshark; without root they are skipped with the reason shown. Arguments go to pytest.
+# tshark, iptables, openvpn; without root they are skipped with the reason shown. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
