@@ -65,6 +65,10 @@ def test_radiotap_fcs_flags_and_extended_bitmaps() -> None:
     assert dec is not None and dec[4] == SEG  # the FCS is not part of the packet
     assert d.decode(127, pb.radiotap(frame, flags=0x50, fcs=b"\0\0\0\0")) is None  # bad FCS
     assert d.stats["wlan_bad_fcs"] == 1
+    # data pad (Atheros): the 26-byte QoS header is followed by 2 bytes to a 4-byte boundary
+    assert d.decode(127, pb.radiotap(_padded(frame), flags=0x20))[4] == SEG
+    plain = pb.wlan_data(pb.llc_snap(IP4))  # 24 bytes: already aligned, no padding
+    check4(d.decode(127, pb.radiotap(plain, flags=0x20)))
 
 
 def test_wlan_frames_without_readable_ip_are_counted() -> None:
@@ -117,10 +121,17 @@ def _hello_packets() -> list[bytes]:
                                server="198.51.100.7")
 
 
+def _padded(qos_frame: bytes) -> bytes:
+    """Radiotap's data pad: the 26-byte QoS data header padded to 28."""
+    return qos_frame[:26] + b"\0\0" + qos_frame[26:]
+
+
 FRAMINGS = {
     "ieee802_11": (105, lambda p: pb.wlan_data(pb.llc_snap(p), qos=True)),
     "radiotap": (127, lambda p: pb.radiotap(pb.wlan_data(pb.llc_snap(p), tods=False, fromds=True),
                                             flags=0x10, tsft=True, fcs=b"\x11\x22\x33\x44")),
+    "radiotap_datapad": (127, lambda p: pb.radiotap(_padded(pb.wlan_data(pb.llc_snap(p), qos=True)),
+                                                    flags=0x20)),
     "prism": (119, lambda p: pb.prism(pb.wlan_data(pb.llc_snap(p), tods=True, fromds=True))),
     "avs": (163, lambda p: pb.avs(pb.wlan_data(pb.llc_snap(p), qos=True, order=True))),
     "llc_snap": (1, lambda p: pb.eth_8023(pb.llc_snap(p))),

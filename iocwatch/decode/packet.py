@@ -216,7 +216,7 @@ class Decoder:
     # -- 802.11 ---------------------------------------------------------------------------
     def _wlan_link(self, linktype: int, data: bytes) -> Decoded | None:
         """Strip the monitor-mode header (radiotap, Prism, AVS), then read the 802.11 frame."""
-        fcs = False
+        fcs = pad = False
         off = 0
         if linktype == LT_RADIOTAP:
             if len(data) < 8 or data[0] != 0:
@@ -230,6 +230,7 @@ class Decoder:
                     self.stats["wlan_bad_fcs"] += 1
                     return None
                 fcs = bool(flags & 0x10)
+                pad = bool(flags & 0x20)  # the MAC header is padded to 4 bytes (Atheros)
         elif linktype == LT_PRISM and len(data) >= 4 and unpack_from("!I", data, 0)[0] in AVS_MAGIC:
             linktype = LT_AVS  # capture tools write AVS headers under the Prism link type
         if linktype == LT_AVS:
@@ -245,9 +246,9 @@ class Decoder:
         if off < 0 or off > len(data) or (linktype in (LT_PRISM, LT_AVS) and off < 8):
             return self._bad(f"{'prism' if linktype == LT_PRISM else 'avs'}_header")
         end = len(data) - 4 if fcs else len(data)
-        return self._wlan(data[off:end])
+        return self._wlan(data[off:end], pad)
 
-    def _wlan(self, frame: bytes) -> Decoded | None:
+    def _wlan(self, frame: bytes, pad: bool = False) -> Decoded | None:
         """An 802.11 MAC frame: data frames' LLC/SNAP payload; the rest is counted."""
         if len(frame) < 24:
             return self._bad("wlan_truncated")
@@ -266,6 +267,7 @@ class Decoder:
             self.stats["wlan_protected"] += 1  # encrypted (WEP/TKIP/CCMP/GCMP): not readable
             return None
         hdr = 30 if fc1 & 0x03 == 0x03 else 24  # ToDS and FromDS: a fourth address (WDS/mesh)
+        amsdu = 0
         if subtype & 0x8:  # QoS data: QoS control, and HT control when Order is set
             if len(frame) < hdr + 2:
                 return self._bad("wlan_truncated")
@@ -273,8 +275,10 @@ class Decoder:
             hdr += 2
             if fc1 & 0x80:
                 hdr += 4
-            if amsdu:
-                return self._amsdu(frame, hdr)
+        if pad:
+            hdr = (hdr + 3) & ~3
+        if amsdu:
+            return self._amsdu(frame, hdr)
         if fc1 & 0x04 or unpack_from("<H", frame, 22)[0] & 0x000F:
             self.stats["wlan_fragment"] += 1  # MSDU fragments are not reassembled
             return None
