@@ -96,6 +96,29 @@ def _streams_messages(stream: bytes, out: dict[str, list[bytes]]) -> None:
         out["text_streams"].append(stream[:4096])
 
 
+def reframed(frame: bytes) -> list[bytes]:
+    """The IP packet of an Ethernet frame under the other link layers the decoder reads
+    (802.2 LLC/SNAP, 802.11 bare/radiotap/Prism/AVS, NFLOG), each led by its link type byte
+    as the decode target takes it."""
+    etype = frame[12:14]
+    if etype not in (b"\x08\x00", b"\x86\xdd") or len(frame) > 1400:
+        return []
+    ip = frame[14:]
+    snap = b"\xaa\xaa\x03\x00\x00\x00" + etype + ip
+    addrs = bytes(range(2, 20))
+    qos = b"\x88\x03\x00\x00" + addrs + b"\x10\x00" + b"\x02\x00" + b"\x00" * 6 + snap
+    plain = b"\x08\x01\x00\x00" + addrs + b"\x10\x00" + snap
+    radiotap = struct.pack("<BBHIB3xQBB", 0, 0, 22, 0x07, 0, 1, 0x10, 12) + plain + b"\0" * 4
+    prism = struct.pack("<II16s", 0x44, 144, b"wlan0") + bytes(120) + qos
+    avs = struct.pack("!II", 0x80211001, 64) + bytes(56) + plain
+    tlv = struct.pack("<HH", 4 + len(ip), 9) + ip
+    nflog = struct.pack("!BBH", 2 if etype == b"\x08\x00" else 10, 0, 1) + b"\x08\x00\x01\x00" \
+        + b"\x08\x00\x03\x00" + tlv
+    eth8023 = frame[:12] + struct.pack("!H", len(snap)) + snap
+    return [b"\x69" + qos, b"\x7f" + radiotap, b"\x77" + prism, b"\xa3" + avs, b"\xef" + nflog,
+            b"\x01" + eth8023]
+
+
 @functools.cache
 def corpus() -> dict[str, list[bytes]]:
     """Seed lists by kind, computed once per process."""
@@ -116,6 +139,8 @@ def corpus() -> dict[str, list[bytes]]:
         streams: dict[tuple, list[tuple[int, bytes]]] = defaultdict(list)
         for lt, pkts in by_link.items():
             out["frames"] += [bytes([lt & 0xFF]) + d for _s, _u, d in pkts[:200]]
+            if lt == 1:
+                out["link_frames"] += [f for _s, _u, d in pkts[:40] for f in reframed(d)]
             for i in range(0, min(len(pkts), 20 * PACKETS_PER_CAPTURE), PACKETS_PER_CAPTURE):
                 chunk = pkts[i : i + PACKETS_PER_CAPTURE]
                 out["pcap"].append(write_pcap(lt, chunk))

@@ -76,3 +76,125 @@ def pcapng_idb(linktype: int, tsresol: int | None = None) -> bytes:
 def pcapng_epb(ifid: int, ts_units: int, data: bytes) -> bytes:
     return _block(6, struct.pack("<IIIII", ifid, ts_units >> 32, ts_units & 0xFFFFFFFF,
                                  len(data), len(data)) + data)
+
+
+def tcp_conversation(flights: list[tuple[bool, bytes]], client: str = "10.0.0.1",
+                     server: str = "10.0.0.2", sport: int = 40000, dport: int = 443,
+                     mss: int = 1400) -> list[bytes]:
+    """IPv4 packets of a whole TCP connection: handshake, each ``(from_client, bytes)``
+    flight cut into ``mss``-sized segments with their sequence numbers, then FINs."""
+    seq = {True: 1000, False: 5000}
+    ends = {True: (client, server, sport, dport), False: (server, client, dport, sport)}
+
+    def seg(c2s: bool, payload: bytes = b"", flags: int = 0x18) -> bytes:
+        src, dst, sp, dp = ends[c2s]
+        pkt = ipv4(tcp(payload, sp, dp, seq[c2s], seq[not c2s], flags), src, dst)
+        seq[c2s] = (seq[c2s] + len(payload) + (1 if flags & 0x03 else 0)) & 0xFFFFFFFF
+        return pkt
+
+    out = [seg(True, flags=0x02), seg(False, flags=0x12), seg(True, flags=0x10)]
+    for c2s, data in flights:
+        for i in range(0, len(data), mss):
+            out.append(seg(c2s, data[i : i + mss]))
+    out += [seg(True, flags=0x11), seg(False, flags=0x11), seg(True, flags=0x10)]
+    return out
+
+
+# -- link layers from their specifications (802.2, 802.11, radiotap, Prism, AVS, NFLOG) ------
+
+def llc_snap(payload: bytes, etype: int = 0x0800, oui: bytes = b"\0\0\0") -> bytes:
+    """802.2 LLC (DSAP/SSAP 0xAA, UI) with a SNAP header carrying an ethertype (RFC 1042)."""
+    return b"\xaa\xaa\x03" + oui + struct.pack("!H", etype) + payload
+
+
+def eth_8023(payload: bytes) -> bytes:
+    """An 802.3 frame: the type field holds the length of what follows (LLC and data)."""
+    return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02" + struct.pack("!H", len(payload)) + payload
+
+
+def wlan_data(body: bytes, tods: bool = True, fromds: bool = False, qos: bool = False,
+              order: bool = False, protected: bool = False, amsdu: bool = False,
+              frag: int = 0, more_frag: bool = False) -> bytes:
+    """An 802.11 data frame (type 2; subtype 0 or QoS data 8) around ``body``."""
+    fc0 = (2 << 2) | ((8 if qos else 0) << 4)
+    fc1 = (tods and 0x01) | (fromds and 0x02) | (more_frag and 0x04) | (protected and 0x40) \
+        | (order and 0x80)
+    addrs = b"\x02\x00\x00\x00\x00\x0a" + b"\x02\x00\x00\x00\x00\x0b" + b"\x02\x00\x00\x00\x00\x0c"
+    hdr = struct.pack("<BBH", fc0, fc1, 0) + addrs + struct.pack("<H", (7 << 4) | frag)
+    if tods and fromds:
+        hdr += b"\x02\x00\x00\x00\x00\x0d"
+    if qos:
+        hdr += struct.pack("<H", 0x80 if amsdu else 0)
+        if order:
+            hdr += b"\0\0\0\0"  # HT control
+    return hdr + body
+
+
+def amsdu_subframe(llc: bytes) -> bytes:
+    """One A-MSDU subframe: DA, SA, length, the LLC/SNAP data, padded to 4 bytes."""
+    sub = b"\x02\x00\x00\x00\x00\x0c" + b"\x02\x00\x00\x00\x00\x0b" + struct.pack("!H", len(llc)) + llc
+    return sub + b"\0" * (-len(sub) % 4)
+
+
+def radiotap(frame: bytes, flags: int | None = None, tsft: bool = False, ext: bool = False,
+             fcs: bytes = b"") -> bytes:
+    """A radiotap header (TSFT, Flags, Rate; optionally an extended presence bitmap)."""
+    present = 0x04 | (0x01 if tsft else 0) | (0x02 if flags is not None else 0)
+    words = [present | (0x80000000 if ext else 0)]
+    if ext:
+        words.append(0)
+    body = b"".join(struct.pack("<I", w) for w in words)
+    fields = b""
+    pos = 4 + len(body)
+    if tsft:
+        pad = -pos % 8
+        fields += b"\0" * pad + struct.pack("<Q", 123456789)
+        pos += pad + 8
+    if flags is not None:
+        fields += bytes([flags])
+    fields += b"\x0c"  # rate: 6 Mb/s
+    hdr = struct.pack("<BBH", 0, 0, 4 + len(body) + len(fields)) + body + fields
+    return hdr + frame + fcs
+
+
+def prism(frame: bytes) -> bytes:
+    """The 144-byte Prism monitor header (message code 0x44, ten DID items)."""
+    items = b"".join(struct.pack("<IHHI", 0x1041 + (i << 12), 0, 4, i) for i in range(10))
+    return struct.pack("<II16s", 0x44, 144, b"wlan0") + items + frame
+
+
+def avs(frame: bytes) -> bytes:
+    """An AVS (version 1) monitor header: 64 bytes, big-endian."""
+    return struct.pack("!IIQQIIIIIIIIII", 0x80211001, 64, 1, 2, 1, 6, 60, 0, 0, 1, 40, 95, 0, 0) + frame
+
+
+def nflog(packet: bytes, family: int = 2, order: str = "<") -> bytes:
+    """A Linux NFLOG record: header, then TLVs (prefix, packet header, payload) in the
+    capturing host's byte order, each padded to 4 bytes."""
+    def tlv(ttype: int, value: bytes) -> bytes:
+        raw = struct.pack(order + "HH", 4 + len(value), ttype) + value
+        return raw + b"\0" * (-len(raw) % 4)
+
+    hw = 0x0800 if family == 2 else 0x86DD
+    return (struct.pack("!BBH", family, 0, 5) + tlv(1, struct.pack("!HBB", hw, 3, 0))
+            + tlv(10, b"iocwatch\0") + tlv(11, struct.pack("!I", 0)) + tlv(9, packet))
+
+
+def openvpn_tcp(tls: bytes, client: bool, auth: bytes = b"", mtu: int = 1250) -> bytes:
+    """One direction of an OpenVPN-over-TCP control channel carrying ``tls`` (TLS records):
+    the hard reset, then P_CONTROL_V1 packets of at most ``mtu`` TLS bytes, each acking the
+    peer's previous message. ``auth`` stands in for a tls-auth HMAC + packet id + time."""
+    sid = (b"\x11" if client else b"\x22") * 8
+    peer = (b"\x22" if client else b"\x11") * 8
+
+    def packet(op: int, pid: int, payload: bytes = b"", acks: tuple[int, ...] = ()) -> bytes:
+        body = bytes([op << 3]) + sid + auth + bytes([len(acks)])
+        body += b"".join(struct.pack("!I", a) for a in acks) + (peer if acks else b"")
+        body += struct.pack("!I", pid) + payload
+        return struct.pack("!H", len(body)) + body
+
+    out = [packet(7 if client else 8, 0, acks=() if client else (0,))]
+    for n, i in enumerate(range(0, len(tls), mtu)):
+        out.append(packet(4, n + 1, tls[i : i + mtu], acks=(n,)))
+    out.append(struct.pack("!H", 7) + bytes([5 << 3]) + sid[:6])  # an ACK packet (cut short)
+    return b"".join(out)

@@ -1,8 +1,9 @@
 """Link layers, tunnels and IP: from a captured frame to (addresses, transport, payload).
 
-Handles Ethernet, Linux SLL/SLL2, raw IPv4/IPv6, BSD NULL/LOOP; 802.1Q/QinQ, MPLS, PPPoE,
-GRE (with ERSPAN I/II/III), VXLAN, Geneve, IP-in-IP; IPv6 extension headers; IPv4 and IPv6
-fragments (bounded reassembly). Whatever it cannot decode is counted by kind in ``stats``, never
+Handles Ethernet (Ethernet II and 802.2 LLC/SNAP), Linux SLL/SLL2, raw IPv4/IPv6, BSD NULL/LOOP,
+802.11 (bare, radiotap, Prism and AVS monitor-mode headers), Linux NFLOG; 802.1Q/QinQ, MPLS,
+PPPoE, GRE (with ERSPAN I/II/III), VXLAN, Geneve, IP-in-IP; IPv6 extension headers; IPv4 and
+IPv6 fragments (bounded reassembly). Whatever it cannot decode is counted by kind in ``stats``, never
 raised. Addresses stay as raw bytes: they are only turned into text for packets that produce a
 record.
 """
@@ -27,6 +28,12 @@ LT_SLL = 113
 LT_IPV4 = 228
 LT_IPV6 = 229
 LT_SLL2 = 276
+LT_IEEE802_11 = 105
+LT_PRISM = 119
+LT_RADIOTAP = 127
+LT_AVS = 163
+LT_NFLOG = 239
+WLAN_LINKTYPES = frozenset({LT_IEEE802_11, LT_PRISM, LT_RADIOTAP, LT_AVS})
 RAW_LINKTYPES = frozenset({LT_RAW, LT_RAW_DLT12, LT_RAW_DLT14, LT_IPV4, LT_IPV6})
 
 ETH_IPV4 = 0x0800
@@ -39,6 +46,12 @@ ETH_ERSPAN2 = 0x88BE
 ETH_ERSPAN3 = 0x22EB
 ETH_PPP = 0x880B
 ETH_CISCO_SGT = 0x8909  # Cisco MetaData: 6 bytes (version, length, SGT option), then a type
+
+LLC_SNAP = b"\xaa\xaa\x03"  # DSAP, SSAP, UI control: a SNAP header (OUI, ethertype) follows
+#: SNAP OUIs whose protocol id is an ethertype: RFC 1042 encapsulation and 802.1H bridge tunnel
+SNAP_ETHERTYPE_OUIS = frozenset({b"\x00\x00\x00", b"\x00\x00\xf8"})
+AVS_MAGIC = frozenset({0x80211001, 0x80211002})
+NFULA_PAYLOAD = 9
 
 IPPROTO_IPIP = 4
 IPPROTO_TCP = 6
@@ -126,6 +139,10 @@ class Decoder:
                 if len(data) < off + 2:
                     return self._bad("ppp_truncated")
                 return self._ppp(unpack_from("!H", data, off)[0], data, off + 2, 0)
+            if linktype in WLAN_LINKTYPES:
+                return self._wlan_link(linktype, data)
+            if linktype == LT_NFLOG:
+                return self._nflog(data)
             if linktype in (LT_NULL, LT_LOOP):
                 if len(data) < 4:
                     return self._bad("null_truncated")
@@ -180,10 +197,127 @@ class Decoder:
                 return self._bad("sgt_truncated")
             self.stats["encap_cisco_sgt"] += 1
             return self._ethertype(unpack_from("!H", data, off + 6)[0], data, off + 8, depth + 1)
-        if etype < 0x0600:
-            self.stats["ethernet_8023"] += 1
-            return None
+        if etype < 0x0600:  # 802.3 length field: 802.2 LLC follows
+            return self._llc(data, off, depth + 1, "ethernet_8023")
         self.stats[f"ethertype_other_{etype:04x}"] += 1
+        return None
+
+    def _llc(self, data: bytes, off: int, depth: int, other: str) -> Decoded | None:
+        """802.2 LLC: only SNAP with an ethertype carries IP; other SAPs (STP, NetBIOS, IPX)
+        are counted under ``other``."""
+        if data[off : off + 3] != LLC_SNAP or data[off + 3 : off + 6] not in SNAP_ETHERTYPE_OUIS:
+            self.stats[other] += 1
+            return None
+        if len(data) < off + 8:
+            return self._bad("snap_truncated")
+        self.stats["encap_llc_snap"] += 1
+        return self._ethertype(unpack_from("!H", data, off + 6)[0], data, off + 8, depth)
+
+    # -- 802.11 ---------------------------------------------------------------------------
+    def _wlan_link(self, linktype: int, data: bytes) -> Decoded | None:
+        """Strip the monitor-mode header (radiotap, Prism, AVS), then read the 802.11 frame."""
+        fcs = pad = False
+        off = 0
+        if linktype == LT_RADIOTAP:
+            if len(data) < 8 or data[0] != 0:
+                return self._bad("radiotap_header")
+            off = unpack_from("<H", data, 2)[0]
+            if off < 8 or off > len(data):
+                return self._bad("radiotap_header")
+            flags = _radiotap_flags(data, off)
+            if flags is not None:
+                if flags & 0x40:  # the card says the frame check sequence failed
+                    self.stats["wlan_bad_fcs"] += 1
+                    return None
+                fcs = bool(flags & 0x10)
+                pad = bool(flags & 0x20)  # the MAC header is padded to 4 bytes (Atheros)
+        elif linktype == LT_PRISM and len(data) >= 4 and unpack_from("!I", data, 0)[0] in AVS_MAGIC:
+            linktype = LT_AVS  # capture tools write AVS headers under the Prism link type
+        if linktype == LT_AVS:
+            if len(data) < 8 or unpack_from("!I", data, 0)[0] not in AVS_MAGIC:
+                return self._bad("avs_header")
+            off = unpack_from("!I", data, 4)[0]
+        elif linktype == LT_PRISM:
+            if len(data) < 8:
+                return self._bad("prism_header")
+            off = unpack_from("<I", data, 4)[0]  # msglen, in the capturing host's order
+            if off > len(data):
+                off = unpack_from(">I", data, 4)[0]
+        if off < 0 or off > len(data) or (linktype in (LT_PRISM, LT_AVS) and off < 8):
+            return self._bad(f"{'prism' if linktype == LT_PRISM else 'avs'}_header")
+        end = len(data) - 4 if fcs else len(data)
+        return self._wlan(data[off:end], pad)
+
+    def _wlan(self, frame: bytes, pad: bool = False) -> Decoded | None:
+        """An 802.11 MAC frame: data frames' LLC/SNAP payload; the rest is counted."""
+        if len(frame) < 24:
+            return self._bad("wlan_truncated")
+        fc0, fc1 = frame[0], frame[1]
+        ftype = (fc0 >> 2) & 3
+        subtype = fc0 >> 4
+        if fc0 & 3:
+            return self._bad("wlan_version")
+        if ftype != 2:
+            self.stats["wlan_management" if ftype == 0 else "wlan_control"] += 1
+            return None
+        if subtype & 0x4:  # Null and QoS Null: no body
+            self.stats["wlan_null_data"] += 1
+            return None
+        if fc1 & 0x40:
+            self.stats["wlan_protected"] += 1  # encrypted (WEP/TKIP/CCMP/GCMP): not readable
+            return None
+        hdr = 30 if fc1 & 0x03 == 0x03 else 24  # ToDS and FromDS: a fourth address (WDS/mesh)
+        amsdu = 0
+        if subtype & 0x8:  # QoS data: QoS control, and HT control when Order is set
+            if len(frame) < hdr + 2:
+                return self._bad("wlan_truncated")
+            amsdu = frame[hdr] & 0x80
+            hdr += 2
+            if fc1 & 0x80:
+                hdr += 4
+        if pad:
+            hdr = (hdr + 3) & ~3
+        if amsdu:
+            return self._amsdu(frame, hdr)
+        if fc1 & 0x04 or unpack_from("<H", frame, 22)[0] & 0x000F:
+            self.stats["wlan_fragment"] += 1  # MSDU fragments are not reassembled
+            return None
+        if len(frame) < hdr + 8:
+            return self._bad("wlan_truncated")
+        return self._llc(frame, hdr, 1, "wlan_llc_other")
+
+    def _amsdu(self, frame: bytes, off: int) -> Decoded | None:
+        """The first subframe of an A-MSDU (DA, SA, length, then LLC/SNAP): later subframes
+        are counted, not decoded (one frame in, one packet out)."""
+        if len(frame) < off + 14 + 8:
+            return self._bad("wlan_amsdu_truncated")
+        self.stats["wlan_amsdu"] += 1
+        length = unpack_from("!H", frame, off + 12)[0]
+        body = frame[: off + 14 + length]
+        return self._llc(body, off + 14, 1, "wlan_llc_other")
+
+    # -- NFLOG ----------------------------------------------------------------------------
+    def _nflog(self, data: bytes) -> Decoded | None:
+        """Linux NFLOG: a 4-byte header (family, version, resource id), then TLVs whose
+        length and type are in the capturing host's byte order; NFULA_PAYLOAD holds the
+        packet from its IP header."""
+        if len(data) < 8:
+            return self._bad("nflog_truncated")
+        order = "<"
+        first = unpack_from("<H", data, 4)[0]
+        if first < 4 or first > len(data) - 4:
+            order = ">"
+        p = 4
+        for _ in range(64):
+            if p + 4 > len(data):
+                break
+            tlen, ttype = unpack_from(order + "HH", data, p)
+            if tlen < 4 or p + tlen > len(data):
+                return self._bad("nflog_tlv")
+            if ttype & 0x3FFF == NFULA_PAYLOAD:
+                return self._ip_by_version(data[p + 4 : p + tlen], 0, 0)
+            p += (tlen + 3) & ~3
+        self.stats["nflog_no_payload"] += 1
         return None
 
     def _ppp(self, proto: int, data: bytes, off: int, depth: int) -> Decoded | None:
@@ -387,3 +521,21 @@ class Decoder:
             off += 12 + (8 if optional else 0)
             return self._ethernet(data, off, depth)
         return self._ethertype(proto, data, off, depth)
+
+
+def _radiotap_flags(data: bytes, hlen: int) -> int | None:
+    """The radiotap Flags field (FCS included, bad FCS), if the first namespace has it."""
+    present = unpack_from("<I", data, 4)[0]
+    p = 8
+    word = present
+    while word & 0x80000000:  # further presence words
+        if p + 4 > hlen:
+            return None
+        word = unpack_from("<I", data, p)[0]
+        p += 4
+    if not present & 0x02:
+        return None
+    if present & 0x01:  # TSFT: 8 bytes, 8-aligned
+        p = (p + 7) & ~7
+        p += 8
+    return data[p] if p < hlen else None

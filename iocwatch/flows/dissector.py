@@ -20,6 +20,7 @@ from iocwatch.model.observation import Observation
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import fingerprints as fpr
 from iocwatch.protocols import http as httpp
+from iocwatch.protocols import openvpn as ovpnp
 from iocwatch.protocols import quic as quicp
 from iocwatch.protocols import starttls as stls
 from iocwatch.protocols import tls as tlsp
@@ -49,6 +50,7 @@ class State(IntEnum):
     HTTP_BODY = 3
     DNS = 4
     STARTTLS = 5
+    OPENVPN = 6
     DONE = 9
 
 
@@ -71,7 +73,7 @@ class Direction:
 
     __slots__ = (
         "state", "tls", "buf", "chunks", "seen", "skip", "requests", "server_hello", "conn",
-        "index",
+        "index", "ovpn",
     )
 
     def __init__(self, conn: TcpConnection, index: int):
@@ -85,6 +87,7 @@ class Direction:
         self.server_hello: tlsp.ServerHello | None = None
         self.conn = conn
         self.index = index
+        self.ovpn: ovpnp.OpenVpnTcpReader | None = None
 
 
 class TcpConnection:
@@ -116,6 +119,8 @@ def held_bytes(conn: TcpConnection) -> int:
         t = d.tls
         if t is not None:
             n += len(t._buf) + len(t._hs)
+        if d.ovpn is not None:
+            n += d.ovpn.held
     return n
 
 
@@ -139,10 +144,11 @@ class Dissector:
     # -- TCP -------------------------------------------------------------------------------
     def tcp_gap(self, d: Direction) -> None:
         """Bytes were lost: whatever we were parsing cannot continue in step."""
-        if d.state in (State.TLS, State.HTTP, State.HTTP_BODY, State.DNS):
+        if d.state in (State.TLS, State.HTTP, State.HTTP_BODY, State.DNS, State.OPENVPN):
             self.stats["tcp_gap_abandoned"] += 1
             d.state = State.DETECT
             d.tls = None
+            d.ovpn = None
             d.buf.clear()
 
     def tcp_data(self, d: Direction, data: bytes) -> list[Event]:
@@ -168,6 +174,8 @@ class Dissector:
                 data = self._dns_tcp(d, data, events)
             elif st == State.STARTTLS:
                 data = self._starttls(d, data)
+            elif st == State.OPENVPN:
+                data = self._openvpn(d, data, events)
         return events
 
     def _detect(self, d: Direction, data: bytes) -> bytes:
@@ -200,6 +208,12 @@ class Dissector:
             return data[end + 4 :] or b""
         if (conn.ports[0] in DNS_PORTS or conn.ports[1] in DNS_PORTS) and len(data) >= 14:
             d.state = State.DNS
+            return data
+        if ovpnp.looks_like_openvpn_tcp(data):
+            self.stats["tcp_openvpn"] += 1
+            d.state = State.OPENVPN
+            d.ovpn = ovpnp.OpenVpnTcpReader()
+            d.tls = tlsp.HandshakeReader()
             return data
         if d.chunks == 1 and conn.starttls is None:
             conn.starttls = stls.StartTlsDetector()
@@ -242,6 +256,24 @@ class Dissector:
             return self._detect_give_up(d, data)
         return b""
 
+    def _openvpn(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
+        """OpenVPN over TCP: its control channel's TLS bytes go to the TLS dissection."""
+        reader = d.ovpn
+        assert reader is not None
+        tls_bytes = reader.feed(data)
+        if tls_bytes and d.tls is not None:
+            self._tls(d, tls_bytes, events)
+        if reader.done and d.state == State.OPENVPN:
+            if reader.not_openvpn:
+                self.stats["malformed_openvpn"] += 1
+            if d.server_hello is not None:
+                events.append(self._server_event(d, []))
+            d.state = State.DONE
+            d.tls = None
+        if d.state == State.DONE:
+            d.ovpn = None
+        return b""
+
     def _tls(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         reader = d.tls
         assert reader is not None
@@ -258,6 +290,13 @@ class Dissector:
                         peer = d.conn.dirs[1 - d.index].tls
                         if peer is not None:  # let the client's second ClientHello through
                             peer.allow_compat_ccs()
+                        # mercury reports the HelloRetryRequest and the ServerHello after it,
+                        # each with its fingerprint: so do we (JA3S/JA4S for both). The TLS
+                        # session waits for the real ServerHello.
+                        d.server_hello = hello
+                        ev = self._server_event(d, [])
+                        ev.server_hello = None
+                        events.append(ev)
                         continue
                     d.server_hello = hello
                     if hello.is_tls13:  # the certificate follows encrypted

@@ -198,6 +198,21 @@ def _head_end(data: bytes, end: int, pos: int) -> int:
     return e if e >= 0 else _earliest_end(data, _BLANK_AFTER_LINE, pos, len(data))
 
 
+def _uri_missing(data: bytes, pos: int, sp2: int, final: bool) -> bool:
+    """The request line has no target: the method's space is followed by ``HTTP/`` and no
+    further space on the line (seen whole: a line still arriving may yet get its space)."""
+    if not data.startswith(b"HTTP/", pos):
+        return False
+    eol = len(data)
+    for stop in (b"\r", b"\n"):
+        i = data.find(stop, pos)
+        if 0 <= i < eol:
+            eol = i
+    if eol == len(data) and not final:
+        return False
+    return sp2 < 0 or sp2 > eol
+
+
 def _request_line(data: bytes, final: bool) -> tuple[bytes, bytes, bytes, int, int]:
     """Method, URI, protocol, where the line ends and where its delimiter run ends."""
     n = len(data)
@@ -211,9 +226,12 @@ def _request_line(data: bytes, final: bool) -> tuple[bytes, bytes, bytes, int, i
         raise Malformed("not an HTTP method")
     pos = sp + 1
     sp2 = data.find(b" ", pos)
-    uri_end = sp2 if sp2 >= 0 else n
-    uri = data[pos:uri_end]
-    pos = min(uri_end + 1, n)
+    if _uri_missing(data, pos, sp2, final):
+        uri = b""  # "GET HTTP/1.1": no request target, the line's protocol and headers still count
+    else:
+        uri_end = sp2 if sp2 >= 0 else n
+        uri = data[pos:uri_end]
+        pos = min(uri_end + 1, n)
     end = pos
     while end < n and data[end] not in (0x0D, 0x0A):
         end += 1

@@ -499,7 +499,9 @@ class ServerHello:
 
     @property
     def is_tls13(self) -> bool:
-        return self.selected_version == 0x0304
+        """TLS 1.3 or one of its drafts (0x7fNN): the rest of the handshake is encrypted."""
+        v = self.selected_version
+        return v is not None and (v == 0x0304 or v >> 8 == 0x7F)
 
     @property
     def is_hello_retry_request(self) -> bool:
@@ -548,15 +550,19 @@ def fingerprint_key(hello: ClientHello | ServerHello) -> tuple:
 
 
 def parse_server_hello(body: bytes) -> ServerHello:
-    """Parse a ServerHello body; like mercury, an over-long extensions block means none."""
+    """Parse a ServerHello body; like mercury, an over-long extensions block means none.
+
+    TLS 1.3 drafts before 22 put their version (0x7fNN) in the version field and have no
+    session id or compression method; later drafts and the RFC use the TLS 1.2 layout."""
     c = Cursor(body)
     version = c.u16()
     random = c.take(32)
-    session_id = c.take(c.u8())
+    draft = version >> 8 == 0x7F
+    session_id = b"" if draft else c.take(c.u8())
     suite = c.u16()
-    compression: int | None = c.u8() if c.remaining() >= 1 else None
+    compression: int | None = c.u8() if c.remaining() >= 1 and not draft else None
     exts: list[tuple[int, bytes]] = []
-    if compression is not None and c.remaining() >= 2:
+    if (compression is not None or draft) and c.remaining() >= 2:
         ext_len = c.u16()
         if ext_len <= c.remaining():
             exts, _bad = _iter_extensions(c.take(ext_len))
@@ -568,6 +574,8 @@ def parse_server_hello(body: bytes) -> ServerHello:
         compression_method=compression,
         extensions=exts,
     )
+    if draft:
+        hello.selected_version = version
     for etype, data in exts:
         if etype == EXT_SUPPORTED_VERSIONS and len(data) >= 2 and hello.selected_version is None:
             hello.selected_version = (data[0] << 8) | data[1]
@@ -629,11 +637,23 @@ def _sslv2_hello_header(data: bytes | bytearray, pos: int = 0) -> int | None:
     return None
 
 
+def _warning_alert(data: bytes | bytearray, pos: int) -> bool:
+    """A cleartext warning-level alert record (7 bytes) at ``pos``: some servers send one
+    (unrecognized_name) before their ServerHello; the handshake goes on after it."""
+    return (len(data) - pos >= 7 and data[pos] == CT_ALERT and data[pos + 1] == 0x03
+            and data[pos + 3] == 0 and data[pos + 4] == 2 and data[pos + 5] == 1)
+
+
 def looks_like_tls_record(data: bytes | bytearray) -> bool:
-    """Cheap test at a stream start: a TLS handshake record header or an SSLv2 CLIENT-HELLO.
+    """Cheap test at a stream start: a TLS handshake record header or an SSLv2 CLIENT-HELLO,
+    possibly after warning alerts.
 
     Needs the first 5 bytes; fewer give False.
     """
+    for _ in range(4):
+        if not _warning_alert(data, 0):
+            break
+        data = data[7:]
     if len(data) < 5:
         return False
     if data[0] == CT_HANDSHAKE and data[1] == 0x03 and data[2] <= 0x04:
@@ -680,6 +700,7 @@ class HandshakeReader:
         "oversize",
         "messages",
         "record_version",
+        "warnings",
         "_buf",
         "_hs",
         "_started",
@@ -704,6 +725,7 @@ class HandshakeReader:
         self.oversize = 0
         self.messages = 0
         self.record_version: int | None = None
+        self.warnings = 0  # cleartext warning alerts read past
         self._buf = bytearray()
         self._hs = bytearray()
         self._started = False
@@ -760,6 +782,12 @@ class HandshakeReader:
                     self.record_version = 0x0002
                     self._emit(HandshakeMessage(HT_CLIENT_HELLO, record, sslv2=True), out)
                     continue
+                if buf[pos] == CT_ALERT and avail < 7:
+                    break
+                if _warning_alert(buf, pos) and self.warnings < 4:
+                    self.warnings += 1  # before the first handshake record: read past
+                    pos += 7
+                    continue
                 if not looks_like_tls_record(buf[pos : pos + 5]):
                     self.not_tls = True
                     self._stop("not a TLS stream")
@@ -783,6 +811,12 @@ class HandshakeReader:
                 self._stop("change_cipher_spec")
                 break
             if ctype == CT_ALERT:
+                if length == 2 and avail < 7:
+                    break
+                if _warning_alert(buf, pos) and self.warnings < 4:
+                    self.warnings += 1  # the handshake may still follow
+                    pos += 7
+                    continue
                 self._stop("alert")
                 break
             if ctype == CT_APPLICATION_DATA:
