@@ -177,6 +177,11 @@ class _FileSink:
         self.last_meta: dict[str, Any] | None = None
         self.last_mi = 0
         self.details: dict[str, str] = {}
+        self.own = len(extra_files) - 1  # this file's (path, digest) in the sources
+
+    def volatile(self) -> None:
+        """What loads from this file depends on the time or a server: never from a cache."""
+        self.extra_files[self.own] = (self.extra_files[self.own][0], "volatile")
 
     def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
             exact: bool) -> None:
