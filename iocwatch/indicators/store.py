@@ -28,7 +28,7 @@ from typing import Any
 
 from iocwatch import boundary
 
-from . import formats
+from . import formats, taxii
 from . import model as m
 from .model import FileSummary, Indicator, IndicatorFileError, LoadReport
 from .normalise import WILDCARD, classify, fingerprint, parse_ip, url_key_of, url_keys
@@ -67,6 +67,8 @@ def _ids(v: Ids) -> tuple[int, ...]:
 
 def read_file(path: str) -> bytes:
     """Bytes of an indicator file, or :class:`IndicatorFileError` with a one-line reason."""
+    if taxii.is_taxii(path):  # a TAXII collection: its objects as one STIX bundle
+        return taxii.fetch(path)
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -379,6 +381,8 @@ class IndicatorSet:
             summary = FileSummary(path=path, fmt=fmt or "", digest=digest)
             report.files.append(summary)
             sink = _FileSink(b, report, summary, sources)
+            if taxii.is_taxii(path):
+                sink.volatile()
             text = formats.decode(data)
             if text is None:
                 summary.error = "binary file"
