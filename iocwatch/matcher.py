@@ -63,7 +63,7 @@ class Matcher:
                 hits = ind.match_cert_hash(norm)
             elif ch == Channel.HTTP_URL:
                 norm = ob.name
-                hits = ind.match_url(norm)
+                hits = ind.match_url(norm) + ind.match_path(norm)
             elif ch in FINGERPRINT_CHANNELS:
                 norm = ob.name
                 hits = ind.match_fingerprint(ch.value, norm)
@@ -81,6 +81,23 @@ class Matcher:
         ind = self.indicators
         obs = [Observation(record["src_ip"], Channel.SRC_IP),
                Observation(record["dst_ip"], Channel.DST_IP)]
-        if not (ind.match_ip(obs[0].name) or ind.match_ip(obs[1].name)):
-            return 0
-        return self.observe(record, obs)
+        count = 0
+        if ind.match_ip(obs[0].name) or ind.match_ip(obs[1].name):
+            count = self.observe(record, obs)
+        return count + self.endpoints(record)
+
+    def endpoints(self, record: dict) -> int:
+        """``address:port`` indicators: a flow to that endpoint (its destination), or from it
+        (its source: the server's side seen first, as Maltrail matches both)."""
+        ind = self.indicators
+        count = 0
+        for ip, port, ch in ((record["dst_ip"], record.get("dst_port"), Channel.DST_IP),
+                             (record["src_ip"], record.get("src_port"), Channel.SRC_IP)):
+            if not isinstance(port, int):
+                continue
+            for hit in ind.match_ip_port(ip, port):
+                self.emit(build_alert(record=record, channel=ch.value, name=ip,
+                                      normalised=hit.value, indicator=hit, sensor=self.sensor))
+                count += 1
+        self.hits += count
+        return count

@@ -34,7 +34,9 @@ _EXACT_DIRECTIVE = re.compile(r"#!\s*exact\s*$", re.IGNORECASE)
 
 
 class Sink(Protocol):
-    """Where a reader puts what it found in one file."""
+    """Where a reader puts what it found in one file (named ``path``)."""
+
+    path: str
 
     def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
             exact: bool) -> None: ...
@@ -109,6 +111,8 @@ def detect(text: str) -> str:
             break
     if first and _looks_csv(head, first):
         return "csv"
+    if maltrail.looks_like(head):
+        return "maltrail"
     return "plain"
 
 
@@ -914,6 +918,7 @@ def _misp_attribute(attr: dict[str, Any], n: int, sink: Sink, misp_all: bool, wh
 
 READERS: dict[str, Callable[..., None]] = {
     "plain": read_plain, "csv": read_csv, "zeek": read_zeek, "stix": read_stix,
+    "maltrail": lambda text, sink, exact: maltrail.read_maltrail(text, sink, exact),
 }
 
 
@@ -922,3 +927,6 @@ def sibling(path: str, name: str) -> str | None:
     if not re.fullmatch(r"[0-9a-f-]{36}\.json", name):
         return None
     return os.path.join(os.path.dirname(os.path.abspath(path)), name)
+
+
+from . import maltrail  # noqa: E402  (it reads lines with the helpers above)

@@ -15,11 +15,16 @@ CERT_SHA256 = "cert_sha256"
 JA3 = "ja3"
 JA3S = "ja3s"
 JA4 = "ja4"
-KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4)
+#: an address and port (``203.0.113.5:8443``): a flow to (or from) exactly that endpoint
+IP_PORT = "ip_port"
+#: an HTTP request path (``/gate.php``) on any host, as Maltrail's path trails
+PATH = "path"
+KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4,
+                          IP_PORT, PATH)
 FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4)
 
 #: Format names accepted by ``IndicatorSet.load(fmt=...)`` (the CLI's ``--ioc-format``).
-FORMATS: tuple[str, ...] = ("plain", "csv", "zeek", "stix", "misp")
+FORMATS: tuple[str, ...] = ("plain", "csv", "zeek", "stix", "misp", "maltrail")
 
 
 @dataclass(slots=True, frozen=True)
