@@ -55,8 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--pem", action="store_true", help="with -w, also write <sha1>.pem")
     ioc = p.add_argument_group("indicators and alerts")
     ioc.add_argument("--ioc", action="append", default=[], metavar="FILE",
-                     help="indicator file (plain list, CSV, Zeek intel, STIX 2.1, MISP; format "
-                     "detected from content); may be repeated")
+                     help="indicator file (plain list, CSV, Zeek intel, STIX 2.1, MISP, Maltrail; "
+                     "format detected from content) or TAXII 2.1 collection "
+                     "(taxii+https://host/api-root/collections/ID/, credentials from "
+                     "IOCWATCH_TAXII_USER/_PASSWORD or IOCWATCH_TAXII_CREDENTIALS); may be repeated")
     ioc.add_argument("--ioc-format", choices=FORMATS, help="force the format of every --ioc file")
     ioc.add_argument("--ioc-cache", metavar="FILE",
                      help="keep the compiled indicator tables here; reused (in well under 2 s "
