@@ -110,3 +110,12 @@ def test_endpoint_and_path_trails_alert_end_to_end(tmp_path: Path) -> None:
     got = sorted((a["channel"], a["indicator"]["value"], a.get("dst_port")) for a in alerts)
     assert got == [("dst_ip", "203.0.113.5:8443", 8443), ("http_url", "/cxbk6k0w4cc", 80)]
     assert all(a["indicator"]["kind"] in ("ip_port", "path") for a in alerts)
+    ecs = subprocess.run([*iocwatch_argv(), "-r", str(cap), "-q", "--ioc", str(trails),
+                          "--alert-format", "ecs"],
+                         capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert ecs.returncode == 0, ecs.stderr
+    indicators = sorted((json.loads(x)["threat"]["indicator"] for x in ecs.stdout.splitlines()),
+                        key=lambda i: i["type"])
+    assert indicators[0]["type"] == "ipv4-addr" and indicators[0]["ip"] == "203.0.113.5"
+    assert indicators[0]["port"] == 8443  # ECS keeps address and port apart
+    assert indicators[1]["type"] == "url" and indicators[1]["url"] == {"path": "/cxbk6k0w4cc"}
