@@ -35,6 +35,10 @@ hxxp-less.example/
 /cxbk6k0w4cc
 /365-Stealer/yourVictims/
 some.example # an inline comment
+http://192.0.2.44:81
+5.63.151.0/24 # scanners
+2001:db8::66
+[2001:db8::67]:443
 
 # Reference: https://example.org/report-3
 
@@ -51,7 +55,7 @@ def load(tmp_path: Path, name: str = "examplebot.txt") -> tuple[IndicatorSet, m.
 def test_trail_file_kinds_and_provenance(tmp_path: Path) -> None:
     s, report = load(tmp_path)
     f = report.files[0]
-    assert f.fmt == "maltrail" and f.loaded == 12 and report.skipped_total == 0
+    assert f.fmt == "maltrail" and f.loaded == 16 and report.skipped_total == 0
     assert f.comments == 6
     kinds = {i.value: i.kind for i in s}
     assert kinds == {
@@ -60,7 +64,8 @@ def test_trail_file_kinds_and_provenance(tmp_path: Path) -> None:
         "reyweb.example/assets/index.php": m.URL, "gate.example/panel/login.php": m.URL,
         "hxxp-less.example": m.DOMAIN, "/cxbk6k0w4cc": m.PATH,
         "/365-stealer/yourvictims": m.PATH, "some.example": m.DOMAIN,
-        "198.51.100.9:4444": m.IP_PORT,
+        "198.51.100.9:4444": m.IP_PORT, "5.63.151.0/24": m.CIDR, "2001:db8::66": m.IP,
+        "[2001:db8::67]:443": m.IP_PORT, "192.0.2.44:81": m.IP_PORT,
     }
     hit = s.match_name("c2.avsvmcloud.com")[0]
     assert hit.meta["source"] == "maltrail" and hit.meta["description"] == "examplebot"
@@ -77,7 +82,8 @@ def test_matching_rules(tmp_path: Path) -> None:
     assert not s.match_ip_port("203.0.113.5", 443)  # the port is part of the trail
     assert not s.match_ip("203.0.113.5")  # an endpoint trail is no address trail
     assert s.match_ip_port("::ffff:203.0.113.5", 8443)
-    assert s.match_ip("203.0.113.77")
+    assert s.match_ip("203.0.113.77") and s.match_ip("5.63.151.200")
+    assert s.match_ip("2001:db8::66") and s.match_ip_port("2001:db8::67", 443)
     assert s.match_url("http://reyweb.example/assets/index.php?id=1")
     assert s.match_url("http://gate.example/panel/login.php")
     for url in ("http://any.example/cxbk6k0w4cc", "http://x.example/a/b/cxbk6k0w4cc?q=1",

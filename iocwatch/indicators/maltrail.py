@@ -7,8 +7,9 @@ One trail a line; ``#`` starts a comment anywhere on a line. What a trail is fol
   ``host/`` alone means any request to that host, kept here as an exact domain;
 - ``/path``: a path trail, matched against the path of HTTP requests on any host (the path,
   without its query, up to its first ``=``, its last segment, its parent directory);
-- ``a.b.c.d``: an address (flows from or to it), ``a.b.c.d:port``: an endpoint (flows to or
-  from that address *and* port);
+- ``a.b.c.d``: an address (flows from or to it), ``a.b.c.d/len`` a network,
+  ``a.b.c.d:port``: an endpoint (flows to or from that address *and* port); IPv6 addresses
+  and ``[v6]:port`` are read as in a plain list;
 - anything else: a domain (its subdomains too), a leading ``www.`` and dots dropped.
 
 Comments are the trails' provenance: the ``# Reference:`` URLs of the comment block above a
@@ -26,6 +27,7 @@ from . import model as m
 from .formats import MAX_LINE, Sink, _bad_text, _lines
 
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
+_CIDR = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}/\d{1,2}")
 _SCHEME = re.compile(r"^[a-z][a-z0-9+.-]{0,15}://", re.IGNORECASE)
 _COMMENT = re.compile(r"\s*#.*")
 #: markers of a Maltrail trail file, for format detection
@@ -44,10 +46,13 @@ def looks_like(head: str) -> bool:
 
 
 def trail(line: str) -> tuple[str, str, bool] | None:
-    """``(kind, value, exact)`` of one trail line (comment removed), as Maltrail keys it."""
+    """``(kind, value, exact)`` of one trail line (comment removed), as Maltrail keys it;
+    kind ``""`` leaves the kind to the value's shape."""
     s = line.strip()
     if not s:
         return None
+    if _CIDR.fullmatch(s):  # mass_scanner_cidr.txt and custom trails list networks
+        return m.CIDR, s, False
     found = _SCHEME.match(s)
     if found:
         s = s[found.end():]
@@ -60,14 +65,19 @@ def trail(line: str) -> tuple[str, str, bool] | None:
         if s.startswith("/"):
             return m.PATH, s, False
         host, _, path = s.partition("/")
-        if not path:
-            return m.DOMAIN, host.strip("."), True  # "host/": every request to the host
+        if not path:  # "host/": every request to the host (an address: every flow to it)
+            got = trail(host)
+            if got is None or got[0] != m.DOMAIN:
+                return got
+            return m.DOMAIN, got[1], True
         return m.URL, s.split("?", 1)[0], False  # Maltrail drops a URL trail's query
     if _IPV4.fullmatch(s):
         return m.IP, s, False
     host, sep, port = s.rpartition(":")
     if sep and port.isdigit() and _IPV4.fullmatch(host):
         return m.IP_PORT, s, False
+    if ":" in s:  # an IPv6 address or endpoint: the usual guess decides (or refuses)
+        return "", s, False
     s = s.strip(".")
     if s.lower().startswith("www."):
         s = s[4:]
@@ -121,4 +131,4 @@ def read_maltrail(text: str, sink: Sink, exact: bool) -> None:
                 meta["tags"] = list(aliases)
             dirty = False
         kind, value, one_exact = got
-        sink.add(value, kind, n, meta, exact or one_exact)
+        sink.add(value, kind or None, n, meta, exact or one_exact)
