@@ -196,3 +196,71 @@ def test_taxii_server_down_at_start_is_exit_2_like_an_unreadable_file(tmp_path: 
             capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert runs["taxii"].returncode == runs["file"].returncode == 2, runs
     assert down in runs["taxii"].stderr and "TAXII server" in runs["taxii"].stderr
+
+
+class _Hostile:
+    """A loopback HTTP server that answers TAXII requests with what ``mode`` says."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        owner = self
+        self.mode = "ok"
+        self.requests = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802  (http.server's name)
+                owner.requests += 1
+                if "/objects/" not in self.path:
+                    body = json.dumps({"id": COLLECTION, "title": "x", "can_read": True,
+                                       "can_write": False}).encode()
+                elif owner.mode == "not json":
+                    body = b"{not json"
+                elif owner.mode == "objects not a list":
+                    body = b'{"objects": "nope"}'
+                elif owner.mode == "endless":
+                    oid = f"indicator--{owner.requests:08d}-0000-4000-8000-000000000000"
+                    body = json.dumps({"more": True, "next": "n", "objects": [
+                        {"type": "indicator", "id": oid}]}).encode()
+                else:  # junk members and a good indicator: the junk costs itself
+                    good = json.loads(indicator("good.example").serialize())
+                    body = json.dumps({"objects": [1, "x", None, {"id": 5}, good]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/taxii+json;version=2.1")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.source = (f"taxii+http://127.0.0.1:{self.httpd.server_address[1]}"
+                       f"/api1/collections/{COLLECTION}/")
+
+
+def test_hostile_taxii_answers_cost_the_fetch_never_the_process(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.setattr(taxii, "MAX_PAGES", 5)
+    taxii.forget()
+    srv = _Hostile()
+    thread = threading.Thread(target=srv.httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        s, report = IndicatorSet.load([srv.source])
+        assert [i.value for i in s] == ["good.example"] and report.skipped_total >= 3
+        for mode in ("not json", "objects not a list", "endless"):
+            srv.mode, srv.requests = mode, 0
+            with pytest.raises(IndicatorFileError, match="TAXII server"):
+                IndicatorSet.load([srv.source])
+            assert srv.requests <= 8, (mode, srv.requests)  # bounded, whatever the server says
+        srv.mode = "ok"  # the failed fetches changed nothing: the kept object is still there
+        s, _ = IndicatorSet.load([srv.source])
+        assert [i.value for i in s] == ["good.example"]
+    finally:
+        srv.httpd.shutdown()
+        srv.httpd.server_close()
+        thread.join(10)
+        taxii.forget()

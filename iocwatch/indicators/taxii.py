@@ -127,14 +127,17 @@ def fetch(source: str) -> bytes:
     except Exception as e:  # the client and requests raise many types: all mean "no answer"
         raise IndicatorFileError(source, f"TAXII server: {_why(e)}") from None
     objects = dict(feed.objects)
+    junk: list[Any] = []  # handed on once, for the STIX reader to count, never kept
     for obj in got:
-        oid = obj.get("id")
-        if isinstance(oid, str) and _newer(objects.get(oid), obj):
+        oid = obj.get("id") if isinstance(obj, dict) else None
+        if not isinstance(oid, str):
+            junk.append(obj)
+        elif _newer(objects.get(oid), obj):
             objects[oid] = obj
     if len(objects) > MAX_OBJECTS:
         raise IndicatorFileError(source, f"TAXII collection holds more than {MAX_OBJECTS} objects")
     _FEEDS[source] = _Feed(objects, last or feed.added_after, feed.fetches + 1)
-    bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": list(objects.values())}
+    bundle = {"type": "bundle", "id": f"bundle--{uuid.uuid4()}", "objects": [*objects.values(), *junk]}
     return orjson.dumps(bundle)
 
 
@@ -144,7 +147,7 @@ def _why(e: Exception) -> str:
 
 
 def _pages(url: str, creds: tuple[str, str] | None, added_after: str | None
-           ) -> tuple[list[dict[str, Any]], str | None]:
+           ) -> tuple[list[Any], str | None]:
     """Every object added after ``added_after``, and the server's last date added."""
     from requests.adapters import HTTPAdapter
     from taxii2client.common import TAXIIServiceException
@@ -171,7 +174,7 @@ def _pages(url: str, creds: tuple[str, str] | None, added_after: str | None
         conn.session.hooks["response"].append(note_date)
         collection = Collection(url, conn=conn)
         filters = {"added_after": added_after} if added_after else {}
-        out: list[dict[str, Any]] = []
+        out: list[Any] = []
         for n, envelope in enumerate(as_pages(collection.get_objects, per_request=PAGE,
                                               **filters)):
             if n >= MAX_PAGES:
@@ -181,7 +184,7 @@ def _pages(url: str, creds: tuple[str, str] | None, added_after: str | None
             objs = envelope.get("objects", [])
             if not isinstance(objs, list):
                 raise TAXIIServiceException("envelope objects is not a list")
-            out.extend(o for o in objs if isinstance(o, dict))
+            out.extend(objs)
             if len(out) > MAX_OBJECTS:
                 raise TAXIIServiceException(f"more than {MAX_OBJECTS} objects")
     finally:
