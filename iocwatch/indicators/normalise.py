@@ -300,6 +300,33 @@ def ip_port_text(address: str, port: int) -> str:
     return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
+def endpoint_key(ip: str, port: int) -> str | None:
+    """The lookup key of an observed endpoint (IPv4-mapped IPv6 as IPv4), None if no address."""
+    addr = parse_ip(ip.partition("%")[0])
+    if addr is None:
+        return None
+    if addr[0] == 6 and addr[1] >> 32 == 0xFFFF:
+        addr = (4, addr[1] & 0xFFFFFFFF, 32)
+    return ip_port_text(ip_text(*addr), port)
+
+
+def path_keys(url: str) -> tuple[str, ...]:
+    """Lookup keys of an observed URL's path, as Maltrail's sensor looks path trails up: the
+    path, without its query, up to its first ``=``, its last segment (``/a/b/x.php`` ->
+    ``/x.php``) and its parent directory (``/a/b``)."""
+    parts = split_url(url)
+    path = http_path(parts[2]) if parts is not None else None
+    if path is None:
+        return ()
+    bare = path.split("?", 1)[0].rstrip("/") or "/"
+    keys = [path, bare]
+    if "=" in path:
+        keys.append(path[:path.index("=") + 1])
+    if bare.count("/") > 1:
+        keys += [bare[bare.rfind("/"):], bare[:bare.rfind("/")]]
+    return tuple(dict.fromkeys(keys))
+
+
 def http_path(value: str) -> str | None:
     """A request path as path indicators are kept and looked up: lower case, no fragment,
     no trailing ``/`` (but ``/`` itself stays, and is refused as an indicator)."""

@@ -34,12 +34,10 @@ from .model import FileSummary, Indicator, IndicatorFileError, LoadReport
 from .normalise import (
     WILDCARD,
     classify,
+    endpoint_key,
     fingerprint,
-    http_path,
-    ip_port_text,
-    ip_text,
     parse_ip,
-    split_url,
+    path_keys,
     url_key_of,
     url_keys,
 )
@@ -642,35 +640,17 @@ class IndicatorSet:
 
     def match_ip_port(self, ip: str, port: int) -> list[Indicator]:
         """``address:port`` indicators equal to an endpoint (address in text form)."""
-        if not self._ports:
-            return []
-        addr = parse_ip(ip.partition("%")[0])
-        if addr is None:
-            return []
-        if addr[0] == 6 and addr[1] >> 32 == 0xFFFF:  # IPv4-mapped: the IPv4 spelling
-            addr = (4, addr[1] & 0xFFFFFFFF, 32)
-        v = self._ports.get(ip_port_text(ip_text(*addr), port))
+        key = endpoint_key(ip, port) if self._ports else None
+        v = self._ports.get(key) if key is not None else None
         return [self._indicator(i) for i in _ids(v)] if v is not None else []
 
     def match_path(self, url: str) -> list[Indicator]:
-        """Request-path indicators for the path of an observed URL, as Maltrail's sensor
-        looks path trails up: the path, without its query, up to its first ``=``, its last
-        segment (``/a/b/x.php`` -> ``/x.php``) and its parent directory."""
+        """Request-path indicators for the path of an observed URL (see :func:`path_keys`)."""
         if not self._paths:
             return []
-        parts = split_url(url)
-        path = http_path(parts[2]) if parts is not None else None
-        if path is None:
-            return []
-        bare = path.split("?", 1)[0].rstrip("/") or "/"
-        keys = [path, bare]
-        if "=" in path:
-            keys.append(path[:path.index("=") + 1])
-        if bare.count("/") > 1:
-            keys += [bare[bare.rfind("/"):], bare[:bare.rfind("/")]]
         out: list[Indicator] = []
         seen: set[int] = set()
-        for key in dict.fromkeys(keys):
+        for key in path_keys(url):
             v = self._paths.get(key)
             if v is not None:
                 for i in _ids(v):
