@@ -212,6 +212,16 @@ INDICATORS = {
         b'[{"Event":{"info":"two","Attribute":[{"type":"url","value":"http://x.example/a",'
         b'"to_ids":true},{"type":"x509-fingerprint-sha1","value":'
         b'"0123456789abcdef0123456789abcdef01234567","to_ids":true}]}}]',
+        b'{"uuid":"5fd6e4b8-0000-0000-0000-000000000002","info":"bare, as pymisp writes it",'
+        b'"Attribute":[{"type":"domain","value":"bare.example","to_ids":true}]}',
+    ],
+    "maltrail": [
+        b"# Aliases: sunburst, solorigate\n\n# Reference: https://example.org/r\n\n"
+        b"avsvmcloud.com\nwww.thedoccloud.com\n13.59.205.66\n13.59.205.66:443\n"
+        b"reyweb.com/assets/index.php\nhttp://gate.example/p.php?u=1\nhost.example/\n"
+        b"/cxbk6k0w4cc\n/365-Stealer/yourVictims/\n5.63.151.0/24 # scanners\n"
+        b"http://79.134.225.77:44\n[2001:db8::1]:443\n\n# Reference: https://example.org/s\n"
+        b"evil.example # inline\n",
     ],
 }
 

@@ -570,6 +570,8 @@ def _indicators(data: bytes, fmt: str | None, name: str) -> Any:
     for ip in ("13.59.205.66", "10.1.2.3", "2001:db8::1"):
         s.match_ip(ip)
     s.match_url("https://evil.example/path?q=1")
+    s.match_path("http://x.example/a/cxbk6k0w4cc?id=1")
+    s.match_ip_port("13.59.205.66", 443)
     s.match_cert_hash("0123456789abcdef0123456789abcdef01234567")
     for ind in list(s)[:64]:
         check_json([ind.value, ind.kind, ind.line, ind.meta])
@@ -836,6 +838,8 @@ TARGETS: dict[str, tuple[Target, Callable[[], list[bytes]]]] = {
     "indicators_zeek": (_indicator_target("zeek"), lambda: sd.indicator_seeds("zeek")),
     "indicators_stix": (_indicator_target("stix"), lambda: sd.indicator_seeds("stix")),
     "indicators_misp": (_indicator_target("misp"), lambda: sd.indicator_seeds("misp")),
+    "indicators_maltrail": (_indicator_target("maltrail"),
+                            lambda: sd.indicator_seeds("maltrail")),
     "indicator_cache": (t_indicator_cache, cache_seeds),
     "ingest": (t_ingest, sd.ingest_seeds),
     "api": (t_api, sd.api_seeds),

@@ -77,7 +77,7 @@ class Matcher:
                 hits = ind.match_cert_hash(norm)
             elif kind is Kind.URL:
                 norm = ob.name
-                hits = ind.match_url(norm)
+                hits = ind.match_url(norm) + ind.match_path(norm)
             elif kind is Kind.FINGERPRINT:
                 norm = ob.name
                 hits = ind.match_fingerprint(ch.value, norm)
@@ -93,6 +93,19 @@ class Matcher:
         """Match the addresses of a flow (its first packet), whatever it carries."""
         ind = self.indicators
         src, dst = record["src_ip"], record["dst_ip"]
-        if not (ind.match_ip(src) or ind.match_ip(dst)):
-            return _NO_MATCHES
-        return self.observe([Observation(src, Channel.SRC_IP), Observation(dst, Channel.DST_IP)])
+        found: Sequence[Match] = _NO_MATCHES
+        if ind.match_ip(src) or ind.match_ip(dst):
+            found = self.observe([Observation(src, Channel.SRC_IP), Observation(dst, Channel.DST_IP)])
+        ends = self.endpoints(record)
+        return [*found, *ends] if ends else found
+
+    def endpoints(self, record: dict) -> list[Match]:
+        """``address:port`` indicators: a flow to that endpoint (its destination), or from it
+        (its source: the server's side seen first, as Maltrail matches both)."""
+        ind = self.indicators
+        out: list[Match] = []
+        for ip, port, ch in ((record["dst_ip"], record.get("dst_port"), Channel.DST_IP),
+                             (record["src_ip"], record.get("src_port"), Channel.SRC_IP)):
+            if isinstance(port, int):
+                out.extend(Match(ch, ip, hit.value, hit) for hit in ind.match_ip_port(ip, port))
+        return out

@@ -24,8 +24,10 @@ class Parser(argparse.ArgumentParser):
 #: the order its --help lists them, and may word a help text for its own context.
 INDICATOR_FLAGS: dict[str, dict[str, Any]] = {
     "--ioc": dict(action="append", default=[], metavar="FILE",
-                  help="indicator file (plain list, CSV, Zeek intel, STIX 2.1, MISP; format "
-                  "detected from content); may be repeated"),
+                  help="indicator file (plain list, CSV, Zeek intel, STIX 2.1, MISP, Maltrail; "
+                  "format detected from content) or TAXII 2.1 collection "
+                  "(taxii+https://host/api-root/collections/ID/, credentials from "
+                  "IOCWATCH_TAXII_USER/_PASSWORD or IOCWATCH_TAXII_CREDENTIALS); may be repeated"),
     "--ioc-format": dict(choices=FORMATS, help="force the format of every --ioc file"),
     "--ioc-cache": dict(metavar="FILE",
                         help="keep the compiled indicator tables here; reused (in well under 2 s "

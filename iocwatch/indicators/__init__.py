@@ -1,7 +1,8 @@
 """Indicator files in, matches out: loading, normalisation and matching of indicators.
 
 Formats (detected from content, or forced): plain lists, CSV, Zeek intel, STIX 2.1 bundles,
-MISP event exports and feed manifests. See rules/README.md for the rules of each format and
+MISP event exports and feed manifests, Maltrail trail files; and STIX 2.1 from a TAXII 2.1
+collection (:mod:`.taxii`). See rules/README.md for the rules of each format and
 :mod:`.sets` for why the data structures are what they are.
 """
 

@@ -14,6 +14,7 @@ import io
 import os
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import orjson
@@ -33,7 +34,9 @@ _EXACT_DIRECTIVE = re.compile(r"#!\s*exact\s*$", re.IGNORECASE)
 
 
 class Sink(Protocol):
-    """Where a reader puts what it found in one file."""
+    """Where a reader puts what it found in one file (named ``path``)."""
+
+    path: str
 
     def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
             exact: bool) -> None: ...
@@ -50,6 +53,8 @@ class Sink(Protocol):
     def warn(self, text: str) -> None: ...
 
     def read_sibling(self, name: str) -> bytes | None: ...
+
+    def volatile(self) -> None: ...
 
 
 def decode(data: bytes) -> str | None:
@@ -106,7 +111,16 @@ def detect(text: str) -> str:
             break
     if first and _looks_csv(head, first):
         return "csv"
+    if maltrail.looks_like(head):
+        return "maltrail"
     return "plain"
+
+
+def _bare_event(doc: dict[str, Any]) -> bool:
+    """A MISP event without its ``"Event"`` wrapper, as pymisp's ``MISPEvent.to_json()`` and
+    ``to_dict()`` write it: attributes or objects, an ``info`` or ``uuid``, no STIX ``type``."""
+    return ("type" not in doc and ("info" in doc or "uuid" in doc)
+            and (isinstance(doc.get("Attribute"), list) or isinstance(doc.get("Object"), list)))
 
 
 def json_kind(doc: Any) -> str | None:
@@ -114,13 +128,13 @@ def json_kind(doc: Any) -> str | None:
     if isinstance(doc, dict):
         if doc.get("type") == "bundle" or "objects" in doc or doc.get("type") == "indicator":
             return "stix"
-        if "Event" in doc or "response" in doc:
+        if "Event" in doc or "response" in doc or _bare_event(doc):
             return "misp"
         if doc and all(isinstance(v, dict) and _UUID.fullmatch(k) for k, v in doc.items()):
             return "misp"  # feed manifest: {event uuid: {info, Orgc, ...}}
         return None
     if isinstance(doc, list) and doc and isinstance(doc[0], dict):
-        if "Event" in doc[0]:
+        if "Event" in doc[0] or _bare_event(doc[0]):
             return "misp"
         if "type" in doc[0]:
             return "stix"
@@ -603,6 +617,12 @@ def read_stix(text: str, sink: Sink, exact: bool) -> None:
         sink.skip(1, "STIX bundle without an objects list", m.R_DOCUMENT)
         return
     lines = _uuid_lines(text)
+    if any(isinstance(o, dict) and o.get("type") == "indicator" for o in objects):
+        missing = _stix_parser_missing()
+        if missing is not None:  # one clear error for the file, not one per indicator
+            sink.skip(1, missing, m.R_DEPENDENCY)
+            return
+    now = datetime.now(UTC)
     names: dict[str, str] = {}
     for o in objects:
         if isinstance(o, dict) and o.get("type") == "identity":
@@ -618,7 +638,7 @@ def read_stix(text: str, sink: Sink, exact: bool) -> None:
         oid = _str(obj.get("id")) or f"objects[{i}]"
         n = lines.get(oid.removeprefix("indicator--").lower(), 1)
         try:
-            got = _stix_indicator(obj, oid, n, names, sink)
+            got = _stix_indicator(obj, oid, n, names, sink, now)
         except Exception as e:  # one bad object costs that object (boundary rule)
             sink.skip(n, f"{oid}: unreadable indicator ({classify(e)})", m.R_ERROR)
             continue
@@ -628,11 +648,60 @@ def read_stix(text: str, sink: Sink, exact: bool) -> None:
                 sink.add(value, kind, n, meta, exact)
 
 
-def _stix_indicator(obj: dict[str, Any], oid: str, n: int, names: dict[str, str],
-                    sink: Sink) -> tuple[list[tuple[str, str]], dict[str, Any]] | None:
-    """The terms and metadata of one indicator object, or None after counting why not."""
+def _stix_parser_missing() -> str | None:
+    """Why STIX patterns cannot be parsed here (the package is missing), else None."""
+    try:
+        from stix2patterns.v21.pattern import Pattern  # noqa: F401
+    except ImportError as e:
+        return ("STIX patterns need the stix2-patterns package, which cannot be imported"
+                f" ({str(e)[:100]}): pip install stix2-patterns")
+    return None
+
+
+def _stix_time(value: Any) -> datetime | None:
+    """A STIX timestamp (RFC 3339, UTC, ``Z``) as an aware datetime; None if absent.
+
+    Raises ValueError for a value that is present but no timestamp.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError("not a timestamp")
+    t = datetime.fromisoformat(value)
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def stix_validity(obj: dict[str, Any], now: datetime) -> str | None:
+    """The ``R_*`` reason an indicator is outside its validity window at ``now``, else None.
+
+    Decided when the set is loaded (so ``valid_from`` / ``valid_until`` take effect at the
+    next reload, ``--reload-interval`` or SIGHUP, never in the middle of a set). Revoked
+    indicators never load. Raises ValueError for a timestamp that does not parse.
+    """
     if obj.get("revoked") is True:
-        sink.ignore(n, m.R_DELETED)
+        return m.R_DELETED
+    until = _stix_time(obj.get("valid_until"))
+    if until is not None and until <= now:
+        return m.R_EXPIRED
+    start = _stix_time(obj.get("valid_from"))
+    if start is not None and start > now:
+        return m.R_NOT_YET
+    return None
+
+
+def _stix_indicator(obj: dict[str, Any], oid: str, n: int, names: dict[str, str],
+                    sink: Sink, now: datetime
+                    ) -> tuple[list[tuple[str, str]], dict[str, Any]] | None:
+    """The terms and metadata of one indicator object, or None after counting why not."""
+    try:
+        invalid = stix_validity(obj, now)
+    except ValueError:
+        sink.skip(n, f"{oid}: valid_from or valid_until is not a timestamp", m.R_MALFORMED)
+        return None
+    if invalid == m.R_NOT_YET or (invalid is None and obj.get("valid_until") is not None):
+        sink.volatile()  # the answer changes with time alone: a cache must not keep it
+    if invalid is not None:
+        sink.ignore(n, invalid)
         return None
     ptype = obj.get("pattern_type", "stix")
     pattern = obj.get("pattern")
@@ -696,7 +765,7 @@ def _misp_events(doc: Any) -> list[Any] | None:
             return [doc["Event"]]
         if isinstance(doc.get("response"), list):
             return [e.get("Event") if isinstance(e, dict) else e for e in doc["response"]]
-        return None
+        return [doc] if _bare_event(doc) else None
     if isinstance(doc, list):
         return [e.get("Event", e) if isinstance(e, dict) else e for e in doc]
     return None
@@ -849,6 +918,7 @@ def _misp_attribute(attr: dict[str, Any], n: int, sink: Sink, misp_all: bool, wh
 
 READERS: dict[str, Callable[..., None]] = {
     "plain": read_plain, "csv": read_csv, "zeek": read_zeek, "stix": read_stix,
+    "maltrail": lambda text, sink, exact: maltrail.read_maltrail(text, sink, exact),
 }
 
 
@@ -857,3 +927,6 @@ def sibling(path: str, name: str) -> str | None:
     if not re.fullmatch(r"[0-9a-f-]{36}\.json", name):
         return None
     return os.path.join(os.path.dirname(os.path.abspath(path)), name)
+
+
+from . import maltrail  # noqa: E402  (it reads lines with the helpers above)

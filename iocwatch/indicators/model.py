@@ -15,11 +15,16 @@ CERT_SHA256 = "cert_sha256"
 JA3 = "ja3"
 JA3S = "ja3s"
 JA4 = "ja4"
-KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4)
+#: an address and port (``203.0.113.5:8443``): a flow to (or from) exactly that endpoint
+IP_PORT = "ip_port"
+#: an HTTP request path (``/gate.php``) on any host, as Maltrail's path trails
+PATH = "path"
+KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4,
+                          IP_PORT, PATH)
 FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4)
 
 #: Format names accepted by ``IndicatorSet.load(fmt=...)`` (the CLI's ``--ioc-format``).
-FORMATS: tuple[str, ...] = ("plain", "csv", "zeek", "stix", "misp")
+FORMATS: tuple[str, ...] = ("plain", "csv", "zeek", "stix", "misp", "maltrail")
 
 
 @dataclass(slots=True, frozen=True)
@@ -43,7 +48,8 @@ class Indicator:
 #: Why an entry did not load. Every entry of a file that is not loaded is counted under
 #: exactly one of these, in one of three buckets: ``skipped`` (bad content), ``unsupported``
 #: (well formed, but nothing a network sensor can observe) or ``ignored`` (deliberately not
-#: loaded: MISP ``to_ids`` unset, deleted, revoked). The phrases follow a count and a noun
+#: loaded: MISP ``to_ids`` unset, deleted, revoked, STIX outside its validity window). The
+#: phrases follow a count and a noun
 #: ("412 lines not a domain, IP, URL, hash or fingerprint").
 R_VALUE = "not a domain, IP, URL, hash or fingerprint"
 R_MALFORMED = "malformed (several values, wrong field count, too long)"
@@ -56,16 +62,19 @@ R_UNSUPPORTED = "of a type iocwatch cannot observe"
 R_PATTERN = "with a STIX pattern iocwatch cannot match (AND, FOLLOWEDBY, qualifiers, ...)"
 R_NOT_IDS = "not flagged to_ids (--misp-all loads them)"
 R_DELETED = "deleted or revoked"
+R_EXPIRED = "expired (STIX valid_until in the past)"
+R_NOT_YET = "not yet valid (STIX valid_from in the future)"
+R_DEPENDENCY = "needing a Python package that is not installed"
 #: reasons that refuse a whole file or document, not one entry: shown without a count
 R_BINARY = "binary file, not text"
 R_JSON = "invalid JSON"
 R_DOCUMENT = "not a STIX bundle or MISP export"
 
 SKIPPED_REASONS = frozenset({R_VALUE, R_MALFORMED, R_ENCODING, R_TYPE, R_BAD_PATTERN, R_SHAPE,
-                             R_ERROR, R_BINARY, R_JSON, R_DOCUMENT})
+                             R_ERROR, R_BINARY, R_JSON, R_DOCUMENT, R_DEPENDENCY})
 UNSUPPORTED_REASONS = frozenset({R_UNSUPPORTED, R_PATTERN})
-IGNORED_REASONS = frozenset({R_NOT_IDS, R_DELETED})
-DOCUMENT_REASONS = frozenset({R_BINARY, R_JSON, R_DOCUMENT})
+IGNORED_REASONS = frozenset({R_NOT_IDS, R_DELETED, R_EXPIRED, R_NOT_YET})
+DOCUMENT_REASONS = frozenset({R_BINARY, R_JSON, R_DOCUMENT, R_DEPENDENCY})
 
 
 @dataclass(slots=True)
@@ -93,7 +102,8 @@ class LoadReport:
     content: malformed lines, values that are no indicator, bad STIX patterns, invalid JSON),
     ``unsupported`` (well formed but unobservable: file hashes, e-mail addresses, STIX
     patterns with AND / FOLLOWEDBY / qualifiers) or ``ignored`` (MISP attributes without
-    ``to_ids``, deleted attributes, revoked STIX indicators); ``reasons`` splits the three by
+    ``to_ids``, deleted attributes, revoked STIX indicators, STIX indicators expired or not
+    yet valid when the set was loaded); ``reasons`` splits the three by
     reason. ``skipped`` lists ``(file, line, reason)`` for skipped entries and unsupported
     STIX patterns (capped per file): a listing to find them, not a count.
     """

@@ -233,7 +233,8 @@ TYPE_NAMES: dict[str, str] = {
     "cert_sha256": m.CERT_SHA256, "x509-fingerprint-sha256": m.CERT_SHA256,
     "cert-sha256": m.CERT_SHA256, "cert_hash": "cert", "cert-hash": "cert", "cert": "cert",
     "ja3": m.JA3, "ja3-fingerprint-md5": m.JA3, "ja3s": m.JA3S, "ja3s-fingerprint-md5": m.JA3S,
-    "ja4": m.JA4,
+    "ja4": m.JA4, "ip_port": m.IP_PORT, "ip-port": m.IP_PORT, "endpoint": m.IP_PORT,
+    "path": m.PATH, "uri_path": m.PATH, "url_path": m.PATH,
 }
 
 #: Types that are well formed but describe nothing a network sensor sees: counted, not errors.
@@ -274,7 +275,78 @@ def classify(raw: str, hint: str | None) -> tuple[str, str, int] | str:
 WILDCARD = 2
 
 
+def ip_port(value: str) -> tuple[str, int] | None:
+    """``(canonical address, port)`` of ``a.b.c.d:port`` or ``[v6]:port``, else None."""
+    s = value.strip()
+    if s.startswith("["):
+        end = s.find("]:")
+        if end == -1:
+            return None
+        host, port = s[1:end], s[end + 2:]
+    else:
+        host, sep, port = s.rpartition(":")
+        if not sep or ":" in host:  # a bare IPv6 address: its last group is no port
+            return None
+    if not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        return None
+    ip = parse_ip(host)
+    if ip is None or ip[2] != (32 if ip[0] == 4 else 128):
+        return None
+    return ip_text(*ip), int(port)
+
+
+def ip_port_text(address: str, port: int) -> str:
+    """The one spelling of an endpoint, as indicator value and lookup key."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def endpoint_key(ip: str, port: int) -> str | None:
+    """The lookup key of an observed endpoint (IPv4-mapped IPv6 as IPv4), None if no address."""
+    addr = parse_ip(ip.partition("%")[0])
+    if addr is None:
+        return None
+    if addr[0] == 6 and addr[1] >> 32 == 0xFFFF:
+        addr = (4, addr[1] & 0xFFFFFFFF, 32)
+    return ip_port_text(ip_text(*addr), port)
+
+
+def path_keys(url: str) -> tuple[str, ...]:
+    """Lookup keys of an observed URL's path, as Maltrail's sensor looks path trails up: the
+    path, without its query, up to its first ``=``, its last segment (``/a/b/x.php`` ->
+    ``/x.php``) and its parent directory (``/a/b``)."""
+    parts = split_url(url)
+    path = http_path(parts[2]) if parts is not None else None
+    if path is None:
+        return ()
+    bare = path.split("?", 1)[0].rstrip("/") or "/"
+    keys = [path, bare]
+    if "=" in path:
+        keys.append(path[:path.index("=") + 1])
+    if bare.count("/") > 1:
+        keys += [bare[bare.rfind("/"):], bare[:bare.rfind("/")]]
+    return tuple(dict.fromkeys(keys))
+
+
+def http_path(value: str) -> str | None:
+    """A request path as path indicators are kept and looked up: lower case, no fragment,
+    no trailing ``/`` (but ``/`` itself stays, and is refused as an indicator)."""
+    s = value.strip().split("#", 1)[0].lower()
+    if not s.startswith("/") or any(c in s for c in " \t\r\n\x00"):
+        return None
+    return s.rstrip("/") or "/"
+
+
 def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
+    if kind == m.IP_PORT:
+        ep = ip_port(s)
+        if ep is None:
+            return f"not an address:port: {s[:80]!r}"
+        return m.IP_PORT, ip_port_text(*ep), 0
+    if kind == m.PATH:
+        path = http_path(s)
+        if path is None or path == "/":
+            return f"not a request path (or '/', which every site has): {s[:80]!r}"
+        return m.PATH, path, 0
     if kind == m.DOMAIN:
         d = domain(s)
         if isinstance(d, str):
@@ -314,6 +386,9 @@ def _guess(s: str) -> tuple[str, str, int] | str:
         if ip[2] == 0:
             return f"/0 would match every address: {s[:80]!r}"
         return (m.IP if ip[2] == (32 if ip[0] == 4 else 128) else m.CIDR), ip_text(*ip), 0
+    ep = ip_port(low)
+    if ep is not None:
+        return m.IP_PORT, ip_port_text(*ep), 0
     h = cert_hash(low)
     if h is not None:
         return h[0], h[1], 0

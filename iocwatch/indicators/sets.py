@@ -28,14 +28,23 @@ from typing import Any
 
 from iocwatch import boundary
 
-from . import formats
+from . import formats, taxii
 from . import model as m
 from .model import FileSummary, Indicator, IndicatorFileError, LoadReport
-from .normalise import WILDCARD, classify, fingerprint, parse_ip, url_key_of, url_keys
+from .normalise import (
+    WILDCARD,
+    classify,
+    endpoint_key,
+    fingerprint,
+    parse_ip,
+    path_keys,
+    url_key_of,
+    url_keys,
+)
 
 MAX_FILE = 1 << 30
 MAX_SKIPPED_LISTED = 1000
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 #: first bytes of every indicator cache: lets a file be recognised without unmarshalling it
 CACHE_MAGIC = b"iocwatch indicator cache\n\x00"
 #: after the magic: format version, body length, BLAKE2b-256 of the body
@@ -67,6 +76,8 @@ def _ids(v: Ids) -> tuple[int, ...]:
 
 def read_file(path: str) -> bytes:
     """Bytes of an indicator file, or :class:`IndicatorFileError` with a one-line reason."""
+    if taxii.is_taxii(path):  # a TAXII collection: its objects as one STIX bundle
+        return taxii.fetch(path)
     try:
         st = os.stat(path)
         if stat.S_ISDIR(st.st_mode):
@@ -177,6 +188,15 @@ class _FileSink:
         self.last_meta: dict[str, Any] | None = None
         self.last_mi = 0
         self.details: dict[str, str] = {}
+        self.own = len(extra_files) - 1  # this file's (path, digest) in the sources
+
+    @property
+    def path(self) -> str:
+        return self.summary.path
+
+    def volatile(self) -> None:
+        """What loads from this file depends on the time or a server: never from a cache."""
+        self.extra_files[self.own] = (self.extra_files[self.own][0], "volatile")
 
     def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
             exact: bool) -> None:
@@ -308,7 +328,8 @@ def describe_reasons(summary: FileSummary, noun: tuple[str, str],
 #: what an entry of each format is called in messages
 NOUNS: dict[str, tuple[str, str]] = {
     "plain": ("line", "lines"), "csv": ("row", "rows"), "zeek": ("line", "lines"),
-    "stix": ("entry", "entries"), "misp": ("attribute", "attributes")}
+    "stix": ("entry", "entries"), "misp": ("attribute", "attributes"),
+    "maltrail": ("trail", "trails")}
 ENTRIES = ("entry", "entries")
 
 
@@ -322,7 +343,7 @@ class IndicatorSet:
     __slots__ = ("_values", "_kinds", "_flags", "_file_idx", "_lines", "_meta_idx", "_metas",
                  "_files", "_dom", "_children", "_min_labels", "_max_labels", "_v4", "_v6",
                  "_v4_plens", "_v6_plens", "_urls", "_certs", "_fps", "_key", "_report",
-                 "_dead")
+                 "_dead", "_ports", "_paths")
 
     def __init__(self) -> None:
         self._values: list[str] = []
@@ -347,6 +368,8 @@ class IndicatorSet:
         self._key: tuple[Any, ...] = ()
         self._report = LoadReport()
         self._dead: set[int] = set()
+        self._ports: dict[str, Ids] = {}  # "addr:port" -> rows (kind ip_port)
+        self._paths: dict[str, Ids] = {}  # request path -> rows (kind path)
 
     # ------------------------------------------------------------------------- loading
 
@@ -374,6 +397,8 @@ class IndicatorSet:
             summary = FileSummary(path=path, fmt=fmt or "", digest=digest)
             report.files.append(summary)
             sink = _FileSink(b, report, summary, sources)
+            if taxii.is_taxii(path):
+                sink.volatile()
             text = formats.decode(data)
             if text is None:
                 summary.error = "binary file"
@@ -428,6 +453,7 @@ class IndicatorSet:
         urls: dict[str, Ids] = {}
         certs: dict[str, Ids] = {}
         fps: dict[str, dict[str, Ids]] = {k: {} for k in m.FINGERPRINT_KINDS}
+        keyed: dict[str, dict[str, Ids]] = {m.IP_PORT: {}, m.PATH: {}}
         kinds, codes, flags, fidx = m.KINDS, self._kinds, self._flags, self._file_idx
         values = self._values
         dups: set[int] = set()
@@ -478,11 +504,15 @@ class IndicatorSet:
             elif kind in (m.CERT_SHA1, m.CERT_SHA256):
                 if not repeated(certs, value, idx):
                     _push(certs, value, idx)
+            elif kind in keyed:
+                if not repeated(keyed[kind], value, idx):
+                    _push(keyed[kind], value, idx)
             elif not repeated(fps[kind], value, idx):
                 _push(fps[kind], value, idx)
         self._dom, self._children, self._urls, self._certs, self._fps = (
             dom, children, urls, certs, fps)
         self._v4, self._v6 = v4, v6
+        self._ports, self._paths = keyed[m.IP_PORT], keyed[m.PATH]
         self._finish_index()
         return dups
 
@@ -608,6 +638,27 @@ class IndicatorSet:
         v = table.get(fp) if fp is not None else None
         return [self._indicator(i) for i in _ids(v)] if v is not None else []
 
+    def match_ip_port(self, ip: str, port: int) -> list[Indicator]:
+        """``address:port`` indicators equal to an endpoint (address in text form)."""
+        key = endpoint_key(ip, port) if self._ports else None
+        v = self._ports.get(key) if key is not None else None
+        return [self._indicator(i) for i in _ids(v)] if v is not None else []
+
+    def match_path(self, url: str) -> list[Indicator]:
+        """Request-path indicators for the path of an observed URL (see :func:`path_keys`)."""
+        if not self._paths:
+            return []
+        out: list[Indicator] = []
+        seen: set[int] = set()
+        for key in path_keys(url):
+            v = self._paths.get(key)
+            if v is not None:
+                for i in _ids(v):
+                    if i not in seen:
+                        seen.add(i)
+                        out.append(self._indicator(i))
+        return out
+
     def __iter__(self) -> Any:
         return (self._indicator(i) for i in range(len(self._values)) if i not in self._dead)
 
@@ -629,7 +680,7 @@ class IndicatorSet:
                 bytes(self._flags), self._file_idx.tobytes(), self._lines.tobytes(),
                 self._meta_idx.tobytes(), self._metas, self._files, self._dom,
                 self._children, self._v4, self._v6, self._urls, self._certs, self._fps,
-                self._dead)
+                self._dead, self._ports, self._paths)
         data = frame_cache_body(marshal.dumps(blob))
         tmp = f"{path}.tmp{os.getpid()}"
         try:
@@ -696,7 +747,8 @@ class IndicatorSet:
         """A set from an unmarshalled cache that :func:`_check_blob` accepted."""
         s = cls()
         (_, s._key, rep, s._values, kinds, flags, fidx, lines, midx, s._metas, s._files,
-         s._dom, s._children, s._v4, s._v6, s._urls, s._certs, s._fps, s._dead) = blob
+         s._dom, s._children, s._v4, s._v6, s._urls, s._certs, s._fps, s._dead, s._ports,
+         s._paths) = blob
         s._kinds, s._flags = bytearray(kinds), bytearray(flags)
         s._file_idx, s._lines, s._meta_idx = array("I"), array("I"), array("I")
         s._file_idx.frombytes(fidx)
@@ -836,10 +888,10 @@ def _check_blob(blob: Any) -> None:
     ``min``/``max``): 0.18-0.29 s of CPU for 1 M domains and 100 k networks, measured on a loaded
     2-core machine, against 0.5-0.85 s for ``marshal.loads`` itself.
     """
-    _need(type(blob) is tuple and len(blob) == 19 and type(blob[0]) is int
+    _need(type(blob) is tuple and len(blob) == 21 and type(blob[0]) is int
           and blob[0] == CACHE_VERSION, "unexpected contents")
     (_, key, rep, values, kinds, flags, fidx, lines, midx, metas, files,
-     dom, children, v4, v6, urls, certs, fps, dead) = blob
+     dom, children, v4, v6, urls, certs, fps, dead, ports, paths) = blob
     _need(type(key) is tuple and len(key) > 1 and type(key[-1]) is tuple
           and all(type(x) is tuple and len(x) == 2 and _types(x) <= {str} for x in key[-1]),
           "sources of the wrong type")
@@ -862,7 +914,7 @@ def _check_blob(blob: Any) -> None:
         _need(max(kinds) < len(m.KINDS) and max(memoryview(fidx).cast("I")) < len(files)
               and max(memoryview(midx).cast("I")) < len(metas), "column index out of range")
     for table, what in ((dom, "domain"), (children, "subdomain"), (urls, "URL"),
-                        (certs, "certificate")):
+                        (certs, "certificate"), (ports, "address:port"), (paths, "path")):
         _check_table(table, {str}, n, what)
     _need(type(fps) is dict and set(fps) == set(m.FINGERPRINT_KINDS) and len(fps) == len(
         m.FINGERPRINT_KINDS), "fingerprint tables of the wrong type")

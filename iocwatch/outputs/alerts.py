@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import communityid
 import orjson
 
+from iocwatch.indicators.normalise import ip_port
 from iocwatch.model.channels import CHANNELS, Channel
 from iocwatch.outputs.streams import LineStream, open_stream
 
@@ -256,7 +257,13 @@ def _ecs_indicator(ind: Mapping[str, Any]) -> dict[str, Any]:
     if ecs_type in ("ipv4-addr", "ipv6-addr") and isinstance(value, str) and ":" in value:
         ecs_type = "ipv6-addr"  # the table cannot know an address's family; the value does
     out: dict[str, Any] = {"type": ecs_type, "name": value}
-    if ecs_type == "domain-name":
+    endpoint = ip_port(value) if kind == "ip_port" and isinstance(value, str) else None
+    if endpoint is not None:  # ECS has the address and the port, apart
+        out.update(type="ipv6-addr" if ":" in endpoint[0] else "ipv4-addr", ip=endpoint[0],
+                   port=endpoint[1])
+    elif kind == "path":
+        out.update(type="url", url={"path": value})
+    elif ecs_type == "domain-name":
         out["url"] = {"domain": value}
     elif ecs_type == "url":
         out["url"] = {"original": value}
