@@ -3,7 +3,6 @@ memory backend, basic auth) started on 127.0.0.1 by the test, read with ``taxii2
 
 from __future__ import annotations
 
-import argparse
 import json
 import socket
 import subprocess
@@ -18,6 +17,7 @@ import stix2
 from taxii2client.v21 import Collection
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet, taxii
+from iocwatch.indicators.loading import IndicatorSources
 from iocwatch.matcher import Matcher
 from iocwatch.pipeline import reload_indicators
 from tests.conftest import ROOT, iocwatch_argv
@@ -153,18 +153,17 @@ def test_taxii_collection_loads_pages_and_reload_fetches_only_new(server: Server
 def test_taxii_down_at_reload_keeps_the_last_good_set(server: Server,
                                                       capsys: pytest.CaptureFixture[str]) -> None:
     server.add(indicator("avsvmcloud.com"))
-    args = argparse.Namespace(ioc=[server.source], ioc_exact=[], ioc_cache=None,
-                              ioc_format=None, misp_all=False, quiet=True)
+    sources = IndicatorSources(files=(server.source,))
     first, _ = IndicatorSet.load([server.source])
-    matcher = Matcher(first, "test", lambda alert: None)
+    matcher = Matcher(first)
     server.stop()
-    assert reload_indicators(args, matcher) is False
+    assert reload_indicators(sources, matcher, quiet=True) is False
     err = capsys.readouterr().err
     assert "keeping the old indicators" in err and server.source in err
     assert matcher.indicators is first and matcher.indicators.match_name("avsvmcloud.com")
     server.start()  # back: the next reload works again, and asks from the same point
     server.add(indicator("later.example"))
-    assert reload_indicators(args, matcher) is True
+    assert reload_indicators(sources, matcher, quiet=True) is True
     assert matcher.indicators.match_name("later.example")
     assert matcher.indicators.match_name("avsvmcloud.com")
 

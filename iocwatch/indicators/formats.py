@@ -4,7 +4,7 @@ Every reader turns one file's text into calls on a :class:`Sink` (add / skip / u
 ignore) and never raises on content: a bad line, row, pattern or attribute is reported with
 its line and one reason (``model.R_*``) and the reader goes on. A JSON object is read inside
 its own error boundary (:func:`iocwatch.boundary.classify`), so a member of the wrong type
-costs that object, not the file. Only :mod:`.store` turns the calls into a set.
+costs that object, not the file. Only :mod:`.sets` turns the calls into a set.
 """
 
 from __future__ import annotations
@@ -15,46 +15,23 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 import orjson
 
 from iocwatch.boundary import classify
 
+from . import maltrail
 from . import model as m
+from .lines import MAX_LINE, Sink, bad_text, numbered_lines
 from .normalise import TYPE_NAMES, UNSUPPORTED_TYPES
 
-MAX_LINE = 65536
 MAX_PATTERN = 65536
 MAX_DEPTH = 100
 MAX_MISP_EVENTS = 100_000
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _INLINE_COMMENT = re.compile(r"\s#")
 _EXACT_DIRECTIVE = re.compile(r"#!\s*exact\s*$", re.IGNORECASE)
-
-
-class Sink(Protocol):
-    """Where a reader puts what it found in one file (named ``path``)."""
-
-    path: str
-
-    def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
-            exact: bool) -> None: ...
-
-    def skip(self, line: int, reason: str, why: str = m.R_MALFORMED) -> None: ...
-
-    def unsupported(self, line: int, what: str, listed: bool = False,
-                    why: str = m.R_UNSUPPORTED) -> None: ...
-
-    def ignore(self, line: int, why: str) -> None: ...
-
-    def comment(self) -> None: ...
-
-    def warn(self, text: str) -> None: ...
-
-    def read_sibling(self, name: str) -> bytes | None: ...
-
-    def volatile(self) -> None: ...
 
 
 def decode(data: bytes) -> str | None:
@@ -78,20 +55,6 @@ def decode(data: bytes) -> str | None:
     return text.removeprefix("\ufeff")
 
 
-def _bad_text(s: str) -> str | None:
-    """Why text holding an undecodable sequence (U+FFFD) or a NUL is skipped, else None."""
-    if "\ufffd" in s:
-        return "invalid UTF-8"
-    if "\x00" in s:
-        return "NUL byte"
-    return None
-
-
-def _lines(text: str) -> Iterator[tuple[int, str]]:
-    for n, line in enumerate(text.split("\n"), 1):
-        yield n, line.removesuffix("\r")
-
-
 def detect(text: str) -> str:
     """The format of a file from its content; ``plain`` when nothing more specific fits."""
     head = text.lstrip()[:65536]
@@ -102,7 +65,7 @@ def detect(text: str) -> str:
             return "stix" if '"type"' in head and '"pattern"' in head else "misp"
         return json_kind(doc) or "stix"
     first = ""
-    for _, line in _lines(head):
+    for _, line in numbered_lines(head):
         s = line.strip()
         if s.startswith(("#separator", "#fields")):
             return "zeek"
@@ -162,7 +125,7 @@ def _looks_csv(head: str, first: str) -> bool:
                 return True
     if "," not in first:
         return False
-    counts = [ln.count(",") for _, ln in _lines(head) if ln.strip() and not ln.startswith("#")]
+    counts = [ln.count(",") for _, ln in numbered_lines(head) if ln.strip() and not ln.startswith("#")]
     return len(counts) >= 2 and len(set(counts[:20])) == 1
 
 
@@ -191,7 +154,7 @@ def read_plain(text: str, sink: Sink, exact: bool) -> None:
     Hosts-file lines (``0.0.0.0 evil.com``) are accepted as the name.
     """
     shared: dict[str, Any] = {}
-    for n, line in _lines(text):
+    for n, line in numbered_lines(text):
         if len(line) > MAX_LINE:
             sink.skip(n, f"line longer than {MAX_LINE} characters", m.R_MALFORMED)
             continue
@@ -203,7 +166,7 @@ def read_plain(text: str, sink: Sink, exact: bool) -> None:
                 exact = True
             sink.comment()
             continue
-        bad = _bad_text(s)
+        bad = bad_text(s)
         if bad:
             sink.skip(n, bad, m.R_ENCODING)
             continue
@@ -271,7 +234,7 @@ def _csv_chunks(text: str, sink: Sink) -> Iterator[tuple[int, str]]:
 
 def read_csv(text: str, sink: Sink, exact: bool) -> None:
     """CSV with a header row; the indicator column is chosen by name, the rest is metadata."""
-    first = next((ln for _, ln in _lines(text) if ln.strip() and not ln.lstrip().startswith("#")),
+    first = next((ln for _, ln in numbered_lines(text) if ln.strip() and not ln.lstrip().startswith("#")),
                  "")
     delim = ","
     if "," not in first:
@@ -321,7 +284,7 @@ def _csv_row(row: list[str], header: list[str], vcol: int, tcol: int, xcol: int,
     if any(len(c) > MAX_LINE for c in row):
         sink.skip(start, f"field longer than {MAX_LINE} characters", m.R_MALFORMED)
         return
-    bad = _bad_text(row[vcol])
+    bad = bad_text(row[vcol])
     if bad:
         sink.skip(start, bad, m.R_ENCODING)
         return
@@ -377,7 +340,7 @@ def read_zeek(text: str, sink: Sink, exact: bool) -> None:
     """Zeek intel framework files (``#fields indicator indicator_type meta.*``)."""
     sep = "\t"
     fields: list[str] | None = None
-    for n, line in _lines(text):
+    for n, line in numbered_lines(text):
         if len(line) > MAX_LINE:
             sink.skip(n, f"line longer than {MAX_LINE} characters", m.R_MALFORMED)
             continue
@@ -409,7 +372,7 @@ def read_zeek(text: str, sink: Sink, exact: bool) -> None:
         if t not in _ZEEK_TYPES:
             sink.skip(n, f"unknown indicator type {row['indicator_type'][:40]!r}", m.R_TYPE)
             continue
-        bad = _bad_text(row["indicator"])
+        bad = bad_text(row["indicator"])
         if bad:
             sink.skip(n, bad, m.R_ENCODING)
             continue
@@ -437,7 +400,7 @@ def _json_error_line(err: Exception) -> int:
     return int(found.group(1)) if found else 1
 
 
-def _uuid_lines(text: str) -> dict[str, int]:
+def _uuidnumbered_lines(text: str) -> dict[str, int]:
     """Line of the first occurrence of every UUID-bearing string, to locate JSON objects."""
     out: dict[str, int] = {}
     line, pos = 1, 0
@@ -616,7 +579,7 @@ def read_stix(text: str, sink: Sink, exact: bool) -> None:
     if not isinstance(objects, list):
         sink.skip(1, "STIX bundle without an objects list", m.R_DOCUMENT)
         return
-    lines = _uuid_lines(text)
+    lines = _uuidnumbered_lines(text)
     if any(isinstance(o, dict) and o.get("type") == "indicator" for o in objects):
         missing = _stix_parser_missing()
         if missing is not None:  # one clear error for the file, not one per indicator
@@ -793,7 +756,7 @@ def read_misp(text: str, sink: Sink, exact: bool, misp_all: bool) -> None:
 
 def _read_manifest(doc: dict[str, Any], text: str, sink: Sink, exact: bool,
                    misp_all: bool) -> None:
-    lines = _uuid_lines(text)
+    lines = _uuidnumbered_lines(text)
     for k, uuid in enumerate(doc):
         if k >= MAX_MISP_EVENTS:
             sink.skip(1, f"more than {MAX_MISP_EVENTS} events in manifest: rest not read",
@@ -833,7 +796,7 @@ def _tag_names(value: Any) -> list[str]:
 
 def _read_events(events: list[Any], text: str | None, sink: Sink, exact: bool,
                  misp_all: bool, at: int = 1, where: str = "") -> None:
-    lines = _uuid_lines(text) if text is not None else {}
+    lines = _uuidnumbered_lines(text) if text is not None else {}
     for event in events:
         if not isinstance(event, dict):
             sink.skip(at, f"{where}event is not an object", m.R_SHAPE)
@@ -929,4 +892,3 @@ def sibling(path: str, name: str) -> str | None:
     return os.path.join(os.path.dirname(os.path.abspath(path)), name)
 
 
-from . import maltrail  # noqa: E402  (it reads lines with the helpers above)

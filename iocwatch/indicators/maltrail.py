@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from . import model as m
-from .formats import MAX_LINE, Sink, _bad_text, _lines
+from .lines import MAX_LINE, Sink, bad_text, numbered_lines
 
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _CIDR = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}/\d{1,2}")
@@ -36,7 +36,7 @@ MARKERS = ("# Reference:", "Maltrail developers", "# Aliases:")
 
 def looks_like(head: str) -> bool:
     """Whether text is a Maltrail trail file: its usual comments, or a path trail line."""
-    for _, line in _lines(head):
+    for _, line in numbered_lines(head):
         s = line.strip()
         if s.startswith("#") and any(k in s for k in MARKERS):
             return True
@@ -93,7 +93,7 @@ def read_maltrail(text: str, sink: Sink, exact: bool) -> None:
     fresh = False  # in a comment block after trails: its first reference starts a new list
     meta: dict[str, Any] = {}
     dirty = True
-    for n, line in _lines(text):
+    for n, line in numbered_lines(text):
         if len(line) > MAX_LINE:
             sink.skip(n, f"line longer than {MAX_LINE} characters", m.R_MALFORMED)
             continue
@@ -116,7 +116,7 @@ def read_maltrail(text: str, sink: Sink, exact: bool) -> None:
                 dirty = True
             continue
         in_comments, fresh = False, False
-        bad = _bad_text(s)
+        bad = bad_text(s)
         if bad:
             sink.skip(n, bad, m.R_ENCODING)
             continue
