@@ -8,6 +8,7 @@ mercury record it sits, the indicator with its provenance, and the whole record 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import sys
 from collections import OrderedDict
@@ -54,9 +55,12 @@ _ECS_FIELD = {
     Channel.CERT_SHA256: "tls.server.hash.sha256",
     Channel.JA3: "tls.client.ja3",
     Channel.JA3S: "tls.server.ja3s",
-    Channel.JA4: "tls.client.ja4",
-    Channel.JA4S: "tls.server.ja4s",
+    Channel.JA4: "iocwatch.tls.client.ja4",  # JA4 is not in ECS: our namespace
+    Channel.JA4S: "iocwatch.tls.server.ja4s",
 }
+
+#: ECS version whose field names and types ``to_ecs`` writes (contrib/ holds its template).
+ECS_VERSION = "8.11.0"
 
 #: Application protocol per channel, for ECS ``network.protocol``.
 _NETWORK_PROTOCOL = {
@@ -190,7 +194,7 @@ def _indicator_dict(indicator: IndicatorLike) -> dict[str, Any]:
         "source": fixed["source"],
         "description": fixed["description"],
         "tags": _tags(fixed["tags"]),
-        "confidence": fixed["confidence"],
+        **_confidence_fields(fixed["confidence"]),
         "meta": {str(k): _plain(v) for k, v in meta.items()},
     }
 
@@ -265,7 +269,7 @@ def _ecs_confidence(value: Any) -> str:
             value = float(value)
         except ValueError:
             return "Not Specified"
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         if value <= 0:
             return "None"
         if value < 30:
@@ -295,6 +299,48 @@ def _ecs_indicator(ind: Mapping[str, Any]) -> dict[str, Any]:
     if ind.get("description"):
         out["description"] = ind["description"]
     out["confidence"] = _ecs_confidence(ind.get("confidence"))
+    return out
+
+
+def _confidence_fields(value: Any) -> dict[str, Any]:
+    """The feed's confidence, one type per field whatever the feed wrote (a SIEM maps a field
+    once): ``confidence`` as text (``"85"``, ``"high"``), ``confidence_score`` the number when
+    it is a finite one, else null."""
+    if value is None:
+        return {"confidence": None, "confidence_score": None}
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        text = orjson.dumps(value, default=str).decode()
+    try:
+        score: float | None = float(text)
+    except ValueError:
+        score = None
+    if score is not None and not math.isfinite(score):
+        score = None  # NaN and infinities are not JSON numbers
+    return {"confidence": text, "confidence_score": score}
+
+
+def _host_url(host: str) -> dict[str, Any]:
+    """ECS ``url.domain`` and ``url.port`` from a Host header (``example.com:8080``,
+    ``[2001:db8::1]:8443``); the port only when it is one."""
+    name, port = host, None
+    if host.startswith("["):
+        end = host.find("]")
+        if end > 0:
+            name, rest = host[1:end], host[end + 1:]
+            if rest.startswith(":") and rest[1:].isdigit():
+                port = int(rest[1:])
+    elif host.count(":") == 1:
+        head, _, tail = host.partition(":")
+        name = head
+        if tail.isascii() and tail.isdigit():
+            port = int(tail)
+    out: dict[str, Any] = {"domain": name}
+    if port is not None and 0 <= port <= 65535:
+        out["port"] = port
     return out
 
 
@@ -336,7 +382,7 @@ def to_ecs(alert: dict) -> dict:
         network["community_id"] = alert["community_id"]
     out: dict[str, Any] = {
         "@timestamp": alert.get("timestamp"),
-        "ecs": {"version": "8.11.0"},
+        "ecs": {"version": ECS_VERSION},
         "event": event,
         "observer": {"name": alert.get("sensor"), "type": "sensor", "product": "iocwatch"},
         "source": {"ip": alert.get("src_ip"), "port": alert.get("src_port")},
@@ -367,7 +413,7 @@ def to_ecs(alert: dict) -> dict:
     elif chan is Channel.CERT_CN:
         out["tls"] = {"server": {"x509": {"subject": {"common_name": [name]}}}}
     elif chan is Channel.HTTP_HOST:
-        out["url"] = {"domain": name}
+        out["url"] = _host_url(name)
     elif chan is Channel.HTTP_URL:
         out["url"] = {"full": name, "original": name}
     elif chan is Channel.DNS_ANSWER:
@@ -375,10 +421,10 @@ def to_ecs(alert: dict) -> dict:
     elif chan in (Channel.CERT_SHA1, Channel.CERT_SHA256):
         algo = "sha1" if chan is Channel.CERT_SHA1 else "sha256"
         out["tls"] = {"server": {"hash": {algo: name}}}
-    elif chan in (Channel.JA3, Channel.JA4):
-        out["tls"] = {"client": {chan.value: name}}
-    elif chan in (Channel.JA3S, Channel.JA4S):
-        out["tls"] = {"server": {chan.value: name}}
+    elif chan is Channel.JA3:
+        out["tls"] = {"client": {"ja3": name}}
+    elif chan is Channel.JA3S:
+        out["tls"] = {"server": {"ja3s": name}}
     # SRC_IP / DST_IP: the address is already source.ip / destination.ip
     if ind.get("tags"):
         out["tags"] = list(ind["tags"])
@@ -393,10 +439,15 @@ def to_ecs(alert: dict) -> dict:
             "file": ind.get("file"),
             "line": ind.get("line"),
             "confidence": ind.get("confidence"),
+            "confidence_score": ind.get("confidence_score"),
             "meta": ind.get("meta") or {},
         },
         "record": alert.get("record"),
     }
+    if chan is Channel.JA4:
+        extra["tls"] = {"client": {"ja4": name}}
+    elif chan is Channel.JA4S:
+        extra["tls"] = {"server": {"ja4s": name}}
     for key in ("count", "first_seen", "last_seen", "tailgated"):
         if key in alert:
             extra[key] = alert[key]
