@@ -2,8 +2,8 @@
 we ship: the Elasticsearch/OpenSearch index templates in ``contrib/``, and the Community ID
 recomputed with the ``communityid`` package.
 
-Indicators are made from what the samples carry (every name, address, JA3/JA3S/JA4/JA4S and
-certificate SHA-1, in plain, CSV and Zeek intel files whose confidence is a number in one
+Indicators are made from what the samples carry (every name, URL, address, JA3/JA3S/JA4 and
+certificate SHA-1 and SHA-256, in plain, CSV and Zeek intel files whose confidence is a number in one
 file and a word in another) plus ``rules/``, so every channel fires. The modes: ``-r`` with
 native and ECS alerts, ECS with ``--dedupe``, and ``iocwatch hunt`` over a store filled from the
 same captures, native and ECS. Checks:
@@ -111,11 +111,16 @@ def _indicator_files(tmp: Path) -> list[Path]:
                     names.add(v.rsplit(":", 1)[0] if v.count(":") == 1 else v)
                 elif path in ("fingerprints.ja3", "fingerprints.ja3s"):
                     prints.add(f"{path.rsplit('.', 1)[1]}:{v}")
-                elif path in ("fingerprints.ja4", "fingerprints.ja4s"):
+                elif path == "fingerprints.ja4":  # (JA4S values do not load as indicators)
                     prints.add(v)
+            req = r.get("http", {}).get("request", {})
+            if isinstance(req.get("host"), str) and isinstance(req.get("uri"), str):
+                names.add(f"http://{req['host']}{req['uri']}")
         for sess in jdir.rglob("*.json"):
             for c in json.loads(sess.read_text()).get("Certificates") or []:
-                sha1s.add(hashlib.sha1(base64.b64decode(c["Raw"])).hexdigest())
+                der = base64.b64decode(c["Raw"])
+                sha1s.add(hashlib.sha1(der).hexdigest())
+                sha1s.add(hashlib.sha256(der).hexdigest())
     assert names and ips and prints and sha1s
     plain = tmp / "names.txt"
     plain.write_text("".join(f"{n}\n" for n in sorted(names)))
@@ -224,8 +229,9 @@ def _shape_conflicts(docs: list[dict[str, Any]], skip: tuple[str, ...] = ()) -> 
 def test_every_mode_alerts_on_every_channel(runs: dict[str, list[dict[str, Any]]]) -> None:
     assert all(runs.values()), {k: len(v) for k, v in runs.items()}
     channels = {a["channel"] for a in runs["json"]}
-    assert channels >= {"dns_query", "tls_sni", "cert_san", "http_host", "src_ip", "dst_ip",
-                        "dns_answer", "ja3", "ja3s", "ja4", "cert_sha1"}, channels
+    assert channels >= {"dns_query", "tls_sni", "cert_san", "cert_cn", "http_host", "http_url",
+                        "src_ip", "dst_ip", "dns_answer", "ja3", "ja3s", "ja4", "cert_sha1",
+                        "cert_sha256"}, channels
     ecs = {d["iocwatch"]["channel"] for d in runs["ecs"]}
     assert ecs == channels
     assert len(runs["ecs-dedupe"]) < len(runs["ecs"])
