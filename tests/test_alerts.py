@@ -166,8 +166,8 @@ def test_confidence_has_one_type_per_field(raw: Any, text: Any, score: Any, word
 @pytest.mark.parametrize(("host", "url"), [
     ("example.com:80", {"domain": "example.com", "port": 80}),
     ("example.com", {"domain": "example.com"}),
-    ("[2001:db8::1]:8443", {"domain": "2001:db8::1", "port": 8443}),
-    ("[2001:db8::1]", {"domain": "2001:db8::1"}),
+    ("[2001:db8::1]:8443", {"domain": "[2001:db8::1]", "port": 8443}),  # ECS keeps []
+    ("[2001:db8::1]", {"domain": "[2001:db8::1]"}),
     ("example.com:http", {"domain": "example.com"}),
     ("example.com:99999", {"domain": "example.com"}),
 ])

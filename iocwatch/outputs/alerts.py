@@ -325,12 +325,13 @@ def _confidence_fields(value: Any) -> dict[str, Any]:
 
 def _host_url(host: str) -> dict[str, Any]:
     """ECS ``url.domain`` and ``url.port`` from a Host header (``example.com:8080``,
-    ``[2001:db8::1]:8443``); the port only when it is one."""
+    ``[2001:db8::1]:8443``); the port only when it is one. An IPv6 literal keeps its brackets
+    in ``url.domain``, as ECS asks."""
     name, port = host, None
     if host.startswith("["):
         end = host.find("]")
         if end > 0:
-            name, rest = host[1:end], host[end + 1:]
+            name, rest = host[:end + 1], host[end + 1:]
             if rest.startswith(":") and rest[1:].isdigit():
                 port = int(rest[1:])
     elif host.count(":") == 1:
