@@ -65,6 +65,27 @@ for _pre in ("threat.indicator.", "threat.enrichments.indicator."):
         ("description", "keyword"), ("confidence", "keyword"), ("ip", "ip"),
         ("url.domain", "keyword"), ("url.original", "wildcard"))})
 
+#: ECS 8.11's allowed (event.*) and expected (threat.indicator.*) values of the fields we fill
+#: from a vocabulary (schemas/event.yml, schemas/threat.yml).
+ECS_VALUES = {
+    "event.kind": {"alert", "asset", "enrichment", "event", "metric", "state", "pipeline_error",
+                   "signal"},
+    "event.category": {"api", "authentication", "configuration", "database", "driver", "email",
+                       "file", "host", "iam", "intrusion_detection", "library", "malware",
+                       "network", "package", "process", "registry", "session", "threat",
+                       "vulnerability", "web"},
+    "event.type": {"access", "admin", "allowed", "change", "connection", "creation", "deletion",
+                   "denied", "end", "error", "group", "indicator", "info", "installation",
+                   "protocol", "start", "user"},
+    "threat.indicator.type": {"autonomous-system", "artifact", "directory", "domain-name",
+                              "email-addr", "file", "ipv4-addr", "ipv6-addr", "mac-addr",
+                              "mutex", "port", "process", "software", "url", "user-account",
+                              "windows-registry-key", "x509-certificate"},
+    "threat.indicator.confidence": {"Not Specified", "None", "Low", "Medium", "High"},
+}
+ECS_VALUES["threat.enrichments.indicator.type"] = ECS_VALUES["threat.indicator.type"]
+ECS_VALUES["threat.enrichments.indicator.confidence"] = ECS_VALUES["threat.indicator.confidence"]
+
 OBJECT_TYPES = ("object", "nested")
 OPAQUE_TYPES = ("flattened", "flat_object")  # whatever lies below is one field
 
@@ -261,6 +282,8 @@ def test_every_ecs_alert_fits_the_template(runs: dict[str, list[dict[str, Any]]]
             kind = node.get("type", "object")
             if not _value_ok(kind, v):
                 wrong.add((path, kind, repr(v)[:60]))
+            if path in ECS_VALUES and v not in ECS_VALUES[path]:
+                wrong.add((path, "ECS vocabulary", repr(v)[:60]))
     assert not unmapped, sorted(unmapped)
     assert not wrong, sorted(wrong)
     opaque = tuple(_opaque(mappings["properties"]))
