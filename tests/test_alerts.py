@@ -163,6 +163,13 @@ def test_confidence_has_one_type_per_field(raw: Any, text: Any, score: Any, word
     assert e["iocwatch"]["indicator"]["confidence_score"] == score
 
 
+def test_feed_text_fields_stay_text() -> None:
+    a = _alert(indicator=Ind("a.b", meta={"source": 7, "description": ["C2", "APT"]}))
+    assert a["indicator"]["source"] == "7" and a["indicator"]["description"] == "C2, APT"
+    ti = to_ecs(a)["threat"]["indicator"]
+    assert ti["provider"] == "7" and ti["description"] == "C2, APT"
+
+
 @pytest.mark.parametrize(("host", "url"), [
     ("example.com:80", {"domain": "example.com", "port": 80}),
     ("example.com", {"domain": "example.com"}),

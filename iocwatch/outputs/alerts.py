@@ -165,6 +165,15 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
+def _text(value: Any) -> str | None:
+    """A feed's free-text field as text whatever JSON type the feed used (one type per field)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    return orjson.dumps(value, default=str).decode()
+
+
 def _tags(value: Any) -> list[str]:
     """Tags arrive as a list, a comma/semicolon separated string, or nothing."""
     if value is None:
@@ -191,8 +200,8 @@ def _indicator_dict(indicator: IndicatorLike) -> dict[str, Any]:
         "kind": _plain(getattr(indicator, "kind", None)),
         "file": getattr(indicator, "file", None),
         "line": getattr(indicator, "line", None),
-        "source": fixed["source"],
-        "description": fixed["description"],
+        "source": _text(fixed["source"]),
+        "description": _text(fixed["description"]),
         "tags": _tags(fixed["tags"]),
         **_confidence_fields(fixed["confidence"]),
         "meta": {str(k): _plain(v) for k, v in meta.items()},
