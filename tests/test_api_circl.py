@@ -116,6 +116,26 @@ def test_names_are_openssls_one_line_form(store: dict[str, Any]) -> None:
     assert circl_names(b"\x30\x03\x02\x01\x00") is None  # not a certificate: no name made up
 
 
+def test_every_short_name_is_openssls() -> None:
+    """Each attribute name the renderer knows, as the openssl binary names it."""
+    from iocwatch.api.certinfo import _SHORT_NAMES
+
+    two_letters = {"2.5.4.6", "1.3.6.1.4.1.311.60.2.1.3"}  # country codes
+    attrs = [x509.NameAttribute(x509.ObjectIdentifier(oid), "DE" if oid in two_letters else "v")
+             for oid in _SHORT_NAMES]
+    name = x509.Name([x509.RelativeDistinguishedName([a]) for a in attrs])
+    key = ec.generate_private_key(ec.SECP256R1())
+    start = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+    der = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+           .public_key(key.public_key()).serial_number(1).not_valid_before(start)
+           .not_valid_after(start + datetime.timedelta(days=1)).sign(key, hashes.SHA256())
+           .public_bytes(serialization.Encoding.DER))
+    names = circl_names(der)
+    assert names is not None and names == openssl_names(der)
+    for short in _SHORT_NAMES.values():
+        assert f"{short}=" in names[0]
+
+
 def test_names_of_the_samples_certificates(tmp_path: Path) -> None:
     """Every certificate of the bundled captures (from the sensor's D4 session files), against
     the openssl binary."""
