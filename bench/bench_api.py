@@ -82,7 +82,9 @@ def workload(templates: list[dict[str, Any]], n: int) -> list[tuple[str, list[st
     return [
         ("/v2pssl/query/<ip>", [f"/v2pssl/query/{s}" for s in servers]),
         ("/v2pssl/query/<ip>/24", [f"/v2pssl/query/{s}/24" for s in servers]),
-        ("/v2pssl/cquery/<sha1>", [f"/v2pssl/cquery/{c}" for c in pick(certs)]),
+        ("/v2pssl/cquery/<sha1>?limit=1000",
+         [f"/v2pssl/cquery/{c}?limit=1000" for c in pick(certs)]),
+        ("/v2pssl/cquery/<sha1> (all)", [f"/v2pssl/cquery/{c}" for c in pick(certs)]),
         ("/v2pssl/cfetch/<sha1>", [f"/v2pssl/cfetch/{c}" for c in pick(certs)]),
         ("/ja3/<md5>", [f"/ja3/{v}" for v in pick({t["JA3Digest"] for t in templates})]),
         ("/ja3s/<md5>", [f"/ja3s/{v}" for v in pick({t["JA3SDigest"] for t in templates})]),

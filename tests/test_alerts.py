@@ -86,7 +86,8 @@ def test_build_alert_fields_and_order() -> None:
     assert a["indicator"] == {
         "value": "avsvmcloud.com", "kind": "domain", "file": "rules/sunburst.txt", "line": 7,
         "source": "FireEye", "description": "SUNBURST C2", "tags": ["apt", "sunburst"],
-        "confidence": 90, "meta": {"reference": "https://example.org/x"},
+        "confidence": "90", "confidence_score": 90.0,
+        "meta": {"reference": "https://example.org/x"},
     }
     assert a["sensor"] == "sensor-1"
     assert a["record"]["tls"]["client"]["server_name"] == "Api.AvsvmCloud.com"
@@ -143,6 +144,55 @@ def test_to_ecs() -> None:
     assert low["threat"]["indicator"]["confidence"] == "Low"
     assert to_ecs(_alert(indicator=Ind("a.b")))["threat"]["indicator"]["confidence"] == \
         "Not Specified"
+
+
+@pytest.mark.parametrize(("raw", "text", "score", "word"), [
+    (90, "90", 90.0, "High"), ("high", "high", None, "High"), ("12", "12", 12.0, "Low"),
+    (55.5, "55.5", 55.5, "Medium"), (None, None, None, "Not Specified"),
+    (True, "true", None, "Not Specified"), ("nan", "nan", None, "Not Specified"),
+    (["x"], '["x"]', None, "Not Specified"),
+])
+def test_confidence_has_one_type_per_field(raw: Any, text: Any, score: Any, word: str) -> None:
+    """A feed's confidence is a number in one feed, a word in another: each alert field keeps
+    one JSON type (a SIEM maps a field once), the ECS field one of ECS's words."""
+    a = _alert(indicator=Ind("a.b", meta={"confidence": raw}))
+    assert (a["indicator"]["confidence"], a["indicator"]["confidence_score"]) == (text, score)
+    e = to_ecs(a)
+    assert e["threat"]["indicator"]["confidence"] == word
+    assert e["iocwatch"]["indicator"]["confidence"] == text
+    assert e["iocwatch"]["indicator"]["confidence_score"] == score
+
+
+def test_feed_text_fields_stay_text() -> None:
+    a = _alert(indicator=Ind("a.b", meta={"source": 7, "description": ["C2", "APT"]}))
+    assert a["indicator"]["source"] == "7" and a["indicator"]["description"] == "C2, APT"
+    ti = to_ecs(a)["threat"]["indicator"]
+    assert ti["provider"] == "7" and ti["description"] == "C2, APT"
+
+
+@pytest.mark.parametrize(("host", "url"), [
+    ("example.com:80", {"domain": "example.com", "port": 80}),
+    ("example.com", {"domain": "example.com"}),
+    ("[2001:db8::1]:8443", {"domain": "[2001:db8::1]", "port": 8443}),  # ECS keeps []
+    ("[2001:db8::1]", {"domain": "[2001:db8::1]"}),
+    ("example.com:http", {"domain": "example.com"}),
+    ("example.com:99999", {"domain": "example.com"}),
+])
+def test_ecs_url_domain_without_port(host: str, url: dict) -> None:
+    assert to_ecs(_alert(channel="http_host", name=host))["url"] == url
+
+
+def test_ecs_ja4_under_our_namespace() -> None:
+    """JA4/JA4S are not ECS fields: they sit under ``iocwatch.tls``, and the enrichment names
+    that field; JA3/JA3S are ECS's own."""
+    ja4 = "t13d1516h2_8daaf6152771_02713d6af862"
+    e = to_ecs(_alert(channel="ja4", name=ja4))
+    assert "tls" not in e and e["iocwatch"]["tls"] == {"client": {"ja4": ja4}}
+    assert e["threat"]["enrichments"][0]["matched"]["field"] == "iocwatch.tls.client.ja4"
+    e = to_ecs(_alert(channel="ja4s", name="t130200_1301_a56c5b993250"))
+    assert "tls" not in e and e["iocwatch"]["tls"] == {"server": {"ja4s": "t130200_1301_a56c5b993250"}}
+    e = to_ecs(_alert(channel="ja3s", name="a" * 32))
+    assert e["tls"] == {"server": {"ja3s": "a" * 32}}
 
 
 def _at(t: float, sport: int = 1000, value: str = "avsvmcloud.com") -> dict:

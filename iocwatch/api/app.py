@@ -16,7 +16,8 @@ import hmac
 import ipaddress
 import logging
 import threading
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -28,12 +29,12 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from iocwatch import __version__
 from iocwatch.api import inputs
-from iocwatch.api.certinfo import cfetch
+from iocwatch.api.certinfo import cfetch, circl_names
 from iocwatch.boundary import INPUT_ERRORS, classify
 from iocwatch.indicators import model as m
 
@@ -48,6 +49,7 @@ DEFAULT_LIMIT = 100
 MAX_OFFSET = 100_000    # deeper pages: narrow the query instead
 MAX_DISTANCE = 300      # TLSH distance; 300+ means unrelated
 DEFAULT_DISTANCE = 50
+SUBJECT_CACHE = 65_536  # CIRCL-form subjects kept per server process (a few MB at most)
 
 
 @dataclass(slots=True)
@@ -111,6 +113,41 @@ class StorePool:
             except Exception as exc:
                 log.warning("closing a store: %s", exc)
         self._executor.shutdown(wait=True)
+
+
+class CirclSubjects:
+    """Subjects as CIRCL writes them (``C=US, O=..., CN=...``), made from each certificate's DER
+    once: the store keeps RFC 4514 text, and a certificate never changes under its SHA-1."""
+
+    def __init__(self, size: int = SUBJECT_CACHE) -> None:
+        self._size = size
+        self._lock = threading.Lock()  # pool threads share it
+        self._known: OrderedDict[str, str] = OrderedDict()
+
+    def get(self, store: Any, sha1s: list[str]) -> dict[str, str]:
+        """Subject by SHA-1 for those of ``sha1s`` the store holds."""
+        out: dict[str, str] = {}
+        missing: list[str] = []
+        with self._lock:
+            for sha1 in sha1s:
+                if sha1 in self._known:
+                    self._known.move_to_end(sha1)
+                    out[sha1] = self._known[sha1]
+                else:
+                    missing.append(sha1)
+        made: dict[str, str] = {}
+        for sha1 in missing:
+            cert = store.certificate(sha1)
+            if cert is not None:
+                names = circl_names(cert["der"])
+                made[sha1] = names[0] if names else cert.get("subject") or ""
+        with self._lock:
+            for sha1, subject in made.items():
+                self._known[sha1] = subject
+            while len(self._known) > self._size:
+                self._known.popitem(last=False)
+        out.update(made)
+        return out
 
 
 def _default(obj: Any) -> Any:
@@ -324,15 +361,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 Limit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description=f"page size, at most {MAX_LIMIT}")]
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET, description=f"rows to skip, at most {MAX_OFFSET}")]
-# the two CIRCL address lists page by address, not by offset
-AddressLimit = Annotated[int, Query(ge=1, le=MAX_LIMIT, description="addresses per page")]
+# the two CIRCL address lists page by address, not by offset, and only when asked to: CIRCL's
+# service answers the whole list, and its pypssl client reads one answer and no Link header
+AddressLimit = Annotated[int | None, Query(
+    ge=1, le=MAX_LIMIT, description="addresses per page; without it, every address at once")]
 AfterAddress = Annotated[str | None, Query(
     max_length=45, description="last address of the previous page (from the Link header)")]
 
 DESCRIPTION = f"""Passive-SSL lookups over iocwatch's store (read-only).
 
 `/v2pssl/...` answers exactly as CIRCL's passive-SSL service, so its `pypssl` client works
-unchanged. The other endpoints answer in D4's analyzer style with pages of sessions.
+unchanged: the whole answer at once (streamed), subjects in OpenSSL's one-line form as CIRCL
+shows them; `limit` (and `after`, from the `Link` header) asks for pages instead. The other
+endpoints answer in D4's analyzer style with pages of sessions.
 
 Limits: CIDR blocks at most /{inputs.MAX_PREFIX_V4} (IPv4) or /{inputs.MAX_PREFIX_V6} (IPv6);
 page size 1-{MAX_LIMIT}; offset at most {MAX_OFFSET}; TLSH distance 0-{MAX_DISTANCE}; URL at most
@@ -397,29 +438,17 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
 
     # ---- CIRCL passive-SSL v2 ----
 
-    @app.get("/v2pssl/query/{q:path}", tags=["CIRCL passive-SSL v2"],
-             responses={200: {"model": dict[str, AddressCertsOut]}, **_ERRORS},
-             summary="Certificates seen on an address or CIDR block, with their subjects")
-    async def pssl_query(request: Request, q: str,
-                         limit: AddressLimit = MAX_LIMIT,
-                         after: AfterAddress = None) -> Response:
-        net = inputs.network(q)
-        cursor = inputs.address(after) if after is not None else None
-        if cursor is not None and ipaddress.ip_address(cursor) not in net:
-            raise inputs.BadInput("after: address outside the queried block")
+    subjects = CirclSubjects()
 
-        def run(store: Any) -> tuple[dict[str, list[str]], dict[str, str]]:
-            found = store.certs_for_network(net, limit=limit + 1, after=cursor)
-            shas = sorted({s for lst in found.values() for s in lst})
-            return found, store.cert_subjects(shas) if shas else {}
+    def address_page(store: Any, net: Any, n: int, cursor: str | None
+                     ) -> tuple[dict[str, list[str]], dict[str, str]]:
+        found = store.certs_for_network(net, limit=n, after=cursor)
+        shas = sorted({s for lst in found.values() for s in lst})
+        return found, subjects.get(store, shas) if shas else {}
 
-        found, subjects = await pool.run(run)
-        ips = list(found)
-        headers = {}
-        if len(ips) > limit:
-            ips = ips[:limit]
-            headers["Link"] = _next_link(request, after=ips[-1])
-        values = {s: {"values": [subj]} for s, subj in subjects.items()}
+    def circl_query(found: dict[str, list[str]], subj: dict[str, str],
+                    ips: list[str]) -> dict[str, Any]:
+        values = {s: {"values": [v]} for s, v in subj.items()}
         shared: dict[tuple[str, ...], dict[str, Any]] = {}  # addresses of one farm share a chain
         out = {}
         for ip in ips:
@@ -428,19 +457,64 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
             if key not in shared:
                 shared[key] = {s: values[s] for s in certs if s in values}
             out[ip] = {"certificates": certs, "subjects": shared[key]}
-        return json_response(out, headers=headers)
+        return out
+
+    @app.get("/v2pssl/query/{q:path}", tags=["CIRCL passive-SSL v2"],
+             responses={200: {"model": dict[str, AddressCertsOut]}, **_ERRORS},
+             summary="Certificates seen on an address or CIDR block, with their subjects")
+    async def pssl_query(request: Request, q: str,
+                         limit: AddressLimit = None,
+                         after: AfterAddress = None) -> Response:
+        net = inputs.network(q)
+        cursor = inputs.address(after) if after is not None else None
+        if cursor is not None and ipaddress.ip_address(cursor) not in net:
+            raise inputs.BadInput("after: address outside the queried block")
+        page = limit or MAX_LIMIT
+        found, subj = await pool.run(lambda s: address_page(s, net, page + 1, cursor))
+        ips = list(found)
+        if len(ips) <= page:
+            return json_response(circl_query(found, subj, ips))
+        if limit is not None:  # one page, the next one in the Link header
+            ips = ips[:limit]
+            return json_response(circl_query(found, subj, ips),
+                                 headers={"Link": _next_link(request, after=ips[-1])})
+
+        async def every_page() -> AsyncIterator[bytes]:
+            """One JSON object, page after page from the store: memory stays one page. A store
+            failure half way cuts the answer short (invalid JSON), never a silent part."""
+            nonlocal found, subj, ips
+            sep = b""
+            while True:
+                more = len(ips) > MAX_LIMIT
+                ips = ips[:MAX_LIMIT]
+                yield sep + orjson.dumps(circl_query(found, subj, ips), default=_default)[1:-1]
+                sep = b","
+                if not more:
+                    return
+                last = ips[-1]
+                found, subj = await pool.run(
+                    lambda s, last=last: address_page(s, net, MAX_LIMIT + 1, last))
+                ips = list(found)
+
+        async def body() -> AsyncIterator[bytes]:
+            yield b"{"
+            async for part in every_page():
+                yield part
+            yield b"}"
+
+        return StreamingResponse(body(), media_type="application/json")
 
     @app.get("/v2pssl/cquery/{sha1}", tags=["CIRCL passive-SSL v2"],
              responses={200: {"model": CqueryOut}, **_ERRORS},
              summary="Addresses seen serving a certificate, and how many sessions used it")
     async def pssl_cquery(request: Request, sha1: str,
-                          limit: AddressLimit = MAX_LIMIT,
+                          limit: AddressLimit = None,
                           after: AfterAddress = None) -> Response:
         fp = inputs.sha1(sha1)
         cursor = inputs.address(after) if after is not None else None
-        # the first page is a LIMIT in the store; later ones (rare) are cut from the whole list
-        got = await pool.run(lambda s: s.addresses_for_cert(
-            fp, limit=limit + 1 if cursor is None else None))
+        # a first page is a LIMIT in the store; the whole list, or a later page, reads them all
+        first_page = limit + 1 if limit is not None and cursor is None else None
+        got = await pool.run(lambda s: s.addresses_for_cert(fp, limit=first_page))
         got = got or {"hits": 0, "seen": []}  # CIRCL answers an unknown certificate this way
         seen: list[str] = got["seen"]
         if cursor is not None:  # the store's order (by address), so the cursor's place is exact
@@ -449,7 +523,7 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
             except ValueError:
                 raise inputs.BadInput("after: not an address this certificate was seen on")
         headers = {}
-        if len(seen) > limit:
+        if limit is not None and len(seen) > limit:
             seen = seen[:limit]
             headers["Link"] = _next_link(request, after=seen[-1])
         return json_response({"certificate": fp, "hits": got["hits"], "seen": seen},

@@ -104,8 +104,10 @@ _ROWS = (
                 "tls.server.hash.sha256", "tls"),
     ChannelInfo(Channel.JA3, Kind.FINGERPRINT, "fingerprints.ja3", "tls.client.ja3", "tls"),
     ChannelInfo(Channel.JA3S, Kind.FINGERPRINT, "fingerprints.ja3s", "tls.server.ja3s", "tls"),
-    ChannelInfo(Channel.JA4, Kind.FINGERPRINT, "fingerprints.ja4", "tls.client.ja4", "tls"),
-    ChannelInfo(Channel.JA4S, Kind.FINGERPRINT, "fingerprints.ja4s", "tls.server.ja4s", "tls"),
+    # JA4 and JA4S are not ECS fields: they sit in iocwatch's own namespace.
+    ChannelInfo(Channel.JA4, Kind.FINGERPRINT, "fingerprints.ja4", "iocwatch.tls.client.ja4", "tls"),
+    ChannelInfo(Channel.JA4S, Kind.FINGERPRINT, "fingerprints.ja4s", "iocwatch.tls.server.ja4s",
+                "tls"),
 )
 
 #: Every channel's row.

@@ -8,6 +8,7 @@ mercury record it sits, the indicator with its provenance, and the whole record 
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
@@ -42,6 +43,9 @@ _PORT_PROTOCOLS = frozenset({1, 6, 17, 58, 132})
 
 #: ECS ``network.transport`` names (lower case IANA keywords, as ECS asks).
 _TRANSPORT = {1: "icmp", 6: "tcp", 17: "udp", 58: "ipv6-icmp", 132: "sctp"}
+
+#: ECS version whose field names and types ``to_ecs`` writes (contrib/ holds its template).
+ECS_VERSION = "8.11.0"
 
 #: Indicator kinds mapped to the STIX/ECS ``threat.indicator.type`` vocabulary.
 _ECS_INDICATOR_TYPE = {
@@ -128,6 +132,15 @@ def _plain(value: Any) -> Any:
     return value.value if isinstance(value, Enum) else value
 
 
+def _text(value: Any) -> str | None:
+    """A feed's free-text field as text whatever JSON type the feed used (one type per field)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    return orjson.dumps(value, default=str).decode()
+
+
 def _tags(value: Any) -> list[str]:
     """Tags arrive as a list, a comma/semicolon separated string, or nothing."""
     if value is None:
@@ -154,10 +167,10 @@ def _indicator_dict(indicator: IndicatorLike) -> dict[str, Any]:
         "kind": _plain(getattr(indicator, "kind", None)),
         "file": getattr(indicator, "file", None),
         "line": getattr(indicator, "line", None),
-        "source": fixed["source"],
-        "description": fixed["description"],
+        "source": _text(fixed["source"]),
+        "description": _text(fixed["description"]),
         "tags": _tags(fixed["tags"]),
-        "confidence": fixed["confidence"],
+        **_confidence_fields(fixed["confidence"]),
         "meta": {str(k): _plain(v) for k, v in meta.items()},
     }
 
@@ -238,7 +251,7 @@ def _ecs_confidence(value: Any) -> str:
             value = float(value)
         except ValueError:
             return "Not Specified"
-    if isinstance(value, int | float) and not isinstance(value, bool):
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
         if value <= 0:
             return "None"
         if value < 30:
@@ -274,6 +287,49 @@ def _ecs_indicator(ind: Mapping[str, Any]) -> dict[str, Any]:
     if ind.get("description"):
         out["description"] = ind["description"]
     out["confidence"] = _ecs_confidence(ind.get("confidence"))
+    return out
+
+
+def _confidence_fields(value: Any) -> dict[str, Any]:
+    """The feed's confidence, one type per field whatever the feed wrote (a SIEM maps a field
+    once): ``confidence`` as text (``"85"``, ``"high"``), ``confidence_score`` the number when
+    it is a finite one, else null."""
+    if value is None:
+        return {"confidence": None, "confidence_score": None}
+    if isinstance(value, str):
+        text = value
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        text = str(value)
+    else:
+        text = orjson.dumps(value, default=str).decode()
+    try:
+        score: float | None = float(text)
+    except ValueError:
+        score = None
+    if score is not None and not math.isfinite(score):
+        score = None  # NaN and infinities are not JSON numbers
+    return {"confidence": text, "confidence_score": score}
+
+
+def _host_url(host: str) -> dict[str, Any]:
+    """ECS ``url.domain`` and ``url.port`` from a Host header (``example.com:8080``,
+    ``[2001:db8::1]:8443``); the port only when it is one. An IPv6 literal keeps its brackets
+    in ``url.domain``, as ECS asks."""
+    name, port = host, None
+    if host.startswith("["):
+        end = host.find("]")
+        if end > 0:
+            name, rest = host[:end + 1], host[end + 1:]
+            if rest.startswith(":") and rest[1:].isdigit():
+                port = int(rest[1:])
+    elif host.count(":") == 1:
+        head, _, tail = host.partition(":")
+        name = head
+        if tail.isascii() and tail.isdigit():
+            port = int(tail)
+    out: dict[str, Any] = {"domain": name}
+    if port is not None and 0 <= port <= 65535:
+        out["port"] = port
     return out
 
 
@@ -316,7 +372,7 @@ def to_ecs(alert: dict) -> dict:
         network["community_id"] = alert["community_id"]
     out: dict[str, Any] = {
         "@timestamp": alert.get("timestamp"),
-        "ecs": {"version": "8.11.0"},
+        "ecs": {"version": ECS_VERSION},
         "event": event,
         "observer": {"name": alert.get("sensor"), "type": "sensor", "product": "iocwatch"},
         "source": {"ip": alert.get("src_ip"), "port": alert.get("src_port")},
@@ -347,7 +403,7 @@ def to_ecs(alert: dict) -> dict:
     elif chan is Channel.CERT_CN:
         out["tls"] = {"server": {"x509": {"subject": {"common_name": [name]}}}}
     elif chan is Channel.HTTP_HOST:
-        out["url"] = {"domain": name}
+        out["url"] = _host_url(name)
     elif chan is Channel.HTTP_URL:
         out["url"] = {"full": name, "original": name}
     elif chan is Channel.DNS_ANSWER:
@@ -355,10 +411,10 @@ def to_ecs(alert: dict) -> dict:
     elif chan in (Channel.CERT_SHA1, Channel.CERT_SHA256):
         algo = "sha1" if chan is Channel.CERT_SHA1 else "sha256"
         out["tls"] = {"server": {"hash": {algo: name}}}
-    elif chan in (Channel.JA3, Channel.JA4):
-        out["tls"] = {"client": {chan.value: name}}
-    elif chan in (Channel.JA3S, Channel.JA4S):
-        out["tls"] = {"server": {chan.value: name}}
+    elif chan is Channel.JA3:
+        out["tls"] = {"client": {"ja3": name}}
+    elif chan is Channel.JA3S:
+        out["tls"] = {"server": {"ja3s": name}}
     # SRC_IP / DST_IP: the address is already source.ip / destination.ip
     if ind.get("tags"):
         out["tags"] = list(ind["tags"])
@@ -373,10 +429,15 @@ def to_ecs(alert: dict) -> dict:
             "file": ind.get("file"),
             "line": ind.get("line"),
             "confidence": ind.get("confidence"),
+            "confidence_score": ind.get("confidence_score"),
             "meta": ind.get("meta") or {},
         },
         "record": alert.get("record"),
     }
+    if chan is Channel.JA4:
+        extra["tls"] = {"client": {"ja4": name}}
+    elif chan is Channel.JA4S:
+        extra["tls"] = {"server": {"ja4s": name}}
     for key in ("count", "first_seen", "last_seen", "tailgated"):
         if key in alert:
             extra[key] = alert[key]
