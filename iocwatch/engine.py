@@ -518,10 +518,12 @@ def make_record(ev: Event, ctx: PacketContext) -> dict:
     rec[ev.key] = ev.body
     if ev.extra:
         rec.update(ev.extra)
+    if ev.reassembled:
+        rec["reassembly_properties"] = {"reassembled": True}
     if ctx.version == 4:
         rec["ip"] = {"version": 4, "ttl": ctx.ttl, "id": f"{ctx.ipid:04x}"}
     else:
-        rec["ip"] = {"version": 6, "ttl": ctx.ttl, "id": "00000"}
+        rec["ip"] = {"version": 6, "ttl": ctx.ttl, "id": f"{ctx.ipid:05x}"}  # the flow label
     rec["src_ip"] = ip_text(ctx.src)
     rec["dst_ip"] = ip_text(ctx.dst)
     rec["protocol"] = ctx.proto

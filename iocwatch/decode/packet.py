@@ -57,7 +57,8 @@ FRAG_MAX_DATAGRAMS = 4096
 FRAG_MAX_SIZE = 65535
 FRAG_TIMEOUT = 30
 
-#: (ip version, src, dst, transport protocol, transport bytes, ttl/hop limit, ipv4 id)
+#: (ip version, src, dst, transport protocol, transport bytes, ttl/hop limit, ipv4 id or
+#: ipv6 flow label)
 Decoded = tuple[int, bytes, bytes, int, bytes, int, int]
 
 
@@ -258,6 +259,7 @@ class Decoder:
         plen = unpack_from("!H", data, off + 4)[0]
         nxt = data[off + 6]
         hop = data[off + 7]
+        label = unpack_from("!I", data, off)[0] & 0xFFFFF  # reported where IPv4 has its id
         src = data[off + 8 : off + 24]
         dst = data[off + 24 : off + 40]
         end = off + 40 + plen
@@ -282,14 +284,14 @@ class Decoder:
                 )
                 if payload is None:
                     return None
-                return self._transport(6, src, dst, inner, payload, hop, 0, depth)
+                return self._transport(6, src, dst, inner, payload, hop, label, depth)
             else:
                 break
         else:
             return self._bad("ipv6_ext_chain")
         if p > end:
             return self._bad("ipv6_ext_truncated")
-        return self._transport(6, src, dst, nxt, data[p:end], hop, 0, depth)
+        return self._transport(6, src, dst, nxt, data[p:end], hop, label, depth)
 
     def _fragment(self, key: tuple, offset: int, data: bytes, more: bool) -> bytes | None:
         self.stats["ip_fragments"] += 1
