@@ -441,7 +441,7 @@ class Dissector:
                 d.state = State.DONE
                 buf.clear()
             return b""
-        head = bytes(buf[:end])
+        head = bytes(buf[: end + httpp.BODY_MAX])  # with the body bytes mercury reports
         rest = bytes(buf[end:])
         buf.clear()
         try:
