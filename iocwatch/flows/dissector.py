@@ -152,8 +152,7 @@ class Dissector:
         # bytes of an unfinished message held from earlier segments: what this chunk completes
         # was reassembled (mercury's ``reassembly_properties``)
         t = d.tls
-        held = bool(d.buf) or d.server_hello is not None or (
-            t is not None and bool(t._buf or t._hs))
+        held = bool(d.buf) or (t is not None and bool(t._buf or t._hs))
         for _ in range(8):  # a state change may hand the rest of the chunk to a new parser
             st = d.state
             if st == State.DONE or not data:
