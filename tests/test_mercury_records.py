@@ -70,6 +70,17 @@ def test_ipv6_id_is_the_flow_label_in_five_hex_digits() -> None:
     ]
 
 
+def test_ipv6_extension_headers_are_written_as_hex() -> None:
+    query = _dns_query(b"\x03www\x07example\x03com\x00")
+    hop_by_hop = bytes([17, 0, 1, 4, 0, 0, 0, 0])  # next header UDP, a PadN option
+    plain = pb.eth(pb.ipv6(pb.udp(query), nxt=17), 0x86DD)
+    with_ext = pb.eth(pb.ipv6(hop_by_hop + pb.udp(query, sport=40001), nxt=0), 0x86DD)
+    c, _ = run([with_ext, plain])
+    assert c.records[0]["ip"] == {"version": 6, "ttl": 64, "id": "00000",
+                                  "extensions": hop_by_hop.hex()}
+    assert "extensions" not in c.records[1]["ip"]  # nothing carried over from the packet before
+
+
 REQUEST = (b"GET / HTTP/1.1\r\nHost: www.example.com\r\nConnection: keep-alive\r\n"
            b"User-Agent: curl/8.0\r\nX-Custom: 1\r\nAccept:  */*\r\n\r\n")
 RESPONSE = (b"HTTP/1.1 200 OK\r\nDate: Mon, 01 Jan 2024 00:00:00 GMT\r\nServer: nginx\r\n"

@@ -100,11 +100,14 @@ class Decoder:
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.frags: dict[tuple, _Fragments] = {}
         self.now = 0
+        #: the IPv6 extension headers of the packet just decoded (mercury's ``ip.extensions``)
+        self.ext6 = b""
 
     # -- link layers ----------------------------------------------------------------------
     def decode(self, linktype: int, data: bytes, now: int = 0) -> Decoded | None:
         """Return the innermost IP packet's transport view, or None (counted)."""
         self.now = now
+        self.ext6 = b""
         try:
             if linktype == LT_ETHERNET:
                 return self._ethernet(data, 0, 0)
@@ -291,6 +294,7 @@ class Decoder:
             return self._bad("ipv6_ext_chain")
         if p > end:
             return self._bad("ipv6_ext_truncated")
+        self.ext6 = data[off + 40 : p]  # (empty without extension headers)
         return self._transport(6, src, dst, nxt, data[p:end], hop, label, depth)
 
     def _fragment(self, key: tuple, offset: int, data: bytes, more: bool) -> bytes | None:
