@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from itertools import islice
 from struct import unpack_from
+from typing import Any
 
 from iocwatch.decode.packet import Decoder
 from iocwatch.flows.dissector import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
@@ -65,6 +66,7 @@ class PacketContext:
     ipid: int
     sec: int
     usec: int
+    ext: bytes = b""  # IPv6 extension headers, written as mercury's ``ip.extensions``
 
 
 @dataclass(slots=True)
@@ -133,7 +135,7 @@ class Engine:
         self.done: dict[bytes, None] = {}
         self.udp_seen: dict[bytes, None] = {}
         #: QUIC connections from client Initial to ServerHello, and the flows finished with
-        self.quic = QuicTracker(self.dissector, self.stats, emit=self._emit, context=PacketContext,
+        self.quic = QuicTracker(self.dissector, self.stats, emit=self._emit, context=self._context,
                                 start_session=self._quic_session, end_session=self._session_out,
                                 max_done=cfg.max_quic_done, max_sources=cfg.max_quic_sources,
                                 max_connections=cfg.max_quic_connections,
@@ -152,6 +154,10 @@ class Engine:
         self.buffering: dict[_Flow, None] = {}
         for table in EVICTION_COUNTERS:  # shown in --stats from the start, 0 included
             self.stats[table] += 0
+
+    def _context(self, *fields: Any) -> PacketContext:
+        """The context of the packet being decoded (its IPv6 extension headers included)."""
+        return PacketContext(*fields, self.decoder.ext6)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, packets: Iterable[tuple[int, int, int, bytes]]) -> None:
@@ -279,7 +285,8 @@ class Engine:
                 events = self.dissector.tcp_data(direction, chunk)
                 if events:
                     if ctx is None:
-                        ctx = PacketContext(version, src, dst, 6, sport, dport, ttl, ipid, sec, usec)
+                        ctx = PacketContext(version, src, dst, 6, sport, dport, ttl, ipid, sec, usec,
+                                            self.decoder.ext6)
                     for ev in events:
                         self._emit(ev, ctx)
                         if self.session_sink is not None and ev.key == "tls":
@@ -447,7 +454,8 @@ class Engine:
             return
         ev = self.dissector.dns(payload, port)
         if ev is not None:
-            self._emit(ev, PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec))
+            self._emit(ev, PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec,
+                                         self.decoder.ext6))
 
     def _quic_session(self, ev: Event, ctx: PacketContext) -> TlsSession | None:
         """The TLS session of a QUIC ClientHello, held until its ServerHello (if sessions go
@@ -519,10 +527,14 @@ def make_record(ev: Event, ctx: PacketContext) -> dict:
     rec[ev.key] = ev.body
     if ev.extra:
         rec.update(ev.extra)
+    if ev.reassembled:
+        rec["reassembly_properties"] = {"reassembled": True}
     if ctx.version == 4:
         rec["ip"] = {"version": 4, "ttl": ctx.ttl, "id": f"{ctx.ipid:04x}"}
     else:
-        rec["ip"] = {"version": 6, "ttl": ctx.ttl, "id": "00000"}
+        rec["ip"] = {"version": 6, "ttl": ctx.ttl, "id": f"{ctx.ipid:05x}"}  # the flow label
+        if ctx.ext:
+            rec["ip"]["extensions"] = ctx.ext.hex()
     rec["src_ip"] = ip_text(ctx.src)
     rec["dst_ip"] = ip_text(ctx.dst)
     rec["protocol"] = ctx.proto

@@ -70,8 +70,9 @@ def names_from_record(rec: dict, out: dict[str, set[str]]) -> None:
             out["http_host"].add(norm(req["host"]))
 
 
-def read_records(lines: bytes) -> tuple[dict[str, set[str]], int]:
-    out: dict[str, set[str]] = defaultdict(set)
+def parse_lines(lines: bytes) -> tuple[list[dict], int]:
+    """The JSON objects of a record file (iocwatch's or mercury's), and the lines that were not."""
+    records: list[dict] = []
     bad = 0
     for line in lines.splitlines():
         if not line.strip():
@@ -82,11 +83,126 @@ def read_records(lines: bytes) -> tuple[dict[str, set[str]], int]:
             bad += 1
             continue
         if isinstance(rec, dict):
-            names_from_record(rec, out)
+            records.append(rec)
+    return records, bad
+
+
+def read_records(lines: bytes) -> tuple[dict[str, set[str]], int]:
+    out: dict[str, set[str]] = defaultdict(set)
+    records, bad = parse_lines(lines)
+    for rec in records:
+        names_from_record(rec, out)
     return out, bad
 
 
-def run_iocwatch(pcap: Path) -> tuple[dict[str, set[str]], str | None]:
+# -- structure: the JSON paths and value types of records matched between two outputs ----------
+
+#: The record parts whose structure is compared (issue 17: what mercury's users read).
+STRUCTURE_PARTS = ("dns", "nbns", "mdns", "tls", "http", "quic", "fingerprints", "ip")
+_BODY_KEYS = ("dns", "nbns", "mdns", "tls", "http", "quic", "dtls", "ssh")
+
+
+def _type_name(v: object) -> str:
+    if isinstance(v, bool):
+        return "bool"
+    if isinstance(v, int):
+        return "int"
+    return {str: "str", float: "float", dict: "object", list: "array"}.get(type(v), "null")
+
+
+def shape(value: object, path: str, out: set[str]) -> None:
+    """Add ``path:type`` for ``value`` and everything under it; array items share ``path[]``."""
+    out.add(f"{path}:{_type_name(value)}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            shape(v, f"{path}.{k}", out)
+    elif isinstance(value, list):
+        for v in value:
+            shape(v, f"{path}[]", out)
+
+
+def record_shape(rec: dict) -> set[str]:
+    out: set[str] = set()
+    for part in STRUCTURE_PARTS:
+        if part in rec:
+            shape(rec[part], part, out)
+    return out
+
+
+def record_kind(rec: dict) -> str:
+    """What a record is about: its body key and, for TLS and HTTP, which side. mercury writes a
+    Certificate message that arrived in a later packet than its ServerHello as
+    ``tls.undetermined`` (one packet does not tell it the side); iocwatch knows the direction
+    and writes both under ``tls.server``: they are compared as one part."""
+    for key in _BODY_KEYS:
+        body = rec.get(key)
+        if body is not None:
+            side = next(iter(body), "") if isinstance(body, dict) and key in ("tls", "http") else ""
+            if side == "undetermined":
+                side = "server"
+            return f"{key}.{side}" if side else key
+    return "other"
+
+
+def _flow(rec: dict) -> tuple:
+    return (rec.get("src_ip"), rec.get("dst_ip"), rec.get("protocol"), rec.get("src_port"),
+            rec.get("dst_port"), record_kind(rec))
+
+
+def flow_parts(records: list[dict]) -> dict[tuple, tuple[set[str], set[tuple[str, str]]]]:
+    """Per 5-tuple and kind: the union of the records' shapes, and of their names. Flows, not
+    single records, are compared: the two tools cut the same bytes into records differently
+    (mercury writes a ServerHello and the certificates of a later packet as two records,
+    iocwatch one; mercury writes every QUIC client Initial, iocwatch the ones with a hello)."""
+    out: dict[tuple, tuple[set[str], set[tuple[str, str]]]] = {}
+    for rec in records:
+        key = _flow(rec)
+        shapes, names = out.setdefault(key, (set(), set()))
+        rec_shape = record_shape(rec)
+        shapes.update(p.replace("tls.undetermined", "tls.server", 1) for p in rec_shape)
+        names.update(record_names(rec))
+    return out
+
+
+def record_names(rec: dict) -> list[tuple[str, str]]:
+    """(source, name as written) of a record, in order: the values both tools must agree on."""
+    out: list[tuple[str, str]] = []
+    for key in ("dns", "nbns", "mdns"):
+        body = rec.get(key)
+        if isinstance(body, dict):
+            for part in ("query", "response"):
+                for q in (body.get(part) or {}).get("question") or []:
+                    if isinstance(q, dict) and isinstance(q.get("name"), str):
+                        out.append((key, q["name"]))
+    sep: dict[str, set[str]] = defaultdict(set)
+    names_from_record(rec, sep)
+    for source in ("tls_sni", "quic_sni", "cert_san", "cert_cn", "http_host"):
+        out.extend((source, n) for n in sorted(sep.get(source, ())))
+    return out
+
+
+def compare_structure(ours: list[dict], theirs: list[dict], label: str,
+                      diffs: dict[str, list[str]]) -> tuple[int, list[str]]:
+    """Compare two outputs of one capture flow by flow (5-tuple and kind, both tools having
+    the flow); add ``+path:type`` (ours only) and ``-path:type`` (mercury's only) with the
+    capture name to ``diffs``. Returns the flows compared and their name differences."""
+    a_parts, b_parts = flow_parts(ours), flow_parts(theirs)
+    names_differ: list[str] = []
+    common = a_parts.keys() & b_parts.keys()
+    for key in sorted(common, key=repr):
+        (sa, na), (sb, nb) = a_parts[key], b_parts[key]
+        for p in sa - sb:
+            diffs["+" + p].append(label)
+        for p in sb - sa:
+            diffs["-" + p].append(label)
+        if na != nb:
+            names_differ.append(f"{label} {key}: ours only {sorted(na - nb)}, "
+                                f"mercury only {sorted(nb - na)}")
+    return len(common), names_differ
+
+
+def run_iocwatch_records(pcap: Path) -> tuple[list[dict], str | None]:
+    """iocwatch's records for one capture, and what went wrong (exit, traceback, bad lines)."""
     proc = subprocess.run(
         [sys.executable, "-m", "iocwatch.cli", "-r", str(pcap), "-q"],
         capture_output=True, timeout=600,
@@ -95,9 +211,17 @@ def run_iocwatch(pcap: Path) -> tuple[dict[str, set[str]], str | None]:
     err = proc.stderr.decode(errors="replace")
     if proc.returncode != 0 or "Traceback" in err:
         problem = f"exit {proc.returncode}: {err.strip().splitlines()[-1] if err.strip() else ''}"
-    names, bad = read_records(proc.stdout)
+    records, bad = parse_lines(proc.stdout)
     if bad:
         problem = (problem or "") + f" {bad} unparseable output lines"
+    return records, problem
+
+
+def run_iocwatch(pcap: Path) -> tuple[dict[str, set[str]], str | None]:
+    records, problem = run_iocwatch_records(pcap)
+    names: dict[str, set[str]] = defaultdict(set)
+    for rec in records:
+        names_from_record(rec, names)
     return names, problem
 
 

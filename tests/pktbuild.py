@@ -31,8 +31,9 @@ def ipv4(payload: bytes, src: str = "10.0.0.1", dst: str = "10.0.0.2", proto: in
 
 
 def ipv6(payload: bytes, src: str = "fd00::1", dst: str = "fd00::2", nxt: int = 6,
-         hop: int = 64) -> bytes:
-    return struct.pack("!IHBB16s16s", 6 << 28, len(payload), nxt, hop, ip6(src), ip6(dst)) + payload
+         hop: int = 64, tclass: int = 0, flow: int = 0) -> bytes:
+    first = 6 << 28 | tclass << 20 | flow
+    return struct.pack("!IHBB16s16s", first, len(payload), nxt, hop, ip6(src), ip6(dst)) + payload
 
 
 def tcp(payload: bytes = b"", sport: int = 40000, dport: int = 443, seq: int = 1000,

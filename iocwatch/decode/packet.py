@@ -70,7 +70,8 @@ FRAG_MAX_DATAGRAMS = 4096
 FRAG_MAX_SIZE = 65535
 FRAG_TIMEOUT = 30
 
-#: (ip version, src, dst, transport protocol, transport bytes, ttl/hop limit, ipv4 id)
+#: (ip version, src, dst, transport protocol, transport bytes, ttl/hop limit, ipv4 id or
+#: ipv6 flow label)
 Decoded = tuple[int, bytes, bytes, int, bytes, int, int]
 
 
@@ -112,11 +113,14 @@ class Decoder:
         self.stats: Counter[str] = stats if stats is not None else Counter()
         self.frags: dict[tuple, _Fragments] = {}
         self.now = 0
+        #: the IPv6 extension headers of the packet just decoded (mercury's ``ip.extensions``)
+        self.ext6 = b""
 
     # -- link layers ----------------------------------------------------------------------
     def decode(self, linktype: int, data: bytes, now: int = 0) -> Decoded | None:
         """Return the innermost IP packet's transport view, or None (counted)."""
         self.now = now
+        self.ext6 = b""
         try:
             if linktype == LT_ETHERNET:
                 return self._ethernet(data, 0, 0)
@@ -392,6 +396,7 @@ class Decoder:
         plen = unpack_from("!H", data, off + 4)[0]
         nxt = data[off + 6]
         hop = data[off + 7]
+        label = unpack_from("!I", data, off)[0] & 0xFFFFF  # reported where IPv4 has its id
         src = data[off + 8 : off + 24]
         dst = data[off + 24 : off + 40]
         end = off + 40 + plen
@@ -416,14 +421,15 @@ class Decoder:
                 )
                 if payload is None:
                     return None
-                return self._transport(6, src, dst, inner, payload, hop, 0, depth)
+                return self._transport(6, src, dst, inner, payload, hop, label, depth)
             else:
                 break
         else:
             return self._bad("ipv6_ext_chain")
         if p > end:
             return self._bad("ipv6_ext_truncated")
-        return self._transport(6, src, dst, nxt, data[p:end], hop, 0, depth)
+        self.ext6 = data[off + 40 : p]  # (empty without extension headers)
+        return self._transport(6, src, dst, nxt, data[p:end], hop, label, depth)
 
     def _fragment(self, key: tuple, offset: int, data: bytes, more: bool) -> bytes | None:
         self.stats["ip_fragments"] += 1

@@ -51,6 +51,7 @@ class State(IntEnum):
     DNS = 4
     STARTTLS = 5
     OPENVPN = 6
+    HTTP_RESPONSE = 7
     DONE = 9
 
 
@@ -58,7 +59,7 @@ class State(IntEnum):
 class Event:
     """One mercury record body and the names it carries."""
 
-    key: str  # top-level record key: "tls", "http", "dns", "mdns", "llmnr"
+    key: str  # top-level record key: "tls", "http", "dns", "mdns", "nbns"
     body: dict
     observations: list[Observation]
     fingerprints: dict | None = None
@@ -66,6 +67,8 @@ class Event:
     extra: dict | None = None  # further top-level keys after ``key`` (QUIC: "quic")
     client_hello: tlsp.ClientHello | None = None  # parsed hellos, for TLS session records
     server_hello: tlsp.ServerHello | None = None
+    #: its message came in more than one TCP segment (mercury's ``reassembly_properties``)
+    reassembled: bool = False
 
 
 class Direction:
@@ -138,13 +141,14 @@ class Dissector:
         # fingerprint_key -> (mercury's string, JA3(S) MD5, JA4(S)): one client or server
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
-        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str]]] = {}
+        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str], bool]] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
     def tcp_gap(self, d: Direction) -> None:
         """Bytes were lost: whatever we were parsing cannot continue in step."""
-        if d.state in (State.TLS, State.HTTP, State.HTTP_BODY, State.DNS, State.OPENVPN):
+        if d.state in (State.TLS, State.HTTP, State.HTTP_BODY, State.DNS, State.OPENVPN,
+                       State.HTTP_RESPONSE):
             self.stats["tcp_gap_abandoned"] += 1
             d.state = State.DETECT
             d.tls = None
@@ -154,6 +158,10 @@ class Dissector:
     def tcp_data(self, d: Direction, data: bytes) -> list[Event]:
         """Feed in-order bytes of one direction; returns what they completed."""
         events: list[Event] = []
+        # bytes of an unfinished message held from earlier segments: what this chunk completes
+        # was reassembled (mercury's ``reassembly_properties``)
+        t = d.tls
+        held = bool(d.buf) or (t is not None and bool(t._buf or t._hs))
         for _ in range(8):  # a state change may hand the rest of the chunk to a new parser
             st = d.state
             if st == State.DONE or not data:
@@ -176,6 +184,11 @@ class Dissector:
                 data = self._starttls(d, data)
             elif st == State.OPENVPN:
                 data = self._openvpn(d, data, events)
+            elif st == State.HTTP_RESPONSE:
+                data = self._http_response(d, data, events)
+        if held:
+            for ev in events:
+                ev.reassembled = True
         return events
 
     def _detect(self, d: Direction, data: bytes) -> bytes:
@@ -199,13 +212,10 @@ class Dissector:
             self.stats["tcp_http"] += 1
             d.state = State.HTTP
             return data
-        if data.startswith(b"HTTP/1.") and conn.connect_pending:
-            end = data.find(b"\r\n\r\n")
-            if end < 0:
-                d.state = State.DONE
-                return b""
-            conn.connect_pending = False
-            return data[end + 4 :] or b""
+        if httpp.looks_like_response(data):
+            self.stats["tcp_http_response"] += 1
+            d.state = State.HTTP_RESPONSE
+            return data
         if (conn.ports[0] in DNS_PORTS or conn.ports[1] in DNS_PORTS) and len(data) >= 14:
             d.state = State.DNS
             return data
@@ -472,7 +482,7 @@ class Dissector:
                 d.state = State.DONE
                 buf.clear()
             return b""
-        head = bytes(buf[:end])
+        head = bytes(buf[: end + httpp.BODY_MAX])  # with the body bytes mercury reports
         rest = bytes(buf[end:])
         buf.clear()
         try:
@@ -513,6 +523,41 @@ class Dissector:
             return b""
         return rest
 
+    def _http_response(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
+        """The first response head of a direction (bounded like a request head), then DONE:
+        later responses on a keep-alive connection are not read, so a download costs nothing
+        past its head. After a CONNECT the tunnelled bytes that follow are looked at anew."""
+        buf = d.buf
+        buf += data
+        try:
+            end = httpp.response_head_end(buf)
+        except Malformed:
+            end = len(buf)
+        if end < 0 and len(buf) <= HTTP_MAX_HEADER:
+            return b""
+        if end < 0:
+            self.stats["malformed_http_header_too_long"] += 1
+            end = len(buf)
+        whole = bytes(buf)
+        buf.clear()
+        try:
+            resp = httpp.parse_response(whole[: end + httpp.BODY_MAX])
+        except Malformed:
+            self.stats["malformed_http_response"] += 1
+            d.state = State.DONE
+            return b""
+        self.stats["http_response"] += 1
+        events.append(Event("http", {"response": resp.to_mercury()}, [],
+                            fingerprints={"http_server": resp.fingerprint()}))
+        conn = d.conn
+        if conn.connect_pending:
+            conn.connect_pending = False
+            d.state = State.DETECT
+            d.chunks = 0
+            return whole[end:]
+        d.state = State.DONE
+        return b""
+
     def _http_event(self, d: Direction, req: httpp.HttpRequest) -> Event:
         obs = []
         if req.host:
@@ -522,7 +567,8 @@ class Dissector:
             obs.append(Observation(url, Channel.HTTP_URL))
         d.requests += 1
         d.conn.client = d.index
-        return Event("http", {"request": req.to_mercury()}, obs)
+        return Event("http", {"request": req.to_mercury()}, obs,
+                     fingerprints={"http": req.fingerprint()})
 
     def _dns_tcp(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
@@ -573,8 +619,13 @@ class Dissector:
                 self.stats["malformed_dns"] += 1
                 return None
             body = msg.to_mercury()
-            hit = (msg.is_response, next(iter(body)), body, msg.question_names(),
-                   [ip for _owner, ip in msg.addresses()])
+            # NetBIOS names are flat host and workgroup names with a service suffix byte
+            # (``WORKGROUP      \x1d``), not domain names: they stay in the record and carry
+            # no observation, so neither the domain matcher nor the coverage report sees them
+            netbios = msg.netbios
+            hit = (msg.is_response, next(iter(body)), body,
+                   [] if netbios else msg.question_names(),
+                   [ip for _owner, ip in msg.addresses()], netbios)
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -586,11 +637,13 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        is_response, section, body, names, addresses = hit
+        is_response, section, body, names, addresses, netbios = hit
         msg_id = (payload[0] << 8) | payload[1]
         inner = dict(body[section])
         inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
-        key = "mdns" if port == 5353 else "llmnr" if port == 5355 else "dns"
+        # as mercury: mDNS by its port, NetBIOS by its names, everything else (LLMNR on 5355
+        # included) under ``dns``
+        key = "mdns" if port == 5353 else "nbns" if netbios else "dns"
         self.stats[f"{key}_message"] += 1
         obs: list[Observation] = []
         if names:

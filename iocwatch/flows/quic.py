@@ -175,6 +175,7 @@ class QuicTracker:
                 self.stats["quic_bad_tag"] += 1
             ckey = (key, pkt.dcid)
             asm = crypto.get(ckey)
+            earlier = asm is not None  # CRYPTO bytes held from an earlier datagram
             if asm is None:
                 if len(crypto) >= self.max_connections:
                     self._evict_crypto()
@@ -190,6 +191,7 @@ class QuicTracker:
                 continue
             ev = self.dissector.quic_client_hello(msg[1], pkt)
             if ev is not None:
+                ev.reassembled = earlier  # mercury's reassembly_properties
                 ctx = self._context(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec)
                 self._emit(ev, ctx)
                 session = self._start_session(ev, ctx)

@@ -214,6 +214,15 @@ class DnsMessage:
     def question_names(self) -> list[str]:
         return [q.name for q in self.questions]
 
+    @property
+    def netbios(self) -> bool:
+        """NetBIOS name service, by content as mercury decides it: a question name (or, with
+        no questions, an answer owner) in RFC 1001's 32-letter encoding. mercury writes such
+        messages under ``nbns``, whatever the port."""
+        if self.questions:
+            return any(q.netbios for q in self.questions)
+        return any(_is_netbios(rr.raw_name) for rr in self.answers)
+
     def addresses(self) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
         for rr in self.answers:

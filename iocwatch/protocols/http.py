@@ -1,4 +1,5 @@
-"""HTTP/1.x request heads, parsed the way mercury parses them so the JSON view matches its output.
+"""HTTP/1.x request and response heads, parsed the way mercury parses them so the JSON view
+and the fingerprints (``http``, ``http_server``) match its output.
 
 Mercury's rules are looser than RFC 9112 and we keep them: the method is 3..16 upper-case
 letters, the request line ends at the first CR or LF, the "delimiter" after it is every
@@ -21,7 +22,7 @@ from iocwatch.protocols.text import mercury_text
 MAX_HEAD = 16384  # a header block this long without its blank line is parsed as it stands
 _MAX_INPUT = 65536  # never look further than this into a buffer
 _MAX_HEADERS = 512
-_BODY_MAX = 512  # bytes of body hex mercury reports
+BODY_MAX = 512  # bytes of body hex mercury reports
 
 _METHODS = (
     b"GET ", b"POST ", b"HEAD ", b"PUT ", b"DELETE ", b"CONNECT ", b"OPTIONS ", b"TRACE ",
@@ -41,6 +42,7 @@ class Header:
     name: bytes
     value: bytes
     delimiter: bytes | None  # line ending after the value; None when the data ended first
+    gap: bytes = b": "  # the colon and blanks between name and value, as on the wire
 
 
 @dataclass(slots=True)
@@ -89,16 +91,106 @@ class HttpRequest:
             if a is not None:
                 o["authorization"] = a
         if self.raw_headers:
-            hdrs: list[dict[str, str]] = []
-            for h in self.raw_headers:
-                e = {"name": mercury_text(h.name), "value": mercury_text(h.value)}
-                if h.delimiter:
-                    e["delimiter"] = mercury_text(h.delimiter)
-                hdrs.append(e)
-            o["headers"] = hdrs
+            o["headers"] = _headers_json(self.raw_headers)
         if self.body:
             o["body"] = self.body.hex()
         return o
+
+
+    def fingerprint(self) -> str:
+        """mercury's ``http`` fingerprint: method, protocol, then the selected headers."""
+        method, _uri, protocol = self._raw_line
+        return "http/(" + method.hex() + ")(" + protocol.hex() + ")(" + _fp_headers(
+            self.raw_headers, _REQUEST_FP) + ")"
+
+
+@dataclass(slots=True)
+class HttpResponse:
+    """The head of an HTTP/1.x response (status line, headers, the first body bytes)."""
+
+    version: bytes
+    status_code: bytes
+    status_reason: bytes
+    raw_headers: list[Header]
+    body: bytes | None = None
+
+    def to_mercury(self) -> dict[str, Any]:
+        """The object under ``"http": {"response": ...}``, keys as mercury writes them."""
+        o: dict[str, Any] = {
+            "version": mercury_text(self.version),
+            "status_code": mercury_text(self.status_code),
+            "status_reason": mercury_text(self.status_reason),
+        }
+        first: dict[bytes, bytes] = {}
+        for h in self.raw_headers:
+            first.setdefault(h.name.lower(), h.value)
+        for hname, key in _RESPONSE_REPORTED:
+            v = first.get(hname)
+            if v:
+                o[key] = mercury_text(v)
+        if self.raw_headers:
+            o["headers"] = _headers_json(self.raw_headers)
+        if self.body:
+            o["body"] = self.body.hex()
+        return o
+
+    def fingerprint(self) -> str:
+        """mercury's ``http_server`` fingerprint: version, code, reason, selected headers."""
+        return ("http_server/(" + self.version.hex() + ")(" + self.status_code.hex() + ")("
+                + self.status_reason.hex() + ")(" + _fp_headers(self.raw_headers, _RESPONSE_FP)
+                + ")")
+
+
+# Which headers mercury's fingerprints take, by lower-case name: True takes name and value
+# (as on the wire, from the name to the end of the value), False the name alone.
+_REQUEST_FP: dict[bytes, bool] = {
+    **dict.fromkeys((b"accept", b"accept-encoding", b"connection", b"dnt", b"dpr",
+                     b"upgrade-insecure-requests", b"x-requested-with"), True),
+    **dict.fromkeys((b"accept-charset", b"accept-language", b"authorization", b"cache-control",
+                     b"host", b"if-modified-since", b"keep-alive", b"user-agent",
+                     b"x-flash-version", b"x-p2p-peerdist"), False),
+}
+_RESPONSE_FP: dict[bytes, bool] = {
+    **dict.fromkeys((b"access-control-allow-credentials", b"access-control-allow-headers",
+                     b"access-control-allow-methods", b"access-control-expose-headers",
+                     b"cache-control", b"code", b"connection", b"content-language",
+                     b"content-transfer-encoding", b"p3p", b"pragma", b"reason", b"server",
+                     b"strict-transport-security", b"version", b"x-aspnetmvc-version",
+                     b"x-aspnet-version", b"x-cid", b"x-ms-version", b"x-xss-protection"), True),
+    **dict.fromkeys((b"appex-activity-id", b"cdnuuid", b"cf-ray", b"content-range",
+                     b"content-type", b"date", b"etag", b"expires", b"flow_context", b"ms-cv",
+                     b"msregion", b"ms-requestid", b"request-id", b"vary", b"x-amz-cf-pop",
+                     b"x-amz-request-id", b"x-azure-ref-originshield", b"x-cache",
+                     b"x-cache-hits", b"x-ccc", b"x-diagnostic-s", b"x-feserver", b"x-hw",
+                     b"x-msedge-ref", b"x-ocsp-responder-id", b"x-requestid", b"x-served-by",
+                     b"x-timer", b"x-trace-context"), False),
+}
+# Response headers whose first value mercury reports as top-level keys, in its key order.
+_RESPONSE_REPORTED = (
+    (b"content-type", "content_type"), (b"content-length", "content_length"),
+    (b"server", "server"), (b"via", "via"),
+)  # fmt: skip
+
+
+def _fp_headers(headers: list[Header], table: dict[bytes, bool]) -> str:
+    parts: list[str] = []
+    for h in headers:
+        with_value = table.get(h.name.lower())
+        if with_value is None:
+            continue
+        raw = h.name + h.gap + h.value if with_value else h.name
+        parts.append("(" + raw.hex() + ")")
+    return "".join(parts)
+
+
+def _headers_json(headers: list[Header]) -> list[dict[str, str]]:
+    hdrs: list[dict[str, str]] = []
+    for h in headers:
+        e = {"name": mercury_text(h.name), "value": mercury_text(h.value)}
+        if h.delimiter:
+            e["delimiter"] = mercury_text(h.delimiter)
+        hdrs.append(e)
+    return hdrs
 
 
 def _b64(data: bytes) -> bytes | None:
@@ -276,7 +368,7 @@ def parse_request(data: bytes, final: bool = False) -> HttpRequest:
     pos = min(pos, stop)
     delim = head[end:pos]
     headers, rest = _parse_headers(head, pos, delim)
-    body = data[rest : rest + _BODY_MAX] if rest is not None and rest < n else None
+    body = data[rest : rest + BODY_MAX] if rest is not None and rest < n else None
     req = HttpRequest(
         method=mercury_text(method), uri=mercury_text(uri), protocol=mercury_text(protocol),
         headers=[(mercury_text(h.name), mercury_text(h.value)) for h in headers],
@@ -323,6 +415,57 @@ def _parse_headers(data: bytes, pos: int, delim: bytes) -> tuple[list[Header], i
             end += 1
         value = data[pos:end]
         k = _line_end(data, end, delim)
-        out.append(Header(name, value, data[end : end + k] if k else None))
+        out.append(Header(name, value, data[end : end + k] if k else None, data[colon:pos]))
         pos = end + k
     return out, pos
+
+
+def looks_like_response(data: bytes) -> bool:
+    """mercury's test for a response: the payload starts with ``HTTP/1``."""
+    return data[:6] == b"HTTP/1"
+
+
+def _status_line(data: bytes) -> tuple[bytes, bytes, bytes, int, int]:
+    """Version, code, reason, where the line ends and where its delimiter run ends."""
+    n = len(data)
+    sp = data.find(b" ")
+    v_end = sp if sp >= 0 else n
+    pos = min(v_end + 1, n)
+    sp = data.find(b" ", pos)
+    c_end = sp if sp >= 0 else n
+    code = data[pos:c_end]
+    pos = min(c_end + 1, n)
+    end = pos
+    while end < n and data[end] not in (0x0D, 0x0A):
+        end += 1
+    run = end
+    while run < n and not _is_alpha(data[run]):
+        run += 1
+    return data[:v_end], code, data[pos:end], end, run
+
+
+def response_head_end(data: bytes) -> int:
+    """Length of the response head at the start of ``data``, -1 while it may be incomplete
+    (the same blank-line rule as a request's ``head_end``)."""
+    data = bytes(data[:_MAX_INPUT])
+    if not looks_like_response(data):
+        raise Malformed("not an HTTP response")
+    *_, end, run = _status_line(data)
+    if end == len(data):
+        return -1
+    return _head_end(data, end, run)
+
+
+def parse_response(data: bytes) -> HttpResponse:
+    """Parse a response head (and at most 512 bytes of body after it), as far as it goes."""
+    data = bytes(data[:_MAX_INPUT])
+    if not looks_like_response(data):
+        raise Malformed("not an HTTP response")
+    version, code, reason, end, run = _status_line(data)
+    stop = _head_end(data, end, run)
+    if stop < 0:
+        stop = len(data)
+    head = data[:stop]
+    headers, rest = _parse_headers(head, min(run, stop), head[end:min(run, stop)])
+    body = data[rest : rest + BODY_MAX] if rest is not None and rest < len(data) else None
+    return HttpResponse(version, code, reason, headers, body)
