@@ -47,7 +47,18 @@ ALLOWED: dict[str, str] = {
     # mercury writes a record for every client Initial; one without a (whole) ClientHello
     # carries its decrypted payload in hex. iocwatch reassembles CRYPTO frames across
     # Initials and writes the ClientHello once
+    "-fingerprints.openvpn:str": "mercury's OpenVPN packet fingerprint; iocwatch reads the TLS "
+    "handshake inside the control channel instead (names, JA3/JA4)",
     "-quic.plaintext:str": "Initials without a whole ClientHello are not records here",
+}
+
+#: captures where iocwatch reads TLS that mercury does not, so fields only ours ("+") are
+#: expected there: the handshake inside OpenVPN's P_CONTROL channel (mercury fingerprints the
+#: OpenVPN packet itself but does not read the TLS it carries).
+READS_MORE: dict[str, str] = {
+    "mercury__openvpn_tcp_multi.pcap": "TLS inside OpenVPN's control channel",
+    "mercury__openvpn_tcp_single.pcap": "TLS inside OpenVPN's control channel",
+    "mercury__emix.pcap": "TLS inside OpenVPN's control channel",
 }
 
 #: 5-tuples whose DNS-family kind differs, by rule: mercury's test for the IPv6 mDNS group
@@ -107,9 +118,11 @@ def test_records_have_mercurys_structure_and_names(tmp_path: Path) -> None:
             kinds_differ += _dns_kinds_differ(ours, theirs, pcap.name)
     assert problems == []
     assert flows > 0
-    unexplained = {d: sorted(set(c))[:3] for d, c in diffs.items() if not _allowed(d)}
+    unexplained = {d: sorted(set(c))[:3] for d, c in diffs.items()
+                   if not _allowed(d) and not (d.startswith("+") and set(c) <= READS_MORE.keys())}
     assert unexplained == {}
-    assert names_differ == []
+    assert [n for n in names_differ  # names only we read, where we read more, are expected
+            if not (n.split()[0] in READS_MORE and n.endswith("mercury only []"))] == []
     assert kinds_differ == []
 
 
