@@ -244,7 +244,7 @@ def merge_reports(reports: Iterable[dict]) -> dict:
         else:
             out[key] = _sum([r.get(key) for r in items])
     for r in items[1:]:  # keys only some workers have (a counter one never incremented)
-        for key, value in r.items():
+        for key in r:
             if key not in out and key not in CAPTURE_KEYS:
                 out[key] = _sum([x.get(key) for x in items])
     return out
@@ -387,9 +387,14 @@ def run_split(split: Split, writer: Writer,
                           and result.stop is None)
     result.report = merge_reports(reports[i] for i in sorted(reports))
     if result.report:
+        writer_cpu = time.process_time() - started
         result.report["cpu_seconds"] = round(
-            result.report.get("cpu_seconds", 0.0) + time.process_time() - started, 3)
+            result.report.get("cpu_seconds", 0.0) + writer_cpu, 3)
         result.report["workers"] = split.workers
+        # the critical path: the busiest worker (what the wall time follows on idle cores)
+        result.report["worker_cpu_seconds"] = [
+            reports[i].get("cpu_seconds", 0.0) for i in sorted(reports)]
+        result.report["writer_cpu_seconds"] = round(writer_cpu, 3)
     return result
 
 

@@ -50,7 +50,8 @@ def outputs(tmp: Path, cap: str | list[str], workers: int, *extra: str) -> dict:
 
 def comparable(stats: dict) -> dict:
     """The counters that must be equal: all but CPU time, the worker count and the caches."""
-    s = {k: v for k, v in stats.items() if k not in ("cpu_seconds", "workers", "certificates")}
+    s = {k: v for k, v in stats.items() if k not in ("cpu_seconds", "workers", "certificates",
+                                                       "worker_cpu_seconds", "writer_cpu_seconds")}
     s["counters"] = {k: v for k, v in stats.get("counters", {}).items()
                      if k not in (*CACHE_COUNTERS, "evicted_done")}
     certs = stats.get("certificates", {})
