@@ -161,3 +161,9 @@ def test_stats_line_says_workers(tmp_path: Path) -> None:
     proc = run("-r", SAMPLE, "--workers", "2", "-f", str(tmp_path / "r.json"))
     assert proc.returncode == 0, proc.stderr
     assert "(2 workers)" in proc.stderr.splitlines()[-1]
+
+
+def test_write_error_is_exit_4_and_workers_stop(tmp_path: Path) -> None:
+    proc = run("-r", SAMPLE, "--workers", "2", "-f", "/dev/full")
+    assert proc.returncode == 4, proc.stderr
+    assert "data lost: /dev/full" in proc.stderr and "Traceback" not in proc.stderr
