@@ -90,8 +90,9 @@ class Split:
     open_reader: Callable[[], Reader]
     make_pipeline: Callable[[], WorkerPipeline]
     config: EngineConfig
-    periodic: Callable[[WorkerPipeline], Callable[[], None]]
-    report: Callable[[Engine, Reader, WorkerPipeline, float], dict]
+    #: called in the worker with its pipeline (the command's own type, hence Any)
+    periodic: Callable[[Any], Callable[[], None]]
+    report: Callable[[Engine, Any, Any, float], dict]
 
 
 @dataclass

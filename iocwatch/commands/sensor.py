@@ -513,7 +513,7 @@ def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
     def make_pipeline() -> SensorPipeline:
         return pipeline  # the worker's own copy (forked), attached to the pipe there
 
-    def periodic(worker_pipeline: SensorPipeline) -> Callable[[], None]:  # type: ignore[override]
+    def periodic(worker_pipeline: SensorPipeline) -> Callable[[], None]:
         reloader = Reloader(worker_pipeline, args.reload_interval)
 
         def step() -> None:
@@ -523,8 +523,8 @@ def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
 
     progress = progress_display(args, reader)
     shown = None if progress is None else _RemoteProgress(progress)
-    split = Split(args.workers, open_reader, make_pipeline,  # type: ignore[arg-type]
-                  EngineConfig(args.mbpc, args.mbpt), periodic, run_report)  # type: ignore[arg-type]
+    split = Split(args.workers, open_reader, make_pipeline, EngineConfig(args.mbpc, args.mbpt),
+                  periodic, run_report)
     sys.stdout.flush()  # nothing buffered here is written twice by a forked worker
     sys.stderr.flush()
     result = run_split(split, writer, shown)
