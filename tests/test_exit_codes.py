@@ -71,7 +71,7 @@ def test_config_mode_applies_only_when_the_command_line_names_none(tmp_path: Pat
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'read = "{SAMPLE}"\n')
     a = parse_args_with_config(sensor.build_parser(), ["--config", str(cfg)])
-    assert (a.read, a.interface) == (SAMPLE, None)
+    assert (a.read, a.interface) == ([SAMPLE], None)  # -r is repeatable: a list
     a = parse_args_with_config(sensor.build_parser(), ["-i", "lo", "--config", str(cfg)])
     assert (a.read, a.interface) == (None, "lo")
     proc = run("--config", str(cfg), "-q")

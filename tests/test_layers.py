@@ -23,7 +23,8 @@ FLOORS: tuple[tuple[str, ...], ...] = (
     ("iocwatch.decode", "iocwatch.capture", "iocwatch.flows"),
     ("iocwatch.engine", "iocwatch.matcher"),
     ("iocwatch.outputs", "iocwatch.store", "iocwatch.transport", "iocwatch.sqlitewal"),
-    ("iocwatch.pipeline", "iocwatch.workers", "iocwatch.privileges", "iocwatch.coverage",
+    ("iocwatch.pipeline", "iocwatch.workers", "iocwatch.file_workers", "iocwatch.privileges",
+     "iocwatch.coverage",
      "iocwatch.hunt", "iocwatch.api", "iocwatch.tailgate"),
     ("iocwatch.commands", "iocwatch.cli", "iocwatch.__main__"),
 )

@@ -445,3 +445,139 @@ def _tsresol(data: bytes, pos: int, end: int, endian: str) -> int:
             return (2**exp) if v & 0x80 else (10**exp)
         pos += 4 + ((length + 3) & ~3)
     return 1_000_000
+
+
+# -- several files as one capture -------------------------------------------------------------
+
+GLOB_CHARS = frozenset("*?[")
+
+
+def expand_inputs(paths: list[str]) -> list[str]:
+    """``-r`` values to capture files: a file as given, a directory's regular files (not those
+    starting with a dot, not its subdirectories), a glob's matches (a pattern the shell left
+    unexpanded); ``-`` (stdin) only alone. Duplicates are read once. A value that names
+    nothing is a :class:`CaptureError` (exit 2 before anything is written)."""
+    import glob
+    import os
+
+    out: list[str] = []
+    for path in paths:
+        if path == "-":
+            if len(paths) > 1:
+                raise CaptureError("-r -: stdin only as the one input")
+            return ["-"]
+        if os.path.isdir(path):
+            names = sorted(n for n in os.listdir(path) if not n.startswith("."))
+            found = [os.path.join(path, n) for n in names
+                     if os.path.isfile(os.path.join(path, n))]
+            if not found:
+                raise CaptureError(f"{path}: no capture files in this directory")
+            out += found
+        elif not os.path.lexists(path) and GLOB_CHARS.intersection(path):
+            found = sorted(p for p in glob.glob(path) if os.path.isfile(p))
+            if not found:
+                raise CaptureError(f"{path}: no file matches")
+            out += found
+        else:
+            out.append(path)
+    return list(dict.fromkeys(out))
+
+
+@dataclass(slots=True)
+class FileEntry:
+    """One file of a :class:`CaptureSet`: its time (first packet) and its own counters."""
+
+    path: str
+    first: tuple[int, int] | None  # (sec, usec) of its first packet; None: no packet
+    stats: ReadStats
+    error: str | None = None  # why it could not be read on the pass that mattered
+
+
+def first_packet_time(path: str) -> tuple[int, int] | None:
+    """The time of a capture's first packet (None when it has none): the order a rotated
+    sequence is read in. The file is opened and checked like any input (CaptureError)."""
+    reader = CaptureReader(path)
+    try:
+        for sec, usec, _lt, _data in reader:
+            return sec, usec
+        return None
+    finally:
+        reader.close()
+
+
+class CaptureSet:
+    """Several capture files read as one, in time order (by first packet; files without a
+    packet first, then by name), so one engine follows a flow across a tcpdump ``-G``/``-C``
+    rotation. Same interface as :class:`CaptureReader` (iteration, ``stats`` summed over the
+    files, ``position``, ``close``, ``on_read``), plus :attr:`files` with each file's counters.
+
+    Every file is opened and its header checked before the first packet is returned (a
+    missing or unrecognisable one is a CaptureError); damage inside a file ends that file,
+    counted in its own ``file_damage``, and reading goes on with the next."""
+
+    def __init__(self, paths: list[str], on_read: Callable[[], None] | None = None):
+        timed = [(first_packet_time(p), p) for p in paths]
+        timed.sort(key=lambda tp: (tp[0] is not None, tp[0] or (0, 0), tp[1]))
+        self.files = [FileEntry(p, t, ReadStats()) for t, p in timed]
+        self.path = self.files[0].path if len(self.files) == 1 else f"{len(self.files)} files"
+        self.on_read = on_read
+        self.stats = ReadStats()
+        self._current: CaptureReader | None = None
+        self._done_bytes = 0  # bytes of the files already read (for progress)
+
+    def size(self) -> int | None:
+        """Total bytes of the files (None when one is not a regular file)."""
+        import os
+        import stat
+
+        total = 0
+        for f in self.files:
+            try:
+                st = os.stat(f.path)
+            except OSError:
+                return None
+            if not stat.S_ISREG(st.st_mode):
+                return None
+            total += st.st_size
+        return total
+
+    def position(self) -> int:
+        cur = self._current
+        return self._done_bytes + (cur.position() if cur is not None else 0)
+
+    def close(self) -> None:
+        if self._current is not None:
+            self._current.close()
+
+    def __iter__(self) -> Iterator[Packet]:
+        for entry in self.files:
+            try:
+                reader = CaptureReader(entry.path, self.on_read)
+            except CaptureError as exc:  # gone or changed since it was checked: counted
+                entry.stats.damaged["unreadable_file"] += 1
+                entry.stats.truncated = True
+                entry.error = str(exc)
+                self._add(entry)
+                continue
+            entry.stats = reader.stats
+            self._current = reader
+            try:
+                yield from reader
+            finally:
+                self._done_bytes += reader.position()
+                self._current = None
+                reader.close()
+                self._add(entry)
+
+    def _add(self, entry: FileEntry) -> None:
+        """A finished file's counters into the summed ones (a classic pcap counts its one
+        link type once, not per packet: its packets are credited to it here)."""
+        total, st = self.stats, entry.stats
+        if st.format == "pcap" and len(st.linktypes) == 1:
+            st.linktypes[next(iter(st.linktypes))] = st.records
+        total.format = st.format if total.format in ("", st.format) else "mixed"
+        total.records += st.records
+        total.bytes += st.bytes
+        total.truncated = total.truncated or st.truncated
+        total.damaged.update(st.damaged)
+        total.linktypes.update(st.linktypes)

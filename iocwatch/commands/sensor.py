@@ -10,12 +10,13 @@ import signal
 import stat
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
 
 from iocwatch import __version__
-from iocwatch.capture.files import CaptureReader
+from iocwatch.capture.files import CaptureReader, CaptureSet, expand_inputs
 from iocwatch.commands.config import ConfigError, parse_args_with_config
 from iocwatch.commands.options import Parser, add_indicator_flags, indicator_sources, merge_exact
 from iocwatch.commands.sensor_options import (
@@ -48,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         "'iocwatch hunt', 'iocwatch serve' (see their -h).",
     )
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("-r", "--read", metavar="FILE",
-                     help="pcap or pcapng file (optionally gzip-compressed); '-' reads stdin")
+    src.add_argument("-r", "--read", metavar="FILE", action="append",
+                     help="pcap or pcapng file (optionally gzip-compressed); '-' reads stdin. "
+                     "Repeatable, a directory (its files) or a quoted glob: the files are read "
+                     "as one capture in time order (by first packet), flows kept across them")
     src.add_argument("-i", "--interface", metavar="IFACE",
                      help="capture live on this interface ('any' for all) until SIGINT/SIGTERM")
     p.add_argument("-f", "--output", dest="output", metavar="FILE",
@@ -156,9 +159,8 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
     if args.ioc_cache:
         paths.check_file("--ioc-cache", args.ioc_cache)
         outputs.append(("--ioc-cache", args.ioc_cache))
-    inputs: list[tuple[str, str]] = []
-    if args.read and args.read != "-":
-        inputs.append(("-r", args.read))
+    inputs: list[tuple[str, str]] = [("-r", p) for p in getattr(args, "read_files", ())
+                                     if p != "-"]
     inputs += [("--ioc", p) for p in dict.fromkeys(args.ioc)]
     if getattr(args, "config", None):
         inputs.append(("--config", args.config))
@@ -213,13 +215,18 @@ def check_values(args: argparse.Namespace) -> None:
         raise UsageError("-mbpc and -mbpt must be at least 1")
     if args.dedupe < 0 or args.reload_interval < 0:
         raise UsageError("--dedupe and --reload-interval take a number of seconds >= 0")
-    for flag, value in (("-r", args.read), ("-f", args.output), ("--alerts", args.alerts),
+    for flag, value in (*(("-r", p) for p in args.read or ()), ("-f", args.output), ("--alerts", args.alerts),
                         ("--stats-json", args.stats_json), ("-j", args.session_dir),
                         ("--session-records", args.session_records), ("-w", args.cert_dir),
                         ("--ioc-cache", args.ioc_cache), ("--config", getattr(args, "config", None)),
                         *(("--ioc", p) for p in args.ioc)):
         if value == "":
             raise UsageError(f"{flag}: empty path")
+    if not 1 <= args.workers <= 64:
+        raise UsageError("--workers takes 1..64")
+    if args.workers > 1 and args.read == ["-"]:
+        raise UsageError("--workers with -r -: every worker reads the capture itself, and "
+                         "stdin can be read only once (give a file)")
 
 
 @dataclass(frozen=True)
@@ -255,15 +262,18 @@ def streams(args: argparse.Namespace) -> Streams:
     return Streams(records_to, alerts_to if args.ioc else None)
 
 
-def open_capture(args: argparse.Namespace) -> CaptureReader | None:
+def open_capture(args: argparse.Namespace) -> CaptureReader | CaptureSet | None:
     """The -r capture (None for live capture), opened before the indicator cache, an output,
-    is written."""
+    is written. Several files: each is opened and checked now (one that is missing or not a
+    capture is exit 2 before anything is written) and put in time order."""
     if args.interface is not None:
         return None
+    files = args.read_files
     try:
-        return CaptureReader(args.read)
+        return CaptureReader(files[0]) if len(files) == 1 else CaptureSet(files)
     except OSError as exc:  # a device or /proc file that fails on its first read
-        raise UsageError(f"-r {args.read}: cannot read: {reason(exc)}")
+        name = exc.filename or files[0]
+        raise UsageError(f"-r {name}: cannot read: {reason(exc)}")
 
 
 def load(args: argparse.Namespace, sources: IndicatorSources) -> IndicatorSet | None:
@@ -289,6 +299,7 @@ def run(args: argparse.Namespace) -> int:
     if refusal:  # before anything is opened or written
         raise UsageError(refusal)
     to = streams(args)
+    args.read_files = expand_inputs(args.read) if args.read else []
     check_paths(args, to.records, to.alerts)
     reader = open_capture(args)  # the capture, store and publisher checked before the cache
     sources = indicator_sources(args)
@@ -338,14 +349,17 @@ class Reloader:
             self.pipeline.reload_indicators()
 
 
-def progress_display(args: argparse.Namespace, reader: CaptureReader) -> Progress | None:
+def progress_display(args: argparse.Namespace,
+                     reader: CaptureReader | CaptureSet) -> Progress | None:
     """A progress line on an interactive stderr (a bar when the capture's size is known)."""
     if args.quiet or not sys.stderr.isatty():
         return None
+    if isinstance(reader, CaptureSet):
+        return Progress(reader, reader.size())
     size = None
-    if args.read != "-":
+    if reader.path != "-":
         try:
-            st = os.stat(args.read)
+            st = os.stat(reader.path)
             size = st.st_size if stat.S_ISREG(st.st_mode) else None
         except OSError:
             size = None
@@ -362,7 +376,8 @@ class Outcome:
     stop: BaseException | None = None
 
 
-def run_engine(engine: Engine, reader: CaptureReader, progress: Progress | None) -> Outcome:
+def run_engine(engine: Engine, reader: CaptureReader | CaptureSet,
+               progress: Progress | None) -> Outcome:
     out = Outcome()
     try:
         engine.run(reader)
@@ -380,7 +395,7 @@ def run_engine(engine: Engine, reader: CaptureReader, progress: Progress | None)
     return out
 
 
-def close_all(engine: Engine, pipeline: SensorPipeline, reader: CaptureReader,
+def close_all(engine: Engine, pipeline: SensorPipeline, reader: CaptureReader | CaptureSet,
               out: Outcome) -> None:
     """Each step runs even when one before failed: the store still drains."""
     for step in (engine.finish, pipeline.close, reader.close):
@@ -394,9 +409,10 @@ def close_all(engine: Engine, pipeline: SensorPipeline, reader: CaptureReader,
         raise out.stop
 
 
-def run_report(engine: Engine, reader: CaptureReader, pipeline: SensorPipeline,
+def run_report(engine: Engine, reader: CaptureReader | CaptureSet, pipeline: SensorPipeline,
                cpu: float) -> dict:
-    """The counters of the run: capture, engine, alerts, extensions, TLS session files."""
+    """The counters of the run: capture (and each file of several), engine, alerts,
+    extensions, TLS session files."""
     report = collect_stats(engine, reader, cpu)
     alert_sink, sessions = pipeline.alert_sink, pipeline.sessions
     if alert_sink is not None:
@@ -429,19 +445,22 @@ def write_stats_json(path: str, report: dict, out: Outcome) -> None:
         out.write_error = out.write_error or exc
 
 
-def lost_data(pipeline: SensorPipeline, report: dict) -> dict[str, int]:
+def lost_data(report: dict) -> dict[str, int]:
     """What the outputs and extensions dropped (exit status 4)."""
     lost = losses(report.get("extensions", {}))
-    sessions = pipeline.sessions
-    if sessions is not None and sessions.write_errors:
-        lost["tls_session_write_errors"] = sessions.write_errors
+    errors = report.get("tls_sessions", {}).get("write_errors", 0)
+    if errors:
+        lost["tls_session_write_errors"] = errors
     return lost
 
 
-def run_file(args: argparse.Namespace, reader: CaptureReader, pipeline: SensorPipeline,
-             to: Streams) -> int:
+def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
+             pipeline: SensorPipeline, to: Streams) -> int:
     """``iocwatch -r``: one process from capture to exit status (0, 3 matched with
-    --fail-on-alert, 4 data lost, 130 interrupted)."""
+    --fail-on-alert, 4 data lost, 130 interrupted); with ``--workers N`` the capture is
+    shared by N processes (:func:`run_workers`)."""
+    if args.workers > 1:
+        return run_workers(args, reader, pipeline, to)
     try:
         pipeline.open_files(to.records, to.alerts)
     except OSError as exc:
@@ -466,13 +485,98 @@ def run_file(args: argparse.Namespace, reader: CaptureReader, pipeline: SensorPi
     out = run_engine(engine, reader, progress)
     close_all(engine, pipeline, reader, out)
     report = run_report(engine, reader, pipeline, time.process_time() - started)
+    return end_run(args, report, out)
+
+
+def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
+                pipeline: SensorPipeline, to: Streams) -> int:
+    """``-r --workers N``: this process opens the outputs and is their only writer; N forked
+    workers each read the capture and analyse their share of the flows
+    (:mod:`iocwatch.file_workers`). Counters are summed, exit statuses as for one process."""
+    from iocwatch.file_workers import Split, Writer, run_split
+
+    if isinstance(reader, CaptureSet):
+        def open_reader() -> CaptureReader | CaptureSet:
+            return reader  # the worker's own copy (forked), not yet read: opens each file
+    else:
+        reader.close()  # each worker opens the file itself: its own offset
+        path = reader.path
+
+        def open_reader() -> CaptureReader | CaptureSet:
+            return CaptureReader(path)
+    try:
+        writer = Writer({"records": to.records, "alerts": to.alerts,
+                         "sessions": args.session_records})
+    except OSError as exc:
+        raise UsageError(f"{exc.filename or to.records}: cannot write: {reason(exc)}")
+
+    def make_pipeline() -> SensorPipeline:
+        return pipeline  # the worker's own copy (forked), attached to the pipe there
+
+    def periodic(worker_pipeline: SensorPipeline) -> Callable[[], None]:
+        reloader = Reloader(worker_pipeline, args.reload_interval)
+
+        def step() -> None:
+            worker_pipeline.tick()
+            reloader.tick()
+        return step
+
+    progress = progress_display(args, reader)
+    shown = None if progress is None else _RemoteProgress(progress)
+    split = Split(args.workers, open_reader, make_pipeline, EngineConfig(args.mbpc, args.mbpt),
+                  periodic, run_report)
+    sys.stdout.flush()  # nothing buffered here is written twice by a forked worker
+    sys.stderr.flush()
+    result = run_split(split, writer, shown)
+    if progress is not None:
+        progress.end()
+    out = Outcome(result.interrupted, result.write_error, result.stop)
+    try:
+        writer.close()
+    except BrokenPipeError as exc:
+        out.stop = out.stop or exc
+    except OSError as exc:
+        out.write_error = out.write_error or exc
+    if out.stop is not None:
+        raise out.stop
+    for line in result.fatal:
+        sys.stderr.write(f"iocwatch: error: {line}\n")
+    if result.fatal:
+        return 1
+    return end_run(args, result.report, out)
+
+
+class _RemoteProgress:
+    """The progress display fed with worker 0's read position (all workers read the whole
+    capture, at much the same pace)."""
+
+    def __init__(self, progress: Progress):
+        self.progress = progress
+        self.at = 0
+        progress.reader = self  # type: ignore[assignment]
+        self.stats = _Records()
+
+    def position(self) -> int:
+        return self.at
+
+    def __call__(self, position: int) -> None:
+        self.at = position
+        self.progress()
+
+
+class _Records:
+    records = 0  # packets are counted by the workers; the display shows bytes read
+
+
+def end_run(args: argparse.Namespace, report: dict, out: Outcome) -> int:
+    """The end of a file run, one process or several: counters, the loss line, exit status."""
     if args.stats_json:
         write_stats_json(args.stats_json, report, out)
     if args.stats:
         sys.stderr.write(render_stats(report))
     elif not args.quiet:
         sys.stderr.write(summary_line(report) + "\n")
-    lost = lost_data(pipeline, report)
+    lost = lost_data(report)
     if out.write_error is not None:
         sys.stderr.write(f"iocwatch: data lost: {out.write_error.filename or 'an output'}: "
                          f"cannot write: {reason(out.write_error)}\n")
@@ -480,8 +584,7 @@ def run_file(args: argparse.Namespace, reader: CaptureReader, pipeline: SensorPi
         sys.stderr.write(loss_line(lost) + "\n")
     if out.interrupted:
         return 130
-    alerts = pipeline.alert_sink
-    if args.fail_on_alert and alerts is not None and alerts.count:
+    if args.fail_on_alert and report.get("alerts"):
         return 3
     if lost or out.write_error is not None:
         return 4

@@ -41,7 +41,8 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     add(g, "--no-immediate", action="store_true",
         help="deliver packets in 250 ms blocks instead of within ~10 ms (less CPU when busy)")
     add(g, "--workers", type=int, default=1, metavar="N",
-        help="capture processes sharing the interface by flow hash (PACKET_FANOUT); default 1")
+        help="processes sharing the work by flow hash, default 1: with -i each captures "
+        "its share (PACKET_FANOUT); with -r each reads the capture and keeps its flows")
     add(g, "--stats-interval", type=float, default=0.0, metavar="SECONDS",
         help="write a stats line (packets, bytes, drops, flows, names, alerts, rates) to "
         "stderr this often; 0: only at the end")
@@ -77,7 +78,7 @@ def live_only_given(parser: argparse.ArgumentParser, args: argparse.Namespace) -
         if group.title not in ("live capture", "network outputs (JSON lines)"):
             continue
         for action in group._group_actions:
-            if action.dest in ("interface", "config"):
+            if action.dest in ("interface", "config", "workers"):  # workers: -r too
                 continue
             if getattr(args, action.dest, None) != parser.get_default(action.dest):
                 given.append(action.option_strings[-1])

@@ -7,7 +7,7 @@ import sys
 import time
 from collections import Counter
 
-from iocwatch.capture.files import CaptureReader
+from iocwatch.capture.files import CaptureReader, CaptureSet, ReadStats
 from iocwatch.engine import Engine
 
 
@@ -15,7 +15,7 @@ class Progress:
     """A one-line progress display on stderr: a bar when the size is known, else a counter
     of bytes read and packets (stdin, a FIFO), so a long ``-r -`` shows it is alive."""
 
-    def __init__(self, reader: CaptureReader, size: int | None):
+    def __init__(self, reader: CaptureReader | CaptureSet, size: int | None):
         self.reader = reader
         self.size = size if size else None
         self.last = 0.0
@@ -41,21 +41,41 @@ class Progress:
         sys.stderr.write("\r" + " " * max(self.width, 44) + "\r")
 
 
-def collect_stats(engine: Engine, reader: CaptureReader, cpu: float) -> dict:
-    rs = reader.stats
-    counters: Counter[str] = engine.stats
+def _linktypes(rs: ReadStats) -> dict[str, int]:
     linktypes = dict(rs.linktypes)
     if rs.format == "pcap" and len(linktypes) == 1:  # one link type: no per-packet counting
         linktypes = {next(iter(linktypes)): rs.records}
+    return {str(k): v for k, v in linktypes.items()}
+
+
+def file_stats(reader: CaptureSet) -> list[dict]:
+    """Each file of several, in the order read: its first packet's time and its counters."""
+    out = []
+    for f in reader.files:
+        rs = f.stats
+        entry: dict = {"file": f.path, "format": rs.format,
+                       "first_packet": None if f.first is None
+                       else float(f"{f.first[0]}.{f.first[1]:06d}"),
+                       "packets": rs.records, "bytes": rs.bytes, "truncated": rs.truncated,
+                       "file_damage": dict(rs.damaged), "linktypes": _linktypes(rs)}
+        if f.error:
+            entry["error"] = f.error
+        out.append(entry)
+    return out
+
+
+def collect_stats(engine: Engine, reader: CaptureReader | CaptureSet, cpu: float) -> dict:
+    rs = reader.stats
+    counters: Counter[str] = engine.stats
     lim = engine.limits
-    return {
+    report = {
         "file": reader.path,
         "format": rs.format,
         "packets": rs.records,
         "bytes": rs.bytes,
         "truncated": rs.truncated,
         "file_damage": dict(rs.damaged),
-        "linktypes": {str(k): v for k, v in linktypes.items()},
+        "linktypes": _linktypes(rs),
         "cpu_seconds": round(cpu, 3),
         "records": counters.get("records", 0),
         "names": {k[6:]: v for k, v in counters.items() if k.startswith("names_")},
@@ -70,6 +90,9 @@ def collect_stats(engine: Engine, reader: CaptureReader, cpu: float) -> dict:
         "counters": {k: v for k, v in sorted(counters.items())
                      if not k.startswith(("malformed_", "names_"))},
     }
+    if isinstance(reader, CaptureSet):
+        report["files"] = file_stats(reader)
+    return report
 
 
 #: LINKTYPE_ values (pcap/pcapng) by their libpcap DLT names, as tcpdump -L shows them
@@ -95,12 +118,21 @@ def summary_line(r: dict) -> str:
     bad = sum(r["malformed"].values()) + sum(r["file_damage"].values())
     trunc = ", file truncated" if r["truncated"] else ""
     alerts = f", {r['alerts']} alerts" if "alerts" in r else ""
-    return (f"iocwatch: {r['packets']} packets, {r.get('bytes', 0)} bytes, {r['records']} records, "
-            f"{names} names{alerts}, {bad} malformed{trunc}, {r['cpu_seconds']:.2f} s CPU")
+    files = f" from {len(r['files'])} files" if r.get("files") else ""
+    workers = f" ({r['workers']} workers)" if r.get("workers") else ""
+    return (f"iocwatch: {r['packets']} packets{files}, {r.get('bytes', 0)} bytes, "
+            f"{r['records']} records, {names} names{alerts}, {bad} malformed{trunc}, "
+            f"{r['cpu_seconds']:.2f} s CPU{workers}")
 
 
 def render_stats(r: dict) -> str:
     lines = [summary_line(r)]
+    if r.get("files"):
+        lines.append("  files (in the order read):")
+        lines.extend(f"    {f['file']:<40} {f['packets']} packets, {f['bytes']} bytes"
+                     + (", truncated" if f["truncated"] else "")
+                     + "".join(f", {k} {v}" for k, v in f["file_damage"].items())
+                     for f in r["files"])
     for section in ("linktypes", "names", "reassembly", "certificates", "tls_sessions",
                     "extensions",
                     "file_damage", "malformed", "counters"):
