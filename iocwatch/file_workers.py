@@ -132,6 +132,11 @@ class Partition:
         # own finished directions are never evicted for them
         self.done_room = max(1, engine.config.max_done // 2)
 
+    @property
+    def ext6(self) -> bytes:
+        """The last packet's IPv6 extension headers, as the engine reads them off its decoder."""
+        return self.inner.ext6
+
     def decode(self, linktype: int, data: bytes, now: int = 0) -> Any:
         dec = self.inner.decode(linktype, data, now)
         scratch = self.scratch

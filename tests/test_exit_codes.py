@@ -64,7 +64,7 @@ def test_command_line_read_wins_over_config_interface(tmp_path: Path) -> None:
     cfg.write_text('interface = "eth0"\nstats-interval = 10\n')
     proc = run("-r", SAMPLE, "--config", str(cfg), "-q")
     assert proc.returncode == 0, proc.stderr
-    assert len(proc.stdout.splitlines()) == 57  # the file was read, not eth0
+    assert len(proc.stdout.splitlines()) == 60  # the file was read, not eth0 (its 60 records)
 
 
 def test_config_mode_applies_only_when_the_command_line_names_none(tmp_path: Path) -> None:
@@ -75,7 +75,7 @@ def test_config_mode_applies_only_when_the_command_line_names_none(tmp_path: Pat
     a = parse_args_with_config(sensor.build_parser(), ["-i", "lo", "--config", str(cfg)])
     assert (a.read, a.interface) == (None, "lo")
     proc = run("--config", str(cfg), "-q")
-    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 57, proc.stderr
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 60, proc.stderr
     cfg.write_text(f'read = "{SAMPLE}"\ninterface = "eth0"\n')
     with pytest.raises(ConfigError, match="cannot both"):
         parse_args_with_config(sensor.build_parser(), ["--config", str(cfg)])
