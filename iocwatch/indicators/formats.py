@@ -23,7 +23,7 @@ from iocwatch.boundary import classify
 
 from . import maltrail
 from . import model as m
-from .lines import MAX_LINE, Sink, bad_text, numbered_lines
+from .lines import MAX_LINE, Sink, bad_text, content_lines, numbered_lines
 from .normalise import TYPE_NAMES, UNSUPPORTED_TYPES
 
 MAX_PATTERN = 65536
@@ -154,13 +154,7 @@ def read_plain(text: str, sink: Sink, exact: bool) -> None:
     Hosts-file lines (``0.0.0.0 evil.com``) are accepted as the name.
     """
     shared: dict[str, Any] = {}
-    for n, line in numbered_lines(text):
-        if len(line) > MAX_LINE:
-            sink.skip(n, f"line longer than {MAX_LINE} characters", m.R_MALFORMED)
-            continue
-        s = line.strip()
-        if not s:
-            continue
+    for n, s in content_lines(text, sink):
         if s.startswith("#"):
             if _EXACT_DIRECTIVE.match(s):
                 exact = True

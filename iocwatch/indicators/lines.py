@@ -49,3 +49,15 @@ def numbered_lines(text: str) -> Iterator[tuple[int, str]]:
     """(line number from 1, line without its CR) for each line of a file."""
     for n, line in enumerate(text.split("\n"), 1):
         yield n, line.removesuffix("\r")
+
+
+def content_lines(text: str, sink: Sink) -> Iterator[tuple[int, str]]:
+    """(line number, stripped line) for each line with content; an over-long line is counted
+    as skipped, blank ones pass unseen."""
+    for n, line in numbered_lines(text):
+        if len(line) > MAX_LINE:
+            sink.skip(n, f"line longer than {MAX_LINE} characters", m.R_MALFORMED)
+            continue
+        s = line.strip()
+        if s:
+            yield n, s

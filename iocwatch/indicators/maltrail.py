@@ -24,7 +24,7 @@ import re
 from typing import Any
 
 from . import model as m
-from .lines import MAX_LINE, Sink, bad_text, numbered_lines
+from .lines import Sink, bad_text, content_lines, numbered_lines
 
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
 _CIDR = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}/\d{1,2}")
@@ -93,13 +93,7 @@ def read_maltrail(text: str, sink: Sink, exact: bool) -> None:
     fresh = False  # in a comment block after trails: its first reference starts a new list
     meta: dict[str, Any] = {}
     dirty = True
-    for n, line in numbered_lines(text):
-        if len(line) > MAX_LINE:
-            sink.skip(n, f"line longer than {MAX_LINE} characters", m.R_MALFORMED)
-            continue
-        s = line.strip()
-        if not s:
-            continue
+    for n, s in content_lines(text, sink):
         if s.startswith("#"):
             sink.comment()
             body = s.lstrip("#").strip()

@@ -611,18 +611,7 @@ class IndicatorSet:
 
         An indicator without a query also matches the same path with any query.
         """
-        if not self._urls:
-            return []
-        out: list[Indicator] = []
-        seen: set[int] = set()
-        for key in url_keys(url):
-            v = self._urls.get(key)
-            if v is not None:
-                for i in _ids(v):
-                    if i not in seen:
-                        seen.add(i)
-                        out.append(self._indicator(i))
-        return out
+        return self._lookup_keys(self._urls, url_keys, url) if self._urls else []
 
     def match_cert_hash(self, hexdigest: str) -> list[Indicator]:
         """Certificate fingerprint indicators equal to a SHA-1 or SHA-256 hex digest."""
@@ -646,12 +635,14 @@ class IndicatorSet:
 
     def match_path(self, url: str) -> list[Indicator]:
         """Request-path indicators for the path of an observed URL (see :func:`path_keys`)."""
-        if not self._paths:
-            return []
+        return self._lookup_keys(self._paths, path_keys, url) if self._paths else []
+
+    def _lookup_keys(self, table: dict[Any, Ids], keys: Any, url: str) -> list[Indicator]:
+        """Indicators under any of the lookup keys of ``url``, each once, in key order."""
         out: list[Indicator] = []
         seen: set[int] = set()
-        for key in path_keys(url):
-            v = self._paths.get(key)
+        for key in keys(url):
+            v = table.get(key)
             if v is not None:
                 for i in _ids(v):
                     if i not in seen:
