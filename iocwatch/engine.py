@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from struct import unpack_from
 
+from iocwatch.capture.files import CaptureReader
 from iocwatch.decode.packet import Decoder
 from iocwatch.flows.dissector import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
 from iocwatch.flows.quic import (
@@ -155,6 +156,8 @@ class Engine:
     # -- the loop -------------------------------------------------------------------------
     def run(self, packets: Iterable[tuple[int, int, int, bytes]]) -> None:
         done = self.done
+        if isinstance(packets, CaptureReader):
+            packets.skip = done  # the same test, made before any per-packet object exists
         slow = self.packet
         ipv4 = b"\x08\x00"
         ipv6 = b"\x86\xdd"

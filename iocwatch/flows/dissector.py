@@ -526,14 +526,17 @@ class Dissector:
         cache_key = payload[2:]
         hit = self.dns_cache.get(cache_key)
         if hit is None:
-            try:
-                msg = dnsp.parse_message(payload)
-            except Malformed:
-                self.stats["malformed_dns"] += 1
-                return None
-            body = msg.to_mercury()
-            hit = (msg.is_response, next(iter(body)), body, msg.question_names(),
-                   [ip for _owner, ip in msg.addresses()])
+            view = dnsp.fast_view(payload)  # one pass for the common shapes
+            if view is None:
+                try:
+                    msg = dnsp.parse_message(payload)
+                except Malformed:
+                    self.stats["malformed_dns"] += 1
+                    return None
+                view = (msg.is_response, msg.to_mercury(), msg.question_names(),
+                        [ip for _owner, ip in msg.addresses()])
+            body = view[1]
+            hit = (view[0], next(iter(body)), body, view[2], view[3])
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
