@@ -500,8 +500,19 @@ def _context_from_key(key: bytes, sec: int) -> PacketContext | None:
     return None
 
 
+_IP_TEXT: dict[bytes, str] = {}
+_IP_TEXT_MAX = 65536
+
+
 def ip_text(addr: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+    """An address as text; two per record, and the same few addresses again and again."""
+    text = _IP_TEXT.get(addr)
+    if text is None:
+        text = socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+        if len(_IP_TEXT) >= _IP_TEXT_MAX:
+            _IP_TEXT.clear()  # wholesale: a scan's many addresses cost one rebuild
+        _IP_TEXT[addr] = text
+    return text
 
 
 def flow_record(ctx: PacketContext) -> dict:

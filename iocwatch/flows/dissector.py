@@ -35,6 +35,7 @@ DNS_CACHE_MAX = 8192
 #: raw message bytes the DNS parse cache holds (parsed, they take several times that): distinct
 #: 60 KB messages must not make 8192 entries half a gigabyte
 DNS_CACHE_BYTES = 2 << 20
+_MESSAGE_COUNTER = {k: f"{k}_message" for k in ("dns", "mdns", "llmnr")}
 CERT_JSON_MAX = 4096
 #: DER bytes of the certificates whose rendered JSON is kept (the JSON is a few times larger)
 CERT_JSON_BYTES = 16 << 20
@@ -131,7 +132,10 @@ class Dissector:
         # fingerprint_key -> (mercury's string, JA3(S) MD5, JA4(S)): one client or server
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
-        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str]]] = {}
+        #: message after its id -> (is response, section key, mercury's JSON, question names,
+        #: their observations, the answers' address observations)
+        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[Observation],
+                                          list[Observation]]] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
@@ -536,7 +540,10 @@ class Dissector:
                 view = (msg.is_response, msg.to_mercury(), msg.question_names(),
                         [ip for _owner, ip in msg.addresses()])
             body = view[1]
-            hit = (view[0], next(iter(body)), body, view[2], view[3])
+            # the observations too: they are immutable, and the same for every repeat
+            hit = (view[0], next(iter(body)), body, view[2],
+                   [Observation(n, Channel.DNS_QUERY) for n in view[2]],
+                   [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]])
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -548,22 +555,21 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        is_response, section, body, names, addresses = hit
-        msg_id = (payload[0] << 8) | payload[1]
+        is_response, section, body, names, query_obs, answer_obs = hit
         inner = dict(body[section])
         inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
         key = "mdns" if port == 5353 else "llmnr" if port == 5355 else "dns"
-        self.stats[f"{key}_message"] += 1
+        self.stats[_MESSAGE_COUNTER[key]] += 1
         obs: list[Observation] = []
         if names:
-            marker = (msg_id, names[0])
+            marker = ((payload[0] << 8) | payload[1], names[0])
             recent = self.recent_queries
             if not is_response:
                 recent[marker] = None
                 if len(recent) > 4096:
                     del recent[next(iter(recent))]
             if not is_response or marker not in recent:
-                obs = [Observation(n, Channel.DNS_QUERY) for n in names]
+                obs = query_obs[:]
         if is_response:
-            obs.extend(Observation(ip, Channel.DNS_ANSWER) for ip in addresses)
+            obs += answer_obs
         return Event(key, {section: inner}, obs)
