@@ -526,20 +526,29 @@ class _Bail(Exception):
 
 _FAST_NAME_MAX = 200  # well inside mercury's 255-byte name text; longer names take the slow path
 _FAST_DEPTH = 8
+_V6_TEXT: dict[bytes, str] = {}
+_V6_TEXT_MAX = 4096
 _UNRENDERED = frozenset({1, 28, 16, 33, 47, 12, 2, 32, 6, 65})  # IN types with their own JSON
 
 
-def _fast_name(data: bytes, pos: int, end: int) -> tuple[bytes, int]:
-    """(dotted name bytes, position after it) for a well-formed name; _Bail otherwise."""
+def _fast_name(data: bytes, pos: int, end: int,
+               memo: dict[int, tuple[bytes, int]]) -> tuple[bytes, int]:
+    """(dotted name bytes, position after it) for a well-formed name; _Bail otherwise.
+
+    ``memo`` maps where a name began to (its bytes, pointers followed): the records of a
+    response point back at the question's name again and again."""
     out = bytearray()
     after = -1
-    for _ in range(_FAST_DEPTH):
+    start = pos
+    for jumps in range(_FAST_DEPTH):
         while True:
             if pos >= end:
                 raise _Bail
             length = data[pos]
             if length == 0:
-                return bytes(out), (pos + 1 if after < 0 else after)
+                raw = bytes(out)
+                memo[start] = (raw, jumps)
+                return raw, (pos + 1 if after < 0 else after)
             if length < 64:
                 nxt = pos + 1 + length
                 if nxt > end or len(out) + length + 1 > _FAST_NAME_MAX:
@@ -555,10 +564,21 @@ def _fast_name(data: bytes, pos: int, end: int) -> tuple[bytes, int]:
                 raise _Bail
             if after < 0:
                 after = pos + 2
+            known = memo.get(target)
+            if known is not None:
+                if jumps + 1 + known[1] >= _FAST_DEPTH or len(out) + len(known[0]) > _FAST_NAME_MAX:
+                    raise _Bail
+                raw = bytes(out) + known[0]
+                memo[start] = (raw, jumps + 1 + known[1])
+                return raw, after
             pos = target
             break  # mercury: the name ends with the pointed-to labels
-        # the pointed-to labels end the name (a pointer there is followed again)
     raise _Bail
+
+
+_TYPE_CLASS: dict[int, tuple[str, str]] = {
+    (t << 16) | c: (tn, cn) for t, tn in TYPE_NAMES.items() for c, cn in CLASS_NAMES.items()
+}
 
 
 def _fast_type_class(o: dict[str, Any], rtype: int, rclass: int) -> None:
@@ -595,16 +615,23 @@ def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]
     if qd == 0 or max(qd, an, ns, ar) > MAX_COUNT:
         raise _Bail
     pos = HEADER_LEN
+    memo: dict[int, tuple[bytes, int]] = {}
     inner: dict[str, Any] = {}
     questions: list[dict[str, Any]] = []
     names: list[str] = []
     for _ in range(qd):
-        raw, pos = _fast_name(data, pos, end)
+        raw, pos = _fast_name(data, pos, end, memo)
         if not raw or len(raw) == 33 or pos + 4 > end:
             raise _Bail
         name = raw.decode("ascii") if raw.isascii() else mercury_text(raw)
-        o: dict[str, Any] = {"name": name}
-        _fast_type_class(o, (data[pos] << 8) | data[pos + 1], ((data[pos + 2] << 8) | data[pos + 3]) & 0x7FFF)
+        rtype = (data[pos] << 8) | data[pos + 1]
+        rclass = ((data[pos + 2] << 8) | data[pos + 3]) & 0x7FFF
+        tc = _TYPE_CLASS.get((rtype << 16) | rclass)
+        if tc is not None:
+            o: dict[str, Any] = {"name": name, "type": tc[0], "class": tc[1]}
+        else:
+            o = {"name": name}
+            _fast_type_class(o, rtype, rclass)
         pos += 4
         questions.append(o)
         names.append(name)
@@ -615,7 +642,7 @@ def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]
             continue
         records: list[dict[str, Any]] = []
         for _ in range(count):
-            raw, pos = _fast_name(data, pos, end)
+            raw, pos = _fast_name(data, pos, end, memo)
             if len(raw) == 33 or pos + 10 > end:
                 raise _Bail
             rtype = (data[pos] << 8) | data[pos + 1]
@@ -628,8 +655,12 @@ def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]
             if not raw:
                 continue  # mercury prints no record without an owner name (EDNS's OPT)
             name = raw.decode("ascii") if raw.isascii() else mercury_text(raw)
-            o = {"name": name}
-            _fast_type_class(o, rtype, rclass)
+            tc = _TYPE_CLASS.get((rtype << 16) | rclass)
+            if tc is not None:
+                o = {"name": name, "type": tc[0], "class": tc[1]}
+            else:
+                o = {"name": name}
+                _fast_type_class(o, rtype, rclass)
             o["ttl"] = int.from_bytes(data[start - 6 : start - 2], "big")
             if rclass != _IN:
                 o["rdata"] = data[start:pos].hex()
@@ -643,7 +674,12 @@ def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]
             elif rtype == 28:
                 if rdlen != 16:
                     raise _Bail
-                text = _ipv6_text(data[start:pos])
+                addr = data[start:pos]
+                text = _V6_TEXT.get(addr)
+                if text is None:  # mercury's rendering is a Python loop: once per address
+                    if len(_V6_TEXT) >= _V6_TEXT_MAX:
+                        _V6_TEXT.clear()
+                    text = _V6_TEXT[addr] = _ipv6_text(addr)
                 o["ip6_addr"] = text
                 if key == "answer":
                     addresses.append(text)
