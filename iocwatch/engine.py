@@ -2,7 +2,8 @@
 
 The fast path is the first few lines of :meth:`Engine.run`: an Ethernet/IPv4/TCP packet of a
 direction that has already given up everything it can is recognised by one slice and one set
-lookup, with no object created. Everything else takes :meth:`Engine.packet`.
+lookup, with no object created (a classic pcap file's reader makes the same test in its file
+buffer, before the packet is even sliced out). Everything else takes :meth:`Engine.packet`.
 """
 
 from __future__ import annotations
