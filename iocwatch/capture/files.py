@@ -16,7 +16,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
-from struct import Struct, unpack_from
+from struct import unpack_from
 from typing import BinaryIO
 
 from iocwatch.boundary import classify
@@ -237,7 +237,6 @@ class CaptureReader:
         stats.linktypes[linktype] += 0
         buf.pos = 24
         hdr = endian + "IIII"
-        record_header = Struct(hdr).unpack_from  # compiled once, not looked up per record
         last_sec = None
         limit = 1_000_000 * scale
         records = nbytes = 0
@@ -255,7 +254,7 @@ class CaptureReader:
                             stats.truncated = True
                         break
                     data, pos, end = buf.data, buf.pos, len(buf.data)
-                sec, frac, caplen, _orig = record_header(data, pos)
+                sec, frac, caplen, _orig = unpack_from(hdr, data, pos)
                 if caplen > MAX_RECORD or frac >= limit:
                     stats.damaged["pcap_record_header"] += 1
                     buf.pos = pos
