@@ -26,7 +26,7 @@ optimisation must leave every record byte-identical. Then the floor (what starti
 and merely reading the packets cost) and iocwatch's cProfile top entries per capture.
 
 Debian packages: iproute2, dnsmasq, nginx-light, openssl, curl, tshark (dumpcap, capinfos),
-python3.
+time (GNU time, for each program's own peak RSS), python3.
 """
 
 from __future__ import annotations
@@ -57,6 +57,7 @@ N_SITES = 50
 PKTS_PER_CONN = 22  # DNS 2 + TCP 7 + TLS ~8 + HTTP ~3, measured on this lab
 PKTS_PER_MB = 780  # 690 full-size segments per MB + ACKs (receivers ack every ~4-8 under rate limit)
 BULK_STREAMS = 8
+TIME = "/usr/bin/time"  # GNU time (Debian package "time"): peak RSS of exactly one program
 MERCURY_ARGS = ("--dns-json", "--certs-json", "--metadata", "--reassembly")
 #: the enterprise-like zone of the DNS-heavy capture
 DNS_HOSTS = 3000  # host records (A + AAAA)
@@ -338,20 +339,29 @@ def build(path: Path, packets: int, prefix: str, dns_share: float = 0.0) -> dict
 
 def run_child(label: str, argv: list[str], env: dict[str, str] | None = None,
               stdout: int | None = subprocess.DEVNULL) -> Measured:
-    """Run one child to completion: CPU from RUSAGE_CHILDREN before and after, peak RSS
-    from its own rusage (wait4)."""
+    """Run one child to completion: CPU from RUSAGE_CHILDREN before and after; peak RSS as
+    GNU time reports it. (A child forked from this process and then exec'd keeps this
+    process's RSS as its high-water mark: its own wait4 maximum would be ours whenever it is
+    the smaller. time(1) is a small C program, so it is its child's that gets measured.)"""
+    rss_file = Path(f"/tmp/bench-sensor-rss-{os.getpid()}")
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.monotonic()
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=stdout,
-                            stderr=subprocess.PIPE, env=env, cwd="/")
+    proc = subprocess.Popen([TIME, "-f", "%M", "-o", str(rss_file), *argv],
+                            stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE,
+                            env=env, cwd="/")
     assert proc.stderr is not None
     err = proc.stderr.read().decode(errors="replace")
-    _, status, ru = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    proc.wait()
     wall = time.monotonic() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Measured(label, cpu, wall, ru.ru_maxrss / 1024, proc.returncode, err)
+    try:
+        text = rss_file.read_text().strip().splitlines()
+        rss_kb = int(text[-1]) if text and text[-1].isdigit() else 0
+    except OSError:
+        rss_kb = 0
+    rss_file.unlink(missing_ok=True)
+    return Measured(label, cpu, wall, rss_kb / 1024, proc.returncode, err)
 
 
 def paired(repeat: int, cmds: list[tuple[str, list[str], dict[str, str] | None]]
@@ -378,8 +388,14 @@ def golden(cap: Path, iocwatch: list[str], env: dict[str, str], mode: str) -> bo
     first run, or ``--golden update``, writes it). True when they match or were just made."""
     out = cap.with_suffix(".records.json")
     m = run_child("golden", [*iocwatch, "-r", str(cap), "-f", str(out)], env)
-    digest = hashlib.sha256(out.read_bytes()).hexdigest() if out.exists() else ""
-    lines = out.read_bytes().count(b"\n") if out.exists() else 0
+    h = hashlib.sha256()
+    lines = 0
+    if out.exists():
+        with out.open("rb") as f:  # in pieces: this process stays small (see run_child)
+            for piece in iter(lambda: f.read(1 << 20), b""):
+                h.update(piece)
+                lines += piece.count(b"\n")
+    digest = h.hexdigest() if out.exists() else ""
     out.unlink(missing_ok=True)
     gold_file = cap.with_suffix(".golden.json")
     if m.rc != 0:
@@ -482,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="profile entries to print per capture (0: no profile)")
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(TIME, os.X_OK):
+        print(f"bench: no GNU time at {TIME} (apt-get install time)", file=sys.stderr)
+        return 2
     if not os.access(args.mercury, os.X_OK):
         print(f"bench: no mercury at {args.mercury} (--mercury)", file=sys.stderr)
         return 2
