@@ -35,7 +35,6 @@ DNS_CACHE_MAX = 8192
 #: raw message bytes the DNS parse cache holds (parsed, they take several times that): distinct
 #: 60 KB messages must not make 8192 entries half a gigabyte
 DNS_CACHE_BYTES = 2 << 20
-_MESSAGE_COUNTER = {k: f"{k}_message" for k in ("dns", "mdns", "llmnr")}
 CERT_JSON_MAX = 4096
 #: DER bytes of the certificates whose rendered JSON is kept (the JSON is a few times larger)
 CERT_JSON_BYTES = 16 << 20
@@ -559,7 +558,7 @@ class Dissector:
         inner = dict(body[section])
         inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
         key = "mdns" if port == 5353 else "llmnr" if port == 5355 else "dns"
-        self.stats[_MESSAGE_COUNTER[key]] += 1
+        self.stats[f"{key}_message"] += 1
         obs: list[Observation] = []
         if names:
             marker = ((payload[0] << 8) | payload[1], names[0])
