@@ -90,6 +90,22 @@ def dispatch(cap: Path, workers: int, batch: int = 512) -> tuple[float, float]:
     return cpu, time.monotonic() - w0
 
 
+
+def make_5x(src: Path, dst: Path) -> None:
+    """Five copies back to back, each shifted past the previous one's end."""
+    _, duration = bench_sensor.capinfo(src)
+    step = int(duration) + 10
+    parts = [src]
+    for k in range(1, 5):
+        part = dst.with_suffix(f".part{k}.pcap")
+        subprocess.run(["editcap", "-t", str(k * step), str(src), str(part)], check=True)
+        parts.append(part)
+    subprocess.run(["mergecap", "-a", "-F", "pcap", "-w", str(dst), *map(str, parts)],
+                   check=True)
+    for p in parts[1:]:
+        p.unlink()
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=300_000, help="target packet count")
@@ -120,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.x5:
         big = cap.with_suffix(".x5.pcap")
         if not big.exists():
-            bench_sensor.make_5x(cap, big)
+            make_5x(cap, big)
         cap, packets, size = big, 5 * packets, big.stat().st_size
     print(f"capture {cap}: {packets:,} packets, {size / 1e6:.1f} MB; "
           f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}")
@@ -133,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(max(1, args.repeat)):  # alternating, so load changes hit both alike
         for n in (1, args.workers):
             stats = args.dir / f"stats-{n}.json"
-            m = bench_sensor.measure(f"workers={n}", [
+            m = bench_sensor.run_child(f"workers={n}", [
                 *iocwatch, "-r", str(cap), "-q", "-f", "/dev/null", "--workers", str(n),
                 "--stats-json", str(stats)])
             runs[n].append((m, json.loads(stats.read_text()) if m.rc == 0 else {}))

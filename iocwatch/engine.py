@@ -2,7 +2,8 @@
 
 The fast path is the first few lines of :meth:`Engine.run`: an Ethernet/IPv4/TCP packet of a
 direction that has already given up everything it can is recognised by one slice and one set
-lookup, with no object created. Everything else takes :meth:`Engine.packet`.
+lookup, with no object created (a classic pcap file's reader makes the same test in its file
+buffer, before the packet is even sliced out). Everything else takes :meth:`Engine.packet`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from itertools import islice
 from struct import unpack_from
 from typing import Any
 
+from iocwatch.capture.files import CaptureReader
 from iocwatch.decode.packet import Decoder
 from iocwatch.flows.dissector import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
 from iocwatch.flows.quic import (
@@ -47,6 +49,9 @@ EVICTION_COUNTERS = ("evicted_tcp_flows", "evicted_tcp_buffering", "evicted_done
                      "evicted_udp_seen", "evicted_quic_done", "evicted_quic_sources",
                      "evicted_quic_crypto", "evicted_quic_servers", "evicted_dns_cache",
                      "evicted_cert_json")
+
+#: the --stats counter of each name channel (an enum's ``.value`` costs more than a lookup)
+_NAME_COUNTERS = {ch: "names_" + ch.value for ch in NAME_CHANNELS}
 
 #: What the engine hands to the outputs: the mercury record and the names it carries.
 Sink = Callable[[dict, list[Observation], Event], None]
@@ -162,6 +167,8 @@ class Engine:
     # -- the loop -------------------------------------------------------------------------
     def run(self, packets: Iterable[tuple[int, int, int, bytes]]) -> None:
         done = self.done
+        if isinstance(packets, CaptureReader):
+            packets.skip = done  # the same test, made before any per-packet object exists
         slow = self.packet
         ipv4 = b"\x08\x00"
         ipv6 = b"\x86\xdd"
@@ -478,10 +485,12 @@ class Engine:
 
     # -- records --------------------------------------------------------------------------
     def _emit(self, ev: Event, ctx: PacketContext) -> None:
-        self.stats["records"] += 1
+        stats = self.stats
+        stats["records"] += 1
         for ob in ev.observations:
-            if ob.channel in NAME_CHANNELS:
-                self.stats["names_" + ob.channel.value] += 1
+            counter = _NAME_COUNTERS.get(ob.channel)
+            if counter is not None:
+                stats[counter] += 1
         self.sink(make_record(ev, ctx), ev.observations, ev)
 
     def finish(self) -> None:
@@ -506,8 +515,19 @@ def _context_from_key(key: bytes, sec: int) -> PacketContext | None:
     return None
 
 
+_IP_TEXT: dict[bytes, str] = {}
+_IP_TEXT_MAX = 65536
+
+
 def ip_text(addr: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+    """An address as text; two per record, and the same few addresses again and again."""
+    text = _IP_TEXT.get(addr)
+    if text is None:
+        text = socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6, addr)
+        if len(_IP_TEXT) >= _IP_TEXT_MAX:
+            _IP_TEXT.clear()  # wholesale: a scan's many addresses cost one rebuild
+        _IP_TEXT[addr] = text
+    return text
 
 
 def flow_record(ctx: PacketContext) -> dict:

@@ -14,7 +14,7 @@ import gzip
 import io
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from struct import unpack_from
 from typing import BinaryIO
@@ -123,6 +123,10 @@ class CaptureReader:
     def __init__(self, path: str, on_read: Callable[[], None] | None = None):
         self.path = path
         self.on_read = on_read
+        #: finished TCP directions (the engine's ``done`` table, set by Engine.run): a classic
+        #: pcap Ethernet packet of one is passed over in the file buffer, never sliced out,
+        #: exactly as Engine.run's fast path would drop it (a fresh SYN still goes through)
+        self.skip: Container[bytes] | None = None
         self.stream, self.raw = open_input(path)
         self.stats = ReadStats()
         try:
@@ -239,6 +243,8 @@ class CaptureReader:
         data = buf.data
         pos = buf.pos
         end = len(data)
+        skip = self.skip if linktype == 1 else None
+        ipv4, ipv6 = b"\x08\x00", b"\x86\xdd"
         try:
             while True:
                 if pos + 16 > end:
@@ -266,7 +272,7 @@ class CaptureReader:
                     data, pos = buf.data, buf.pos
                     end = len(data)
                     nxt = pos + 16 + caplen
-                pkt = data[pos + 16 : nxt]
+                p = pos + 16
                 pos = nxt
                 records += 1
                 nbytes += caplen
@@ -274,7 +280,17 @@ class CaptureReader:
                 if caplen == 0:
                     stats.damaged["empty_record"] += 1
                     continue
-                yield sec, (frac if scale == 1 else frac // scale), linktype, pkt
+                # Engine.run's fast path, on the file buffer: no object for such a packet
+                if skip is not None and caplen >= 48:
+                    etype = data[p + 12 : p + 14]
+                    if etype == ipv4:
+                        if (data[p + 23] == 6 and data[p + 14] == 0x45
+                                and data[p + 26 : p + 38] in skip and data[p + 47] & 0x12 != 0x02):
+                            continue
+                    elif (etype == ipv6 and caplen >= 68 and data[p + 20] == 6
+                          and data[p + 22 : p + 58] in skip and data[p + 67] & 0x12 != 0x02):
+                        continue
+                yield sec, (frac if scale == 1 else frac // scale), linktype, data[p:nxt]
         except Exception as exc:
             self._damage(exc)
         finally:

@@ -141,7 +141,10 @@ class Dissector:
         # fingerprint_key -> (mercury's string, JA3(S) MD5, JA4(S)): one client or server
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
-        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str], bool]] = {}
+        #: message after its id -> (is response, section key, mercury's JSON, question names,
+        #: their observations, the answers' address observations, NetBIOS names)
+        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[Observation],
+                                          list[Observation], bool]] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
@@ -613,19 +616,27 @@ class Dissector:
         cache_key = payload[2:]
         hit = self.dns_cache.get(cache_key)
         if hit is None:
-            try:
-                msg = dnsp.parse_message(payload)
-            except Malformed:
-                self.stats["malformed_dns"] += 1
-                return None
-            body = msg.to_mercury()
-            # NetBIOS names are flat host and workgroup names with a service suffix byte
-            # (``WORKGROUP      \x1d``), not domain names: they stay in the record and carry
-            # no observation, so neither the domain matcher nor the coverage report sees them
-            netbios = msg.netbios
-            hit = (msg.is_response, next(iter(body)), body,
-                   [] if netbios else msg.question_names(),
-                   [ip for _owner, ip in msg.addresses()], netbios)
+            view = dnsp.fast_view(payload)  # one pass for the common shapes (never NetBIOS)
+            netbios = False
+            if view is None:
+                try:
+                    msg = dnsp.parse_message(payload)
+                except Malformed:
+                    self.stats["malformed_dns"] += 1
+                    return None
+                # NetBIOS names are flat host and workgroup names with a service suffix byte
+                # (``WORKGROUP      \x1d``), not domain names: they stay in the record and
+                # carry no observation, so neither the domain matcher nor the coverage report
+                # sees them
+                netbios = msg.netbios
+                view = (msg.is_response, msg.to_mercury(),
+                        [] if netbios else msg.question_names(),
+                        [ip for _owner, ip in msg.addresses()])
+            body = view[1]
+            # the observations too: they are immutable, and the same for every repeat
+            hit = (view[0], next(iter(body)), body, view[2],
+                   [Observation(n, Channel.DNS_QUERY) for n in view[2]],
+                   [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]], netbios)
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -637,8 +648,7 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        is_response, section, body, names, addresses, netbios = hit
-        msg_id = (payload[0] << 8) | payload[1]
+        is_response, section, body, names, query_obs, answer_obs, netbios = hit
         inner = dict(body[section])
         inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
         # as mercury: mDNS by its port, NetBIOS by its names, everything else (LLMNR on 5355
@@ -647,14 +657,14 @@ class Dissector:
         self.stats[f"{key}_message"] += 1
         obs: list[Observation] = []
         if names:
-            marker = (msg_id, names[0])
+            marker = ((payload[0] << 8) | payload[1], names[0])
             recent = self.recent_queries
             if not is_response:
                 recent[marker] = None
                 if len(recent) > 4096:
                     del recent[next(iter(recent))]
             if not is_response or marker not in recent:
-                obs = [Observation(n, Channel.DNS_QUERY) for n in names]
+                obs = query_obs[:]
         if is_response:
-            obs.extend(Observation(ip, Channel.DNS_ANSWER) for ip in addresses)
+            obs += answer_obs
         return Event(key, {section: inner}, obs)

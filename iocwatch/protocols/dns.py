@@ -529,6 +529,181 @@ def parse_message(data: bytes) -> DnsMessage:
     )  # fmt: skip
 
 
+class _Bail(Exception):
+    """The fast reader met something only :func:`parse_message` renders exactly."""
+
+
+_FAST_NAME_MAX = 200  # well inside mercury's 255-byte name text; longer names take the slow path
+_FAST_DEPTH = 8
+_V6_TEXT: dict[bytes, str] = {}
+_V6_TEXT_MAX = 4096
+_UNRENDERED = frozenset({1, 28, 16, 33, 47, 12, 2, 32, 6, 65})  # IN types with their own JSON
+
+
+def _fast_name(data: bytes, pos: int, end: int,
+               memo: dict[int, tuple[bytes, int]]) -> tuple[bytes, int]:
+    """(dotted name bytes, position after it) for a well-formed name; _Bail otherwise.
+
+    ``memo`` maps where a name began to (its bytes, pointers followed): the records of a
+    response point back at the question's name again and again."""
+    out = bytearray()
+    after = -1
+    start = pos
+    for jumps in range(_FAST_DEPTH):
+        while True:
+            if pos >= end:
+                raise _Bail
+            length = data[pos]
+            if length == 0:
+                raw = bytes(out)
+                memo[start] = (raw, jumps)
+                return raw, (pos + 1 if after < 0 else after)
+            if length < 64:
+                nxt = pos + 1 + length
+                if nxt > end or len(out) + length + 1 > _FAST_NAME_MAX:
+                    raise _Bail
+                out += data[pos + 1 : nxt]
+                out.append(0x2E)
+                pos = nxt
+                continue
+            if length < 0xC0 or pos + 2 > end:
+                raise _Bail
+            target = ((length & 0x3F) << 8) | data[pos + 1]
+            if target < HEADER_LEN or target >= end - HEADER_LEN:  # parse_message's window
+                raise _Bail
+            if after < 0:
+                after = pos + 2
+            known = memo.get(target)
+            if known is not None:
+                if jumps + 1 + known[1] >= _FAST_DEPTH or len(out) + len(known[0]) > _FAST_NAME_MAX:
+                    raise _Bail
+                raw = bytes(out) + known[0]
+                memo[start] = (raw, jumps + 1 + known[1])
+                return raw, after
+            pos = target
+            break  # mercury: the name ends with the pointed-to labels
+    raise _Bail
+
+
+_TYPE_CLASS: dict[int, tuple[str, str]] = {
+    (t << 16) | c: (tn, cn) for t, tn in TYPE_NAMES.items() for c, cn in CLASS_NAMES.items()
+}
+
+
+def _fast_type_class(o: dict[str, Any], rtype: int, rclass: int) -> None:
+    tname = TYPE_NAMES.get(rtype)
+    o["type"] = tname or "UNKNOWN"
+    if tname is None:
+        o["type_code"] = rtype
+    cname = CLASS_NAMES.get(rclass)
+    o["class"] = cname or "UNKNOWN"
+    if cname is None:
+        o["class_code"] = rclass
+
+
+def fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]] | None:
+    """What the engine keeps of a message, in one pass, for the common shapes (questions; A,
+    AAAA, CNAME and other plainly rendered records; EDNS): (is response, mercury's JSON, question
+    names, answer addresses). None when any part needs :func:`parse_message`'s full rules
+    (damage, NetBIOS names, long names, odd pointers, the types it renders field by field);
+    for every message it returns, the result equals that of :func:`parse_message`."""
+    try:
+        return _fast_view(data)
+    except (_Bail, IndexError):
+        return None
+
+
+def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]:
+    end = len(data)
+    if end < HEADER_LEN:
+        raise _Bail
+    qd = (data[4] << 8) | data[5]
+    an = (data[6] << 8) | data[7]
+    ns = (data[8] << 8) | data[9]
+    ar = (data[10] << 8) | data[11]
+    if qd == 0 or max(qd, an, ns, ar) > MAX_COUNT:
+        raise _Bail
+    pos = HEADER_LEN
+    memo: dict[int, tuple[bytes, int]] = {}
+    inner: dict[str, Any] = {}
+    questions: list[dict[str, Any]] = []
+    names: list[str] = []
+    for _ in range(qd):
+        raw, pos = _fast_name(data, pos, end, memo)
+        if not raw or len(raw) == 33 or pos + 4 > end:
+            raise _Bail
+        name = raw.decode("ascii") if raw.isascii() else mercury_text(raw)
+        rtype = (data[pos] << 8) | data[pos + 1]
+        rclass = ((data[pos + 2] << 8) | data[pos + 3]) & 0x7FFF
+        tc = _TYPE_CLASS.get((rtype << 16) | rclass)
+        if tc is not None:
+            o: dict[str, Any] = {"name": name, "type": tc[0], "class": tc[1]}
+        else:
+            o = {"name": name}
+            _fast_type_class(o, rtype, rclass)
+        pos += 4
+        questions.append(o)
+        names.append(name)
+    inner["question"] = questions
+    addresses: list[str] = []
+    for key, count in (("answer", an), ("authority", ns), ("additional", ar)):
+        if not count:
+            continue
+        records: list[dict[str, Any]] = []
+        for _ in range(count):
+            raw, pos = _fast_name(data, pos, end, memo)
+            if len(raw) == 33 or pos + 10 > end:
+                raise _Bail
+            rtype = (data[pos] << 8) | data[pos + 1]
+            rclass = ((data[pos + 2] << 8) | data[pos + 3]) & 0x7FFF
+            rdlen = (data[pos + 8] << 8) | data[pos + 9]
+            start = pos + 10
+            pos = start + rdlen
+            if pos > end:
+                raise _Bail
+            if not raw:
+                continue  # mercury prints no record without an owner name (EDNS's OPT)
+            name = raw.decode("ascii") if raw.isascii() else mercury_text(raw)
+            tc = _TYPE_CLASS.get((rtype << 16) | rclass)
+            if tc is not None:
+                o = {"name": name, "type": tc[0], "class": tc[1]}
+            else:
+                o = {"name": name}
+                _fast_type_class(o, rtype, rclass)
+            o["ttl"] = int.from_bytes(data[start - 6 : start - 2], "big")
+            if rclass != _IN:
+                o["rdata"] = data[start:pos].hex()
+            elif rtype == 1:
+                if rdlen != 4:
+                    raise _Bail
+                text = _ipv4_text(data[start:pos])
+                o["ipv4_addr"] = text
+                if key == "answer":
+                    addresses.append(text)
+            elif rtype == 28:
+                if rdlen != 16:
+                    raise _Bail
+                addr = data[start:pos]
+                text = _V6_TEXT.get(addr)
+                if text is None:  # mercury's rendering is a Python loop: once per address
+                    if len(_V6_TEXT) >= _V6_TEXT_MAX:
+                        _V6_TEXT.clear()
+                    text = _V6_TEXT[addr] = _ipv6_text(addr)
+                o["ip6_addr"] = text
+                if key == "answer":
+                    addresses.append(text)
+            elif rtype in _UNRENDERED:
+                raise _Bail
+            else:
+                o["unknown_rr_type"] = rtype
+                o["unknown_rr_value"] = data[start:pos].hex()
+            records.append(o)
+        inner[key] = records
+    inner["id"] = f"{data[1]:02x}{data[0]:02x}"
+    is_response = bool(data[2] & 0x80)
+    return is_response, {"response" if is_response else "query": inner}, names, addresses
+
+
 def looks_like_dns(data: bytes) -> bool:
     """Header-only test for DNS on any UDP port, mercury's matcher plus count-versus-length sanity."""
     n = len(data)
