@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import marshal
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,11 @@ def _rep(i: int, v: Any) -> Callable[[list[Any]], None]:
     return edit
 
 
+def _q(n: int) -> bytes:
+    """``n`` as one 64-bit value offset, in the machine's order as the cache has it."""
+    return array("Q", [n]).tobytes()
+
+
 def _first_table(i: int, f: Callable[[dict[Any, Any]], dict[Any, Any]]
                  ) -> Callable[[list[Any]], None]:
     def edit(b: list[Any]) -> None:
@@ -94,30 +100,42 @@ def _first_table(i: int, f: Callable[[dict[Any, Any]], dict[Any, Any]]
 FORGED: dict[str, Callable[[list[Any]], None]] = {
     "sources not iterable": _set(1, (2, (), "", False, (), ...)),
     "source not a pair": _set(1, (2, (), "", False, (), (...,))),
-    "values a str": _set(3, "abc"),
-    "value not a str": lambda b: b[3].__setitem__(0, 5),
-    "kinds a list": _set(4, [0]),
-    "flags an ellipsis": _set(5, ...),
-    "file column a list": _set(6, [0]),
-    "line column a str": _set(7, "abcd"),
-    "meta column an ellipsis": _set(8, ...),
-    "meta not a dict": lambda b: b[9].__setitem__(0, "x"),
-    "meta value a set": lambda b: b[9].__setitem__(0, {"k": {1}}),
-    "meta tags not strs": lambda b: b[9].__setitem__(0, {"tags": [1]}),
-    "files an ellipsis": _set(10, ...),
-    "domain table a str": _set(11, "x"),
-    "domain row a str": _first_table(11, lambda d: {**d, "x.example": "0"}),
-    "domain row a float": _first_table(11, lambda d: {**d, "x.example": 0.5}),
-    "domain rows with a str": _first_table(11, lambda d: {**d, "x.example": (0, "1")}),
-    "domain key an int": _first_table(11, lambda d: {**d, 7: 0}),
-    "IPv4 prefix 64": _first_table(13, lambda d: {**d, 64: {1: 0}}),
-    "IPv4 network too wide": _first_table(13, lambda d: {**d, 8: {256: 0}}),
-    "IPv6 tables a list": _set(14, [1]),
-    "fingerprint tables a str": _set(17, "ja3"),
-    "fingerprint table missing": _first_table(17, lambda d: {k: d[k] for k in list(d)[1:]}),
-    "ja4 table an ellipsis": _first_table(17, lambda d: {**d, "ja4": ...}),
-    "dead rows a str": _set(18, "x"),
-    "dead row out of range": _set(18, {10**6}),
+    "values a list": _set(3, ["abc"]),
+    "value offsets past the text": lambda b: b.__setitem__(4, b[4][:-8] + _q(10**6)),
+    "value offsets out of order": lambda b: b.__setitem__(4, b[4][:8] + _q(10**6) + b[4][16:]),
+    "offsets a list": _set(4, [0]),
+    "kinds a list": _set(5, [0]),
+    "flags an ellipsis": _set(6, ...),
+    "file column a list": _set(7, [0]),
+    "line column a str": _set(8, "abcd"),
+    "meta column an ellipsis": _set(9, ...),
+    "meta not a dict": lambda b: b[10].__setitem__(0, "x"),
+    "meta value a set": lambda b: b[10].__setitem__(0, {"k": {1}}),
+    "meta tags not strs": lambda b: b[10].__setitem__(0, {"tags": [1]}),
+    "files an ellipsis": _set(11, ...),
+    "name filter empty": _set(12, b""),
+    "name table a str": _set(13, "x"),
+    "name table of 3 slots": _set(13, bytes(12)),
+    "name table row out of range": lambda b: b.__setitem__(13, _q(10**6)[:4] + b[13][4:]),
+    "name table without an empty slot": lambda b: b.__setitem__(13, b"\x01\0\0\0" * 8),
+    "subdomain table row out of range": _set(14, _q(10**6)[:4] + bytes(28)),
+    "label counts negative": _set(15, -1),
+    "label counts a str": _set(16, "3"),
+    "label counts without names": _set(15, 0),
+    "URL table a str": _set(19, "x"),
+    "URL row a str": _first_table(19, lambda d: {**d, "x.example/": "0"}),
+    "URL row a float": _first_table(19, lambda d: {**d, "x.example/": 0.5}),
+    "URL rows with a str": _first_table(19, lambda d: {**d, "x.example/": (0, "1")}),
+    "URL key an int": _first_table(19, lambda d: {**d, 7: 0}),
+    "certificate row out of range": _first_table(20, lambda d: {**d, "ab": 10**6}),
+    "IPv4 prefix 64": _first_table(17, lambda d: {**d, 64: {1: 0}}),
+    "IPv4 network too wide": _first_table(17, lambda d: {**d, 8: {256: 0}}),
+    "IPv6 tables a list": _set(18, [1]),
+    "fingerprint tables a str": _set(21, "ja3"),
+    "fingerprint table missing": _first_table(21, lambda d: {k: d[k] for k in list(d)[1:]}),
+    "ja4 table an ellipsis": _first_table(21, lambda d: {**d, "ja4": ...}),
+    "dead rows a str": _set(22, "x"),
+    "dead row out of range": _set(22, {10**6}),
     "report an ellipsis": _set(2, ...),
     "report loaded off by one": _rep(1, lambda x: x + 1),
     "report duplicates off": _rep(5, 0),
@@ -167,7 +185,7 @@ def test_code_object_is_the_wrong_type(tmp_path: Path) -> None:
     """marshal builds code objects (never runs them); none belongs in a cache."""
     srcs, cache = _cache(tmp_path)
     blob = _blob(cache)
-    blob[3] = [compile("1", "x", "eval")]
+    blob[3] = [compile("1", "x", "eval")]  # the values
     _forge(cache, blob)
     got, damage = IndicatorSet._load_cache(cache, srcs, None, False, ())
     assert got is None and damage == "inconsistent contents: values of the wrong type"

@@ -23,8 +23,10 @@ import struct
 from array import array
 from collections import Counter
 from collections.abc import Collection, Iterable
-from itertools import chain, compress
+from itertools import accumulate, chain, compress
+from operator import le
 from typing import Any
+from zlib import crc32
 
 from iocwatch import boundary
 
@@ -35,7 +37,7 @@ from .normalise import WILDCARD, classify, fingerprint, parse_ip, url_key_of, ur
 
 MAX_FILE = 1 << 30
 MAX_SKIPPED_LISTED = 1000
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 #: first bytes of every indicator cache: lets a file be recognised without unmarshalling it
 CACHE_MAGIC = b"iocwatch indicator cache\n\x00"
 #: after the magic: format version, body length, BLAKE2b-256 of the body
@@ -63,6 +65,91 @@ def _push(d: dict[Any, Ids], key: Any, idx: int) -> None:
 
 def _ids(v: Ids) -> tuple[int, ...]:
     return (v,) if type(v) is int else v  # type: ignore[return-value]
+
+
+def _array(typecode: str, data: bytes) -> array:
+    a = array(typecode)
+    a.frombytes(data)
+    return a
+
+
+class _NameIndex:
+    """Build-time tables of the names (domains and URL hosts), all without per-name objects.
+
+    ``table``: open addressing, slot = row + 1 (0 empty), linear probing from the CRC-32 of
+    the name, at most half full; rows of one name stay in row order along their chain.
+    ``bits``: a one-hash filter with a bit for every suffix of two labels or more of every
+    name (64 bits per name: about 2 % false positives), so a walk from the shortest suffix
+    can stop at the first suffix no name ends with. ``children``: rows of names of three
+    labels or more (not ``*.`` ones), by the CRC-32 of their parent, for wildcard names.
+    """
+
+    def __init__(self, count: int) -> None:
+        size = 8
+        while size < 2 * count:
+            size <<= 1
+        self.table = array("I", bytes(4 * size))
+        nbytes = 8
+        while nbytes < 8 * count:
+            nbytes <<= 1
+        self.bits = bytearray(nbytes)
+        self.kids: list[tuple[int, int]] = []
+        self.min_labels = 0
+        self.max_labels = 0
+
+    def rows(self, key: bytes) -> Iterable[int]:
+        """Rows along the chain of ``key``'s hash (other names too: the caller compares)."""
+        tab = self.table
+        mask = len(tab) - 1
+        i = crc32(key) & mask
+        while r := tab[i]:
+            yield r - 1
+            i = (i + 1) & mask
+
+    def add(self, key: bytes, idx: int, wild: bool) -> None:
+        tab = self.table
+        mask = len(tab) - 1
+        h = crc32(key)
+        i = h & mask
+        while tab[i]:
+            i = (i + 1) & mask
+        tab[i] = idx + 1
+        labels = key.count(b".") + 1
+        if not self.min_labels or labels < self.min_labels:
+            self.min_labels = labels
+        if labels > self.max_labels:
+            self.max_labels = labels
+        p = key.rfind(46)
+        if p < 0:
+            return
+        bits = self.bits
+        bmask = len(bits) - 1
+        p = key.rfind(46, 0, p)
+        parent = -1
+        while True:
+            hs = crc32(key[p + 1:]) if p >= 0 else h
+            bits[hs >> 3 & bmask] |= 1 << (hs & 7)
+            if p < 0:
+                break
+            parent = hs
+            p = key.rfind(46, 0, p)
+        if labels >= 3 and not wild:
+            self.kids.append((parent, idx))
+
+    def children(self) -> array:
+        if not self.kids:
+            return array("I")
+        size = 8
+        while size < 2 * len(self.kids):
+            size <<= 1
+        tab = array("I", bytes(4 * size))
+        mask = size - 1
+        for h, idx in self.kids:
+            i = h & mask
+            while tab[i]:
+                i = (i + 1) & mask
+            tab[i] = idx + 1
+        return tab
 
 
 def read_file(path: str) -> bytes:
@@ -319,13 +406,14 @@ def _n(count: int, noun: tuple[str, str]) -> str:
 class IndicatorSet:
     """An immutable set of indicators; build a new one to reload and swap the reference."""
 
-    __slots__ = ("_values", "_kinds", "_flags", "_file_idx", "_lines", "_meta_idx", "_metas",
-                 "_files", "_dom", "_children", "_min_labels", "_max_labels", "_v4", "_v6",
-                 "_v4_plens", "_v6_plens", "_urls", "_certs", "_fps", "_key", "_report",
-                 "_dead")
+    __slots__ = ("_text", "_offs", "_kinds", "_flags", "_file_idx", "_lines", "_meta_idx",
+                 "_metas", "_files", "_nbits", "_ntab", "_ctab", "_min_labels", "_max_labels",
+                 "_v4", "_v6", "_v4_plens", "_v6_plens", "_urls", "_certs", "_fps", "_key",
+                 "_report", "_dead")
 
     def __init__(self) -> None:
-        self._values: list[str] = []
+        self._text = ""
+        self._offs = array("Q", [0])
         self._kinds = bytearray()
         self._flags = bytearray()
         self._file_idx = array("I")
@@ -333,9 +421,10 @@ class IndicatorSet:
         self._meta_idx = array("I")
         self._metas: list[dict[str, Any]] = []
         self._files: list[str] = []
-        self._dom: dict[str, Ids] = {}
-        self._children: dict[str, Ids] = {}
-        self._min_labels = 1
+        self._nbits = b""
+        self._ntab = array("I")
+        self._ctab = array("I")
+        self._min_labels = 0
         self._max_labels = 0
         self._v4: dict[int, dict[int, Ids]] = {}
         self._v6: dict[int, dict[int, Ids]] = {}
@@ -408,10 +497,14 @@ class IndicatorSet:
     @classmethod
     def _from_builder(cls, b: _Builder, report: LoadReport) -> IndicatorSet:
         s = cls()
-        s._values, s._kinds, s._flags = b.values, b.kinds, b.flags
+        s._kinds, s._flags = b.kinds, b.flags
         s._file_idx, s._lines, s._meta_idx = b.file_idx, b.lines, b.meta_idx
         s._metas, s._files = b.metas, b.files
-        dups = s._index()
+        dups = s._index(b.values)
+        # the values become one string and its offsets: no object per indicator
+        s._text = "".join(b.values)
+        s._offs = array("Q", accumulate(map(len, b.values), initial=0))
+        b.values = []
         if dups:  # rows repeating an earlier row of their file stay, unreachable
             report.duplicates += len(dups)
             for i in dups:
@@ -419,26 +512,30 @@ class IndicatorSet:
             s._dead = dups
         return s
 
-    def _index(self) -> set[int]:
-        """Build the lookup tables; returns rows repeating an earlier row of the same file."""
-        dom: dict[str, Ids] = {}
-        children: dict[str, Ids] = {}
+    def _index(self, values: list[str]) -> set[int]:
+        """Build the lookup tables; returns rows repeating an earlier row of the same file.
+
+        Names (domains and URL hosts) go to :class:`_NameIndex`; the other kinds to dicts.
+        """
         v4: dict[int, dict[int, Ids]] = {}
         v6: dict[int, dict[int, Ids]] = {}
         urls: dict[str, Ids] = {}
         certs: dict[str, Ids] = {}
         fps: dict[str, dict[str, Ids]] = {k: {} for k in m.FINGERPRINT_KINDS}
         kinds, codes, flags, fidx = m.KINDS, self._kinds, self._flags, self._file_idx
-        values = self._values
         dups: set[int] = set()
+        names = _NameIndex(codes.count(_KIND_CODE[m.DOMAIN]) + codes.count(_URL_CODE))
+
+        def same(j: int, idx: int) -> bool:
+            return (values[j] == values[idx] and codes[j] == codes[idx]
+                    and flags[j] == flags[idx] and fidx[j] == fidx[idx])
 
         def repeated(d: dict[Any, Ids], key: Any, idx: int) -> bool:
             old = d.get(key)
             if old is None:
                 return False
             for j in _ids(old):
-                if (values[j] == values[idx] and codes[j] == codes[idx]
-                        and flags[j] == flags[idx] and fidx[j] == fidx[idx]):
+                if same(j, idx):
                     dups.add(idx)
                     return True
             return False
@@ -448,18 +545,16 @@ class IndicatorSet:
             bits = 32 if ver == 4 else 128
             return (v4 if ver == 4 else v6).setdefault(plen, {}), net >> (bits - plen)
 
-        def add_name(name: str, idx: int, wildcard: bool) -> None:
-            _push(dom, name, idx)
-            if not wildcard and name.count(".") >= 2:
-                _push(children, name.partition(".")[2], idx)
-
         for idx, value in enumerate(values):
             kind = kinds[codes[idx]]
             if kind == m.DOMAIN:
                 wild = bool(flags[idx] & WILDCARD)
                 name = value[2:] if wild else value
-                if not repeated(dom, name, idx):
-                    add_name(name, idx, wild)
+                key = name.encode("utf-8", "surrogatepass")
+                if any(same(j, idx) for j in names.rows(key)):
+                    dups.add(idx)
+                else:
+                    names.add(key, idx, wild)
             elif kind in (m.IP, m.CIDR):
                 table, key = ip_slot(value)
                 if not repeated(table, key, idx):
@@ -474,48 +569,65 @@ class IndicatorSet:
                     table, key = ip_slot(host)
                     _push(table, key, idx)
                 else:
-                    add_name(host, idx, False)
+                    names.add(host.encode("utf-8", "surrogatepass"), idx, False)
             elif kind in (m.CERT_SHA1, m.CERT_SHA256):
                 if not repeated(certs, value, idx):
                     _push(certs, value, idx)
             elif not repeated(fps[kind], value, idx):
                 _push(fps[kind], value, idx)
-        self._dom, self._children, self._urls, self._certs, self._fps = (
-            dom, children, urls, certs, fps)
+        self._nbits, self._ntab, self._ctab = names.bits, names.table, names.children()
+        self._min_labels, self._max_labels = names.min_labels, names.max_labels
+        self._urls, self._certs, self._fps = urls, certs, fps
         self._v4, self._v6 = v4, v6
         self._finish_index()
         return dups
 
     def _finish_index(self) -> None:
-        labels = {k.count(".") + 1 for k in self._dom}
-        self._min_labels = min(labels, default=1)
-        self._max_labels = max(labels, default=0)
         self._v4_plens = sorted(self._v4, reverse=True)
         self._v6_plens = sorted(self._v6, reverse=True)
 
     # ------------------------------------------------------------------------ matching
 
     def __len__(self) -> int:
-        return len(self._values) - len(self._dead)
+        return len(self._kinds) - len(self._dead)
 
     @property
     def report(self) -> LoadReport:
         """The report of the load this set came from (also kept through the cache)."""
         return self._report
 
+    def _value(self, i: int) -> str:
+        return self._text[self._offs[i]:self._offs[i + 1]]
+
+    def _name_key(self, i: int) -> bytes:
+        """The name row ``i`` is filed under: the domain (without ``*.``) or the URL's host."""
+        value = self._value(i)
+        if self._kinds[i] == _URL_CODE:
+            hk = url_key_of(value)
+            value = hk[0] if hk is not None else ""
+        elif self._flags[i] & WILDCARD:
+            value = value[2:]
+        return value.encode("utf-8", "surrogatepass")
+
     def _indicator(self, i: int) -> Indicator:
-        return Indicator(value=self._values[i], kind=m.KINDS[self._kinds[i]],
+        return Indicator(value=self._value(i), kind=m.KINDS[self._kinds[i]],
                          file=self._files[self._file_idx[i]], line=self._lines[i],
                          meta=dict(self._metas[self._meta_idx[i]]),
                          exact=bool(self._flags[i] & _EXACT))
 
-    def _domain_hits(self, v: Ids, at_self: bool, out: list[Indicator]) -> None:
-        flags, kinds = self._flags, self._kinds
-        for i in _ids(v):
-            f = flags[i]
+    def _domain_hits(self, key: bytes, h: int, at_self: bool, out: list[Indicator]) -> None:
+        """Rows filed under ``key`` (its CRC-32 ``h``) that apply to the name or a subdomain."""
+        flags, kinds, tab = self._flags, self._kinds, self._ntab
+        mask = len(tab) - 1
+        i = h & mask
+        while r := tab[i]:
+            r -= 1
+            f = flags[r]
             # on a subdomain, exact indicators and URL hosts do not apply
-            if (not f & WILDCARD) if at_self else (not f & _EXACT and kinds[i] != _URL_CODE):
-                out.append(self._indicator(i))
+            if ((not f & WILDCARD) if at_self else (not f & _EXACT and kinds[r] != _URL_CODE)) \
+                    and self._name_key(r) == key:
+                out.append(self._indicator(r))
+            i = (i + 1) & mask
 
     def match_name(self, name: str) -> list[Indicator]:
         """Indicators matching an already normalised name (see :func:`normalise_name`).
@@ -524,33 +636,53 @@ class IndicatorSet:
         ``*.d`` subdomains only, exact ones the name only, URL indicators their host only.
         A wildcard name (``*.evil.com`` from a certificate) also matches indicators one
         label below it, which the certificate covers.
+
+        The suffixes are tried shortest first, and the walk stops at the first one that ends
+        no indicator (the filter holds every suffix of two labels or more of every name): most
+        names cost one CRC-32 and one bit test. Hits are listed longest suffix first.
         """
-        out: list[Indicator] = []
-        if self._dom:
-            # only suffixes with as many labels as some indicator has can hit
-            get = self._dom.get
-            minl, maxl = self._min_labels, self._max_labels
-            n = name.count(".") + 1
-            start = 0
-            if n > maxl:
-                for _ in range(n - maxl):
-                    start = name.index(".", start) + 1
-                n = maxl
-            v = get(name[start:] if start else name)
-            if v is not None:
-                self._domain_hits(v, start == 0, out)
-            while n > minl:
-                start = name.index(".", start) + 1
-                n -= 1
-                v = get(name[start:])
-                if v is not None:
-                    self._domain_hits(v, False, out)
-        if name.startswith("*.") and self._children:
-            v = self._children.get(name[2:])
-            if v is not None:
-                for j in _ids(v):
-                    out.append(self._indicator(j))
-        return out
+        maxl = self._max_labels
+        if not maxl and not self._ctab:
+            return []
+        b = name.encode("utf-8", "surrogatepass")
+        found: list[list[Indicator]] = []
+        p = b.rfind(46)
+        if self._min_labels == 1:  # a one-label indicator: no filter bit for it
+            tld = b[p + 1:]
+            out: list[Indicator] = []
+            self._domain_hits(tld, crc32(tld), p < 0, out)
+            if out:
+                found.append(out)
+        k = 2
+        if p >= 0 and maxl >= 2:
+            bits = self._nbits
+            mask = len(bits) - 1
+            while True:
+                q = b.rfind(46, 0, p)
+                s = b[q + 1:]
+                h = crc32(s)
+                if not bits[h >> 3 & mask] >> (h & 7) & 1:
+                    break
+                out = []
+                self._domain_hits(s, h, q < 0, out)
+                if out:
+                    found.append(out)
+                if q < 0 or k == maxl:
+                    break
+                p = q
+                k += 1
+        hits = list(chain.from_iterable(reversed(found))) if found else []
+        if self._ctab and b.startswith(b"*."):
+            parent = b[2:]
+            tab = self._ctab
+            mask = len(tab) - 1
+            i = crc32(parent) & mask
+            while r := tab[i]:
+                key = self._name_key(r - 1)
+                if key.partition(b".")[2] == parent:
+                    hits.append(self._indicator(r - 1))
+                i = (i + 1) & mask
+        return hits
 
     def match_ip(self, ip: str) -> list[Indicator]:
         """Indicators (addresses, CIDRs, URL hosts) covering an address in text form."""
@@ -609,7 +741,7 @@ class IndicatorSet:
         return [self._indicator(i) for i in _ids(v)] if v is not None else []
 
     def __iter__(self) -> Any:
-        return (self._indicator(i) for i in range(len(self._values)) if i not in self._dead)
+        return (self._indicator(i) for i in range(len(self._kinds)) if i not in self._dead)
 
     # --------------------------------------------------------------------------- cache
 
@@ -625,11 +757,12 @@ class IndicatorSet:
         report = ([(f.path, f.fmt, f.loaded, f.digest, f.error, f.reasons, f.comments)
                    for f in r.files], r.loaded, r.skipped, r.unsupported, r.warnings,
                   r.duplicates, r.skipped_total, r.ignored, r.reasons)
-        blob = (CACHE_VERSION, self._key, report, self._values, bytes(self._kinds),
-                bytes(self._flags), self._file_idx.tobytes(), self._lines.tobytes(),
-                self._meta_idx.tobytes(), self._metas, self._files, self._dom,
-                self._children, self._v4, self._v6, self._urls, self._certs, self._fps,
-                self._dead)
+        blob = (CACHE_VERSION, self._key, report, self._text, self._offs.tobytes(),
+                bytes(self._kinds), bytes(self._flags), self._file_idx.tobytes(),
+                self._lines.tobytes(), self._meta_idx.tobytes(), self._metas, self._files,
+                bytes(self._nbits), self._ntab.tobytes(), self._ctab.tobytes(),
+                self._min_labels, self._max_labels, self._v4, self._v6, self._urls,
+                self._certs, self._fps, self._dead)
         data = frame_cache_body(marshal.dumps(blob))
         tmp = f"{path}.tmp{os.getpid()}"
         try:
@@ -695,13 +828,14 @@ class IndicatorSet:
     def _from_blob(cls, blob: tuple[Any, ...]) -> IndicatorSet:
         """A set from an unmarshalled cache that :func:`_check_blob` accepted."""
         s = cls()
-        (_, s._key, rep, s._values, kinds, flags, fidx, lines, midx, s._metas, s._files,
-         s._dom, s._children, s._v4, s._v6, s._urls, s._certs, s._fps, s._dead) = blob
+        (_, s._key, rep, s._text, offs, kinds, flags, fidx, lines, midx, s._metas, s._files,
+         s._nbits, ntab, ctab, s._min_labels, s._max_labels, s._v4, s._v6, s._urls, s._certs,
+         s._fps, s._dead) = blob
         s._kinds, s._flags = bytearray(kinds), bytearray(flags)
-        s._file_idx, s._lines, s._meta_idx = array("I"), array("I"), array("I")
-        s._file_idx.frombytes(fidx)
-        s._lines.frombytes(lines)
-        s._meta_idx.frombytes(midx)
+        s._offs = _array("Q", offs)
+        s._file_idx, s._lines, s._meta_idx = _array("I", fidx), _array("I", lines), \
+            _array("I", midx)
+        s._ntab, s._ctab = _array("I", ntab), _array("I", ctab)
         files, loaded, skipped, unsupported, warnings, dups, total, ignored, reasons = rep
         s._report = LoadReport(files=[FileSummary(*f) for f in files], loaded=loaded,
                                skipped=[tuple(x) for x in skipped],
@@ -827,6 +961,25 @@ def _check_report(rep: Any, files: list[str], n: int, dead: set[int]) -> None:
           "report reasons do not add up")
 
 
+def _pow2(k: int) -> bool:
+    return k > 0 and not k & (k - 1)
+
+
+def _check_names(nbits: Any, ntab: Any, ctab: Any, minl: Any, maxl: Any, n: int) -> None:
+    """The name tables: sizes a mask can index, rows in range, an empty slot in every
+    table (a probe ends there), label counts that agree."""
+    _need(all(type(t) is bytes for t in (nbits, ntab, ctab)) and _pow2(len(nbits))
+          and _pow2(len(ntab) // 4) and len(ntab) % 4 == 0
+          and (not ctab or (_pow2(len(ctab) // 4) and len(ctab) % 4 == 0)),
+          "name tables of the wrong type")
+    for tab in (ntab, ctab):
+        if tab:
+            rows = memoryview(tab).cast("I")
+            _need(min(rows) == 0 and max(rows) <= n, "name table: row out of range")
+    _need(_counts(minl, maxl) and minl <= maxl and (minl == 0) == (maxl == 0),
+          "name label counts of the wrong type")
+
+
 def _check_blob(blob: Any) -> None:
     """:class:`CacheDamaged` unless ``blob`` has exactly the shape ``save_cache`` writes.
 
@@ -836,19 +989,23 @@ def _check_blob(blob: Any) -> None:
     ``min``/``max``): 0.18-0.29 s of CPU for 1 M domains and 100 k networks, measured on a loaded
     2-core machine, against 0.5-0.85 s for ``marshal.loads`` itself.
     """
-    _need(type(blob) is tuple and len(blob) == 19 and type(blob[0]) is int
+    _need(type(blob) is tuple and len(blob) == 23 and type(blob[0]) is int
           and blob[0] == CACHE_VERSION, "unexpected contents")
-    (_, key, rep, values, kinds, flags, fidx, lines, midx, metas, files,
-     dom, children, v4, v6, urls, certs, fps, dead) = blob
+    (_, key, rep, text, offs, kinds, flags, fidx, lines, midx, metas, files,
+     nbits, ntab, ctab, minl, maxl, v4, v6, urls, certs, fps, dead) = blob
     _need(type(key) is tuple and len(key) > 1 and type(key[-1]) is tuple
           and all(type(x) is tuple and len(x) == 2 and _types(x) <= {str} for x in key[-1]),
           "sources of the wrong type")
-    _list_of(values, {str}, "values")
-    n = len(values)
-    _need(all(type(c) is bytes for c in (kinds, flags, fidx, lines, midx)),
+    _need(type(text) is str, "values of the wrong type")
+    _need(all(type(c) is bytes for c in (offs, kinds, flags, fidx, lines, midx)),
           "columns of the wrong type")
-    _need(len(kinds) == len(flags) == n and len(fidx) == len(lines) == len(midx) == 4 * n,
-          "columns of different lengths")
+    n = len(kinds)
+    _need(len(flags) == n and len(fidx) == len(lines) == len(midx) == 4 * n
+          and len(offs) == 8 * (n + 1), "columns of different lengths")
+    o = memoryview(offs).cast("Q")
+    _need(o[0] == 0 and o[n] == len(text) and all(map(le, o[:n], o[1:])),
+          "value offsets out of order")
+    _check_names(nbits, ntab, ctab, minl, maxl, n)
     _list_of(files, {str}, "files")
     _list_of(metas, {dict}, "metadata")
     _need(_types(chain.from_iterable(metas)) <= {str}, "metadata of the wrong type")
@@ -861,8 +1018,7 @@ def _check_blob(blob: Any) -> None:
     if n:
         _need(max(kinds) < len(m.KINDS) and max(memoryview(fidx).cast("I")) < len(files)
               and max(memoryview(midx).cast("I")) < len(metas), "column index out of range")
-    for table, what in ((dom, "domain"), (children, "subdomain"), (urls, "URL"),
-                        (certs, "certificate")):
+    for table, what in ((urls, "URL"), (certs, "certificate")):
         _check_table(table, {str}, n, what)
     _need(type(fps) is dict and set(fps) == set(m.FINGERPRINT_KINDS) and len(fps) == len(
         m.FINGERPRINT_KINDS), "fingerprint tables of the wrong type")
