@@ -88,6 +88,11 @@ def _q(n: int) -> bytes:
     return array("Q", [n]).tobytes()
 
 
+def _i(n: int) -> bytes:
+    """``n`` as one 32-bit table slot or row link."""
+    return array("I", [n]).tobytes()
+
+
 def _first_table(i: int, f: Callable[[dict[Any, Any]], dict[Any, Any]]
                  ) -> Callable[[list[Any]], None]:
     def edit(b: list[Any]) -> None:
@@ -116,26 +121,30 @@ FORGED: dict[str, Callable[[list[Any]], None]] = {
     "name filter empty": _set(12, b""),
     "name table a str": _set(13, "x"),
     "name table of 3 slots": _set(13, bytes(12)),
-    "name table row out of range": lambda b: b.__setitem__(13, _q(10**6)[:4] + b[13][4:]),
+    "name table row out of range": lambda b: b.__setitem__(13, _i(10**6) + b[13][4:]),
     "name table without an empty slot": lambda b: b.__setitem__(13, b"\x01\0\0\0" * 8),
-    "subdomain table row out of range": _set(14, _q(10**6)[:4] + bytes(28)),
-    "label counts negative": _set(15, -1),
-    "label counts a str": _set(16, "3"),
-    "label counts without names": _set(15, 0),
-    "URL table a str": _set(19, "x"),
-    "URL row a str": _first_table(19, lambda d: {**d, "x.example/": "0"}),
-    "URL row a float": _first_table(19, lambda d: {**d, "x.example/": 0.5}),
-    "URL rows with a str": _first_table(19, lambda d: {**d, "x.example/": (0, "1")}),
-    "URL key an int": _first_table(19, lambda d: {**d, 7: 0}),
-    "certificate row out of range": _first_table(20, lambda d: {**d, "ab": 10**6}),
-    "IPv4 prefix 64": _first_table(17, lambda d: {**d, 64: {1: 0}}),
-    "IPv4 network too wide": _first_table(17, lambda d: {**d, 8: {256: 0}}),
-    "IPv6 tables a list": _set(18, [1]),
-    "fingerprint tables a str": _set(21, "ja3"),
-    "fingerprint table missing": _first_table(21, lambda d: {k: d[k] for k in list(d)[1:]}),
-    "ja4 table an ellipsis": _first_table(21, lambda d: {**d, "ja4": ...}),
-    "dead rows a str": _set(22, "x"),
-    "dead row out of range": _set(22, {10**6}),
+    "name list backwards": lambda b: b.__setitem__(14, _i(1) * (len(b[14]) // 4)),
+    "name list past the rows": lambda b: b.__setitem__(14, _i(10**6) + b[14][4:]),
+    "subdomain table row out of range": lambda b: b.__setitem__(15, _i(10**6) + b[15][4:]),
+    "subdomain table of 3 slots": _set(15, bytes(12)),
+    "subdomain list of one link": _set(16, bytes(4)),
+    "label counts negative": _set(17, -1),
+    "label counts a str": _set(18, "3"),
+    "label counts without names": _set(17, 0),
+    "URL table a str": _set(21, "x"),
+    "URL row a str": _first_table(21, lambda d: {**d, "x.example/": "0"}),
+    "URL row a float": _first_table(21, lambda d: {**d, "x.example/": 0.5}),
+    "URL rows with a str": _first_table(21, lambda d: {**d, "x.example/": (0, "1")}),
+    "URL key an int": _first_table(21, lambda d: {**d, 7: 0}),
+    "certificate row out of range": _first_table(22, lambda d: {**d, "ab": 10**6}),
+    "IPv4 prefix 64": _first_table(19, lambda d: {**d, 64: {1: 0}}),
+    "IPv4 network too wide": _first_table(19, lambda d: {**d, 8: {256: 0}}),
+    "IPv6 tables a list": _set(20, [1]),
+    "fingerprint tables a str": _set(23, "ja3"),
+    "fingerprint table missing": _first_table(23, lambda d: {k: d[k] for k in list(d)[1:]}),
+    "ja4 table an ellipsis": _first_table(23, lambda d: {**d, "ja4": ...}),
+    "dead rows a str": _set(24, "x"),
+    "dead row out of range": _set(24, {10**6}),
     "report an ellipsis": _set(2, ...),
     "report loaded off by one": _rep(1, lambda x: x + 1),
     "report duplicates off": _rep(5, 0),

@@ -22,9 +22,9 @@ import stat
 import struct
 from array import array
 from collections import Counter
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from itertools import accumulate, chain, compress
-from operator import le
+from operator import ge, le, not_, or_
 from typing import Any
 from zlib import crc32
 
@@ -67,6 +67,16 @@ def _ids(v: Ids) -> tuple[int, ...]:
     return (v,) if type(v) is int else v  # type: ignore[return-value]
 
 
+#: Knuth's multiplicative constant: CRC-32 is linear, so similar names have related low
+#: bits; a table slot is taken from the high bits of the product instead (else clusters)
+_FIB = 0x9E3779B1
+
+
+def _slot(h: int, mask: int) -> int:
+    """The first slot of hash ``h`` in a table of ``mask + 1`` slots (a power of two)."""
+    return (h * _FIB & 0xFFFFFFFF) * (mask + 1) >> 32
+
+
 def _array(typecode: str, data: bytes) -> array:
     a = array(typecode)
     a.frombytes(data)
@@ -74,21 +84,23 @@ def _array(typecode: str, data: bytes) -> array:
 
 
 class _NameIndex:
-    """Build-time tables of the names (domains and URL hosts), all without per-name objects.
+    """Build-time tables of the names (domains and URL hosts), without an object per name.
 
-    ``table``: open addressing, slot = row + 1 (0 empty), linear probing from the CRC-32 of
-    the name, at most half full; rows of one name stay in row order along their chain.
-    ``bits``: a one-hash filter with a bit for every suffix of two labels or more of every
-    name (64 bits per name: about 2 % false positives), so a walk from the shortest suffix
-    can stop at the first suffix no name ends with. ``children``: rows of names of three
-    labels or more (not ``*.`` ones), by the CRC-32 of their parent, for wildcard names.
+    ``table``: open addressing on the CRC-32 of a name, linear probing, at most half full;
+    one slot per distinct name, holding its first row + 1 (0: empty). ``next``: per row, the
+    next row + 1 of the same name (0: last), so a name listed many times (URLs of one host)
+    costs one slot and never lengthens other names' probes. ``bits``: a one-hash filter with
+    a bit for every suffix of two labels or more of every name (64 bits per name), so a walk
+    from the shortest suffix stops at the first suffix no name ends with. ``ctab`` and
+    ``cnext``: the same for names of three labels or more by their parent, for wildcard
+    names (``*.example.com`` covers ``a.example.com``).
     """
 
-    def __init__(self, count: int) -> None:
-        size = 8
-        while size < 2 * count:
-            size <<= 1
-        self.table = array("I", bytes(4 * size))
+    def __init__(self, count: int, rows: int, key_of: Callable[[int], bytes]) -> None:
+        self.table = _empty_table(count)
+        self.tail = array("I", bytes(4 * len(self.table)))  # last row + 1, per slot
+        self.next = array("I", bytes(4 * rows))
+        self.key_of = key_of
         nbytes = 8
         while nbytes < 8 * count:
             nbytes <<= 1
@@ -97,23 +109,33 @@ class _NameIndex:
         self.min_labels = 0
         self.max_labels = 0
 
-    def rows(self, key: bytes) -> Iterable[int]:
-        """Rows along the chain of ``key``'s hash (other names too: the caller compares)."""
-        tab = self.table
+    def find(self, key: bytes, h: int) -> int:
+        """The slot of ``key``, or the empty slot where it goes."""
+        tab, key_of = self.table, self.key_of
         mask = len(tab) - 1
-        i = crc32(key) & mask
-        while r := tab[i]:
-            yield r - 1
+        i = _slot(h, mask)
+        while (r := tab[i]) and key_of(r - 1) != key:
             i = (i + 1) & mask
+        return i
+
+    def rows(self, key: bytes) -> Iterable[int]:
+        """The rows already filed under ``key``, in row order."""
+        r = self.table[self.find(key, crc32(key))]
+        nxt = self.next
+        while r:
+            yield r - 1
+            r = nxt[r - 1]
 
     def add(self, key: bytes, idx: int, wild: bool) -> None:
-        tab = self.table
-        mask = len(tab) - 1
         h = crc32(key)
-        i = h & mask
-        while tab[i]:
-            i = (i + 1) & mask
-        tab[i] = idx + 1
+        i = self.find(key, h)
+        if self.table[i]:
+            self.next[self.tail[i] - 1] = idx + 1
+            self.tail[i] = idx + 1
+            if not wild:
+                self._kid(key, idx, None)
+            return
+        self.table[i] = self.tail[i] = idx + 1
         labels = key.count(b".") + 1
         if not self.min_labels or labels < self.min_labels:
             self.min_labels = labels
@@ -133,23 +155,52 @@ class _NameIndex:
                 break
             parent = hs
             p = key.rfind(46, 0, p)
-        if labels >= 3 and not wild:
+        if not wild:
+            self._kid(key, idx, parent if labels >= 3 else -1)
+
+    def _kid(self, key: bytes, idx: int, parent: int | None) -> None:
+        if parent is None:
+            parent = crc32(key.partition(b".")[2]) if key.count(b".") >= 2 else -1
+        if parent >= 0:
             self.kids.append((parent, idx))
 
-    def children(self) -> array:
+    def children(self) -> tuple[array, array]:
+        """``ctab`` and ``cnext`` (empty when no name has three labels)."""
         if not self.kids:
-            return array("I")
-        size = 8
-        while size < 2 * len(self.kids):
-            size <<= 1
-        tab = array("I", bytes(4 * size))
-        mask = size - 1
+            return array("I"), array("I")
+        tab = _empty_table(len(self.kids))
+        nxt = array("I", bytes(len(self.next) * 4))
+        tail: dict[int, int] = {}
+        mask = len(tab) - 1
+        key_of = self.key_of
         for h, idx in self.kids:
-            i = h & mask
-            while tab[i]:
+            parent = key_of(idx).partition(b".")[2]
+            i = _slot(h, mask)
+            while (r := tab[i]) and key_of(r - 1).partition(b".")[2] != parent:
                 i = (i + 1) & mask
-            tab[i] = idx + 1
-        return tab
+            if r:
+                nxt[tail[i]] = idx + 1
+            else:
+                tab[i] = idx + 1
+            tail[i] = idx
+        return tab, nxt
+
+
+def _row_key(value: str, code: int, flags: int) -> bytes:
+    """The name a row is filed under: the domain (without ``*.``) or the URL's host."""
+    if code == _URL_CODE:
+        hk = url_key_of(value)
+        value = hk[0] if hk is not None else ""
+    elif flags & WILDCARD:
+        value = value[2:]
+    return value.encode("utf-8", "surrogatepass")
+
+
+def _empty_table(count: int) -> array:
+    size = 8
+    while size < 2 * count:
+        size <<= 1
+    return array("I", bytes(4 * size))
 
 
 def read_file(path: str) -> bytes:
@@ -407,7 +458,8 @@ class IndicatorSet:
     """An immutable set of indicators; build a new one to reload and swap the reference."""
 
     __slots__ = ("_text", "_offs", "_kinds", "_flags", "_file_idx", "_lines", "_meta_idx",
-                 "_metas", "_files", "_nbits", "_ntab", "_ctab", "_min_labels", "_max_labels",
+                 "_metas", "_files", "_nbits", "_ntab", "_nnext", "_ctab", "_cnext", "_min_labels",
+                 "_max_labels",
                  "_v4", "_v6", "_v4_plens", "_v6_plens", "_urls", "_certs", "_fps", "_key",
                  "_report", "_dead")
 
@@ -423,7 +475,9 @@ class IndicatorSet:
         self._files: list[str] = []
         self._nbits = b""
         self._ntab = array("I")
+        self._nnext = array("I")
         self._ctab = array("I")
+        self._cnext = array("I")
         self._min_labels = 0
         self._max_labels = 0
         self._v4: dict[int, dict[int, Ids]] = {}
@@ -524,7 +578,12 @@ class IndicatorSet:
         fps: dict[str, dict[str, Ids]] = {k: {} for k in m.FINGERPRINT_KINDS}
         kinds, codes, flags, fidx = m.KINDS, self._kinds, self._flags, self._file_idx
         dups: set[int] = set()
-        names = _NameIndex(codes.count(_KIND_CODE[m.DOMAIN]) + codes.count(_URL_CODE))
+
+        def key_of(r: int) -> bytes:
+            return _row_key(values[r], codes[r], flags[r])
+
+        names = _NameIndex(codes.count(_KIND_CODE[m.DOMAIN]) + codes.count(_URL_CODE),
+                           len(values), key_of)
 
         def same(j: int, idx: int) -> bool:
             return (values[j] == values[idx] and codes[j] == codes[idx]
@@ -575,7 +634,8 @@ class IndicatorSet:
                     _push(certs, value, idx)
             elif not repeated(fps[kind], value, idx):
                 _push(fps[kind], value, idx)
-        self._nbits, self._ntab, self._ctab = names.bits, names.table, names.children()
+        self._nbits, self._ntab, self._nnext = bytes(names.bits), names.table, names.next
+        self._ctab, self._cnext = names.children()
         self._min_labels, self._max_labels = names.min_labels, names.max_labels
         self._urls, self._certs, self._fps = urls, certs, fps
         self._v4, self._v6 = v4, v6
@@ -601,13 +661,7 @@ class IndicatorSet:
 
     def _name_key(self, i: int) -> bytes:
         """The name row ``i`` is filed under: the domain (without ``*.``) or the URL's host."""
-        value = self._value(i)
-        if self._kinds[i] == _URL_CODE:
-            hk = url_key_of(value)
-            value = hk[0] if hk is not None else ""
-        elif self._flags[i] & WILDCARD:
-            value = value[2:]
-        return value.encode("utf-8", "surrogatepass")
+        return _row_key(self._value(i), self._kinds[i], self._flags[i])
 
     def _indicator(self, i: int) -> Indicator:
         return Indicator(value=self._value(i), kind=m.KINDS[self._kinds[i]],
@@ -617,17 +671,21 @@ class IndicatorSet:
 
     def _domain_hits(self, key: bytes, h: int, at_self: bool, out: list[Indicator]) -> None:
         """Rows filed under ``key`` (its CRC-32 ``h``) that apply to the name or a subdomain."""
-        flags, kinds, tab = self._flags, self._kinds, self._ntab
+        tab = self._ntab
         mask = len(tab) - 1
-        i = h & mask
+        i = (h * _FIB & 0xFFFFFFFF) * (mask + 1) >> 32
         while r := tab[i]:
+            if self._name_key(r - 1) == key:
+                break
+            i = (i + 1) & mask
+        flags, kinds, nxt = self._flags, self._kinds, self._nnext
+        while r:
             r -= 1
             f = flags[r]
             # on a subdomain, exact indicators and URL hosts do not apply
-            if ((not f & WILDCARD) if at_self else (not f & _EXACT and kinds[r] != _URL_CODE)) \
-                    and self._name_key(r) == key:
+            if (not f & WILDCARD) if at_self else (not f & _EXACT and kinds[r] != _URL_CODE):
                 out.append(self._indicator(r))
-            i = (i + 1) & mask
+            r = nxt[r]
 
     def match_name(self, name: str) -> list[Indicator]:
         """Indicators matching an already normalised name (see :func:`normalise_name`).
@@ -676,12 +734,17 @@ class IndicatorSet:
             parent = b[2:]
             tab = self._ctab
             mask = len(tab) - 1
-            i = crc32(parent) & mask
+            i = _slot(crc32(parent), mask)
             while r := tab[i]:
-                key = self._name_key(r - 1)
-                if key.partition(b".")[2] == parent:
-                    hits.append(self._indicator(r - 1))
+                if self._name_key(r - 1).partition(b".")[2] == parent:
+                    break
                 i = (i + 1) & mask
+            flags, nxt = self._flags, self._cnext
+            while r:
+                r -= 1
+                if not flags[r] & WILDCARD:
+                    hits.append(self._indicator(r))
+                r = nxt[r]
         return hits
 
     def match_ip(self, ip: str) -> list[Indicator]:
@@ -760,7 +823,8 @@ class IndicatorSet:
         blob = (CACHE_VERSION, self._key, report, self._text, self._offs.tobytes(),
                 bytes(self._kinds), bytes(self._flags), self._file_idx.tobytes(),
                 self._lines.tobytes(), self._meta_idx.tobytes(), self._metas, self._files,
-                bytes(self._nbits), self._ntab.tobytes(), self._ctab.tobytes(),
+                self._nbits, self._ntab.tobytes(), self._nnext.tobytes(),
+                self._ctab.tobytes(), self._cnext.tobytes(),
                 self._min_labels, self._max_labels, self._v4, self._v6, self._urls,
                 self._certs, self._fps, self._dead)
         data = frame_cache_body(marshal.dumps(blob))
@@ -829,13 +893,14 @@ class IndicatorSet:
         """A set from an unmarshalled cache that :func:`_check_blob` accepted."""
         s = cls()
         (_, s._key, rep, s._text, offs, kinds, flags, fidx, lines, midx, s._metas, s._files,
-         s._nbits, ntab, ctab, s._min_labels, s._max_labels, s._v4, s._v6, s._urls, s._certs,
+         s._nbits, ntab, nnext, ctab, cnext, s._min_labels, s._max_labels, s._v4, s._v6, s._urls, s._certs,
          s._fps, s._dead) = blob
         s._kinds, s._flags = bytearray(kinds), bytearray(flags)
         s._offs = _array("Q", offs)
         s._file_idx, s._lines, s._meta_idx = _array("I", fidx), _array("I", lines), \
             _array("I", midx)
-        s._ntab, s._ctab = _array("I", ntab), _array("I", ctab)
+        s._ntab, s._nnext = _array("I", ntab), _array("I", nnext)
+        s._ctab, s._cnext = _array("I", ctab), _array("I", cnext)
         files, loaded, skipped, unsupported, warnings, dups, total, ignored, reasons = rep
         s._report = LoadReport(files=[FileSummary(*f) for f in files], loaded=loaded,
                                skipped=[tuple(x) for x in skipped],
@@ -965,17 +1030,24 @@ def _pow2(k: int) -> bool:
     return k > 0 and not k & (k - 1)
 
 
-def _check_names(nbits: Any, ntab: Any, ctab: Any, minl: Any, maxl: Any, n: int) -> None:
+def _check_names(nbits: Any, names: tuple[Any, Any], kids: tuple[Any, Any], minl: Any,
+                 maxl: Any, n: int) -> None:
     """The name tables: sizes a mask can index, rows in range, an empty slot in every
-    table (a probe ends there), label counts that agree."""
-    _need(all(type(t) is bytes for t in (nbits, ntab, ctab)) and _pow2(len(nbits))
-          and _pow2(len(ntab) // 4) and len(ntab) % 4 == 0
-          and (not ctab or (_pow2(len(ctab) // 4) and len(ctab) % 4 == 0)),
-          "name tables of the wrong type")
-    for tab in (ntab, ctab):
-        if tab:
-            rows = memoryview(tab).cast("I")
-            _need(min(rows) == 0 and max(rows) <= n, "name table: row out of range")
+    table (a probe ends there), row lists that only go forward (a walk ends), label counts
+    that agree."""
+    _need(type(nbits) is bytes and _pow2(len(nbits)), "name filter of the wrong type")
+    for (tab, nxt), may_be_empty in ((names, False), (kids, True)):
+        _need(type(tab) is bytes and type(nxt) is bytes, "name tables of the wrong type")
+        if may_be_empty and not tab and not nxt:
+            continue
+        _need(len(tab) % 4 == 0 and _pow2(len(tab) // 4) and len(nxt) == 4 * n,
+              "name tables of the wrong size")
+        rows, links = memoryview(tab).cast("I"), memoryview(nxt).cast("I")
+        _need(min(rows) == 0 and max(rows) <= n and (not n or max(links) <= n),
+              "name table: row out of range")
+        # each link is 0 (the end) or a later row + 1
+        _need(all(map(or_, map(not_, links), map(ge, links, range(2, n + 2)))),
+              "name table: a row list goes backwards")
     _need(_counts(minl, maxl) and minl <= maxl and (minl == 0) == (maxl == 0),
           "name label counts of the wrong type")
 
@@ -989,10 +1061,10 @@ def _check_blob(blob: Any) -> None:
     ``min``/``max``): 0.18-0.29 s of CPU for 1 M domains and 100 k networks, measured on a loaded
     2-core machine, against 0.5-0.85 s for ``marshal.loads`` itself.
     """
-    _need(type(blob) is tuple and len(blob) == 23 and type(blob[0]) is int
+    _need(type(blob) is tuple and len(blob) == 25 and type(blob[0]) is int
           and blob[0] == CACHE_VERSION, "unexpected contents")
     (_, key, rep, text, offs, kinds, flags, fidx, lines, midx, metas, files,
-     nbits, ntab, ctab, minl, maxl, v4, v6, urls, certs, fps, dead) = blob
+     nbits, ntab, nnext, ctab, cnext, minl, maxl, v4, v6, urls, certs, fps, dead) = blob
     _need(type(key) is tuple and len(key) > 1 and type(key[-1]) is tuple
           and all(type(x) is tuple and len(x) == 2 and _types(x) <= {str} for x in key[-1]),
           "sources of the wrong type")
@@ -1005,7 +1077,7 @@ def _check_blob(blob: Any) -> None:
     o = memoryview(offs).cast("Q")
     _need(o[0] == 0 and o[n] == len(text) and all(map(le, o[:n], o[1:])),
           "value offsets out of order")
-    _check_names(nbits, ntab, ctab, minl, maxl, n)
+    _check_names(nbits, (ntab, nnext), (ctab, cnext), minl, maxl, n)
     _list_of(files, {str}, "files")
     _list_of(metas, {dict}, "metadata")
     _need(_types(chain.from_iterable(metas)) <= {str}, "metadata of the wrong type")
