@@ -473,7 +473,7 @@ class IndicatorSet:
         self._meta_idx = array("I")
         self._metas: list[dict[str, Any]] = []
         self._files: list[str] = []
-        self._nbits = b""
+        self._nbits = bytes(8)
         self._ntab = array("I")
         self._nnext = array("I")
         self._ctab = array("I")
@@ -699,53 +699,70 @@ class IndicatorSet:
         no indicator (the filter holds every suffix of two labels or more of every name): most
         names cost one CRC-32 and one bit test. Hits are listed longest suffix first.
         """
-        maxl = self._max_labels
-        if not maxl and not self._ctab:
-            return []
-        b = name.encode("utf-8", "surrogatepass")
-        found: list[list[Indicator]] = []
+        try:
+            b = name.encode()
+        except UnicodeEncodeError:  # a lone surrogate: filed the same way
+            b = name.encode("utf-8", "surrogatepass")
         p = b.rfind(46)
+        found: list[list[Indicator]] = []
+        if p >= 0:  # the common path: one CRC-32 and one bit test for most names
+            q = b.rfind(46, 0, p)
+            h = crc32(b[q + 1:])
+            bits = self._nbits
+            if bits[h >> 3 & (len(bits) - 1)] >> (h & 7) & 1:
+                self._walk(b, p, q, h, found)
+            elif name[0] != "*" and self._min_labels != 1:
+                return found
         if self._min_labels == 1:  # a one-label indicator: no filter bit for it
             tld = b[p + 1:]
             out: list[Indicator] = []
             self._domain_hits(tld, crc32(tld), p < 0, out)
             if out:
-                found.append(out)
+                found.insert(0, out)
+        if name.startswith("*.") and self._ctab:
+            found.insert(0, self._children_of(b[2:]))
+        if not found:
+            return []
+        return list(chain.from_iterable(reversed(found)))
+
+    def _walk(self, b: bytes, p: int, q: int, h: int, found: list[list[Indicator]]) -> None:
+        """Hits of the suffixes of two labels or more, shortest first, into ``found``; the
+        caller saw the two-label suffix (from ``q``, of CRC ``h``) pass the filter."""
+        bits = self._nbits
+        mask = len(bits) - 1
+        maxl = self._max_labels
         k = 2
-        if p >= 0 and maxl >= 2:
-            bits = self._nbits
-            mask = len(bits) - 1
-            while True:
-                q = b.rfind(46, 0, p)
-                s = b[q + 1:]
-                h = crc32(s)
-                if not bits[h >> 3 & mask] >> (h & 7) & 1:
-                    break
-                out = []
-                self._domain_hits(s, h, q < 0, out)
-                if out:
-                    found.append(out)
-                if q < 0 or k == maxl:
-                    break
-                p = q
-                k += 1
-        hits = list(chain.from_iterable(reversed(found))) if found else []
-        if self._ctab and b.startswith(b"*."):
-            parent = b[2:]
-            tab = self._ctab
-            mask = len(tab) - 1
-            i = _slot(crc32(parent), mask)
-            while r := tab[i]:
-                if self._name_key(r - 1).partition(b".")[2] == parent:
-                    break
-                i = (i + 1) & mask
-            flags, nxt = self._flags, self._cnext
-            while r:
-                r -= 1
-                if not flags[r] & WILDCARD:
-                    hits.append(self._indicator(r))
-                r = nxt[r]
-        return hits
+        while True:
+            out: list[Indicator] = []
+            self._domain_hits(b[q + 1:], h, q < 0, out)
+            if out:
+                found.append(out)
+            if q < 0 or k >= maxl:
+                return
+            p = q
+            k += 1
+            q = b.rfind(46, 0, p)
+            h = crc32(b[q + 1:])
+            if not bits[h >> 3 & mask] >> (h & 7) & 1:
+                return
+
+    def _children_of(self, parent: bytes) -> list[Indicator]:
+        """Indicators one label below ``parent``, which a wildcard name covers."""
+        out: list[Indicator] = []
+        tab = self._ctab
+        mask = len(tab) - 1
+        i = _slot(crc32(parent), mask)
+        while r := tab[i]:
+            if self._name_key(r - 1).partition(b".")[2] == parent:
+                break
+            i = (i + 1) & mask
+        flags, nxt = self._flags, self._cnext
+        while r:
+            r -= 1
+            if not flags[r] & WILDCARD:
+                out.append(self._indicator(r))
+            r = nxt[r]
+        return out
 
     def match_ip(self, ip: str) -> list[Indicator]:
         """Indicators (addresses, CIDRs, URL hosts) covering an address in text form."""
