@@ -109,32 +109,28 @@ class _NameIndex:
         self.min_labels = 0
         self.max_labels = 0
 
-    def find(self, key: bytes, h: int) -> int:
-        """The slot of ``key``, or the empty slot where it goes."""
+    def add(self, key: bytes, idx: int, wild: bool,
+            same: Callable[[int, int], bool] | None = None) -> bool:
+        """File row ``idx`` under ``key``; False (and nothing filed) when ``same`` says an
+        earlier row of that name is the same indicator."""
         tab, key_of = self.table, self.key_of
         mask = len(tab) - 1
-        i = _slot(h, mask)
+        h = crc32(key)
+        i = (h * _FIB & 0xFFFFFFFF) * (mask + 1) >> 32
         while (r := tab[i]) and key_of(r - 1) != key:
             i = (i + 1) & mask
-        return i
-
-    def rows(self, key: bytes) -> Iterable[int]:
-        """The rows already filed under ``key``, in row order."""
-        r = self.table[self.find(key, crc32(key))]
-        nxt = self.next
-        while r:
-            yield r - 1
-            r = nxt[r - 1]
-
-    def add(self, key: bytes, idx: int, wild: bool) -> None:
-        h = crc32(key)
-        i = self.find(key, h)
-        if self.table[i]:
+        if r:
+            if same is not None:
+                nxt = self.next
+                while r:
+                    if same(r - 1, idx):
+                        return False
+                    r = nxt[r - 1]
             self.next[self.tail[i] - 1] = idx + 1
             self.tail[i] = idx + 1
             if not wild:
                 self._kid(key, idx, None)
-            return
+            return True
         self.table[i] = self.tail[i] = idx + 1
         labels = key.count(b".") + 1
         if not self.min_labels or labels < self.min_labels:
@@ -143,7 +139,7 @@ class _NameIndex:
             self.max_labels = labels
         p = key.rfind(46)
         if p < 0:
-            return
+            return True
         bits = self.bits
         bmask = len(bits) - 1
         p = key.rfind(46, 0, p)
@@ -157,6 +153,7 @@ class _NameIndex:
             p = key.rfind(46, 0, p)
         if not wild:
             self._kid(key, idx, parent if labels >= 3 else -1)
+        return True
 
     def _kid(self, key: bytes, idx: int, parent: int | None) -> None:
         if parent is None:
@@ -609,11 +606,8 @@ class IndicatorSet:
             if kind == m.DOMAIN:
                 wild = bool(flags[idx] & WILDCARD)
                 name = value[2:] if wild else value
-                key = name.encode("utf-8", "surrogatepass")
-                if any(same(j, idx) for j in names.rows(key)):
+                if not names.add(name.encode("utf-8", "surrogatepass"), idx, wild, same):
                     dups.add(idx)
-                else:
-                    names.add(key, idx, wild)
             elif kind in (m.IP, m.CIDR):
                 table, key = ip_slot(value)
                 if not repeated(table, key, idx):
