@@ -455,10 +455,9 @@ class IndicatorSet:
     """An immutable set of indicators; build a new one to reload and swap the reference."""
 
     __slots__ = ("_text", "_offs", "_kinds", "_flags", "_file_idx", "_lines", "_meta_idx",
-                 "_metas", "_files", "_nbits", "_ntab", "_nnext", "_ctab", "_cnext", "_min_labels",
-                 "_max_labels",
-                 "_v4", "_v6", "_v4_plens", "_v6_plens", "_urls", "_certs", "_fps", "_key",
-                 "_report", "_dead")
+                 "_metas", "_files", "_nbits", "_nmask", "_plain", "_ntab", "_nnext", "_ctab",
+                 "_cnext", "_min_labels", "_max_labels", "_v4", "_v6", "_v4_plens",
+                 "_v6_plens", "_urls", "_certs", "_fps", "_key", "_report", "_dead")
 
     def __init__(self) -> None:
         self._text = ""
@@ -471,6 +470,8 @@ class IndicatorSet:
         self._metas: list[dict[str, Any]] = []
         self._files: list[str] = []
         self._nbits = bytes(8)
+        self._nmask = 7
+        self._plain = True  # no one-label name: a name whose filter bit is unset has no hit
         self._ntab = array("I")
         self._nnext = array("I")
         self._ctab = array("I")
@@ -637,6 +638,8 @@ class IndicatorSet:
         return dups
 
     def _finish_index(self) -> None:
+        self._nmask = len(self._nbits) - 1
+        self._plain = self._min_labels != 1
         self._v4_plens = sorted(self._v4, reverse=True)
         self._v6_plens = sorted(self._v6, reverse=True)
 
@@ -702,10 +705,9 @@ class IndicatorSet:
         if p >= 0:  # the common path: one CRC-32 and one bit test for most names
             q = b.rfind(46, 0, p)
             h = crc32(b[q + 1:])
-            bits = self._nbits
-            if bits[h >> 3 & (len(bits) - 1)] >> (h & 7) & 1:
+            if self._nbits[h >> 3 & self._nmask] >> (h & 7) & 1:
                 self._walk(b, p, q, h, found)
-            elif name[0] != "*" and self._min_labels != 1:
+            elif self._plain and name[0] != "*":
                 return found
         if self._min_labels == 1:  # a one-label indicator: no filter bit for it
             tld = b[p + 1:]
