@@ -76,6 +76,29 @@ def _slot(h: int, mask: int) -> int:
     return (h * _FIB & 0xFFFFFFFF) * (mask + 1) >> 32
 
 
+def _trimmer() -> Callable[[int], int] | None:
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]
+    except (ImportError, OSError, AttributeError):  # not glibc: nothing to call
+        return None
+
+
+_MALLOC_TRIM = _trimmer()
+
+
+def _give_back_memory() -> None:
+    """Return the load's freed heap to the system (glibc keeps it otherwise).
+
+    A load frees about as much as it keeps (the file, its lines, one string per value);
+    glibc raises its mmap threshold after big frees, so those buffers end up in the heap,
+    and without a trim the set's RSS stays about 30 MB higher (measured with 1 M domains).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 def _array(typecode: str, data: bytes) -> array:
     a = array(typecode)
     a.frombytes(data)
@@ -98,6 +121,7 @@ class _NameIndex:
     def __init__(self, count: int, rows: int, key_of: Callable[[int], bytes]) -> None:
         self.table = _empty_table(count)
         self.tail = array("I", bytes(4 * len(self.table)))  # last row + 1, per slot
+        self.hashes = array("I", bytes(4 * len(self.table)))  # CRC-32 per slot, build only
         self.next = array("I", bytes(4 * rows))
         self.key_of = key_of
         nbytes = 8
@@ -116,7 +140,8 @@ class _NameIndex:
         mask = len(tab) - 1
         h = crc32(key)
         i = (h * _FIB & 0xFFFFFFFF) * (mask + 1) >> 32
-        while (r := tab[i]) and key_of(r - 1) != key:
+        hashes = self.hashes
+        while (r := tab[i]) and (hashes[i] != h or key_of(r - 1) != key):
             i = (i + 1) & mask
         if r:
             if same is not None:
@@ -131,6 +156,7 @@ class _NameIndex:
                 self._kid(key, idx, None)
             return True
         self.table[i] = self.tail[i] = idx + 1
+        hashes[i] = h
         labels = key.count(b".") + 1
         if not self.min_labels or labels < self.min_labels:
             self.min_labels = labels
@@ -167,17 +193,24 @@ class _NameIndex:
         tab = _empty_table(len(self.kids))
         nxt = array("I", bytes(len(self.next) * 4))
         tail: dict[int, int] = {}
+        hashes = array("I", bytes(4 * len(tab)))
         mask = len(tab) - 1
         key_of = self.key_of
         for h, idx in self.kids:
-            parent = key_of(idx).partition(b".")[2]
             i = _slot(h, mask)
-            while (r := tab[i]) and key_of(r - 1).partition(b".")[2] != parent:
+            parent = None
+            while r := tab[i]:
+                if hashes[i] == h:
+                    if parent is None:
+                        parent = key_of(idx).partition(b".")[2]
+                    if key_of(r - 1).partition(b".")[2] == parent:
+                        break
                 i = (i + 1) & mask
             if r:
                 nxt[tail[i]] = idx + 1
             else:
                 tab[i] = idx + 1
+                hashes[i] = h
             tail[i] = idx
         return tab, nxt
 
@@ -532,6 +565,8 @@ class IndicatorSet:
             sink.finish(NOUNS.get(summary.fmt, ENTRIES))
         del datas
         s = cls._from_builder(b, report)
+        del b
+        _give_back_memory()
         report.loaded = len(s)
         if report.loaded == 0:
             report.warnings.append("the indicator set is empty: nothing will ever match")
@@ -631,6 +666,7 @@ class IndicatorSet:
         self._nbits, self._ntab, self._nnext = bytes(names.bits), names.table, names.next
         self._ctab, self._cnext = names.children()
         self._min_labels, self._max_labels = names.min_labels, names.max_labels
+        del names  # its build-only columns (hashes, tails, children list) go now
         self._urls, self._certs, self._fps = urls, certs, fps
         self._v4, self._v6 = v4, v6
         self._finish_index()
@@ -899,6 +935,8 @@ class IndicatorSet:
                 except IndicatorFileError:
                     return None, None
             s = cls._from_blob(blob)
+            del blob
+            _give_back_memory()
         except Exception as e:  # boundary: _check_blob vouched for the shape; count the rest
             return None, f"inconsistent contents ({boundary.classify(e)})"
         return (s, s._report), None
