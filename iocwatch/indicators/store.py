@@ -128,20 +128,20 @@ class _NameIndex:
         while nbytes < 8 * count:
             nbytes <<= 1
         self.bits = bytearray(nbytes)
+        self.bmask = nbytes - 1
         self.kids: list[tuple[int, int]] = []
-        self.min_labels = 0
-        self.max_labels = 0
+        self.min_dots = 1 << 30
+        self.max_dots = -1
 
     def add(self, key: bytes, idx: int, wild: bool,
             same: Callable[[int, int], bool] | None = None) -> bool:
         """File row ``idx`` under ``key``; False (and nothing filed) when ``same`` says an
         earlier row of that name is the same indicator."""
-        tab, key_of = self.table, self.key_of
+        tab, hashes = self.table, self.hashes
         mask = len(tab) - 1
         h = crc32(key)
         i = (h * _FIB & 0xFFFFFFFF) * (mask + 1) >> 32
-        hashes = self.hashes
-        while (r := tab[i]) and (hashes[i] != h or key_of(r - 1) != key):
+        while (r := tab[i]) and (hashes[i] != h or self.key_of(r - 1) != key):
             i = (i + 1) & mask
         if r:
             if same is not None:
@@ -153,38 +153,43 @@ class _NameIndex:
             self.next[self.tail[i] - 1] = idx + 1
             self.tail[i] = idx + 1
             if not wild:
-                self._kid(key, idx, None)
+                self._kid(key, idx)
             return True
-        self.table[i] = self.tail[i] = idx + 1
+        tab[i] = self.tail[i] = idx + 1
         hashes[i] = h
-        labels = key.count(b".") + 1
-        if not self.min_labels or labels < self.min_labels:
-            self.min_labels = labels
-        if labels > self.max_labels:
-            self.max_labels = labels
-        p = key.rfind(46)
-        if p < 0:
+        dots = key.count(b".")
+        if dots < self.min_dots:
+            self.min_dots = dots
+        if dots > self.max_dots:
+            self.max_dots = dots
+        if not dots:
             return True
-        bits = self.bits
-        bmask = len(bits) - 1
-        p = key.rfind(46, 0, p)
-        parent = -1
-        while True:
-            hs = crc32(key[p + 1:]) if p >= 0 else h
+        bits, bmask = self.bits, self.bmask
+        bits[h >> 3 & bmask] |= 1 << (h & 7)  # the name itself, then its suffixes
+        if dots == 1:
+            return True
+        p = key.find(46)
+        parent = crc32(key[p + 1:])
+        bits[parent >> 3 & bmask] |= 1 << (parent & 7)
+        for _ in range(dots - 2):
+            p = key.find(46, p + 1)
+            hs = crc32(key[p + 1:])
             bits[hs >> 3 & bmask] |= 1 << (hs & 7)
-            if p < 0:
-                break
-            parent = hs
-            p = key.rfind(46, 0, p)
         if not wild:
-            self._kid(key, idx, parent if labels >= 3 else -1)
+            self.kids.append((parent, idx))
         return True
 
-    def _kid(self, key: bytes, idx: int, parent: int | None) -> None:
-        if parent is None:
-            parent = crc32(key.partition(b".")[2]) if key.count(b".") >= 2 else -1
-        if parent >= 0:
-            self.kids.append((parent, idx))
+    def _kid(self, key: bytes, idx: int) -> None:
+        if key.count(b".") >= 2:
+            self.kids.append((crc32(key.partition(b".")[2]), idx))
+
+    @property
+    def min_labels(self) -> int:
+        return self.min_dots + 1 if self.max_dots >= 0 else 0
+
+    @property
+    def max_labels(self) -> int:
+        return self.max_dots + 1
 
     def children(self) -> tuple[array, array]:
         """``ctab`` and ``cnext`` (empty when no name has three labels)."""
