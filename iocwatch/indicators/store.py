@@ -349,6 +349,7 @@ class _FileSink:
         self.last_meta: dict[str, Any] | None = None
         self.last_mi = 0
         self.details: dict[str, str] = {}
+        self.first_row = len(b.values)  # rows from here on are this file's
 
     def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
             exact: bool) -> None:
@@ -379,7 +380,6 @@ class _FileSink:
         b.file_idx.append(self.fidx)
         b.lines.append(line if 0 <= line <= 0xFFFFFFFF else 0)
         b.meta_idx.append(mi)
-        self.summary.loaded += 1
 
     def _count(self, why: str) -> None:
         reasons = self.summary.reasons
@@ -437,6 +437,7 @@ class _FileSink:
         legitimate empty list: a warning, not an error.
         """
         path, summary = self.summary.path, self.summary
+        summary.loaded = len(self.b.values) - self.first_row
         for why, n in summary.reasons.items():
             report_reasons = self.report.reasons
             report_reasons[why] = report_reasons.get(why, 0) + n
@@ -641,14 +642,19 @@ class IndicatorSet:
             bits = 32 if ver == 4 else 128
             return (v4 if ver == 4 else v6).setdefault(plen, {}), net >> (bits - plen)
 
+        domain_code, add_name = _KIND_CODE[m.DOMAIN], names.add
         for idx, value in enumerate(values):
-            kind = kinds[codes[idx]]
-            if kind == m.DOMAIN:
-                wild = bool(flags[idx] & WILDCARD)
-                name = value[2:] if wild else value
-                if not names.add(name.encode("utf-8", "surrogatepass"), idx, wild, same):
+            if codes[idx] == domain_code:  # most rows: kept short
+                wild = flags[idx] & WILDCARD
+                try:
+                    key = (value[2:] if wild else value).encode()
+                except UnicodeEncodeError:
+                    key = (value[2:] if wild else value).encode("utf-8", "surrogatepass")
+                if not add_name(key, idx, bool(wild), same):
                     dups.add(idx)
-            elif kind in (m.IP, m.CIDR):
+                continue
+            kind = kinds[codes[idx]]
+            if kind in (m.IP, m.CIDR):
                 table, key = ip_slot(value)
                 if not repeated(table, key, idx):
                     _push(table, key, idx)
