@@ -121,7 +121,7 @@ class _NameIndex:
     def __init__(self, count: int, rows: int, key_of: Callable[[int], bytes]) -> None:
         self.table = _empty_table(count)
         self.tail = array("I", bytes(4 * len(self.table)))  # last row + 1, per slot
-        self.hashes = array("I", bytes(4 * len(self.table)))  # CRC-32 per slot, build only
+        self.hashes = array("I", bytes(4 * len(self.table)))  # CRC-32 per slot
         self.next = array("I", bytes(4 * rows))
         self.key_of = key_of
         nbytes = 8
@@ -493,7 +493,7 @@ class IndicatorSet:
     """An immutable set of indicators; build a new one to reload and swap the reference."""
 
     __slots__ = ("_text", "_offs", "_kinds", "_flags", "_file_idx", "_lines", "_meta_idx",
-                 "_metas", "_files", "_nbits", "_nmask", "_plain", "_ntab", "_nnext", "_ctab",
+                 "_metas", "_files", "_nbits", "_nmask", "_plain", "_ntab", "_nhash", "_nnext", "_ctab",
                  "_cnext", "_min_labels", "_max_labels", "_v4", "_v6", "_v4_plens",
                  "_v6_plens", "_urls", "_certs", "_fps", "_key", "_report", "_dead")
 
@@ -511,6 +511,7 @@ class IndicatorSet:
         self._nmask = 7
         self._plain = True  # no one-label name: a name whose filter bit is unset has no hit
         self._ntab = array("I")
+        self._nhash = array("I", bytes(32))
         self._nnext = array("I")
         self._ctab = array("I")
         self._cnext = array("I")
@@ -675,9 +676,10 @@ class IndicatorSet:
             elif not repeated(fps[kind], value, idx):
                 _push(fps[kind], value, idx)
         self._nbits, self._ntab, self._nnext = bytes(names.bits), names.table, names.next
+        self._nhash = names.hashes
         self._ctab, self._cnext = names.children()
         self._min_labels, self._max_labels = names.min_labels, names.max_labels
-        del names  # its build-only columns (hashes, tails, children list) go now
+        del names  # its build-only columns (tails, children list) go now
         self._urls, self._certs, self._fps = urls, certs, fps
         self._v4, self._v6 = v4, v6
         self._finish_index()
@@ -714,11 +716,11 @@ class IndicatorSet:
 
     def _domain_hits(self, key: bytes, h: int, at_self: bool, out: list[Indicator]) -> None:
         """Rows filed under ``key`` (its CRC-32 ``h``) that apply to the name or a subdomain."""
-        tab = self._ntab
+        tab, hashes = self._ntab, self._nhash
         mask = len(tab) - 1
         i = (h * _FIB & 0xFFFFFFFF) * (mask + 1) >> 32
         while r := tab[i]:
-            if self._name_key(r - 1) == key:
+            if hashes[i] == h and self._name_key(r - 1) == key:
                 break
             i = (i + 1) & mask
         flags, kinds, nxt = self._flags, self._kinds, self._nnext
@@ -885,7 +887,7 @@ class IndicatorSet:
         blob = (CACHE_VERSION, self._key, report, self._text, self._offs.tobytes(),
                 bytes(self._kinds), bytes(self._flags), self._file_idx.tobytes(),
                 self._lines.tobytes(), self._meta_idx.tobytes(), self._metas, self._files,
-                self._nbits, self._ntab.tobytes(), self._nnext.tobytes(),
+                self._nbits, self._ntab.tobytes(), self._nhash.tobytes(), self._nnext.tobytes(),
                 self._ctab.tobytes(), self._cnext.tobytes(),
                 self._min_labels, self._max_labels, self._v4, self._v6, self._urls,
                 self._certs, self._fps, self._dead)
@@ -957,13 +959,14 @@ class IndicatorSet:
         """A set from an unmarshalled cache that :func:`_check_blob` accepted."""
         s = cls()
         (_, s._key, rep, s._text, offs, kinds, flags, fidx, lines, midx, s._metas, s._files,
-         s._nbits, ntab, nnext, ctab, cnext, s._min_labels, s._max_labels, s._v4, s._v6, s._urls, s._certs,
-         s._fps, s._dead) = blob
+         s._nbits, ntab, nhash, nnext, ctab, cnext, s._min_labels, s._max_labels, s._v4,
+         s._v6, s._urls, s._certs, s._fps, s._dead) = blob
         s._kinds, s._flags = bytearray(kinds), bytearray(flags)
         s._offs = _array("Q", offs)
         s._file_idx, s._lines, s._meta_idx = _array("I", fidx), _array("I", lines), \
             _array("I", midx)
-        s._ntab, s._nnext = _array("I", ntab), _array("I", nnext)
+        s._ntab, s._nhash, s._nnext = _array("I", ntab), _array("I", nhash), \
+            _array("I", nnext)
         s._ctab, s._cnext = _array("I", ctab), _array("I", cnext)
         files, loaded, skipped, unsupported, warnings, dups, total, ignored, reasons = rep
         s._report = LoadReport(files=[FileSummary(*f) for f in files], loaded=loaded,
@@ -1122,10 +1125,10 @@ def _check_blob(blob: Any) -> None:
     ``min``/``max``): 0.18-0.29 s of CPU for 1 M domains and 100 k networks, measured on a loaded
     2-core machine, against 0.5-0.85 s for ``marshal.loads`` itself.
     """
-    _need(type(blob) is tuple and len(blob) == 25 and type(blob[0]) is int
+    _need(type(blob) is tuple and len(blob) == 26 and type(blob[0]) is int
           and blob[0] == CACHE_VERSION, "unexpected contents")
     (_, key, rep, text, offs, kinds, flags, fidx, lines, midx, metas, files,
-     nbits, ntab, nnext, ctab, cnext, minl, maxl, v4, v6, urls, certs, fps, dead) = blob
+     nbits, ntab, nhash, nnext, ctab, cnext, minl, maxl, v4, v6, urls, certs, fps, dead) = blob
     _need(type(key) is tuple and len(key) > 1 and type(key[-1]) is tuple
           and all(type(x) is tuple and len(x) == 2 and _types(x) <= {str} for x in key[-1]),
           "sources of the wrong type")
@@ -1139,6 +1142,8 @@ def _check_blob(blob: Any) -> None:
     # offsets out of order only cut wrong values out of the text, which a forger could write
     # anyway; slicing never raises
     _need(o[0] == 0 and o[n] == len(text), "value offsets do not span the values")
+    _need(type(nhash) is bytes and type(ntab) is bytes and len(nhash) == len(ntab),
+          "name hashes of the wrong size")
     _check_names(nbits, (ntab, nnext), (ctab, cnext), minl, maxl, n)
     _list_of(files, {str}, "files")
     _list_of(metas, {dict}, "metadata")
