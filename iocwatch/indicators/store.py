@@ -721,8 +721,13 @@ class IndicatorSet:
         i = (h * _FIB & 0xFFFFFFFF) * (mask + 1) >> 32
         while r := tab[i]:
             if hashes[i] == h and self._name_key(r - 1) == key:
-                break
+                self._rows(r, at_self, out)
+                return
             i = (i + 1) & mask
+
+    def _rows(self, r: int, at_self: bool, out: list[Indicator]) -> None:
+        """The rows of the list starting at row ``r - 1`` that apply to the name (``at_self``)
+        or to a subdomain of it."""
         flags, kinds, nxt = self._flags, self._kinds, self._nnext
         last = 0
         while r > last:  # a row list only goes forward: a forged one ends here
@@ -757,7 +762,9 @@ class IndicatorSet:
             h = crc32(b[q + 1:])
             if self._nbits[h >> 3 & self._nmask] >> (h & 7) & 1:
                 self._walk(b, p, q, h, found)
-            elif self._plain and name[0] != "*":
+            elif self._plain:
+                # no name ends with these two labels, so none is below the name either
+                # (the wildcard children of *.a.b have three labels or more, ending in a.b)
                 return found
         if self._min_labels == 1:  # a one-label indicator: no filter bit for it
             tld = b[p + 1:]
@@ -774,22 +781,28 @@ class IndicatorSet:
     def _walk(self, b: bytes, p: int, q: int, h: int, found: list[list[Indicator]]) -> None:
         """Hits of the suffixes of two labels or more, shortest first, into ``found``; the
         caller saw the two-label suffix (from ``q``, of CRC ``h``) pass the filter."""
-        bits = self._nbits
-        mask = len(bits) - 1
+        bits, bmask = self._nbits, self._nmask
+        tab, hashes = self._ntab, self._nhash
+        mask = len(tab) - 1
         maxl = self._max_labels
         k = 2
         while True:
-            out: list[Indicator] = []
-            self._domain_hits(b[q + 1:], h, q < 0, out)
-            if out:
-                found.append(out)
+            i = (h * _FIB & 0xFFFFFFFF) * (mask + 1) >> 32
+            while r := tab[i]:  # the table probe of _domain_hits, inline: most walks miss
+                if hashes[i] == h and self._name_key(r - 1) == b[q + 1:]:
+                    out: list[Indicator] = []
+                    self._rows(r, q < 0, out)
+                    if out:
+                        found.append(out)
+                    break
+                i = (i + 1) & mask
             if q < 0 or k >= maxl:
                 return
             p = q
             k += 1
             q = b.rfind(46, 0, p)
             h = crc32(b[q + 1:])
-            if not bits[h >> 3 & mask] >> (h & 7) & 1:
+            if not bits[h >> 3 & bmask] >> (h & 7) & 1:
                 return
 
     def _children_of(self, parent: bytes) -> list[Indicator]:
