@@ -67,8 +67,11 @@ def gen_cidr(rng: random.Random) -> str:
 
 def ac_only(path: str, names_path: str) -> None:
     """The Aho-Corasick design, measured alone in this process."""
-    import ahocorasick
-
+    try:
+        import ahocorasick
+    except ImportError:
+        print("  aho-corasick: pyahocorasick not installed, skipped (pip install pyahocorasick)")
+        return
     base = rss_mb()
     t = time.perf_counter()
     auto = ahocorasick.Automaton()
