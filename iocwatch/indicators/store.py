@@ -518,7 +518,7 @@ class IndicatorSet:
         self._nbits = bytes(8)
         self._nmask = 7
         self._plain = True  # no one-label name: a name whose filter bit is unset has no hit
-        self._ntab = array("I")
+        self._ntab = array("I", bytes(32))  # eight empty slots: a probe ends at once
         self._nhash = array("I", bytes(32))
         self._nnext = array("I")
         self._ctab = array("I")
