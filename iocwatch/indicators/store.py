@@ -128,18 +128,16 @@ class _NameIndex:
 
     def __init__(self, count: int, rows: int, key_of: Callable[[int], bytes]) -> None:
         self.table = _empty_table(count)
-        self.tail = array("I", bytes(4 * len(self.table)))  # last row + 1, per slot
         self.hashes = array("I", bytes(4 * len(self.table)))  # CRC-32 per slot
+        self.tails: dict[int, int] = {}  # slot -> last row, for names filed more than once
         self.next = array("I", bytes(4 * rows))
         self.key_of = key_of
         nbytes = 8
         while nbytes < 8 * count:
             nbytes <<= 1
         self.bits = bytearray(nbytes)
-        self.bmask = nbytes - 1
         self.kids: list[tuple[int, int]] = []
-        self.min_dots = 1 << 30
-        self.max_dots = -1
+        self.depths = 0  # bit d set: some name has d dots
 
     def add(self, key: bytes, idx: int, wild: bool,
             same: Callable[[int, int], bool] | None = None) -> bool:
@@ -152,27 +150,15 @@ class _NameIndex:
         while (r := tab[i]) and (hashes[i] != h or self.key_of(r - 1) != key):
             i = (i + 1) & mask
         if r:
-            if same is not None:
-                nxt = self.next
-                while r:
-                    if same(r - 1, idx):
-                        return False
-                    r = nxt[r - 1]
-            self.next[self.tail[i] - 1] = idx + 1
-            self.tail[i] = idx + 1
-            if not wild:
-                self._kid(key, idx)
-            return True
-        tab[i] = self.tail[i] = idx + 1
+            return self._again(key, i, r, idx, wild, same)
+        tab[i] = idx + 1
         hashes[i] = h
         dots = key.count(b".")
-        if dots < self.min_dots:
-            self.min_dots = dots
-        if dots > self.max_dots:
-            self.max_dots = dots
+        self.depths |= 1 << dots
         if not dots:
             return True
-        bits, bmask = self.bits, self.bmask
+        bits = self.bits
+        bmask = len(bits) - 1
         bits[h >> 3 & bmask] |= 1 << (h & 7)  # the name itself, then its suffixes
         if dots == 1:
             return True
@@ -187,17 +173,35 @@ class _NameIndex:
             self.kids.append((parent, idx))
         return True
 
+    def _again(self, key: bytes, i: int, r: int, idx: int, wild: bool,
+               same: Callable[[int, int], bool] | None) -> bool:
+        """Row ``idx`` of a name already in slot ``i`` (first row ``r - 1``)."""
+        nxt = self.next
+        if same is not None:
+            j = r
+            while j:
+                if same(j - 1, idx):
+                    return False
+                j = nxt[j - 1]
+        last = self.tails.get(i, r - 1)
+        nxt[last] = idx + 1
+        self.tails[i] = idx
+        if not wild:
+            self._kid(key, idx)
+        return True
+
     def _kid(self, key: bytes, idx: int) -> None:
         if key.count(b".") >= 2:
             self.kids.append((crc32(key.partition(b".")[2]), idx))
 
     @property
     def min_labels(self) -> int:
-        return self.min_dots + 1 if self.max_dots >= 0 else 0
+        d = self.depths
+        return (d & -d).bit_length() if d else 0
 
     @property
     def max_labels(self) -> int:
-        return self.max_dots + 1
+        return self.depths.bit_length()
 
     def children(self) -> tuple[array, array]:
         """``ctab`` and ``cnext`` (empty when no name has three labels)."""
