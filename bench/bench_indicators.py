@@ -1,16 +1,20 @@
-"""Indicator matching at scale: 1,000,000 domains + 100,000 CIDRs. Prints figures, asserts nothing.
+"""Indicator matching at scale: 1,000,000 domains, against the targets of issue #18.
 
-    python bench/bench_indicators.py [--domains N] [--cidrs N] [--no-ac]
+    python bench/bench_indicators.py [--domains N] [--names N] [--repeat N] [--no-ac]
 
-Measures the shipped design (dict of label suffixes, per-prefix-length CIDR dicts) and, in a
-separate process so the RSS figures stay apart, the alternative the issue suggested: one
-pyahocorasick automaton over label-reversed names.
+Prints, best of ``--repeat`` runs (each in a fresh process, so RSS figures stay apart):
+the CPU to load the domains cold and from ``--ioc-cache``, the RSS the set adds (metadata
+included), and names per second through ``match_name`` on a mix of 3 to 6 labels where
+1 % hit, 9 % share a listed name's parent (the walk goes one label further) and 90 % miss.
+Then IPv4 lookups against 100,000 CIDRs and, apart, the Aho-Corasick design once measured
+against this one.
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import random
 import subprocess
@@ -63,8 +67,11 @@ def gen_cidr(rng: random.Random) -> str:
 
 def ac_only(path: str, names_path: str) -> None:
     """The Aho-Corasick design, measured alone in this process."""
-    import ahocorasick
-
+    try:
+        import ahocorasick
+    except ImportError:
+        print("  aho-corasick: pyahocorasick not installed, skipped (pip install pyahocorasick)")
+        return
     base = rss_mb()
     t = time.perf_counter()
     auto = ahocorasick.Automaton()
@@ -93,16 +100,72 @@ def ac_only(path: str, names_path: str) -> None:
           f"{rate / 1e6:.2f} M names/s (hits {hits:,}; values are lengths, no metadata)")
 
 
+def mix(rng: random.Random, domains: list[str], count: int) -> list[str]:
+    """Observed names of 3 to 6 labels: 1 % under a listed domain, 9 % beside one, the rest
+    unrelated."""
+    out = []
+    for _ in range(count):
+        roll = rng.random()
+        base = rng.choice(domains)
+        if roll < 0.01:
+            name = base
+        elif roll < 0.10:
+            name = "zz" + str(rng.randint(0, 99)) + "." + base.partition(".")[2]
+        else:
+            name = miss_name(rng)
+        while name.count(".") < 2 or (name.count(".") < 5 and rng.random() < 0.5):
+            name = f"{rng.choice(SUBS)}.{name}"
+        out.append(name)
+    return out
+
+
+def run_once(dom_path: str, names_path: str, cache: str) -> dict[str, float]:
+    """One fresh process's figures: cold load, RSS added, match rate, cache load."""
+    with open(names_path) as f:
+        names = f.read().split("\n")
+    gc.collect()
+    base = rss_mb()
+    t = time.process_time()
+    iset, _ = IndicatorSet.load([dom_path])
+    cold = time.process_time() - t
+    gc.collect()
+    added = rss_mb() - base
+    match = iset.match_name
+    t = time.process_time()
+    hits = sum(1 for n in names if match(n))
+    rate = len(names) / (time.process_time() - t)
+    t = time.process_time()
+    norm_hits = sum(1 for n in names if match(normalise_name(n)))
+    norm_rate = len(names) / (time.process_time() - t)
+    assert norm_hits == hits
+    if os.path.exists(cache):
+        os.unlink(cache)
+    iset.save_cache(cache)
+    del iset
+    gc.collect()
+    t = time.process_time()
+    got = IndicatorSet.load_cache(cache, [dom_path])
+    cached = time.process_time() - t
+    assert got is not None
+    return {"cold": cold, "rss": added, "rate": rate, "norm_rate": norm_rate, "cache": cached,
+            "hits": hits, "size": os.path.getsize(cache)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--domains", type=int, default=1_000_000)
     ap.add_argument("--cidrs", type=int, default=100_000)
     ap.add_argument("--names", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--no-ac", action="store_true")
     ap.add_argument("--ac-only", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--once", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.ac_only:
         ac_only(*args.ac_only)
+        return
+    if args.once:
+        print(json.dumps(run_once(*args.once)))
         return
     rng = random.Random(4)
     with tempfile.TemporaryDirectory() as tmp:
@@ -119,51 +182,40 @@ def main() -> None:
             f.write("# generated\n" + "\n".join(domains) + "\n")
         with open(cidr_path, "w") as f:
             f.write("\n".join(gen_cidr(rng) for _ in range(args.cidrs)) + "\n")
-        # mixed traffic: 1 % under a listed domain, 99 % other names (misses)
-        names = [f"{rng.choice(SUBS)}.{rng.choice(domains)}" if rng.random() < 0.01
-                 else miss_name(rng) for _ in range(args.names)]
         with open(names_path, "w") as f:
-            f.write("\n".join(names))
+            f.write("\n".join(mix(rng, domains, args.names)))
         del domains
         gc.collect()
-        print(f"{args.domains:,} domains + {args.cidrs:,} CIDRs, {args.names:,} names")
+        runs = []
+        for _ in range(args.repeat):
+            out = subprocess.run([sys.executable, __file__, "--once", dom_path, names_path,
+                                  os.path.join(tmp, "cache.bin")],
+                                 check=True, capture_output=True, text=True).stdout
+            runs.append(json.loads(out))
+        best = {k: (max if k in ("rate", "norm_rate") else min)(r[k] for r in runs)
+                for k in runs[0]}
+        print(f"{args.domains:,} domains, {args.names:,} names of 3-6 labels "
+              f"({best['hits']:,} hit), best of {len(runs)} fresh processes:")
+        for what, got, sign, target, unit in (
+                ("load cold, CPU", best["cold"], "<=", 3.0, "s"),
+                ("load from --ioc-cache, CPU (source digests included)", best["cache"], "<=",
+                 0.5, "s"),
+                ("RSS added (metadata included)", best["rss"], "<=", 100, "MB"),
+                ("match_name", best["rate"] / 1e6, ">=", 2.0, "M names/s")):
+            ok = got <= target if sign == "<=" else got >= target
+            print(f"  {what}: {got:.2f} {unit} (target {sign} {target} {unit}: "
+                  f"{'met' if ok else 'NOT met'})")
+        print(f"  normalise_name + match_name: {best['norm_rate'] / 1e6:.2f} M names/s; "
+              f"cache file {best['size'] / 1e6:.0f} MB")
 
-        base = rss_mb()
-        t = time.perf_counter()
-        iset, report = IndicatorSet.load([dom_path, cidr_path])
-        load = time.perf_counter() - t
-        gc.collect()
-        print(f"  load: {load:.2f} s, {len(iset):,} indicators, RSS +{rss_mb() - base:.0f} MB"
-              f" (process {rss_mb():.0f} MB), skipped {report.skipped_total}")
-
-        t = time.perf_counter()
-        hits = sum(1 for n in names if iset.match_name(n))
-        dt = time.perf_counter() - t
-        print(f"  match_name: {len(names) / dt / 1e6:.2f} M names/s (hits {hits:,})")
-        t = time.perf_counter()
-        hits = sum(1 for n in names if iset.match_name(normalise_name(n)))
-        dt = time.perf_counter() - t
-        print(f"  normalise_name + match_name: {len(names) / dt / 1e6:.2f} M names/s")
-
+        iset, _ = IndicatorSet.load([cidr_path])
         ips = [f"{rng.getrandbits(8)}.{rng.getrandbits(8)}.{rng.getrandbits(8)}."
                f"{rng.getrandbits(8)}" for _ in range(200_000)]
-        t = time.perf_counter()
+        t = time.process_time()
         hits = sum(1 for ip in ips if iset.match_ip(ip))
-        dt = time.perf_counter() - t
-        print(f"  match_ip (IPv4, {len(iset._v4_plens)} prefix lengths): "
+        dt = time.process_time() - t
+        print(f"  match_ip ({args.cidrs:,} CIDRs, {len(iset._v4_plens)} IPv4 prefix lengths): "
               f"{len(ips) / dt / 1e6:.2f} M lookups/s (hits {hits:,})")
-
-        cache = os.path.join(tmp, "cache.bin")
-        t = time.perf_counter()
-        iset.save_cache(cache)
-        save = time.perf_counter() - t
-        del iset
-        gc.collect()
-        t = time.perf_counter()
-        got = IndicatorSet.load_cache(cache, [dom_path, cidr_path])
-        reload_ = time.perf_counter() - t
-        print(f"  cache: save {save:.2f} s ({os.path.getsize(cache) / 1e6:.0f} MB), "
-              f"reload incl. source digests {reload_:.2f} s, valid: {got is not None}")
         if not args.no_ac:
             subprocess.run([sys.executable, __file__, "--ac-only", dom_path, names_path],
                            check=False)

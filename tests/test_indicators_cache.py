@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import marshal
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,16 @@ def _rep(i: int, v: Any) -> Callable[[list[Any]], None]:
     return edit
 
 
+def _q(n: int) -> bytes:
+    """``n`` as one 64-bit value offset, in the machine's order as the cache has it."""
+    return array("Q", [n]).tobytes()
+
+
+def _i(n: int) -> bytes:
+    """``n`` as one 32-bit table slot or row link."""
+    return array("I", [n]).tobytes()
+
+
 def _first_table(i: int, f: Callable[[dict[Any, Any]], dict[Any, Any]]
                  ) -> Callable[[list[Any]], None]:
     def edit(b: list[Any]) -> None:
@@ -93,30 +104,46 @@ def _first_table(i: int, f: Callable[[dict[Any, Any]], dict[Any, Any]]
 FORGED: dict[str, Callable[[list[Any]], None]] = {
     "sources not iterable": _set(1, (2, (), "", False, (), ...)),
     "source not a pair": _set(1, (2, (), "", False, (), (...,))),
-    "values a str": _set(3, "abc"),
-    "value not a str": lambda b: b[3].__setitem__(0, 5),
-    "kinds a list": _set(4, [0]),
-    "flags an ellipsis": _set(5, ...),
-    "file column a list": _set(6, [0]),
-    "line column a str": _set(7, "abcd"),
-    "meta column an ellipsis": _set(8, ...),
-    "meta not a dict": lambda b: b[9].__setitem__(0, "x"),
-    "meta value a set": lambda b: b[9].__setitem__(0, {"k": {1}}),
-    "meta tags not strs": lambda b: b[9].__setitem__(0, {"tags": [1]}),
-    "files an ellipsis": _set(10, ...),
-    "domain table a str": _set(11, "x"),
-    "domain row a str": _first_table(11, lambda d: {**d, "x.example": "0"}),
-    "domain row a float": _first_table(11, lambda d: {**d, "x.example": 0.5}),
-    "domain rows with a str": _first_table(11, lambda d: {**d, "x.example": (0, "1")}),
-    "domain key an int": _first_table(11, lambda d: {**d, 7: 0}),
-    "IPv4 prefix 64": _first_table(13, lambda d: {**d, 64: {1: 0}}),
-    "IPv4 network too wide": _first_table(13, lambda d: {**d, 8: {256: 0}}),
-    "IPv6 tables a list": _set(14, [1]),
-    "fingerprint tables a str": _set(17, "ja3"),
-    "fingerprint table missing": _first_table(17, lambda d: {k: d[k] for k in list(d)[1:]}),
-    "ja4 table an ellipsis": _first_table(17, lambda d: {**d, "ja4": ...}),
-    "dead rows a str": _set(18, "x"),
-    "dead row out of range": _set(18, {10**6}),
+    "values a list": _set(3, ["abc"]),
+    "value offsets past the text": lambda b: b.__setitem__(4, b[4][:-8] + _q(10**6)),
+    "value offsets not from 0": lambda b: b.__setitem__(4, _q(1) + b[4][8:]),
+    "offsets a list": _set(4, [0]),
+    "kinds a list": _set(5, [0]),
+    "flags an ellipsis": _set(6, ...),
+    "file column a list": _set(7, [0]),
+    "line column a str": _set(8, "abcd"),
+    "meta column an ellipsis": _set(9, ...),
+    "meta not a dict": lambda b: b[10].__setitem__(0, "x"),
+    "meta value a set": lambda b: b[10].__setitem__(0, {"k": {1}}),
+    "meta tags not strs": lambda b: b[10].__setitem__(0, {"tags": [1]}),
+    "files an ellipsis": _set(11, ...),
+    "name filter empty": _set(12, b""),
+    "name table a str": _set(13, "x"),
+    "name table of 3 slots": lambda b: b.__setitem__(slice(13, 15), [bytes(12)] * 2),
+    "name table row out of range": lambda b: b.__setitem__(13, _i(10**6) + b[13][4:]),
+    "name hashes short": lambda b: b.__setitem__(14, b[14][4:]),
+    "name table without an empty slot": lambda b: b.__setitem__(13, _i(1) * (len(b[13]) // 4)),
+    "name list past the rows": lambda b: b.__setitem__(15, _i(10**6) + b[15][4:]),
+    "subdomain table row out of range": lambda b: b.__setitem__(16, _i(10**6) + b[16][4:]),
+    "subdomain table of 3 slots": _set(16, bytes(12)),
+    "subdomain list of one link": _set(17, bytes(4)),
+    "label counts negative": _set(18, -1),
+    "label counts a str": _set(19, "3"),
+    "label counts without names": _set(18, 0),
+    "URL table a str": _set(22, "x"),
+    "URL row a str": _first_table(22, lambda d: {**d, "x.example/": "0"}),
+    "URL row a float": _first_table(22, lambda d: {**d, "x.example/": 0.5}),
+    "URL rows with a str": _first_table(22, lambda d: {**d, "x.example/": (0, "1")}),
+    "URL key an int": _first_table(22, lambda d: {**d, 7: 0}),
+    "certificate row out of range": _first_table(23, lambda d: {**d, "ab": 10**6}),
+    "IPv4 prefix 64": _first_table(20, lambda d: {**d, 64: {1: 0}}),
+    "IPv4 network too wide": _first_table(20, lambda d: {**d, 8: {256: 0}}),
+    "IPv6 tables a list": _set(21, [1]),
+    "fingerprint tables a str": _set(24, "ja3"),
+    "fingerprint table missing": _first_table(24, lambda d: {k: d[k] for k in list(d)[1:]}),
+    "ja4 table an ellipsis": _first_table(24, lambda d: {**d, "ja4": ...}),
+    "dead rows a str": _set(25, "x"),
+    "dead row out of range": _set(25, {10**6}),
     "report an ellipsis": _set(2, ...),
     "report loaded off by one": _rep(1, lambda x: x + 1),
     "report duplicates off": _rep(5, 0),
@@ -166,7 +193,7 @@ def test_code_object_is_the_wrong_type(tmp_path: Path) -> None:
     """marshal builds code objects (never runs them); none belongs in a cache."""
     srcs, cache = _cache(tmp_path)
     blob = _blob(cache)
-    blob[3] = [compile("1", "x", "eval")]
+    blob[3] = [compile("1", "x", "eval")]  # the values
     _forge(cache, blob)
     got, damage = IndicatorSet._load_cache(cache, srcs, None, False, ())
     assert got is None and damage == "inconsistent contents: values of the wrong type"
@@ -177,3 +204,19 @@ def test_stale_cache_is_not_damaged(tmp_path: Path) -> None:
     assert IndicatorSet._load_cache(cache, srcs[:1], None, False, ()) == (None, None)
     Path(srcs[0]).write_text("other.example\n")
     assert IndicatorSet._load_cache(cache, srcs, None, False, ()) == (None, None)
+
+
+def test_row_lists_that_loop_end_at_match_time(tmp_path: Path) -> None:
+    """A forged row list pointing backwards is not checked link by link at load (a million
+    links): the walk stops where the list stops going forward, so a match still ends."""
+    srcs, cache = _cache(tmp_path)
+    blob = _blob(cache)
+    blob[15] = _i(1) * (len(blob[15]) // 4)  # every row's next is row 0: a loop
+    blob[17] = _i(1) * (len(blob[17]) // 4) if blob[17] else blob[17]
+    _forge(cache, blob)
+    got, damage = IndicatorSet._load_cache(cache, srcs, None, False, ())
+    assert got is not None and damage is None
+    s = got[0]
+    for ind in list(s):
+        name = ind.value.removeprefix("*.")
+        assert len(s.match_name(name)) <= len(s) and len(s.match_name("*." + name)) <= len(s)

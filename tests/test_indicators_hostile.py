@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from array import array
 from pathlib import Path
 
 import pytest
@@ -297,7 +298,7 @@ def test_cache_with_bad_indices_but_good_checksum_is_rebuilt(tmp_path: Path) -> 
     src, cache = _cached(tmp_path)
     header_len = len(sets.CACHE_MAGIC) + sets._HEADER.size
     blob = list(marshal.loads(Path(cache).read_bytes()[header_len:]))
-    blob[11] = {"evil.com": 99}  # the domain table points past the columns
+    blob[13] = array("I", [99 + 1]).tobytes() + blob[13][4:]  # a name row past the columns
     body = marshal.dumps(tuple(blob))
     Path(cache).write_bytes(sets.frame_cache_body(body))
     assert IndicatorSet.load_cache(cache, [src]) is None
