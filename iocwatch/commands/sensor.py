@@ -398,7 +398,13 @@ def run_engine(engine: Engine, reader: CaptureReader | CaptureSet,
 def close_all(engine: Engine, pipeline: SensorPipeline, reader: CaptureReader | CaptureSet,
               out: Outcome) -> None:
     """Each step runs even when one before failed: the store still drains."""
-    for step in (engine.finish, pipeline.close, reader.close):
+    close_steps(out, (engine.finish, pipeline.close, reader.close))
+
+
+def close_steps(out: Outcome, steps: tuple[Callable[[], object], ...]) -> None:
+    """Run every step; the first broken pipe (re-raised at the end) and the first write error
+    go into ``out``."""
+    for step in steps:
         try:
             step()
         except BrokenPipeError as exc:
@@ -531,14 +537,7 @@ def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
     if progress is not None:
         progress.end()
     out = Outcome(result.interrupted, result.write_error, result.stop)
-    try:
-        writer.close()
-    except BrokenPipeError as exc:
-        out.stop = out.stop or exc
-    except OSError as exc:
-        out.write_error = out.write_error or exc
-    if out.stop is not None:
-        raise out.stop
+    close_steps(out, (writer.close,))
     for line in result.fatal:
         sys.stderr.write(f"iocwatch: error: {line}\n")
     if result.fatal:

@@ -590,17 +590,6 @@ _TYPE_CLASS: dict[int, tuple[str, str]] = {
 }
 
 
-def _fast_type_class(o: dict[str, Any], rtype: int, rclass: int) -> None:
-    tname = TYPE_NAMES.get(rtype)
-    o["type"] = tname or "UNKNOWN"
-    if tname is None:
-        o["type_code"] = rtype
-    cname = CLASS_NAMES.get(rclass)
-    o["class"] = cname or "UNKNOWN"
-    if cname is None:
-        o["class_code"] = rclass
-
-
 def fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]] | None:
     """What the engine keeps of a message, in one pass, for the common shapes (questions; A,
     AAAA, CNAME and other plainly rendered records; EDNS): (is response, mercury's JSON, question
@@ -640,7 +629,7 @@ def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]
             o: dict[str, Any] = {"name": name, "type": tc[0], "class": tc[1]}
         else:
             o = {"name": name}
-            _fast_type_class(o, rtype, rclass)
+            _put_type_class(o, rtype, rclass, False)  # never NetBIOS here
         pos += 4
         questions.append(o)
         names.append(name)
@@ -669,7 +658,7 @@ def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]
                 o = {"name": name, "type": tc[0], "class": tc[1]}
             else:
                 o = {"name": name}
-                _fast_type_class(o, rtype, rclass)
+                _put_type_class(o, rtype, rclass, False)  # never NetBIOS here
             o["ttl"] = int.from_bytes(data[start - 6 : start - 2], "big")
             if rclass != _IN:
                 o["rdata"] = data[start:pos].hex()

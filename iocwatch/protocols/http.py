@@ -90,11 +90,7 @@ class HttpRequest:
             a = _authorization_json(auth)
             if a is not None:
                 o["authorization"] = a
-        if self.raw_headers:
-            o["headers"] = _headers_json(self.raw_headers)
-        if self.body:
-            o["body"] = self.body.hex()
-        return o
+        return _with_head(o, self.raw_headers, self.body)
 
 
     def fingerprint(self) -> str:
@@ -128,11 +124,7 @@ class HttpResponse:
             v = first.get(hname)
             if v:
                 o[key] = mercury_text(v)
-        if self.raw_headers:
-            o["headers"] = _headers_json(self.raw_headers)
-        if self.body:
-            o["body"] = self.body.hex()
-        return o
+        return _with_head(o, self.raw_headers, self.body)
 
     def fingerprint(self) -> str:
         """mercury's ``http_server`` fingerprint: version, code, reason, selected headers."""
@@ -181,6 +173,15 @@ def _fp_headers(headers: list[Header], table: dict[bytes, bool]) -> str:
         raw = h.name + h.gap + h.value if with_value else h.name
         parts.append("(" + raw.hex() + ")")
     return "".join(parts)
+
+
+def _with_head(o: dict[str, Any], raw_headers: list[Header], body: bytes) -> dict[str, Any]:
+    """A request's or response's object, completed as mercury ends both: headers, then body."""
+    if raw_headers:
+        o["headers"] = _headers_json(raw_headers)
+    if body:
+        o["body"] = body.hex()
+    return o
 
 
 def _headers_json(headers: list[Header]) -> list[dict[str, str]]:
