@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from iocwatch.flows.dnslink import answer_links
 from iocwatch.model.channels import Channel
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
@@ -64,6 +65,8 @@ class Event:
     extra: dict | None = None  # further top-level keys after ``key`` (QUIC: "quic")
     client_hello: tlsp.ClientHello | None = None  # parsed hellos, for TLS session records
     server_hello: tlsp.ServerHello | None = None
+    #: a DNS response's (address, names, TTL) links (flows/dnslink.py), for the engine's table
+    dns_links: tuple | None = None
 
 
 class Direction:
@@ -133,7 +136,7 @@ class Dissector:
         # fingerprint_key -> (mercury's string, JA3(S) MD5, JA4(S)): one client or server
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
-        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str]]] = {}
+        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str], tuple]] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
@@ -535,7 +538,8 @@ class Dissector:
                 return None
             body = msg.to_mercury()
             hit = (msg.is_response, next(iter(body)), body, msg.question_names(),
-                   [ip for _owner, ip in msg.addresses()])
+                   [ip for _owner, ip in msg.addresses()],
+                   answer_links(msg) if port == 53 else ())
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -547,7 +551,7 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        is_response, section, body, names, addresses = hit
+        is_response, section, body, names, addresses, links = hit
         msg_id = (payload[0] << 8) | payload[1]
         inner = dict(body[section])
         inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
@@ -565,4 +569,4 @@ class Dissector:
                 obs = [Observation(n, Channel.DNS_QUERY) for n in names]
         if is_response:
             obs.extend(Observation(ip, Channel.DNS_ANSWER) for ip in addresses)
-        return Event(key, {section: inner}, obs)
+        return Event(key, {section: inner}, obs, dns_links=links if key == "dns" and links else None)

@@ -25,6 +25,8 @@ class Channel(StrEnum):
     CERT_SAN = "cert_san"
     CERT_CN = "cert_cn"
     HTTP_HOST = "http_host"
+    #: a name DNS gave the client for the address it then connected to (flows without a name)
+    DNS_LINK = "dns_link"
     # not names, but matched against indicators the same way
     HTTP_URL = "http_url"
     DNS_ANSWER = "dns_answer"
@@ -92,6 +94,7 @@ _ROWS = (
     ChannelInfo(Channel.HTTP_HOST, Kind.NAME, "http.request.host", "url.domain", "http",
                 authority=True, stored_name=True, coverage="http_host", label="HTTP Host",
                 short="HTTP"),
+    ChannelInfo(Channel.DNS_LINK, Kind.NAME, "dns_link.names[]", "destination.domain"),
     ChannelInfo(Channel.HTTP_URL, Kind.URL, "http.request.uri", "url.full", "http"),
     # an address in alerts; in the store, the owner name of that answer (source dns_answer)
     ChannelInfo(Channel.DNS_ANSWER, Kind.ADDRESS, "dns.response.answer[].ipv4_addr",

@@ -547,3 +547,31 @@ def split_tcp_stream(buf: bytes) -> tuple[list[bytes], int]:
             out.append(bytes(buf[pos + 2 : pos + 2 + size]))
         pos += 2 + size
     return out, pos
+
+
+def svcb_hints(rdata: bytes | None) -> list[bytes]:
+    """The ``ipv4hint`` and ``ipv6hint`` addresses (raw 4 or 16 bytes) of SVCB/HTTPS rdata.
+
+    RFC 9460 forbids compressing the target name, so the rdata reads on its own; anything
+    malformed ends the list where it breaks."""
+    out: list[bytes] = []
+    if not rdata or len(rdata) < 3:
+        return out
+    pos, n = 2, len(rdata)
+    while pos < n and rdata[pos]:  # the target name's labels
+        if rdata[pos] & 0xC0:
+            return out
+        pos += 1 + rdata[pos]
+    pos += 1
+    while pos + 4 <= n:
+        key = (rdata[pos] << 8) | rdata[pos + 1]
+        size = (rdata[pos + 2] << 8) | rdata[pos + 3]
+        pos += 4
+        value = rdata[pos : pos + size]
+        if len(value) != size:
+            break
+        pos += size
+        width = 4 if key == 4 else 16 if key == 6 else 0
+        if width:
+            out.extend(value[i : i + width] for i in range(0, size - width + 1, width))
+    return out
