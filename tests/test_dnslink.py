@@ -222,3 +222,25 @@ def test_engine_flood_of_distinct_answers_counts_evictions_in_stats() -> None:
     engine, _r = run(pkts, max_dns_links=500)
     assert engine.links is not None and len(engine.links.table) <= 500
     assert engine.stats["evicted_dns_links"] >= 2500
+
+
+def test_coverage_report_counts_flows_dns_cannot_name(tmp_path, capsys) -> None:
+    import json
+
+    from iocwatch.commands import coverage
+    from tests.pktbuild import pcap
+
+    answer = response("a.example", [rr("a.example", 1, ip4("192.0.2.40"))])
+    pkts = [dns_packet(0.0, answer)]
+    pkts += syn_and_data(1.0, "198.51.100.1", 443, b"\x00" * 20, sport=42000)
+    pkts += syn_and_data(2.0, "198.51.100.1", 443, b"\x00" * 20, sport=42001)
+    pkts += syn_and_data(3.0, "192.0.2.40", 443, b"\x00" * 20, sport=42002)
+    cap = tmp_path / "c.pcap"
+    cap.write_bytes(pcap(pkts))
+    out = tmp_path / "r.json"
+    assert coverage.main(["-r", str(cap), "--json", str(out)]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["unnamed_flows"] == {"flows": 2, "linked_flows": 1, "destinations": 1,
+                                    "top": [{"destination": "198.51.100.1", "flows": 2}],
+                                    "other": 0}
+    assert "Flows DNS cannot name" in capsys.readouterr().out

@@ -341,6 +341,8 @@ def to_ecs(alert: dict) -> dict:
         out["tls"] = {"server": {"x509": {"subject": {"common_name": [name]}}}}
     elif chan is Channel.HTTP_HOST:
         out["url"] = {"domain": name}
+    elif chan is Channel.DNS_LINK:  # the name DNS gave the client for this destination
+        out["destination"]["domain"] = name
     elif chan is Channel.HTTP_URL:
         out["url"] = {"full": name, "original": name}
     elif chan is Channel.DNS_ANSWER:
