@@ -15,7 +15,11 @@ CERT_SHA256 = "cert_sha256"
 JA3 = "ja3"
 JA3S = "ja3s"
 JA4 = "ja4"
-KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4)
+#: a server name and port (``evil.example:8443``): a flow to that port named so by its SNI,
+#: HTTP Host or a DNS link (subdomains included, as domains)
+DOMAIN_PORT = "domain_port"
+KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4,
+                          DOMAIN_PORT)
 FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4)
 
 #: Format names accepted by ``IndicatorSet.load(fmt=...)`` (the CLI's ``--ioc-format``).

@@ -234,6 +234,8 @@ TYPE_NAMES: dict[str, str] = {
     "cert-sha256": m.CERT_SHA256, "cert_hash": "cert", "cert-hash": "cert", "cert": "cert",
     "ja3": m.JA3, "ja3-fingerprint-md5": m.JA3, "ja3s": m.JA3S, "ja3s-fingerprint-md5": m.JA3S,
     "ja4": m.JA4,
+    "domain_port": m.DOMAIN_PORT, "domain-port": m.DOMAIN_PORT, "hostname|port": m.DOMAIN_PORT,
+    "domain|port": m.DOMAIN_PORT, "hostname_port": m.DOMAIN_PORT,
 }
 
 #: Types that are well formed but describe nothing a network sensor sees: counted, not errors.
@@ -274,11 +276,33 @@ def classify(raw: str, hint: str | None) -> tuple[str, str, int] | str:
 WILDCARD = 2
 
 
+def endpoint_text(host: str, port: int) -> str:
+    """The one spelling of a host and port, as indicator value and lookup key."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def domain_port(value: str) -> tuple[str, int, bool] | str:
+    """``(name, port, wildcard)`` of ``evil.example:8443`` (or MISP's ``evil.example|8443``),
+    or a reason it is not one."""
+    s = value.strip()
+    cut = max(s.rfind(":"), s.rfind("|"))
+    host, port = s[:cut], s[cut + 1:]
+    if cut < 1 or not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        return f"not a name:port: {value[:80]!r}"
+    if parse_ip(host.strip("[]")) is not None:
+        return f"an address:port, not a name:port: {value[:80]!r}"
+    d = domain(host)
+    if isinstance(d, str):
+        return d
+    return d[0], int(port), d[1]
+
+
 def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
     if kind == m.DOMAIN:
         d = domain(s)
         if isinstance(d, str):
-            return d
+            # a host written with its port (``c2.example:8080`` typed "domain")
+            return _typed(m.DOMAIN_PORT, s) if isinstance(domain_port(s), tuple) else d
         return m.DOMAIN, ("*." if d[1] else "") + d[0], WILDCARD if d[1] else 0
     if kind in (m.IP, m.CIDR):
         ip = parse_ip(s)
@@ -297,6 +321,13 @@ def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
         if h is None or (kind != "cert" and h[0] != kind):
             return f"not a certificate {kind.removeprefix('cert_').upper()} digest: {s[:80]!r}"
         return h[0], h[1], 0
+    if kind == m.DOMAIN_PORT:
+        dp = domain_port(s)
+        if isinstance(dp, str):
+            return dp
+        name, port, wild = dp
+        return m.DOMAIN_PORT, endpoint_text(("*." if wild else "") + name, port), \
+            WILDCARD if wild else 0
     if kind in m.FINGERPRINT_KINDS:
         fp = fingerprint(kind, s)
         if fp is None:
@@ -328,6 +359,9 @@ def _guess(s: str) -> tuple[str, str, int] | str:
         return _typed(m.URL, s)
     if low.replace(".", "").isdigit():
         return f"not a valid IPv4 address: {s[:80]!r}"
+    head, colon, port = low.rpartition(":")
+    if colon and port.isdigit() and "." in head and ":" not in head:
+        return _typed(m.DOMAIN_PORT, s)
     d = domain(s)
     if isinstance(d, str):
         return d

@@ -35,7 +35,7 @@ from .normalise import WILDCARD, classify, fingerprint, parse_ip, url_key_of, ur
 
 MAX_FILE = 1 << 30
 MAX_SKIPPED_LISTED = 1000
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: domain_port rows (indexed on load, from the rows)
 #: first bytes of every indicator cache: lets a file be recognised without unmarshalling it
 CACHE_MAGIC = b"iocwatch indicator cache\n\x00"
 #: after the magic: format version, body length, BLAKE2b-256 of the body
@@ -322,7 +322,7 @@ class IndicatorSet:
     __slots__ = ("_values", "_kinds", "_flags", "_file_idx", "_lines", "_meta_idx", "_metas",
                  "_files", "_dom", "_children", "_min_labels", "_max_labels", "_v4", "_v6",
                  "_v4_plens", "_v6_plens", "_urls", "_certs", "_fps", "_key", "_report",
-                 "_dead")
+                 "_dead", "_endpoints")
 
     def __init__(self) -> None:
         self._values: list[str] = []
@@ -347,6 +347,8 @@ class IndicatorSet:
         self._key: tuple[Any, ...] = ()
         self._report = LoadReport()
         self._dead: set[int] = set()
+        #: ``name:port`` -> domain_port rows (built from the rows by _finish_index)
+        self._endpoints: dict[str, Ids] = {}
 
     # ------------------------------------------------------------------------- loading
 
@@ -478,6 +480,8 @@ class IndicatorSet:
             elif kind in (m.CERT_SHA1, m.CERT_SHA256):
                 if not repeated(certs, value, idx):
                     _push(certs, value, idx)
+            elif kind == m.DOMAIN_PORT:
+                continue  # indexed by _finish_index, from the rows (also after a cache load)
             elif not repeated(fps[kind], value, idx):
                 _push(fps[kind], value, idx)
         self._dom, self._children, self._urls, self._certs, self._fps = (
@@ -487,6 +491,18 @@ class IndicatorSet:
         return dups
 
     def _finish_index(self) -> None:
+        endpoints: dict[str, Ids] = {}
+        code = _KIND_CODE[m.DOMAIN_PORT]
+        kinds, values, dead = self._kinds, self._values, self._dead
+        seen: set[tuple[str, int, int]] = set()  # a row repeating one of its file
+        i = kinds.find(code)
+        while i >= 0:  # bytearray.find: a set without such rows costs one C scan
+            row = (values[i], self._flags[i], self._file_idx[i])
+            if i not in dead and row not in seen:
+                seen.add(row)
+                _push(endpoints, row[0][2:] if row[1] & WILDCARD else row[0], i)
+            i = kinds.find(code, i + 1)
+        self._endpoints = endpoints
         labels = {k.count(".") + 1 for k in self._dom}
         self._min_labels = min(labels, default=1)
         self._max_labels = max(labels, default=0)
@@ -593,6 +609,28 @@ class IndicatorSet:
                         seen.add(i)
                         out.append(self._indicator(i))
         return out
+
+    def match_domain_port(self, name: str, port: int) -> list[Indicator]:
+        """``name:port`` indicators for an already normalised name seen on a flow to
+        ``port``: the name and its parents at label boundaries (``*.`` ones: parents only)."""
+        table = self._endpoints
+        if not table or not name:
+            return []
+        out: list[Indicator] = []
+        suffix = f":{port}"
+        at, own = 0, True
+        while True:
+            v = table.get(name[at:] + suffix)
+            if v is not None:
+                for i in _ids(v):
+                    f = self._flags[i]
+                    # on the name itself all but ``*.`` ones; on a subdomain all but exact ones
+                    if (not f & WILDCARD) if own else (not f & _EXACT):
+                        out.append(self._indicator(i))
+            dot = name.find(".", at)
+            if dot < 0:
+                return out
+            at, own = dot + 1, False
 
     def match_cert_hash(self, hexdigest: str) -> list[Indicator]:
         """Certificate fingerprint indicators equal to a SHA-1 or SHA-256 hex digest."""

@@ -47,6 +47,7 @@ _ECS_INDICATOR_TYPE = {
     "domain": "domain-name",
     "hostname": "domain-name",
     "domain-name": "domain-name",
+    "domain_port": "domain-name",
     "url": "url",
     "ipv4": "ipv4-addr",
     "ipv6": "ipv6-addr",
@@ -256,7 +257,10 @@ def _ecs_indicator(ind: Mapping[str, Any]) -> dict[str, Any]:
     if ecs_type in ("ipv4-addr", "ipv6-addr") and isinstance(value, str) and ":" in value:
         ecs_type = "ipv6-addr"  # the table cannot know an address's family; the value does
     out: dict[str, Any] = {"type": ecs_type, "name": value}
-    if ecs_type == "domain-name":
+    host, _, port = str(value).rpartition(":") if kind == "domain_port" else ("", "", "")
+    if port.isdigit():  # ECS has the name and the port apart
+        out.update(url={"domain": host}, port=int(port))
+    elif ecs_type == "domain-name":
         out["url"] = {"domain": value}
     elif ecs_type == "url":
         out["url"] = {"original": value}
