@@ -49,10 +49,13 @@ def test_ingest_everything_twice(data: dict[str, dict[str, Path]], tmp_path: Pat
                  + len(lines(v6["records"])) + len(lines(v6["sessions"])))
     assert rc == 0, err
     files = len(os.listdir(sun["dir"])) + 4
-    assert s[:4] == [files, 0, n_objects, 9 + 2 + 4] and s[7:] == [0, 0]
+    # records of flows named only by a DNS link carry nothing the store keeps: skipped
+    link_only = sum(1 for path in (sun["records"], v6["records"]) for r in lines(path)
+                    if next(iter(r)) == "dns_link")
+    assert s[:4] == [files, 0, n_objects, 9 + 2 + 4] and s[7:] == [link_only, 0]
     rc, again, err = ingest("--store", store_url, str(sun["dir"]), str(sun["records"]),
                             str(chain["sessions"]), str(gz), str(v6["sessions"]))
-    assert rc == 0 and again[3:] == [0, 0, 0, n_objects, 0, 0]
+    assert rc == 0 and again[3:] == [0, 0, 0, n_objects - link_only, link_only, 0]
     store = open_store(store_url, readonly=True)
     direct = open_store(store_url2)
     stats = [ingest_records(direct, lines(path)) for path in
