@@ -33,6 +33,8 @@ MAX_TTL = 3600  # default cap on how long an answer links its addresses (--dns-l
 MIN_TTL = 60  # a 0-second TTL still links the connection that follows the answer
 MAX_NAMES = 8  # names kept per link (a CNAME chain, or several names on one address)
 _CHAIN_MAX = 16  # CNAME steps followed back towards the asked name
+#: destination ports whose flows carry names of their own (DNS, mDNS, LLMNR questions)
+_NAMED_PORTS = frozenset({53, 5353, 5355})
 _ENTRY_OVERHEAD = 240  # bytes of a link besides its names: dict slot, key, tuples, ints
 
 #: Channels on which a flow carries its own name: a record with one of these keeps its record
@@ -217,13 +219,13 @@ class DnsLinks:
     def flow(self, client: bytes, server: bytes, dport: int, now: int) -> Link | None:
         """A new flow from ``client``: its link, or None; a flow without one from a client
         whose DNS the sensor sees is counted per destination (the coverage report)."""
-        if client not in self.clients:
+        if client not in self.clients or dport in _NAMED_PORTS:
             return None
         link = self.lookup(client, server, now)
         if link is not None:
             self.stats["dns_link_flows"] += 1
             return link
-        if dport in (53, 5353, 5355) or _is_group(server):
+        if _is_group(server):
             return None
         self.stats["dns_link_unlinked_flows"] += 1
         unlinked = self.unlinked
