@@ -244,3 +244,29 @@ def test_coverage_report_counts_flows_dns_cannot_name(tmp_path, capsys) -> None:
                                     "top": [{"destination": "198.51.100.1", "flows": 2}],
                                     "other": 0}
     assert "Flows DNS cannot name" in capsys.readouterr().out
+
+
+def test_quic_initial_without_sni_gets_the_link_and_with_sni_stays_unchanged() -> None:
+    from iocwatch.protocols import quic
+    from tests.test_quic import CLIENT_HELLO_FRAME, protect
+
+    # RFC 9001 A.2's ClientHello, and the same without its server_name extension (20 bytes
+    # fewer in the CRYPTO frame, the handshake message and the extensions block)
+    sni = "00000010000e00000b6578616d706c652e636f6d"
+    hx = CLIENT_HELLO_FRAME.hex()
+    assert hx.startswith("060040f1010000ed") and ("00c0" + sni) in hx
+    bare = bytes.fromhex("060040dd010000d9" + hx[16:].replace("00c0" + sni, "00ac"))
+
+    def initial(frame: bytes, sport: int) -> tuple[float, bytes]:
+        dgram = protect(quic.VERSION_V1, frame + b"\x00" * (1162 - len(frame)))
+        return (20.0, eth(ipv4(udp(dgram, sport, 443), CLIENT, "192.0.2.60", proto=17)))
+
+    answer = response("quic.example", [rr("quic.example", 1, ip4("192.0.2.60"))])
+    pkts = [dns_packet(10.0, answer), initial(bare, 50001), initial(CLIENT_HELLO_FRAME, 50002)]
+    _e, records = run(pkts)
+    hellos = {r["src_port"]: r for r, _o in records if "quic" in r}
+    assert "server_name" not in hellos[50001]["tls"]["client"]
+    assert hellos[50001]["dns_link"] == {"names": ["quic.example"], "age": 10}
+    assert hellos[50002]["tls"]["client"]["server_name"] == "example.com"
+    assert "dns_link" not in hellos[50002]
+    assert len(linked(records)) == 1
