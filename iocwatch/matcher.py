@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iocwatch.indicators import IndicatorSet, normalise_name
-from iocwatch.model.channels import CHANNELS, Channel, Kind
+from iocwatch.model.channels import CHANNELS, DESTINATION_CHANNELS, Channel, Kind
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
 
@@ -25,7 +25,7 @@ _KIND = {c: row.kind for c, row in CHANNELS.items()}
 _AUTHORITY = frozenset(c for c, row in CHANNELS.items() if row.authority)
 #: channels whose name is the flow's destination: ``name:port`` indicators match them against
 #: the record's destination port
-_DESTINATION = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI, Channel.HTTP_HOST, Channel.DNS_LINK})
+_DESTINATION = DESTINATION_CHANNELS | {Channel.DNS_LINK}
 _NO_MATCHES: tuple[Match, ...] = ()  # what most observation lists match: no allocation
 
 

@@ -18,7 +18,7 @@ from collections import Counter
 from itertools import islice
 
 from iocwatch.flows.tables import EVICT_SHARE, evict_oldest
-from iocwatch.model.channels import Channel
+from iocwatch.model.channels import DESTINATION_CHANNELS
 from iocwatch.protocols import dns as dnsp
 
 __all__ = ["DNS_LINKS_MAX", "DnsLinks", "Link", "answer_links", "names_own_flow"]
@@ -37,10 +37,10 @@ _CHAIN_MAX = 16  # CNAME steps followed back towards the asked name
 _NAMED_PORTS = frozenset({53, 5353, 5355})
 _ENTRY_OVERHEAD = 240  # bytes of a link besides its names: dict slot, key, tuples, ints
 
-#: Channels on which a flow carries its own name: a record with one of these keeps its record
-#: unchanged. ECH's visible outer SNI is meant to be on a channel of its own (not here), so
-#: that an ECH flow gets the names DNS gave for the address.
-OWN_NAME_CHANNELS = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI, Channel.HTTP_HOST})
+#: Channels on which a flow carries its own name (the channel table's ``destination`` rows: SNI,
+#: Host): a flow with one of these keeps its record unchanged. ECH's visible outer SNI goes on
+#: a channel of its own that is not one of them, so an ECH flow gets the names DNS gave.
+OWN_NAME_CHANNELS = DESTINATION_CHANNELS
 
 #: what an answer gives one address: (raw address, names with the asked name first, TTL)
 AnswerLink = tuple[bytes, tuple[str, ...], int]
