@@ -61,6 +61,8 @@ def _service_owner(name: str) -> str:
 
 def _chain(owner: str, parents: dict[str, list[str]]) -> tuple[str, ...]:
     """The owner and every name whose CNAME chain leads to it, the asked name first."""
+    if not parents:  # most answers: no CNAME at all
+        return (_bare(owner),)
     seen = [owner]
     frontier = [owner]
     for _ in range(_CHAIN_MAX):
@@ -128,7 +130,7 @@ def _is_group(addr: bytes) -> bool:
 
 
 def _size(key: bytes, names: tuple[str, ...]) -> int:
-    return _ENTRY_OVERHEAD + len(key) + sum(56 + len(n) for n in names)
+    return _ENTRY_OVERHEAD + len(key) + 56 * len(names) + sum(map(len, names))
 
 
 class DnsLinks:
@@ -148,9 +150,12 @@ class DnsLinks:
         self.max_udp = max(2, max_udp)
         self.max_quic = max(2, max_quic)
         self.max_unlinked = max(1, max_unlinked)
-        #: client + server -> (names, answered, expires), least recently used first
-        self.table: dict[bytes, tuple[tuple[str, ...], int, int]] = {}
+        #: client + server -> (names, answered, expires, estimated bytes), least recently used
+        #: first
+        self.table: dict[bytes, tuple[tuple[str, ...], int, int, int]] = {}
         self.bytes = 0
+        #: link entries looked at by evictions (tests check it stays O(answers))
+        self.work = 0
         #: clients whose DNS answers were seen, least recently answered first
         self.clients: dict[bytes, None] = {}
         #: UDP flow directions of those clients already looked up (the first datagram decides)
@@ -179,25 +184,34 @@ class DnsLinks:
             key = client + addr
             old = table.pop(key, None)
             if old is not None:
-                self.bytes -= _size(key, old[0])
+                self.bytes -= old[3]
                 if old[0] != names:
                     names = (names + tuple(n for n in old[0] if n not in names))[:MAX_NAMES]
-            table[key] = (names, now, now + min(max(ttl, lo), hi))
-            self.bytes += _size(key, names)
-            stats["dns_link_addresses"] += 1
+            size = _size(key, names)
+            table[key] = (names, now, now + min(max(ttl, lo), hi), size)
+            self.bytes += size
+        stats["dns_link_addresses"] += len(links)
         if len(table) > self.max_entries or self.bytes > self.max_bytes:
             self._evict()
 
     def _evict(self) -> None:
-        """Free the least recently used links in batches until both bounds hold."""
+        """Free the least recently used links until both bounds hold with 1/16 to spare: a
+        batch at once, so that a full table costs O(1) amortised per answer (finding a dict's
+        first keys skips the slots earlier deletions left)."""
         table = self.table
+        keep_n = self.max_entries - self.max_entries // EVICT_SHARE
+        keep_b = self.max_bytes - self.max_bytes // EVICT_SHARE
         evicted = 0
-        while table and (len(table) > self.max_entries or self.bytes > self.max_bytes):
-            for key in list(islice(table, max(1, self.max_entries // EVICT_SHARE))):
-                self.bytes -= _size(key, table.pop(key)[0])
-                evicted += 1
-                if len(table) <= self.max_entries and self.bytes <= self.max_bytes:
+        while table and (len(table) > keep_n or self.bytes > keep_b):
+            average = self.bytes / len(table)
+            want = max(64, len(table) - keep_n, int((self.bytes - keep_b) / average) + 1)
+            batch = list(islice(table, want))
+            self.work += len(batch)
+            for key in batch:
+                if len(table) <= keep_n and self.bytes <= keep_b:
                     break
+                self.bytes -= table.pop(key)[3]
+                evicted += 1
         self.stats["evicted_dns_links"] += evicted
 
     # -- flows -------------------------------------------------------------------------------
@@ -210,7 +224,7 @@ class DnsLinks:
             return None
         del table[key]
         if v[2] < now:
-            self.bytes -= _size(key, v[0])
+            self.bytes -= v[3]
             self.stats["dns_link_expired"] += 1
             return None
         table[key] = v  # most recently used now
