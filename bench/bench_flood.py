@@ -94,8 +94,8 @@ def dns_flood(n: int) -> Iterator[bytes]:
         yield ipv4(0xC0000235, 0x0A000000 + (i >> 6), 17, udp(53, 1024 + (i & 63), msg))
 
 
-def run_flood(name: str, n: int) -> dict:
-    from iocwatch.engine import Engine
+def run_flood(name: str, n: int, dns_link: bool = True) -> dict:
+    from iocwatch.engine import Engine, EngineConfig
 
     gen = {"syn": syn_flood, "udp": udp_flood, "quic": quic_flood, "dns": dns_flood}[name](n)
     base_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -110,7 +110,8 @@ def run_flood(name: str, n: int) -> dict:
     def session_sink(_s: object) -> None:
         counts["sessions"] += 1
 
-    eng = Engine(sink, flow_hook=flow_hook, session_sink=session_sink)
+    eng = Engine(sink, EngineConfig(dns_link=dns_link), flow_hook=flow_hook,
+                 session_sink=session_sink)
     span_us = SPAN[name] * 1_000_000
     times: list[tuple[int, float]] = []  # (packets, seconds) per chunk
     i = 0
@@ -130,7 +131,8 @@ def run_flood(name: str, n: int) -> dict:
     tables = {"tcp_flows": len(eng.flow_order), "done": len(eng.done),
               "udp_seen": len(eng.udp_seen), "quic_done": len(eng.quic.done),
               "quic_budget": len(eng.quic.budget), "quic_crypto": len(eng.quic.crypto),
-              "quic_crypto_bytes": eng.quic.crypto_bytes, "quic_servers": len(eng.quic.servers)}
+              "quic_crypto_bytes": eng.quic.crypto_bytes, "quic_servers": len(eng.quic.servers),
+              "dns_links": len(eng.links.table) if eng.links is not None else 0}
     start = time.process_time()
     eng.finish()
     finish = time.process_time() - start
@@ -161,16 +163,20 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(FLOODS), help="comma-separated: syn,udp,quic,dns")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--json", action="store_true", help="print one JSON object per flood")
+    ap.add_argument("--no-dns-link", action="store_true",
+                    help="without the DNS link table (what it costs: compare the dns flood)")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(run_flood(args.child, max(1, int(FLOODS[args.child] * args.scale)))))
+        print(json.dumps(run_flood(args.child, max(1, int(FLOODS[args.child] * args.scale)),
+                                   dns_link=not args.no_dns_link)))
         return 0
     for name in args.only.split(","):
         if name not in FLOODS:
             print(f"iocwatch: error: --only: unknown flood {name!r}", file=sys.stderr)
             return 2
         proc = subprocess.run([sys.executable, __file__, "--child", name, "--scale",
-                               str(args.scale)], capture_output=True, text=True, check=False)
+                               str(args.scale), *(["--no-dns-link"] if args.no_dns_link else [])],
+                              capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             print(f"{name}: failed\n{proc.stderr}", file=sys.stderr)
             return 1

@@ -25,6 +25,8 @@ from typing import Any
 import orjson
 
 from iocwatch.boundary import INPUT_ERRORS
+from iocwatch.flows.dnslink import MAX_NAMES as LINK_MAX_NAMES
+from iocwatch.flows.dnslink import answer_links
 from iocwatch.model.hosts import host_key
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import fingerprints as fpr
@@ -108,6 +110,17 @@ def t_dns(data: bytes) -> None:
         check_name(owner, len(data))
         assert len(owner) <= MAX_DNS_NAME, f"DNS name of {len(owner)} characters"
         check_name(ip, len(data))
+    # DNS links: every address 4 or 16 bytes, a few names each, all from the message
+    links = answer_links(msg.link_records())
+    assert len(links) <= len(data), "more links than bytes"
+    for addr, names, ttl in links:
+        assert len(addr) in (4, 16) and 1 <= len(names) <= LINK_MAX_NAMES and ttl >= 0
+        for n in names:
+            check_name(n, len(data))
+            assert len(n) <= MAX_DNS_NAME, f"linked name of {len(n)} characters"
+    for rr in msg.answers:
+        hints = dnsp.svcb_hints(rr.rdata)
+        assert sum(len(h) for h in hints) <= len(rr.rdata or b"")
     msgs, used = dnsp.split_tcp_stream(data)
     assert 0 <= used <= len(data) and sum(len(m) for m in msgs) <= used
 

@@ -19,6 +19,14 @@ from typing import Any
 from iocwatch.capture.files import CaptureReader
 from iocwatch.decode.packet import Decoder
 from iocwatch.flows.dissector import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
+from iocwatch.flows.dnslink import (
+    DNS_LINK_BYTES,
+    DNS_LINKS_MAX,
+    MAX_TTL,
+    DnsLinks,
+    Link,
+    names_own_flow,
+)
 from iocwatch.flows.quic import (
     QUIC_CONNECTIONS_MAX,
     QUIC_CRYPTO_BYTES_MAX,
@@ -28,7 +36,7 @@ from iocwatch.flows.quic import (
 )
 from iocwatch.flows.tables import EVICT_SHARE, evict_oldest
 from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
-from iocwatch.model.channels import NAME_CHANNELS
+from iocwatch.model.channels import NAME_CHANNELS, Channel
 from iocwatch.model.observation import Observation
 from iocwatch.model.tls_session import TlsSession
 from iocwatch.protocols import dns as dnsp
@@ -48,7 +56,8 @@ BUFFERED_MAX = 64 << 20  # bytes all connections' dissectors may hold waiting fo
 EVICTION_COUNTERS = ("evicted_tcp_flows", "evicted_tcp_buffering", "evicted_done",
                      "evicted_udp_seen", "evicted_quic_done", "evicted_quic_sources",
                      "evicted_quic_crypto", "evicted_quic_servers", "evicted_dns_cache",
-                     "evicted_cert_json")
+                     "evicted_cert_json", "evicted_dns_links", "evicted_dns_link_clients",
+                     "evicted_dns_link_udp", "evicted_dns_link_quic")
 
 #: the --stats counter of each name channel (an enum's ``.value`` costs more than a lookup)
 _NAME_COUNTERS = {ch: "names_" + ch.value for ch in NAME_CHANNELS}
@@ -88,12 +97,17 @@ class EngineConfig:
     max_quic_connections: int = QUIC_CONNECTIONS_MAX
     max_quic_crypto_bytes: int = QUIC_CRYPTO_BYTES_MAX
     max_buffered_bytes: int = BUFFERED_MAX
+    #: link flows without a name to the names DNS gave their client (flows/dnslink.py)
+    dns_link: bool = True
+    dns_link_max_ttl: int = MAX_TTL
+    max_dns_links: int = DNS_LINKS_MAX
+    max_dns_link_bytes: int = DNS_LINK_BYTES
 
 
 class _Flow:
     """One TCP connection under both directions' keys (``keys[0]`` is the first packet's)."""
 
-    __slots__ = ("conn", "up", "down", "keys", "last", "client", "held")
+    __slots__ = ("conn", "up", "down", "keys", "last", "client", "held", "link")
 
     def __init__(self, keys: tuple[bytes, bytes], limits: ReassemblyLimits, now: int):
         # conn and the reverse stream are built when needed: a SYN flood's flows stay small
@@ -104,6 +118,9 @@ class _Flow:
         self.last = now
         self.client: int | None = None  # the direction that sent a SYN without ACK
         self.held = 0  # bytes its dissection holds (held_bytes), counted in Engine.buffered
+        #: names DNS gave the client for the server, until a record shows whether the
+        #: connection names itself (SNI, Host): (link, context of the client's first packet)
+        self.link: tuple[Link, PacketContext] | None = None
 
     def connection(self) -> TcpConnection:
         conn = self.conn
@@ -157,6 +174,10 @@ class Engine:
         #: oldest first: past the budget they are evicted (their partial data reported)
         self.buffered = 0
         self.buffering: dict[_Flow, None] = {}
+        self.links: DnsLinks | None = None
+        if cfg.dns_link:
+            self.links = DnsLinks(self.stats, max_entries=cfg.max_dns_links,
+                                  max_bytes=cfg.max_dns_link_bytes, max_ttl=cfg.dns_link_max_ttl)
         for table in EVICTION_COUNTERS:  # shown in --stats from the start, 0 included
             self.stats[table] += 0
 
@@ -252,6 +273,10 @@ class Engine:
             self.flows[rkey] = flow
             order[flow] = None
             self.stats["tcp_flows"] += 1
+            links = self.links
+            if links is not None and links.clients:
+                self._link_tcp(flow, links, fresh_syn, version, src, dst, sport, dport, ttl, ipid,
+                               sec, usec)
             if self.flow_hook is not None:
                 self.flow_hook(flow_record(PacketContext(version, src, dst, 6, sport, dport, ttl,
                                                          ipid, sec, usec)))
@@ -295,6 +320,10 @@ class Engine:
                         ctx = PacketContext(version, src, dst, 6, sport, dport, ttl, ipid, sec, usec,
                                             self.decoder.ext6)
                     for ev in events:
+                        if flow.link is not None and (ev.client_hello is not None
+                                                      or ev.key == "http"):
+                            self._link_event(ev, *flow.link)
+                            flow.link = None
                         self._emit(ev, ctx)
                         if self.session_sink is not None and ev.key == "tls":
                             self._session(conn, ev, ctx)
@@ -311,6 +340,8 @@ class Engine:
             if direction.state == State.DONE:
                 stream.release()
                 self._mark_done(key)
+                if flow.link is not None:  # a direction that gave no name: the link is its name
+                    self._link_record(flow)
         if flags & RST or conn.done:
             self._close(flow)
         elif flags & FIN:
@@ -350,6 +381,8 @@ class Engine:
 
     def _flush(self, flow: _Flow) -> None:
         """Report what a closing or expiring flow still holds (partial HTTP headers...)."""
+        if flow.link is not None:
+            self._link_record(flow)
         conn = flow.conn
         if conn is None:  # never carried a byte
             return
@@ -450,6 +483,12 @@ class Engine:
                 seen[dst + src + l4[2:4] + l4[:2]] = None
                 self.flow_hook(flow_record(PacketContext(version, src, dst, 17, sport, dport, ttl,
                                                          ipid, sec, usec)))
+        links = self.links
+        if links is not None and src in links.clients and links.udp_first(src + dst + l4[:4]):
+            link = links.flow(src, dst, dport, sec)
+            if link is not None and sport not in DNS_PORTS:
+                self._link_udp(links, link, payload, PacketContext(version, src, dst, 17, sport,
+                                                                   dport, ttl, ipid, sec, usec))
         if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
             self.quic.datagram(sec, usec, version, src, dst, l4, ttl, ipid, sport, dport, payload)
             return
@@ -463,6 +502,58 @@ class Engine:
         if ev is not None:
             self._emit(ev, PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec,
                                          self.decoder.ext6))
+
+    # -- DNS links (flows/dnslink.py) ----------------------------------------------------------
+    def _link_tcp(self, flow: _Flow, links: DnsLinks, fresh_syn: bool, version: int, src: bytes,
+                  dst: bytes, sport: int, dport: int, ttl: int, ipid: int, sec: int,
+                  usec: int) -> None:
+        """A new connection: the names DNS gave its client for the server, held on the flow.
+        Without a SYN the client is not known: either side may be it (not counted in the
+        coverage report, which needs to know who connected)."""
+        if fresh_syn:
+            link = links.flow(src, dst, dport, sec)
+            if link is not None:
+                flow.link = (link, PacketContext(version, src, dst, 6, sport, dport, ttl, ipid,
+                                                 sec, usec))
+            return
+        if src in links.clients:
+            link = links.lookup(src, dst, sec)
+            if link is not None:
+                flow.link = (link, PacketContext(version, src, dst, 6, sport, dport, ttl, ipid,
+                                                 sec, usec))
+                return
+        if dst in links.clients:
+            link = links.lookup(dst, src, sec)
+            if link is not None:
+                flow.link = (link, PacketContext(version, dst, src, 6, dport, sport, 0, 0, sec,
+                                                 usec))
+
+    def _link_udp(self, links: DnsLinks, link: Link, payload: bytes, ctx: PacketContext) -> None:
+        """A UDP flow's first datagram from a client DNS answered: a QUIC Initial waits for
+        its ClientHello (which may name the flow); anything else is a flow without a name."""
+        if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
+            links.hold_quic(_udp_key(ctx), link, ctx)
+            return
+        self._emit(_link_only(link, ctx), ctx)
+
+    @staticmethod
+    def _link_event(ev: Event, link: Link, first: PacketContext) -> None:
+        """A client record (ClientHello, HTTP request): if it names no server, the link does."""
+        if names_own_flow(ev.observations):
+            return
+        extra = dict(ev.extra) if ev.extra else {}
+        extra["dns_link"] = _link_body(link, first)
+        ev.extra = extra
+        ev.observations = [*ev.observations,
+                           *(Observation(n, Channel.DNS_LINK) for n in link[0])]
+
+    def _link_record(self, flow: _Flow) -> None:
+        """A connection ended, or a direction gave up, with no client record naming the
+        server: a record of its own, with the first packet's addresses and time."""
+        assert flow.link is not None
+        link, ctx = flow.link
+        flow.link = None
+        self._emit(_link_only(link, ctx), ctx)
 
     def _quic_session(self, ev: Event, ctx: PacketContext) -> TlsSession | None:
         """The TLS session of a QUIC ClientHello, held until its ServerHello (if sessions go
@@ -485,6 +576,14 @@ class Engine:
 
     # -- records --------------------------------------------------------------------------
     def _emit(self, ev: Event, ctx: PacketContext) -> None:
+        links = self.links
+        if links is not None:
+            if ev.dns_links is not None:  # a response: its destination is the client
+                links.answer(ctx.dst, ev.dns_links, ctx.sec)
+            elif ev.client_hello is not None and ctx.proto == 17 and links.quic_pending:
+                held = links.quic_pending.pop(_udp_key(ctx), None)
+                if held is not None:
+                    self._link_event(ev, held[0], held[1])  # type: ignore[arg-type]
         stats = self.stats
         stats["records"] += 1
         for ob in ev.observations:
@@ -505,6 +604,21 @@ class Engine:
         self.buffering.clear()
         self.buffered = 0
         self.quic.finish()
+
+
+def _udp_key(ctx: PacketContext) -> bytes:
+    return ctx.src + ctx.dst + ctx.sport.to_bytes(2, "big") + ctx.dport.to_bytes(2, "big")
+
+
+def _link_body(link: Link, first: PacketContext) -> dict:
+    """The ``dns_link`` object: the names (the asked name first) and the answer's age."""
+    return {"names": list(link[0]), "age": max(0, first.sec - link[1])}
+
+
+def _link_only(link: Link, ctx: PacketContext) -> Event:
+    """The record of a flow that names no server itself: the names DNS gave its client."""
+    return Event("dns_link", _link_body(link, ctx),
+                 [Observation(n, Channel.DNS_LINK) for n in link[0]])
 
 
 def _context_from_key(key: bytes, sec: int) -> PacketContext | None:

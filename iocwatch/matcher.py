@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iocwatch.indicators import IndicatorSet, normalise_name
-from iocwatch.model.channels import CHANNELS, Channel, Kind
+from iocwatch.model.channels import CHANNELS, DESTINATION_CHANNELS, Channel, Kind
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
 
@@ -23,6 +23,9 @@ NORMALISE_CACHE_MAX = 1 << 16
 
 _KIND = {c: row.kind for c, row in CHANNELS.items()}
 _AUTHORITY = frozenset(c for c, row in CHANNELS.items() if row.authority)
+#: channels whose name is the flow's destination: ``name:port`` indicators match them against
+#: the record's destination port
+_DESTINATION = DESTINATION_CHANNELS | {Channel.DNS_LINK}
 _NO_MATCHES: tuple[Match, ...] = ()  # what most observation lists match: no allocation
 
 
@@ -59,8 +62,10 @@ class Matcher:
             cache[key] = norm
         return norm
 
-    def observe(self, observations: list[Observation]) -> Sequence[Match]:
-        """Every match of these observations (of one record), in their order."""
+    def observe(self, observations: list[Observation], port: int | None = None
+                ) -> Sequence[Match]:
+        """Every match of these observations (of one record), in their order; ``port``: the
+        record's destination port, for ``name:port`` indicators."""
         ind = self.indicators
         out: list[Match] | None = None
         for ob in observations:
@@ -69,6 +74,8 @@ class Matcher:
             if kind is Kind.NAME:
                 norm = self.normalise(ob.name, ch in _AUTHORITY)
                 hits: list[Any] = ind.match_name(norm) if norm else []
+                if port is not None and ch in _DESTINATION:
+                    hits += ind.match_domain_port(norm, port)
             elif kind is Kind.ADDRESS:
                 norm = ob.name
                 hits = ind.match_ip(norm)

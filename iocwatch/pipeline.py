@@ -129,7 +129,8 @@ class SensorPipeline:
         if self.writer is not None:
             self.writer.write(record)
         if self.matcher is not None and observations:
-            matches = self.matcher.observe(observations)
+            port = record.get("dst_port")
+            matches = self.matcher.observe(observations, port if type(port) is int else None)
             if matches:
                 self._alert(record, matches)
         for consumer in self.consumers:

@@ -27,6 +27,7 @@ import orjson
 from iocwatch.capture.files import CaptureError
 from iocwatch.capture.live import LiveCapture, check_filter
 from iocwatch.engine import Engine, EngineConfig
+from iocwatch.flows.dnslink import MAX_TTL
 from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.consumers import FAILING_COUNTERS, LOSS_COUNTERS, loss_line, losses
 from iocwatch.outputs.streams import OutputError, Outputs, open_outputs, parse_rotate
@@ -80,7 +81,7 @@ class _WorkerState:
 
 
 def _worker(index: int, cap: LiveCapture,
-            make_pipeline: Callable[[], Pipeline], conn: Connection, mbpc: int, mbpt: int,
+            make_pipeline: Callable[[], Pipeline], conn: Connection, config: EngineConfig,
             user: tuple[int, int] | None) -> None:
     """Capture, decode, match; send whole lines to the parent. Never dies on a packet."""
     state = _WorkerState()
@@ -113,7 +114,7 @@ def _worker(index: int, cap: LiveCapture,
     try:
         pipeline = make_pipeline()
         pipeline.attach(emit)
-        engine = Engine(pipeline.engine_sink, EngineConfig(mbpc, mbpt))
+        engine = Engine(pipeline.engine_sink, config)
         engine.flow_hook = pipeline.flow_hook
         engine.session_sink = pipeline.session_sink
         if user is not None:  # everything is imported and opened: root is no longer needed
@@ -357,7 +358,9 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
         raise
 
     ctx = multiprocessing.get_context("fork")
-    mbpc, mbpt = getattr(args, "mbpc", 16), getattr(args, "mbpt", 1024)
+    link_ttl = getattr(args, "dns_link_max_ttl", MAX_TTL)
+    config = EngineConfig(getattr(args, "mbpc", 16), getattr(args, "mbpt", 1024),
+                          dns_link=link_ttl > 0, dns_link_max_ttl=link_ttl)
     procs = []
     conns: dict[Connection, int] = {}
     # Handlers only set flags; the loop below acts on them between two messages.
@@ -374,7 +377,7 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
     for i, cap in enumerate(caps):
         parent_end, child_end = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_worker, name=f"iocwatch-worker-{i}",
-                        args=(i, cap, make_pipeline, child_end, mbpc, mbpt, user))
+                        args=(i, cap, make_pipeline, child_end, config, user))
         p.start()
         child_end.close()
         procs.append(p)

@@ -34,7 +34,7 @@ def test_every_channel_has_one_complete_row() -> None:
 
 def test_derived_sets() -> None:
     names = {Channel.DNS_QUERY, Channel.TLS_SNI, Channel.QUIC_SNI, Channel.CERT_SAN,
-             Channel.CERT_CN, Channel.HTTP_HOST}
+             Channel.CERT_CN, Channel.HTTP_HOST, Channel.DNS_LINK}
     fingerprints = {Channel.JA3, Channel.JA3S, Channel.JA4, Channel.JA4S}
     assert names == NAME_CHANNELS and fingerprints == FINGERPRINT_CHANNELS
     assert [r.coverage for r in COVERAGE_CHANNELS] == [

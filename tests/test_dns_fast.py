@@ -31,7 +31,8 @@ def full_view(data: bytes) -> bytes | None:
     except Malformed:
         return None
     return orjson.dumps([m.is_response, m.to_mercury(), m.question_names(),
-                         [ip for _owner, ip in m.addresses()]])
+                         [ip for _owner, ip in m.addresses()],
+                         [[*r[:3], r.rdata.hex(), r.target] for r in m.link_records()]])
 
 
 def check(data: bytes) -> bool:
@@ -39,7 +40,8 @@ def check(data: bytes) -> bool:
     fast = fast_view(data)
     if fast is None:
         return False
-    assert orjson.dumps(list(fast)) == full_view(data), data.hex()
+    shown = [*fast[:4], [[*r[:3], r.rdata.hex(), r.target] for r in fast[4]]]
+    assert orjson.dumps(shown) == full_view(data), data.hex()
     return True
 
 
@@ -68,7 +70,10 @@ def test_common_shapes_take_the_fast_path() -> None:
     nxdomain = header(0x2222, 0x8183) + qname("gone.example") + struct.pack("!HH", 1, 1)
     for msg in (query, nxdomain, response(), cname_chain(), cname_chain(edns=True)):
         assert check(msg)
-    is_response, body, names, addresses = fast_view(cname_chain(edns=True))  # type: ignore[misc]
+    is_response, body, names, addresses, links = fast_view(cname_chain(edns=True))  # type: ignore[misc]
+    assert [(r.name, r.rtype, r.target) for r in links] == [
+        ("www.brand.example.", 5, "svc.apps.example."), ("svc.apps.example.", 5, "e1.edge.example."),
+        ("e1.edge.example.", 28, None), ("e1.edge.example.", 1, None)]
     assert is_response and names == ["www.brand.example."]
     assert addresses == ["1:203:405:607:809:a0b:c0d:e0f", "10.0.0.7"]
     inner = body["response"]

@@ -52,6 +52,9 @@ def test_ingest_everything_twice(data: dict[str, dict[str, Path]], tmp_path: Pat
                   if "response" in (r.get("http") or {}))
     assert rc == 0, err
     files = len(os.listdir(sun["dir"])) + 4
+    # records of flows named only by a DNS link carry nothing the store keeps either
+    nothing += sum(1 for path in (sun["records"], v6["records"]) for r in lines(path)
+                   if next(iter(r)) == "dns_link")
     assert s[:4] == [files, 0, n_objects, 9 + 2 + 4] and s[7:] == [nothing, 0]
     rc, again, err = ingest("--store", store_url, str(sun["dir"]), str(sun["records"]),
                             str(chain["sessions"]), str(gz), str(v6["sessions"]))

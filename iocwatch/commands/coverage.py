@@ -14,7 +14,7 @@ import orjson
 from iocwatch.commands.options import Parser as _Parser
 from iocwatch.commands.options import add_indicator_flags
 from iocwatch.coverage.builder import CoverageBuilder, IndicatorMatcher
-from iocwatch.coverage.inputs import engine_records, looks_like_capture, read_files
+from iocwatch.coverage.inputs import EngineRecords, engine_records, looks_like_capture, read_files
 from iocwatch.coverage.render import render_html, render_json, render_png, render_text
 from iocwatch.outputs.paths import reason
 from iocwatch.usage import UsageError as _UsageError
@@ -137,6 +137,8 @@ def main(argv: list[str], *, records_from_pcap: RecordsFromPcap | None = None,
                 raise _UsageError(str(exc))
             for record in records:
                 builder.add_record(record)
+            if isinstance(records, EngineRecords):
+                builder.add_unnamed(records.unnamed, records.linked_flows, records.unnamed_other)
         report = builder.report()
         if args.json:
             doc = render_json(report)

@@ -29,6 +29,7 @@ from iocwatch.commands.sensor_options import (
 )
 from iocwatch.commands.sensor_report import Progress, collect_stats, render_stats, summary_line
 from iocwatch.engine import Engine, EngineConfig
+from iocwatch.flows.dnslink import MAX_TTL
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
 from iocwatch.indicators.loading import IndicatorSources, load_indicators, report_load
 from iocwatch.indicators.sets import check_cache_path
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="out-of-order TCP segments held per connection (default 16)")
     p.add_argument("-mbpt", "--max-buffered-pages-total", dest="mbpt", type=int, default=1024,
                    metavar="N", help="out-of-order TCP segments held in total (default 1024)")
+    p.add_argument("--dns-link-max-ttl", type=int, default=MAX_TTL, metavar="SECONDS",
+                   help="longest an answer links its addresses to its names, whatever its TTL "
+                        f"(default {MAX_TTL}; 0 turns DNS links off)")
     p.add_argument("--version", action="version", version=f"iocwatch {__version__}")
     add_live_arguments(p)  # -i companions: filter, workers, rotation, outputs, config, user
     add_store_arguments(p)  # --store: the passive-SSL store
@@ -213,6 +217,8 @@ def check_values(args: argparse.Namespace) -> None:
     read it as "not given")."""
     if args.mbpc < 1 or args.mbpt < 1:
         raise UsageError("-mbpc and -mbpt must be at least 1")
+    if args.dns_link_max_ttl < 0:
+        raise UsageError("--dns-link-max-ttl takes a number of seconds >= 0")
     if args.dedupe < 0 or args.reload_interval < 0:
         raise UsageError("--dedupe and --reload-interval take a number of seconds >= 0")
     for flag, value in (*(("-r", p) for p in args.read or ()), ("-f", args.output), ("--alerts", args.alerts),
@@ -484,7 +490,9 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
         reloader.tick()
 
     reader.on_read = periodic
-    engine = Engine(pipeline.engine_sink, EngineConfig(args.mbpc, args.mbpt))
+    engine = Engine(pipeline.engine_sink, EngineConfig(
+        args.mbpc, args.mbpt, dns_link=args.dns_link_max_ttl > 0,
+        dns_link_max_ttl=args.dns_link_max_ttl))
     engine.flow_hook = pipeline.flow_hook
     engine.session_sink = pipeline.session_sink
     started = time.process_time()

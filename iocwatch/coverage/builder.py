@@ -89,6 +89,21 @@ class IndicatorHit:
 
 
 @dataclass(slots=True)
+class UnnamedFlows:
+    """Flows DNS monitoring cannot name: new connections and UDP flows from clients whose DNS
+    answers the capture shows, to addresses no live answer had given them (counted by the
+    engine's DNS link table, so only when reading packets)."""
+
+    flows: int
+    linked_flows: int
+    destinations: int
+    #: the destinations with the most such flows: (address, flows)
+    top: list[tuple[str, int]]
+    #: flows to destinations beyond the table's bound, counted without their address
+    other: int = 0
+
+
+@dataclass(slots=True)
 class CoverageReport:
     """Everything the renderers show; plain data so JSON output is a direct dump."""
 
@@ -106,6 +121,7 @@ class CoverageReport:
     top: dict[str, list[tuple[str, int]]]
     indicator_hits: list[IndicatorHit] | None = None
     indicator_summary: dict[str, int] = field(default_factory=dict)
+    unnamed_flows: UnnamedFlows | None = None
 
 
 def _wild_covered(name: str, asked: set[str]) -> bool:
@@ -136,6 +152,7 @@ class CoverageBuilder:
         self.cert_passive: dict[str, set[str]] = {s: set() for s in CERT_SOURCES}
         self.time_first: float | None = None
         self.time_last: float | None = None
+        self.unnamed: UnnamedFlows | None = None
 
     # -- input ------------------------------------------------------------------------------
     def add_line(self, line: bytes | str) -> None:
@@ -201,6 +218,19 @@ class CoverageBuilder:
             self.counts["used"] += 1
         else:
             self.counts["skipped_no_name" if not seen else "skipped_invalid_names"] += 1
+
+    def add_unnamed(self, by_destination: Mapping[str, int], linked_flows: int,
+                    other: int = 0) -> None:
+        """The engine's count of flows no DNS answer named, per destination address."""
+        u = self.unnamed
+        counts: Counter[str] = Counter(dict(u.top)) if u is not None else Counter()
+        counts.update(by_destination)
+        self.unnamed = UnnamedFlows(
+            flows=sum(counts.values()) + other + (u.other if u else 0),
+            linked_flows=linked_flows + (u.linked_flows if u else 0),
+            destinations=len(counts),
+            top=sorted(counts.items(), key=lambda x: (-x[1], x[0])),
+            other=other + (u.other if u else 0))
 
     def add_lines(self, lines: Iterable[bytes | str]) -> None:
         for line in lines:
@@ -343,6 +373,10 @@ class CoverageBuilder:
             top={s: sorted(self.names[s].items(), key=lambda x: (-x[1], x[0]))[: self.top_n]
                  for s in (*SOURCES, *LOCAL_SOURCES)},
         )
+        if self.unnamed is not None:
+            u = self.unnamed
+            rep.unnamed_flows = UnnamedFlows(u.flows, u.linked_flows, u.destinations,
+                                             u.top[: self.top_n], u.other)
         if self.indicators is not None:
             rep.indicator_hits, rep.indicator_summary = self._indicator_hits(sets)
         return rep

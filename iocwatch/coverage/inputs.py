@@ -52,12 +52,20 @@ def read_files(builder: CoverageBuilder, paths: Iterable[str]) -> None:
                 fh.close()
 
 
+class EngineRecords(list):
+    """Records from a capture, and the engine's count of flows no DNS answer named."""
+
+    unnamed: dict[str, int]
+    linked_flows: int = 0
+    unnamed_other: int = 0
+
+
 def engine_records(path: str) -> Iterable[dict]:
     """Records straight from a capture through the sensor engine (the default ``-r`` hook)."""
     from iocwatch.capture.files import CaptureReader
-    from iocwatch.engine import Engine
+    from iocwatch.engine import Engine, ip_text
 
-    records: list[dict] = []
+    records = EngineRecords()
     engine = Engine(lambda record, _obs, _ev: records.append(record))
     reader = CaptureReader(path)
     try:
@@ -65,6 +73,11 @@ def engine_records(path: str) -> Iterable[dict]:
     finally:
         engine.finish()
         reader.close()
+    links = engine.links
+    records.unnamed = ({ip_text(a): n for a, n in links.unlinked_by_destination().items()}
+                       if links is not None else {})
+    records.linked_flows = engine.stats["dns_link_flows"]
+    records.unnamed_other = engine.stats["dns_link_unlinked_other"]
     return records
 
 

@@ -105,6 +105,16 @@ def render_text(r: CoverageReport, top: int = 10) -> str:
             rows.append([c.client, c.sni_events, c.without_dns, names + more])
         out += _table(["Client", "SNI", "No DNS", "Names (count)"], rows, right={1, 2})
     out.append("")
+    u = r.unnamed_flows
+    if u is not None:
+        out.append(f"Flows DNS cannot name (from clients whose DNS answers the capture shows, "
+                   f"to addresses no answer gave them): {u.flows} flows to "
+                   f"{_count(u.destinations, 'destination')}; {u.linked_flows} flows were "
+                   f"named by a DNS answer")
+        if u.top:
+            out += _table(["Destination", "Flows"], [[a, n] for a, n in u.top[:top]],
+                          right={1})
+        out.append("")
     for o in r.overlaps:
         if o.top:
             out.append(f"Top: {o.label}")
@@ -147,6 +157,9 @@ def render_json(r: CoverageReport) -> dict:
     doc["top"] = {s: [{"name": n, "count": c} for n, c in v] for s, v in r.top.items()}
     for c in doc["sni_gap_clients"]:
         c["names"] = [{"name": n, "count": k} for n, k in c["names"]]
+    if doc["unnamed_flows"] is not None:
+        u = doc["unnamed_flows"]
+        u["top"] = [{"destination": a, "flows": n} for a, n in u["top"]]
     return doc
 
 
@@ -363,6 +376,13 @@ def render_html(r: CoverageReport, top: int = 20, chart: str = "svg") -> str:
                 for c in r.sni_gap_clients]
         parts.append(_html_table(["Client", "SNI events", "Without DNS", "Names (count)"],
                                  rows, {1, 2}))
+    u = r.unnamed_flows
+    if u is not None:
+        parts.append(f"<h2>Flows DNS cannot name</h2><p><span class='warn'>{u.flows}</span> "
+                     f"flows from clients whose DNS answers the capture shows went to "
+                     f"{_count(u.destinations, 'address')} no answer had given them; "
+                     f"{u.linked_flows} flows were named by a DNS answer.</p>")
+        parts.append(_html_table(["Destination", "Flows"], [[a, n] for a, n in u.top], {1}))
     if r.indicator_hits is not None:
         m = r.indicator_summary
         parts.append(f"<h2>Indicator hits</h2><p>{m['names_hit']} names hit, "

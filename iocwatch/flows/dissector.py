@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from iocwatch.flows.dnslink import answer_links
 from iocwatch.model.channels import Channel
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
@@ -69,6 +70,8 @@ class Event:
     server_hello: tlsp.ServerHello | None = None
     #: its message came in more than one TCP segment (mercury's ``reassembly_properties``)
     reassembled: bool = False
+    #: a DNS response's (address, names, TTL) links (flows/dnslink.py), for the engine's table
+    dns_links: tuple | None = None
 
 
 class Direction:
@@ -142,9 +145,9 @@ class Dissector:
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
         #: message after its id -> (is response, section key, mercury's JSON, question names,
-        #: their observations, the answers' address observations, NetBIOS names)
+        #: their observations, the answers' address observations, NetBIOS names, DNS links)
         self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[Observation],
-                                          list[Observation], bool]] = {}
+                                          list[Observation], bool, tuple]] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
@@ -631,12 +634,13 @@ class Dissector:
                 netbios = msg.netbios
                 view = (msg.is_response, msg.to_mercury(),
                         [] if netbios else msg.question_names(),
-                        [ip for _owner, ip in msg.addresses()])
+                        [ip for _owner, ip in msg.addresses()], msg.link_records())
             body = view[1]
             # the observations too: they are immutable, and the same for every repeat
             hit = (view[0], next(iter(body)), body, view[2],
                    [Observation(n, Channel.DNS_QUERY) for n in view[2]],
-                   [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]], netbios)
+                   [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]], netbios,
+                   answer_links(view[4]))
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -648,7 +652,7 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        is_response, section, body, names, query_obs, answer_obs, netbios = hit
+        is_response, section, body, names, query_obs, answer_obs, netbios, links = hit
         inner = dict(body[section])
         inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
         # as mercury: mDNS by its port, NetBIOS by its names, everything else (LLMNR on 5355
@@ -667,4 +671,6 @@ class Dissector:
                 obs = query_obs[:]
         if is_response:
             obs += answer_obs
-        return Event(key, {section: inner}, obs)
+        # DNS links: answers to clients on port 53 (not mDNS, LLMNR or NetBIOS)
+        return Event(key, {section: inner}, obs,
+                     dns_links=links if links and port == 53 and key == "dns" else None)

@@ -505,13 +505,40 @@ def stix_terms(pattern: str) -> list[tuple[str, str]]:
             value = "*." + value[2:]
         out.append((kind, value))
 
+    def endpoint(ctx: Any) -> str:
+        """The one AND iocwatch can match whole: a destination name and a destination port
+        (``network-traffic:dst_ref.value = 'evil.example' AND network-traffic:dst_port =
+        8443``), as ``evil.example:8443``; any other AND is unsupported."""
+        tests: list[Any] = []
+        stack = [ctx]
+        while stack and len(tests) <= 2:
+            c = stack.pop()
+            if isinstance(c, P.PropTestEqualContext):
+                tests.append(c)
+            elif isinstance(c, P.PropTestContext) and not isinstance(c, P.PropTestParenContext):
+                raise _Unsupported("AND")
+            else:
+                stack.extend(x for x in c.getChildren() if hasattr(x, "getRuleIndex"))
+        got: dict[str, str] = {}
+        for t in tests:
+            obj, path = path_kind(t)
+            if t.NOT() or t.NEQ() or obj != "network-traffic":
+                raise _Unsupported("AND")
+            got[path] = t.primitiveLiteral().getText()
+        if len(tests) != 2 or set(got) != {"dst_ref.value", "dst_port"} \
+                or not got["dst_port"].isdigit():
+            raise _Unsupported("AND")
+        return f"{_string_literal(got['dst_ref.value'])}:{got['dst_port']}"
+
     def walk(ctx: Any, depth: int) -> None:
         if depth > MAX_DEPTH:
             raise _Unsupported("pattern nested too deeply")
         if isinstance(ctx, P.ObservationExpressionsContext) and ctx.FOLLOWEDBY():
             raise _Unsupported("FOLLOWEDBY")
-        if isinstance(ctx, (P.ObservationExpressionAndContext, P.ComparisonExpressionAndContext)) \
-                and ctx.AND():
+        if isinstance(ctx, P.ComparisonExpressionAndContext) and ctx.AND():
+            out.append((m.DOMAIN_PORT, endpoint(ctx)))
+            return
+        if isinstance(ctx, P.ObservationExpressionAndContext) and ctx.AND():
             raise _Unsupported("AND")
         if isinstance(ctx, (P.ObservationExpressionRepeatedContext,
                             P.ObservationExpressionWithinContext,
@@ -710,10 +737,10 @@ def _stix_indicator(obj: dict[str, Any], oid: str, n: int, names: dict[str, str]
 _MISP_TYPES = {
     "domain": m.DOMAIN, "hostname": m.DOMAIN, "ip-src": m.IP, "ip-dst": m.IP, "url": m.URL,
     "x509-fingerprint-sha1": m.CERT_SHA1, "x509-fingerprint-sha256": m.CERT_SHA256,
-    "ja3-fingerprint-md5": m.JA3,
+    "ja3-fingerprint-md5": m.JA3, "hostname|port": m.DOMAIN_PORT,
 }
 _MISP_PAIRS = {"domain|ip": (m.DOMAIN, m.IP), "ip-src|port": (m.IP, None),
-               "ip-dst|port": (m.IP, None), "hostname|port": (m.DOMAIN, None)}
+               "ip-dst|port": (m.IP, None)}
 
 
 def _misp_events(doc: Any) -> list[Any] | None:

@@ -19,8 +19,11 @@ JA4 = "ja4"
 IP_PORT = "ip_port"
 #: an HTTP request path (``/gate.php``) on any host, as Maltrail's path trails
 PATH = "path"
+#: a server name and port (``evil.example:8443``): a flow to that port named so by its SNI,
+#: HTTP Host or a DNS link (subdomains included, as domains)
+DOMAIN_PORT = "domain_port"
 KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4,
-                          IP_PORT, PATH)
+                          IP_PORT, PATH, DOMAIN_PORT)
 FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4)
 
 #: Format names accepted by ``IndicatorSet.load(fmt=...)`` (the CLI's ``--ioc-format``).

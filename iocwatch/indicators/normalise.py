@@ -235,6 +235,8 @@ TYPE_NAMES: dict[str, str] = {
     "ja3": m.JA3, "ja3-fingerprint-md5": m.JA3, "ja3s": m.JA3S, "ja3s-fingerprint-md5": m.JA3S,
     "ja4": m.JA4, "ip_port": m.IP_PORT, "ip-port": m.IP_PORT, "endpoint": m.IP_PORT,
     "path": m.PATH, "uri_path": m.PATH, "url_path": m.PATH,
+    "domain_port": m.DOMAIN_PORT, "domain-port": m.DOMAIN_PORT, "hostname|port": m.DOMAIN_PORT,
+    "domain|port": m.DOMAIN_PORT, "hostname_port": m.DOMAIN_PORT,
 }
 
 #: Types that are well formed but describe nothing a network sensor sees: counted, not errors.
@@ -336,6 +338,22 @@ def http_path(value: str) -> str | None:
     return s.rstrip("/") or "/"
 
 
+def domain_port(value: str) -> tuple[str, int, bool] | str:
+    """``(name, port, wildcard)`` of ``evil.example:8443`` (or MISP's ``evil.example|8443``),
+    or a reason it is not one."""
+    s = value.strip()
+    cut = max(s.rfind(":"), s.rfind("|"))
+    host, port = s[:cut], s[cut + 1:]
+    if cut < 1 or not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        return f"not a name:port: {value[:80]!r}"
+    if parse_ip(host.strip("[]")) is not None:
+        return f"an address:port, not a name:port: {value[:80]!r}"
+    d = domain(host)
+    if isinstance(d, str):
+        return d
+    return d[0], int(port), d[1]
+
+
 def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
     if kind == m.IP_PORT:
         ep = ip_port(s)
@@ -350,7 +368,8 @@ def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
     if kind == m.DOMAIN:
         d = domain(s)
         if isinstance(d, str):
-            return d
+            # a host written with its port (``c2.example:8080`` typed "domain")
+            return _typed(m.DOMAIN_PORT, s) if isinstance(domain_port(s), tuple) else d
         return m.DOMAIN, ("*." if d[1] else "") + d[0], WILDCARD if d[1] else 0
     if kind in (m.IP, m.CIDR):
         ip = parse_ip(s)
@@ -369,6 +388,13 @@ def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
         if h is None or (kind != "cert" and h[0] != kind):
             return f"not a certificate {kind.removeprefix('cert_').upper()} digest: {s[:80]!r}"
         return h[0], h[1], 0
+    if kind == m.DOMAIN_PORT:
+        dp = domain_port(s)
+        if isinstance(dp, str):
+            return dp
+        name, port, wild = dp
+        return m.DOMAIN_PORT, ip_port_text(("*." if wild else "") + name, port), \
+            WILDCARD if wild else 0
     if kind in m.FINGERPRINT_KINDS:
         fp = fingerprint(kind, s)
         if fp is None:
@@ -403,6 +429,9 @@ def _guess(s: str) -> tuple[str, str, int] | str:
         return _typed(m.URL, s)
     if low.replace(".", "").isdigit():
         return f"not a valid IPv4 address: {s[:80]!r}"
+    head, colon, port = low.rpartition(":")
+    if colon and port.isdigit() and "." in head and ":" not in head:
+        return _typed(m.DOMAIN_PORT, s)
     d = domain(s)
     if isinstance(d, str):
         return d

@@ -53,7 +53,7 @@ from .normalise import (
 
 MAX_FILE = 1 << 30
 MAX_SKIPPED_LISTED = 1000
-CACHE_VERSION = 4
+CACHE_VERSION = 5  # 5: domain_port rows keyed by name:port
 #: first bytes of every indicator cache: lets a file be recognised without unmarshalling it
 CACHE_MAGIC = b"iocwatch indicator cache\n\x00"
 #: after the magic: format version, body length, BLAKE2b-256 of the body
@@ -529,7 +529,7 @@ class IndicatorSet:
                  "_metas", "_files", "_nbits", "_nmask", "_plain", "_ntab", "_nhash", "_nnext",
                  "_ctab", "_cnext", "_min_labels", "_max_labels", "_v4", "_v6", "_v4_plens",
                  "_v6_plens", "_urls", "_certs", "_fps", "_key", "_report", "_dead", "_ports",
-                 "_paths")
+                 "_paths", "_dports")
 
     def __init__(self) -> None:
         self._text = ""
@@ -563,6 +563,7 @@ class IndicatorSet:
         self._dead: set[int] = set()
         self._ports: dict[str, Ids] = {}  # "addr:port" -> rows (kind ip_port)
         self._paths: dict[str, Ids] = {}  # request path -> rows (kind path)
+        self._dports: dict[str, Ids] = {}  # "name:port" -> rows (kind domain_port)
 
     # ------------------------------------------------------------------------- loading
 
@@ -653,7 +654,7 @@ class IndicatorSet:
         urls: dict[str, Ids] = {}
         certs: dict[str, Ids] = {}
         fps: dict[str, dict[str, Ids]] = {k: {} for k in m.FINGERPRINT_KINDS}
-        keyed: dict[str, dict[str, Ids]] = {m.IP_PORT: {}, m.PATH: {}}
+        keyed: dict[str, dict[str, Ids]] = {m.IP_PORT: {}, m.PATH: {}, m.DOMAIN_PORT: {}}
         kinds, codes, flags, fidx = m.KINDS, self._kinds, self._flags, self._file_idx
         dups: set[int] = set()
 
@@ -713,8 +714,10 @@ class IndicatorSet:
                 if not repeated(certs, value, idx):
                     _push(certs, value, idx)
             elif kind in keyed:
-                if not repeated(keyed[kind], value, idx):
-                    _push(keyed[kind], value, idx)
+                # name:port rows are filed without their ``*.``, as domains
+                key = value[2:] if kind == m.DOMAIN_PORT and flags[idx] & WILDCARD else value
+                if not repeated(keyed[kind], key, idx):
+                    _push(keyed[kind], key, idx)
             elif not repeated(fps[kind], value, idx):
                 _push(fps[kind], value, idx)
         self._nbits, self._ntab, self._nnext = bytes(names.bits), names.table, names.next
@@ -724,7 +727,7 @@ class IndicatorSet:
         del names  # its build-only columns (tails, children list) go now
         self._urls, self._certs, self._fps = urls, certs, fps
         self._v4, self._v6 = v4, v6
-        self._ports, self._paths = keyed[m.IP_PORT], keyed[m.PATH]
+        self._ports, self._paths, self._dports = keyed[m.IP_PORT], keyed[m.PATH], keyed[m.DOMAIN_PORT]
         self._finish_index()
         return dups
 
@@ -898,6 +901,28 @@ class IndicatorSet:
         """
         return self._lookup_keys(self._urls, url_keys, url) if self._urls else []
 
+    def match_domain_port(self, name: str, port: int) -> list[Indicator]:
+        """``name:port`` indicators for an already normalised name seen on a flow to
+        ``port``: the name and its parents at label boundaries (``*.`` ones: parents only)."""
+        table = self._dports
+        if not table or not name:
+            return []
+        out: list[Indicator] = []
+        suffix = f":{port}"
+        at, own = 0, True
+        while True:
+            v = table.get(name[at:] + suffix)
+            if v is not None:
+                for i in _ids(v):
+                    f = self._flags[i]
+                    # on the name itself all but ``*.`` ones; on a subdomain all but exact ones
+                    if (not f & WILDCARD) if own else (not f & _EXACT):
+                        out.append(self._indicator(i))
+            dot = name.find(".", at)
+            if dot < 0:
+                return out
+            at, own = dot + 1, False
+
     def match_cert_hash(self, hexdigest: str) -> list[Indicator]:
         """Certificate fingerprint indicators equal to a SHA-1 or SHA-256 hex digest."""
         v = self._certs.get(hexdigest.strip().lower().replace(":", ""))
@@ -958,7 +983,7 @@ class IndicatorSet:
                 self._nbits, self._ntab.tobytes(), self._nhash.tobytes(), self._nnext.tobytes(),
                 self._ctab.tobytes(), self._cnext.tobytes(),
                 self._min_labels, self._max_labels, self._v4, self._v6, self._urls,
-                self._certs, self._fps, self._dead, self._ports, self._paths)
+                self._certs, self._fps, self._dead, self._ports, self._paths, self._dports)
         data = frame_cache_body(marshal.dumps(blob))
         tmp = f"{path}.tmp{os.getpid()}"
         try:
@@ -1028,7 +1053,7 @@ class IndicatorSet:
         s = cls()
         (_, s._key, rep, s._text, offs, kinds, flags, fidx, lines, midx, s._metas, s._files,
          s._nbits, ntab, nhash, nnext, ctab, cnext, s._min_labels, s._max_labels, s._v4,
-         s._v6, s._urls, s._certs, s._fps, s._dead, s._ports, s._paths) = blob
+         s._v6, s._urls, s._certs, s._fps, s._dead, s._ports, s._paths, s._dports) = blob
         s._kinds, s._flags = bytearray(kinds), bytearray(flags)
         s._offs = _array("Q", offs)
         s._file_idx, s._lines, s._meta_idx = _array("I", fidx), _array("I", lines), \
@@ -1193,11 +1218,11 @@ def _check_blob(blob: Any) -> None:
     ``min``/``max``): about 0.15 s of CPU for 1 M domains, measured on a loaded 2-core
     machine, beside 0.1 s for the checksum and under 0.05 s for ``marshal.loads`` (buffers).
     """
-    _need(type(blob) is tuple and len(blob) == 28 and type(blob[0]) is int
+    _need(type(blob) is tuple and len(blob) == 29 and type(blob[0]) is int
           and blob[0] == CACHE_VERSION, "unexpected contents")
     (_, key, rep, text, offs, kinds, flags, fidx, lines, midx, metas, files,
      nbits, ntab, nhash, nnext, ctab, cnext, minl, maxl, v4, v6, urls, certs, fps, dead,
-     ports, paths) = blob
+     ports, paths, dports) = blob
     _need(type(key) is tuple and len(key) > 1 and type(key[-1]) is tuple
           and all(type(x) is tuple and len(x) == 2 and _types(x) <= {str} for x in key[-1]),
           "sources of the wrong type")
@@ -1227,7 +1252,7 @@ def _check_blob(blob: Any) -> None:
         _need(max(kinds) < len(m.KINDS) and max(memoryview(fidx).cast("I")) < len(files)
               and max(memoryview(midx).cast("I")) < len(metas), "column index out of range")
     for table, what in ((urls, "URL"), (certs, "certificate"), (ports, "address:port"),
-                        (paths, "path")):
+                        (paths, "path"), (dports, "name:port")):
         _check_table(table, {str}, n, what)
     _need(type(fps) is dict and set(fps) == set(m.FINGERPRINT_KINDS) and len(fps) == len(
         m.FINGERPRINT_KINDS), "fingerprint tables of the wrong type")

@@ -25,6 +25,8 @@ class Channel(StrEnum):
     CERT_SAN = "cert_san"
     CERT_CN = "cert_cn"
     HTTP_HOST = "http_host"
+    #: a name DNS gave the client for the address it then connected to (flows without a name)
+    DNS_LINK = "dns_link"
     # not names, but matched against indicators the same way
     HTTP_URL = "http_url"
     DNS_ANSWER = "dns_answer"
@@ -71,6 +73,9 @@ class ChannelInfo:
     coverage: str | None = None
     label: str = ""
     short: str = ""
+    #: the value names the flow's own destination (SNI, Host): a flow with none of these has
+    #: no name of its own (an ECH outer SNI names the front, so it is not one)
+    destination: bool = False
 
 
 _ROWS = (
@@ -78,10 +83,10 @@ _ROWS = (
                 "dns", stored_name=True, coverage="dns", label="DNS query", short="DNS"),
     ChannelInfo(Channel.TLS_SNI, Kind.NAME, "tls.client.server_name", "tls.client.server_name",
                 "tls", transport="tcp", stored_name=True, coverage="tls_sni", label="TLS SNI (TCP)",
-                short="SNI"),
+                short="SNI", destination=True),
     ChannelInfo(Channel.QUIC_SNI, Kind.NAME, "tls.client.server_name", "tls.client.server_name",
                 "quic", transport="udp", stored_name=True, coverage="quic_sni", label="QUIC SNI",
-                short="QUIC"),
+                short="QUIC", destination=True),
     ChannelInfo(Channel.CERT_SAN, Kind.NAME,
                 "tls.server.certs[].cert.extensions[].subject_alt_name[].dns_name",
                 "tls.server.x509.alternative_names", "tls", stored_name=True,
@@ -91,7 +96,8 @@ _ROWS = (
                 coverage="cert_cn", label="Certificate CN", short="CN"),
     ChannelInfo(Channel.HTTP_HOST, Kind.NAME, "http.request.host", "url.domain", "http",
                 authority=True, stored_name=True, coverage="http_host", label="HTTP Host",
-                short="HTTP"),
+                short="HTTP", destination=True),
+    ChannelInfo(Channel.DNS_LINK, Kind.NAME, "dns_link.names[]", "destination.domain"),
     ChannelInfo(Channel.HTTP_URL, Kind.URL, "http.request.uri", "url.full", "http"),
     # an address in alerts; in the store, the owner name of that answer (source dns_answer)
     ChannelInfo(Channel.DNS_ANSWER, Kind.ADDRESS, "dns.response.answer[].ipv4_addr",
@@ -122,6 +128,9 @@ FINGERPRINT_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.kind is
 
 #: Channels whose names the store keeps (``names.source``), by value.
 STORED_NAME_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.stored_name)
+
+#: Channels that name the flow's own destination (see ``ChannelInfo.destination``).
+DESTINATION_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.destination)
 
 #: Channels of the coverage report, in its display order (the table's order).
 COVERAGE_CHANNELS: tuple[ChannelInfo, ...] = tuple(r for r in _ROWS if r.coverage is not None)

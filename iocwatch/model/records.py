@@ -166,4 +166,10 @@ def read_record(record: Mapping[str, Any], max_items: int, max_certs: int | None
     host = _str(http.get("request") if isinstance(http, Mapping) else None, "host")
     if host is not None:
         out.append(RecordItem(Channel.HTTP_HOST, host, "client"))
+    link = record.get("dns_link")
+    names = link.get("names") if isinstance(link, Mapping) else None
+    if isinstance(names, list):
+        for name in names[:max_items]:
+            if isinstance(name, str):
+                out.append(RecordItem(Channel.DNS_LINK, name, "client"))
     return out

@@ -52,6 +52,7 @@ _ECS_INDICATOR_TYPE = {
     "domain": "domain-name",
     "hostname": "domain-name",
     "domain-name": "domain-name",
+    "domain_port": "domain-name",
     "url": "url",
     "ipv4": "ipv4-addr",
     "ipv6": "ipv6-addr",
@@ -276,6 +277,9 @@ def _ecs_indicator(ind: Mapping[str, Any]) -> dict[str, Any]:
                    port=endpoint[1])
     elif kind == "path":
         out.update(type="url", url={"path": value})
+    elif kind == "domain_port" and str(value).rpartition(":")[2].isdigit():
+        host, _, port = str(value).rpartition(":")
+        out.update(url={"domain": host}, port=int(port))  # ECS has the name and the port apart
     elif ecs_type == "domain-name":
         out["url"] = {"domain": value}
     elif ecs_type == "url":
@@ -404,6 +408,8 @@ def to_ecs(alert: dict) -> dict:
         out["tls"] = {"server": {"x509": {"subject": {"common_name": [name]}}}}
     elif chan is Channel.HTTP_HOST:
         out["url"] = _host_url(name)
+    elif chan is Channel.DNS_LINK:  # the name DNS gave the client for this destination
+        out["destination"]["domain"] = name
     elif chan is Channel.HTTP_URL:
         out["url"] = {"full": name, "original": name}
     elif chan is Channel.DNS_ANSWER:

@@ -10,7 +10,7 @@ and compression pointers are followed at most 16 deep, only into the message bod
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from iocwatch.protocols.cursor import Cursor, Malformed, Truncated
 from iocwatch.protocols.text import ipv6_text as _ipv6_text
@@ -198,6 +198,20 @@ class ResourceRecord:
         return o
 
 
+class LinkRecord(NamedTuple):
+    """What DNS links (flows/dnslink.py) read of an IN answer: A, AAAA, CNAME, SVCB, HTTPS."""
+
+    name: str
+    rtype: int
+    ttl: int
+    rdata: bytes
+    target: str | None  # a CNAME's target
+
+
+#: answer types that link an address to a name: A, CNAME, AAAA, SVCB, HTTPS
+LINK_TYPES = frozenset({1, 5, 28, 64, 65})
+
+
 @dataclass(slots=True)
 class DnsMessage:
     id: int
@@ -230,6 +244,13 @@ class DnsMessage:
             if a is not None:
                 out.append((rr.name, a))
         return out
+
+    def link_records(self) -> list[LinkRecord]:
+        """The answers DNS links read, for a successful response; [] otherwise."""
+        if not self.is_response or self.rcode:
+            return []
+        return [LinkRecord(rr.name, rr.rtype, rr.ttl, rr.rdata, rr.target) for rr in self.answers
+                if rr.rclass == _IN and rr.rdata is not None and rr.rtype in LINK_TYPES]
 
     def cnames(self) -> list[tuple[str, str]]:
         return [(rr.name, rr.target) for rr in self.answers if rr.rtype == 5 and rr.target is not None]
@@ -590,19 +611,22 @@ _TYPE_CLASS: dict[int, tuple[str, str]] = {
 }
 
 
-def fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]] | None:
+FastView = tuple[bool, dict[str, Any], list[str], list[str], list[LinkRecord]]
+
+
+def fast_view(data: bytes) -> FastView | None:
     """What the engine keeps of a message, in one pass, for the common shapes (questions; A,
     AAAA, CNAME and other plainly rendered records; EDNS): (is response, mercury's JSON, question
-    names, answer addresses). None when any part needs :func:`parse_message`'s full rules
-    (damage, NetBIOS names, long names, odd pointers, the types it renders field by field);
-    for every message it returns, the result equals that of :func:`parse_message`."""
+    names, answer addresses, :meth:`DnsMessage.link_records`). None when any part needs
+    :func:`parse_message`'s full rules (damage, NetBIOS names, long names, odd pointers, the
+    types it renders field by field); for every message it returns, the result equals that of :func:`parse_message`."""
     try:
         return _fast_view(data)
     except (_Bail, IndexError):
         return None
 
 
-def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]:
+def _fast_view(data: bytes) -> FastView:
     end = len(data)
     if end < HEADER_LEN:
         raise _Bail
@@ -635,6 +659,9 @@ def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]
         names.append(name)
     inner["question"] = questions
     addresses: list[str] = []
+    links: list[LinkRecord] = []
+    is_response = bool(data[2] & 0x80)
+    linking = is_response and not data[3] & 0x0F  # only a successful response links
     for key, count in (("answer", an), ("authority", ns), ("additional", ar)):
         if not count:
             continue
@@ -659,7 +686,16 @@ def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]
             else:
                 o = {"name": name}
                 _put_type_class(o, rtype, rclass, False)  # never NetBIOS here
-            o["ttl"] = int.from_bytes(data[start - 6 : start - 2], "big")
+            ttl = o["ttl"] = int.from_bytes(data[start - 6 : start - 2], "big")
+            if linking and key == "answer" and rclass == _IN and rtype in LINK_TYPES:
+                target = None
+                if rtype == 5:
+                    raw_target, after = _fast_name(data, start, end, memo)
+                    if after > pos:
+                        raise _Bail
+                    target = (raw_target.decode("ascii") if raw_target.isascii()
+                              else mercury_text(raw_target))
+                links.append(LinkRecord(name, rtype, ttl, data[start:pos], target))
             if rclass != _IN:
                 o["rdata"] = data[start:pos].hex()
             elif rtype == 1:
@@ -689,8 +725,7 @@ def _fast_view(data: bytes) -> tuple[bool, dict[str, Any], list[str], list[str]]
             records.append(o)
         inner[key] = records
     inner["id"] = f"{data[1]:02x}{data[0]:02x}"
-    is_response = bool(data[2] & 0x80)
-    return is_response, {"response" if is_response else "query": inner}, names, addresses
+    return is_response, {"response" if is_response else "query": inner}, names, addresses, links
 
 
 def looks_like_dns(data: bytes) -> bool:
@@ -720,3 +755,31 @@ def split_tcp_stream(buf: bytes) -> tuple[list[bytes], int]:
             out.append(bytes(buf[pos + 2 : pos + 2 + size]))
         pos += 2 + size
     return out, pos
+
+
+def svcb_hints(rdata: bytes | None) -> list[bytes]:
+    """The ``ipv4hint`` and ``ipv6hint`` addresses (raw 4 or 16 bytes) of SVCB/HTTPS rdata.
+
+    RFC 9460 forbids compressing the target name, so the rdata reads on its own; anything
+    malformed ends the list where it breaks."""
+    out: list[bytes] = []
+    if not rdata or len(rdata) < 3:
+        return out
+    pos, n = 2, len(rdata)
+    while pos < n and rdata[pos]:  # the target name's labels
+        if rdata[pos] & 0xC0:
+            return out
+        pos += 1 + rdata[pos]
+    pos += 1
+    while pos + 4 <= n:
+        key = (rdata[pos] << 8) | rdata[pos + 1]
+        size = (rdata[pos + 2] << 8) | rdata[pos + 3]
+        pos += 4
+        value = rdata[pos : pos + size]
+        if len(value) != size:
+            break
+        pos += size
+        width = 4 if key == 4 else 16 if key == 6 else 0
+        if width:
+            out.extend(value[i : i + width] for i in range(0, size - width + 1, width))
+    return out
