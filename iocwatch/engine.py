@@ -504,6 +504,16 @@ class Engine:
                                          self.decoder.ext6))
 
     # -- DNS links (flows/dnslink.py) ----------------------------------------------------------
+    def learn_dns(self, sec: int, client: bytes, payload: bytes) -> None:
+        """A DNS response whose flow another file worker owns: every worker's link table must
+        still know what DNS told each client, since the connections that follow are spread
+        over all of them."""
+        links = self.links
+        if links is not None:
+            answered = self.dissector.dns_links_of(payload)
+            if answered:
+                links.answer(client, answered, sec, counted=False)
+
     def _link_tcp(self, flow: _Flow, links: DnsLinks, fresh_syn: bool, version: int, src: bytes,
                   dst: bytes, sport: int, dport: int, ttl: int, ipid: int, sec: int,
                   usec: int) -> None:

@@ -118,7 +118,7 @@ class Partition:
     """Stands in for an engine's decoder: decodes as before, then hides from the engine every
     packet of another worker's flow (see the module docstring)."""
 
-    __slots__ = ("inner", "index", "workers", "stats", "scratch", "done", "done_room")
+    __slots__ = ("inner", "index", "workers", "stats", "scratch", "done", "done_room", "learn")
 
     def __init__(self, engine: Engine, index: int, workers: int):
         self.inner = engine.decoder
@@ -131,6 +131,9 @@ class Partition:
         # other workers' directions fill at most half the fast-path table, so this worker's
         # own finished directions are never evicted for them
         self.done_room = max(1, engine.config.max_done // 2)
+        # DNS answers link later connections, whichever worker owns them: every worker learns
+        # every UDP answer from port 53 (DNS over TCP links only in its connection's worker)
+        self.learn = engine.learn_dns if engine.links is not None else None
 
     @property
     def ext6(self) -> bytes:
@@ -157,9 +160,15 @@ class Partition:
         stats = self.stats
         if "packets_slow_path" in stats:  # counted by the engine before it decoded
             stats["packets_slow_path"] -= 1
-        if dec is not None and dec[3] == 6 and len(self.done) < self.done_room:
-            src, dst, l4 = dec[1], dec[2], dec[4]
-            self.done[src + dst + l4[:4]] = None  # the fast path skips the rest of it
+        if dec is not None:
+            if dec[3] == 6:
+                if len(self.done) < self.done_room:
+                    src, dst, l4 = dec[1], dec[2], dec[4]
+                    self.done[src + dst + l4[:4]] = None  # the fast path skips the rest of it
+            elif dec[3] == 17 and self.learn is not None:
+                l4 = dec[4]
+                if l4[:2] == b"\x00\x35" and len(l4) > 20 and l4[10] & 0x80:  # a response
+                    self.learn(now, dec[2], l4[8:])
         return None
 
 

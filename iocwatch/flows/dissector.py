@@ -613,6 +613,21 @@ class Dissector:
         return events
 
     # -- UDP and shared ------------------------------------------------------------------------
+    def dns_links_of(self, payload: bytes) -> tuple:
+        """What a port-53 response tells DNS links, without a record, a count or a cache entry
+        (another file worker owns its flow; see file_workers.py)."""
+        hit = self.dns_cache.get(payload[2:])
+        if hit is not None:
+            return () if hit[6] else hit[7]
+        view = dnsp.fast_view(payload)
+        if view is not None:
+            return answer_links(view[4])
+        try:
+            msg = dnsp.parse_message(payload)
+        except Malformed:
+            return ()
+        return () if msg.netbios else answer_links(msg.link_records())
+
     def dns(self, payload: bytes, port: int) -> Event | None:
         # The same questions and answers repeat all day under new message ids: parse and
         # render each distinct message once, keyed by everything after the id.

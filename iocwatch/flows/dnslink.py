@@ -142,6 +142,7 @@ class DnsLinks:
                  max_quic: int = DNS_LINK_QUIC_MAX,
                  max_unlinked: int = DNS_LINK_UNLINKED_MAX) -> None:
         self.stats = stats
+        self.uncounted: Counter[str] = Counter()
         self.max_entries = max(1, max_entries)
         self.max_bytes = max(1, max_bytes)
         self.max_ttl = max(0, max_ttl)
@@ -169,9 +170,11 @@ class DnsLinks:
             stats[name] += 0
 
     # -- answers -----------------------------------------------------------------------------
-    def answer(self, client: bytes, links: tuple[AnswerLink, ...], now: int) -> None:
-        """Record what one DNS response told ``client``."""
-        stats = self.stats
+    def answer(self, client: bytes, links: tuple[AnswerLink, ...], now: int,
+               counted: bool = True) -> None:
+        """Record what one DNS response told ``client``; ``counted`` False: another file
+        worker owns the response and counts it (and the evictions it causes) for all."""
+        stats = self.stats if counted else self.uncounted
         clients = self.clients
         if client in clients:
             del clients[client]
@@ -192,9 +195,9 @@ class DnsLinks:
             self.bytes += size
         stats["dns_link_addresses"] += len(links)
         if len(table) > self.max_entries or self.bytes > self.max_bytes:
-            self._evict()
+            self._evict(stats)
 
-    def _evict(self) -> None:
+    def _evict(self, stats: Counter[str]) -> None:
         """Free the least recently used links until both bounds hold with 1/16 to spare: a
         batch at once, so that a full table costs O(1) amortised per answer (finding a dict's
         first keys skips the slots earlier deletions left)."""
@@ -212,7 +215,7 @@ class DnsLinks:
                     break
                 self.bytes -= table.pop(key)[3]
                 evicted += 1
-        self.stats["evicted_dns_links"] += evicted
+        stats["evicted_dns_links"] += evicted
 
     # -- flows -------------------------------------------------------------------------------
     def lookup(self, client: bytes, server: bytes, now: int) -> Link | None:

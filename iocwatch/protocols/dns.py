@@ -619,7 +619,8 @@ def fast_view(data: bytes) -> FastView | None:
     AAAA, CNAME and other plainly rendered records; EDNS): (is response, mercury's JSON, question
     names, answer addresses, :meth:`DnsMessage.link_records`). None when any part needs
     :func:`parse_message`'s full rules (damage, NetBIOS names, long names, odd pointers, the
-    types it renders field by field); for every message it returns, the result equals that of :func:`parse_message`."""
+    types it renders field by field); for every message it returns, the result equals that
+    of :func:`parse_message`."""
     try:
         return _fast_view(data)
     except (_Bail, IndexError):
