@@ -16,6 +16,7 @@ from struct import unpack_from
 
 from iocwatch.decode.packet import Decoder
 from iocwatch.flows.dissector import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
+from iocwatch.flows.ech import ECH_FRONTS_MAX, EchFronts
 from iocwatch.flows.quic import (
     QUIC_CONNECTIONS_MAX,
     QUIC_CRYPTO_BYTES_MAX,
@@ -25,11 +26,12 @@ from iocwatch.flows.quic import (
 )
 from iocwatch.flows.tables import EVICT_SHARE, evict_oldest
 from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
-from iocwatch.model.channels import NAME_CHANNELS
+from iocwatch.model.channels import NAME_CHANNELS, Channel
 from iocwatch.model.observation import Observation
 from iocwatch.model.tls_session import TlsSession
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import quic as quicp
+from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols import x509
 
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
@@ -45,7 +47,7 @@ BUFFERED_MAX = 64 << 20  # bytes all connections' dissectors may hold waiting fo
 EVICTION_COUNTERS = ("evicted_tcp_flows", "evicted_tcp_buffering", "evicted_done",
                      "evicted_udp_seen", "evicted_quic_done", "evicted_quic_sources",
                      "evicted_quic_crypto", "evicted_quic_servers", "evicted_dns_cache",
-                     "evicted_cert_json")
+                     "evicted_cert_json", "evicted_ech_fronts")
 
 #: What the engine hands to the outputs: the mercury record and the names it carries.
 Sink = Callable[[dict, list[Observation], Event], None]
@@ -81,6 +83,7 @@ class EngineConfig:
     max_quic_connections: int = QUIC_CONNECTIONS_MAX
     max_quic_crypto_bytes: int = QUIC_CRYPTO_BYTES_MAX
     max_buffered_bytes: int = BUFFERED_MAX
+    max_ech_fronts: int = ECH_FRONTS_MAX
 
 
 class _Flow:
@@ -150,6 +153,8 @@ class Engine:
         #: oldest first: past the budget they are evicted (their partial data reported)
         self.buffered = 0
         self.buffering: dict[_Flow, None] = {}
+        #: per client, the ECH public names its DNS answers carried (flows/ech.py)
+        self.ech_fronts = EchFronts(self.stats, cfg.max_ech_fronts)
         for table in EVICTION_COUNTERS:  # shown in --stats from the start, 0 included
             self.stats[table] += 0
 
@@ -466,15 +471,40 @@ class Engine:
     @property
     def table_work(self) -> int:
         """Table entries looked at by sweeps and evictions (tests check it stays O(packets))."""
-        return self._table_work + self.quic.table_work
+        return self._table_work + self.quic.table_work + self.ech_fronts.work
 
     # -- records --------------------------------------------------------------------------
     def _emit(self, ev: Event, ctx: PacketContext) -> None:
         self.stats["records"] += 1
+        if ev.ech_fronts:  # a DNS answer with ECH configs: its destination is the client
+            self.ech_fronts.learn(ctx.dst, ev.ech_fronts, ctx.sec)
+        hello = ev.client_hello
+        if hello is not None and hello.ech is not None:
+            self._ech(ev, hello, ctx)
+        elif ev.certificates and ev.key == "tls" and "server" in ev.body:
+            check = x509.leaf_report(ev.certificates[0], ev.sni, ctx.sec)
+            ev.extra = {**ev.extra, "cert_check": check} if ev.extra else {"cert_check": check}
         for ob in ev.observations:
             if ob.channel in NAME_CHANNELS:
                 self.stats["names_" + ob.channel.value] += 1
         self.sink(make_record(ev, ctx), ev.observations, ev)
+
+    def _ech(self, ev: Event, hello: tlsp.ClientHello, ctx: PacketContext) -> None:
+        """A ClientHello offering ECH: counted; when the client's DNS showed its SNI to be the
+        ECH public name of other names, the SNI becomes ``tls_sni_outer`` and the record's
+        ``ech`` says which names it fronts (the hook for DNS-linked names: a flow whose only
+        name is an outer one has no name of its own)."""
+        quic = ev.extra is not None and "quic" in ev.extra
+        self.stats["ech_offered_quic" if quic else "ech_offered_tls"] += 1
+        sni = hello.server_name
+        names = self.ech_fronts.lookup(ctx.src, sni, ctx.sec) if sni else []
+        if not names or ev.extra is None or "ech" not in ev.extra:
+            return
+        self.stats["ech_outer_sni"] += 1
+        ev.extra["ech"] = {**ev.extra["ech"], "outer_sni": True, "fronts": names}
+        ev.observations = [Observation(o.name, Channel.TLS_SNI_OUTER)
+                           if o.channel in _SNI_CHANNELS and o.name == sni else o
+                           for o in ev.observations]
 
     def finish(self) -> None:
         """End of input: report whatever half-received directions still hold."""
@@ -488,6 +518,9 @@ class Engine:
         self.buffering.clear()
         self.buffered = 0
         self.quic.finish()
+
+
+_SNI_CHANNELS = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI})
 
 
 def _context_from_key(key: bytes, sec: int) -> PacketContext | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 from iocwatch.model.channels import (
     CHANNELS,
     COVERAGE_CHANNELS,
+    DESTINATION_CHANNELS,
     FINGERPRINT_CHANNELS,
     NAME_CHANNELS,
     STORED_NAME_CHANNELS,
@@ -34,13 +35,14 @@ def test_every_channel_has_one_complete_row() -> None:
 
 
 def test_derived_sets() -> None:
-    names = {Channel.DNS_QUERY, Channel.TLS_SNI, Channel.QUIC_SNI, Channel.CERT_SAN,
-             Channel.CERT_CN, Channel.HTTP_HOST}
+    names = {Channel.DNS_QUERY, Channel.TLS_SNI, Channel.QUIC_SNI, Channel.TLS_SNI_OUTER,
+             Channel.CERT_SAN, Channel.CERT_CN, Channel.HTTP_HOST}
     fingerprints = {Channel.JA3, Channel.JA3S, Channel.JA4, Channel.JA4S}
     assert names == NAME_CHANNELS and fingerprints == FINGERPRINT_CHANNELS
     assert [r.coverage for r in COVERAGE_CHANNELS] == [
         "dns", "tls_sni", "quic_sni", "cert_san", "cert_cn", "http_host"]
     assert [c for c, r in CHANNELS.items() if r.authority] == [Channel.HTTP_HOST]
+    assert DESTINATION_CHANNELS == {Channel.TLS_SNI, Channel.QUIC_SNI, Channel.HTTP_HOST}
     assert (sni_channel(False), sni_channel(True)) == (Channel.TLS_SNI, Channel.QUIC_SNI)
 
 

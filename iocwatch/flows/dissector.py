@@ -64,6 +64,10 @@ class Event:
     extra: dict | None = None  # further top-level keys after ``key`` (QUIC: "quic")
     client_hello: tlsp.ClientHello | None = None  # parsed hellos, for TLS session records
     server_hello: tlsp.ServerHello | None = None
+    #: the connection's SNI, on a server's certificate event (the leaf is checked against it)
+    sni: str | None = None
+    #: a DNS answer's ``(ECH public_name, name, ttl)`` triples (SVCB/HTTPS ``ech``)
+    ech_fronts: list[tuple[str, str, int]] | None = None
 
 
 class Direction:
@@ -90,7 +94,8 @@ class Direction:
 class TcpConnection:
     """Both directions of one TCP connection, plus what one side tells about the other."""
 
-    __slots__ = ("dirs", "ports", "connect_pending", "starttls", "client", "session", "gapped")
+    __slots__ = ("dirs", "ports", "connect_pending", "starttls", "client", "session", "gapped",
+                 "sni")
 
     def __init__(self, sport: int, dport: int):
         self.dirs = (Direction(self, 0), Direction(self, 1))
@@ -100,6 +105,7 @@ class TcpConnection:
         self.client: int | None = None
         self.session: Any = None  # the TLS session being assembled, when sessions are wanted
         self.gapped = False  # reassembly had to skip bytes of this connection
+        self.sni: str | None = None  # the client's server_name, for the server's certificate
 
     @property
     def done(self) -> bool:
@@ -133,7 +139,8 @@ class Dissector:
         # fingerprint_key -> (mercury's string, JA3(S) MD5, JA4(S)): one client or server
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
-        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str]]] = {}
+        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[str],
+                                          list[tuple[str, str, int]] | None]] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
@@ -249,8 +256,11 @@ class Dissector:
             msg_type = msg.msg_type
             try:
                 if msg_type == 1:
-                    events.append(self._client_hello(msg.body, msg.sslv2))
+                    ev = self._client_hello(msg.body, msg.sslv2)
+                    events.append(ev)
                     d.conn.client = d.index
+                    if ev.client_hello is not None and ev.client_hello.server_name_bytes:
+                        d.conn.sni = tlsp.mercury_text(ev.client_hello.server_name_bytes)
                     continue  # a client certificate may follow (mutual TLS up to 1.2)
                 if msg_type == 2:
                     hello = tlsp.parse_server_hello(msg.body)
@@ -298,6 +308,7 @@ class Dissector:
         obs.append(Observation(ja3, Channel.JA3))
         obs.append(Observation(ja4, Channel.JA4))
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
+                     extra={"ech": hello.ech.to_json()} if hello.ech is not None else None,
                      client_hello=hello)
 
     def _fingerprints(self, hello: tlsp.ClientHello | tlsp.ServerHello) -> tuple[str | None, str, str]:
@@ -336,8 +347,11 @@ class Dissector:
         obs = [Observation(hello.server_name, Channel.QUIC_SNI)] if hello.server_name else []
         fps = {"quic": hello.mercury_quic_fingerprint(packet.version)}
         self._client_fingerprints(hello, "q", fps, obs)
+        extra: dict[str, Any] = {"quic": packet.to_mercury()}
+        if hello.ech is not None:
+            extra["ech"] = hello.ech.to_json()
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
-                     extra={"quic": packet.to_mercury()}, client_hello=hello)
+                     extra=extra, client_hello=hello)
 
     def quic_server_hello(self, body: bytes, packet: quicp.InitialPacket) -> Event | None:
         """The ServerHello of a server's QUIC Initial: JA3S and JA4S (``q``) for QUIC too.
@@ -384,6 +398,8 @@ class Dissector:
             obs.extend(Observation(n, Channel.CERT_CN) for n in cert.subject_cns)
             obs.append(Observation(cert.sha1, Channel.CERT_SHA1))
             obs.append(Observation(cert.sha256, Channel.CERT_SHA256))
+            if cert.spki_sha256:
+                obs.append(Observation(cert.spki_sha256, Channel.SPKI_SHA256))
         return certs, cert_json, obs
 
     def _server_event(self, d: Direction, ders: list[bytes], side: str = "server") -> Event:
@@ -408,7 +424,7 @@ class Dissector:
             self.stats["tls_server_hello"] += 1
             d.server_hello = None
         return Event("tls", {side: body}, obs, fingerprints=fps, certificates=certs,
-                     server_hello=hello)
+                     server_hello=hello, sni=d.conn.sni if side == "server" else None)
 
     def _http(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
@@ -535,7 +551,8 @@ class Dissector:
                 return None
             body = msg.to_mercury()
             hit = (msg.is_response, next(iter(body)), body, msg.question_names(),
-                   [ip for _owner, ip in msg.addresses()])
+                   [ip for _owner, ip in msg.addresses()],
+                   msg.ech_fronts() if msg.is_response else None)
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -547,7 +564,7 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        is_response, section, body, names, addresses = hit
+        is_response, section, body, names, addresses, fronts = hit
         msg_id = (payload[0] << 8) | payload[1]
         inner = dict(body[section])
         inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
@@ -565,4 +582,4 @@ class Dissector:
                 obs = [Observation(n, Channel.DNS_QUERY) for n in names]
         if is_response:
             obs.extend(Observation(ip, Channel.DNS_ANSWER) for ip in addresses)
-        return Event(key, {section: inner}, obs)
+        return Event(key, {section: inner}, obs, ech_fronts=fronts or None)

@@ -15,8 +15,11 @@ CERT_SHA256 = "cert_sha256"
 JA3 = "ja3"
 JA3S = "ja3s"
 JA4 = "ja4"
-KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4)
-FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4)
+#: SHA-256 of a certificate's SubjectPublicKeyInfo (``spki:HASH``): one key, whatever the names
+SPKI = "spki_sha256"
+KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4, SPKI)
+#: kinds matched by equality of a canonical string, each in its own table
+FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4, SPKI)
 
 #: Format names accepted by ``IndicatorSet.load(fmt=...)`` (the CLI's ``--ioc-format``).
 FORMATS: tuple[str, ...] = ("plain", "csv", "zeek", "stix", "misp")

@@ -35,7 +35,7 @@ from .normalise import WILDCARD, classify, fingerprint, parse_ip, url_key_of, ur
 
 MAX_FILE = 1 << 30
 MAX_SKIPPED_LISTED = 1000
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: the spki_sha256 table
 #: first bytes of every indicator cache: lets a file be recognised without unmarshalling it
 CACHE_MAGIC = b"iocwatch indicator cache\n\x00"
 #: after the magic: format version, body length, BLAKE2b-256 of the body

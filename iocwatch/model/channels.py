@@ -22,6 +22,9 @@ class Channel(StrEnum):
     DNS_QUERY = "dns_query"
     TLS_SNI = "tls_sni"
     QUIC_SNI = "quic_sni"
+    # a ClientHello's SNI that DNS showed to be the ECH public name of another name: the
+    # shared front, not the destination
+    TLS_SNI_OUTER = "tls_sni_outer"
     CERT_SAN = "cert_san"
     CERT_CN = "cert_cn"
     HTTP_HOST = "http_host"
@@ -36,6 +39,7 @@ class Channel(StrEnum):
     JA3S = "ja3s"
     JA4 = "ja4"
     JA4S = "ja4s"
+    SPKI_SHA256 = "spki_sha256"
 
 
 class Kind(StrEnum):
@@ -46,6 +50,9 @@ class Kind(StrEnum):
     URL = "url"
     CERT_HASH = "cert_hash"
     FINGERPRINT = "fingerprint"  # matched as the indicator kind named like the channel
+    #: a certificate's public key (SHA-256 of its SubjectPublicKeyInfo), matched as the
+    #: indicator kind named like the channel; not a fingerprint column of the store
+    KEY_HASH = "key_hash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +78,9 @@ class ChannelInfo:
     coverage: str | None = None
     label: str = ""
     short: str = ""
+    #: the value names the flow's own destination (SNI, Host): a flow with none of these has
+    #: no name of its own (an ECH outer SNI names the front, so it is not one)
+    destination: bool = False
 
 
 _ROWS = (
@@ -78,10 +88,13 @@ _ROWS = (
                 "dns", stored_name=True, coverage="dns", label="DNS query", short="DNS"),
     ChannelInfo(Channel.TLS_SNI, Kind.NAME, "tls.client.server_name", "tls.client.server_name",
                 "tls", transport="tcp", stored_name=True, coverage="tls_sni", label="TLS SNI (TCP)",
-                short="SNI"),
+                short="SNI", destination=True),
     ChannelInfo(Channel.QUIC_SNI, Kind.NAME, "tls.client.server_name", "tls.client.server_name",
                 "quic", transport="udp", stored_name=True, coverage="quic_sni", label="QUIC SNI",
-                short="QUIC"),
+                short="QUIC", destination=True),
+    # matched like any name, but an alert on it says "front", never "destination"; not stored
+    ChannelInfo(Channel.TLS_SNI_OUTER, Kind.NAME, "tls.client.server_name",
+                "tls.client.server_name", "tls"),
     ChannelInfo(Channel.CERT_SAN, Kind.NAME,
                 "tls.server.certs[].cert.extensions[].subject_alt_name[].dns_name",
                 "tls.server.x509.alternative_names", "tls", stored_name=True,
@@ -91,7 +104,7 @@ _ROWS = (
                 coverage="cert_cn", label="Certificate CN", short="CN"),
     ChannelInfo(Channel.HTTP_HOST, Kind.NAME, "http.request.host", "url.domain", "http",
                 authority=True, stored_name=True, coverage="http_host", label="HTTP Host",
-                short="HTTP"),
+                short="HTTP", destination=True),
     ChannelInfo(Channel.HTTP_URL, Kind.URL, "http.request.uri", "url.full", "http"),
     # an address in alerts; in the store, the owner name of that answer (source dns_answer)
     ChannelInfo(Channel.DNS_ANSWER, Kind.ADDRESS, "dns.response.answer[].ipv4_addr",
@@ -106,6 +119,8 @@ _ROWS = (
     ChannelInfo(Channel.JA3S, Kind.FINGERPRINT, "fingerprints.ja3s", "tls.server.ja3s", "tls"),
     ChannelInfo(Channel.JA4, Kind.FINGERPRINT, "fingerprints.ja4", "tls.client.ja4", "tls"),
     ChannelInfo(Channel.JA4S, Kind.FINGERPRINT, "fingerprints.ja4s", "tls.server.ja4s", "tls"),
+    ChannelInfo(Channel.SPKI_SHA256, Kind.KEY_HASH, "cert_check.spki_sha256",
+                "tls.server.x509.public_key_sha256", "tls"),
 )
 
 #: Every channel's row.
@@ -118,6 +133,9 @@ NAME_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.kind is Kind.N
 #: are also the store's fingerprint ``kind`` words.
 FINGERPRINT_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.kind is Kind.FINGERPRINT)
 
+#: Channels that name the flow's own destination (see ``ChannelInfo.destination``).
+DESTINATION_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.destination)
+
 #: Channels whose names the store keeps (``names.source``), by value.
 STORED_NAME_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.stored_name)
 
@@ -126,7 +144,7 @@ COVERAGE_CHANNELS: tuple[ChannelInfo, ...] = tuple(r for r in _ROWS if r.coverag
 
 
 _SNI_BY_TRANSPORT = {row.transport: c for c, row in CHANNELS.items()
-                     if row.mercury_path == "tls.client.server_name"}
+                     if row.mercury_path == "tls.client.server_name" and row.transport}
 
 
 def sni_channel(quic: bool) -> Channel:

@@ -222,6 +222,24 @@ class DnsMessage:
                 out.append((rr.name, a))
         return out
 
+    def ech_fronts(self) -> list[tuple[str, str, int]]:
+        """``(public_name, name, ttl)`` for each ECHConfig of each SVCB/HTTPS answer: a client
+        that connects with SNI ``public_name`` while offering ECH is going to ``name`` (the
+        answer's owner, and the question it answered when a CNAME led there)."""
+        out: list[tuple[str, str, int]] = []
+        asked = [q.name for q in self.questions if q.qtype in (64, 65)]
+        for rr in self.answers:
+            if rr.rtype not in (64, 65) or rr.rclass != _IN or not rr.rdata:
+                continue
+            publics = ech_public_names(rr.rdata)
+            if not publics:
+                continue
+            owners = dict.fromkeys([rr.name, *asked])
+            for public in publics:
+                out.extend((public, owner, rr.ttl) for owner in owners
+                           if owner.rstrip(".").lower() != public)
+        return out
+
     def cnames(self) -> list[tuple[str, str]]:
         return [(rr.name, rr.target) for rr in self.answers if rr.rtype == 5 and rr.target is not None]
 
@@ -458,6 +476,52 @@ def _ech_config_json(value: bytes) -> dict[str, Any]:
             "extensions": exts,
         }
     }
+
+
+_HOST_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+
+
+def ech_public_names(rdata: bytes) -> list[str]:
+    """The ``public_name`` of every ECHConfig (version 0xfe0d) in the ``ech`` SvcParam of an
+    SVCB/HTTPS rdata (RFC 9460; draft-ietf-tls-svcb-ech), lower case; [] when there is none
+    or the rdata is malformed. Configs of other versions are skipped, as clients skip them."""
+    c = Cursor(rdata)
+    try:
+        if c.u16() == 0:
+            return []  # AliasMode carries no parameters
+        while (n := c.u8()) != 0:  # TargetName, never compressed (RFC 9460 section 2.2)
+            if n & 0xC0:
+                return []
+            c.skip(n)
+        while not c.at_end():
+            key = c.u16()
+            value = c.take(c.u16())
+            if key == 5:
+                return _ech_public_names(value)
+    except Malformed:
+        return []
+    return []
+
+
+def _ech_public_names(value: bytes) -> list[str]:
+    out: list[str] = []
+    lst = Cursor(value).vec16()
+    while not lst.at_end():
+        version = lst.u16()
+        contents = Cursor(lst.take(lst.u16()))
+        if version != 0xFE0D:
+            continue
+        contents.u8()  # config_id
+        contents.u16()  # kem_id
+        contents.vec16()  # public_key
+        contents.vec16()  # cipher_suites
+        contents.u8()  # maximum_name_length
+        name = contents.vec8().rest()
+        if name and set(name) <= _HOST_BYTES:
+            text = name.decode("ascii").rstrip(".").lower()
+            if text and text not in out:
+                out.append(text)
+    return out
 
 
 def _decode_target(rtype: int, rdata: bytes | None, body: Cursor) -> str | None:
