@@ -352,6 +352,8 @@ def to_ecs(alert: dict) -> dict:
         out["tls"] = {"client": {chan.value: name}}
     elif chan in (Channel.JA3S, Channel.JA4S):
         out["tls"] = {"server": {chan.value: name}}
+    elif chan is Channel.TLS_SNI_OUTER:
+        out["tls"] = {"client": {"server_name": name}}
     # SRC_IP / DST_IP: the address is already source.ip / destination.ip
     if ind.get("tags"):
         out["tags"] = list(ind["tags"])
@@ -370,7 +372,7 @@ def to_ecs(alert: dict) -> dict:
         },
         "record": alert.get("record"),
     }
-    for key in ("count", "first_seen", "last_seen", "tailgated"):
+    for key in ("count", "first_seen", "last_seen", "tailgated", "check"):
         if key in alert:
             extra[key] = alert[key]
     out["iocwatch"] = extra
