@@ -194,6 +194,7 @@ def lab_run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {
         "records": [json.loads(x) for x in records.read_text().splitlines()],
         "alerts": [json.loads(x) for x in alerts.read_text().splitlines()],
+        "pcap": pcap, "dir": work,
         "spki_shared": spki_hash(shared), "spki_own": spki_hash(own),
         "shop": hashlib.sha256(der(shop)).hexdigest(),
         "other": hashlib.sha256(der(other)).hexdigest(),
@@ -274,3 +275,51 @@ def test_python_ssl_handshake_in_memory_gets_a_cert_check(tmp_path: Path) -> Non
     (check,) = [r["cert_check"] for r in out if "cert_check" in r]
     assert check["sni"] == "wrong.example" and check["covers_sni"] is False
     assert check["self_signed"] is True and check["spki_sha256"] == spki_hash(key)
+
+
+def test_lab_key_reuse_across_the_store_and_the_spki_route(lab_run: dict[str, Any]) -> None:
+    """Run 1 writes the certificates into a store; run 2 (a fresh process, empty memory) finds
+    the reuse on the first certificate it sees, against the store; ``/spki/<sha256>`` in
+    ``iocwatch serve`` lists both certificates."""
+    import httpx
+
+    from tests.test_api import Server
+
+    db = lab_run["dir"] / "store.db"
+    db.unlink(missing_ok=True)
+    alerts = []
+    for run in (1, 2):
+        out = lab_run["dir"] / f"store-alerts-{run}.json"
+        proc = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", str(lab_run["pcap"]),
+                               "-q", "--no-records", "--alerts", str(out), "--store", str(db),
+                               "--alert-on", "key-reuse"],
+                              capture_output=True, timeout=60, cwd=ROOT)
+        assert proc.returncode == 0, proc.stderr
+        alerts.append([json.loads(x) for x in out.read_text().splitlines()])
+    (first,), second = alerts
+    assert first["check"]["cert_sha256"] == lab_run["other"]  # memory: the second certificate
+    # the store: the very first certificate with that key already collides with what it holds,
+    # and each certificate alerts once per run
+    assert [(a["check"]["cert_sha256"], [c["cert_sha256"] for c in a["check"]["other_certs"]])
+            for a in second] == [(lab_run["shop"], [lab_run["other"]]),
+                                 (lab_run["other"], [lab_run["shop"]])]
+    server = Server(["--store", str(db)])
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            body = client.get(f"/spki/{lab_run['spki_shared'].upper()}").json()
+            assert body["query"] == {"spki_sha256": lab_run["spki_shared"]}
+            assert {c["sha256"] for c in body["certificates"]} == {lab_run["shop"],
+                                                                  lab_run["other"]}
+            assert {n for c in body["certificates"] for n in c["names"]} == {
+                "shop.lab.test", "*.w.lab.test", "b.other.test"}
+            page = client.get(f"/spki/{lab_run['spki_shared']}", params={"limit": 1}).json()
+            assert len(page["certificates"]) == 1 and page["next_offset"] == 1
+            assert client.get(f"/spki/{lab_run['spki_own']}").json()["certificates"][0][
+                "names"] == ["old.lab.test"]
+            assert client.get(f"/spki/{'0' * 64}").json()["certificates"] == []
+            bad = client.get("/spki/xyz' OR 1=1")
+            assert bad.status_code == 400 and "SubjectPublicKeyInfo" in bad.json()["error"]
+            spec = client.get("/openapi.json").json()
+            assert "400" in spec["paths"]["/spki/{sha256}"]["get"]["responses"]
+    finally:
+        server.stop()

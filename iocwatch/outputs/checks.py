@@ -72,14 +72,16 @@ class KeyHistory:
     __slots__ = ("_keys", "_max", "store_lookup", "evicted")
 
     def __init__(self, max_keys: int = KEYS_MAX, store_lookup: StoreLookup | None = None):
-        self._keys: dict[str, dict[str, tuple[str, ...]]] = {}
+        #: key -> {cert SHA-256: (names, seen in this run)}; store rows are not "seen"
+        self._keys: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {}
         self._max = max(1, max_keys)
         self.store_lookup = store_lookup
         self.evicted = 0
 
     def see(self, spki: str, cert_sha256: str, names: Sequence[str]) -> list[tuple[str, list[str]]]:
-        """Record a certificate; the earlier ones with the same key whose names do not overlap
-        its own (empty when the certificate was seen before or has no names)."""
+        """Record a certificate; the others known with the same key (this run's, and the
+        store's) whose names do not overlap its own. Once per certificate per run: empty when
+        this run saw it before, or when it has no names."""
         certs = self._keys.pop(spki, None)
         if certs is None:
             certs = {}
@@ -88,14 +90,15 @@ class KeyHistory:
                 self.evicted += 1
             if self.store_lookup is not None:
                 for sha, other in self.store_lookup(spki)[:CERTS_PER_KEY]:
-                    certs[sha] = tuple(other[:NAMES_PER_CERT])
+                    certs[sha] = (tuple(other[:NAMES_PER_CERT]), False)
         self._keys[spki] = certs
-        if cert_sha256 in certs or not names:
-            certs[cert_sha256] = tuple(names[:NAMES_PER_CERT])
+        own = tuple(names[:NAMES_PER_CERT])
+        known = certs.get(cert_sha256)
+        certs[cert_sha256] = (own, True)
+        if (known is not None and known[1]) or not names:
             return []
-        out = [(sha, list(other)) for sha, other in certs.items()
-               if other and not names_overlap(names, other)]
-        certs[cert_sha256] = tuple(names[:NAMES_PER_CERT])
+        out = [(sha, list(other)) for sha, (other, _here) in certs.items()
+               if sha != cert_sha256 and other and not names_overlap(names, other)]
         while len(certs) > CERTS_PER_KEY:
             del certs[next(iter(certs))]
         return out
