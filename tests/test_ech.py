@@ -245,3 +245,29 @@ def test_quic_initial_offering_ech(version: int) -> None:
     assert ("tls_sni_outer", "public.example") in obs
     assert rec["fingerprints"]["ja4"].startswith("q13d0207h3_")
     assert eng.stats["ech_offered_quic"] == 1
+
+
+def test_coverage_report_counts_ech_offers() -> None:
+    """Records from the engine (two TLS hellos, one QUIC, one of each offering ECH and the
+    TCP one fronted by DNS) into the coverage report, text and JSON."""
+    from iocwatch.coverage.builder import CoverageBuilder
+    from iocwatch.coverage.render import render_json, render_text
+
+    answer = dns_packet(https_response("secret.example", https_rdata([ech_config(b"public.example")])))
+    body = hello_body("public.example", ech_outer(), alpn=b"h3")
+    msg = b"\x01" + len(body).to_bytes(3, "big") + body
+    frame = b"\x06\x00" + struct.pack("!H", 0x4000 | len(msg)) + msg
+    udp = pb.eth(pb.ipv4(pb.udp(protect(quic.VERSION_V1, frame + b"\x00" * (1162 - len(frame))),
+                                50002, 443), "192.0.2.77", SERVER, proto=17))
+    out, _ = run([answer, *tcp_packets(hello_record(hello_body("public.example", ech_outer()))),
+                  *tcp_packets(hello_record(hello_body("plain.example", None)), sport=50010),
+                  udp])
+    b = CoverageBuilder()
+    for rec, _obs in out:
+        b.add_record(rec)
+    r = b.report()
+    assert r.ech == {"hellos_tls": 2, "ech_tls": 1, "hellos_quic": 1, "ech_quic": 1,
+                     "ech_named_by_dns": 1}
+    assert render_json(r)["ech"] == r.ech
+    assert ("ECH offered: 1 of 2 TLS and 1 of 1 QUIC ClientHellos; 1 of them had an SNI that "
+            "DNS showed to be an ECH front") in render_text(r)

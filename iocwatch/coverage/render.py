@@ -105,6 +105,12 @@ def render_text(r: CoverageReport, top: int = 10) -> str:
             rows.append([c.client, c.sni_events, c.without_dns, names + more])
         out += _table(["Client", "SNI", "No DNS", "Names (count)"], rows, right={1, 2})
     out.append("")
+    e = r.ech
+    if e:
+        out.append(f"ECH offered: {e['ech_tls']} of {e['hellos_tls']} TLS and {e['ech_quic']} of "
+                   f"{e['hellos_quic']} QUIC ClientHellos; {e['ech_named_by_dns']} of them had "
+                   "an SNI that DNS showed to be an ECH front (the names they asked came back)")
+        out.append("")
     for o in r.overlaps:
         if o.top:
             out.append(f"Top: {o.label}")
@@ -363,6 +369,12 @@ def render_html(r: CoverageReport, top: int = 20, chart: str = "svg") -> str:
                 for c in r.sni_gap_clients]
         parts.append(_html_table(["Client", "SNI events", "Without DNS", "Names (count)"],
                                  rows, {1, 2}))
+    e = r.ech
+    if e:
+        parts.append(f"<h2>Encrypted Client Hello</h2><p>{e['ech_tls']} of {e['hellos_tls']} TLS "
+                     f"and {e['ech_quic']} of {e['hellos_quic']} QUIC ClientHellos offered ECH; "
+                     f"{e['ech_named_by_dns']} of them had an SNI that DNS showed to be an ECH "
+                     "front (the names they asked came back).</p>")
     if r.indicator_hits is not None:
         m = r.indicator_summary
         parts.append(f"<h2>Indicator hits</h2><p>{m['names_hit']} names hit, "
