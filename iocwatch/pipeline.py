@@ -144,17 +144,26 @@ class SensorPipeline:
             matches = self.matcher.observe(observations)
             if matches:
                 self._alert(record, matches)
-        if self.checks is not None and event is not None and "cert_check" in record:
-            assert self.alert_sink is not None
-            for alert in self.checks.record(record, event):
-                self.alert_sink(alert)
+        if event is not None and event.certificates:
+            self._check(record, event.certificates)
         for consumer in self.consumers:
             consumer.record(record, observations, event)
 
-    def inject(self, record: dict, observations: list[Any]) -> None:
+    def _check(self, record: dict, certificates: Sequence[Any]) -> None:
+        """--alert-on: what a record's leaf certificate says about itself."""
+        if self.checks is not None and "cert_check" in record:
+            assert self.alert_sink is not None
+            for alert in self.checks.record(record, certificates):
+                self.alert_sink(alert)
+
+    def inject(self, record: dict, observations: list[Any],
+               certificates: Sequence[Any] = ()) -> None:
         """A record a consumer made (e.g. a tailgated certificate): written and matched like
-        the engine's own, and shown to the other consumers."""
+        the engine's own, checked (``--alert-on``) with its parsed ``certificates``, and shown
+        to the other consumers."""
         self.engine_sink(record, observations, None)
+        if certificates:
+            self._check(record, certificates)
 
     def _session(self, session: TlsSession) -> None:
         if self.own_traffic is not None and not session.tailgated and self.own_traffic(

@@ -112,9 +112,9 @@ class HandshakeChecks:
         self.sensor = sensor
         self.keys = keys if keys is not None else KeyHistory()
 
-    def record(self, record: dict, event: Any) -> list[dict]:
+    def record(self, record: dict, certs: Sequence[x509.Certificate]) -> list[dict]:
+        """The alerts of one record with a ``cert_check`` and its certificates, leaf first."""
         check = record.get("cert_check")
-        certs = getattr(event, "certificates", None)
         if not isinstance(check, dict) or not certs:
             return []
         leaf: x509.Certificate = certs[0]
