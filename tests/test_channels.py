@@ -42,7 +42,7 @@ def test_derived_sets() -> None:
     assert [r.coverage for r in COVERAGE_CHANNELS] == [
         "dns", "tls_sni", "quic_sni", "cert_san", "cert_cn", "http_host"]
     assert [c for c, r in CHANNELS.items() if r.authority] == [Channel.HTTP_HOST]
-    assert DESTINATION_CHANNELS == {Channel.TLS_SNI, Channel.QUIC_SNI, Channel.HTTP_HOST}
+    assert {Channel.TLS_SNI, Channel.QUIC_SNI, Channel.HTTP_HOST} == DESTINATION_CHANNELS
     assert (sni_channel(False), sni_channel(True)) == (Channel.TLS_SNI, Channel.QUIC_SNI)
 
 
