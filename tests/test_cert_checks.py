@@ -323,3 +323,27 @@ def test_lab_key_reuse_across_the_store_and_the_spki_route(lab_run: dict[str, An
             assert "400" in spec["paths"]["/spki/{sha256}"]["get"]["responses"]
     finally:
         server.stop()
+
+
+def test_spki_indicator_forms(tmp_path: Path) -> None:
+    """``spki:`` in plain lists (hex, colons, upper case), a CSV type and STIX's custom
+    ``x509-certificate:x_spki_sha256``; a wrong length is skipped with its reason."""
+    from iocwatch.indicators import IndicatorSet
+    from iocwatch.indicators.normalise import classify
+
+    h = "ab" * 32
+    assert classify(f"spki:{':'.join(['AB'] * 32)}", None) == ("spki_sha256", h, 0)
+    assert classify(f"pin-sha256:{h}", None) == ("spki_sha256", h, 0)
+    assert isinstance(classify(f"spki:{h[:-2]}", None), str)
+    stix = tmp_path / "keys.json"
+    stix.write_text(json.dumps({"type": "bundle", "id": "bundle--1", "objects": [{
+        "type": "indicator", "spec_version": "2.1", "id": "indicator--1",
+        "created": "2024-01-01T00:00:00Z", "modified": "2024-01-01T00:00:00Z",
+        "pattern_type": "stix", "valid_from": "2024-01-01T00:00:00Z",
+        "pattern": f"[x509-certificate:x_spki_sha256 = '{h}']"}]}))
+    csv = tmp_path / "keys.csv"
+    csv.write_text(f"type,value\nspki,{'cd' * 32}\n")
+    indicators, report = IndicatorSet.load([str(stix), str(csv)])
+    assert report.loaded == 2
+    assert [i.value for i in indicators.match_fingerprint("spki_sha256", h.upper())] == [h]
+    assert indicators.match_fingerprint("spki_sha256", "cd" * 32)[0].kind == "spki_sha256"
