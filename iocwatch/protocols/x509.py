@@ -1069,12 +1069,17 @@ def covers(cert: Certificate, host: str) -> bool:
 
 
 def validity_epoch(text: str) -> int | None:
-    """Seconds since the epoch of a validity time as :class:`Certificate` keeps it."""
+    """Seconds since the epoch of a validity time as :class:`Certificate` keeps it
+    (``YYYY-MM-DD HH:MM:SSZ``). Read by hand, not ``strptime``: that imports ``_strptime`` on
+    first use, which a tailgate thread may do after ``--user`` dropped root."""
+    if len(text) < 19 or text[4] != "-" or text[7] != "-" or text[10] != " ":
+        return None
     try:
-        return int(datetime.strptime(text[:19], "%Y-%m-%d %H:%M:%S")
-                   .replace(tzinfo=UTC).timestamp())
+        stamp = datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
+                         int(text[14:16]), int(text[17:19]), tzinfo=UTC)
     except ValueError:
         return None
+    return int(stamp.timestamp())
 
 
 def self_signed(cert: Certificate) -> bool:
