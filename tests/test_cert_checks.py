@@ -347,3 +347,19 @@ def test_spki_indicator_forms(tmp_path: Path) -> None:
     assert report.loaded == 2
     assert [i.value for i in indicators.match_fingerprint("spki_sha256", h.upper())] == [h]
     assert indicators.match_fingerprint("spki_sha256", "cd" * 32)[0].kind == "spki_sha256"
+
+
+def test_lab_alerts_in_ecs_and_folded(lab_run: dict[str, Any]) -> None:
+    """The rule alerts go through --alert-format ecs and --dedupe like indicator alerts."""
+    proc = subprocess.run([sys.executable, "-m", "iocwatch.cli", "-r", str(lab_run["pcap"]), "-q",
+                           "--no-records", "--alerts", "-", "--alert-format", "ecs", "--dedupe",
+                           "60", "--alert-on", "sni-mismatch,key-reuse", "--fail-on-alert"],
+                          capture_output=True, timeout=60, cwd=ROOT)
+    assert proc.returncode == 3, proc.stderr  # --fail-on-alert: something was found
+    alerts = [json.loads(x) for x in proc.stdout.splitlines()]
+    by_rule = {a["iocwatch"]["check"]["rule"]: a for a in alerts}
+    assert set(by_rule) == {"sni-mismatch", "key-reuse"}
+    mis = by_rule["sni-mismatch"]
+    assert mis["tls"] == {"client": {"server_name": "front.lab.test"}}
+    assert mis["threat"]["indicator"]["description"].startswith("the server's leaf")
+    assert by_rule["key-reuse"]["iocwatch"]["channel"] == "spki_sha256"
