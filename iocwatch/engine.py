@@ -27,6 +27,7 @@ from iocwatch.flows.dnslink import (
     Link,
     names_own_flow,
 )
+from iocwatch.flows.ech import ECH_FRONTS_MAX, EchFronts
 from iocwatch.flows.quic import (
     QUIC_CONNECTIONS_MAX,
     QUIC_CRYPTO_BYTES_MAX,
@@ -41,6 +42,7 @@ from iocwatch.model.observation import Observation
 from iocwatch.model.tls_session import TlsSession
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import quic as quicp
+from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols import x509
 
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
@@ -57,7 +59,8 @@ EVICTION_COUNTERS = ("evicted_tcp_flows", "evicted_tcp_buffering", "evicted_done
                      "evicted_udp_seen", "evicted_quic_done", "evicted_quic_sources",
                      "evicted_quic_crypto", "evicted_quic_servers", "evicted_dns_cache",
                      "evicted_cert_json", "evicted_dns_links", "evicted_dns_link_clients",
-                     "evicted_dns_link_udp", "evicted_dns_link_quic")
+                     "evicted_dns_link_udp", "evicted_dns_link_quic",
+                     "evicted_ech_fronts")
 
 #: the --stats counter of each name channel (an enum's ``.value`` costs more than a lookup)
 _NAME_COUNTERS = {ch: "names_" + ch.value for ch in NAME_CHANNELS}
@@ -102,6 +105,7 @@ class EngineConfig:
     dns_link_max_ttl: int = MAX_TTL
     max_dns_links: int = DNS_LINKS_MAX
     max_dns_link_bytes: int = DNS_LINK_BYTES
+    max_ech_fronts: int = ECH_FRONTS_MAX
 
 
 class _Flow:
@@ -178,6 +182,8 @@ class Engine:
         if cfg.dns_link:
             self.links = DnsLinks(self.stats, max_entries=cfg.max_dns_links,
                                   max_bytes=cfg.max_dns_link_bytes, max_ttl=cfg.dns_link_max_ttl)
+        #: per client, the ECH public names its DNS answers carried (flows/ech.py)
+        self.ech_fronts = EchFronts(self.stats, cfg.max_ech_fronts)
         for table in EVICTION_COUNTERS:  # shown in --stats from the start, 0 included
             self.stats[table] += 0
 
@@ -505,14 +511,14 @@ class Engine:
 
     # -- DNS links (flows/dnslink.py) ----------------------------------------------------------
     def learn_dns(self, sec: int, client: bytes, payload: bytes) -> None:
-        """A DNS response whose flow another file worker owns: every worker's link table must
-        still know what DNS told each client, since the connections that follow are spread
-        over all of them."""
-        links = self.links
-        if links is not None:
-            answered = self.dissector.dns_links_of(payload)
-            if answered:
-                links.answer(client, answered, sec, counted=False)
+        """A DNS response whose flow another file worker owns: every worker's link and ECH
+        front tables must still know what DNS told each client, since the connections that
+        follow are spread over all of them."""
+        answered, fronts = self.dissector.dns_answer_of(payload)
+        if answered and self.links is not None:
+            self.links.answer(client, answered, sec, counted=False)
+        if fronts:
+            self.ech_fronts.learn(client, fronts, sec, counted=False)
 
     def _link_tcp(self, flow: _Flow, links: DnsLinks, fresh_syn: bool, version: int, src: bytes,
                   dst: bytes, sport: int, dport: int, ttl: int, ipid: int, sec: int,
@@ -582,7 +588,7 @@ class Engine:
     @property
     def table_work(self) -> int:
         """Table entries looked at by sweeps and evictions (tests check it stays O(packets))."""
-        return self._table_work + self.quic.table_work
+        return self._table_work + self.quic.table_work + self.ech_fronts.work
 
     # -- records --------------------------------------------------------------------------
     def _emit(self, ev: Event, ctx: PacketContext) -> None:
@@ -596,11 +602,36 @@ class Engine:
                     self._link_event(ev, held[0], held[1])  # type: ignore[arg-type]
         stats = self.stats
         stats["records"] += 1
+        if ev.ech_fronts:  # a DNS answer with ECH configs: its destination is the client
+            self.ech_fronts.learn(ctx.dst, ev.ech_fronts, ctx.sec)
+        hello = ev.client_hello
+        if hello is not None and hello.ech is not None:
+            self._ech(ev, hello, ctx)
+        elif ev.certificates and ev.key == "tls" and "server" in ev.body:
+            check = x509.leaf_report(ev.certificates[0], ev.sni, ctx.sec)
+            ev.extra = {**ev.extra, "cert_check": check} if ev.extra else {"cert_check": check}
         for ob in ev.observations:
             counter = _NAME_COUNTERS.get(ob.channel)
             if counter is not None:
                 stats[counter] += 1
         self.sink(make_record(ev, ctx), ev.observations, ev)
+
+    def _ech(self, ev: Event, hello: tlsp.ClientHello, ctx: PacketContext) -> None:
+        """A ClientHello offering ECH: counted; when the client's DNS showed its SNI to be the
+        ECH public name of other names, the SNI becomes ``tls_sni_outer`` and the record's
+        ``ech`` says which names it fronts (the hook for DNS-linked names: a flow whose only
+        name is an outer one has no name of its own)."""
+        quic = ev.extra is not None and "quic" in ev.extra
+        self.stats["ech_offered_quic" if quic else "ech_offered_tls"] += 1
+        sni = hello.server_name
+        names = self.ech_fronts.lookup(ctx.src, sni, ctx.sec) if sni else []
+        if not names or ev.extra is None or "ech" not in ev.extra:
+            return
+        self.stats["ech_outer_sni"] += 1
+        ev.extra["ech"] = {**ev.extra["ech"], "outer_sni": True, "fronts": names}
+        ev.observations = [Observation(o.name, Channel.TLS_SNI_OUTER)
+                           if o.channel in _SNI_CHANNELS and o.name == sni else o
+                           for o in ev.observations]
 
     def finish(self) -> None:
         """End of input: report whatever half-received directions still hold."""
@@ -629,6 +660,9 @@ def _link_only(link: Link, ctx: PacketContext) -> Event:
     """The record of a flow that names no server itself: the names DNS gave its client."""
     return Event("dns_link", _link_body(link, ctx),
                  [Observation(n, Channel.DNS_LINK) for n in link[0]])
+
+
+_SNI_CHANNELS = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI})
 
 
 def _context_from_key(key: bytes, sec: int) -> PacketContext | None:

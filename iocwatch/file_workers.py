@@ -131,9 +131,10 @@ class Partition:
         # other workers' directions fill at most half the fast-path table, so this worker's
         # own finished directions are never evicted for them
         self.done_room = max(1, engine.config.max_done // 2)
-        # DNS answers link later connections, whichever worker owns them: every worker learns
-        # every UDP answer from port 53 (DNS over TCP links only in its connection's worker)
-        self.learn = engine.learn_dns if engine.links is not None else None
+        # DNS answers link later connections (and name ECH fronts), whichever worker owns
+        # them: every worker learns every UDP answer from port 53 (DNS over TCP only in its
+        # connection's worker)
+        self.learn = engine.learn_dns
 
     @property
     def ext6(self) -> bytes:
@@ -165,7 +166,7 @@ class Partition:
                 if len(self.done) < self.done_room:
                     src, dst, l4 = dec[1], dec[2], dec[4]
                     self.done[src + dst + l4[:4]] = None  # the fast path skips the rest of it
-            elif dec[3] == 17 and self.learn is not None:
+            elif dec[3] == 17:
                 l4 = dec[4]
                 if l4[:2] == b"\x00\x35" and len(l4) > 20 and l4[10] & 0x80:  # a response
                     self.learn(now, dec[2], l4[8:])

@@ -85,7 +85,7 @@ class Matcher:
             elif kind is Kind.URL:
                 norm = ob.name
                 hits = ind.match_url(norm) + ind.match_path(norm)
-            elif kind is Kind.FINGERPRINT:
+            elif kind is Kind.FINGERPRINT or kind is Kind.KEY_HASH:
                 norm = ob.name
                 hits = ind.match_fingerprint(ch.value, norm)
             else:

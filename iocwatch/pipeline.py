@@ -16,6 +16,7 @@ from iocwatch.indicators.loading import IndicatorSources, load_indicators, repor
 from iocwatch.matcher import Match, Matcher
 from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.alerts import AlertSink, AlertWriter, alerts_for
+from iocwatch.outputs.checks import HandshakeChecks, KeyHistory
 from iocwatch.outputs.consumers import Consumer, load_consumers, pending
 from iocwatch.outputs.paths import named
 from iocwatch.outputs.records import RecordWriter
@@ -54,6 +55,10 @@ class SensorPipeline:
         # loaded once by the parent (live workers are forked from it, sharing the set)
         self.indicators = indicators
         self.sources = sources  # what a reload reads again
+        #: --alert-on rules (sni-mismatch, key-reuse): alerts without any indicator
+        self.rules: list[str] = list(getattr(args, "alert_on", None) or ())
+        self.alerting = indicators is not None or bool(self.rules)
+        self.checks: HandshakeChecks | None = None
         self.writer: RecordWriter | None = None
         self.alert_sink: AlertSink | None = None
         self.matcher: Matcher | None = None
@@ -70,7 +75,7 @@ class SensorPipeline:
         """Live worker: every line goes to ``emit``."""
         self._open(RecordWriter("-", EmitOutput(emit, "records")) if self.want_records else None,
                    AlertWriter("-", self.args.alert_format, EmitOutput(emit, "alerts"))
-                   if self.indicators is not None else None, None)
+                   if self.alerting else None, None)
         if self.sessions is not None and self.want_sessions:
             self.sessions.stream = EmitOutput(emit, "sessions")
 
@@ -80,21 +85,28 @@ class SensorPipeline:
         if records_to is not None:
             writer = RecordWriter(records_to, open_stream(records_to, truncate=True))
         alerts = (AlertWriter(alerts_to, self.args.alert_format)
-                  if self.indicators is not None and alerts_to is not None else None)
+                  if self.alerting and alerts_to is not None else None)
         self._open(writer, alerts, self.args.session_records)
 
     def _open(self, writer: RecordWriter | None, alerts: AlertWriter | None,
               session_stream: str | None) -> None:
         args = self.args
         self.writer = writer
-        if alerts is not None and self.indicators is not None:
+        if alerts is not None and self.alerting:
             self.alert_sink = AlertSink(alerts, args.dedupe)
+        if self.alert_sink is not None and self.indicators is not None:
             self.matcher = Matcher(self.indicators)
             self.flow_hook = self._match_flow
         if args.session_dir or args.cert_dir or session_stream or self.want_sessions:
             self.sessions = SessionWriter(args.session_dir, session_stream, args.cert_dir,
                                           args.pem)
         self.consumers = load_consumers(args, self)
+        if self.alert_sink is not None and self.rules:
+            # with --store, a key is looked up in everything the store has seen
+            lookup = next((c.spki_certificates for c in self.consumers
+                           if hasattr(c, "spki_certificates")), None)
+            self.checks = HandshakeChecks(self.rules, args.sensor_name,
+                                          KeyHistory(store_lookup=lookup))
         if self.sessions is not None or self.consumers:
             self.session_sink = self._session
         if self.own_traffic is not None and self.flow_hook is not None:
@@ -133,13 +145,26 @@ class SensorPipeline:
             matches = self.matcher.observe(observations, port if type(port) is int else None)
             if matches:
                 self._alert(record, matches)
+        if event is not None and event.certificates:
+            self._check(record, event.certificates)
         for consumer in self.consumers:
             consumer.record(record, observations, event)
 
-    def inject(self, record: dict, observations: list[Any]) -> None:
+    def _check(self, record: dict, certificates: Sequence[Any]) -> None:
+        """--alert-on: what a record's leaf certificate says about itself."""
+        if self.checks is not None and "cert_check" in record:
+            assert self.alert_sink is not None
+            for alert in self.checks.record(record, certificates):
+                self.alert_sink(alert)
+
+    def inject(self, record: dict, observations: list[Any],
+               certificates: Sequence[Any] = ()) -> None:
         """A record a consumer made (e.g. a tailgated certificate): written and matched like
-        the engine's own, and shown to the other consumers."""
+        the engine's own, checked (``--alert-on``) with its parsed ``certificates``, and shown
+        to the other consumers."""
         self.engine_sink(record, observations, None)
+        if certificates:
+            self._check(record, certificates)
 
     def _session(self, session: TlsSession) -> None:
         if self.own_traffic is not None and not session.tailgated and self.own_traffic(

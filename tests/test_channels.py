@@ -8,6 +8,7 @@ import re
 from iocwatch.model.channels import (
     CHANNELS,
     COVERAGE_CHANNELS,
+    DESTINATION_CHANNELS,
     FINGERPRINT_CHANNELS,
     NAME_CHANNELS,
     STORED_NAME_CHANNELS,
@@ -33,13 +34,14 @@ def test_every_channel_has_one_complete_row() -> None:
 
 
 def test_derived_sets() -> None:
-    names = {Channel.DNS_QUERY, Channel.TLS_SNI, Channel.QUIC_SNI, Channel.CERT_SAN,
-             Channel.CERT_CN, Channel.HTTP_HOST, Channel.DNS_LINK}
+    names = {Channel.DNS_QUERY, Channel.TLS_SNI, Channel.QUIC_SNI, Channel.TLS_SNI_OUTER,
+             Channel.CERT_SAN, Channel.CERT_CN, Channel.HTTP_HOST, Channel.DNS_LINK}
     fingerprints = {Channel.JA3, Channel.JA3S, Channel.JA4, Channel.JA4S}
     assert names == NAME_CHANNELS and fingerprints == FINGERPRINT_CHANNELS
     assert [r.coverage for r in COVERAGE_CHANNELS] == [
         "dns", "tls_sni", "quic_sni", "cert_san", "cert_cn", "http_host"]
     assert [c for c, r in CHANNELS.items() if r.authority] == [Channel.HTTP_HOST]
+    assert {Channel.TLS_SNI, Channel.QUIC_SNI, Channel.HTTP_HOST} == DESTINATION_CHANNELS
     assert (sni_channel(False), sni_channel(True)) == (Channel.TLS_SNI, Channel.QUIC_SNI)
 
 

@@ -57,7 +57,7 @@ class FakePipeline:
         self.records: list[dict] = []
         self.sessions: list[TlsSession] = []
 
-    def inject(self, record: dict, observations: list) -> None:
+    def inject(self, record: dict, observations: list, certificates: tuple = ()) -> None:
         self.records.append(record)
 
     def inject_session(self, session: TlsSession) -> None:
@@ -146,6 +146,9 @@ def test_quic_session_probed_over_quic_when_tcp_is_refused(pki, tmp_path):
     assert (c["tailgate_probes"], c["tailgate_probes_quic"], c["tailgate_ok"]) == (1, 1, 1), c
     rec = pipe.records[0]
     assert rec["protocol"] == 17 and rec["tailgate"]["via"] == "quic"
+    # the tailgated TLS 1.3 leaf is checked against the user's SNI like a TLS 1.2 one
+    assert rec["cert_check"]["sni"] == FRONT and rec["cert_check"]["covers_sni"] is True
+    assert rec["cert_check"]["self_signed"] is False and rec["cert_check"]["expired"] is False
     assert [x.der for x in pipe.sessions[0].certificates] == _ders(pki)  # leaf and intermediate
     assert pipe.sessions[0].tailgated and pipe.sessions[0].transport == "q"
 

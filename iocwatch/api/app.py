@@ -321,6 +321,25 @@ class SessionsOut(BaseModel):
     sessions: list[SessionOut]
 
 
+class SpkiCertOut(BaseModel):
+    sha1: str
+    sha256: str
+    subject: str
+    issuer: str
+    names: list[str] = Field(description="SAN dNSNames, then subject CNs")
+    first_seen: float
+    last_seen: float
+    count: int
+
+
+class SpkiOut(BaseModel):
+    query: dict[str, str]
+    limit: int
+    offset: int
+    next_offset: int | None = Field(description="offset of the next page, null on the last")
+    certificates: list[SpkiCertOut]
+
+
 class NameRowOut(BaseModel):
     name: str
     source: str
@@ -605,6 +624,21 @@ def create_app(opener: Callable[[], Any], *, tokens: list[bytes] | None = None,
         return json_response({"query": {"name": name, "subdomains": subdomains}, "limit": limit,
                               "offset": offset, "next_offset": offset + limit if more else None,
                               **{k: v[:limit] for k, v in lists.items()}}, headers=headers)
+
+    @app.get("/spki/{sha256}", tags=["certificates"],
+             responses={200: {"model": SpkiOut}, **_ERRORS},
+             summary="Certificates with this public key (SHA-256 of the SubjectPublicKeyInfo), "
+             "first seen first: one key behind unrelated names is key reuse")
+    async def by_spki(request: Request, sha256: str, limit: Limit = DEFAULT_LIMIT,
+                      offset: Offset = 0) -> Response:
+        key = inputs.spki(sha256)
+        rows = await pool.run(lambda s: s.certificates_with_spki(key, limit=limit + 1,
+                                                                 offset=offset))
+        more = len(rows) > limit
+        headers = {"Link": _next_link(request, offset=offset + limit)} if more else None
+        return json_response({"query": {"spki_sha256": key}, "limit": limit, "offset": offset,
+                              "next_offset": offset + limit if more else None,
+                              "certificates": rows[:limit]}, headers=headers)
 
     @app.get("/health", tags=["service"], responses={200: {"model": HealthOut}, **_ERRORS},
              summary="Liveness and the store's row counts")

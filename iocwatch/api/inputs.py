@@ -67,6 +67,14 @@ def sha1(value: str) -> str:
     return got[1]
 
 
+def spki(value: str) -> str:
+    """A public key's SHA-256 (of its SubjectPublicKeyInfo) as 64 lower-case hex digits."""
+    got = fingerprint(m.SPKI, value) if len(value) <= 100 else None
+    if got is None:
+        raise BadInput(f"not a SubjectPublicKeyInfo SHA-256 (64 hex digits): {_show(value)}")
+    return got
+
+
 def ja3(value: str, kind: str = m.JA3) -> str:
     """A JA3 or JA3S MD5 digest, 32 lower-case hex digits."""
     got = fingerprint(kind, value) if len(value) <= 64 else None

@@ -33,6 +33,7 @@ from iocwatch.flows.dnslink import MAX_TTL
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
 from iocwatch.indicators.loading import IndicatorSources, load_indicators, report_load
 from iocwatch.indicators.sets import check_cache_path
+from iocwatch.outputs.checks import ALERT_RULES
 from iocwatch.outputs.consumers import loss_line, losses
 from iocwatch.outputs.paths import reason
 from iocwatch.pipeline import SensorPipeline
@@ -40,6 +41,16 @@ from iocwatch.store.sqlite import sqlite_path
 from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH
 from iocwatch.transport.redis import probe as probe_redis
 from iocwatch.usage import UsageError, redact_url
+
+
+def _alert_rules(text: str) -> list[str]:
+    """``--alert-on``: a comma-separated list of rule words (outputs/checks.py)."""
+    words = [w.strip() for w in text.split(",") if w.strip()]
+    bad = [w for w in words if w not in ALERT_RULES]
+    if bad or not words:
+        raise argparse.ArgumentTypeError(
+            f"unknown rule {bad[0] if bad else text!r} (choose from {', '.join(ALERT_RULES)})")
+    return list(dict.fromkeys(words))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="fold repeats of the same indicator, name and host pair within "
                      "SECONDS into one alert with a count")
     add_indicator_flags(ioc, ("--sensor-name", "--fail-on-alert"))
+    ioc.add_argument("--alert-on", type=_alert_rules, metavar="LIST", default=[],
+                     help="alerts that need no indicator, comma-separated: sni-mismatch (the "
+                     "server's certificate does not cover the SNI), key-reuse (one public key "
+                     "in certificates whose names do not overlap; with --store, across the "
+                     "store)")
     ioc.add_argument("--reload-interval", type=float, metavar="SECONDS", default=0.0,
                      help="re-read the indicator files this often (also on SIGHUP)")
     p.add_argument("--stats", action="store_true",
@@ -115,12 +131,18 @@ def contradictions(args: argparse.Namespace) -> list[str]:
     def typed(flag: str) -> bool:
         return given is None or any(f in given for f in flag.split("/"))
 
-    if not args.ioc:
+    alerting = args.ioc or args.alert_on
+    if not alerting:
         for flag, on in (("--alerts", args.alerts), ("--fail-on-alert", args.fail_on_alert),
-                         ("--dedupe", args.dedupe), ("--ioc-cache", args.ioc_cache),
-                         ("--ioc-format", args.ioc_format), ("--misp-all", args.misp_all),
-                         ("--reload-interval", args.reload_interval),
+                         ("--dedupe", args.dedupe),
                          ("--alert-format", args.alert_format != "json")):
+            if on and typed(flag):
+                bad.append(f"{flag}: only with --ioc, --ioc-exact or --alert-on (there is "
+                           "nothing to alert on)")
+    if not args.ioc:
+        for flag, on in (("--ioc-cache", args.ioc_cache),
+                         ("--ioc-format", args.ioc_format), ("--misp-all", args.misp_all),
+                         ("--reload-interval", args.reload_interval)):
             if on and typed(flag):
                 bad.append(f"{flag}: only with --ioc or --ioc-exact (there is nothing to match)")
     if args.interface is not None and args.fail_on_alert and typed("--fail-on-alert"):
@@ -247,17 +269,18 @@ class Streams:
 def streams(args: argparse.Namespace) -> Streams:
     """Records to stdout unless matching (then alerts are the point), never two streams on
     stdout at once."""
-    records_to = args.output if args.output else (None if args.ioc else "-")
+    alerting = bool(args.ioc or args.alert_on)
+    records_to = args.output if args.output else (None if alerting else "-")
     if args.no_records:
         records_to = None
     alerts_to = args.alerts if args.alerts else ("-" if records_to != "-" else None)
-    if args.ioc and alerts_to is None:
+    if alerting and alerts_to is None:
         raise UsageError("records and alerts would both go to stdout: give -f FILE or --alerts FILE")
-    if args.ioc and records_to == "-" and alerts_to == "-":
+    if alerting and records_to == "-" and alerts_to == "-":
         raise UsageError("records and alerts cannot both go to stdout")
-    if args.session_records == "-" and "-" in (records_to, alerts_to if args.ioc else None):
+    if args.session_records == "-" and "-" in (records_to, alerts_to if alerting else None):
         raise UsageError("session records and records/alerts cannot all go to stdout")
-    if args.stats_json == "-" and "-" in (records_to, alerts_to if args.ioc else None,
+    if args.stats_json == "-" and "-" in (records_to, alerts_to if alerting else None,
                                           args.session_records):
         raise UsageError("--stats-json -: stdout already carries records, alerts or sessions")
     if args.ioc_cache == "-":
@@ -265,7 +288,7 @@ def streams(args: argparse.Namespace) -> Streams:
     if args.interface is not None and args.stats_json:
         raise UsageError("--stats-json: only with -r; live capture writes its counters with "
                          "--stats-interval and --stats-json-stream")
-    return Streams(records_to, alerts_to if args.ioc else None)
+    return Streams(records_to, alerts_to if alerting else None)
 
 
 def open_capture(args: argparse.Namespace) -> CaptureReader | CaptureSet | None:

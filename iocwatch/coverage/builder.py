@@ -122,6 +122,9 @@ class CoverageReport:
     indicator_hits: list[IndicatorHit] | None = None
     indicator_summary: dict[str, int] = field(default_factory=dict)
     unnamed_flows: UnnamedFlows | None = None
+    #: ClientHellos over TCP and QUIC, how many offered ECH, and how many of those had an SNI
+    #: that DNS showed to be an ECH front (their names came back from DNS)
+    ech: dict[str, int] = field(default_factory=dict)
 
 
 def _wild_covered(name: str, asked: set[str]) -> bool:
@@ -173,8 +176,22 @@ class CoverageBuilder:
             return
         self.add_record(record)
 
+    def _count_ech(self, record: Mapping[str, Any]) -> None:
+        tls = record.get("tls")
+        if not isinstance(tls, Mapping) or not isinstance(tls.get("client"), Mapping):
+            return
+        kind = "quic" if "quic" in record else "tls"
+        self.counts[f"hellos_{kind}"] += 1
+        ech = record.get("ech")
+        if isinstance(ech, Mapping):
+            self.counts[f"ech_{kind}"] += 1
+            fronts = ech.get("fronts")
+            if isinstance(fronts, list) and fronts:
+                self.counts["ech_named_by_dns"] += 1
+
     def add_record(self, record: Mapping[str, Any]) -> None:
         self.counts["records"] += 1
+        self._count_ech(record)
         relevant, seen = extract(record)
         if not relevant:
             self.counts["skipped_other_protocol"] += 1
@@ -377,6 +394,8 @@ class CoverageBuilder:
             u = self.unnamed
             rep.unnamed_flows = UnnamedFlows(u.flows, u.linked_flows, u.destinations,
                                              u.top[: self.top_n], u.other)
+        rep.ech = {k: c[k] for k in ("hellos_tls", "ech_tls", "hellos_quic", "ech_quic",
+                                     "ech_named_by_dns")}
         if self.indicators is not None:
             rep.indicator_hits, rep.indicator_summary = self._indicator_hits(sets)
         return rep

@@ -114,6 +114,11 @@ def render_text(r: CoverageReport, top: int = 10) -> str:
         if u.top:
             out += _table(["Destination", "Flows"], [[a, n] for a, n in u.top[:top]],
                           right={1})
+    e = r.ech
+    if e:
+        out.append(f"ECH offered: {e['ech_tls']} of {e['hellos_tls']} TLS and {e['ech_quic']} of "
+                   f"{e['hellos_quic']} QUIC ClientHellos; {e['ech_named_by_dns']} of them had "
+                   "an SNI that DNS showed to be an ECH front (the names they asked came back)")
         out.append("")
     for o in r.overlaps:
         if o.top:
@@ -383,6 +388,12 @@ def render_html(r: CoverageReport, top: int = 20, chart: str = "svg") -> str:
                      f"{_count(u.destinations, 'address')} no answer had given them; "
                      f"{u.linked_flows} flows were named by a DNS answer.</p>")
         parts.append(_html_table(["Destination", "Flows"], [[a, n] for a, n in u.top], {1}))
+    e = r.ech
+    if e:
+        parts.append(f"<h2>Encrypted Client Hello</h2><p>{e['ech_tls']} of {e['hellos_tls']} TLS "
+                     f"and {e['ech_quic']} of {e['hellos_quic']} QUIC ClientHellos offered ECH; "
+                     f"{e['ech_named_by_dns']} of them had an SNI that DNS showed to be an ECH "
+                     "front (the names they asked came back).</p>")
     if r.indicator_hits is not None:
         m = r.indicator_summary
         parts.append(f"<h2>Indicator hits</h2><p>{m['names_hit']} names hit, "

@@ -72,6 +72,10 @@ class Event:
     reassembled: bool = False
     #: a DNS response's (address, names, TTL) links (flows/dnslink.py), for the engine's table
     dns_links: tuple | None = None
+    #: the connection's SNI, on a server's certificate event (the leaf is checked against it)
+    sni: str | None = None
+    #: a DNS answer's ``(ECH public_name, name, ttl)`` triples (SVCB/HTTPS ``ech``)
+    ech_fronts: list[tuple[str, str, int]] | None = None
 
 
 class Direction:
@@ -99,7 +103,8 @@ class Direction:
 class TcpConnection:
     """Both directions of one TCP connection, plus what one side tells about the other."""
 
-    __slots__ = ("dirs", "ports", "connect_pending", "starttls", "client", "session", "gapped")
+    __slots__ = ("dirs", "ports", "connect_pending", "starttls", "client", "session", "gapped",
+                 "sni")
 
     def __init__(self, sport: int, dport: int):
         self.dirs = (Direction(self, 0), Direction(self, 1))
@@ -109,6 +114,7 @@ class TcpConnection:
         self.client: int | None = None
         self.session: Any = None  # the TLS session being assembled, when sessions are wanted
         self.gapped = False  # reassembly had to skip bytes of this connection
+        self.sni: str | None = None  # the client's server_name, for the server's certificate
 
     @property
     def done(self) -> bool:
@@ -145,9 +151,11 @@ class Dissector:
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
         #: message after its id -> (is response, section key, mercury's JSON, question names,
-        #: their observations, the answers' address observations, NetBIOS names, DNS links)
+        #: their observations, the answers' address observations, NetBIOS names, DNS links,
+        #: ECH fronts)
         self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[Observation],
-                                          list[Observation], bool, tuple]] = {}
+                                          list[Observation], bool, tuple,
+                                          list[tuple[str, str, int]] | None]] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
@@ -297,8 +305,11 @@ class Dissector:
             msg_type = msg.msg_type
             try:
                 if msg_type == 1:
-                    events.append(self._client_hello(msg.body, msg.sslv2))
+                    ev = self._client_hello(msg.body, msg.sslv2)
+                    events.append(ev)
                     d.conn.client = d.index
+                    if ev.client_hello is not None and ev.client_hello.server_name_bytes:
+                        d.conn.sni = tlsp.mercury_text(ev.client_hello.server_name_bytes)
                     continue  # a client certificate may follow (mutual TLS up to 1.2)
                 if msg_type == 2:
                     hello = tlsp.parse_server_hello(msg.body)
@@ -353,6 +364,7 @@ class Dissector:
         obs.append(Observation(ja3, Channel.JA3))
         obs.append(Observation(ja4, Channel.JA4))
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
+                     extra={"ech": hello.ech.to_json()} if hello.ech is not None else None,
                      client_hello=hello)
 
     def _fingerprints(self, hello: tlsp.ClientHello | tlsp.ServerHello) -> tuple[str | None, str, str]:
@@ -391,8 +403,11 @@ class Dissector:
         obs = [Observation(hello.server_name, Channel.QUIC_SNI)] if hello.server_name else []
         fps = {"quic": hello.mercury_quic_fingerprint(packet.version)}
         self._client_fingerprints(hello, "q", fps, obs)
+        extra: dict[str, Any] = {"quic": packet.to_mercury()}
+        if hello.ech is not None:
+            extra["ech"] = hello.ech.to_json()
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
-                     extra={"quic": packet.to_mercury()}, client_hello=hello)
+                     extra=extra, client_hello=hello)
 
     def quic_server_hello(self, body: bytes, packet: quicp.InitialPacket) -> Event | None:
         """The ServerHello of a server's QUIC Initial: JA3S and JA4S (``q``) for QUIC too.
@@ -439,6 +454,8 @@ class Dissector:
             obs.extend(Observation(n, Channel.CERT_CN) for n in cert.subject_cns)
             obs.append(Observation(cert.sha1, Channel.CERT_SHA1))
             obs.append(Observation(cert.sha256, Channel.CERT_SHA256))
+            if cert.spki_sha256:
+                obs.append(Observation(cert.spki_sha256, Channel.SPKI_SHA256))
         return certs, cert_json, obs
 
     def _server_event(self, d: Direction, ders: list[bytes], side: str = "server") -> Event:
@@ -463,7 +480,7 @@ class Dissector:
             self.stats["tls_server_hello"] += 1
             d.server_hello = None
         return Event("tls", {side: body}, obs, fingerprints=fps, certificates=certs,
-                     server_hello=hello)
+                     server_hello=hello, sni=d.conn.sni if side == "server" else None)
 
     def _http(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
@@ -613,20 +630,22 @@ class Dissector:
         return events
 
     # -- UDP and shared ------------------------------------------------------------------------
-    def dns_links_of(self, payload: bytes) -> tuple:
-        """What a port-53 response tells DNS links, without a record, a count or a cache entry
-        (another file worker owns its flow; see file_workers.py)."""
+    def dns_answer_of(self, payload: bytes) -> tuple[tuple, list[tuple[str, str, int]] | None]:
+        """What a port-53 response tells DNS links and ECH fronts, without a record, a count
+        or a cache entry (another file worker owns its flow; see file_workers.py)."""
         hit = self.dns_cache.get(payload[2:])
         if hit is not None:
-            return () if hit[6] else hit[7]
+            return ((), None) if hit[6] else (hit[7], hit[8])
         view = dnsp.fast_view(payload)
         if view is not None:
-            return answer_links(view[4])
+            return answer_links(view[4]), None
         try:
             msg = dnsp.parse_message(payload)
         except Malformed:
-            return ()
-        return () if msg.netbios else answer_links(msg.link_records())
+            return (), None
+        if msg.netbios:
+            return (), None
+        return answer_links(msg.link_records()), msg.ech_fronts() or None
 
     def dns(self, payload: bytes, port: int) -> Event | None:
         # The same questions and answers repeat all day under new message ids: parse and
@@ -636,6 +655,7 @@ class Dissector:
         if hit is None:
             view = dnsp.fast_view(payload)  # one pass for the common shapes (never NetBIOS)
             netbios = False
+            fronts = None  # ECH configs come in HTTPS/SVCB answers, which fast_view declines
             if view is None:
                 try:
                     msg = dnsp.parse_message(payload)
@@ -650,12 +670,14 @@ class Dissector:
                 view = (msg.is_response, msg.to_mercury(),
                         [] if netbios else msg.question_names(),
                         [ip for _owner, ip in msg.addresses()], msg.link_records())
+                if msg.is_response:
+                    fronts = msg.ech_fronts() or None
             body = view[1]
             # the observations too: they are immutable, and the same for every repeat
             hit = (view[0], next(iter(body)), body, view[2],
                    [Observation(n, Channel.DNS_QUERY) for n in view[2]],
                    [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]], netbios,
-                   answer_links(view[4]))
+                   answer_links(view[4]), fronts)
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -667,7 +689,7 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        is_response, section, body, names, query_obs, answer_obs, netbios, links = hit
+        is_response, section, body, names, query_obs, answer_obs, netbios, links, fronts = hit
         inner = dict(body[section])
         inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
         # as mercury: mDNS by its port, NetBIOS by its names, everything else (LLMNR on 5355
@@ -688,4 +710,5 @@ class Dissector:
             obs += answer_obs
         # DNS links: answers to clients on port 53 (not mDNS, LLMNR or NetBIOS)
         return Event(key, {section: inner}, obs,
-                     dns_links=links if links and port == 53 and key == "dns" else None)
+                     dns_links=links if links and port == 53 and key == "dns" else None,
+                     ech_fronts=fronts)

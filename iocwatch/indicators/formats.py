@@ -458,6 +458,8 @@ _STIX_PATHS = {
     ("x509-certificate", "hashes.sha256"): m.CERT_SHA256,
     ("x509-certificate", "hashes.sha-1"): m.CERT_SHA1,
     ("x509-certificate", "hashes.sha1"): m.CERT_SHA1,
+    # STIX has no property for a key hash (only the RSA modulus and exponent): a custom one
+    ("x509-certificate", "x_spki_sha256"): m.SPKI,
     ("network-traffic", "dst_ref.value"): m.IP,
     ("network-traffic", "src_ref.value"): m.IP,
 }

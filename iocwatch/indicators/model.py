@@ -22,9 +22,12 @@ PATH = "path"
 #: a server name and port (``evil.example:8443``): a flow to that port named so by its SNI,
 #: HTTP Host or a DNS link (subdomains included, as domains)
 DOMAIN_PORT = "domain_port"
+#: SHA-256 of a certificate's SubjectPublicKeyInfo (``spki:HASH``): one key, whatever the names
+SPKI = "spki_sha256"
 KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4,
-                          IP_PORT, PATH, DOMAIN_PORT)
-FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4)
+                          IP_PORT, PATH, DOMAIN_PORT, SPKI)
+#: kinds matched by equality of a canonical string, each in its own table
+FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4, SPKI)
 
 #: Format names accepted by ``IndicatorSet.load(fmt=...)`` (the CLI's ``--ioc-format``).
 FORMATS: tuple[str, ...] = ("plain", "csv", "zeek", "stix", "misp", "maltrail")

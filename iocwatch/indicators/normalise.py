@@ -187,12 +187,15 @@ def cert_hash(value: str) -> tuple[str, str] | None:
 
 
 def fingerprint(kind: str, value: str) -> str | None:
-    """Canonical JA3/JA3S (32 hex) or JA4 string, else None."""
+    """Canonical JA3/JA3S (32 hex), JA4 string or SPKI SHA-256 (64 hex), else None."""
     v = value.strip().lower()
     if kind in (m.JA3, m.JA3S):
         return v if len(v) == 32 and set(v) <= _HEX else None
     if kind == m.JA4:
         return v if _JA4_LOOSE.fullmatch(v) else None
+    if kind == m.SPKI:
+        v = v.replace(":", "")
+        return v if len(v) == 64 and set(v) <= _HEX else None
     return None
 
 
@@ -237,6 +240,7 @@ TYPE_NAMES: dict[str, str] = {
     "path": m.PATH, "uri_path": m.PATH, "url_path": m.PATH,
     "domain_port": m.DOMAIN_PORT, "domain-port": m.DOMAIN_PORT, "hostname|port": m.DOMAIN_PORT,
     "domain|port": m.DOMAIN_PORT, "hostname_port": m.DOMAIN_PORT,
+    "spki": m.SPKI, "spki_sha256": m.SPKI, "spki-sha256": m.SPKI, "pin-sha256": m.SPKI,
 }
 
 #: Types that are well formed but describe nothing a network sensor sees: counted, not errors.

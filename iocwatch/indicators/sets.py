@@ -53,7 +53,7 @@ from .normalise import (
 
 MAX_FILE = 1 << 30
 MAX_SKIPPED_LISTED = 1000
-CACHE_VERSION = 5  # 5: domain_port rows keyed by name:port
+CACHE_VERSION = 5  # 5: domain_port rows keyed by name:port, the spki_sha256 table
 #: first bytes of every indicator cache: lets a file be recognised without unmarshalling it
 CACHE_MAGIC = b"iocwatch indicator cache\n\x00"
 #: after the magic: format version, body length, BLAKE2b-256 of the body

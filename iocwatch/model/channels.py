@@ -22,6 +22,9 @@ class Channel(StrEnum):
     DNS_QUERY = "dns_query"
     TLS_SNI = "tls_sni"
     QUIC_SNI = "quic_sni"
+    # a ClientHello's SNI that DNS showed to be the ECH public name of another name: the
+    # shared front, not the destination
+    TLS_SNI_OUTER = "tls_sni_outer"
     CERT_SAN = "cert_san"
     CERT_CN = "cert_cn"
     HTTP_HOST = "http_host"
@@ -38,6 +41,7 @@ class Channel(StrEnum):
     JA3S = "ja3s"
     JA4 = "ja4"
     JA4S = "ja4s"
+    SPKI_SHA256 = "spki_sha256"
 
 
 class Kind(StrEnum):
@@ -48,6 +52,9 @@ class Kind(StrEnum):
     URL = "url"
     CERT_HASH = "cert_hash"
     FINGERPRINT = "fingerprint"  # matched as the indicator kind named like the channel
+    #: a certificate's public key (SHA-256 of its SubjectPublicKeyInfo), matched as the
+    #: indicator kind named like the channel; not a fingerprint column of the store
+    KEY_HASH = "key_hash"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +94,9 @@ _ROWS = (
     ChannelInfo(Channel.QUIC_SNI, Kind.NAME, "tls.client.server_name", "tls.client.server_name",
                 "quic", transport="udp", stored_name=True, coverage="quic_sni", label="QUIC SNI",
                 short="QUIC", destination=True),
+    # matched like any name, but an alert on it says "front", never "destination"; not stored
+    ChannelInfo(Channel.TLS_SNI_OUTER, Kind.NAME, "tls.client.server_name",
+                "tls.client.server_name", "tls"),
     ChannelInfo(Channel.CERT_SAN, Kind.NAME,
                 "tls.server.certs[].cert.extensions[].subject_alt_name[].dns_name",
                 "tls.server.x509.alternative_names", "tls", stored_name=True,
@@ -114,6 +124,9 @@ _ROWS = (
     ChannelInfo(Channel.JA4, Kind.FINGERPRINT, "fingerprints.ja4", "iocwatch.tls.client.ja4", "tls"),
     ChannelInfo(Channel.JA4S, Kind.FINGERPRINT, "fingerprints.ja4s", "iocwatch.tls.server.ja4s",
                 "tls"),
+    # not an ECS field: iocwatch's own namespace, as JA4
+    ChannelInfo(Channel.SPKI_SHA256, Kind.KEY_HASH, "cert_check.spki_sha256",
+                "iocwatch.tls.server.x509.public_key_sha256", "tls"),
 )
 
 #: Every channel's row.
@@ -126,6 +139,9 @@ NAME_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.kind is Kind.N
 #: are also the store's fingerprint ``kind`` words.
 FINGERPRINT_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.kind is Kind.FINGERPRINT)
 
+#: Channels that name the flow's own destination (see ``ChannelInfo.destination``).
+DESTINATION_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.destination)
+
 #: Channels whose names the store keeps (``names.source``), by value.
 STORED_NAME_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.stored_name)
 
@@ -137,7 +153,7 @@ COVERAGE_CHANNELS: tuple[ChannelInfo, ...] = tuple(r for r in _ROWS if r.coverag
 
 
 _SNI_BY_TRANSPORT = {row.transport: c for c, row in CHANNELS.items()
-                     if row.mercury_path == "tls.client.server_name"}
+                     if row.mercury_path == "tls.client.server_name" and row.transport}
 
 
 def sni_channel(quic: bool) -> Channel:

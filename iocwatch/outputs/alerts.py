@@ -421,6 +421,8 @@ def to_ecs(alert: dict) -> dict:
         out["tls"] = {"client": {"ja3": name}}
     elif chan is Channel.JA3S:
         out["tls"] = {"server": {"ja3s": name}}
+    elif chan is Channel.TLS_SNI_OUTER:
+        out["tls"] = {"client": {"server_name": name}}
     # SRC_IP / DST_IP: the address is already source.ip / destination.ip
     if ind.get("tags"):
         out["tags"] = list(ind["tags"])
@@ -444,7 +446,7 @@ def to_ecs(alert: dict) -> dict:
         extra["tls"] = {"client": {"ja4": name}}
     elif chan is Channel.JA4S:
         extra["tls"] = {"server": {"ja4s": name}}
-    for key in ("count", "first_seen", "last_seen", "tailgated"):
+    for key in ("count", "first_seen", "last_seen", "tailgated", "check"):
         if key in alert:
             extra[key] = alert[key]
     out["iocwatch"] = extra

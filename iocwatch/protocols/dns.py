@@ -252,6 +252,24 @@ class DnsMessage:
         return [LinkRecord(rr.name, rr.rtype, rr.ttl, rr.rdata, rr.target) for rr in self.answers
                 if rr.rclass == _IN and rr.rdata is not None and rr.rtype in LINK_TYPES]
 
+    def ech_fronts(self) -> list[tuple[str, str, int]]:
+        """``(public_name, name, ttl)`` for each ECHConfig of each SVCB/HTTPS answer: a client
+        that connects with SNI ``public_name`` while offering ECH is going to ``name`` (the
+        answer's owner, and the question it answered when a CNAME led there)."""
+        out: list[tuple[str, str, int]] = []
+        asked = [q.name for q in self.questions if q.qtype in (64, 65)]
+        for rr in self.answers:
+            if rr.rtype not in (64, 65) or rr.rclass != _IN or not rr.rdata:
+                continue
+            publics = ech_public_names(rr.rdata)
+            if not publics:
+                continue
+            owners = dict.fromkeys([rr.name, *asked])
+            for public in publics:
+                out.extend((public, owner, rr.ttl) for owner in owners
+                           if owner.rstrip(".").lower() != public)
+        return out
+
     def cnames(self) -> list[tuple[str, str]]:
         return [(rr.name, rr.target) for rr in self.answers if rr.rtype == 5 and rr.target is not None]
 
@@ -490,6 +508,52 @@ def _ech_config_json(value: bytes) -> dict[str, Any]:
     }
 
 
+_HOST_BYTES = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._")
+
+
+def ech_public_names(rdata: bytes) -> list[str]:
+    """The ``public_name`` of every ECHConfig (version 0xfe0d) in the ``ech`` SvcParam of an
+    SVCB/HTTPS rdata (RFC 9460; draft-ietf-tls-svcb-ech), lower case; [] when there is none
+    or the rdata is malformed. Configs of other versions are skipped, as clients skip them."""
+    c = Cursor(rdata)
+    try:
+        if c.u16() == 0:
+            return []  # AliasMode carries no parameters
+        while (n := c.u8()) != 0:  # TargetName, never compressed (RFC 9460 section 2.2)
+            if n & 0xC0:
+                return []
+            c.skip(n)
+        while not c.at_end():
+            key = c.u16()
+            value = c.take(c.u16())
+            if key == 5:
+                return _ech_public_names(value)
+    except Malformed:
+        return []
+    return []
+
+
+def _ech_public_names(value: bytes) -> list[str]:
+    out: list[str] = []
+    lst = Cursor(value).vec16()
+    while not lst.at_end():
+        version = lst.u16()
+        contents = Cursor(lst.take(lst.u16()))
+        if version != 0xFE0D:
+            continue
+        contents.u8()  # config_id
+        contents.u16()  # kem_id
+        contents.vec16()  # public_key
+        contents.vec16()  # cipher_suites
+        contents.u8()  # maximum_name_length
+        name = contents.vec8().rest()
+        if name and set(name) <= _HOST_BYTES:
+            text = name.decode("ascii").rstrip(".").lower()
+            if text and text not in out:
+                out.append(text)
+    return out
+
+
 def _decode_target(rtype: int, rdata: bytes | None, body: Cursor) -> str | None:
     skip = _NAME_RDATA.get(rtype)
     if skip is None or rdata is None or len(rdata) <= skip:
@@ -689,6 +753,8 @@ def _fast_view(data: bytes) -> FastView:
                 _put_type_class(o, rtype, rclass, False)  # never NetBIOS here
             ttl = o["ttl"] = int.from_bytes(data[start - 6 : start - 2], "big")
             if linking and key == "answer" and rclass == _IN and rtype in LINK_TYPES:
+                if rtype == 64:
+                    raise _Bail  # SVCB: ECH configs (DnsMessage.ech_fronts) need the full parse
                 target = None
                 if rtype == 5:
                     raw_target, after = _fast_name(data, start, end, memo)

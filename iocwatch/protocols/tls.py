@@ -18,6 +18,7 @@ from iocwatch.protocols.text import mercury_text
 
 __all__ = [
     "ClientHello",
+    "EchOffer",
     "HandshakeMessage",
     "HandshakeReader",
     "ServerHello",
@@ -26,6 +27,7 @@ __all__ = [
     "mercury_text",
     "parse_certificate_message",
     "parse_client_hello",
+    "parse_ech",
     "parse_server_hello",
     "parse_sslv2_client_hello",
 ]
@@ -268,6 +270,62 @@ def _ech_json(data: bytes) -> dict[str, Any]:
     }
 
 
+@dataclass(frozen=True, slots=True)
+class EchOffer:
+    """An ``encrypted_client_hello`` extension as the wire shows it (draft-ietf-tls-esni, section 5).
+
+    ``outer`` is what a client sends: the HPKE suite, the ECHConfig id, the encapsulated key
+    and the encrypted inner hello's length. An ``inner`` one (type 1) belongs inside the
+    encrypted hello; seen in clear it is a broken or probing client. GREASE ECH (section 6.2)
+    is indistinguishable on the wire from a real offer, so this says "offered", not "used".
+    """
+
+    outer: bool
+    type_code: int
+    kdf: int = 0
+    aead: int = 0
+    config_id: int = 0
+    enc_length: int = 0
+    payload_length: int = 0
+    #: False where the extension ended before the fields its type announces
+    complete: bool = True
+
+    def to_json(self) -> dict[str, Any]:
+        """The iocwatch ``ech`` record key (beside mercury's ``tls.client.ech_client_hello``)."""
+        o: dict[str, Any] = {"type": "outer" if self.outer else
+                             "inner" if self.type_code == 1 else f"unknown ({self.type_code})"}
+        if self.outer:
+            o["config_id"] = self.config_id
+            o["kdf"] = _KDF_NAMES.get(self.kdf, f"UNKNOWN ({self.kdf:04x})")
+            o["aead"] = _AEAD_NAMES.get(self.aead, f"UNKNOWN ({self.aead:04x})")
+            o["enc_length"] = self.enc_length
+            o["payload_length"] = self.payload_length
+        if not self.complete:
+            o["truncated"] = True
+        return o
+
+
+def parse_ech(data: bytes) -> EchOffer | None:
+    """The ECHClientHello in an extension's data; None when not even its type is there."""
+    if not data:
+        return None
+    kind = data[0]
+    if kind != 0:
+        return EchOffer(outer=False, type_code=kind, complete=kind == 1 and len(data) == 1)
+    c = Cursor(data)
+    c.u8()
+    fields = [0, 0, 0, 0, 0]
+    try:
+        fields[0] = c.u16()
+        fields[1] = c.u16()
+        fields[2] = c.u8()
+        fields[3] = len(c.take(c.u16()))
+        fields[4] = len(c.take(c.u16()))
+    except Malformed:
+        return EchOffer(True, 0, *fields, complete=False)
+    return EchOffer(True, 0, *fields, complete=c.at_end())
+
+
 def _first_host_name(data: bytes) -> bytes | None:
     """The first host_name entry of a server_name extension, parsed by the RFC 6066 rules."""
     c = Cursor(data)
@@ -308,6 +366,7 @@ class ClientHello:
     truncated: bool = False
     dtls: bool = False
     sslv2: bool = False
+    ech: EchOffer | None = None  # the encrypted_client_hello extension, when offered
 
     def extension(self, etype: int) -> bytes | None:
         """Data of the first extension of this type."""
@@ -437,6 +496,8 @@ def _fill_client_extensions(hello: ClientHello) -> None:
         elif etype == EXT_EC_POINT_FORMATS and data:
             n = min(data[0], len(data) - 1)
             hello.ec_point_formats = list(data[1 : 1 + n])
+        elif etype == EXT_ECH:
+            hello.ech = parse_ech(data)
 
 
 def parse_sslv2_client_hello(record: bytes) -> ClientHello:

@@ -19,9 +19,11 @@ import hashlib
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from cryptography import x509 as _cx509
+from cryptography.exceptions import InvalidSignature as _InvalidSignature
 
 from iocwatch.protocols.asn1 import (
     BIT_STRING,
@@ -720,6 +722,7 @@ class _Walk:
         "spki_alg",
         "spki_key",
         "spki_complete",
+        "spki_der",
         "extensions",
         "sig_alg",
         "signature",
@@ -746,8 +749,11 @@ class _Walk:
         self.not_before = Tlv(self.val_seq.value)
         self.not_after = Tlv(self.val_seq.value)
         self.subject = Tlv(tbs, SEQUENCE)
+        start = tbs.pos
         self.spki_seq = Tlv(tbs)
         self.spki_complete = self.spki_seq.complete()
+        # the whole SubjectPublicKeyInfo TLV: what a key pin (RFC 7469) and key reuse hash
+        self.spki_der = der[start : tbs.pos] if self.spki_complete and not tbs.null else b""
         self.spki_alg = _AlgId(self.spki_seq.value)
         self.spki_key = Tlv(self.spki_seq.value, BIT_STRING)
         if not self.spki_key.complete():
@@ -904,6 +910,10 @@ class Certificate:
     not_after: str
     tolerant: bool
     der: bytes = field(repr=False, default=b"")
+    #: SHA-256 of the DER SubjectPublicKeyInfo ("" when it is not complete): one key, one value
+    spki_sha256: str = ""
+    #: the issuer Name is byte for byte the subject Name
+    self_issued: bool = False
 
     def to_mercury(self) -> dict[str, Any]:
         """The object mercury writes under ``"cert"``; rebuilt on each call, so callers own it."""
@@ -987,6 +997,9 @@ def parse_certificate(der: bytes, *, strict_check: bool = True) -> Certificate:
         not_after=_validity_text(w.not_after),
         tolerant=tolerant,
         der=der,
+        spki_sha256=hashlib.sha256(w.spki_der).hexdigest() if w.spki_der else "",
+        self_issued=(not w.issuer.is_null() and w.issuer.length == w.subject.length
+                     and w.issuer.value.data() == w.subject.value.data()),
     )
 
 
@@ -1022,3 +1035,82 @@ class CertificateCache:
         if len(self._entries) > self._max:
             self._entries.popitem(last=False)
         return cert
+
+
+# ---------------------------------------------------------------------------------------------
+# What a leaf says about the name the client asked for (SNI) and about itself
+
+
+def _labels(name: str) -> list[str] | None:
+    name = name.strip().rstrip(".").lower()
+    if not name or len(name) > 253:
+        return None
+    labels = name.split(".")
+    return labels if all(labels) else None
+
+
+def name_matches(pattern: str, host: str) -> bool:
+    """RFC 6125 section 6.4: a reference name against one DNS-ID, case-insensitively; a
+    wildcard only as the whole left-most label, standing for exactly one label, and never
+    directly under a single-label (public suffix-like) parent."""
+    p, h = _labels(pattern), _labels(host)
+    if p is None or h is None or len(p) != len(h):
+        return False
+    if p[0] == "*":
+        return len(p) >= 3 and p[1:] == h[1:]
+    return p == h
+
+
+def covers(cert: Certificate, host: str) -> bool:
+    """Whether the certificate names ``host``: its SAN dNSNames, or, only when it has none,
+    its subject CNs (RFC 6125 section 6.4.4)."""
+    ids = cert.dns_names or cert.subject_cns
+    return any(name_matches(i, host) for i in ids)
+
+
+def validity_epoch(text: str) -> int | None:
+    """Seconds since the epoch of a validity time as :class:`Certificate` keeps it
+    (``YYYY-MM-DD HH:MM:SSZ``). Read by hand, not ``strptime``: that imports ``_strptime`` on
+    first use, which a tailgate thread may do after ``--user`` dropped root."""
+    if len(text) < 19 or text[4] != "-" or text[7] != "-" or text[10] != " ":
+        return None
+    try:
+        stamp = datetime(int(text[0:4]), int(text[5:7]), int(text[8:10]), int(text[11:13]),
+                         int(text[14:16]), int(text[17:19]), tzinfo=UTC)
+    except ValueError:
+        return None
+    return int(stamp.timestamp())
+
+
+def self_signed(cert: Certificate) -> bool:
+    """Issuer equals subject and the certificate's own key verifies its signature; where the
+    strict decoder refuses the certificate, equal names alone decide."""
+    if not cert.self_issued:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            c = _cx509.load_der_x509_certificate(cert.der)
+            c.verify_directly_issued_by(c)
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except (ValueError, TypeError, _InvalidSignature):
+        return False
+    except BaseException:  # unsupported key types, a Rust panic: fall back to the names
+        return True
+    return True
+
+
+def leaf_report(cert: Certificate, sni: str | None, now: int) -> dict[str, Any]:
+    """The iocwatch ``cert_check`` record key: the leaf against the SNI and the capture time."""
+    o: dict[str, Any] = {}
+    if sni:
+        o["sni"] = sni
+        o["covers_sni"] = covers(cert, sni)
+    o["self_signed"] = self_signed(cert)
+    start, end = validity_epoch(cert.not_before), validity_epoch(cert.not_after)
+    o["expired"] = end is not None and now > end
+    o["not_yet_valid"] = start is not None and now < start
+    if cert.spki_sha256:
+        o["spki_sha256"] = cert.spki_sha256
+    return o

@@ -405,6 +405,19 @@ class Store(ABC):
                 "san_ip": json.loads(ips), "cn": json.loads(cn), "pubkey_sha256": pk,
                 "first_seen": first, "last_seen": last, "count": count}
 
+    def certificates_with_spki(self, spki_sha256: str, *, limit: int = 100,
+                               offset: int = 0) -> list[dict[str, Any]]:
+        """Certificates whose public key hashes to ``spki_sha256`` (the key reuse lookup),
+        first seen first."""
+        rows = self._rows("SELECT sha1, sha256, subject, issuer, san_dns, cn, first_seen, "
+                          "last_seen, count FROM certificates WHERE pubkey_sha256 = ? "
+                          "ORDER BY first_seen, sha1 LIMIT ? OFFSET ?",
+                          (spki_sha256, max(0, int(limit)), max(0, int(offset))))
+        return [{"sha1": s1, "sha256": s256, "subject": subject, "issuer": issuer,
+                 "names": list(dict.fromkeys(json.loads(dns) + json.loads(cn))),
+                 "first_seen": first, "last_seen": last, "count": count}
+                for s1, s256, subject, issuer, dns, cn, first, last, count in rows]
+
     def sessions(self, field: str, value: str, *, limit: int = 100,
                  offset: int = 0) -> list[dict[str, Any]]:
         """Sessions with ``field`` equal to ``value``, newest first (one index range each)."""

@@ -64,9 +64,11 @@ class StoreExtension:
         self.dropped = 0
         self.c = dict.fromkeys(("written", "dropped_at_close", "sessions", "certificates", "names",
                                 "duplicates", "errors", "db_errors", "batches"), 0)  # writer's
+        self.spki_lookup_errors = 0  # the capture side's (spki_certificates)
         self.last_error = ""
         self.progress_at = time.monotonic()  # last successful write (close() waits on progress)
         self._store: Store | None = None
+        self._reader: Store | None = None  # read-only, for spki_certificates
         try:  # now, while still root (before --user): the writer thread retries if this fails
             self._store = open_store(url, timeout=timeout)
         except StoreError as exc:
@@ -74,6 +76,21 @@ class StoreExtension:
             self.last_error = str(exc)
         self._thread = threading.Thread(target=self._run, name="iocwatch-store", daemon=True)
         self._thread.start()
+
+    def spki_certificates(self, spki_sha256: str) -> list[tuple[str, list[str]]]:
+        """``(cert SHA-256, names)`` of the certificates the store has seen with this public
+        key (``--alert-on key-reuse`` asks once per key per run); [] when the store cannot be
+        read now (the writer has its own connection: this one is read-only and lazy)."""
+        try:
+            if self._reader is None:
+                self._reader = open_store(self.url, readonly=True, timeout=self.timeout)
+            rows = self._reader.certificates_with_spki(spki_sha256, limit=16)
+        except Exception as exc:  # noqa: BLE001 - a store that cannot answer is not fatal
+            self.spki_lookup_errors += 1
+            self.last_error = one_line(exc)
+            self._close_reader()
+            return []
+        return [(r["sha256"], r["names"]) for r in rows]
 
     # ---------------------------------------------------------------- capture side (cheap)
     def _put(self, item: tuple[str, Any]) -> None:
@@ -118,13 +135,21 @@ class StoreExtension:
                 sys.stderr.flush()
             if now - max(self.progress_at, started) > self.close_wait:
                 break
+        self._close_reader()
         left = len(self.queue)
         if left:  # the writer is stuck on a dead database: what is still queued is lost
             self.c["dropped_at_close"] += left
             self.queue.clear()
 
+    def _close_reader(self) -> None:
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.close()
+
     def counters(self) -> dict[str, int]:
         out = {"store_queued": self.queued, "store_dropped": self.dropped}
+        if self.spki_lookup_errors:
+            out["store_spki_lookup_errors"] = self.spki_lookup_errors
         out.update({f"store_{k}": v for k, v in self.c.items()})
         out["store_queue"] = len(self.queue)
         return out

@@ -111,7 +111,9 @@ def cert_row(der: bytes) -> CertRow | None:
         return None
     subject, issuer = _rfc4514(c.subject), _rfc4514(c.issuer)
     not_before = not_after = None
-    pk: str | None = None
+    # the SPKI as it is on the wire (what the sensor's cert_check and spki: indicators hash);
+    # cryptography's re-encoding only where iocwatch's walk could not delimit it
+    pk: str | None = c.spki_sha256 or None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -121,7 +123,7 @@ def cert_row(der: bytes) -> CertRow | None:
             not_after = x.not_valid_after_utc.timestamp()
             spki = x.public_key().public_bytes(serialization.Encoding.DER,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-            pk = hashlib.sha256(spki).hexdigest()
+            pk = pk or hashlib.sha256(spki).hexdigest()
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException:  # noqa: BLE001 - refused by the strict decoder (a Rust panic included)

@@ -360,12 +360,14 @@ class Tailgater:
         sec = int(job.probed)
         ctx = PacketContext(4 if len(src) == 4 else 6, src, dst, proto, s.server_port,
                             s.client_port, 0, 0, sec, int((job.probed - sec) * 1e6))
+        # the leaf against the user's SNI, at the time of the user's flow
+        check = x509.leaf_report(certs[0], sni or None, int(s.timestamp))
         ev = Event("tls", {"server": {"certs": cert_json}}, obs,
-                   extra={"tailgated": True, "tailgate": tailgate})
+                   extra={"tailgated": True, "tailgate": tailgate, "cert_check": check})
         record = make_record(ev, ctx)
         record.pop("ip", None)  # no packet of the user's flow carried this certificate
         self._count("records")
-        self.pipeline.inject(record, obs)
+        self.pipeline.inject(record, obs, certs)
         self.pipeline.inject_session(TlsSession(
             s.client_ip, s.client_port, s.server_ip, s.server_port, s.timestamp, s.transport,
             s.client_hello, s.server_hello, certs, partial=False, incomplete=s.incomplete,

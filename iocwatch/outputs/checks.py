@@ -1,0 +1,143 @@
+"""Alerts that need no indicator: what a TLS handshake says about itself (``--alert-on``).
+
+``sni-mismatch``: the server's leaf certificate does not cover the name the client asked for
+(domain fronting, interception, misrouting). ``key-reuse``: one public key (SHA-256 of the
+SubjectPublicKeyInfo) in certificates whose names do not overlap; in memory over the run
+(bounded), and with ``--store`` over everything the store has seen (``KeyHistory`` is then
+asked through the store's ``certificates_with_spki``). Both alerts have the shape of indicator
+alerts (so SIEM mappings, ECS and ``--dedupe`` work unchanged); the ``indicator`` names the
+rule (kind ``rule``) and ``check`` carries both sides.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from iocwatch.model.channels import Channel
+from iocwatch.outputs.alerts import build_alert
+from iocwatch.protocols import x509
+
+__all__ = ["ALERT_RULES", "HandshakeChecks", "KeyHistory", "Rule", "names_overlap"]
+
+SNI_MISMATCH = "sni-mismatch"
+KEY_REUSE = "key-reuse"
+#: the words ``--alert-on`` takes
+ALERT_RULES = (SNI_MISMATCH, KEY_REUSE)
+
+KEYS_MAX = 65_536  # public keys remembered (least recently seen forgotten first)
+CERTS_PER_KEY = 8  # certificates remembered per key
+NAMES_PER_CERT = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What an alert of a rule says in its ``indicator``: an IndicatorLike with no file."""
+
+    value: str
+    kind: str = "rule"
+    file: str | None = None
+    line: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+_RULES = {
+    SNI_MISMATCH: Rule(SNI_MISMATCH, meta={"description": "the server's leaf certificate does "
+                                           "not cover the SNI", "tags": ["tls", "sni-mismatch"]}),
+    KEY_REUSE: Rule(KEY_REUSE, meta={"description": "one public key in certificates whose "
+                                     "names do not overlap", "tags": ["tls", "key-reuse"]}),
+}
+
+
+def names_overlap(a: Iterable[str], b: Iterable[str]) -> bool:
+    """Whether two certificates' name lists share a name, a wildcard of one covering a name
+    of the other included (RFC 6125 rules, :func:`x509.name_matches`)."""
+    bl = [n.lower().rstrip(".") for n in b]
+    bset = set(bl)
+    for n in a:
+        n = n.lower().rstrip(".")
+        if n in bset or any(x509.name_matches(n, m) or x509.name_matches(m, n) for m in bl):
+            return True
+    return False
+
+
+#: ``(spki_sha256) -> [(cert_sha256, names)]`` certificates the store has seen with that key
+StoreLookup = Callable[[str], Sequence[tuple[str, Sequence[str]]]]
+
+
+class KeyHistory:
+    """Public keys and the certificates seen with them, bounded (oldest key forgotten)."""
+
+    __slots__ = ("_keys", "_max", "store_lookup", "evicted")
+
+    def __init__(self, max_keys: int = KEYS_MAX, store_lookup: StoreLookup | None = None):
+        #: key -> {cert SHA-256: (names, seen in this run)}; store rows are not "seen"
+        self._keys: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {}
+        self._max = max(1, max_keys)
+        self.store_lookup = store_lookup
+        self.evicted = 0
+
+    def see(self, spki: str, cert_sha256: str, names: Sequence[str]) -> list[tuple[str, list[str]]]:
+        """Record a certificate; the others known with the same key (this run's, and the
+        store's) whose names do not overlap its own. Once per certificate per run: empty when
+        this run saw it before, or when it has no names."""
+        certs = self._keys.pop(spki, None)
+        if certs is None:
+            certs = {}
+            if len(self._keys) >= self._max:
+                del self._keys[next(iter(self._keys))]
+                self.evicted += 1
+            if self.store_lookup is not None:
+                for sha, other in self.store_lookup(spki)[:CERTS_PER_KEY]:
+                    certs[sha] = (tuple(other[:NAMES_PER_CERT]), False)
+        self._keys[spki] = certs
+        own = tuple(names[:NAMES_PER_CERT])
+        known = certs.get(cert_sha256)
+        certs[cert_sha256] = (own, True)
+        if (known is not None and known[1]) or not names:
+            return []
+        out = [(sha, list(other)) for sha, (other, _here) in certs.items()
+               if sha != cert_sha256 and other and not names_overlap(names, other)]
+        while len(certs) > CERTS_PER_KEY:
+            del certs[next(iter(certs))]
+        return out
+
+
+class HandshakeChecks:
+    """Turns a TLS server record (with ``cert_check``) into the alerts ``--alert-on`` asked."""
+
+    def __init__(self, rules: Iterable[str], sensor: str, keys: KeyHistory | None = None):
+        self.rules = frozenset(rules)
+        self.sensor = sensor
+        self.keys = keys if keys is not None else KeyHistory()
+
+    def record(self, record: dict, certs: Sequence[x509.Certificate]) -> list[dict]:
+        """The alerts of one record with a ``cert_check`` and its certificates, leaf first."""
+        check = record.get("cert_check")
+        if not isinstance(check, dict) or not certs:
+            return []
+        leaf: x509.Certificate = certs[0]
+        out: list[dict] = []
+        sni = check.get("sni")
+        if SNI_MISMATCH in self.rules and check.get("covers_sni") is False and sni:
+            alert = build_alert(record=record, channel=Channel.TLS_SNI.value, name=sni,
+                                normalised=sni.lower().rstrip("."), indicator=_RULES[SNI_MISMATCH],
+                                sensor=self.sensor)
+            alert["check"] = {"rule": SNI_MISMATCH, "sni": sni, "cert_names": leaf.names(),
+                              "cert_sha256": leaf.sha256}
+            out.append(alert)
+        if KEY_REUSE in self.rules and leaf.spki_sha256:
+            others = self.keys.see(leaf.spki_sha256, leaf.sha256, leaf.names())
+            if others:
+                alert = build_alert(record=record, channel=Channel.SPKI_SHA256.value,
+                                    name=leaf.spki_sha256, normalised=leaf.spki_sha256,
+                                    indicator=_RULES[KEY_REUSE], sensor=self.sensor)
+                alert["check"] = {
+                    "rule": KEY_REUSE, "spki_sha256": leaf.spki_sha256,
+                    "cert_sha256": leaf.sha256, "cert_names": leaf.names(),
+                    "other_certs": [{"cert_sha256": sha, "cert_names": names}
+                                    for sha, names in others],
+                }
+                out.append(alert)
+        return out
