@@ -328,9 +328,10 @@ class Engine:
                     for ev in events:
                         if flow.link is not None and (ev.client_hello is not None
                                                       or ev.key == "http"):
-                            self._link_event(ev, *flow.link)
+                            self._emit(ev, ctx, flow.link)
                             flow.link = None
-                        self._emit(ev, ctx)
+                        else:
+                            self._emit(ev, ctx)
                         if self.session_sink is not None and ev.key == "tls":
                             self._session(conn, ev, ctx)
             held = held_bytes(conn)
@@ -591,7 +592,9 @@ class Engine:
         return self._table_work + self.quic.table_work + self.ech_fronts.work
 
     # -- records --------------------------------------------------------------------------
-    def _emit(self, ev: Event, ctx: PacketContext) -> None:
+    def _emit(self, ev: Event, ctx: PacketContext,
+              link: tuple[Link, PacketContext] | None = None) -> None:
+        """Hand one event's record on; ``link``: its flow's DNS link, for a client record."""
         links = self.links
         if links is not None:
             if ev.dns_links is not None:  # a response: its destination is the client
@@ -599,7 +602,7 @@ class Engine:
             elif ev.client_hello is not None and ctx.proto == 17 and links.quic_pending:
                 held = links.quic_pending.pop(_udp_key(ctx), None)
                 if held is not None:
-                    self._link_event(ev, held[0], held[1])  # type: ignore[arg-type]
+                    link = held  # type: ignore[assignment]
         stats = self.stats
         stats["records"] += 1
         if ev.ech_fronts:  # a DNS answer with ECH configs: its destination is the client
@@ -610,6 +613,8 @@ class Engine:
         elif ev.certificates and ev.key == "tls" and "server" in ev.body:
             check = x509.leaf_report(ev.certificates[0], ev.sni, ctx.sec)
             ev.extra = {**ev.extra, "cert_check": check} if ev.extra else {"cert_check": check}
+        if link is not None:  # after ECH: an SNI that is only a front does not name the flow
+            self._link_event(ev, *link)
         for ob in ev.observations:
             counter = _NAME_COUNTERS.get(ob.channel)
             if counter is not None:

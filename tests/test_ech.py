@@ -194,6 +194,10 @@ def test_tcp_hello_after_https_answer_is_an_outer_sni() -> None:
     assert not any(ch == "tls_sni" for ch, _ in obs)
     assert rec["tls"]["client"]["server_name"] == "public.example"  # the record keeps it
     assert eng.stats["ech_offered_tls"] == 1 and eng.stats["ech_outer_sni"] == 1
+    # the answer's ipv4hint linked the server's address to the asked name: the front does not
+    # name the flow, so the DNS link does (issue #19: "the asked name is attached")
+    assert rec["dns_link"]["names"] == ["secret.example"]
+    assert ("dns_link", "secret.example") in obs
 
 
 def test_without_the_answer_or_for_another_client_the_sni_stays_tls_sni() -> None:
