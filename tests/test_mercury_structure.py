@@ -101,6 +101,9 @@ def test_records_have_mercurys_structure_and_names(tmp_path: Path) -> None:
 
     def both(pcap: Path) -> tuple[Path, list[dict], list[dict], str | None]:
         ours, problem = conformance.run_iocwatch_records(pcap)
+        # a record of its own for a flow only a DNS link names (SSH after a lookup) is
+        # iocwatch's alone: mercury's record of that flow is its TCP SYN fingerprint
+        ours = [r for r in ours if next(iter(r), None) != "dns_link"]
         return pcap, ours, _mercury(pcap, tmp_path), problem
 
     diffs: dict[str, list[str]] = defaultdict(list)
