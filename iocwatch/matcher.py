@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iocwatch.indicators import IndicatorSet, normalise_name
+from iocwatch.indicators.allow import Allowed, AllowLists
 from iocwatch.model.channels import CHANNELS, Channel, Kind
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
@@ -28,24 +29,51 @@ _NO_MATCHES: tuple[Match, ...] = ()  # what most observation lists match: no all
 
 @dataclass(slots=True, frozen=True)
 class Match:
-    """One indicator hit: the value as seen, as matched, its channel and the indicator."""
+    """One indicator hit: the value as seen, as matched, its channel and the indicator;
+    ``allowed`` says which allow-list entry suppresses it (None: it alerts)."""
 
     channel: Channel
     name: str
     normalised: str
     indicator: Any
+    allowed: Allowed | None = None
 
 
 class Matcher:
     """Turns observations into :class:`Match` es against one indicator set."""
 
-    def __init__(self, indicators: IndicatorSet):
+    def __init__(self, indicators: IndicatorSet, allow: AllowLists | None = None):
         self.indicators = indicators
+        self.allow = allow
         self._norm: dict[str, str] = {}
 
     def swap(self, indicators: IndicatorSet) -> None:
         """Replace the indicator set in one assignment (reload)."""
         self.indicators = indicators
+
+    def swap_allow(self, allow: AllowLists | None) -> None:
+        """Replace the allow-lists in one assignment (reload)."""
+        self.allow = allow
+
+    def _allowed(self, matches: list[Match]) -> list[Match]:
+        """The matches, each marked with the allow-list entry that suppresses it, if any.
+
+        The one place suppression is decided: the sensor and ``iocwatch hunt`` both get it
+        here; what a suppressed match becomes (counted, or an alert marked ``suppressed``) is
+        up to the alert writer."""
+        allow = self.allow
+        if allow is None:
+            return matches
+        seen: dict[tuple[Channel, str], Allowed | None] = {}
+        out = []
+        for mt in matches:
+            key = (mt.channel, mt.name)
+            if key not in seen:
+                seen[key] = allow.check(mt.channel, mt.name, mt.normalised)
+            got = seen[key]
+            out.append(mt if got is None else Match(mt.channel, mt.name, mt.normalised,
+                                                    mt.indicator, got))
+        return out
 
     def normalise(self, name: str, authority: bool = False) -> str:
         """The matching form of a name; ``authority``: a Host value, its port dropped first."""
@@ -87,7 +115,9 @@ class Matcher:
                 if out is None:
                     out = []
                 out.extend(Match(ch, ob.name, norm, hit) for hit in hits)
-        return _NO_MATCHES if out is None else out
+        if out is None:
+            return _NO_MATCHES
+        return out if self.allow is None else self._allowed(out)
 
     def flow(self, record: dict) -> Sequence[Match]:
         """Match the addresses of a flow (its first packet), whatever it carries."""
@@ -108,4 +138,4 @@ class Matcher:
                              (record["src_ip"], record.get("src_port"), Channel.SRC_IP)):
             if isinstance(port, int):
                 out.extend(Match(ch, ip, hit.value, hit) for hit in ind.match_ip_port(ip, port))
-        return out
+        return out if self.allow is None or not out else self._allowed(out)

@@ -12,10 +12,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
-from iocwatch.indicators.loading import IndicatorSources, load_indicators, report_load
+from iocwatch.indicators.allow import AllowLists
+from iocwatch.indicators.loading import (
+    IndicatorSources,
+    load_allowlists,
+    load_indicators,
+    report_allowlists,
+    report_load,
+)
 from iocwatch.matcher import Match, Matcher
 from iocwatch.model.tls_session import TlsSession
-from iocwatch.outputs.alerts import AlertSink, AlertWriter, alerts_for
+from iocwatch.outputs.alerts import AlertSink, AlertWriter, Suppressions, alerts_for
 from iocwatch.outputs.consumers import Consumer, load_consumers, pending
 from iocwatch.outputs.paths import named
 from iocwatch.outputs.records import RecordWriter
@@ -25,9 +32,11 @@ from iocwatch.usage import Flags
 
 
 def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool) -> bool:
-    """Re-read the files; swap the set in only if every file still loads (else keep the old)."""
+    """Re-read the files (allow-lists too); swap them in only if every file still loads (else
+    keep the old)."""
     try:
         new, rep = load_indicators(sources)
+        allow = load_allowlists(sources)
     except (IndicatorFileError, OSError, ValueError) as exc:
         sys.stderr.write(f"iocwatch: reload failed, keeping the old indicators: {exc}\n")
         return False
@@ -37,7 +46,10 @@ def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool) 
                          + "; ".join(broken) + "\n")
         return False
     matcher.swap(new)
+    matcher.swap_allow(allow)
     report_load(rep, quiet)
+    if allow is not None:
+        report_allowlists(allow, new, quiet)
     return True
 
 
@@ -48,8 +60,12 @@ class SensorPipeline:
     ``emit`` (:meth:`attach`)."""
 
     def __init__(self, args: Flags, records: bool, sessions: bool,
-                 indicators: IndicatorSet | None, sources: IndicatorSources | None = None):
+                 indicators: IndicatorSet | None, sources: IndicatorSources | None = None,
+                 allow: AllowLists | None = None, allow_summary: dict | None = None):
         self.args = args
+        self.allow = allow  # --allowlist (the matcher holds the current one after a reload)
+        self.allow_summary = allow_summary  # what the load said of it, for --stats-json
+        self.suppressions = Suppressions(bool(getattr(args, "show_suppressed", False)))
         self.want_records, self.want_sessions = records, sessions
         # loaded once by the parent (live workers are forked from it, sharing the set)
         self.indicators = indicators
@@ -89,7 +105,7 @@ class SensorPipeline:
         self.writer = writer
         if alerts is not None and self.indicators is not None:
             self.alert_sink = AlertSink(alerts, args.dedupe)
-            self.matcher = Matcher(self.indicators)
+            self.matcher = Matcher(self.indicators, self.allow)
             self.flow_hook = self._match_flow
         if args.session_dir or args.cert_dir or session_stream or self.want_sessions:
             self.sessions = SessionWriter(args.session_dir, session_stream, args.cert_dir,
@@ -120,7 +136,7 @@ class SensorPipeline:
 
     def _alert(self, record: dict, matches: Sequence[Match]) -> None:
         assert self.alert_sink is not None
-        for alert in alerts_for(record, matches, self.args.sensor_name):
+        for alert in alerts_for(record, matches, self.args.sensor_name, self.suppressions):
             self.alert_sink(alert)
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
@@ -195,6 +211,8 @@ class SensorPipeline:
         out = {"alerts": self.alert_sink.count if self.alert_sink is not None else 0}
         if self.alert_sink is not None and self.alert_sink.deduper is not None:
             out["alert_matches"] = self.alert_sink.matches
+        if self.allow is not None:
+            out["suppressed"] = self.suppressions.total
         if self.own_traffic is not None:
             out["own_traffic_dropped"] = self.own_dropped
         for consumer in self.consumers:

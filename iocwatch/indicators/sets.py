@@ -367,6 +367,7 @@ class _FileSink:
         self.fidx = len(b.files)
         b.files.append(summary.path)
         self.listed = 0
+        self.kept = 0
         self.unsupported_types: Counter[str] = Counter()
         self.extra_files = extra_files
         self.last_meta: dict[str, Any] | None = None
@@ -430,19 +431,27 @@ class _FileSink:
         self._list(line, reason)
 
     def unsupported(self, line: int, what: str, listed: bool = False,
-                    why: str = m.R_UNSUPPORTED) -> None:
+                    why: str = m.R_UNSUPPORTED, values: tuple[str, ...] = ()) -> None:
         """Counted once, as unsupported; ``listed`` also shows it in the listing."""
         self.report.unsupported += 1
         self._count(why)
+        self._keep(line, why, values)
         if listed:
             self._list(line, what)
         else:
             self.unsupported_types[what] += 1
 
-    def ignore(self, line: int, why: str) -> None:
+    def ignore(self, line: int, why: str, values: tuple[str, ...] = ()) -> None:
         """Deliberately not loaded (MISP ``to_ids`` unset, deleted, revoked): counted once."""
         self.report.ignored += 1
         self._count(why)
+        self._keep(line, why, values)
+
+    def _keep(self, line: int, why: str, values: tuple[str, ...]) -> None:
+        """The values of an entry not loaded, for ``iocwatch explain`` (capped per file)."""
+        if values and self.kept < MAX_SKIPPED_LISTED:
+            self.kept += 1
+            self.report.not_loaded.append((self.summary.path, line, why, tuple(values)))
 
     def comment(self) -> None:
         self.summary.comments += 1
@@ -514,7 +523,7 @@ def describe_reasons(summary: FileSummary, noun: tuple[str, str],
 NOUNS: dict[str, tuple[str, str]] = {
     "plain": ("line", "lines"), "csv": ("row", "rows"), "zeek": ("line", "lines"),
     "stix": ("entry", "entries"), "misp": ("attribute", "attributes"),
-    "maltrail": ("trail", "trails")}
+    "maltrail": ("trail", "trails"), "warninglist": ("entry", "entries")}
 ENTRIES = ("entry", "entries")
 
 
