@@ -53,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="iocwatch",
         description="Extract server names from DNS, TLS and HTTP traffic as mercury-style "
         "JSON records. Subcommands: 'iocwatch coverage', 'iocwatch ingest', "
-        "'iocwatch hunt', 'iocwatch serve' (see their -h).",
+        "'iocwatch hunt', 'iocwatch serve', 'iocwatch explain' (see their -h).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-r", "--read", metavar="FILE", action="append",
