@@ -8,10 +8,11 @@ each suffix tested with the indicators filed under it and the rule that refused 
 (:meth:`IndicatorSet.explain_name`), the nearest indicators when nothing matched, entries
 that did not load (expired, revoked, unsupported pattern, not ``to_ids``) and allow-lists.
 
-"Nearest", for a name: the domain (and URL host) indicators ending with the longest common
-suffix, counted in whole labels first and then in characters, at most :data:`NEAREST`, each
-with its edit distance to the name; for an address: the address and CIDR indicators with the
-longest common prefix of bits.
+"Nearest", for a name: the domain (and URL host) indicators whose text ends the name's text
+(a miss at a label boundary: ``ample.com`` and ``example.com``) first, then those ending with
+the longest common suffix, counted in whole labels and then in characters; of the 50 best, the
+:data:`NEAREST` with the most common labels and the smallest edit distance to the name. For an
+address: the address and CIDR indicators with the longest common prefix of bits.
 """
 
 from __future__ import annotations
@@ -145,18 +146,20 @@ def _relation(name: str, ind: Indicator, host: str) -> str:
 def _nearest_names(indicators: IndicatorSet, name: str, seen: set[tuple[str, int, str]]
                    ) -> list[dict[str, Any]]:
     ranked = heapq.nlargest(_SHORTLIST, (
-        (_common_labels(name, host), _common_chars(name, host), -abs(len(host) - len(name)),
-         ind.file, ind.line, ind.value, ind.kind, host)
+        (name.endswith(host), _common_labels(name, host), _common_chars(name, host),
+         -abs(len(host) - len(name)), ind.file, ind.line, ind.value, ind.kind, host)
         for ind in indicators if (host := _host_of(ind)) is not None
         and (ind.file, ind.line, ind.value) not in seen))
-    ranked = [r for r in ranked if r[0] or r[1] >= 3]
+    ranked = [r for r in ranked if r[1] or r[2] >= 3]
     out = []
-    for labels, chars, _, file, line, value, kind, host in ranked:
+    for boundary, labels, chars, _, file, line, value, kind, host in ranked:
         ind = Indicator(value=value, kind=kind, file=file, line=line)
         out.append(_ind(ind, common_labels=labels, common_suffix_chars=chars,
                         edit_distance=edit_distance(name, host),
-                        reason=_relation(name, ind, host)))
-    out.sort(key=lambda d: (-d["common_labels"], d["edit_distance"], -d["common_suffix_chars"]))
+                        reason=_relation(name, ind, host), boundary=boundary))
+    # a miss at a label boundary first: the text ends with the indicator, the labels do not
+    out.sort(key=lambda d: (not d.pop("boundary"), -d["common_labels"], d["edit_distance"],
+                            -d["common_suffix_chars"]))
     return out[:NEAREST]
 
 
@@ -177,6 +180,8 @@ def _nearest_addresses(indicators: IndicatorSet, address: str) -> list[dict[str,
         found.append((common, ind.file, ind.line, ind.value, ind.kind, got[2]))
     out = []
     for common, file, line, value, kind, plen in heapq.nlargest(NEAREST, found):
+        if not common:
+            break
         out.append({"indicator": value, "kind": kind, "file": file, "line": line,
                     "common_prefix_bits": common,
                     "reason": f"a /{plen}; the address shares only its first {common} "
@@ -260,7 +265,7 @@ def _simple(value: str, kind: str, canon: str, hits: list[Indicator], indicators
             allow: AllowLists | None, channel: Channel, report: LoadReport) -> Explanation:
     out = Explanation(value, kind, normalised=canon,
                       channels=_channels(CHANNELS[channel].kind)
-                      if kind in ("address", "cert_hash") else [channel.value])
+                      if kind == "address" else [channel.value])
     out.matched = [_ind(i, rule=_rule(i, canon)) for i in hits]
     _finish(out, allow, channel, canon, canon, report)
     if not out.matched:
