@@ -11,7 +11,9 @@ that did not load (expired, revoked, unsupported pattern, not ``to_ids``) and al
 "Nearest", for a name: the domain (and URL host) indicators whose text ends the name's text
 (a miss at a label boundary: ``ample.com`` and ``example.com``) first, then those ending with
 the longest common suffix, counted in whole labels and then in characters; of the 50 best, the
-:data:`NEAREST` with the most common labels and the smallest edit distance to the name. For an
+:data:`NEAREST` with the most common labels and the smallest edit distance to the name (one
+sharing only the top-level domain only within an edit distance of a quarter of the name's
+length). For an
 address: the address and CIDR indicators with the longest common prefix of bits.
 """
 
@@ -152,11 +154,15 @@ def _nearest_names(indicators: IndicatorSet, name: str, seen: set[tuple[str, int
         and (ind.file, ind.line, ind.value) not in seen))
     ranked = [r for r in ranked if r[1] or r[2] >= 3]
     out = []
+    close = max(2, len(name) // 4)
     for boundary, labels, chars, _, file, line, value, kind, host in ranked:
+        dist = edit_distance(name, host)
+        if not boundary and labels < 2 and dist > close:
+            continue  # only the top-level domain in common, and far: noise
         ind = Indicator(value=value, kind=kind, file=file, line=line)
         out.append(_ind(ind, common_labels=labels, common_suffix_chars=chars,
-                        edit_distance=edit_distance(name, host),
-                        reason=_relation(name, ind, host), boundary=boundary))
+                        edit_distance=dist, reason=_relation(name, ind, host),
+                        boundary=boundary))
     # a miss at a label boundary first: the text ends with the indicator, the labels do not
     out.sort(key=lambda d: (not d.pop("boundary"), -d["common_labels"], d["edit_distance"],
                             -d["common_suffix_chars"]))
