@@ -279,3 +279,19 @@ def test_hunt_honours_the_allowlist(tmp_path: Path) -> None:
     assert f"{len(c2)} matches allow-listed" in hidden.stderr
     assert [a["suppressed"]["list"] for a in _alerts(shown.stdout) if "suppressed" in a] \
         == ["Lab"] * len(c2)
+
+
+def test_workers_sum_suppressions_and_keep_one_load_summary(tmp_path: Path) -> None:
+    allow = warninglist(tmp_path / "wl.json", "hostname", ["eu-west-1.avsvmcloud.com"], "Lab")
+    docs = []
+    for workers in ("1", "2"):
+        stats = tmp_path / f"stats{workers}.json"
+        r = _cli("-r", str(SAMPLE), "--ioc", str(RULES), "--allowlist", str(allow), "-q",
+                 "--no-records", "--alerts", str(tmp_path / "alerts.json"), "--workers", workers,
+                 "--stats-json", str(stats))
+        assert r.returncode == 0, r.stderr
+        docs.append(json.loads(stats.read_text()))
+    one, two = docs
+    assert two["suppressed"] == one["suppressed"] and one["suppressed"]["total"] > 0
+    assert two["allowlist"] == one["allowlist"]  # loaded once, not summed over workers
+    assert two["alerts"] == one["alerts"]
