@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
-from iocwatch.indicators.allow import MAX_PATTERN_INPUT, AllowLists
+from iocwatch.indicators.allow import MAX_PATTERN_INPUT, AllowLists, compile_entry
 from iocwatch.indicators.loading import IndicatorSources
 from iocwatch.matcher import Matcher
 from iocwatch.model.channels import Channel
@@ -107,6 +107,10 @@ def test_regex_list_compiles_at_load_and_reports_bad_patterns(tmp_path: Path) ->
         (5, "regex '([unclosed'"), (6, "regex '(a+)+$'")]
     assert "does not compile" in rep.skipped[0][2]
     assert "catastrophic" in rep.skipped[1][2]
+    for bad in ("(a|ab)*c", "(.*a){20}", ".*.*.*x", "/x/e"):
+        assert isinstance(compile_entry(bad), str), bad
+    pcre = compile_entry(r"/^Foo\.example$/s")  # MISP's PHP form: delimiters and flags
+    assert not isinstance(pcre, str) and pcre.search("foo.example")
     got = allow.check(Channel.DNS_QUERY, "0123456789abcdef.example.net",
                       "0123456789abcdef.example.net")
     assert got is not None and got.type == "regex" and got.line == 4
