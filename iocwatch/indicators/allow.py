@@ -191,15 +191,9 @@ class AllowLists:
     def check_indicator(self, ind: Indicator) -> Allowed | None:
         """The entry that allows an indicator's own value (a feed listing ``google.com``)."""
         value = ind.value
-        if ind.kind in (m.DOMAIN, m.URL):
+        if ind.kind == m.DOMAIN:
             host = value[2:] if value.startswith("*.") else value
-            if ind.kind == m.URL:
-                parts = split_url(value)
-                host = normalise_name(parts[0]) if parts is not None else ""
-                got = self.check(Channel.HTTP_URL, value, value)
-                if got is not None:
-                    return got
-            return self.check(Channel.DNS_QUERY, host, host) if host else None
+            return self.check(Channel.DNS_QUERY, host, host)
         if ind.kind in (m.IP, m.CIDR):
             return self.check(Channel.DST_IP, value.partition("/")[0], value)
         if ind.kind in (m.CERT_SHA1, m.CERT_SHA256):
@@ -208,7 +202,7 @@ class AllowLists:
             return self.check(Channel(ind.kind), value, value)
         if ind.kind == m.IP_PORT:
             return None
-        return self.check(Channel.HTTP_URL, value, value)
+        return self.check(Channel.HTTP_URL, value, value)  # a URL (or its host), a path
 
     def listed(self, indicators: IndicatorSet) -> list[tuple[Indicator, Allowed]]:
         """Indicators whose own value is allowed: feed entries to clean at the source.
