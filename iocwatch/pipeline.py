@@ -31,9 +31,10 @@ from iocwatch.outputs.streams import EmitOutput, open_stream
 from iocwatch.usage import Flags
 
 
-def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool) -> bool:
+def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool,
+                      allow_summary: Callable[[dict], None] | None = None) -> bool:
     """Re-read the files (allow-lists too); swap them in only if every file still loads (else
-    keep the old)."""
+    keep the old). ``allow_summary`` receives what the allow-lists' load said."""
     try:
         new, rep = load_indicators(sources)
         allow = load_allowlists(sources)
@@ -49,7 +50,9 @@ def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool) 
     matcher.swap_allow(allow)
     report_load(rep, quiet)
     if allow is not None:
-        report_allowlists(allow, new, quiet)
+        summary = report_allowlists(allow, new, quiet)
+        if allow_summary is not None:
+            allow_summary(summary)
     return True
 
 
@@ -205,7 +208,8 @@ class SensorPipeline:
 
     def reload_indicators(self) -> None:
         if self.matcher is not None and self.sources is not None:
-            reload_indicators(self.sources, self.matcher, self.args.quiet)
+            reload_indicators(self.sources, self.matcher, self.args.quiet,
+                              lambda summary: setattr(self, "allow_summary", summary))
 
     def counters(self) -> dict[str, int]:
         out = {"alerts": self.alert_sink.count if self.alert_sink is not None else 0}
