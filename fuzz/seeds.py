@@ -223,6 +223,18 @@ INDICATORS = {
         b"http://79.134.225.77:44\n[2001:db8::1]:443\n\n# Reference: https://example.org/s\n"
         b"evil.example # inline\n",
     ],
+    "warninglist": [
+        b'{"description":"d","list":["google.com",".gstatic.com","8.8.8.8","10.0.0.0/8"],'
+        b'"matching_attributes":["hostname"],"name":"n","type":"hostname","version":1}',
+        b'{"name":"cidrs","type":"cidr","version":2,"description":"d",'
+        b'"list":["192.0.2.0/24","2001:db8::/32","198.51.100.7"]}',
+        b'{"name":"strings","type":"string","version":3,"description":"d",'
+        b'"list":["example.org","0123456789abcdef0123456789abcdef01234567"]}',
+        b'{"name":"subs","type":"substring","version":4,"description":"d",'
+        b'"list":["akamai","cloudfront.net"]}',
+        b'{"name":"rx","type":"regex","version":5,"description":"d",'
+        b'"list":["^[a-z]{8}\\\\.example$","(a+)+$","([",".*cdn[0-9]+\\\\."]}',
+    ],
 }
 
 

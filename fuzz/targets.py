@@ -600,6 +600,29 @@ def _indicator_target(fmt: str) -> Target:
     return target
 
 
+def t_allowlist(data: bytes) -> None:
+    """An allow-list file of any format (warninglists' substring and regex lists included),
+    then the checks the matcher makes: never a crash, never a hang on a hostile pattern."""
+    from iocwatch.indicators import IndicatorFileError
+    from iocwatch.indicators.allow import AllowLists
+    from iocwatch.model.channels import Channel
+
+    path = _write("allow.json", data)
+    try:
+        allow = AllowLists.load([path])
+    except IndicatorFileError:
+        return
+    long_name = "a" * 300 + "." + "b" * 60 + ".example"
+    for ch, value in ((Channel.DNS_QUERY, "www.google.com"), (Channel.TLS_SNI, long_name),
+                      (Channel.DST_IP, "10.1.2.3"), (Channel.DNS_ANSWER, "2001:db8::1"),
+                      (Channel.HTTP_URL, "http://cdn12.example/x?" + "a" * 2000),
+                      (Channel.CERT_SHA1, "0123456789abcdef0123456789abcdef01234567"),
+                      (Channel.JA3, "e7d705a3286e19ea42f587b344ee6865")):
+        got = allow.check(ch, value, value.lower())
+        if got is not None:
+            check_json(got.as_dict())
+
+
 def _cache_source() -> str:
     """The indicator file the cache target's caches were built from, at a fixed path: a
     cache's key names its sources, so a saved input must find the same path when replayed."""
@@ -853,6 +876,10 @@ TARGETS: dict[str, tuple[Target, Callable[[], list[bytes]]]] = {
     "indicators_misp": (_indicator_target("misp"), lambda: sd.indicator_seeds("misp")),
     "indicators_maltrail": (_indicator_target("maltrail"),
                             lambda: sd.indicator_seeds("maltrail")),
+    "indicators_warninglist": (_indicator_target("warninglist"),
+                               lambda: sd.indicator_seeds("warninglist")),
+    "allowlist": (t_allowlist, lambda: sd.indicator_seeds("warninglist")
+                  + sd.indicator_seeds("plain")[:2]),
     "indicator_cache": (t_indicator_cache, cache_seeds),
     "ingest": (t_ingest, sd.ingest_seeds),
     "api": (t_api, sd.api_seeds),

@@ -13,6 +13,7 @@ from iocwatch.usage import UsageError
 #: subcommand -> the module whose ``main(argv)`` runs it; anything else is the sensor
 SUBCOMMANDS = {
     "coverage": "iocwatch.commands.coverage",
+    "explain": "iocwatch.commands.explain",
     "hunt": "iocwatch.commands.hunt",
     "ingest": "iocwatch.commands.ingest",
     "serve": "iocwatch.commands.serve",

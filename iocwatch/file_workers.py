@@ -51,7 +51,8 @@ from iocwatch.workers import Emit
 
 #: Capture-level figures: every worker reads the same capture, so worker 0's are the run's.
 CAPTURE_KEYS = frozenset({"file", "files", "format", "packets", "bytes", "truncated",
-                          "file_damage", "linktypes"})
+                          "file_damage", "linktypes",
+                          "allowlist"})  # what the --allowlist load said: one load, forked
 STREAMS_ORDER = ("records", "alerts", "sessions")
 
 

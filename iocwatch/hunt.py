@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from iocwatch.indicators.allow import AllowLists
 from iocwatch.matcher import Matcher
 from iocwatch.model.channels import NAME_CHANNELS, Channel
 from iocwatch.model.observation import Observation
-from iocwatch.outputs.alerts import AlertWriter, alerts_for, iso_utc
+from iocwatch.outputs.alerts import AlertWriter, Suppressions, alerts_for, iso_utc
 
 #: Store ``source`` words (the store writes the live channel names, and ``dns_answer`` for the
 #: owner name of an answer) to the live alert channel of a name.
@@ -51,11 +52,13 @@ def source_channel(source: Any) -> Channel | None:
 class Hunt:
     """One pass over the store; ``alerts`` counts what was written."""
 
-    def __init__(self, store: Any, matcher_indicators: Any, writer: AlertWriter, sensor: str):
+    def __init__(self, store: Any, matcher_indicators: Any, writer: AlertWriter, sensor: str,
+                 allow: AllowLists | None = None, show_suppressed: bool = False):
         self.store = store
         self.writer = writer
         self.sensor = sensor
-        self.matcher = Matcher(matcher_indicators)
+        self.matcher = Matcher(matcher_indicators, allow)
+        self.suppressions = Suppressions(show_suppressed)
         self.scanned = {"names": 0, "addresses": 0, "certificates": 0, "fingerprints": 0}
         self.alerts = 0
         #: names already reported as certificate names by the name pass (with the certificates
@@ -70,7 +73,8 @@ class Hunt:
 
     def _emit(self, record: dict, observations: list[Observation], first: Any, last: Any,
               count: Any) -> None:
-        for alert in alerts_for(record, self.matcher.observe(observations), self.sensor):
+        for alert in alerts_for(record, self.matcher.observe(observations), self.sensor,
+                                self.suppressions):
             self._write(alert, first, last, count)
 
     def _write(self, alert: dict, first: Any, last: Any, count: Any) -> None:

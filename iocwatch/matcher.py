@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iocwatch.indicators import IndicatorSet, normalise_name
+from iocwatch.indicators.allow import Allowed, AllowLists, lookup
 from iocwatch.model.channels import CHANNELS, DESTINATION_CHANNELS, Channel, Kind
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
@@ -31,24 +32,51 @@ _NO_MATCHES: tuple[Match, ...] = ()  # what most observation lists match: no all
 
 @dataclass(slots=True, frozen=True)
 class Match:
-    """One indicator hit: the value as seen, as matched, its channel and the indicator."""
+    """One indicator hit: the value as seen, as matched, its channel and the indicator;
+    ``allowed`` says which allow-list entry suppresses it (None: it alerts)."""
 
     channel: Channel
     name: str
     normalised: str
     indicator: Any
+    allowed: Allowed | None = None
 
 
 class Matcher:
     """Turns observations into :class:`Match` es against one indicator set."""
 
-    def __init__(self, indicators: IndicatorSet):
+    def __init__(self, indicators: IndicatorSet, allow: AllowLists | None = None):
         self.indicators = indicators
+        self.allow = allow
         self._norm: dict[str, str] = {}
 
     def swap(self, indicators: IndicatorSet) -> None:
         """Replace the indicator set in one assignment (reload)."""
         self.indicators = indicators
+
+    def swap_allow(self, allow: AllowLists | None) -> None:
+        """Replace the allow-lists in one assignment (reload)."""
+        self.allow = allow
+
+    def _allowed(self, matches: list[Match]) -> list[Match]:
+        """The matches, each marked with the allow-list entry that suppresses it, if any.
+
+        The one place suppression is decided: the sensor and ``iocwatch hunt`` both get it
+        here; what a suppressed match becomes (counted, or an alert marked ``suppressed``) is
+        up to the alert writer."""
+        allow = self.allow
+        if allow is None:
+            return matches
+        seen: dict[tuple[Channel, str], Allowed | None] = {}
+        out = []
+        for mt in matches:
+            key = (mt.channel, mt.name)
+            if key not in seen:
+                seen[key] = allow.check(mt.channel, mt.name, mt.normalised)
+            got = seen[key]
+            out.append(mt if got is None else Match(mt.channel, mt.name, mt.normalised,
+                                                    mt.indicator, got))
+        return out
 
     def normalise(self, name: str, authority: bool = False) -> str:
         """The matching form of a name; ``authority``: a Host value, its port dropped first."""
@@ -71,30 +99,23 @@ class Matcher:
         for ob in observations:
             ch = ob.channel
             kind = _KIND.get(ch)
+            if kind is None:
+                continue
             if kind is Kind.NAME:
                 norm = self.normalise(ob.name, ch in _AUTHORITY)
-                hits: list[Any] = ind.match_name(norm) if norm else []
-                if port is not None and ch in _DESTINATION:
+                hits: list[Any] = lookup(ind, kind, ch, ob.name, norm)
+                if port is not None and ch in _DESTINATION and norm:
                     hits += ind.match_domain_port(norm, port)
-            elif kind is Kind.ADDRESS:
-                norm = ob.name
-                hits = ind.match_ip(norm)
-            elif kind is Kind.CERT_HASH:
-                norm = ob.name
-                hits = ind.match_cert_hash(norm)
-            elif kind is Kind.URL:
-                norm = ob.name
-                hits = ind.match_url(norm) + ind.match_path(norm)
-            elif kind is Kind.FINGERPRINT or kind is Kind.KEY_HASH:
-                norm = ob.name
-                hits = ind.match_fingerprint(ch.value, norm)
             else:
-                continue
+                norm = ob.name
+                hits = lookup(ind, kind, ch, norm, norm)
             if hits:
                 if out is None:
                     out = []
                 out.extend(Match(ch, ob.name, norm, hit) for hit in hits)
-        return _NO_MATCHES if out is None else out
+        if out is None:
+            return _NO_MATCHES
+        return out if self.allow is None else self._allowed(out)
 
     def flow(self, record: dict) -> Sequence[Match]:
         """Match the addresses of a flow (its first packet), whatever it carries."""
@@ -115,4 +136,4 @@ class Matcher:
                              (record["src_ip"], record.get("src_port"), Channel.SRC_IP)):
             if isinstance(port, int):
                 out.extend(Match(ch, ip, hit.value, hit) for hit in ind.match_ip_port(ip, port))
-        return out
+        return out if self.allow is None or not out else self._allowed(out)

@@ -12,10 +12,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
-from iocwatch.indicators.loading import IndicatorSources, load_indicators, report_load
+from iocwatch.indicators.allow import AllowLists
+from iocwatch.indicators.loading import (
+    IndicatorSources,
+    load_allowlists,
+    load_indicators,
+    report_allowlists,
+    report_load,
+)
 from iocwatch.matcher import Match, Matcher
 from iocwatch.model.tls_session import TlsSession
-from iocwatch.outputs.alerts import AlertSink, AlertWriter, alerts_for
+from iocwatch.outputs.alerts import AlertSink, AlertWriter, Suppressions, alerts_for
 from iocwatch.outputs.checks import HandshakeChecks, KeyHistory
 from iocwatch.outputs.consumers import Consumer, load_consumers, pending
 from iocwatch.outputs.paths import named
@@ -25,10 +32,13 @@ from iocwatch.outputs.streams import EmitOutput, open_stream
 from iocwatch.usage import Flags
 
 
-def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool) -> bool:
-    """Re-read the files; swap the set in only if every file still loads (else keep the old)."""
+def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool,
+                      allow_summary: Callable[[dict], None] | None = None) -> bool:
+    """Re-read the files (allow-lists too); swap them in only if every file still loads (else
+    keep the old). ``allow_summary`` receives what the allow-lists' load said."""
     try:
         new, rep = load_indicators(sources)
+        allow = load_allowlists(sources)
     except (IndicatorFileError, OSError, ValueError) as exc:
         sys.stderr.write(f"iocwatch: reload failed, keeping the old indicators: {exc}\n")
         return False
@@ -38,7 +48,12 @@ def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool) 
                          + "; ".join(broken) + "\n")
         return False
     matcher.swap(new)
+    matcher.swap_allow(allow)
     report_load(rep, quiet)
+    if allow is not None:
+        summary = report_allowlists(allow, new, quiet)
+        if allow_summary is not None:
+            allow_summary(summary)
     return True
 
 
@@ -49,8 +64,12 @@ class SensorPipeline:
     ``emit`` (:meth:`attach`)."""
 
     def __init__(self, args: Flags, records: bool, sessions: bool,
-                 indicators: IndicatorSet | None, sources: IndicatorSources | None = None):
+                 indicators: IndicatorSet | None, sources: IndicatorSources | None = None,
+                 allow: AllowLists | None = None, allow_summary: dict | None = None):
         self.args = args
+        self.allow = allow  # --allowlist (the matcher holds the current one after a reload)
+        self.allow_summary = allow_summary  # what the load said of it, for --stats-json
+        self.suppressions = Suppressions(bool(getattr(args, "show_suppressed", False)))
         self.want_records, self.want_sessions = records, sessions
         # loaded once by the parent (live workers are forked from it, sharing the set)
         self.indicators = indicators
@@ -95,7 +114,7 @@ class SensorPipeline:
         if alerts is not None and self.alerting:
             self.alert_sink = AlertSink(alerts, args.dedupe)
         if self.alert_sink is not None and self.indicators is not None:
-            self.matcher = Matcher(self.indicators)
+            self.matcher = Matcher(self.indicators, self.allow)
             self.flow_hook = self._match_flow
         if args.session_dir or args.cert_dir or session_stream or self.want_sessions:
             self.sessions = SessionWriter(args.session_dir, session_stream, args.cert_dir,
@@ -132,7 +151,7 @@ class SensorPipeline:
 
     def _alert(self, record: dict, matches: Sequence[Match]) -> None:
         assert self.alert_sink is not None
-        for alert in alerts_for(record, matches, self.args.sensor_name):
+        for alert in alerts_for(record, matches, self.args.sensor_name, self.suppressions):
             self.alert_sink(alert)
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
@@ -215,12 +234,15 @@ class SensorPipeline:
 
     def reload_indicators(self) -> None:
         if self.matcher is not None and self.sources is not None:
-            reload_indicators(self.sources, self.matcher, self.args.quiet)
+            reload_indicators(self.sources, self.matcher, self.args.quiet,
+                              lambda summary: setattr(self, "allow_summary", summary))
 
     def counters(self) -> dict[str, int]:
         out = {"alerts": self.alert_sink.count if self.alert_sink is not None else 0}
         if self.alert_sink is not None and self.alert_sink.deduper is not None:
             out["alert_matches"] = self.alert_sink.matches
+        if self.allow is not None:
+            out["suppressed"] = self.suppressions.total
         if self.own_traffic is not None:
             out["own_traffic_dropped"] = self.own_dropped
         for consumer in self.consumers:

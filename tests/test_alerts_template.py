@@ -168,14 +168,21 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, A
     tmp = tmp_path_factory.mktemp("template")
     iocs = [a for f in _indicator_files(tmp) for a in ("--ioc", str(f))]
     store = tmp / "store.db"
-    out: dict[str, list[dict[str, Any]]] = {"json": [], "ecs": [], "ecs-dedupe": []}
+    allow = tmp / "allow.json"  # a MISP warninglist: some alerts marked "suppressed"
+    allow.write_text(json.dumps({"name": "lab", "version": 1, "description": "test",
+                                 "type": "hostname", "list": ["avsvmcloud.com"]}))
+    shown = ["--allowlist", str(allow), "--show-suppressed"]
+    out: dict[str, list[dict[str, Any]]] = {"json": [], "ecs": [], "ecs-dedupe": [],
+                                            "ecs-suppressed": []}
     for sample in SAMPLES:
         for mode, extra in (("json", ["--store", str(store)]), ("ecs", ["--alert-format", "ecs"]),
-                            ("ecs-dedupe", ["--alert-format", "ecs", "--dedupe", "3600"])):
+                            ("ecs-dedupe", ["--alert-format", "ecs", "--dedupe", "3600"]),
+                            ("ecs-suppressed", ["--alert-format", "ecs", *shown])):
             proc = _cli("-r", str(sample), "-q", "--no-records", *iocs, "--alerts", "-", *extra)
             out[mode] += [json.loads(x) for x in proc.stdout.splitlines()]
     for mode, fmt in (("hunt-json", "json"), ("hunt-ecs", "ecs")):
-        proc = _cli("hunt", "--store", str(store), "-q", *iocs, "--alert-format", fmt)
+        proc = _cli("hunt", "--store", str(store), "-q", *iocs, "--alert-format", fmt,
+                    *(shown if fmt == "ecs" else ()))
         out[mode] = [json.loads(x) for x in proc.stdout.splitlines()]
     return out
 
@@ -265,7 +272,9 @@ def test_every_mode_alerts_on_every_channel(runs: dict[str, list[dict[str, Any]]
 def test_every_ecs_alert_fits_the_template(runs: dict[str, list[dict[str, Any]]],
                                            template: Path) -> None:
     mappings = _template(template)
-    docs = runs["ecs"] + runs["ecs-dedupe"] + runs["hunt-ecs"]
+    docs = runs["ecs"] + runs["ecs-dedupe"] + runs["hunt-ecs"] + runs["ecs-suppressed"]
+    for mode in ("ecs-suppressed", "hunt-ecs"):  # both kinds of alert, in both writers
+        assert {"suppressed" in d["iocwatch"] for d in runs[mode]} == {True, False}, mode
     unmapped: set[str] = set()
     wrong: set[tuple[str, str, str]] = set()
     for d in docs:

@@ -10,7 +10,12 @@ from collections.abc import Iterable
 from iocwatch.commands.options import Parser, add_indicator_flags, indicator_sources, merge_exact
 from iocwatch.hunt import Hunt
 from iocwatch.indicators import IndicatorFileError
-from iocwatch.indicators.loading import load_indicators, report_load
+from iocwatch.indicators.loading import (
+    load_allowlists,
+    load_indicators,
+    report_allowlists,
+    report_load,
+)
 from iocwatch.outputs.alerts import AlertWriter
 from iocwatch.usage import UsageError as HuntError
 from iocwatch.usage import redact_url
@@ -33,7 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", required=True, metavar="URL",
                    help="the store: a SQLite path, sqlite:///path or postgresql://...")
     add_indicator_flags(p, ("--ioc", "--ioc-format", "--ioc-exact", "--ioc-cache", "--misp-all",
-                            "--alerts", "--alert-format", "--sensor-name", "--fail-on-alert"),
+                            "--allowlist", "--show-suppressed", "--alerts", "--alert-format",
+                            "--sensor-name", "--fail-on-alert"),
                         _HELPS)
     p.set_defaults(alerts="-")
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line on stderr")
@@ -61,7 +67,7 @@ def check_paths(args: argparse.Namespace) -> None:
     from iocwatch.store.sqlite import sqlite_path
 
     check_file("--alerts", args.alerts)
-    inputs = [("--ioc", p) for p in args.ioc]
+    inputs = [("--ioc", p) for p in args.ioc] + [("--allowlist", p) for p in args.allowlist]
     store = sqlite_path(args.store)
     if store:
         inputs += [("--store", store)]
@@ -82,18 +88,23 @@ def run(args: argparse.Namespace) -> int:
         store = open_store(args.store, readonly=True)
     except (StoreError, ImportError) as exc:  # ImportError: the PostgreSQL driver is missing
         raise HuntError(_store_message(args.store, exc))
+    sources = indicator_sources(args)
+    report = None
     try:
-        indicators, report = load_indicators(indicator_sources(args))
+        indicators, report = load_indicators(sources)
+        report_load(report, args.quiet)
+        allow = load_allowlists(sources)
     except IndicatorFileError as exc:
         store.close()
-        raise HuntError(str(exc))
-    report_load(report, args.quiet)
+        raise HuntError(str(exc) if report is None else f"--allowlist {exc}")
+    if allow is not None:
+        report_allowlists(allow, indicators, args.quiet)
     try:
         writer = AlertWriter(args.alerts, args.alert_format)
     except OSError as exc:
         store.close()
         raise HuntError(f"cannot write {args.alerts}: {exc.strerror or exc}")
-    hunt = Hunt(store, indicators, writer, args.sensor_name)
+    hunt = Hunt(store, indicators, writer, args.sensor_name, allow, args.show_suppressed)
     started = time.monotonic()
     try:
         hunt.run()
@@ -107,5 +118,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stderr.write(f"iocwatch: hunted {s['names']} names, {s['addresses']} addresses, "
                          f"{s['certificates']} certificates, {s['fingerprints']} fingerprints "
                          f"against {len(indicators)} indicators: {hunt.alerts} alerts in "
-                         f"{time.monotonic() - started:.1f} s\n")
+                         f"{time.monotonic() - started:.1f} s"
+                         + (f", {hunt.suppressions.total} matches allow-listed"
+                            if allow is not None else "") + "\n")
     return 3 if args.fail_on_alert and hunt.alerts else 0

@@ -36,6 +36,12 @@ INDICATOR_FLAGS: dict[str, dict[str, Any]] = {
                         help="indicator file whose domains match only themselves, not "
                         "subdomains; repeatable (also given as --ioc)"),
     "--misp-all": dict(action="store_true", help="take MISP attributes not flagged to_ids too"),
+    "--allowlist": dict(action="append", default=[], metavar="FILE",
+                        help="values that never alert (every --ioc format, and MISP "
+                        "warninglists: hostname, string, cidr, substring, regex); repeatable, "
+                        "reloaded with the indicators"),
+    "--show-suppressed": dict(action="store_true",
+                              help="write allow-listed matches too, marked \"suppressed\""),
     "--alerts": dict(metavar="FILE",
                      help="append alerts (JSON lines) to FILE ('-': stdout); default stdout "
                      "when records go elsewhere"),
@@ -67,4 +73,5 @@ def indicator_sources(args: argparse.Namespace) -> IndicatorSources:
     """The parsed indicator flags as the loader takes them."""
     return IndicatorSources(files=tuple(dict.fromkeys(args.ioc + args.ioc_exact)),
                             exact=tuple(args.ioc_exact), format=args.ioc_format,
-                            cache=args.ioc_cache, misp_all=args.misp_all)
+                            cache=args.ioc_cache, misp_all=args.misp_all,
+                            allowlists=tuple(dict.fromkeys(getattr(args, "allowlist", []))))

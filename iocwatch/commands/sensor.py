@@ -31,7 +31,14 @@ from iocwatch.commands.sensor_report import Progress, collect_stats, render_stat
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.flows.dnslink import MAX_TTL
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
-from iocwatch.indicators.loading import IndicatorSources, load_indicators, report_load
+from iocwatch.indicators.allow import AllowLists
+from iocwatch.indicators.loading import (
+    IndicatorSources,
+    load_allowlists,
+    load_indicators,
+    report_allowlists,
+    report_load,
+)
 from iocwatch.indicators.sets import check_cache_path
 from iocwatch.outputs.checks import ALERT_RULES
 from iocwatch.outputs.consumers import loss_line, losses
@@ -58,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="iocwatch",
         description="Extract server names from DNS, TLS and HTTP traffic as mercury-style "
         "JSON records. Subcommands: 'iocwatch coverage', 'iocwatch ingest', "
-        "'iocwatch hunt', 'iocwatch serve' (see their -h).",
+        "'iocwatch hunt', 'iocwatch serve', 'iocwatch explain' (see their -h).",
     )
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("-r", "--read", metavar="FILE", action="append",
@@ -81,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     tls.add_argument("--pem", action="store_true", help="with -w, also write <sha1>.pem")
     ioc = p.add_argument_group("indicators and alerts")
     add_indicator_flags(ioc, ("--ioc", "--ioc-format", "--ioc-cache", "--ioc-exact",
-                              "--misp-all", "--alerts", "--alert-format"))
+                              "--misp-all", "--allowlist", "--show-suppressed", "--alerts",
+                              "--alert-format"))
     ioc.add_argument("--dedupe", type=float, metavar="SECONDS", default=0.0,
                      help="fold repeats of the same indicator, name and host pair within "
                      "SECONDS into one alert with a count")
@@ -142,7 +150,9 @@ def contradictions(args: argparse.Namespace) -> list[str]:
     if not args.ioc:
         for flag, on in (("--ioc-cache", args.ioc_cache),
                          ("--ioc-format", args.ioc_format), ("--misp-all", args.misp_all),
-                         ("--reload-interval", args.reload_interval)):
+                         ("--reload-interval", args.reload_interval),
+                         ("--allowlist", args.allowlist),
+                         ("--show-suppressed", args.show_suppressed)):
             if on and typed(flag):
                 bad.append(f"{flag}: only with --ioc or --ioc-exact (there is nothing to match)")
     if args.interface is not None and args.fail_on_alert and typed("--fail-on-alert"):
@@ -188,6 +198,7 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
     inputs: list[tuple[str, str]] = [("-r", p) for p in getattr(args, "read_files", ())
                                      if p != "-"]
     inputs += [("--ioc", p) for p in dict.fromkeys(args.ioc)]
+    inputs += [("--allowlist", p) for p in dict.fromkeys(args.allowlist)]
     if getattr(args, "config", None):
         inputs.append(("--config", args.config))
     store = getattr(args, "store", None)
@@ -247,7 +258,8 @@ def check_values(args: argparse.Namespace) -> None:
                         ("--stats-json", args.stats_json), ("-j", args.session_dir),
                         ("--session-records", args.session_records), ("-w", args.cert_dir),
                         ("--ioc-cache", args.ioc_cache), ("--config", getattr(args, "config", None)),
-                        *(("--ioc", p) for p in args.ioc)):
+                        *(("--ioc", p) for p in args.ioc),
+                        *(("--allowlist", p) for p in args.allowlist)):
         if value == "":
             raise UsageError(f"{flag}: empty path")
     if not 1 <= args.workers <= 64:
@@ -317,6 +329,20 @@ def load(args: argparse.Namespace, sources: IndicatorSources) -> IndicatorSet | 
     return indicators
 
 
+def load_allow(args: argparse.Namespace, sources: IndicatorSources,
+               indicators: IndicatorSet | None) -> tuple[AllowLists | None, dict | None]:
+    """The --allowlist files and what their load said (indicators they allow included)."""
+    if indicators is None:
+        return None, None
+    try:
+        allow = load_allowlists(sources)
+    except IndicatorFileError as exc:
+        raise UsageError(f"--allowlist {exc}")
+    if allow is None:
+        return None, None
+    return allow, report_allowlists(allow, indicators, args.quiet)
+
+
 def run(args: argparse.Namespace) -> int:
     """Checks first (nothing opened or written until all pass), then a live or a file run."""
     merge_exact(args)
@@ -336,6 +362,7 @@ def run(args: argparse.Namespace) -> int:
         if reader is not None:
             probe_sinks(args)
         indicators = load(args, sources)
+        allow, allow_summary = load_allow(args, sources, indicators)
     except BaseException:
         if reader is not None:
             reader.close()
@@ -343,7 +370,7 @@ def run(args: argparse.Namespace) -> int:
 
     def make_pipeline() -> SensorPipeline:
         return SensorPipeline(args, to.records is not None, args.session_records is not None,
-                              indicators, sources)
+                              indicators, sources, allow, allow_summary)
 
     if reader is None:
         from iocwatch.workers import run_live
@@ -455,6 +482,9 @@ def run_report(engine: Engine, reader: CaptureReader | CaptureSet, pipeline: Sen
     extra = {k: v for k, v in pipeline.counters().items() if k != "alerts"}
     if extra:
         report["extensions"] = extra
+    if pipeline.allow is not None:
+        report["suppressed"] = pipeline.suppressions.report()
+        report["allowlist"] = pipeline.allow_summary or {}
     if sessions is not None:
         report["tls_sessions"] = {
             "written": sessions.sessions_written, "write_errors": sessions.write_errors,

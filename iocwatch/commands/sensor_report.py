@@ -143,4 +143,14 @@ def render_stats(r: dict) -> str:
         if section == "linktypes":
             items = {linktype_name(k): v for k, v in items.items()}
         lines.extend(f"    {k:<40} {v}" for k, v in items.items())
+    sup = r.get("suppressed")
+    if sup is not None:
+        lines.append(f"  suppressed by allow-lists: {sup['total']}")
+        for name, per in sup["lists"].items():
+            lines.append(f"    {name:<40} {per['total']}")
+            lines.extend(f"      {entry:<38} {n}" for entry, n in per["entries"].items())
+    allow = r.get("allowlist")
+    if allow:
+        lines.append(f"  allow-lists: {allow['entries']} entries, {allow['skipped']} skipped, "
+                     f"{allow['allowlisted_indicators']} indicators allow-listed")
     return "\n".join(lines) + "\n"

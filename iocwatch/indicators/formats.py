@@ -91,6 +91,8 @@ def json_kind(doc: Any) -> str | None:
     if isinstance(doc, dict):
         if doc.get("type") == "bundle" or "objects" in doc or doc.get("type") == "indicator":
             return "stix"
+        if is_warninglist(doc):
+            return "warninglist"
         if "Event" in doc or "response" in doc or _bare_event(doc):
             return "misp"
         if doc and all(isinstance(v, dict) and _UUID.fullmatch(k) for k, v in doc.items()):
@@ -634,6 +636,17 @@ def read_stix(text: str, sink: Sink, exact: bool) -> None:
                 sink.add(value, kind, n, meta, exact)
 
 
+_LITERAL = re.compile(r"'((?:[^'\\]|\\.){1,4096})'")
+
+
+def pattern_literals(pattern: Any) -> tuple[str, ...]:
+    """The string literals of a STIX pattern (at most 64), without parsing it: what an
+    indicator that did not load was about, for ``iocwatch explain``."""
+    if not isinstance(pattern, str) or len(pattern) > MAX_PATTERN:
+        return ()
+    return tuple(_string_literal(f"'{x}'") for x in _LITERAL.findall(pattern)[:64])
+
+
 def _stix_parser_missing() -> str | None:
     """Why STIX patterns cannot be parsed here (the package is missing), else None."""
     try:
@@ -687,7 +700,7 @@ def _stix_indicator(obj: dict[str, Any], oid: str, n: int, names: dict[str, str]
     if invalid == m.R_NOT_YET or (invalid is None and obj.get("valid_until") is not None):
         sink.volatile()  # the answer changes with time alone: a cache must not keep it
     if invalid is not None:
-        sink.ignore(n, invalid)
+        sink.ignore(n, invalid, pattern_literals(obj.get("pattern")))
         return None
     ptype = obj.get("pattern_type", "stix")
     pattern = obj.get("pattern")
@@ -706,7 +719,8 @@ def _stix_indicator(obj: dict[str, Any], oid: str, n: int, names: dict[str, str]
     try:
         terms = stix_terms(pattern)
     except _Unsupported as e:
-        sink.unsupported(n, f"{oid}: unsupported pattern: {e}", listed=True, why=m.R_PATTERN)
+        sink.unsupported(n, f"{oid}: unsupported pattern: {e}", listed=True, why=m.R_PATTERN,
+                         values=pattern_literals(pattern))
         return None
     except RecursionError:
         sink.skip(n, f"{oid}: bad STIX pattern: nested too deeply", m.R_BAD_PATTERN)
@@ -860,11 +874,13 @@ def _misp_attribute(attr: dict[str, Any], n: int, sink: Sink, misp_all: bool, wh
                     event_uuid: str | None
                     ) -> tuple[list[tuple[str, str]], dict[str, Any]] | None:
     """The values and metadata of one attribute, or None after counting why not."""
+    raw = attr.get("value")
+    values = tuple(raw.split("|")) if isinstance(raw, str) and "\x00" not in raw else ()
     if _truthy(attr.get("deleted")):
-        sink.ignore(n, m.R_DELETED)
+        sink.ignore(n, m.R_DELETED, values)
         return None
     if not misp_all and not _truthy(attr.get("to_ids")):
-        sink.ignore(n, m.R_NOT_IDS)
+        sink.ignore(n, m.R_NOT_IDS, values)
         return None
     atype = attr.get("type", "")
     atype = atype.lower() if isinstance(atype, str) else ""
@@ -902,8 +918,65 @@ def _misp_attribute(attr: dict[str, Any], n: int, sink: Sink, misp_all: bool, wh
     return parts, meta
 
 
+# --------------------------------------------------------------------------- warninglist
+
+#: the ``type`` values of a MISP warninglist (its schema.json): how ``list`` entries match
+WARNINGLIST_TYPES = ("string", "substring", "hostname", "cidr", "regex")
+#: types an indicator set can hold; ``substring`` and ``regex`` only an allow-list applies
+_WARNINGLIST_SET_TYPES = ("string", "hostname", "cidr")
+
+
+def is_warninglist(doc: Any) -> bool:
+    """A MISP warninglist ``list.json``: ``name``, ``type`` (one of :data:`WARNINGLIST_TYPES`)
+    and ``list`` (strings)."""
+    return (isinstance(doc, dict) and isinstance(doc.get("list"), list)
+            and doc.get("type") in WARNINGLIST_TYPES and isinstance(doc.get("name"), str))
+
+
+def warninglist_entries(text: str, doc: dict[str, Any], sink: Sink
+                        ) -> Iterator[tuple[int, str]]:
+    """(line, entry) of each text entry of a warninglist's ``list``; the line is found by
+    looking for the entry's JSON text after the previous one (1 when written otherwise)."""
+    pos, line = 0, 1
+    for i, entry in enumerate(doc["list"]):
+        if not isinstance(entry, str):
+            sink.skip(line, f"list[{i}] is not a string", m.R_SHAPE)
+            continue
+        if "\x00" in entry:
+            sink.skip(line, f"list[{i}]: NUL byte", m.R_ENCODING)
+            continue
+        at = text.find(orjson.dumps(entry).decode(), pos)
+        if at >= 0:
+            line += text.count("\n", pos, at)
+            pos = at
+        yield line, entry
+
+
+def read_warninglist(text: str, sink: Sink, exact: bool) -> None:
+    """A MISP warninglist as indicators: ``hostname`` entries are domains (with their
+    subdomains), ``string`` entries exact values, ``cidr`` entries addresses and ranges.
+    ``substring`` and ``regex`` lists are counted as unsupported here: only ``--allowlist``
+    (:mod:`.allow`) applies them."""
+    doc = _load_json(text, sink)
+    if doc is None:
+        return
+    if not is_warninglist(doc):
+        sink.skip(1, "not a MISP warninglist (name, type, list)", m.R_DOCUMENT)
+        return
+    wtype = doc["type"]
+    meta: dict[str, Any] = {"list": doc["name"], "type": wtype}
+    for n, entry in warninglist_entries(text, doc, sink):
+        if wtype not in _WARNINGLIST_SET_TYPES:
+            sink.unsupported(n, f"warninglist {wtype}")
+        elif wtype == "hostname":
+            sink.add(entry.strip().removeprefix("."), m.DOMAIN, n, meta, exact)
+        else:
+            sink.add(entry, None, n, meta, exact or wtype == "string")
+
+
 READERS: dict[str, Callable[..., None]] = {
     "plain": read_plain, "csv": read_csv, "zeek": read_zeek, "stix": read_stix,
+    "warninglist": read_warninglist,
     "maltrail": lambda text, sink, exact: maltrail.read_maltrail(text, sink, exact),
 }
 

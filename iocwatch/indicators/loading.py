@@ -8,6 +8,10 @@ import sys
 from dataclasses import dataclass
 
 from iocwatch.indicators import IndicatorSet, LoadReport
+from iocwatch.indicators.allow import AllowLists
+
+#: indicators on an allow-list listed on stderr at load (the total follows)
+MAX_LISTED_ALLOWED = 20
 
 
 @dataclass(frozen=True)
@@ -20,6 +24,8 @@ class IndicatorSources:
     format: str | None = None
     cache: str | None = None
     misp_all: bool = False
+    #: ``--allowlist`` files (reloaded with the indicators)
+    allowlists: tuple[str, ...] = ()
 
 
 def load_indicators(sources: IndicatorSources) -> tuple[IndicatorSet, LoadReport]:
@@ -45,3 +51,39 @@ def report_load(report: LoadReport, quiet: bool) -> None:
         sys.stderr.write(f"iocwatch: {report.loaded} indicators loaded from "
                          f"{len(report.files)} file(s), {report.skipped_total} skipped, "
                          f"{report.unsupported} unsupported, {report.ignored} ignored\n")
+
+
+def load_allowlists(sources: IndicatorSources) -> AllowLists | None:
+    """The ``--allowlist`` files (None without any); raises IndicatorFileError as the
+    indicator files do."""
+    return AllowLists.load(sources.allowlists) if sources.allowlists else None
+
+
+def report_allowlists(allow: AllowLists, indicators: IndicatorSet, quiet: bool) -> dict:
+    """The allow-lists' own load problems, then every indicator whose value is allowed (a
+    feed to clean at the source): the first :data:`MAX_LISTED_ALLOWED` with file and line on
+    stderr, and a total. Returns what ``--stats-json`` shows of it."""
+    rep = allow.report
+    for path, line, reason in rep.skipped[:20]:
+        sys.stderr.write(f"iocwatch: allowlist {path}:{line}: skipped: {reason}\n")
+    if rep.skipped_total > 20:
+        sys.stderr.write(f"iocwatch: allowlist: ... {rep.skipped_total - 20} more skipped\n")
+    for w in rep.warnings:
+        sys.stderr.write(f"iocwatch: warning: allowlist {w}\n")
+    listed = allow.listed(indicators)
+    for ind, got in listed[:MAX_LISTED_ALLOWED]:
+        sys.stderr.write(f"iocwatch: warning: {ind.file}:{ind.line}: indicator {ind.value} is "
+                         f"allow-listed by {got.list} ({got.type} {got.entry}, {got.file}:"
+                         f"{got.line}): its matches are suppressed\n")
+    if listed:
+        sys.stderr.write(f"iocwatch: warning: {len(listed)} indicators are allow-listed"
+                         + (f" ({len(listed) - MAX_LISTED_ALLOWED} not listed above)"
+                            if len(listed) > MAX_LISTED_ALLOWED else "") + "\n")
+    if not quiet:
+        sys.stderr.write(f"iocwatch: {len(allow)} allow-list entries loaded from "
+                         f"{len(rep.files)} file(s), {rep.skipped_total} skipped\n")
+    return {"entries": len(allow), "files": len(rep.files), "skipped": rep.skipped_total,
+            "allowlisted_indicators": len(listed),
+            "allowlisted": [{"value": ind.value, "file": ind.file, "line": ind.line,
+                             "list": got.list, "entry": got.entry, "type": got.type}
+                            for ind, got in listed[:100]]}

@@ -30,7 +30,7 @@ KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA
 FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4, SPKI)
 
 #: Format names accepted by ``IndicatorSet.load(fmt=...)`` (the CLI's ``--ioc-format``).
-FORMATS: tuple[str, ...] = ("plain", "csv", "zeek", "stix", "misp", "maltrail")
+FORMATS: tuple[str, ...] = ("plain", "csv", "zeek", "stix", "misp", "maltrail", "warninglist")
 
 
 @dataclass(slots=True, frozen=True)
@@ -123,6 +123,10 @@ class LoadReport:
     skipped_total: int = 0
     ignored: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
+    #: ``(file, line, reason, values)`` of entries ignored (expired, revoked, not to_ids) or
+    #: unsupported (STIX patterns) whose values are known, capped per file, so that
+    #: ``iocwatch explain`` can say why a value did not match; not kept in ``--ioc-cache``
+    not_loaded: list[tuple[str, int, str, tuple[str, ...]]] = field(default_factory=list)
 
 
 class IndicatorFileError(Exception):

@@ -58,6 +58,17 @@ def normalise_name(name: str | bytes) -> str:
     return ".".join([_label(lab) for lab in s.split(".")])
 
 
+def normalise_steps(name: str) -> list[tuple[str, str]]:
+    """What :func:`normalise_name` does to a name, step by step, for ``iocwatch explain``:
+    ``(step, result)`` for the raw text, lower case, the trailing dot and IDNA. The last
+    result is :func:`normalise_name`'s own, so the steps can never disagree with it."""
+    s = name.strip()
+    low = s.lower() if s.isascii() else s.translate(_DOTS).lower()
+    undotted = low[:-1] if low.endswith(".") else low
+    return [("raw", name), ("lower case", low), ("trailing dot removed", undotted),
+            ("IDNA (A-labels)", normalise_name(name))]
+
+
 def refang(value: str) -> str:
     """Undo the usual defanging of report text (``evil[.]com``, ``hxxp://``)."""
     for a, b in _DEFANG:

@@ -241,6 +241,19 @@ class _NameIndex:
         return tab, nxt
 
 
+def _refusal(flags: int, code: int, at_self: bool) -> str | None:
+    """Why a name row does not apply to the name it is filed under (``at_self``) or to a
+    subdomain of it; None when it applies. The one rule :meth:`IndicatorSet.match_name` and
+    :meth:`IndicatorSet.explain_name` share."""
+    if at_self:
+        return "subdomains only: *.NAME does not match NAME itself" if flags & WILDCARD else None
+    if flags & _EXACT:
+        return "exact-only: matches the name itself, not its subdomains"
+    if code == _URL_CODE:
+        return "URL indicator: matches its own host, not subdomains of it"
+    return None
+
+
 def _row_key(value: str, code: int, flags: int) -> bytes:
     """The name a row is filed under: the domain (without ``*.``) or the URL's host."""
     if code == _URL_CODE:
@@ -367,6 +380,7 @@ class _FileSink:
         self.fidx = len(b.files)
         b.files.append(summary.path)
         self.listed = 0
+        self.kept = 0
         self.unsupported_types: Counter[str] = Counter()
         self.extra_files = extra_files
         self.last_meta: dict[str, Any] | None = None
@@ -430,19 +444,27 @@ class _FileSink:
         self._list(line, reason)
 
     def unsupported(self, line: int, what: str, listed: bool = False,
-                    why: str = m.R_UNSUPPORTED) -> None:
+                    why: str = m.R_UNSUPPORTED, values: tuple[str, ...] = ()) -> None:
         """Counted once, as unsupported; ``listed`` also shows it in the listing."""
         self.report.unsupported += 1
         self._count(why)
+        self._keep(line, why, values)
         if listed:
             self._list(line, what)
         else:
             self.unsupported_types[what] += 1
 
-    def ignore(self, line: int, why: str) -> None:
+    def ignore(self, line: int, why: str, values: tuple[str, ...] = ()) -> None:
         """Deliberately not loaded (MISP ``to_ids`` unset, deleted, revoked): counted once."""
         self.report.ignored += 1
         self._count(why)
+        self._keep(line, why, values)
+
+    def _keep(self, line: int, why: str, values: tuple[str, ...]) -> None:
+        """The values of an entry not loaded, for ``iocwatch explain`` (capped per file)."""
+        if values and self.kept < MAX_SKIPPED_LISTED:
+            self.kept += 1
+            self.report.not_loaded.append((self.summary.path, line, why, tuple(values)))
 
     def comment(self) -> None:
         self.summary.comments += 1
@@ -514,7 +536,7 @@ def describe_reasons(summary: FileSummary, noun: tuple[str, str],
 NOUNS: dict[str, tuple[str, str]] = {
     "plain": ("line", "lines"), "csv": ("row", "rows"), "zeek": ("line", "lines"),
     "stix": ("entry", "entries"), "misp": ("attribute", "attributes"),
-    "maltrail": ("trail", "trails")}
+    "maltrail": ("trail", "trails"), "warninglist": ("entry", "entries")}
 ENTRIES = ("entry", "entries")
 
 
@@ -779,11 +801,51 @@ class IndicatorSet:
         while r > last:  # a row list only goes forward: a forged one ends here
             last = r
             row = r - 1
-            f = flags[row]
-            # on a subdomain, exact indicators and URL hosts do not apply
-            if (not f & WILDCARD) if at_self else (not f & _EXACT and kinds[row] != _URL_CODE):
+            if _refusal(flags[row], kinds[row], at_self) is None:
                 out.append(self._indicator(row))
             r = nxt[row]
+
+    def explain_name(self, name: str) -> list[tuple[str, list[tuple[Indicator, str | None]]]]:
+        """For ``iocwatch explain``: every label suffix of an already normalised name,
+        longest first, with the indicators filed under it and, for each, None when it
+        applies to the name or the reason it does not (the rule :meth:`match_name` applies).
+
+        Every suffix is probed (no filter shortcut): slower than :meth:`match_name`, and
+        meant for one name at a time. A wildcard name's children come last, under ``*.``.
+        """
+        b = name.encode("utf-8", "surrogatepass")
+        out: list[tuple[str, list[tuple[Indicator, str | None]]]] = []
+        start = 0
+        while True:
+            key = b[start:]
+            rows: list[tuple[Indicator, str | None]] = []
+            self._filed(key, start == 0, rows)
+            out.append((key.decode("utf-8", "surrogatepass"), rows))
+            dot = b.find(46, start)
+            if dot < 0:
+                break
+            start = dot + 1
+        if name.startswith("*.") and self._ctab:
+            out.append((name, [(i, None) for i in self._children_of(b[2:])]))
+        return out
+
+    def _filed(self, key: bytes, at_self: bool, out: list[tuple[Indicator, str | None]]) -> None:
+        """Rows filed under ``key`` with :func:`_refusal`'s verdict for the name."""
+        tab, hashes = self._ntab, self._nhash
+        mask = len(tab) - 1
+        h = crc32(key)
+        i = _slot(h, mask)
+        while r := tab[i]:
+            if hashes[i] == h and self._name_key(r - 1) == key:
+                last = 0
+                while r > last:
+                    last = r
+                    row = r - 1
+                    out.append((self._indicator(row),
+                                _refusal(self._flags[row], self._kinds[row], at_self)))
+                    r = self._nnext[row]
+                return
+            i = (i + 1) & mask
 
     def match_name(self, name: str) -> list[Indicator]:
         """Indicators matching an already normalised name (see :func:`normalise_name`).

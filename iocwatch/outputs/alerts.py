@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from enum import Enum
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import communityid
 import orjson
 
+from iocwatch.indicators.allow import Allowed
 from iocwatch.indicators.normalise import ip_port
 from iocwatch.model.channels import CHANNELS, Channel
 from iocwatch.outputs.streams import LineStream, open_stream
@@ -31,6 +32,7 @@ __all__ = [
     "AlertWriter",
     "Deduper",
     "IndicatorLike",
+    "Suppressions",
     "alerts_for",
     "build_alert",
     "community_id",
@@ -232,10 +234,53 @@ def build_alert(
     return alert
 
 
-def alerts_for(record: dict, matches: Sequence[Match], sensor: str) -> list[dict]:
-    """The alerts of one record's matches (see :class:`~iocwatch.matcher.Matcher`)."""
-    return [build_alert(record=record, channel=m.channel, name=m.name, normalised=m.normalised,
-                        indicator=m.indicator, sensor=sensor) for m in matches]
+class Suppressions:
+    """Matches an allow-list suppressed: counted per list and per entry, and written (marked
+    ``suppressed``) only when ``show`` (``--show-suppressed``)."""
+
+    __slots__ = ("show", "total", "by_list", "by_entry")
+
+    def __init__(self, show: bool = False) -> None:
+        self.show = show
+        self.total = 0
+        self.by_list: Counter[str] = Counter()
+        self.by_entry: Counter[tuple[str, str]] = Counter()
+
+    def take(self, allowed: Allowed) -> bool:
+        """Count one suppressed match; True when it is still to be written."""
+        self.total += 1
+        self.by_list[allowed.list] += 1
+        self.by_entry[(allowed.list, allowed.entry)] += 1
+        return self.show
+
+    def report(self) -> dict[str, Any]:
+        """``{"total": n, "lists": {list: {"total": n, "entries": {entry: n}}}}`` (numbers
+        only at the leaves, so the counters of several workers add up)."""
+        lists: dict[str, Any] = {}
+        for name, n in self.by_list.most_common():
+            lists[name] = {"total": n, "entries": {}}
+        for (name, entry), n in self.by_entry.most_common():
+            lists[name]["entries"][entry] = n
+        return {"total": self.total, "lists": lists}
+
+
+def alerts_for(record: dict, matches: Sequence[Match], sensor: str,
+               suppressions: Suppressions | None = None) -> list[dict]:
+    """The alerts of one record's matches (see :class:`~iocwatch.matcher.Matcher`).
+
+    A match an allow-list suppresses is counted in ``suppressions`` and left out, or written
+    with ``suppressed`` (list, entry, type) when ``suppressions.show``."""
+    out = []
+    for m in matches:
+        allowed = m.allowed
+        if allowed is not None and (suppressions is None or not suppressions.take(allowed)):
+            continue
+        alert = build_alert(record=record, channel=m.channel, name=m.name,
+                            normalised=m.normalised, indicator=m.indicator, sensor=sensor)
+        if allowed is not None:
+            alert["suppressed"] = allowed.as_dict()
+        out.append(alert)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,7 +491,7 @@ def to_ecs(alert: dict) -> dict:
         extra["tls"] = {"client": {"ja4": name}}
     elif chan is Channel.JA4S:
         extra["tls"] = {"server": {"ja4s": name}}
-    for key in ("count", "first_seen", "last_seen", "tailgated", "check"):
+    for key in ("count", "first_seen", "last_seen", "tailgated", "check", "suppressed"):
         if key in alert:
             extra[key] = alert[key]
     out["iocwatch"] = extra
