@@ -77,6 +77,8 @@ class WorkerPipeline(Protocol):
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None: ...
 
+    def packets(self, source: Any, share: tuple[int, int] | None = None) -> Any: ...
+
     def close(self) -> None: ...
 
 
@@ -215,7 +217,7 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
     ending = "end"
     try:
         try:
-            engine.run(reader)
+            engine.run(pipeline.packets(reader, share=(index, split.workers)))
         except KeyboardInterrupt:
             ending = "interrupted"
         engine.finish()

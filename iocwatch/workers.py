@@ -58,6 +58,10 @@ class Pipeline(Protocol):
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None: ...
 
+    def packets(self, source: Any, share: tuple[int, int] | None = None,
+                live: bool = False) -> Any:
+        """What the engine reads: the batch, or the carver (--carve) in front of it."""
+
     def tick(self) -> None:
         """Between batches: consumers hand over finished background work."""
 
@@ -126,7 +130,7 @@ def _worker(index: int, cap: LiveCapture,
 
     def run(batch: list) -> None:
         nonlocal errors
-        it = iter(batch)
+        it = iter(pipeline.packets(batch, live=True))
         while True:
             try:
                 engine.run(it)

@@ -438,7 +438,7 @@ def to_ecs(alert: dict) -> dict:
         extra["tls"] = {"client": {"ja4": name}}
     elif chan is Channel.JA4S:
         extra["tls"] = {"server": {"ja4s": name}}
-    for key in ("count", "first_seen", "last_seen", "tailgated"):
+    for key in ("count", "first_seen", "last_seen", "tailgated", "carve"):
         if key in alert:
             extra[key] = alert[key]
     out["iocwatch"] = extra
