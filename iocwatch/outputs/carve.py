@@ -43,7 +43,7 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from iocwatch.decode.packet import Decoder
 
@@ -67,6 +67,8 @@ _PCAP_HEADER = struct.Struct("<IHHiIII")
 _RECORD = struct.Struct("<IIII")
 _SAFE = str.maketrans({"+": "-", "/": "_", "=": None, ":": "-"})
 
+#: a packet as the capture readers yield it: (seconds, microseconds, link type, bytes)
+Packet = tuple[int, int, int, bytes]
 _TCP, _UDP = 6, 17
 _FIN, _RST = 0x01, 0x04
 
@@ -92,7 +94,7 @@ class _Flow:
         self.linktype = linktype
         self.sec, self.usec = sec, usec  # the first packet's time: the file's name
         self.last = sec
-        self.head: list[tuple[int, int, bytes]] | None = []
+        self.head: list[Packet] | None = []  # the reader's own tuples
         self.held = FLOW_OVERHEAD  # bytes counted in the budget for this flow
         self.fins = 0  # bit 1: FIN from keys[0]'s side, bit 2: from the other
         self.closed = 0  # capture time of the RST or second FIN (0: open)
@@ -129,7 +131,9 @@ class Carver:
         self.held = 0
         self.next_sweep = 0
         self.now = 0
-        self.current: tuple[_Flow, int, int, bytes, bool] | None = None
+        #: the packet being read and its flow: an alert raised on it puts it in the file
+        self.cur: Packet | None = None
+        self.cur_flow: _Flow | None = None
         self.decoder = Decoder(Counter())  # its counters are the engine's business, not ours
         self.stats: Counter[str] = Counter()
         for name in ("carve_files", "carve_packets", "carve_flows_evicted", "carve_tail_cut",
@@ -137,92 +141,103 @@ class Carver:
             self.stats[name] = 0
 
     # -- the packet path ------------------------------------------------------------------
-    def packets(self, source: Iterable[tuple[int, int, int, bytes]]
-                ) -> Iterator[tuple[int, int, int, bytes]]:
-        """Every packet of ``source``, unchanged, each seen here just before the engine."""
-        see = self.see
+    def packets(self, source: Iterable[Packet]) -> Iterator[Packet]:
+        """Every packet of ``source``, unchanged, each seen here just before the engine: keyed,
+        then held (the reader's own tuple), written, or let go. One loop, locals only: this
+        runs for every packet of a --carve run."""
+        flows = self.flows
+        orders = self.orders
+        stats = self.stats
+        head_max = self.head_max
+        decode = self.decoder.decode
+        ipv4, ipv6 = b"\x08\x00", b"\x86\xdd"
         for pkt in source:
+            sec, _usec, linktype, data = pkt
             try:
-                see(*pkt)
+                if sec >= self.next_sweep or (self.closing and sec != self.now):
+                    self._clock(sec)
+                flags = -1
+                if linktype == 1 and data[12:14] == ipv4 and data[14] == 0x45 and not (
+                        data[20] & 0x3F or data[21]):  # IPv4 without options, not a fragment
+                    proto = data[23]
+                    if proto == _TCP:
+                        key = b"\x06" + data[26:38]
+                        flags = data[47]
+                    elif proto == _UDP:
+                        key = b"\x11" + data[26:38]
+                    else:
+                        key = b""
+                elif linktype == 1 and data[12:14] == ipv6 and data[20] in (_TCP, _UDP):
+                    key = data[20:21] + data[22:58]
+                    if data[20] == _TCP:
+                        flags = data[67]
+                else:
+                    key, flags = self._key(decode(linktype, data, sec))
+                if key:
+                    flow = flows.get(key)
+                    if flow is None or (flow.closed and flags & 0x12 == 0x02):
+                        # a new flow, or a fresh SYN on an ended flow's 5-tuple
+                        flow = self._new(key, pkt, flow)
+                    elif flow.last != sec:
+                        flow.last = sec
+                        order = orders[key[0]]
+                        del order[flow]
+                        order[flow] = None
+                    if flow is not None:
+                        self.cur, self.cur_flow = pkt, flow
+                        if flags > 0 and flags & (_FIN | _RST):
+                            self._fin(flow, key, flags, sec)
+                        head = flow.head
+                        if linktype != flow.linktype:  # a pcapng interface of another type
+                            stats["carve_uncarved_packets"] += 1
+                        elif head is not None:
+                            if len(head) < head_max:
+                                head.append(pkt)
+                                size = len(data) + PACKET_OVERHEAD
+                                flow.held += size
+                                self.held += size
+                                if self.held > self.budget:
+                                    self._evict(flow)
+                        elif flow.out is not None:
+                            self._write(flow, pkt)
             except Exception:  # noqa: BLE001 - a hostile packet is counted, never fatal
-                self.stats["carve_uncarved_packets"] += 1
+                stats["carve_uncarved_packets"] += 1
             yield pkt
 
-    def see(self, sec: int, usec: int, linktype: int, data: bytes) -> None:
-        """Key the packet, then hold it, write it, or let it go."""
-        self.current = None
+    @staticmethod
+    def _key(dec: Any) -> tuple[bytes, int]:
+        """Key and TCP flags (-1: none) of a packet the decoder read; no key: not carved."""
+        if dec is None:
+            return b"", -1
+        _v, src, dst, proto, l4, _ttl, _id = dec
+        if proto not in (_TCP, _UDP) or len(l4) < 4:
+            return b"", -1
+        flags = l4[13] if proto == _TCP and len(l4) >= 14 else -1
+        return bytes((proto,)) + src + dst + l4[:4], flags
+
+    def _clock(self, sec: int) -> None:
         if sec >= self.next_sweep:
             self._sweep(sec)
-        if self.closing and sec != self.now:
+        if self.closing:
             self._end_closed(sec)
         self.now = sec
-        flags = -1
-        if linktype == 1 and data[12:14] == b"\x08\x00" and data[14] == 0x45 and (
-                data[20] & 0x3F) == 0 and data[21] == 0:  # IPv4, no options, not a fragment
-            proto = data[23]
-            if proto == _TCP:
-                key = b"\x06" + data[26:38]
-                flags = data[47]
-            elif proto == _UDP:
-                key = b"\x11" + data[26:38]
-            else:
-                return
-        elif linktype == 1 and data[12:14] == b"\x86\xdd" and data[20] in (_TCP, _UDP):
-            proto = data[20]
-            key = data[20:21] + data[22:58]
-            if proto == _TCP:
-                flags = data[67]
-        else:
-            dec = self.decoder.decode(linktype, data, sec)
-            if dec is None:
-                return
-            _v, src, dst, proto, l4, _ttl, _id = dec
-            if proto not in (_TCP, _UDP) or len(l4) < 4:
-                return
-            key = bytes((proto,)) + src + dst + l4[:4]
-            if proto == _TCP and len(l4) >= 14:
-                flags = l4[13]
-        flow = self.flows.get(key)
-        if flow is not None and flow.closed and flags & 0x12 == 0x02:
-            self._forget(flow)  # a fresh SYN on an ended flow's 5-tuple: a new connection
-            flow = None
-        if flow is None:
-            flow = self._new(key, linktype, sec, usec)
-            if flow is None:
-                return
-        elif flow.last != sec:
-            flow.last = sec
-            order = self.orders[key[0]]
-            del order[flow]
-            order[flow] = None
-        if flags >= 0 and flags & (_FIN | _RST) and not flow.closed:
-            if flags & _RST:
-                flow.closed = sec
-            else:
-                flow.fins |= 1 if key == flow.keys[0] else 2
-                if flow.fins == 3:
-                    flow.closed = sec
-            if flow.closed:
-                self.closing[flow] = None
-        if linktype != flow.linktype:  # a pcapng interface of another link type
-            self.stats["carve_uncarved_packets"] += 1
-            return
-        head = flow.head
-        if head is not None:
-            if len(head) < self.head_max:
-                head.append((sec, usec, data))
-                size = len(data) + PACKET_OVERHEAD
-                flow.held += size
-                self.held += size
-                if self.held > self.budget:
-                    self._evict(flow)
-                self.current = (flow, sec, usec, data, True)
-            else:
-                self.current = (flow, sec, usec, data, False)
-        elif flow.out is not None:
-            self._write(flow, sec, usec, data)
 
-    def _new(self, key: bytes, linktype: int, sec: int, usec: int) -> _Flow | None:
+    def _fin(self, flow: _Flow, key: bytes, flags: int, sec: int) -> None:
+        """A FIN or RST: the flow ends after the RST or once both sides sent a FIN."""
+        if flow.closed:
+            return
+        if flags & _RST:
+            flow.closed = sec
+        else:
+            flow.fins |= 1 if key == flow.keys[0] else 2
+            if flow.fins == 3:
+                flow.closed = sec
+        if flow.closed:
+            self.closing[flow] = None
+
+    def _new(self, key: bytes, pkt: Packet, old: _Flow | None) -> _Flow | None:
+        if old is not None:
+            self._forget(old)
         share = self.share
         if share is not None and key in self.foreign:
             return None
@@ -234,11 +249,12 @@ class Carver:
             if zlib.crc32(key[:1] + (a + b if a < b else b + a)) % share[1] != share[0]:
                 foreign = self.foreign
                 if len(foreign) >= 1 << 16:
-                    for old in list(islice(foreign, 1 << 12)):
-                        del foreign[old]
+                    for old_key in list(islice(foreign, 1 << 12)):
+                        del foreign[old_key]
                 foreign[key] = None
                 foreign[rkey] = None
                 return None
+        sec, usec, linktype, _data = pkt
         flow = _Flow((key, rkey), linktype, sec, usec)
         self.flows[key] = flow
         self.flows[rkey] = flow
@@ -271,9 +287,9 @@ class Carver:
             n += 1
         flow.name = name
         head = flow.head or []
-        current = self.current
-        if current is not None and current[0] is flow and not current[4]:
-            head = [*head, current[1:4]]  # the alerting packet, past the head
+        cur = self.cur
+        if cur is not None and self.cur_flow is flow and (not head or head[-1] is not cur):
+            head = [*head, cur]  # the alerting packet, past the head
         self.held -= flow.held - FLOW_OVERHEAD
         flow.held = FLOW_OVERHEAD
         flow.head = None
@@ -282,7 +298,7 @@ class Carver:
         try:
             out = flow.out = open(flow.tmp, "wb")  # noqa: SIM115 - kept open for the tail
             out.write(_PCAP_HEADER.pack(0xA1B2C3D4, 2, 4, 0, 0, SNAPLEN, flow.linktype))
-            for sec, usec, data in head:
+            for sec, usec, _lt, data in head:
                 out.write(_RECORD.pack(sec, usec, len(data), len(data)))
                 out.write(data)
         except OSError:
@@ -297,9 +313,10 @@ class Carver:
         if flow.tail == 0:
             self._finish(flow)
 
-    def _write(self, flow: _Flow, sec: int, usec: int, data: bytes) -> None:
+    def _write(self, flow: _Flow, pkt: Packet) -> None:
         out = flow.out
         assert out is not None
+        sec, usec, _lt, data = pkt
         try:
             out.write(_RECORD.pack(sec, usec, len(data), len(data)))
             out.write(data)
