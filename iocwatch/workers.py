@@ -340,9 +340,12 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
     _validate(args)
     user = lookup_user(args.user) if getattr(args, "user", None) else None
     caps: list[LiveCapture] = []
+    # --carve writes whole flows: the built-in prefilter (which drops pure ACKs and QUIC
+    # short-header packets) is off unless --filter is given
+    bpf = "" if args.filter is None and getattr(args, "carve", None) else args.filter
     try:
         for _ in range(args.workers):
-            caps.append(LiveCapture(args.interface, args.filter, args.snaplen,
+            caps.append(LiveCapture(args.interface, bpf, args.snaplen,
                                     not args.no_promisc, args.buffer_size,
                                     immediate=not args.no_immediate))
         if args.workers > 1:

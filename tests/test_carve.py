@@ -16,12 +16,14 @@ import shutil
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from iocwatch.outputs.carve import FLOW_OVERHEAD, Carver, file_name
+from tests import netlab
 from tests.pktbuild import eth, ipv4, ipv6, tcp, tcp_conversation, udp
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -305,3 +307,48 @@ def test_unknown_flow_and_hostile_packets(tmp_path):
     assert carver.alert({"src_ip": "nonsense"}, "1:x") is None
     assert carver.stats["carve_unmatched_alerts"] == 2
     carver.close()
+
+
+# -- live capture ------------------------------------------------------------------------------
+
+LIVE_NAMES = ("carve-a.lab.test", "carve-b.lab.test")
+
+
+@pytest.mark.skipif(netlab.lab_unavailable() is not None, reason=str(netlab.lab_unavailable()))
+def test_live_workers_carve_what_dumpcap_saw(tmp_path):
+    """-i --workers 2 --carve in a namespace lab: every alerted flow's file holds exactly the
+    packets dumpcap, capturing beside it, saw of that flow; nothing is left half written."""
+    work = tmp_path / "lab"
+    work.mkdir()
+    issued = netlab.Pki(work / "pki").leaf("carve", LIVE_NAMES)
+    (tmp_path / "ioc.txt").write_text("carve-b.lab.test\n")
+    alerts_file, out = tmp_path / "alerts.json", tmp_path / "carved"
+    with netlab.lab("iwcarve", work) as lab:
+        lab.start_dnsmasq({n: (netlab.SERVER_V4, netlab.SERVER_V6) for n in LIVE_NAMES})
+        lab.start_nginx(netlab.nginx_conf(work, [(LIVE_NAMES, issued)]))
+        lab.wait_listening(lab.server, "tcp", 443)
+        lab.set_resolver(netlab.SERVER_V4)
+        ref = lab.capture(tmp_path / "ref.pcapng")
+        with netlab.running_sensor(
+                ["-i", lab.client_if, "--workers", "2", "--no-records", "--ioc",
+                 str(tmp_path / "ioc.txt"), "--alerts", str(alerts_file), "--carve", str(out),
+                 "--stats-interval", "0.5"],
+                tmp_path / "iocwatch.log", ns=lab.client, timeout=15, stop_timeout=20):
+            for name in LIVE_NAMES:
+                for family in ("-4", "-6"):
+                    lab.run(lab.client, ["curl", "-sS", "-k", "--max-time", "5", family,
+                                         f"https://{name}/"])
+                lab.run(lab.client, ["curl", "-sS", "--max-time", "5", f"http://{name}/"])
+            time.sleep(1.0)
+        ref.stop()
+    reference = tmp_path / "ref.pcapng"
+    alerts = [json.loads(x) for x in alerts_file.read_text().splitlines()]
+    assert {a["channel"] for a in alerts} >= {"dns_query", "tls_sni", "http_host"}
+    assert all(a["normalised"] == "carve-b.lab.test" for a in alerts)
+    firsts = first_alerts(alerts)
+    assert None not in firsts
+    assert sorted(p.name for p in out.iterdir()) == sorted(firsts)  # no temporary file left
+    for name, a in firsts.items():
+        got = [d for _, d in read_pcap(out / name)[1]]
+        assert got == [d for _, d in original_flow(reference, a, tmp_path)], name
+        assert len(tshark_tuples(out / name)) == len(got)
