@@ -11,8 +11,11 @@ the memory bound, flows that end without an alert, the temporary name until a fi
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -351,4 +354,60 @@ def test_live_workers_carve_what_dumpcap_saw(tmp_path):
     for name, a in firsts.items():
         got = [d for _, d in read_pcap(out / name)[1]]
         assert got == [d for _, d in original_flow(reference, a, tmp_path)], name
+        assert len(tshark_tuples(out / name)) == len(got)
+
+
+# -- QUIC ----------------------------------------------------------------------------------------
+
+QUIC_PORT = 47453  # not test_quic_live's: the two may run at once
+
+
+async def _quic_handshake(cert: Path, key: Path, name: str) -> None:
+    import ssl
+
+    from aioquic.asyncio import connect, serve
+    from aioquic.quic.configuration import QuicConfiguration
+
+    server_cfg = QuicConfiguration(is_client=False, alpn_protocols=["iocwatch-test"])
+    server_cfg.load_cert_chain(str(cert), str(key))
+    server = await serve("127.0.0.1", QUIC_PORT, configuration=server_cfg)
+    try:
+        cfg = QuicConfiguration(is_client=True, alpn_protocols=["iocwatch-test"],
+                                server_name=name)
+        cfg.verify_mode = ssl.CERT_NONE
+        async with connect("127.0.0.1", QUIC_PORT, configuration=cfg) as client:
+            for _ in range(3):  # 1-RTT packets after the handshake: the tail
+                await asyncio.wait_for(client.ping(), 5)
+    finally:
+        server.close()
+
+
+@needs_tshark
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("tcpdump") is None,
+                    reason="needs root and tcpdump to capture on loopback")
+def test_quic_flow_is_carved_whole(tmp_path):
+    """A real QUIC connection (aioquic on loopback, captured by tcpdump on "any"): the SNI
+    alert's file is the connection's UDP 5-tuple, Initials and 1-RTT packets alike."""
+    pytest.importorskip("aioquic", reason="aioquic not installed (pip install '.[test]')")
+    from tests.test_quic_live import make_cert, wait_listening
+
+    cert, key = make_cert(tmp_path)
+    cap = tmp_path / "quic.pcap"
+    dump = subprocess.Popen(["tcpdump", "-i", "any", "--immediate-mode", "-U", "-s", "0", "-w",
+                             str(cap), f"udp port {QUIC_PORT}"], stderr=subprocess.PIPE)
+    try:
+        wait_listening(dump)
+        asyncio.run(asyncio.wait_for(_quic_handshake(cert, key, "v1.quic.test"), 20))
+        time.sleep(1.0)
+    finally:
+        dump.send_signal(signal.SIGINT)
+        dump.wait(10)
+    alerts, out, _ = carve_run(tmp_path, cap, "v1.quic.test\n", "--carve-tail", "1000")
+    assert {a["channel"] for a in alerts} >= {"quic_sni"}
+    for name, a in first_alerts(alerts).items():
+        assert a["protocol"] == 17
+        linktype, got = read_pcap(out / name)
+        orig = original_flow(cap, a, tmp_path)
+        assert linktype == 276 and len(orig) > 6
+        assert [d for _, d in got] == [d for _, d in orig]
         assert len(tshark_tuples(out / name)) == len(got)
