@@ -269,6 +269,12 @@ def test_budget_is_never_exceeded(tmp_path):
         _feed(carver, [(1000 + i // 100, eth(ipv6(udp(b"x" * 200, 10000 + i, 53), nxt=17), 0x86DD))])
         assert carver.held <= carver.budget
     assert carver.stats["carve_flows_evicted"] > 1500
+    # one flow alone past the budget goes too: the bound holds for any packet size
+    big = Carver(str(tmp_path), head=32, tail=0, max_mb=4 / 1024)
+    for i in range(40):
+        _feed(big, [(1, eth(ipv4(tcp(b"y" * 1400, 40000, 443, seq=1000 + 1400 * i))))])
+        assert big.held <= big.budget
+    assert big.stats["carve_flows_evicted"] > 0
 
 
 def test_file_is_final_only_when_the_tail_is_full(tmp_path):

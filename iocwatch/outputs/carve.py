@@ -371,7 +371,10 @@ class Carver:
         flow.head = None
 
     def _end_closed(self, now: int) -> None:
-        for flow in list(islice(self.closing, 256)):
+        """Forget the flows that ended long enough ago (in order of their end)."""
+        closing = self.closing
+        while closing:
+            flow = next(iter(closing))
             if now - flow.closed < CLOSED_LINGER:
                 break
             self._forget(flow)
@@ -390,7 +393,7 @@ class Carver:
 
     def _evict(self, keep: _Flow) -> None:
         """Over the budget: the least recently active flows go (of both tables), a batch at
-        once; ``keep``, the flow being read, stays."""
+        once; ``keep``, the flow being read, last, when it alone is over the budget."""
         target = self.budget - self.budget // EVICT_SHARE
         tcp, udp = self.orders[_TCP], self.orders[_UDP]
         evicted = 0
@@ -404,6 +407,9 @@ class Carver:
             if flow.out is not None:
                 self.stats["carve_tail_cut"] += 1
             self._forget(flow)
+            evicted += 1
+        if self.held > self.budget:
+            self._forget(keep)
             evicted += 1
         self.stats["carve_flows_evicted"] += evicted
 
