@@ -29,7 +29,8 @@ Lines (records, alerts, session records) reach this process over a pipe per work
 per megabyte read, and are written here only, so they never interleave; their order across
 workers is not the capture's order. ``--dedupe`` folds alerts per worker, as live capture
 does. Workers write ``-j`` and ``-w`` files themselves (atomic renames; a certificate seen by
-two workers may be written, and counted, twice).
+two workers may be written, and counted, twice), and ``--carve`` files of their own flows only
+(the carver applies the same hash before it holds a packet).
 """
 
 from __future__ import annotations

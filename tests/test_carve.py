@@ -417,3 +417,15 @@ def test_quic_flow_is_carved_whole(tmp_path):
         assert linktype == 276 and len(orig) > 6
         assert [d for _, d in got] == [d for _, d in orig]
         assert len(tshark_tuples(out / name)) == len(got)
+
+
+def test_live_tick_finishes_idle_flows_on_the_wall_clock(tmp_path):
+    """Live capture: no packet needs to arrive for an idle alerted flow's file to be final."""
+    carver = Carver(str(tmp_path), head=4, tail=100, max_mb=1, live=True)
+    then = int(time.time()) - 61  # the UDP idle timeout ago
+    _feed(carver, [(then, eth(ipv4(udp(b"query", 3333, 53), proto=17)))])
+    name = carver.alert(_alert_record("10.0.0.1", "10.0.0.2", 3333, 53, 17), "1:x")
+    assert name is not None and not (tmp_path / name).exists()
+    carver.tick()
+    assert (tmp_path / name).is_file() and not carver.flows
+    assert carver.stats["carve_files"] == 1
