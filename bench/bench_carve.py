@@ -53,7 +53,7 @@ def repeated(src: Path, copies: int, where: Path) -> Path:
 
 
 def names_of(cap: Path, count: int, iocwatch: list[str]) -> list[str]:
-    """Server names the capture carries (SNI, then Host, then DNS queries), sorted."""
+    """Server names the capture carries (SNI, Host, DNS queries): the first ``count`` sorted."""
     proc = subprocess.run([*iocwatch, "-r", str(cap), "-q"], capture_output=True, check=True)
     found: dict[str, None] = {}
     for line in proc.stdout.splitlines():
