@@ -315,7 +315,12 @@ def test_unknown_flow_and_hostile_packets(tmp_path):
     assert carver.alert(_alert_record("10.9.9.9", "10.0.0.2", 1, 2), "1:x") is None
     assert carver.alert({"src_ip": "nonsense"}, "1:x") is None
     assert carver.stats["carve_unmatched_alerts"] == 2
+    # a pcapng time past what classic pcap holds (32-bit seconds): a write error, no file
+    _feed(carver, [(1 << 33, eth(ipv4(udp(b"q", 4444, 53), proto=17)))])
+    assert carver.alert(_alert_record("10.0.0.1", "10.0.0.2", 4444, 53, 17), "1:y")
+    assert carver.stats["carve_write_errors"] == 1
     carver.close()
+    assert list(tmp_path.iterdir()) == []
 
 
 # -- live capture ------------------------------------------------------------------------------

@@ -87,7 +87,7 @@ class _Flow:
     """One flow's carving state: the packets held (until an alert) or the file being written."""
 
     __slots__ = ("keys", "linktype", "sec", "usec", "last", "head", "held", "fins", "closed",
-                 "name", "out", "tmp", "tail", "done")
+                 "name", "out", "tmp", "tail")
 
     def __init__(self, keys: tuple[bytes, bytes], linktype: int, sec: int, usec: int):
         self.keys = keys
@@ -102,7 +102,6 @@ class _Flow:
         self.out: BinaryIO | None = None
         self.tmp = ""
         self.tail = 0  # tail packets still to write
-        self.done = False  # the file is final (or failed): nothing more is written
 
 
 class Carver:
@@ -301,7 +300,7 @@ class Carver:
             for sec, usec, _lt, data in head:
                 out.write(_RECORD.pack(sec, usec, len(data), len(data)))
                 out.write(data)
-        except OSError:
+        except (OSError, struct.error):  # disk full; a time past 2106 (pcap's 32 bits)
             self._failed(flow)
             return
         self.stats["carve_packets"] += len(head)
@@ -320,7 +319,7 @@ class Carver:
         try:
             out.write(_RECORD.pack(sec, usec, len(data), len(data)))
             out.write(data)
-        except OSError:
+        except (OSError, struct.error):  # disk full; a time past 2106 (pcap's 32 bits)
             self._failed(flow)
             return
         self.stats["carve_packets"] += 1
@@ -333,7 +332,6 @@ class Carver:
         self.open.pop(flow, None)
         out = flow.out
         flow.out = None
-        flow.done = True
         if out is None:
             return
         try:
@@ -348,7 +346,7 @@ class Carver:
     def _failed(self, flow: _Flow) -> None:
         self.stats["carve_write_errors"] += 1
         self.open.pop(flow, None)
-        out, flow.out, flow.done = flow.out, None, True
+        out, flow.out = flow.out, None
         if out is not None:
             try:
                 out.close()
