@@ -1,10 +1,11 @@
 """``--carve DIR``: the packets behind an alert, one classic pcap file per alerted flow.
 
-Suricata's ``pcap-log`` (``conditional: alerts``) writes the packets of alerting flows from the
-alert on, into one rotating log. Here every flow's first packets are held in memory until it is
-known whether the flow alerts: a flow that alerts gets a file of its own with its start (the
-first ``head`` packets), the packet that raised the alert, and up to ``tail`` packets after it,
-both directions; a flow that ends without an alert frees what it held.
+Suricata's ``pcap-log`` (``conditional: alerts``) writes the alerting packets and, for rules with
+``tag:session``, the flow's next ones, into rotating logs all flows share. Here every flow's
+first packets are held in memory until it is known whether the flow alerts: a flow that alerts
+gets a file of its own with its start (the first ``head`` packets), the packet that raised the
+alert, and up to ``tail`` packets after it, both directions; a flow that ends without an alert
+frees what it held.
 
 The carver stands in front of the engine (:meth:`Carver.packets` wraps the packet source), so it
 sees every packet, also those the engine's fast path skips later, before the engine does: an
