@@ -29,7 +29,8 @@ Lines (records, alerts, session records) reach this process over a pipe per work
 per megabyte read, and are written here only, so they never interleave; their order across
 workers is not the capture's order. ``--dedupe`` folds alerts per worker, as live capture
 does. Workers write ``-j`` and ``-w`` files themselves (atomic renames; a certificate seen by
-two workers may be written, and counted, twice).
+two workers may be written, and counted, twice), and ``--carve`` files of their own flows only
+(the carver applies the same hash before it holds a packet).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class WorkerPipeline(Protocol):
     def attach(self, emit: Emit) -> None: ...
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None: ...
+
+    def packets(self, source: Any, share: tuple[int, int] | None = None) -> Any: ...
 
     def close(self) -> None: ...
 
@@ -226,7 +229,7 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
     ending = "end"
     try:
         try:
-            engine.run(reader)
+            engine.run(pipeline.packets(reader, share=(index, split.workers)))
         except KeyboardInterrupt:
             ending = "interrupted"
         engine.finish()

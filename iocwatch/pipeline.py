@@ -8,8 +8,8 @@ by the file mode (``iocwatch -r``, everything in one process) and the live worke
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
 from iocwatch.indicators.allow import AllowLists
@@ -30,6 +30,12 @@ from iocwatch.outputs.records import RecordWriter
 from iocwatch.outputs.sessions import SessionWriter
 from iocwatch.outputs.streams import EmitOutput, open_stream
 from iocwatch.usage import Flags
+
+if TYPE_CHECKING:
+    from iocwatch.outputs.carve import Carver
+
+#: a packet as the capture readers yield it: (seconds, microseconds, link type, bytes)
+Packet = tuple[int, int, int, bytes]
 
 
 def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool,
@@ -89,6 +95,7 @@ class SensorPipeline:
         # probes): such records, flows and sessions are dropped before anything sees them
         self.own_traffic: Callable[[str, int, str, int], bool] | None = None
         self.own_dropped = 0
+        self.carver: Carver | None = None  # --carve: the packets of alerted flows
 
     def attach(self, emit: Callable[[str, bytes], None]) -> None:
         """Live worker: every line goes to ``emit``."""
@@ -130,6 +137,20 @@ class SensorPipeline:
             self.session_sink = self._session
         if self.own_traffic is not None and self.flow_hook is not None:
             self.flow_hook = self._flow
+        if getattr(args, "carve", None) and self.alert_sink is not None:
+            from iocwatch.outputs.carve import Carver
+
+            self.carver = Carver(args.carve, args.carve_head, args.carve_tail, args.carve_mb)
+
+    def packets(self, source: Iterable[Packet], share: tuple[int, int] | None = None,
+                live: bool = False) -> Iterable[Packet]:
+        """What the engine reads: ``source`` itself, or with --carve the carver in front of it
+        (``share``: this ``-r --workers`` worker's (index, count); ``live``: live capture)."""
+        carver = self.carver
+        if carver is None:
+            return source
+        carver.share, carver.live = share, live
+        return carver.packets(source)
 
     def _own(self, record: dict) -> bool:
         assert self.own_traffic is not None
@@ -151,7 +172,10 @@ class SensorPipeline:
 
     def _alert(self, record: dict, matches: Sequence[Match]) -> None:
         assert self.alert_sink is not None
+        carver = self.carver
         for alert in alerts_for(record, matches, self.args.sensor_name, self.suppressions):
+            if carver is not None:
+                alert["carve"] = carver.alert(record, alert["community_id"])
             self.alert_sink(alert)
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None:
@@ -173,7 +197,10 @@ class SensorPipeline:
         """--alert-on: what a record's leaf certificate says about itself."""
         if self.checks is not None and "cert_check" in record:
             assert self.alert_sink is not None
+            carver = self.carver
             for alert in self.checks.record(record, certificates):
+                if carver is not None and alert.get("community_id"):
+                    alert["carve"] = carver.alert(record, alert["community_id"])
                 self.alert_sink(alert)
 
     def inject(self, record: dict, observations: list[Any],
@@ -204,6 +231,8 @@ class SensorPipeline:
         """Between packet batches: consumers hand over finished background work."""
         for consumer in self.consumers:
             consumer.tick()
+        if self.carver is not None:
+            self.carver.tick()
 
     def close(self) -> None:
         """End of the run: consumers first (they may still inject), then the writers.
@@ -219,6 +248,8 @@ class SensorPipeline:
                                  f"(at most {limit:g} s without progress)\n")
                 sys.stderr.flush()
             consumer.close()
+        if self.carver is not None:
+            self.carver.close()
         first: OSError | None = None  # every writer is closed even when one fails
         for obj, path in ((self.writer, self.writer.path if self.writer else None),
                           (self.alert_sink, self.alert_sink.writer.path if self.alert_sink else None),
@@ -247,4 +278,6 @@ class SensorPipeline:
             out["own_traffic_dropped"] = self.own_dropped
         for consumer in self.consumers:
             out.update(consumer.counters())
+        if self.carver is not None:
+            out.update(self.carver.counters())
         return out

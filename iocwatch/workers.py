@@ -59,6 +59,10 @@ class Pipeline(Protocol):
 
     def engine_sink(self, record: dict, observations: list[Any], event: Any) -> None: ...
 
+    def packets(self, source: Any, share: tuple[int, int] | None = None,
+                live: bool = False) -> Any:
+        """What the engine reads: the batch, or the carver (--carve) in front of it."""
+
     def tick(self) -> None:
         """Between batches: consumers hand over finished background work."""
 
@@ -127,7 +131,7 @@ def _worker(index: int, cap: LiveCapture,
 
     def run(batch: list) -> None:
         nonlocal errors
-        it = iter(batch)
+        it = iter(pipeline.packets(batch, live=True))
         while True:
             try:
                 engine.run(it)
@@ -337,9 +341,12 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
     _validate(args)
     user = lookup_user(args.user) if getattr(args, "user", None) else None
     caps: list[LiveCapture] = []
+    # --carve writes whole flows: the built-in prefilter (which drops pure ACKs and QUIC
+    # short-header packets) is off unless --filter is given
+    bpf = "" if args.filter is None and getattr(args, "carve", None) else args.filter
     try:
         for _ in range(args.workers):
-            caps.append(LiveCapture(args.interface, args.filter, args.snaplen,
+            caps.append(LiveCapture(args.interface, bpf, args.snaplen,
                                     not args.no_promisc, args.buffer_size,
                                     immediate=not args.no_immediate))
         if args.workers > 1:

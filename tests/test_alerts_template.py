@@ -174,8 +174,9 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[dict[str, A
     shown = ["--allowlist", str(allow), "--show-suppressed"]
     out: dict[str, list[dict[str, Any]]] = {"json": [], "ecs": [], "ecs-dedupe": [],
                                             "ecs-suppressed": []}
-    for sample in SAMPLES:
-        for mode, extra in (("json", ["--store", str(store)]), ("ecs", ["--alert-format", "ecs"]),
+    for i, sample in enumerate(SAMPLES):  # ECS alerts name their carved flow (iocwatch.carve)
+        for mode, extra in (("json", ["--store", str(store)]),
+                            ("ecs", ["--alert-format", "ecs", "--carve", str(tmp / f"carve{i}")]),
                             ("ecs-dedupe", ["--alert-format", "ecs", "--dedupe", "3600"]),
                             ("ecs-suppressed", ["--alert-format", "ecs", *shown])):
             proc = _cli("-r", str(sample), "-q", "--no-records", *iocs, "--alerts", "-", *extra)
@@ -262,6 +263,7 @@ def test_every_mode_alerts_on_every_channel(runs: dict[str, list[dict[str, Any]]
                         "cert_sha256"}, channels
     ecs = {d["iocwatch"]["channel"] for d in runs["ecs"]}
     assert ecs == channels
+    assert all(d["iocwatch"]["carve"].endswith(".pcap") for d in runs["ecs"])
     assert len(runs["ecs-dedupe"]) < len(runs["ecs"])
     assert {a["channel"] for a in runs["hunt-json"]} >= {"dns_query", "cert_sha1", "ja3"}
     confidences = {type(a["indicator"]["confidence_score"]) for a in runs["json"]}

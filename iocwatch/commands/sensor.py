@@ -10,7 +10,7 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import orjson
@@ -101,6 +101,19 @@ def build_parser() -> argparse.ArgumentParser:
                      "store)")
     ioc.add_argument("--reload-interval", type=float, metavar="SECONDS", default=0.0,
                      help="re-read the indicator files this often (also on SIGHUP)")
+    carve = p.add_argument_group("the packets behind an alert")
+    carve.add_argument("--carve", metavar="DIR",
+                       help="one pcap file per flow that raised an alert (both directions): its "
+                       "first packets, the alerting one and those after it; named "
+                       "<flow start>_<Community ID>.pcap, which the alert's 'carve' field names")
+    carve.add_argument("--carve-head", type=int, default=32, metavar="N",
+                       help="packets held from each flow's start until it alerts or ends "
+                       "(default 32)")
+    carve.add_argument("--carve-tail", type=int, default=256, metavar="M",
+                       help="packets written after the alerting one (default 256)")
+    carve.add_argument("--carve-mb", type=float, default=64.0, metavar="MB",
+                       help="memory for the held packets, all flows together (default 64); "
+                       "past it the least recently active flows are dropped (carve_flows_evicted)")
     p.add_argument("--stats", action="store_true",
                    help="print detailed counters (per link type, dissector, malformed kind) "
                    "to stderr at the end")
@@ -142,7 +155,7 @@ def contradictions(args: argparse.Namespace) -> list[str]:
     alerting = args.ioc or args.alert_on
     if not alerting:
         for flag, on in (("--alerts", args.alerts), ("--fail-on-alert", args.fail_on_alert),
-                         ("--dedupe", args.dedupe),
+                         ("--dedupe", args.dedupe), ("--carve", args.carve),
                          ("--alert-format", args.alert_format != "json")):
             if on and typed(flag):
                 bad.append(f"{flag}: only with --ioc, --ioc-exact or --alert-on (there is "
@@ -159,6 +172,9 @@ def contradictions(args: argparse.Namespace) -> list[str]:
         bad.append("--fail-on-alert: only with -r (live capture runs until stopped; watch its "
                    "alerts instead)")
     for flag, on, needs in (
+            ("--carve-head/--carve-tail/--carve-mb",
+             (args.carve_head, args.carve_tail, args.carve_mb) != (32, 256, 64.0)
+             and not args.carve, "--carve"),
             ("--store-queue", getattr(args, "store_queue", 100_000) != 100_000
              and not getattr(args, "store", None), "--store"),
             ("--publish-buffer", getattr(args, "publish_buffer", DEFAULT_BUFFER) != DEFAULT_BUFFER
@@ -188,7 +204,7 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
         if path is not None and path != "-":
             paths.check_file(flag, path)
             outputs.append((flag, path))
-    for flag, path in (("-j", args.session_dir), ("-w", args.cert_dir)):
+    for flag, path in (("-j", args.session_dir), ("-w", args.cert_dir), ("--carve", args.carve)):
         if path is not None:
             paths.check_dir(flag, path)
             outputs.append((flag, path))
@@ -254,10 +270,13 @@ def check_values(args: argparse.Namespace) -> None:
         raise UsageError("--dns-link-max-ttl takes a number of seconds >= 0")
     if args.dedupe < 0 or args.reload_interval < 0:
         raise UsageError("--dedupe and --reload-interval take a number of seconds >= 0")
+    if args.carve_head < 0 or args.carve_tail < 0 or not args.carve_mb > 0:
+        raise UsageError("--carve-head and --carve-tail take a count >= 0, --carve-mb a size > 0")
     for flag, value in (*(("-r", p) for p in args.read or ()), ("-f", args.output), ("--alerts", args.alerts),
                         ("--stats-json", args.stats_json), ("-j", args.session_dir),
                         ("--session-records", args.session_records), ("-w", args.cert_dir),
                         ("--ioc-cache", args.ioc_cache), ("--config", getattr(args, "config", None)),
+                        ("--carve", args.carve),
                         *(("--ioc", p) for p in args.ioc),
                         *(("--allowlist", p) for p in args.allowlist)):
         if value == "":
@@ -432,7 +451,7 @@ class Outcome:
     stop: BaseException | None = None
 
 
-def run_engine(engine: Engine, reader: CaptureReader | CaptureSet,
+def run_engine(engine: Engine, reader: Iterable[tuple[int, int, int, bytes]],
                progress: Progress | None) -> Outcome:
     out = Outcome()
     try:
@@ -549,7 +568,7 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
     engine.flow_hook = pipeline.flow_hook
     engine.session_sink = pipeline.session_sink
     started = time.process_time()
-    out = run_engine(engine, reader, progress)
+    out = run_engine(engine, pipeline.packets(reader), progress)
     close_all(engine, pipeline, reader, out)
     report = run_report(engine, reader, pipeline, time.process_time() - started)
     return end_run(args, report, out)

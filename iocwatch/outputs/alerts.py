@@ -491,7 +491,7 @@ def to_ecs(alert: dict) -> dict:
         extra["tls"] = {"client": {"ja4": name}}
     elif chan is Channel.JA4S:
         extra["tls"] = {"server": {"ja4s": name}}
-    for key in ("count", "first_seen", "last_seen", "tailgated", "check", "suppressed"):
+    for key in ("count", "first_seen", "last_seen", "tailgated", "check", "suppressed", "carve"):
         if key in alert:
             extra[key] = alert[key]
     out["iocwatch"] = extra

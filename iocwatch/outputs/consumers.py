@@ -74,6 +74,7 @@ LOSS_COUNTERS: dict[str, str] = {
     "redis_render_errors": "--publish: could not be encoded",
     "tls_session_write_errors": "TLS session outputs: write failed",
     "socket_dropped": "--syslog/--udp/--tcp: dropped",
+    "carve_write_errors": "--carve: pcap files that could not be written",
 }
 
 #: counters that grow while a sink fails (before anything is lost: it still retries)
