@@ -319,7 +319,7 @@ class Engine:
     def _session(self, conn: TcpConnection, ev: Event, ctx: PacketContext) -> None:
         """Assemble one TLS session from its hellos and certificates; hand it on when whole."""
         s = conn.session
-        stamp = float(f"{ctx.sec}.{ctx.usec:06d}")
+        stamp = event_time(ctx.sec, ctx.usec)
         if ev.client_hello is not None:
             if s is None:
                 conn.session = TlsSession(ip_text(ctx.src), ctx.sport, ip_text(ctx.dst), ctx.dport,
@@ -470,7 +470,7 @@ class Engine:
         if self.session_sink is None:
             return None
         return TlsSession(ip_text(ctx.src), ctx.sport, ip_text(ctx.dst), ctx.dport,
-                          float(f"{ctx.sec}.{ctx.usec:06d}"), transport="q",
+                          event_time(ctx.sec, ctx.usec), transport="q",
                           client_hello=ev.client_hello, partial=True)
 
     def _session_out(self, session: TlsSession) -> None:
@@ -530,12 +530,21 @@ def ip_text(addr: bytes) -> str:
     return text
 
 
+def event_time(sec: int, usec: int) -> float:
+    """``sec.usec`` as mercury's ``event_start``: Python's int division is correctly rounded,
+    so this is the float of the decimal text ``f"{sec}.{usec:06d}"``, bit for bit, at a
+    fraction of its cost (one per record)."""
+    if 0 <= usec < 1_000_000:
+        return (sec * 1_000_000 + usec) / 1_000_000
+    return float(f"{sec}.{usec:06d}")  # (no reader yields such a fraction; kept exact anyway)
+
+
 def flow_record(ctx: PacketContext) -> dict:
     """The flow fields alone, for alerts on addresses."""
     return {
         "src_ip": ip_text(ctx.src), "dst_ip": ip_text(ctx.dst), "protocol": ctx.proto,
         "src_port": ctx.sport, "dst_port": ctx.dport,
-        "event_start": float(f"{ctx.sec}.{ctx.usec:06d}"),
+        "event_start": event_time(ctx.sec, ctx.usec),
     }
 
 
@@ -560,5 +569,5 @@ def make_record(ev: Event, ctx: PacketContext) -> dict:
     rec["protocol"] = ctx.proto
     rec["src_port"] = ctx.sport
     rec["dst_port"] = ctx.dport
-    rec["event_start"] = float(f"{ctx.sec}.{ctx.usec:06d}")
+    rec["event_start"] = event_time(ctx.sec, ctx.usec)
     return rec
