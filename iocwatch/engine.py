@@ -34,6 +34,7 @@ from iocwatch.model.tls_session import TlsSession
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import quic as quicp
 from iocwatch.protocols import x509
+from iocwatch.protocols.text import BYTE_HEX
 
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 IDLE_TIMEOUT = 120  # seconds of capture time without a packet before a flow is dropped
@@ -559,7 +560,8 @@ def make_record(ev: Event, ctx: PacketContext) -> dict:
     if ev.reassembled:
         rec["reassembly_properties"] = {"reassembled": True}
     if ctx.version == 4:
-        rec["ip"] = {"version": 4, "ttl": ctx.ttl, "id": f"{ctx.ipid:04x}"}
+        ipid = ctx.ipid
+        rec["ip"] = {"version": 4, "ttl": ctx.ttl, "id": BYTE_HEX[ipid >> 8] + BYTE_HEX[ipid & 255]}
     else:
         rec["ip"] = {"version": 6, "ttl": ctx.ttl, "id": f"{ctx.ipid:05x}"}  # the flow label
         if ctx.ext:
