@@ -490,6 +490,7 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
     engine = Engine(pipeline.engine_sink, EngineConfig(args.mbpc, args.mbpt))
     engine.flow_hook = pipeline.flow_hook
     engine.session_sink = pipeline.session_sink
+    engine.line_sink = pipeline.line_sink()
     started = time.process_time()
     out = run_engine(engine, reader, progress)
     close_all(engine, pipeline, reader, out)
