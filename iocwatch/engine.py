@@ -476,11 +476,10 @@ class Engine:
         else:
             return
         ev = self.dissector.dns(payload, port)
-        if ev is not None:
-            ctx = PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec,
-                                self.decoder.ext6)
-            if self.line_sink is None or not self._dns_line(ev, ctx, payload):
-                self._emit(ev, ctx)
+        if ev is not None and (self.line_sink is None or not self._dns_line(
+                ev, payload, version, src, dst, sport, dport, ttl, ipid, sec, usec)):
+            self._emit(ev, PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec,
+                                         self.decoder.ext6))
 
     def _quic_session(self, ev: Event, ctx: PacketContext) -> TlsSession | None:
         """The TLS session of a QUIC ClientHello, held until its ServerHello (if sessions go
@@ -514,20 +513,21 @@ class Engine:
         self._count(ev)
         self.sink(make_record(ev, ctx), ev.observations, ev)
 
-    def _dns_line(self, ev: Event, ctx: PacketContext, payload: bytes) -> bool:
+    def _dns_line(self, ev: Event, payload: bytes, version: int, src: bytes, dst: bytes,
+                  sport: int, dport: int, ttl: int, ipid: int, sec: int, usec: int) -> bool:
         """A DNS message's record straight to :attr:`line_sink`; False when its rendering does
         not end in the 4-character id (the caller then takes the dict path).
 
         The record is ``{key: {section: {..., "id": ID}}, "ip": ..., flow fields}``: all
         before ID is the same for every repeat of the message (the dissector renders each
-        distinct message once, keyed as here), so orjson writes it once."""
-        inner = next(iter(ev.body.values()))
-        ident = inner.get("id")
+        distinct message once, keyed as here), so orjson writes it once. (The packet's fields
+        come as they are: a PacketContext is built only for the dict path.)"""
+        ident = BYTE_HEX[payload[1]] + BYTE_HEX[payload[0]]  # the dissector's, byte-swapped
         body_key = payload[2:]
         known = self._dns_lines.get(body_key)
         if known is None or known[0] != ev.key:
             full = orjson.dumps({ev.key: ev.body})
-            if not isinstance(ident, str) or full[-8:] != ident.encode() + b'"}}}':
+            if full[-8:] != ident.encode() + b'"}}}':
                 return False
             if (len(self._dns_lines) >= DNS_LINES_MAX
                     or self._dns_lines_bytes + len(full) + len(body_key) > DNS_LINES_BYTES):
@@ -535,18 +535,18 @@ class Engine:
                 self._dns_lines_bytes = 0
             known = self._dns_lines[body_key] = (ev.key, full[:-8])
             self._dns_lines_bytes += len(full) + len(body_key)
-        ipid = ctx.ipid
-        if ctx.version == 4:
-            ip = f'4,"ttl":{ctx.ttl},"id":"{BYTE_HEX[ipid >> 8]}{BYTE_HEX[ipid & 255]}"}}'
+        if version == 4:
+            ip = f'4,"ttl":{ttl},"id":"{BYTE_HEX[ipid >> 8]}{BYTE_HEX[ipid & 255]}"}}'
         else:
-            ext = f',"extensions":"{ctx.ext.hex()}"' if ctx.ext else ""
-            ip = f'6,"ttl":{ctx.ttl},"id":"{ipid:05x}"{ext}}}'
-        text = (f'{ident}"}}}},"ip":{{"version":{ip},"src_ip":"{ip_text(ctx.src)}",'
-                f'"dst_ip":"{ip_text(ctx.dst)}","protocol":17,"src_port":{ctx.sport},'
-                f'"dst_port":{ctx.dport},"event_start":')
+            ext6 = self.decoder.ext6
+            ext = f',"extensions":"{ext6.hex()}"' if ext6 else ""
+            ip = f'6,"ttl":{ttl},"id":"{ipid:05x}"{ext}}}'
+        text = (f'{ident}"}}}},"ip":{{"version":{ip},"src_ip":"{ip_text(src)}",'
+                f'"dst_ip":"{ip_text(dst)}","protocol":17,"src_port":{sport},'
+                f'"dst_port":{dport},"event_start":')
         self._count(ev)
         self.line_sink(b"".join((known[1], text.encode(),  # type: ignore[misc]
-                                 orjson.dumps(event_time(ctx.sec, ctx.usec)), b"}\n")),
+                                 orjson.dumps(event_time(sec, usec)), b"}\n")),
                        ev.observations, ev)
         return True
 
