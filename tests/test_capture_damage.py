@@ -277,3 +277,21 @@ def test_mapped_file_reads_as_the_chunked_stream_does(tmp_path, fmt):
     assert rm.stats.truncated and (fmt == "pcapng" or rm.stats.damaged["pcap_record_header"])
     assert calls_m >= 3 and calls_s >= 3
     assert positions == sorted(positions) and rm.position() == len(data)
+
+
+def test_mapped_file_cut_short_while_read_ends_there(tmp_path):
+    """A capture overwritten (cut short) while it is read ends where it now ends, as a read
+    would: pages past the new end are never touched (that would be SIGBUS)."""
+    frames = [pb.eth(pb.ipv4(pb.udp(bytes(1200)))) for _ in range(8000)]
+    path = tmp_path / "c.pcap"
+    path.write_bytes(pb.pcap([(1600000000.0 + i, f) for i, f in enumerate(frames)]))
+    assert path.stat().st_size > 9 << 20
+    r = CaptureReader(str(path))
+    it = iter(r)
+    first = [next(it) for _ in range(100)]
+    assert r._buf is not None and r._buf.mapped is not None
+    os.truncate(path, 3 << 20)
+    rest = list(it)
+    r.close()
+    assert first and 100 + len(rest) < len(frames)
+    assert r.stats.records * 1258 <= (3 << 20) + (1 << 20)  # at most the chunk already in view

@@ -105,10 +105,17 @@ class _Buffer:
         self.error: str | None = None
 
     def _advance(self, n: int) -> bool:
-        """The mapped file's window, one chunk (or ``n`` bytes) further; False at its end."""
+        """The mapped file's window, one chunk (or ``n`` bytes) further; False at its end.
+
+        The file's size is asked again each time: touching a mapped page past the end of a
+        file cut short since (a capture overwritten while read) would kill the process
+        (SIGBUS), so a shrunken file ends where it now ends, as a read would."""
         mapped = self.mapped
         assert mapped is not None
-        size = len(mapped)
+        try:
+            size = min(len(mapped), os.fstat(self.stream.fileno()).st_size)
+        except (OSError, ValueError):
+            size = self.end
         while self.end - self.pos < n:
             if self.end >= size:
                 self.eof = True
