@@ -205,6 +205,7 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
         engine = Engine(pipeline.engine_sink, split.config)
         engine.flow_hook = pipeline.flow_hook
         engine.session_sink = pipeline.session_sink
+        engine.line_sink = pipeline.line_sink()
         engine.decoder = Partition(engine, index, split.workers)  # type: ignore[assignment]
         tick = split.periodic(pipeline)
     except Exception as exc:  # noqa: BLE001 - reported by the writer, which then stops

@@ -11,6 +11,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from iocwatch.indicators import IndicatorFileError, IndicatorSet
 from iocwatch.indicators.allow import AllowLists
 from iocwatch.indicators.loading import (
@@ -202,6 +204,22 @@ class SensorPipeline:
                 if carver is not None and alert.get("community_id"):
                     alert["carve"] = carver.alert(record, alert["community_id"])
                 self.alert_sink(alert)
+
+    def line_sink(self) -> Callable[[bytes, list[Any], Any], None] | None:
+        """For :attr:`Engine.line_sink <iocwatch.engine.Engine.line_sink>`, once everything is
+        set up: records as the lines they become, unless a consumer or the own-traffic filter
+        needs each record itself."""
+        if self.consumers or self.own_traffic is not None:
+            return None
+        return self._engine_line
+
+    def _engine_line(self, line: bytes, observations: list[Any], event: Any) -> None:
+        if self.writer is not None:
+            self.writer.write_line(line)
+        if self.matcher is not None and observations:
+            matches = self.matcher.observe(observations)
+            if matches:  # the record an alert is built from: the line read back
+                self._alert(orjson.loads(line), matches)
 
     def inject(self, record: dict, observations: list[Any],
                certificates: Sequence[Any] = ()) -> None:

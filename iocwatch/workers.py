@@ -121,6 +121,7 @@ def _worker(index: int, cap: LiveCapture,
         engine = Engine(pipeline.engine_sink, config)
         engine.flow_hook = pipeline.flow_hook
         engine.session_sink = pipeline.session_sink
+        engine.line_sink = pipeline.line_sink()
         if user is not None:  # everything is imported and opened: root is no longer needed
             drop_privileges(user)
     except Exception as exc:  # noqa: BLE001 - reported by the parent, which then stops

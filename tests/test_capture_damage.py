@@ -237,3 +237,61 @@ def test_stdin_garbage_header_is_exit_2():
     res = run("-r", "-", stdin=PCAP[:17])
     assert res.returncode == 2 and b"unrecognisable capture" in res.stderr
     assert res.stdout == b""
+
+
+def _read_counting(path: str) -> tuple[list, CaptureReader, int, list[int]]:
+    r = CaptureReader(path)
+    calls: list[int] = []
+    r.on_read = lambda: calls.append(r.position())
+    pkts = list(r)
+    r.close()
+    return pkts, r, len(calls), calls
+
+
+@pytest.mark.parametrize("fmt", ["pcap", "pcapng"])
+def test_mapped_file_reads_as_the_chunked_stream_does(tmp_path, fmt):
+    """A plain file is mapped, a gzip file is read in chunks: the same packets, counters and
+    damage, a callback per chunk, and the position up to the file's size in both."""
+    rng = random.Random(7)
+    frames = [pb.eth(pb.ipv4(pb.udp(rng.randbytes(rng.randrange(20, 1400))))) for _ in range(5000)]
+    if fmt == "pcap":
+        data = bytearray(pb.pcap([(1600000000.0 + i, f) for i, f in enumerate(frames)]))
+        at = 24 + sum(16 + len(f) for f in frames[:2500])
+        struct.pack_into("<I", data, at + 8, 1 << 30)  # a damaged record header mid-file
+    else:
+        data = bytearray(pb.pcapng_shb() + pb.pcapng_idb(1) + b"".join(
+            pb.pcapng_epb(0, 1_600_000_000_000_000 + i, f) for i, f in enumerate(frames)))
+    data = bytes(data[: len(data) - 5])  # and cut short
+    assert len(data) > 3 << 20  # several chunks
+    plain = tmp_path / "c.cap"
+    plain.write_bytes(data)
+    packed = tmp_path / "c.cap.gz"
+    packed.write_bytes(gzip.compress(data))
+    mapped, rm, calls_m, positions = _read_counting(str(plain))
+    streamed, rs, calls_s, _ = _read_counting(str(packed))
+    assert rm._buf is not None and rm._buf.mapped is not None
+    assert rs._buf is not None and rs._buf.mapped is None
+    assert mapped == streamed and len(mapped) > 3000
+    assert (rm.stats.records, rm.stats.bytes, rm.stats.truncated, rm.stats.damaged) == \
+        (rs.stats.records, rs.stats.bytes, rs.stats.truncated, rs.stats.damaged)
+    assert rm.stats.truncated and (fmt == "pcapng" or rm.stats.damaged["pcap_record_header"])
+    assert calls_m >= 3 and calls_s >= 3
+    assert positions == sorted(positions) and rm.position() == len(data)
+
+
+def test_mapped_file_cut_short_while_read_ends_there(tmp_path):
+    """A capture overwritten (cut short) while it is read ends where it now ends, as a read
+    would: pages past the new end are never touched (that would be SIGBUS)."""
+    frames = [pb.eth(pb.ipv4(pb.udp(bytes(1200)))) for _ in range(8000)]
+    path = tmp_path / "c.pcap"
+    path.write_bytes(pb.pcap([(1600000000.0 + i, f) for i, f in enumerate(frames)]))
+    assert path.stat().st_size > 9 << 20
+    r = CaptureReader(str(path))
+    it = iter(r)
+    first = [next(it) for _ in range(100)]
+    assert r._buf is not None and r._buf.mapped is not None
+    os.truncate(path, 3 << 20)
+    rest = list(it)
+    r.close()
+    assert first and 100 + len(rest) < len(frames)
+    assert r.stats.records * 1258 <= (3 << 20) + (1 << 20)  # at most the chunk already in view

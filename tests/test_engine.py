@@ -6,7 +6,7 @@ import random
 import struct
 
 from iocwatch.capture.files import CaptureReader
-from iocwatch.engine import Engine
+from iocwatch.engine import Engine, event_time
 from tests import pktbuild as pb
 from tests.tlsmem import client_hello
 
@@ -209,3 +209,13 @@ def test_a_reused_five_tuple_is_a_new_connection():
     c, eng = run(pkts[:1] + pkts)
     assert [r["tls"]["client"]["server_name"] for r in c.records] == ["once.example"]
     assert eng.stats["tcp_port_reuse"] == 0
+
+
+def test_event_time_is_the_float_of_the_decimal_text():
+    # records must stay byte-identical to those made with float(f"{sec}.{usec:06d}")
+    rng = random.Random(18)
+    cases = [(0, 0), (1, 1), (1796340286, 173000), (253402300798, 999999), (2**31, 500000)]
+    cases += [(rng.randrange(0, 253402300799), rng.randrange(1_000_000)) for _ in range(50_000)]
+    for sec, usec in cases:
+        assert event_time(sec, usec) == float(f"{sec}.{usec:06d}"), (sec, usec)
+    assert event_time(5, 1_234_567) == float("5.1234567")  # no reader yields it; still exact

@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import gzip
 import io
+import mmap
+import os
+import stat
 import sys
 from collections import Counter
 from collections.abc import Callable, Container, Iterator
@@ -78,22 +81,58 @@ def open_input(path: str) -> tuple[BinaryIO, BinaryIO]:
 
 
 class _Buffer:
-    """A growing window over a stream, so records can straddle read boundaries."""
+    """A growing window over a stream, so records can straddle read boundaries.
 
-    __slots__ = ("stream", "data", "pos", "eof", "error", "on_read", "read")
+    ``data[pos:end]`` is what is available. A plain file is mapped instead of read: ``data`` is
+    then the whole mapping and ``end`` advances a chunk at a time (``on_read`` and progress
+    keep their rhythm), with no copy of the file into new objects and pages behind ``pos``
+    given back, so the resident size stays that of one chunk."""
+
+    __slots__ = ("stream", "data", "pos", "end", "eof", "error", "on_read", "read", "mapped",
+                 "released")
 
     def __init__(self, stream: BinaryIO, initial: bytes = b"",
-                 on_read: Callable[[], None] | None = None):
+                 on_read: Callable[[], None] | None = None, mapped: mmap.mmap | None = None):
         self.stream = stream
         self.read = getattr(stream, "read1", stream.read)
         self.on_read = on_read
-        self.data = initial
+        self.mapped = mapped
+        self.data: bytes | mmap.mmap = initial if mapped is None else mapped
         self.pos = 0
+        self.end = len(initial)  # a mapping starts with the header, read through the stream
+        self.released = 0
         self.eof = False
         self.error: str | None = None
 
+    def _advance(self, n: int) -> bool:
+        """The mapped file's window, one chunk (or ``n`` bytes) further; False at its end.
+
+        The file's size is asked again each time: touching a mapped page past the end of a
+        file cut short since (a capture overwritten while read) would kill the process
+        (SIGBUS), so a shrunken file ends where it now ends, as a read would."""
+        mapped = self.mapped
+        assert mapped is not None
+        try:
+            size = min(len(mapped), os.fstat(self.stream.fileno()).st_size)
+        except (OSError, ValueError):
+            size = self.end
+        while self.end - self.pos < n:
+            if self.end >= size:
+                self.eof = True
+                return False
+            drop = (self.pos // mmap.PAGESIZE) * mmap.PAGESIZE
+            if drop - self.released >= CHUNK:  # read pages: out of this process's RSS
+                mapped.madvise(mmap.MADV_DONTNEED, self.released, drop - self.released)
+                self.released = drop
+            self.end = min(size, self.end + max(CHUNK, n - (self.end - self.pos)))
+            if self.on_read is not None:
+                self.on_read()
+        return True
+
     def ensure(self, n: int) -> bool:
         """Make ``n`` bytes available from ``pos``; False at end of input."""
+        if self.mapped is not None:
+            return self._advance(n)
         while len(self.data) - self.pos < n:
             if self.eof:
                 return False
@@ -114,6 +153,7 @@ class _Buffer:
                 self.on_read()
             self.data = self.data[self.pos :] + chunk
             self.pos = 0
+            self.end = len(self.data)
         return True
 
 
@@ -129,6 +169,7 @@ class CaptureReader:
         self.skip: Container[bytes] | None = None
         self.stream, self.raw = open_input(path)
         self.stats = ReadStats()
+        self._buf: _Buffer | None = None
         try:
             magic = self._read_head(4)
             if len(magic) < 4:
@@ -203,14 +244,38 @@ class CaptureReader:
                                        f"lengths {blen}/{trailer})")
         return rest + body
 
+    def _buffer(self) -> _Buffer:
+        """The file mapped when it is a plain uncompressed file (no copy of it is made),
+        otherwise read in chunks (stdin, pipes, gzip, anything mmap refuses)."""
+        mapped = None
+        if self.path != "-" and not isinstance(self.stream, gzip.GzipFile):
+            try:
+                fd = self.raw.fileno()
+                st = os.fstat(fd)
+                if stat.S_ISREG(st.st_mode) and st.st_size > len(self.head):
+                    mapped = mmap.mmap(fd, 0, access=mmap.ACCESS_READ)
+                    if mapped[: len(self.head)] != self.head:  # not the file we began reading
+                        mapped.close()
+                        mapped = None
+                    else:
+                        mapped.madvise(mmap.MADV_SEQUENTIAL)
+            except (OSError, ValueError, io.UnsupportedOperation):
+                mapped = None
+        self._buf = _Buffer(self.stream, self.head, self.on_read, mapped)
+        return self._buf
+
     def position(self) -> int:
         """Bytes consumed of the underlying file (compressed bytes for gzip), for progress."""
+        if self._buf is not None and self._buf.mapped is not None:
+            return self._buf.end
         try:
             return self.raw.tell()
         except (OSError, ValueError):
             return 0
 
     def close(self) -> None:
+        if self._buf is not None and self._buf.mapped is not None:
+            self._buf.mapped.close()  # every packet handed out is a copy: nothing points into it
         try:
             self.stream.close()
         except OSError:
@@ -228,7 +293,7 @@ class CaptureReader:
     # -- classic pcap -------------------------------------------------------------------
     def _pcap(self) -> Iterator[Packet]:
         endian, scale = PCAP_MAGICS[self.magic]
-        buf = _Buffer(self.stream, self.head, self.on_read)
+        buf = self._buffer()
         stats = self.stats
         if not buf.ensure(24):
             stats.truncated = True
@@ -242,7 +307,7 @@ class CaptureReader:
         records = nbytes = 0
         data = buf.data
         pos = buf.pos
-        end = len(data)
+        end = buf.end
         skip = self.skip if linktype == 1 else None
         ipv4, ipv6 = b"\x08\x00", b"\x86\xdd"
         try:
@@ -250,10 +315,10 @@ class CaptureReader:
                 if pos + 16 > end:
                     buf.pos = pos
                     if not buf.ensure(16):
-                        if len(buf.data) > buf.pos:
+                        if buf.end > buf.pos:
                             stats.truncated = True
                         break
-                    data, pos, end = buf.data, buf.pos, len(buf.data)
+                    data, pos, end = buf.data, buf.pos, buf.end
                 sec, frac, caplen, _orig = unpack_from(hdr, data, pos)
                 if caplen > MAX_RECORD or frac >= limit:
                     stats.damaged["pcap_record_header"] += 1
@@ -261,7 +326,7 @@ class CaptureReader:
                     if not self._resync_pcap(buf, hdr, scale, last_sec):
                         stats.truncated = True
                         break
-                    data, pos, end = buf.data, buf.pos, len(buf.data)
+                    data, pos, end = buf.data, buf.pos, buf.end
                     continue
                 nxt = pos + 16 + caplen
                 if nxt > end:
@@ -270,7 +335,7 @@ class CaptureReader:
                         stats.truncated = True
                         break
                     data, pos = buf.data, buf.pos
-                    end = len(data)
+                    end = buf.end
                     nxt = pos + 16 + caplen
                 p = pos + 16
                 pos = nxt
@@ -310,7 +375,7 @@ class CaptureReader:
         limit = 4 * MAX_RECORD
         buf.ensure(limit)
         data = buf.data
-        size = len(data)
+        size = buf.end
 
         def plausible(off: int) -> int:
             if off + 16 > size:
@@ -336,7 +401,7 @@ class CaptureReader:
 
     # -- pcapng ---------------------------------------------------------------------------
     def _pcapng(self) -> Iterator[Packet]:
-        buf = _Buffer(self.stream, self.head, self.on_read)
+        buf = self._buffer()
         try:
             yield from self._pcapng_blocks(buf)
         except Exception as exc:
@@ -353,7 +418,7 @@ class CaptureReader:
         last_ts = (0, 0)
         while True:
             if not buf.ensure(12):
-                if len(buf.data) > buf.pos:
+                if buf.end > buf.pos:
                     stats.truncated = True
                 break
             data = buf.data

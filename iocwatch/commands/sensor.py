@@ -44,9 +44,7 @@ from iocwatch.outputs.checks import ALERT_RULES
 from iocwatch.outputs.consumers import loss_line, losses
 from iocwatch.outputs.paths import reason
 from iocwatch.pipeline import SensorPipeline
-from iocwatch.store.sqlite import sqlite_path
 from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH
-from iocwatch.transport.redis import probe as probe_redis
 from iocwatch.usage import UsageError, redact_url
 
 
@@ -219,6 +217,8 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
         inputs.append(("--config", args.config))
     store = getattr(args, "store", None)
     if store:
+        from iocwatch.store.sqlite import sqlite_path  # here: a run without --store skips it
+
         path = sqlite_path(store)
         if path:  # read and written: neither an input nor another output may be it
             outputs.insert(0, ("--store", path))
@@ -240,6 +240,9 @@ def probe_sinks(args: argparse.Namespace) -> None:
         if why:
             raise UsageError(f"--store {redact_url(args.store)}: {why}")
     if getattr(args, "publish", None):
+        # here, not at the top: the redis client's import is a third of the start-up
+        from iocwatch.transport.redis import probe as probe_redis
+
         why = probe_redis(args.publish)
         if why:
             raise UsageError(f"--publish: {why}")
@@ -567,6 +570,7 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
         dns_link_max_ttl=args.dns_link_max_ttl))
     engine.flow_hook = pipeline.flow_hook
     engine.session_sink = pipeline.session_sink
+    engine.line_sink = pipeline.line_sink()
     started = time.process_time()
     out = run_engine(engine, pipeline.packets(reader), progress)
     close_all(engine, pipeline, reader, out)

@@ -27,6 +27,7 @@ from iocwatch.protocols import starttls as stls
 from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols import x509
 from iocwatch.protocols.cursor import Malformed
+from iocwatch.protocols.text import BYTE_HEX
 
 DETECT_MAX_BYTES = 8192  # late-TLS scan window (SOCKS, proxies, unknown upgrades)
 DETECT_MAX_CHUNKS = 16
@@ -36,6 +37,8 @@ HTTP_MAX_REQUESTS = 64
 DNS_TCP_MAX_BYTES = 1 << 18
 DNS_PORTS = frozenset({53, 5353, 5355})
 DNS_CACHE_MAX = 8192
+#: the --stats counter of each DNS record key (one lookup, not a string built per message)
+_MESSAGE_COUNTERS = {key: f"{key}_message" for key in ("dns", "mdns", "nbns")}
 #: raw message bytes the DNS parse cache holds (parsed, they take several times that): distinct
 #: 60 KB messages must not make 8192 entries half a gigabyte
 DNS_CACHE_BYTES = 2 << 20
@@ -691,11 +694,11 @@ class Dissector:
             self.stats["dns_cache_hits"] += 1
         is_response, section, body, names, query_obs, answer_obs, netbios, links, fronts = hit
         inner = dict(body[section])
-        inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
+        inner["id"] = BYTE_HEX[payload[1]] + BYTE_HEX[payload[0]]  # mercury: byte-swapped
         # as mercury: mDNS by its port, NetBIOS by its names, everything else (LLMNR on 5355
         # included) under ``dns``
         key = "mdns" if port == 5353 else "nbns" if netbios else "dns"
-        self.stats[f"{key}_message"] += 1
+        self.stats[_MESSAGE_COUNTERS[key]] += 1
         obs: list[Observation] = []
         if names:
             marker = ((payload[0] << 8) | payload[1], names[0])

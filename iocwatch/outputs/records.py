@@ -17,7 +17,11 @@ class RecordWriter:
         self.out: LineStream = stream if stream is not None else open_stream(path)
 
     def write(self, record: dict) -> None:
-        self.out.write(orjson.dumps(record) + b"\n")
+        self.write_line(orjson.dumps(record) + b"\n")
+
+    def write_line(self, line: bytes) -> None:
+        """A record already rendered (the engine's DNS lines), newline included."""
+        self.out.write(line)
         self.count += 1
 
     def flush(self) -> None:

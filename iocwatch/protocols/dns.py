@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from iocwatch.protocols.cursor import Cursor, Malformed, Truncated
+from iocwatch.protocols.text import BYTE_HEX, mercury_text
 from iocwatch.protocols.text import ipv6_text as _ipv6_text
-from iocwatch.protocols.text import mercury_text
 
 HEADER_LEN = 12
 MAX_COUNT = 256  # mercury rejects a header with any section count above this
@@ -791,7 +791,7 @@ def _fast_view(data: bytes) -> FastView:
                 o["unknown_rr_value"] = data[start:pos].hex()
             records.append(o)
         inner[key] = records
-    inner["id"] = f"{data[1]:02x}{data[0]:02x}"
+    inner["id"] = BYTE_HEX[data[1]] + BYTE_HEX[data[0]]  # mercury prints it byte-swapped
     return is_response, {"response" if is_response else "query": inner}, names, addresses, links
 
 

@@ -1,0 +1,114 @@
+"""DNS records rendered straight to their JSON line (Engine.line_sink) are byte for byte the
+lines the dict path writes (orjson of make_record), and alerts built from them are the same."""
+
+from __future__ import annotations
+
+import struct
+from pathlib import Path
+
+import orjson
+import pytest
+
+from iocwatch.capture.files import CaptureReader
+from iocwatch.cli import main
+from iocwatch.engine import Engine
+from iocwatch.pipeline import SensorPipeline
+from tests import pktbuild as pb
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(name: bytes) -> bytes:
+    return b"".join(bytes([len(p)]) + p for p in name.split(b".")) + b"\0"
+
+
+def _message(qid: int, name: bytes, response: bool, qtype: int = 1) -> bytes:
+    flags = 0x8180 if response else 0x0100
+    msg = struct.pack("!HHHHHH", qid, flags, 1, 1 if response else 0, 0, 0)
+    msg += _name(name) + struct.pack("!HH", qtype, 1)
+    if response:  # a pointer to the question's name, then an A or AAAA record
+        rdata = bytes([10, 0, 0, qid & 0xFF]) if qtype == 1 else bytes(15) + b"\x01"
+        msg += b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, 300, len(rdata)) + rdata
+    return msg
+
+
+def _frames() -> list[tuple[float, bytes]]:
+    """IPv4 and IPv6 (with and without a hop-by-hop header), ports 53 and 5353, repeated
+    messages under new ids (cache hits), a non-ASCII name, odd times (0, whole seconds)."""
+    out: list[tuple[float, bytes]] = []
+    names = [b"a.example", b"b.example", b"caf\xc3\xa9.example", b"x\x01y.example"]
+    for i in range(40):
+        name = names[i % len(names)]
+        qtype = 28 if i % 3 == 0 else 1
+        for response in (False, True):
+            msg = _message(0x1000 + i * 7, name, response, qtype)
+            sport, dport = (40000 + i, 53) if not response else (53, 40000 + i)
+            if i % 5 == 4:
+                sport = dport = 5353
+            seg = pb.udp(msg, sport, dport)
+            if i % 4 == 1:
+                frame = pb.eth(pb.ipv6(seg, nxt=17, flow=i * 1111), 0x86DD)
+            elif i % 4 == 2:  # a hop-by-hop header: mercury's ip.extensions
+                hbh = bytes([17, 0]) + b"\x01\x04\x00\x00\x00\x00"
+                frame = pb.eth(pb.ipv6(hbh + seg, nxt=0), 0x86DD)
+            else:
+                frame = pb.eth(pb.ipv4(seg, proto=17))
+            ts = 0.0 if i == 0 else 1_700_000_000 + i + (0 if i % 6 == 0 else 0.000321 * i)
+            out.append((ts, frame))
+    return out
+
+
+def _lines(path: str, rendered: bool) -> tuple[list[bytes], int]:
+    lines: list[bytes] = []
+    via_line = [0]
+
+    def sink(rec: dict, _obs: list, _ev: object) -> None:
+        lines.append(orjson.dumps(rec) + b"\n")
+
+    def line_sink(line: bytes, _obs: list, _ev: object) -> None:
+        via_line[0] += 1
+        lines.append(line)
+
+    eng = Engine(sink)
+    if rendered:
+        eng.line_sink = line_sink
+    reader = CaptureReader(path)
+    eng.run(reader)
+    eng.finish()
+    reader.close()
+    return lines, via_line[0]
+
+
+def test_rendered_dns_lines_equal_the_dict_path(tmp_path):
+    cap = tmp_path / "dns.pcap"
+    cap.write_bytes(pb.pcap(_frames()))
+    plain, _ = _lines(str(cap), rendered=False)
+    fast, via = _lines(str(cap), rendered=True)
+    assert fast == plain
+    assert via == len(plain) == 80
+    assert any(b'"extensions":' in x for x in fast) and any(b'"mdns":' in x for x in fast)
+    assert any(b'"version":6' in x for x in fast) and any(b"caf\xc3\xa9" in x for x in fast)
+
+
+@pytest.mark.parametrize("sample", sorted(p.name for p in (ROOT / "samples").glob("*.pcap*")))
+def test_samples_lines_equal_the_dict_path(sample):
+    plain, _ = _lines(str(ROOT / "samples" / sample), rendered=False)
+    fast, _via = _lines(str(ROOT / "samples" / sample), rendered=True)
+    assert fast == plain
+
+
+def test_alerts_from_rendered_lines_equal_the_dict_path(tmp_path, monkeypatch):
+    cap = tmp_path / "dns.pcap"
+    cap.write_bytes(pb.pcap(_frames()))
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text("a.example\n10.0.0.22\n")
+    outs = []
+    for rendered in (True, False):
+        if not rendered:
+            monkeypatch.setattr(SensorPipeline, "line_sink", lambda self: None)
+        alerts, records = tmp_path / f"alerts-{rendered}.json", tmp_path / f"rec-{rendered}.json"
+        assert main(["-r", str(cap), "--ioc", str(ioc), "--alerts", str(alerts), "-f",
+                     str(records), "-q"]) == 0
+        outs.append((alerts.read_bytes(), records.read_bytes()))
+    assert outs[0] == outs[1]
+    assert outs[0][0].count(b"\n") >= 10
