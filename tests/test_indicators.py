@@ -176,6 +176,26 @@ def test_plain_bad_lines_reported(tmp_path: Path) -> None:
     assert r.skipped_total == 6
 
 
+def test_plain_runs_load_as_line_by_line(tmp_path: Path) -> None:
+    """Runs of plain names are taken in bulk; a file with one line over the value limit is
+    read line by line: both give the same rows, metadata, exactness and report."""
+    body = ("# feed\r\nEvil.COM\r\nsub.evil.com\nb.org.\n=exact.net\n\n  spaced.io  \n"
+            "x.org # note\nB.org\n#!exact\nlater.com\n0.0.0.0 host.example\nbad\x00.com\n"
+            "evil.com\n1.2.3.4\nwww.K\u212aelvin.com\n*.wild.com\nlast.com")
+    bulk, rb = load(tmp_path, "a.txt", body)
+    slow, rs = load(tmp_path, "b.txt", body + "\n" + "a" * 5000)
+
+    def rows(s: IndicatorSet) -> list[tuple[object, ...]]:
+        return [(i.value, i.kind, i.line, i.meta, i.exact) for i in s]
+
+    assert rows(bulk) == rows(slow)
+    assert len(rows(bulk)) == 13 and rb.duplicates == rs.duplicates == 1  # B.org
+    assert rb.skipped == [(str(tmp_path / "a.txt"), 13, "NUL byte")]
+    assert rs.skipped[:1] == [(str(tmp_path / "b.txt"), 13, "NUL byte")]
+    assert {(i.value, i.exact) for i in bulk if i.line in (3, 5, 11, 14)} == {
+        ("sub.evil.com", False), ("exact.net", True), ("later.com", True), ("evil.com", True)}
+
+
 def test_invalid_utf8_line(tmp_path: Path) -> None:
     s, r = load(tmp_path, "a.txt", b"good.com\nbad\xff.com\nother.com\n")
     assert len(s) == 2 and r.skipped[0][1:] == (2, "invalid UTF-8")

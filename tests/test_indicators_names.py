@@ -22,10 +22,10 @@ def _name(rng: random.Random, lo: int, hi: int) -> str:
     return ".".join(rng.choice(LABELS) for _ in range(rng.randint(lo, hi)))
 
 
-def _lists(rng: random.Random) -> tuple[str, str]:
+def _lists(rng: random.Random, lo: int = 1) -> tuple[str, str]:
     rows = []
     for _ in range(400):
-        name = _name(rng, 1, 5)
+        name = _name(rng, lo, 5)
         roll = rng.random()
         if roll < 0.15:
             rows.append(f"*.{name}")
@@ -66,10 +66,11 @@ def _reference(s: IndicatorSet, name: str) -> list[tuple[str, str, int]]:
     return [(i.value, i.file, i.line) for i in [t[2] for t in by_suffix] + kids]
 
 
+@pytest.mark.parametrize("lo", [1, 2])  # 2: no one-label name, the quick matcher's case
 @pytest.mark.parametrize("seed", range(6))
-def test_names_match_as_the_rules_say(tmp_path: Path, seed: int) -> None:
+def test_names_match_as_the_rules_say(tmp_path: Path, seed: int, lo: int) -> None:
     rng = random.Random(seed)
-    one, two = _lists(rng)
+    one, two = _lists(rng, lo)
     paths = [tmp_path / "one.txt", tmp_path / "two.txt"]
     paths[0].write_text(one)
     paths[1].write_text(two)
@@ -79,6 +80,7 @@ def test_names_match_as_the_rules_say(tmp_path: Path, seed: int) -> None:
     IndicatorSet.load_cached(srcs, cache=cache)
     cached, _, from_cache = IndicatorSet.load_cached(srcs, cache=cache)
     assert from_cache
+    assert fresh._plain == cached._plain == (lo == 2)
     names = [_name(rng, 1, 7) for _ in range(600)]
     names += ["*." + _name(rng, 1, 4) for _ in range(200)]
     hits = 0

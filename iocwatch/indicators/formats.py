@@ -15,6 +15,8 @@ import os
 import re
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from itertools import chain, compress
+from operator import not_
 from typing import Any
 
 import orjson
@@ -23,8 +25,8 @@ from iocwatch.boundary import classify
 
 from . import maltrail
 from . import model as m
-from .lines import MAX_LINE, Sink, bad_text, content_lines, numbered_lines
-from .normalise import TYPE_NAMES, UNSUPPORTED_TYPES
+from .lines import MAX_LINE, Sink, bad_text, numbered_lines
+from .normalise import MAX_VALUE, PLAIN_NAME, TYPE_NAMES, UNSUPPORTED_TYPES
 
 MAX_PATTERN = 65536
 MAX_DEPTH = 100
@@ -154,39 +156,69 @@ def read_plain(text: str, sink: Sink, exact: bool) -> None:
 
     ``=value`` makes one indicator exact-only; a ``#!exact`` line makes all later ones so.
     Hosts-file lines (``0.0.0.0 evil.com``) are accepted as the name.
+
+    Lines that are plain names (:data:`normalise.PLAIN_NAME` once stripped and lower-cased:
+    most lines of a big list) are matched by C loops over the whole file and handed over in
+    runs (``sink.add_names``); the other lines, in their place, take the line-by-line path.
     """
     shared: dict[str, Any] = {}
-    for n, s in content_lines(text, sink):
-        if s.startswith("#"):
-            if _EXACT_DIRECTIVE.match(s):
-                exact = True
-            sink.comment()
-            continue
-        bad = bad_text(s)
-        if bad:
-            sink.skip(n, bad, m.R_ENCODING)
-            continue
-        meta = shared
-        value = s
-        if "#" in s:
-            cut = _INLINE_COMMENT.search(s)
-            if cut is not None:
-                comment = s[cut.end():].strip()
-                value = s[:cut.start()].strip()
-                if comment:
-                    meta = {"description": comment}
-        if " " in value or "\t" in value:
-            tokens = value.split()
-            if len(tokens) == 2 and tokens[0] in ("0.0.0.0", "127.0.0.1", "::", "::1"):
-                tokens = tokens[1:]
-            if len(tokens) != 1:
-                sink.skip(n, "more than one value on the line", m.R_MALFORMED)
-                continue
-            value = tokens[0]
-        one_exact = exact
-        if value.startswith("="):
-            one_exact, value = True, value[1:]
-        sink.add(value, None, n, meta, one_exact)
+    state = {"exact": exact}
+    lines = text.split("\n")
+    if max(map(len, lines), default=0) > MAX_VALUE:  # rare: no bulk, limits line by line
+        for n, line in enumerate(lines, 1):
+            _plain_line(n, line, sink, shared, state)
+        return
+    names = list(map(str.lower, map(str.strip, lines)))
+    others = list(compress(range(len(names)), map(not_, map(PLAIN_NAME.fullmatch, names))))
+    start = 0
+    for i in chain(others, (len(names),)):
+        if i > start:
+            sink.add_names(names[start:i], start + 1, shared, state["exact"])
+        if i < len(lines):
+            _plain_line(i + 1, lines[i], sink, shared, state)
+        start = i + 1
+
+
+def _plain_line(n: int, line: str, sink: Sink, shared: dict[str, Any],
+                state: dict[str, bool]) -> None:
+    """One line of a plain list the slow way (comments, directives, hosts lines, the rest)."""
+    line = line.removesuffix("\r")
+    if len(line) > MAX_LINE:
+        sink.skip(n, f"line longer than {MAX_LINE} characters", m.R_MALFORMED)
+        return
+    s = line.strip()
+    if not s:
+        return
+    if s.startswith("#"):
+        if _EXACT_DIRECTIVE.match(s):
+            state["exact"] = True
+        sink.comment()
+        return
+    bad = bad_text(s)
+    if bad:
+        sink.skip(n, bad, m.R_ENCODING)
+        return
+    meta = shared
+    value = s
+    if "#" in s:
+        cut = _INLINE_COMMENT.search(s)
+        if cut is not None:
+            comment = s[cut.end():].strip()
+            value = s[:cut.start()].strip()
+            if comment:
+                meta = {"description": comment}
+    if " " in value or "\t" in value:
+        tokens = value.split()
+        if len(tokens) == 2 and tokens[0] in ("0.0.0.0", "127.0.0.1", "::", "::1"):
+            tokens = tokens[1:]
+        if len(tokens) != 1:
+            sink.skip(n, "more than one value on the line", m.R_MALFORMED)
+            return
+        value = tokens[0]
+    one_exact = state["exact"]
+    if value.startswith("="):
+        one_exact, value = True, value[1:]
+    sink.add(value, None, n, meta, one_exact)
 
 
 # ----------------------------------------------------------------------------------- csv

@@ -20,6 +20,11 @@ class Sink(Protocol):
     def add(self, raw: str, hint: str | None, line: int, meta: dict[str, Any],
             exact: bool) -> None: ...
 
+    def add_names(self, names: list[str], first_line: int, meta: dict[str, Any],
+                  exact: bool) -> None:
+        """Domains already normalised (:data:`normalise.PLAIN_NAME`), one a line from
+        ``first_line`` on: what :meth:`add` would do with each, at once."""
+
     def skip(self, line: int, reason: str, why: str = m.R_MALFORMED) -> None: ...
 
     def unsupported(self, line: int, what: str, listed: bool = False,

@@ -25,6 +25,9 @@ _DEFANG = (("[.]", "."), ("(.)", "."), ("{.}", "."), ("[dot]", "."), ("[:]", ":"
 # An ASCII name of 2+ labels whose last label starts with a letter: cannot be an address,
 # a hash, a fingerprint or a URL.
 _PLAIN_DOMAIN = re.compile(r"(?:[a-z0-9_-]{1,63}\.)+[a-z][a-z0-9-]{0,62}\.?")
+#: the same without the trailing dot: a lower-case stripped text it matches fully is a domain
+#: whose normalised value is that text (readers use it to take whole runs of lines at once)
+PLAIN_NAME = re.compile(_PLAIN_DOMAIN.pattern[:-3])
 _BAD_NAME_CHARS = frozenset(" \t\r\n\x0b\x0c/@:,;\"'<>")
 MAX_VALUE = 4096
 

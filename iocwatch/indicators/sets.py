@@ -427,6 +427,23 @@ class _FileSink:
         b.lines.append(line if 0 <= line <= 0xFFFFFFFF else 0)
         b.meta_idx.append(mi)
 
+    def add_names(self, names: list[str], first_line: int, meta: dict[str, Any],
+                  exact: bool) -> None:
+        n = len(names)
+        if not n:
+            return
+        b = self.b
+        mi = b.meta_ids.get(id(meta))
+        if mi is None:
+            mi = b.meta_ids[id(meta)] = len(b.metas)
+            b.metas.append(meta)
+        b.values += names
+        b.kinds += bytes((_KIND_CODE[m.DOMAIN],)) * n
+        b.flags += bytes((_EXACT if exact else 0,)) * n
+        b.file_idx += array("I", (self.fidx,)) * n
+        b.lines.extend(range(first_line, first_line + n))
+        b.meta_idx += array("I", (mi,)) * n
+
     def _count(self, why: str) -> None:
         reasons = self.summary.reasons
         reasons[why] = reasons.get(why, 0) + 1
