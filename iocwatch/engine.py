@@ -28,6 +28,7 @@ from iocwatch.flows.quic import (
 )
 from iocwatch.flows.tables import EVICT_SHARE, evict_oldest
 from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
+from iocwatch.model import evidence
 from iocwatch.model.channels import NAME_CHANNELS
 from iocwatch.model.observation import Observation
 from iocwatch.model.tls_session import TlsSession
@@ -295,6 +296,7 @@ class Engine:
                         ctx = PacketContext(version, src, dst, 6, sport, dport, ttl, ipid, sec, usec,
                                             self.decoder.ext6)
                     for ev in events:
+                        ev.flags |= stream.flags  # the direction's evidence (rare: mostly 0)
                         self._emit(ev, ctx)
                         if self.session_sink is not None and ev.key == "tls":
                             self._session(conn, ev, ctx)
@@ -361,8 +363,13 @@ class Engine:
             events = self.dissector.flush(direction)
             if events:
                 ctx = _context_from_key(flow.keys[idx], flow.last)
+                stream = flow.up if idx == 0 else flow.down
+                flags = 0
+                if stream is not None:  # held segments never filled: a gap before the end
+                    flags = stream.flags | (evidence.MISSING_SEGMENT if stream.pending else 0)
                 if ctx is not None:
                     for ev in events:
+                        ev.flags |= flags
                         self._emit(ev, ctx)
 
     def _drop(self, flow: _Flow) -> None:
@@ -491,6 +498,8 @@ class Engine:
             counter = _NAME_COUNTERS.get(ob.channel)
             if counter is not None:
                 stats[counter] += 1
+        if ev.flags:
+            evidence.count(ev.flags, stats)
         self.sink(make_record(ev, ctx), ev.observations, ev)
 
     def finish(self) -> None:
@@ -547,8 +556,8 @@ def make_record(ev: Event, ctx: PacketContext) -> dict:
     rec[ev.key] = ev.body
     if ev.extra:
         rec.update(ev.extra)
-    if ev.reassembled:
-        rec["reassembly_properties"] = {"reassembled": True}
+    if ev.reassembled or ev.flags:  # mercury's reassembly_properties, iocwatch's evidence
+        evidence.render(ev.flags, ev.reassembled, rec)
     if ctx.version == 4:
         rec["ip"] = {"version": 4, "ttl": ctx.ttl, "id": f"{ctx.ipid:04x}"}
     else:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+from iocwatch.model import evidence as evf
 from iocwatch.model.channels import Channel
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
@@ -69,6 +70,16 @@ class Event:
     server_hello: tlsp.ServerHello | None = None
     #: its message came in more than one TCP segment (mercury's ``reassembly_properties``)
     reassembled: bool = False
+    #: evidence bits (iocwatch.model.evidence): what weakens this record's evidence
+    flags: int = 0
+
+
+def _hello_flags(hello: tlsp.ClientHello) -> int:
+    """Evidence bits of a ClientHello: extensions cut short, a server name no host has."""
+    flags = evf.MALFORMED_CLIENT_HELLO if hello.truncated else 0
+    if hello.server_name and evf.invalid_name(hello.server_name):
+        flags |= evf.INVALID_NAME
+    return flags
 
 
 class Direction:
@@ -142,9 +153,9 @@ class Dissector:
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
         #: message after its id -> (is response, section key, mercury's JSON, question names,
-        #: their observations, the answers' address observations, NetBIOS names)
+        #: their observations, the answers' address observations, NetBIOS names, evidence bits)
         self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[Observation],
-                                          list[Observation], bool]] = {}
+                                          list[Observation], bool, int]] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
@@ -350,7 +361,7 @@ class Dissector:
         obs.append(Observation(ja3, Channel.JA3))
         obs.append(Observation(ja4, Channel.JA4))
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
-                     client_hello=hello)
+                     client_hello=hello, flags=_hello_flags(hello))
 
     def _fingerprints(self, hello: tlsp.ClientHello | tlsp.ServerHello) -> tuple[str | None, str, str]:
         """(mercury's string, JA3/JA3S MD5, JA4/JA4S) of a hello over TCP, cached by shape."""
@@ -389,7 +400,8 @@ class Dissector:
         fps = {"quic": hello.mercury_quic_fingerprint(packet.version)}
         self._client_fingerprints(hello, "q", fps, obs)
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
-                     extra={"quic": packet.to_mercury()}, client_hello=hello)
+                     extra={"quic": packet.to_mercury()}, client_hello=hello,
+                     flags=_hello_flags(hello))
 
     def quic_server_hello(self, body: bytes, packet: quicp.InitialPacket) -> Event | None:
         """The ServerHello of a server's QUIC Initial: JA3S and JA4S (``q``) for QUIC too.
@@ -459,8 +471,17 @@ class Dissector:
             obs.append(Observation(ja4s, Channel.JA4S))
             self.stats["tls_server_hello"] += 1
             d.server_hello = None
+        flags = 0
+        if ders:  # what the chain tells about its own evidence
+            if len(certs) < len(ders):
+                flags |= evf.MALFORMED_CERTIFICATE
+            for cert in certs:
+                if cert.tolerant:
+                    flags |= evf.CERT_REFUSED
+                if any(evf.invalid_name(n) for n in cert.dns_names):
+                    flags |= evf.INVALID_NAME
         return Event("tls", {side: body}, obs, fingerprints=fps, certificates=certs,
-                     server_hello=hello)
+                     server_hello=hello, flags=flags)
 
     def _http(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
@@ -570,8 +591,10 @@ class Dissector:
             obs.append(Observation(url, Channel.HTTP_URL))
         d.requests += 1
         d.conn.client = d.index
+        bad = bool(req.host) and evf.invalid_name(req.host, authority=True)
         return Event("http", {"request": req.to_mercury()}, obs,
-                     fingerprints={"http": req.fingerprint()})
+                     fingerprints={"http": req.fingerprint()},
+                     flags=evf.INVALID_NAME if bad else 0)
 
     def _dns_tcp(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
@@ -636,7 +659,8 @@ class Dissector:
             # the observations too: they are immutable, and the same for every repeat
             hit = (view[0], next(iter(body)), body, view[2],
                    [Observation(n, Channel.DNS_QUERY) for n in view[2]],
-                   [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]], netbios)
+                   [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]], netbios,
+                   evf.INVALID_NAME if any(evf.invalid_name(n) for n in view[2]) else 0)
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -648,7 +672,7 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        is_response, section, body, names, query_obs, answer_obs, netbios = hit
+        is_response, section, body, names, query_obs, answer_obs, netbios, bad_names = hit
         inner = dict(body[section])
         inner["id"] = f"{payload[1]:02x}{payload[0]:02x}"  # mercury prints the id byte-swapped
         # as mercury: mDNS by its port, NetBIOS by its names, everything else (LLMNR on 5355
@@ -667,4 +691,5 @@ class Dissector:
                 obs = query_obs[:]
         if is_response:
             obs += answer_obs
-        return Event(key, {section: inner}, obs)
+        # mDNS instance names ("My Printer._ipp._tcp.local") may hold any character
+        return Event(key, {section: inner}, obs, flags=bad_names if port != 5353 else 0)
