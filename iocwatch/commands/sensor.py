@@ -10,8 +10,9 @@ import signal
 import stat
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -24,6 +25,7 @@ from iocwatch.commands.sensor_options import (
     add_publish_arguments,
     add_store_arguments,
     add_tailgate_arguments,
+    add_trace_arguments,
     check_offline,
     live_only_given,
 )
@@ -39,6 +41,9 @@ from iocwatch.store.sqlite import sqlite_path
 from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH
 from iocwatch.transport.redis import probe as probe_redis
 from iocwatch.usage import UsageError, redact_url
+
+if TYPE_CHECKING:
+    from iocwatch.outputs.trace import Tracer
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_arguments(p)  # --store: the passive-SSL store
     add_tailgate_arguments(p)
     add_publish_arguments(p)  # --publish redis://...
+    add_trace_arguments(p)  # --trace NAME
     return p
 
 
@@ -102,6 +108,10 @@ def contradictions(args: argparse.Namespace) -> list[str]:
     if args.no_records and args.output:
         bad.append("--no-records and -f/--output: choose one (records are either written "
                    "or not)")
+    if getattr(args, "trace_file", None) and not getattr(args, "trace", None):
+        bad.append("--trace-file: only with --trace NAME")
+    if getattr(args, "trace", None) and (args.interface is not None or args.workers > 1):
+        bad.append("--trace: only with -r and one process (packet numbers are the capture's)")
     if args.pem and not args.cert_dir:
         bad.append("--pem: only with -w DIR (it writes a .pem beside each .der there)")
     # "X only with Y" is judged on the command line: a --config file (contrib/iocwatch.toml)
@@ -148,7 +158,8 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
     outputs: list[tuple[str, str]] = []
     for flag, path in (("-f", records_to), ("--alerts", alerts_to),
                        ("--stats-json", args.stats_json),
-                       ("--session-records", args.session_records)):
+                       ("--session-records", args.session_records),
+                       ("--trace-file", getattr(args, "trace_file", None))):
         if path is not None and path != "-":
             paths.check_file(flag, path)
             outputs.append((flag, path))
@@ -376,7 +387,7 @@ class Outcome:
     stop: BaseException | None = None
 
 
-def run_engine(engine: Engine, reader: CaptureReader | CaptureSet,
+def run_engine(engine: Engine, reader: Iterable[tuple[int, int, int, bytes]],
                progress: Progress | None) -> Outcome:
     out = Outcome()
     try:
@@ -484,14 +495,39 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
         reloader.tick()
 
     reader.on_read = periodic
-    engine = Engine(pipeline.engine_sink, EngineConfig(args.mbpc, args.mbpt))
+    tracer = open_trace(args, pipeline)
+    sink = pipeline.engine_sink if tracer is None else tracer.wrap(pipeline.engine_sink)
+    engine = Engine(sink, EngineConfig(args.mbpc, args.mbpt))
     engine.flow_hook = pipeline.flow_hook
     engine.session_sink = pipeline.session_sink
     started = time.process_time()
-    out = run_engine(engine, reader, progress)
+    out = run_engine(engine, reader if tracer is None else tracer.packets(reader), progress)
     close_all(engine, pipeline, reader, out)
     report = run_report(engine, reader, pipeline, time.process_time() - started)
+    if tracer is not None:
+        close_steps(out, (lambda: end_trace(tracer, engine),))
     return end_run(args, report, out)
+
+
+def open_trace(args: argparse.Namespace, pipeline: SensorPipeline) -> Tracer | None:
+    """The --trace watcher, or None (then nothing of it is in the packet path)."""
+    if not getattr(args, "trace", None):
+        return None
+    from iocwatch.outputs.trace import Tracer
+
+    path = getattr(args, "trace_file", None)
+    try:
+        out = open(path, "w", encoding="utf-8") if path else sys.stderr  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"--trace-file {path}: cannot write: {reason(exc)}") from None
+    return Tracer(args.trace, out, pipeline.matcher, pipeline.own_traffic)
+
+
+def end_trace(tracer: Tracer, engine: Engine) -> None:
+    """The trace's closing lines (where the names were not seen), then its file closed."""
+    tracer.report(engine.stats)
+    if tracer.out is not sys.stderr:
+        tracer.out.close()
 
 
 def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
