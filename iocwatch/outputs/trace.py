@@ -45,6 +45,7 @@ _REASON_TEXT = dict(REASONS)
 #: a record with an observation on this channel (added by the ECH detector) sets ``ech``
 _ECH_CHANNEL = "tls_sni_outer"
 _CERT_CHANNELS = frozenset({Channel.CERT_SAN, Channel.CERT_CN})
+_DNS = frozenset({Channel.DNS_QUERY, Channel.DNS_ANSWER})
 _TRANSPORT = {6: "tcp", 17: "udp"}
 
 
@@ -209,24 +210,28 @@ class Tracer:
             total = sum(t.seen.values())
             parts = ", ".join(f"{c} {n}" for c, n in t.seen.items())
             self._line(t, f"seen {total} times" + (f" ({parts})" if parts else ""))
-            related = self._related(t)
+            related, named = self._related(t)
             for ch in [*NAME_CHANNELS_ORDERED, Channel.DNS_ANSWER]:
                 if str(ch) not in t.seen:
-                    self._line(t, f"not seen as {ch}: {self._why(t, ch, related, stats)}")
+                    why = self._why(t, ch, related, stats)
+                    if related and not named and ch not in _DNS:
+                        why = "no flow named it; flows to the addresses DNS gave for it: " + why
+                    self._line(t, f"not seen as {ch}: {why}")
         self.out.flush()
 
-    def _related(self, t: _Target) -> list[_Flow]:
-        """Flows that carried the name, or went to an address DNS gave for it."""
-        keys = dict(t.flows)
-        if t.addresses:
-            for fkey in self.flows:
-                if fkey[1][0] in t.addresses or fkey[2][0] in t.addresses:
-                    keys[fkey] = None
-        return [self.flows[k] for k in keys if k in self.flows]
+    def _related(self, t: _Target) -> tuple[list[_Flow], bool]:
+        """Flows that carried the name (DNS aside), else flows to an address DNS gave for it;
+        and whether they are the former."""
+        named = [self.flows[k] for k in t.flows if k in self.flows]
+        named = [f for f in named if f.kinds - {"dns", "mdns"}]
+        if named or not t.addresses:
+            return named, True
+        return [f for k, f in self.flows.items()
+                if k[1][0] in t.addresses or k[2][0] in t.addresses], False
 
     def _why(self, t: _Target, ch: Channel, related: list[_Flow], stats: dict[str, int]) -> str:
         dns_seen = str(Channel.DNS_QUERY) in t.seen or str(Channel.DNS_ANSWER) in t.seen
-        if ch in (Channel.DNS_QUERY, Channel.DNS_ANSWER):
+        if ch in _DNS:
             return ("only the other DNS direction was seen" if dns_seen
                     else "no DNS message for it in the capture")
         want = _CARRIER.get(ch, "tls")
