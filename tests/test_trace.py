@@ -121,8 +121,18 @@ def test_a_gap_on_the_flow_that_carried_it(tmp_path: Path) -> None:
     assert [(h[1], h[2], h[4]) for h in hits(lines)] == [
         (4, "tls_sni", "matched indicator gap.example (domain, " + str(tmp_path / "ioc.txt")
          + ":1)")]
+    mid = trace(tmp_path, _mid_connection_capture(tmp_path), ["mid.example"], "mid.example")
+    assert hits(mid)[0][4].endswith("(domain, " + str(tmp_path / "ioc.txt")
+                                    + ":1) [evidence: mid_connection]")
     assert "trace gap.example: not seen as cert_san: 10.0.0.1:40000 -> 10.0.0.2:443 tcp: " \
            "a gap: a segment never arrived" in lines
+
+
+def _mid_connection_capture(tmp_path: Path) -> Path:
+    cap = tmp_path / "mid.pcap"
+    cap.write_bytes(pb.pcap([(1700000000, seg(b"GET / HTTP/1.1\r\nHost: mid.example\r\n\r\n",
+                                              77777))]))
+    return cap
 
 
 def test_quic_initials_that_did_not_decrypt(tmp_path: Path) -> None:

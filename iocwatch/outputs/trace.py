@@ -197,7 +197,9 @@ class Tracer:
         start = record.get("event_start")
         when = iso_utc(start) if isinstance(start, float) else "?"
         where = f"packet {self.number}" + (" (flushed at the end)" if self.ended else "")
-        self._line(t, f"{where} {when} {channel} {name!r} {_flow_text(record)}: {decision}")
+        flags = evidence.of_record(record)
+        weak = f" [evidence: {', '.join(flags)}]" if flags else ""
+        self._line(t, f"{where} {when} {channel} {name!r} {_flow_text(record)}: {decision}{weak}")
 
     def _line(self, t: _Target, text: str) -> None:
         self.out.write(f"trace {t.name}: {text}\n")
