@@ -39,6 +39,7 @@ from iocwatch.flows.quic import (
 )
 from iocwatch.flows.tables import EVICT_SHARE, evict_oldest
 from iocwatch.flows.tcp import SEQ_MOD, ReassemblyLimits, TcpStream
+from iocwatch.model import evidence
 from iocwatch.model.channels import NAME_CHANNELS, Channel
 from iocwatch.model.observation import Observation
 from iocwatch.model.tls_session import TlsSession
@@ -342,6 +343,7 @@ class Engine:
                         ctx = PacketContext(version, src, dst, 6, sport, dport, ttl, ipid, sec, usec,
                                             self.decoder.ext6)
                     for ev in events:
+                        ev.flags |= stream.flags  # the direction's evidence (rare: mostly 0)
                         if flow.link is not None and (ev.client_hello is not None
                                                       or ev.key == "http"):
                             self._emit(ev, ctx, flow.link)
@@ -417,8 +419,13 @@ class Engine:
             events = self.dissector.flush(direction)
             if events:
                 ctx = _context_from_key(flow.keys[idx], flow.last)
+                stream = flow.up if idx == 0 else flow.down
+                flags = 0
+                if stream is not None:  # held segments never filled: a gap before the end
+                    flags = stream.flags | (evidence.MISSING_SEGMENT if stream.pending else 0)
                 if ctx is not None:
                     for ev in events:
+                        ev.flags |= flags
                         self._emit(ev, ctx)
 
     def _drop(self, flow: _Flow) -> None:
@@ -623,6 +630,8 @@ class Engine:
             counter = _NAME_COUNTERS.get(ob.channel)
             if counter is not None:
                 stats[counter] += 1
+        if ev.flags:
+            evidence.count(ev.flags, stats)
 
     def _emit(self, ev: Event, ctx: PacketContext,
               link: tuple[Link, PacketContext] | None = None) -> None:
@@ -666,12 +675,15 @@ class Engine:
     def _dns_line(self, ev: Event, payload: bytes, version: int, src: bytes, dst: bytes,
                   sport: int, dport: int, ttl: int, ipid: int, sec: int, usec: int) -> bool:
         """A DNS message's record straight to :attr:`line_sink`; False when its rendering does
-        not end in the 4-character id (the caller then takes the dict path).
+        not end in the 4-character id or it has evidence flags (the caller then takes the dict
+        path).
 
         The record is ``{key: {section: {..., "id": ID}}, "ip": ..., flow fields}``: all
         before ID is the same for every repeat of the message (the dissector renders each
         distinct message once, keyed as here), so orjson writes it once. (The packet's fields
         come as they are: a PacketContext is built only for the dict path.)"""
+        if ev.flags:
+            return False  # evidence flags (a name no host has): make_record renders them
         ident = BYTE_HEX[payload[1]] + BYTE_HEX[payload[0]]  # the dissector's, byte-swapped
         body_key = payload[2:]
         known = self._dns_lines.get(body_key)
@@ -783,8 +795,8 @@ def make_record(ev: Event, ctx: PacketContext) -> dict:
     rec[ev.key] = ev.body
     if ev.extra:
         rec.update(ev.extra)
-    if ev.reassembled:
-        rec["reassembly_properties"] = {"reassembled": True}
+    if ev.reassembled or ev.flags:  # mercury's reassembly_properties, iocwatch's evidence
+        evidence.render(ev.flags, ev.reassembled, rec)
     if ctx.version == 4:
         ipid = ctx.ipid
         rec["ip"] = {"version": 4, "ttl": ctx.ttl, "id": BYTE_HEX[ipid >> 8] + BYTE_HEX[ipid & 255]}

@@ -372,3 +372,26 @@ def test_community_id_of_every_alert(runs: dict[str, list[dict[str, Any]]]) -> N
         if a["community_id"] is not None:
             assert a["community_id"] == _flow_cid(a["src_ip"], a["dst_ip"], a["src_port"],
                                                   a["dst_port"], a["protocol"])
+
+
+@pytest.mark.parametrize("template", [ES, OS], ids=["elasticsearch", "opensearch"])
+def test_evidence_flags_fit_the_template(template: Path) -> None:
+    """Every evidence flag (none of the samples has one) as an ECS alert carries it: each
+    field mapped, with the template's type."""
+    from iocwatch.model import evidence
+    from iocwatch.outputs.alerts import build_alert, to_ecs
+
+    record = {"src_ip": "192.0.2.1", "dst_ip": "192.0.2.2", "protocol": 6, "src_port": 40000,
+              "dst_port": 443, "event_start": 1700000000.5}
+    evidence.render(sum(f.bit for f in evidence.FLAGS), True, record)
+    indicator = type("I", (), {"value": "x.example", "kind": "domain", "file": None,
+                               "line": None, "meta": None})()
+    doc = to_ecs(build_alert(record=record, channel="tls_sni", name="a.x.example",
+                             normalised="a.x.example", indicator=indicator, sensor="t"))
+    mappings = _template(template)
+    flags = doc["iocwatch"]["evidence"]
+    assert len(flags) == len({f.key for f in evidence.FLAGS if not f.malformed}) + 1
+    for path, v in _walk(flags, "iocwatch.evidence"):
+        found = _mapping(mappings, path)
+        assert found is not None and found[0] == path, path
+        assert _value_ok(found[1].get("type", "object"), v), (path, v)

@@ -134,7 +134,8 @@ def test_http_exchange_records_in_the_engine() -> None:
     assert resp["fingerprints"] == {"http_server": parse_response(RESPONSE).fingerprint()}
     assert resp["http"]["response"]["server"] == "nginx"
     assert "reassembly_properties" not in resp  # one segment
-    assert list(resp)[:3] == ["fingerprints", "http", "ip"]
+    assert resp["evidence"] == {"mid_connection": True}  # its SYN-ACK is not in the capture
+    assert list(resp)[:4] == ["fingerprints", "http", "evidence", "ip"]
     assert ("http_host", "www.example.com") in c.names
     assert not any(name == "nginx" for _, name in c.names)
 

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
@@ -24,6 +25,7 @@ from iocwatch.commands.sensor_options import (
     add_publish_arguments,
     add_store_arguments,
     add_tailgate_arguments,
+    add_trace_arguments,
     check_offline,
     live_only_given,
 )
@@ -46,6 +48,9 @@ from iocwatch.outputs.paths import reason
 from iocwatch.pipeline import SensorPipeline
 from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH
 from iocwatch.usage import UsageError, redact_url
+
+if TYPE_CHECKING:
+    from iocwatch.outputs.trace import Tracer
 
 
 def _alert_rules(text: str) -> list[str]:
@@ -131,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_store_arguments(p)  # --store: the passive-SSL store
     add_tailgate_arguments(p)
     add_publish_arguments(p)  # --publish redis://...
+    add_trace_arguments(p)  # --trace NAME
     return p
 
 
@@ -141,6 +147,10 @@ def contradictions(args: argparse.Namespace) -> list[str]:
     if args.no_records and args.output:
         bad.append("--no-records and -f/--output: choose one (records are either written "
                    "or not)")
+    if getattr(args, "trace_file", None) and not getattr(args, "trace", None):
+        bad.append("--trace-file: only with --trace NAME")
+    if getattr(args, "trace", None) and (args.interface is not None or args.workers > 1):
+        bad.append("--trace: only with -r and one process (packet numbers are the capture's)")
     if args.pem and not args.cert_dir:
         bad.append("--pem: only with -w DIR (it writes a .pem beside each .der there)")
     # "X only with Y" is judged on the command line: a --config file (contrib/iocwatch.toml)
@@ -198,7 +208,8 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
     outputs: list[tuple[str, str]] = []
     for flag, path in (("-f", records_to), ("--alerts", alerts_to),
                        ("--stats-json", args.stats_json),
-                       ("--session-records", args.session_records)):
+                       ("--session-records", args.session_records),
+                       ("--trace-file", getattr(args, "trace_file", None))):
         if path is not None and path != "-":
             paths.check_file(flag, path)
             outputs.append((flag, path))
@@ -565,17 +576,44 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
         reloader.tick()
 
     reader.on_read = periodic
-    engine = Engine(pipeline.engine_sink, EngineConfig(
+    tracer = open_trace(args, pipeline)
+    sink = pipeline.engine_sink if tracer is None else tracer.wrap(pipeline.engine_sink)
+    engine = Engine(sink, EngineConfig(
         args.mbpc, args.mbpt, dns_link=args.dns_link_max_ttl > 0,
         dns_link_max_ttl=args.dns_link_max_ttl))
     engine.flow_hook = pipeline.flow_hook
     engine.session_sink = pipeline.session_sink
-    engine.line_sink = pipeline.line_sink()
+    if tracer is None:  # --trace reads every record as it is made
+        engine.line_sink = pipeline.line_sink()
     started = time.process_time()
-    out = run_engine(engine, pipeline.packets(reader), progress)
+    packets = pipeline.packets(reader)
+    out = run_engine(engine, packets if tracer is None else tracer.packets(packets), progress)
     close_all(engine, pipeline, reader, out)
     report = run_report(engine, reader, pipeline, time.process_time() - started)
+    if tracer is not None:
+        close_steps(out, (lambda: end_trace(tracer, engine),))
     return end_run(args, report, out)
+
+
+def open_trace(args: argparse.Namespace, pipeline: SensorPipeline) -> Tracer | None:
+    """The --trace watcher, or None (then nothing of it is in the packet path)."""
+    if not getattr(args, "trace", None):
+        return None
+    from iocwatch.outputs.trace import Tracer
+
+    path = getattr(args, "trace_file", None)
+    try:
+        out = open(path, "w", encoding="utf-8") if path else sys.stderr  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"--trace-file {path}: cannot write: {reason(exc)}") from None
+    return Tracer(args.trace, out, pipeline.matcher, pipeline.own_traffic)
+
+
+def end_trace(tracer: Tracer, engine: Engine) -> None:
+    """The trace's closing lines (where the names were not seen), then its file closed."""
+    tracer.report(engine.stats)
+    if tracer.out is not sys.stderr:
+        tracer.out.close()
 
 
 def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,

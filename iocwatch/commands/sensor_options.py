@@ -70,6 +70,16 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
         help="which streams go to --syslog/--udp/--tcp (records, alerts, sessions)")
 
 
+def add_trace_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--trace NAME``: where a name was seen in a capture, and why not elsewhere."""
+    g = parser.add_argument_group("tracing a name (with -r)")
+    g.add_argument("--trace", action="append", metavar="NAME",
+                   help="print every place NAME (or a name under it) was seen: packet number, "
+                   "time, channel, flow and the matcher's decision; at the end where it was "
+                   "not seen and why. Repeatable. To stderr unless --trace-file")
+    g.add_argument("--trace-file", metavar="FILE", help="write the --trace lines to FILE")
+
+
 def live_only_given(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
     """Flags of add_live_arguments' groups set away from their defaults (a --config file
     sets defaults, so its live keys do not count): meaningless when reading a file."""

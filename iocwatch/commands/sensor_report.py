@@ -88,8 +88,11 @@ def collect_stats(engine: Engine, reader: CaptureReader | CaptureSet, cpu: float
         "certificates": {"parsed": engine.certs.misses, "cache_hits": engine.certs.hits},
         "malformed": {k[10:]: v for k, v in counters.items() if k.startswith("malformed_")},
         "counters": {k: v for k, v in sorted(counters.items())
-                     if not k.startswith(("malformed_", "names_"))},
+                     if not k.startswith(("malformed_", "names_", "evidence_"))},
     }
+    flagged = {k[9:]: v for k, v in sorted(counters.items()) if k.startswith("evidence_")}
+    if flagged:  # records per evidence flag (iocwatch.model.evidence), when any was set
+        report["evidence"] = flagged
     if isinstance(reader, CaptureSet):
         report["files"] = file_stats(reader)
     return report
@@ -133,7 +136,8 @@ def render_stats(r: dict) -> str:
                      + (", truncated" if f["truncated"] else "")
                      + "".join(f", {k} {v}" for k, v in f["file_damage"].items())
                      for f in r["files"])
-    for section in ("linktypes", "names", "reassembly", "certificates", "tls_sessions",
+    for section in ("linktypes", "names", "reassembly", "evidence", "certificates",
+                    "tls_sessions",
                     "extensions",
                     "file_damage", "malformed", "counters"):
         items = r.get(section)

@@ -15,6 +15,7 @@ from enum import IntEnum
 from typing import Any
 
 from iocwatch.flows.dnslink import answer_links
+from iocwatch.model import evidence as evf
 from iocwatch.model.channels import Channel
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
@@ -79,6 +80,16 @@ class Event:
     sni: str | None = None
     #: a DNS answer's ``(ECH public_name, name, ttl)`` triples (SVCB/HTTPS ``ech``)
     ech_fronts: list[tuple[str, str, int]] | None = None
+    #: evidence bits (iocwatch.model.evidence): what weakens this record's evidence
+    flags: int = 0
+
+
+def _hello_flags(hello: tlsp.ClientHello) -> int:
+    """Evidence bits of a ClientHello: extensions cut short, a server name no host has."""
+    flags = evf.MALFORMED_CLIENT_HELLO if hello.truncated else 0
+    if hello.server_name and evf.invalid_name(hello.server_name):
+        flags |= evf.INVALID_NAME
+    return flags
 
 
 class Direction:
@@ -155,10 +166,10 @@ class Dissector:
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
         #: message after its id -> (is response, section key, mercury's JSON, question names,
         #: their observations, the answers' address observations, NetBIOS names, DNS links,
-        #: ECH fronts)
+        #: ECH fronts, evidence bits)
         self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[Observation],
                                           list[Observation], bool, tuple,
-                                          list[tuple[str, str, int]] | None]] = {}
+                                          list[tuple[str, str, int]] | None, int]] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
@@ -368,7 +379,7 @@ class Dissector:
         obs.append(Observation(ja4, Channel.JA4))
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
                      extra={"ech": hello.ech.to_json()} if hello.ech is not None else None,
-                     client_hello=hello)
+                     client_hello=hello, flags=_hello_flags(hello))
 
     def _fingerprints(self, hello: tlsp.ClientHello | tlsp.ServerHello) -> tuple[str | None, str, str]:
         """(mercury's string, JA3/JA3S MD5, JA4/JA4S) of a hello over TCP, cached by shape."""
@@ -410,7 +421,7 @@ class Dissector:
         if hello.ech is not None:
             extra["ech"] = hello.ech.to_json()
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
-                     extra=extra, client_hello=hello)
+                     extra=extra, client_hello=hello, flags=_hello_flags(hello))
 
     def quic_server_hello(self, body: bytes, packet: quicp.InitialPacket) -> Event | None:
         """The ServerHello of a server's QUIC Initial: JA3S and JA4S (``q``) for QUIC too.
@@ -482,8 +493,18 @@ class Dissector:
             obs.append(Observation(ja4s, Channel.JA4S))
             self.stats["tls_server_hello"] += 1
             d.server_hello = None
+        flags = 0
+        if ders:  # what the chain tells about its own evidence
+            if len(certs) < len(ders):
+                flags |= evf.MALFORMED_CERTIFICATE
+            for cert in certs:
+                if cert.tolerant:
+                    flags |= evf.CERT_REFUSED
+                if any(evf.invalid_name(n) for n in cert.dns_names):
+                    flags |= evf.INVALID_NAME
         return Event("tls", {side: body}, obs, fingerprints=fps, certificates=certs,
-                     server_hello=hello, sni=d.conn.sni if side == "server" else None)
+                     server_hello=hello, sni=d.conn.sni if side == "server" else None,
+                     flags=flags)
 
     def _http(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
@@ -593,8 +614,10 @@ class Dissector:
             obs.append(Observation(url, Channel.HTTP_URL))
         d.requests += 1
         d.conn.client = d.index
+        bad = bool(req.host) and evf.invalid_name(req.host, authority=True)
         return Event("http", {"request": req.to_mercury()}, obs,
-                     fingerprints={"http": req.fingerprint()})
+                     fingerprints={"http": req.fingerprint()},
+                     flags=evf.INVALID_NAME if bad else 0)
 
     def _dns_tcp(self, d: Direction, data: bytes, events: list[Event]) -> bytes:
         buf = d.buf
@@ -680,7 +703,8 @@ class Dissector:
             hit = (view[0], next(iter(body)), body, view[2],
                    [Observation(n, Channel.DNS_QUERY) for n in view[2]],
                    [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]], netbios,
-                   answer_links(view[4]), fronts)
+                   answer_links(view[4]), fronts,
+                   evf.INVALID_NAME if any(evf.invalid_name(n) for n in view[2]) else 0)
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -692,7 +716,8 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        is_response, section, body, names, query_obs, answer_obs, netbios, links, fronts = hit
+        (is_response, section, body, names, query_obs, answer_obs, netbios, links, fronts,
+         bad_names) = hit
         inner = dict(body[section])
         inner["id"] = BYTE_HEX[payload[1]] + BYTE_HEX[payload[0]]  # mercury: byte-swapped
         # as mercury: mDNS by its port, NetBIOS by its names, everything else (LLMNR on 5355
@@ -711,7 +736,8 @@ class Dissector:
                 obs = query_obs[:]
         if is_response:
             obs += answer_obs
-        # DNS links: answers to clients on port 53 (not mDNS, LLMNR or NetBIOS)
+        # DNS links: answers to clients on port 53 (not mDNS, LLMNR or NetBIOS); mDNS instance
+        # names ("My Printer._ipp._tcp.local") may hold any character
         return Event(key, {section: inner}, obs,
                      dns_links=links if links and port == 53 and key == "dns" else None,
-                     ech_fronts=fronts)
+                     ech_fronts=fronts, flags=bad_names if port != 5353 else 0)

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from iocwatch.flows.dissector import Dissector, Event
 from iocwatch.flows.tables import EVICT_SHARE, evict_oldest
+from iocwatch.model import evidence
 from iocwatch.protocols import quic as quicp
 
 __all__ = [
@@ -105,6 +106,18 @@ class QuicTracker:
         self.max_crypto_bytes = max(1, max_crypto_bytes)
         #: table entries looked at by sweeps and evictions (part of ``Engine.table_work``)
         self.table_work = 0
+        #: flow directions an Initial failed to decrypt on (bad tag, or none at all), oldest
+        #: first: their hello records say so (evidence ``quic_undecrypted``)
+        self.failed: dict[bytes, None] = {}
+
+    def _failed(self, key: bytes) -> None:
+        """An Initial of this flow direction failed to decrypt (the rare event)."""
+        failed = self.failed
+        if key not in failed:
+            if len(failed) >= self.max_connections:
+                self.table_work += evict_oldest(failed, self.max_connections, self.stats,
+                                                "evicted_quic_failed")
+            failed[key] = None
 
     def sweep(self, now: int) -> None:
         """A new budget period; connections that waited QUIC_SERVER_WAIT for their server end.
@@ -169,10 +182,12 @@ class QuicTracker:
             self.stats["quic_port_reuse"] += 1
         if failures:
             self.stats["quic_undecryptable"] += failures
+            self._failed(key)
         crypto = self.crypto
         for pkt in packets:
             if not pkt.tag_ok:
                 self.stats["quic_bad_tag"] += 1
+                self._failed(key)
             ckey = (key, pkt.dcid)
             asm = crypto.get(ckey)
             earlier = asm is not None  # CRYPTO bytes held from an earlier datagram
@@ -192,6 +207,8 @@ class QuicTracker:
             ev = self.dissector.quic_client_hello(msg[1], pkt)
             if ev is not None:
                 ev.reassembled = earlier  # mercury's reassembly_properties
+                if self.failed and key in self.failed:
+                    ev.flags |= evidence.QUIC_UNDECRYPTED
                 ctx = self._context(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec)
                 self._emit(ev, ctx)
                 session = self._start_session(ev, ctx)
@@ -251,9 +268,11 @@ class QuicTracker:
                                                  client_dcid=wait.client_dcid)
         if failures:
             self.stats["quic_undecryptable"] += failures
+            self._failed(key)
         for pkt in packets:
             if not pkt.tag_ok:
                 self.stats["quic_bad_tag"] += 1
+                self._failed(key)
             self._feed(wait.crypto, pkt.crypto)
             if self.servers.get(key) is not wait:
                 return  # given up to the byte budget while this datagram was read
@@ -266,6 +285,8 @@ class QuicTracker:
             else:
                 ev = self.dissector.quic_server_hello(msg[1], pkt)
                 if ev is not None:
+                    if self.failed and key in self.failed:
+                        ev.flags |= evidence.QUIC_UNDECRYPTED
                     self._emit(ev, ctx)
                     if wait.session is not None:
                         wait.session.server_hello = ev.server_hello

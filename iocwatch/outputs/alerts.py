@@ -21,6 +21,7 @@ import orjson
 
 from iocwatch.indicators.allow import Allowed
 from iocwatch.indicators.normalise import ip_port
+from iocwatch.model import evidence
 from iocwatch.model.channels import CHANNELS, Channel
 from iocwatch.outputs.streams import LineStream, open_stream
 
@@ -231,6 +232,9 @@ def build_alert(
     }
     if record.get("tailgated") is True:  # the certificate came from our own probe
         alert["tailgated"] = True
+    flags = evidence.of_record(record)
+    if flags:  # what weakens the record's evidence, out of the record for a SIEM's filter
+        alert["evidence"] = flags
     return alert
 
 
@@ -491,7 +495,8 @@ def to_ecs(alert: dict) -> dict:
         extra["tls"] = {"client": {"ja4": name}}
     elif chan is Channel.JA4S:
         extra["tls"] = {"server": {"ja4s": name}}
-    for key in ("count", "first_seen", "last_seen", "tailgated", "check", "suppressed", "carve"):
+    for key in ("count", "first_seen", "last_seen", "tailgated", "check", "suppressed", "carve",
+                "evidence"):
         if key in alert:
             extra[key] = alert[key]
     out["iocwatch"] = extra
