@@ -85,7 +85,8 @@ def test_rendered_dns_lines_equal_the_dict_path(tmp_path):
     plain, _ = _lines(str(cap), rendered=False)
     fast, via = _lines(str(cap), rendered=True)
     assert fast == plain
-    assert via == len(plain) == 80
+    # records with evidence flags (a name no host has) keep the dict path
+    assert len(plain) == 80 and via == sum(1 for x in plain if b'"evidence"' not in x) > 40
     assert any(b'"extensions":' in x for x in fast) and any(b'"mdns":' in x for x in fast)
     assert any(b'"version":6' in x for x in fast) and any(b"caf\xc3\xa9" in x for x in fast)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from iocwatch.commands.sensor import main
+from iocwatch.model.channels import NAME_CHANNELS
 from iocwatch.usage import UsageError
 from tests import pktbuild as pb
 from tests.test_evidence import handshake_packets, seg
@@ -99,7 +100,9 @@ def test_a_name_never_seen(tmp_path: Path) -> None:
         in lines
     assert "trace never.example: not seen as tls_sni: no TLS flow to it; no DNS for it either" \
         in lines
-    assert len(lines) == 8  # the summary, then each name channel and DNS answers
+    assert "trace never.example: not seen as dns_link: no DNS answer gave an address for it" \
+        in lines
+    assert len(lines) == 2 + len(NAME_CHANNELS)  # the summary, each name channel, DNS answers
 
 
 def test_a_gap_on_the_flow_that_carried_it(tmp_path: Path) -> None:

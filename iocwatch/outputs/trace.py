@@ -236,6 +236,9 @@ class Tracer:
         if ch in _DNS:
             return ("only the other DNS direction was seen" if dns_seen
                     else "no DNS message for it in the capture")
+        if ch is Channel.DNS_LINK:
+            return ("no flow without a name of its own went to an address DNS gave for it"
+                    if t.addresses else "no DNS answer gave an address for it")
         want = _CARRIER.get(ch, "tls")
         flows = [f for f in related if want in f.kinds]
         if not flows:
