@@ -2,7 +2,8 @@
 
 Names are normalised once (cached: the same names repeat all day) and looked up in the
 current :class:`~iocwatch.indicators.IndicatorSet`; addresses, URLs, certificate hashes and
-fingerprints go to their own lookups, chosen by the channel's kind in the channel table. The
+fingerprints go to their own lookups, chosen by the channel's kind in the channel table; when
+the set has keywords, names are also scanned for them (a ``substring`` match). The
 set is replaced as a whole on reload (:meth:`Matcher.swap`), so a lookup never sees a
 half-loaded list. What a match becomes (an alert line, a hunt result) is decided above this
 stage, in ``outputs.alerts``.
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from iocwatch.indicators import IndicatorSet, normalise_name
+from iocwatch.indicators.keywords import Substring
 from iocwatch.model.channels import CHANNELS, Channel, Kind
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
@@ -28,12 +30,14 @@ _NO_MATCHES: tuple[Match, ...] = ()  # what most observation lists match: no all
 
 @dataclass(slots=True, frozen=True)
 class Match:
-    """One indicator hit: the value as seen, as matched, its channel and the indicator."""
+    """One indicator hit: the value as seen, as matched, its channel and the indicator;
+    ``substring``: where a keyword indicator sits in the name (None for every other kind)."""
 
     channel: Channel
     name: str
     normalised: str
     indicator: Any
+    substring: Substring | None = None
 
 
 class Matcher:
@@ -62,6 +66,7 @@ class Matcher:
     def observe(self, observations: list[Observation]) -> Sequence[Match]:
         """Every match of these observations (of one record), in their order."""
         ind = self.indicators
+        keywords = ind.keywords  # once per call: without keywords, nothing more per name
         out: list[Match] | None = None
         for ob in observations:
             ch = ob.channel
@@ -87,6 +92,12 @@ class Matcher:
                 if out is None:
                     out = []
                 out.extend(Match(ch, ob.name, norm, hit) for hit in hits)
+            if keywords and kind is Kind.NAME and norm:
+                subs = ind.match_keywords(norm)
+                if subs:
+                    if out is None:
+                        out = []
+                    out.extend(Match(ch, ob.name, norm, hit, sub) for hit, sub in subs)
         return _NO_MATCHES if out is None else out
 
     def flow(self, record: dict) -> Sequence[Match]:

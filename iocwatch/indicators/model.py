@@ -19,8 +19,10 @@ JA4 = "ja4"
 IP_PORT = "ip_port"
 #: an HTTP request path (``/gate.php``) on any host, as Maltrail's path trails
 PATH = "path"
+#: a string that alerts wherever it occurs inside an observed name (``keyword:paypal``)
+KEYWORD = "keyword"
 KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4,
-                          IP_PORT, PATH)
+                          IP_PORT, PATH, KEYWORD)
 FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4)
 
 #: Format names accepted by ``IndicatorSet.load(fmt=...)`` (the CLI's ``--ioc-format``).

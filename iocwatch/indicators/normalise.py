@@ -235,6 +235,7 @@ TYPE_NAMES: dict[str, str] = {
     "ja3": m.JA3, "ja3-fingerprint-md5": m.JA3, "ja3s": m.JA3S, "ja3s-fingerprint-md5": m.JA3S,
     "ja4": m.JA4, "ip_port": m.IP_PORT, "ip-port": m.IP_PORT, "endpoint": m.IP_PORT,
     "path": m.PATH, "uri_path": m.PATH, "url_path": m.PATH,
+    "keyword": m.KEYWORD,
 }
 
 #: Types that are well formed but describe nothing a network sensor sees: counted, not errors.
@@ -336,7 +337,35 @@ def http_path(value: str) -> str | None:
     return s.rstrip("/") or "/"
 
 
+#: a shorter keyword would be inside most names
+MIN_KEYWORD = 3
+
+
+def keyword(value: str) -> str:
+    """A keyword as it is matched: lower case, and for non-ASCII the UTS 46 mapping names get
+    (``ＰａｙＰａｌ`` -> ``paypal``, ``Bücher`` -> ``bücher``); ValueError with a reason."""
+    s = value.strip()
+    if not s.isascii():
+        try:
+            s = idna.uts46_remap(s.translate(_DOTS), std3_rules=False, transitional=False)
+        except (idna.IDNAError, UnicodeError, ValueError):
+            raise ValueError(f"not a keyword IDNA can map: {value[:80]!r}") from None
+    s = s.lower()
+    if len(s) < MIN_KEYWORD:
+        raise ValueError(f"keyword shorter than {MIN_KEYWORD} characters would match most"
+                         f" names: {value[:80]!r}")
+    if len(s) > 253 or set(s) & _BAD_NAME_CHARS:
+        raise ValueError(f"not a keyword of a name (space, '/', '@', ... or too long):"
+                         f" {value[:80]!r}")
+    return s
+
+
 def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
+    if kind == m.KEYWORD:
+        try:
+            return m.KEYWORD, keyword(s), 0
+        except ValueError as e:
+            return str(e)
     if kind == m.IP_PORT:
         ep = ip_port(s)
         if ep is None:

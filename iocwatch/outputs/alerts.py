@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 import communityid
 import orjson
 
+from iocwatch.indicators.keywords import Substring
 from iocwatch.indicators.normalise import ip_port
 from iocwatch.model.channels import CHANNELS, Channel
 from iocwatch.outputs.streams import LineStream, open_stream
@@ -63,6 +64,9 @@ _ECS_INDICATOR_TYPE = {
     "ja3": "software",
     "ja3s": "software",
     "ja4": "software",
+    # ECS has no keyword type: a keyword is a pattern over domain names (STIX writes it
+    # ``domain-name:value LIKE '%paypal%'``)
+    "keyword": "domain-name",
 }
 
 #: Metadata keys (in order of preference) that feed the fixed indicator fields.
@@ -199,8 +203,14 @@ def build_alert(
     indicator: IndicatorLike,
     sensor: str,
     community_id: str | None = None,
+    substring: Substring | None = None,
 ) -> dict:
-    """One alert; the Community ID is computed from the record when not given."""
+    """One alert; the Community ID is computed from the record when not given.
+
+    A keyword hit (``substring``) says so: ``match`` is ``substring``, with the ``keyword``,
+    its ``offset`` in the normalised name, or in ``unicode``, the name's Unicode form, when
+    that is where a non-ASCII keyword was found.
+    """
     chan = Channel(channel)
     start = record.get("event_start")
     ts = float(start) if isinstance(start, int | float) and not isinstance(start, bool) else None
@@ -222,6 +232,7 @@ def build_alert(
         "normalised": normalised,
         "channel": chan.value,
         "path": _path(chan, record, name),
+        **_substring_fields(substring),
         "indicator": _indicator_dict(indicator),
         "sensor": sensor,
         "record": record,
@@ -231,10 +242,20 @@ def build_alert(
     return alert
 
 
+def _substring_fields(sub: Substring | None) -> dict[str, Any]:
+    if sub is None:
+        return {}
+    out: dict[str, Any] = {"match": "substring", "keyword": sub.keyword, "offset": sub.offset}
+    if sub.unicode is not None:
+        out["unicode"] = sub.unicode
+    return out
+
+
 def alerts_for(record: dict, matches: Sequence[Match], sensor: str) -> list[dict]:
     """The alerts of one record's matches (see :class:`~iocwatch.matcher.Matcher`)."""
     return [build_alert(record=record, channel=m.channel, name=m.name, normalised=m.normalised,
-                        indicator=m.indicator, sensor=sensor) for m in matches]
+                        indicator=m.indicator, sensor=sensor, substring=m.substring)
+            for m in matches]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,7 +297,7 @@ def _ecs_indicator(ind: Mapping[str, Any]) -> dict[str, Any]:
                    port=endpoint[1])
     elif kind == "path":
         out.update(type="url", url={"path": value})
-    elif ecs_type == "domain-name":
+    elif ecs_type == "domain-name" and kind != "keyword":  # a keyword is no url.domain
         out["url"] = {"domain": value}
     elif ecs_type == "url":
         out["url"] = {"original": value}
@@ -438,7 +459,8 @@ def to_ecs(alert: dict) -> dict:
         extra["tls"] = {"client": {"ja4": name}}
     elif chan is Channel.JA4S:
         extra["tls"] = {"server": {"ja4s": name}}
-    for key in ("count", "first_seen", "last_seen", "tailgated"):
+    for key in ("count", "first_seen", "last_seen", "tailgated", "match", "keyword", "offset",
+                "unicode"):
         if key in alert:
             extra[key] = alert[key]
     out["iocwatch"] = extra
