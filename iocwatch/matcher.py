@@ -40,6 +40,15 @@ class Match:
     substring: Substring | None = None
 
 
+def _with_keywords(out: list[Match] | None, ind: IndicatorSet, ch: Channel, name: str,
+                   norm: str, hits: list[Any], subs: tuple[Substring, ...]) -> list[Match]:
+    """``out`` with a name's matches: its other hits, then each keyword found in it."""
+    out = [] if out is None else out
+    out.extend(Match(ch, name, norm, hit) for hit in hits)
+    out.extend(Match(ch, name, norm, hit, sub) for hit, sub in ind.keyword_hits(subs))
+    return out
+
+
 class Matcher:
     """Turns observations into :class:`Match` es against one indicator set."""
 
@@ -66,7 +75,7 @@ class Matcher:
     def observe(self, observations: list[Observation]) -> Sequence[Match]:
         """Every match of these observations (of one record), in their order."""
         ind = self.indicators
-        keywords = ind.keywords  # once per call: without keywords, nothing more per name
+        scan = ind.keyword_scan  # once per call: None without keywords, nothing more per name
         out: list[Match] | None = None
         for ob in observations:
             ch = ob.channel
@@ -74,6 +83,11 @@ class Matcher:
             if kind is Kind.NAME:
                 norm = self.normalise(ob.name, ch in _AUTHORITY)
                 hits: list[Any] = ind.match_name(norm) if norm else []
+                if scan is not None and norm:
+                    subs = scan(norm)
+                    if subs:
+                        out = _with_keywords(out, ind, ch, ob.name, norm, hits, subs)
+                        continue
             elif kind is Kind.ADDRESS:
                 norm = ob.name
                 hits = ind.match_ip(norm)
@@ -92,12 +106,6 @@ class Matcher:
                 if out is None:
                     out = []
                 out.extend(Match(ch, ob.name, norm, hit) for hit in hits)
-            if keywords and kind is Kind.NAME and norm:
-                subs = ind.match_keywords(norm)
-                if subs:
-                    if out is None:
-                        out = []
-                    out.extend(Match(ch, ob.name, norm, hit, sub) for hit, sub in subs)
         return _NO_MATCHES if out is None else out
 
     def flow(self, record: dict) -> Sequence[Match]:

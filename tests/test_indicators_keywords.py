@@ -168,23 +168,32 @@ def test_sensor_path_costs_nothing_without_keywords(tmp_path: Path,
     """No keyword loaded: the matcher never calls the keyword scan; loaded: once per name,
     and a repeated name is answered from the bounded memo."""
     s, _ = _load(tmp_path, "d.txt", "evil.example\n")
-    assert not s.keywords
+    assert s.keyword_scan is None
 
-    def boom(self: IndicatorSet, name: str) -> Any:
+    def boom(*args: Any) -> Any:
         raise AssertionError("keyword scan without keywords")
 
-    monkeypatch.setattr(IndicatorSet, "match_keywords", boom)
+    for cls, method in ((IndicatorSet, "match_keywords"), (IndicatorSet, "keyword_hits"),
+                        (kwmod.KeywordIndex, "scan")):
+        monkeypatch.setattr(cls, method, boom)
     assert len(Matcher(s).observe([Observation("a.evil.example", Channel.TLS_SNI)])) == 1
     monkeypatch.undo()
 
     s, _ = _load(tmp_path, "k.txt", "keyword:paypal\n")
-    assert s.keywords
+    assert s.keyword_scan is not None
     index = s._kw
     assert index is not None
     scans: list[str] = []
-    real = kwmod.KeywordIndex._scan
-    monkeypatch.setattr(kwmod.KeywordIndex, "_scan",
-                        lambda self, name: scans.append(name) or real(self, name))
+
+    class Counting:  # the automaton, counting the names it is run over
+        def __init__(self, auto: Any) -> None:
+            self.auto = auto
+
+        def iter(self, name: str) -> Any:
+            scans.append(name)
+            return self.auto.iter(name)
+
+    index._auto = Counting(index._auto)
     matcher = Matcher(s)
     for _ in range(3):
         got = matcher.observe([Observation("PayPal-Login.example.", Channel.DNS_QUERY),

@@ -534,7 +534,7 @@ class IndicatorSet:
                  "_metas", "_files", "_nbits", "_nmask", "_plain", "_ntab", "_nhash", "_nnext",
                  "_ctab", "_cnext", "_min_labels", "_max_labels", "_v4", "_v6", "_v4_plens",
                  "_v6_plens", "_urls", "_certs", "_fps", "_key", "_report", "_dead", "_ports",
-                 "_paths", "_keywords", "_kw")
+                 "_paths", "_keywords", "_kw", "keyword_scan")
 
     def __init__(self) -> None:
         self._text = ""
@@ -570,6 +570,10 @@ class IndicatorSet:
         self._paths: dict[str, Ids] = {}  # request path -> rows (kind path)
         self._keywords: dict[str, Ids] = {}  # keyword -> rows (kind keyword)
         self._kw: KeywordIndex | None = None  # their automaton; None: no keyword loaded
+        #: the keyword scan of a normalised name (:meth:`.keywords.KeywordIndex.scan`), or
+        #: None when no keyword is loaded: the matcher then does nothing more per name (a
+        #: plain attribute, not a property: it is read once per record)
+        self.keyword_scan: Callable[[str], tuple[Substring, ...]] | None = None
 
     # ------------------------------------------------------------------------- loading
 
@@ -742,6 +746,7 @@ class IndicatorSet:
         self._v4_plens = sorted(self._v4, reverse=True)
         self._v6_plens = sorted(self._v6, reverse=True)
         self._kw = KeywordIndex(self._keywords) if self._keywords else None
+        self.keyword_scan = self._kw.scan if self._kw is not None else None
 
     # ------------------------------------------------------------------------ matching
 
@@ -931,19 +936,16 @@ class IndicatorSet:
         """Request-path indicators for the path of an observed URL (see :func:`path_keys`)."""
         return self._lookup_keys(self._paths, path_keys, url) if self._paths else []
 
-    @property
-    def keywords(self) -> bool:
-        """Whether any keyword is loaded (the matcher scans names only then)."""
-        return self._kw is not None
+    def keyword_hits(self, subs: Iterable[Substring]) -> list[tuple[Indicator, Substring]]:
+        """The keyword indicators of what a scan found, each with where it sits."""
+        table = self._keywords
+        return [(self._indicator(i), sub) for sub in subs for i in _ids(table[sub.keyword])]
 
     def match_keywords(self, name: str) -> list[tuple[Indicator, Substring]]:
         """Keyword indicators inside an already normalised name, each with where it sits;
-        every keyword found alerts (in the automaton's order: by end offset)."""
+        every keyword found alerts (by end offset, as the automaton finds them)."""
         kw = self._kw
-        if kw is None:
-            return []
-        table = self._keywords
-        return [(self._indicator(i), sub) for sub in kw.scan(name) for i in _ids(table[sub.keyword])]
+        return self.keyword_hits(kw.scan(name)) if kw is not None else []
 
     def _lookup_keys(self, table: dict[Any, Ids], keys: Any, url: str) -> list[Indicator]:
         """Indicators under any of the lookup keys of ``url``, each once, in key order."""
