@@ -17,8 +17,9 @@ so it is not used. Addresses and CIDRs live in one dict per prefix length, keyed
 network integer; URLs, certificate hashes and fingerprints in dicts. Keywords (found anywhere
 inside a name, :mod:`.keywords`) are the one place an automaton pays: a substring search has
 no suffix to walk, so they get a pyahocorasick automaton of their own, rebuilt from the keyword
-list at every load and cache load (0.07 s for 100,000 keywords, half the time of unpickling
-the automaton, and the cache stays marshal: no code runs on load).
+list at every load and cache load: 0.04-0.06 s for 100,000 keywords, where unpickling a saved
+automaton took 0.03 s (``bench/bench_indicators.py``), but a pickle in the cache would run
+whatever code a forged file holds, and the cache stays marshal, in which no code runs.
 
 Every structure is bytes or arrays, so the cache is a handful of buffers that load without
 rebuilding anything per entry.
