@@ -75,7 +75,7 @@ class Matcher:
     def observe(self, observations: list[Observation]) -> Sequence[Match]:
         """Every match of these observations (of one record), in their order."""
         ind = self.indicators
-        scan = ind.keyword_scan  # once per call: None without keywords, nothing more per name
+        scan = ind.keyword_scan  # once per call; None without keywords: one test per name
         out: list[Match] | None = None
         for ob in observations:
             ch = ob.channel
