@@ -184,11 +184,13 @@ INDICATORS = {
         b"# sunburst\navsvmcloud.com\n*.appsync-api.eu-west-1.avsvmcloud.com\n13.59.205.66\n"
         b"10.0.0.0/8\nhxxps://evil[.]example/path?q=1\n2001:db8::/32\n",
         b"example.org\nxn--bcher-kva.example\n# comment\n\nhttp://1.2.3.4:8080/a\n",
+        "keyword:avsvmcloud\nkeyword:bücher  # books\nkeyword:ＰａｙＰａｌ\n".encode(),
     ],
     "csv": [
         b"indicator,type,tags,confidence\navsvmcloud.com,domain,apt;sunburst,90\n"
         b"13.59.205.66,ip,c2,80\nhttps://evil.example/x,url,,\n",
         b"value;kind\nexample.net;domain\n",
+        b"indicator,type\nsvmcloud,keyword\n",
     ],
     "zeek": [
         b"#fields\tindicator\tindicator_type\tmeta.source\tmeta.desc\n"

@@ -580,6 +580,8 @@ def _indicators(data: bytes, fmt: str | None, name: str) -> Any:
     assert report.loaded <= max(1, len(data)), "more indicators than input bytes"
     for probe in ("avsvmcloud.com", "a.b.example.org", "xn--bcher-kva.example", ""):
         s.match_name(probe)
+        for ind, sub in s.match_keywords(probe):
+            assert ind.kind == "keyword" and sub.offset >= 0
     for ip in ("13.59.205.66", "10.1.2.3", "2001:db8::1"):
         s.match_ip(ip)
     s.match_url("https://evil.example/path?q=1")
@@ -654,6 +656,7 @@ def t_indicator_cache(data: bytes) -> None:
     assert report.loaded == len(s) >= 0
     for probe in ("avsvmcloud.com", "x.appsync-api.eu-west-1.avsvmcloud.com", "evil.example"):
         s.match_name(probe)
+        s.match_keywords(probe)
     s.match_ip("13.59.205.66")
     s.match_ip("2001:db8::5")
     s.match_url("https://evil.example/path?q=1")

@@ -2,7 +2,8 @@
 
 Names are normalised once (cached: the same names repeat all day) and looked up in the
 current :class:`~iocwatch.indicators.IndicatorSet`; addresses, URLs, certificate hashes and
-fingerprints go to their own lookups, chosen by the channel's kind in the channel table. The
+fingerprints go to their own lookups, chosen by the channel's kind in the channel table; when
+the set has keywords, names are also scanned for them (a ``substring`` match). The
 set is replaced as a whole on reload (:meth:`Matcher.swap`), so a lookup never sees a
 half-loaded list. What a match becomes (an alert line, a hunt result) is decided above this
 stage, in ``outputs.alerts``.
@@ -16,6 +17,7 @@ from typing import Any
 
 from iocwatch.indicators import IndicatorSet, normalise_name
 from iocwatch.indicators.allow import Allowed, AllowLists, lookup
+from iocwatch.indicators.keywords import Substring
 from iocwatch.model.channels import CHANNELS, DESTINATION_CHANNELS, Channel, Kind
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
@@ -33,13 +35,24 @@ _NO_MATCHES: tuple[Match, ...] = ()  # what most observation lists match: no all
 @dataclass(slots=True, frozen=True)
 class Match:
     """One indicator hit: the value as seen, as matched, its channel and the indicator;
+    ``substring``: where a keyword indicator sits in the name (None for every other kind);
     ``allowed`` says which allow-list entry suppresses it (None: it alerts)."""
 
     channel: Channel
     name: str
     normalised: str
     indicator: Any
+    substring: Substring | None = None
     allowed: Allowed | None = None
+
+
+def _with_keywords(out: list[Match] | None, ind: IndicatorSet, ch: Channel, name: str,
+                   norm: str, hits: list[Any], subs: tuple[Substring, ...]) -> list[Match]:
+    """``out`` with a name's matches: its other hits, then each keyword found in it."""
+    out = [] if out is None else out
+    out.extend(Match(ch, name, norm, hit) for hit in hits)
+    out.extend(Match(ch, name, norm, hit, sub) for hit, sub in ind.keyword_hits(subs))
+    return out
 
 
 class Matcher:
@@ -75,7 +88,7 @@ class Matcher:
                 seen[key] = allow.check(mt.channel, mt.name, mt.normalised)
             got = seen[key]
             out.append(mt if got is None else Match(mt.channel, mt.name, mt.normalised,
-                                                    mt.indicator, got))
+                                                    mt.indicator, mt.substring, got))
         return out
 
     def normalise(self, name: str, authority: bool = False) -> str:
@@ -95,6 +108,7 @@ class Matcher:
         """Every match of these observations (of one record), in their order; ``port``: the
         record's destination port, for ``name:port`` indicators."""
         ind = self.indicators
+        scan = ind.keyword_scan  # once per call; None without keywords: one test per name
         out: list[Match] | None = None
         for ob in observations:
             ch = ob.channel
@@ -106,6 +120,11 @@ class Matcher:
                 hits: list[Any] = lookup(ind, kind, ch, ob.name, norm)
                 if port is not None and ch in _DESTINATION and norm:
                     hits += ind.match_domain_port(norm, port)
+                if scan is not None and norm:
+                    subs = scan(norm)
+                    if subs:
+                        out = _with_keywords(out, ind, ch, ob.name, norm, hits, subs)
+                        continue
             else:
                 norm = ob.name
                 hits = lookup(ind, kind, ch, norm, norm)

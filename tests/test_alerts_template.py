@@ -4,7 +4,8 @@ recomputed with the ``communityid`` package.
 
 Indicators are made from what the samples carry (every name, URL, address, JA3/JA3S/JA4 and
 certificate SHA-1 and SHA-256, in plain, CSV and Zeek intel files whose confidence is a number in one
-file and a word in another) plus ``rules/``, so every channel fires. The modes: ``-r`` with
+file and a word in another, and a keyword from one of the names) plus ``rules/``, so every channel
+fires, and substring matches too. The modes: ``-r`` with
 native and ECS alerts, ECS with ``--dedupe``, and ``iocwatch hunt`` over a store filled from the
 same captures, native and ECS. Checks:
 
@@ -144,7 +145,11 @@ def _indicator_files(tmp: Path) -> list[Path]:
                 sha1s.add(hashlib.sha256(der).hexdigest())
     assert names and ips and prints and sha1s
     plain = tmp / "names.txt"
-    plain.write_text("".join(f"{n}\n" for n in sorted(names)))
+    # and a keyword: the first label of a name but its first letter (alerts with match,
+    # keyword and offset, on every channel that name is seen on)
+    kw = next(n.split(".")[0][1:] for n in sorted(names)
+              if "://" not in n and len(n.split(".")[0]) >= 5)
+    plain.write_text("".join(f"{n}\n" for n in sorted(names)) + f"keyword:{kw}\n")
     # confidence as a number in one file, as a word in the other (feeds do both)
     half = sorted(ips)
     csv_num = tmp / "ips.csv"
@@ -266,6 +271,9 @@ def test_every_mode_alerts_on_every_channel(runs: dict[str, list[dict[str, Any]]
     assert all(d["iocwatch"]["carve"].endswith(".pcap") for d in runs["ecs"])
     assert len(runs["ecs-dedupe"]) < len(runs["ecs"])
     assert {a["channel"] for a in runs["hunt-json"]} >= {"dns_query", "cert_sha1", "ja3"}
+    assert {a.get("match") for a in runs["json"]} == {None, "substring"}
+    assert {d["iocwatch"].get("match") for d in runs["ecs"] + runs["hunt-ecs"]} == {
+        None, "substring"}
     confidences = {type(a["indicator"]["confidence_score"]) for a in runs["json"]}
     assert confidences == {float, type(None)}  # both kinds of feed confidence fired
 

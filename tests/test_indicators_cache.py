@@ -18,7 +18,7 @@ from iocwatch.indicators import IndicatorSet, sets
 
 HEADER = len(sets.CACHE_MAGIC) + sets._HEADER.size
 PLAIN = ("evil.com\n*.wild.example\nevil.com\n192.0.2.0/24\n198.51.100.7\n2001:db8::/32\n"
-         "http://bad.example/x?q=1\nja3:" + "e" * 32 + "\n" + "ab" * 20 + "\n")
+         "http://bad.example/x?q=1\nja3:" + "e" * 32 + "\n" + "ab" * 20 + "\nkeyword:paypal\n")
 CSV = "indicator,type,tags,confidence,description\nc2.example,domain,apt;x,90,seen\n" \
       "203.0.113.9,ip,,low,\n"
 STIX = {"type": "bundle", "objects": [
@@ -66,6 +66,8 @@ def test_every_format_round_trips_through_the_cache(tmp_path: Path) -> None:
     assert s.match_name("c2.example")[0].meta["tags"] == ["apt", "x"]
     assert s.match_name("stix.example")[0].meta["confidence"] == 70
     assert len(s.match_ip("2001:db8::1")) == 1 and len(s.match_ip("192.0.2.9")) == 1
+    assert [(i.value, sub.offset) for i, sub in s.match_keywords("www.paypal.example")] == [
+        ("paypal", 4)]
 
 
 def _set(i: int, v: Any) -> Callable[[list[Any]], None]:
@@ -151,6 +153,9 @@ FORGED: dict[str, Callable[[list[Any]], None]] = {
     "report file a str": _rep(0, ["x"]),
     "report reasons do not add up": _rep(8, {"malformed": 3}),
     "report warning not a str": _rep(4, [...]),
+    "keyword table a list": _set(28, ["paypal"]),
+    "keyword row out of range": _first_table(28, lambda d: {**d, "paypal": 10**6}),
+    "keyword key an int": _first_table(28, lambda d: {**d, 7: 0}),
 }
 
 

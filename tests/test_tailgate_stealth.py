@@ -259,6 +259,25 @@ def test_a_server_that_already_matched_is_not_probed_unless_asked(pki, tmp_path)
             s.close()
 
 
+def test_a_keyword_in_the_sni_withholds_the_probe_too(tmp_path):
+    """A keyword indicator in the server name is a match like any other: that session has its
+    alert, and a probe of a brand-impersonation site would only tell it."""
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text("keyword:paypal\n")
+    pipe = MatchingPipeline(ioc)
+    tg = Tailgater(pipe, cache=ProbeCache(None), threads=1, timeout=3.0)
+    try:
+        tg.session(_session("127.0.0.1", 9, "secure-paypal.test"))
+        time.sleep(0.3)
+        tg.tick()
+    finally:
+        tg.close()
+    c = tg.counters()
+    assert c["tailgate_withheld_matched"] == 1 and "tailgate_probes" not in c, c
+    assert [(r["tailgate"]["indicator"], r["tailgate"]["server_name"]) for r in pipe.records] == [
+        ("paypal", "secure-paypal.test")]
+
+
 def test_offline_probes_wait_for_the_announcement(pki, tmp_path, capfd):  # noqa: F811
     servers = tgserver.serve(str(pki.cert_file), str(pki.key_file), str(tmp_path / "log"),
                              [(0, "ok")], host="127.0.0.1")

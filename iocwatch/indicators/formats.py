@@ -110,7 +110,7 @@ def json_kind(doc: Any) -> str | None:
 
 _VALUE_COLUMNS = ("indicator", "value", "ioc", "observable", "indicator_value", "ioc_value",
                   "domain", "hostname", "fqdn", "host", "url", "ip", "ip_address", "address",
-                  "cidr", "subnet", "cert_sha256", "cert_sha1", "ja3", "ja3s", "ja4")
+                  "cidr", "subnet", "cert_sha256", "cert_sha1", "ja3", "ja3s", "ja4", "keyword")
 _TYPE_COLUMNS = ("type", "indicator_type", "ioc_type", "kind", "type_name")
 _META_ALIASES = {
     "source": "source", "src": "source", "feed": "source", "provider": "source",
@@ -509,6 +509,18 @@ def _string_literal(text: str) -> str:
     return re.sub(r"\\(.)", r"\1", text[1:-1])
 
 
+def _like(kind: str, value: str) -> tuple[str, str]:
+    """The two LIKE forms on domain names iocwatch matches: ``'%.evil.com'`` (subdomains, a
+    ``*.`` domain) and ``'%paypal%'`` (anywhere in the name, a keyword). ``_`` (any one
+    character) or another ``%`` inside is a pattern no indicator kind can hold."""
+    if kind == m.DOMAIN and len(value) > 2 and "%" not in value[1:-1] and "_" not in value:
+        if value.startswith("%.") and not value.endswith("%"):
+            return m.DOMAIN, "*." + value[2:]
+        if value.startswith("%") and value.endswith("%"):
+            return m.KEYWORD, value[1:-1]
+    raise _Unsupported("LIKE other than '%.domain' or '%keyword%'")
+
+
 def stix_terms(pattern: str) -> list[tuple[str, str]]:
     """``(kind, value)`` terms of a STIX pattern that is a pure disjunction of equalities.
 
@@ -535,10 +547,8 @@ def stix_terms(pattern: str) -> list[tuple[str, str]]:
             return
         value = _string_literal(literal)
         if like:
-            if kind != m.DOMAIN or not value.startswith("%.") or "%" in value[2:] \
-                    or "_" in value[2:]:
-                raise _Unsupported("LIKE other than '%.domain'")
-            value = "*." + value[2:]
+            out.append(_like(kind, value))
+            return
         out.append((kind, value))
 
     def endpoint(ctx: Any) -> str:

@@ -24,8 +24,10 @@ PATH = "path"
 DOMAIN_PORT = "domain_port"
 #: SHA-256 of a certificate's SubjectPublicKeyInfo (``spki:HASH``): one key, whatever the names
 SPKI = "spki_sha256"
+#: a string that alerts wherever it occurs inside an observed name (``keyword:paypal``)
+KEYWORD = "keyword"
 KINDS: tuple[str, ...] = (DOMAIN, URL, IP, CIDR, CERT_SHA1, CERT_SHA256, JA3, JA3S, JA4,
-                          IP_PORT, PATH, DOMAIN_PORT, SPKI)
+                          IP_PORT, PATH, DOMAIN_PORT, SPKI, KEYWORD)
 #: kinds matched by equality of a canonical string, each in its own table
 FINGERPRINT_KINDS: tuple[str, ...] = (JA3, JA3S, JA4, SPKI)
 

@@ -255,6 +255,7 @@ TYPE_NAMES: dict[str, str] = {
     "domain_port": m.DOMAIN_PORT, "domain-port": m.DOMAIN_PORT, "hostname|port": m.DOMAIN_PORT,
     "domain|port": m.DOMAIN_PORT, "hostname_port": m.DOMAIN_PORT,
     "spki": m.SPKI, "spki_sha256": m.SPKI, "spki-sha256": m.SPKI, "pin-sha256": m.SPKI,
+    "keyword": m.KEYWORD,
 }
 
 #: Types that are well formed but describe nothing a network sensor sees: counted, not errors.
@@ -372,7 +373,35 @@ def domain_port(value: str) -> tuple[str, int, bool] | str:
     return d[0], int(port), d[1]
 
 
+#: a shorter keyword would be inside most names
+MIN_KEYWORD = 3
+
+
+def keyword(value: str) -> str:
+    """A keyword as it is matched: lower case, and for non-ASCII the UTS 46 mapping names get
+    (``ＰａｙＰａｌ`` -> ``paypal``, ``Bücher`` -> ``bücher``); ValueError with a reason."""
+    s = value.strip()
+    if not s.isascii():
+        try:
+            s = idna.uts46_remap(s.translate(_DOTS), std3_rules=False, transitional=False)
+        except (idna.IDNAError, UnicodeError, ValueError):
+            raise ValueError(f"not a keyword IDNA can map: {value[:80]!r}") from None
+    s = s.lower()
+    if len(s) < MIN_KEYWORD:
+        raise ValueError(f"keyword shorter than {MIN_KEYWORD} characters would match most"
+                         f" names: {value[:80]!r}")
+    if len(s) > 253 or set(s) & _BAD_NAME_CHARS:
+        raise ValueError(f"not a keyword of a name (space, '/', '@', ... or too long):"
+                         f" {value[:80]!r}")
+    return s
+
+
 def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
+    if kind == m.KEYWORD:
+        try:
+            return m.KEYWORD, keyword(s), 0
+        except ValueError as e:
+            return str(e)
     if kind == m.IP_PORT:
         ep = ip_port(s)
         if ep is None:

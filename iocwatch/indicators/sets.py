@@ -14,7 +14,12 @@ suffix that passes costs one table probe. Wildcard names (``*.example.com``) use
 table of the same kind, keyed by the parent of each name of three labels or more. A
 pyahocorasick automaton over the same names was slower to build and several times larger,
 so it is not used. Addresses and CIDRs live in one dict per prefix length, keyed by the
-network integer; URLs, certificate hashes and fingerprints in dicts.
+network integer; URLs, certificate hashes and fingerprints in dicts. Keywords (found anywhere
+inside a name, :mod:`.keywords`) are the one place an automaton pays: a substring search has
+no suffix to walk, so they get a pyahocorasick automaton of their own, rebuilt from the keyword
+list at every load and cache load: 0.04-0.06 s for 100,000 keywords, where unpickling a saved
+automaton took 0.03 s (``bench/bench_indicators.py``), but a pickle in the cache would run
+whatever code a forged file holds, and the cache stays marshal, in which no code runs.
 
 Every structure is bytes or arrays, so the cache is a handful of buffers that load without
 rebuilding anything per entry.
@@ -39,6 +44,7 @@ from iocwatch import boundary
 
 from . import formats, taxii
 from . import model as m
+from .keywords import KeywordIndex, Substring
 from .model import FileSummary, Indicator, IndicatorFileError, LoadReport
 from .normalise import (
     WILDCARD,
@@ -53,7 +59,7 @@ from .normalise import (
 
 MAX_FILE = 1 << 30
 MAX_SKIPPED_LISTED = 1000
-CACHE_VERSION = 5  # 5: domain_port rows keyed by name:port, the spki_sha256 table
+CACHE_VERSION = 6  # 6: domain_port rows keyed by name:port, the spki_sha256 table, keywords
 #: first bytes of every indicator cache: lets a file be recognised without unmarshalling it
 CACHE_MAGIC = b"iocwatch indicator cache\n\x00"
 #: after the magic: format version, body length, BLAKE2b-256 of the body
@@ -409,7 +415,7 @@ class _FileSink:
                       else m.R_VALUE)
             return
         kind, value, flags = got
-        if exact and not flags & WILDCARD:
+        if exact and not flags & WILDCARD and kind != m.KEYWORD:  # a keyword is a substring
             flags |= _EXACT
         b = self.b
         if meta is self.last_meta:
@@ -568,7 +574,7 @@ class IndicatorSet:
                  "_metas", "_files", "_nbits", "_nmask", "_plain", "_ntab", "_nhash", "_nnext",
                  "_ctab", "_cnext", "_min_labels", "_max_labels", "_v4", "_v6", "_v4_plens",
                  "_v6_plens", "_urls", "_certs", "_fps", "_key", "_report", "_dead", "_ports",
-                 "_paths", "_dports")
+                 "_paths", "_dports", "_keywords", "_kw", "keyword_scan")
 
     def __init__(self) -> None:
         self._text = ""
@@ -603,6 +609,12 @@ class IndicatorSet:
         self._ports: dict[str, Ids] = {}  # "addr:port" -> rows (kind ip_port)
         self._paths: dict[str, Ids] = {}  # request path -> rows (kind path)
         self._dports: dict[str, Ids] = {}  # "name:port" -> rows (kind domain_port)
+        self._keywords: dict[str, Ids] = {}  # keyword -> rows (kind keyword)
+        self._kw: KeywordIndex | None = None  # their automaton; None: no keyword loaded
+        #: the keyword scan of a normalised name (:meth:`.keywords.KeywordIndex.scan`), or
+        #: None when no keyword is loaded: the matcher then does nothing more per name (a
+        #: plain attribute, not a property: it is read once per record)
+        self.keyword_scan: Callable[[str], tuple[Substring, ...]] | None = None
 
     # ------------------------------------------------------------------------- loading
 
@@ -693,7 +705,8 @@ class IndicatorSet:
         urls: dict[str, Ids] = {}
         certs: dict[str, Ids] = {}
         fps: dict[str, dict[str, Ids]] = {k: {} for k in m.FINGERPRINT_KINDS}
-        keyed: dict[str, dict[str, Ids]] = {m.IP_PORT: {}, m.PATH: {}, m.DOMAIN_PORT: {}}
+        keyed: dict[str, dict[str, Ids]] = {m.IP_PORT: {}, m.PATH: {}, m.DOMAIN_PORT: {},
+                                            m.KEYWORD: {}}
         kinds, codes, flags, fidx = m.KINDS, self._kinds, self._flags, self._file_idx
         dups: set[int] = set()
 
@@ -766,7 +779,8 @@ class IndicatorSet:
         del names  # its build-only columns (tails, children list) go now
         self._urls, self._certs, self._fps = urls, certs, fps
         self._v4, self._v6 = v4, v6
-        self._ports, self._paths, self._dports = keyed[m.IP_PORT], keyed[m.PATH], keyed[m.DOMAIN_PORT]
+        self._ports, self._paths = keyed[m.IP_PORT], keyed[m.PATH]
+        self._dports, self._keywords = keyed[m.DOMAIN_PORT], keyed[m.KEYWORD]
         self._finish_index()
         return dups
 
@@ -775,6 +789,8 @@ class IndicatorSet:
         self._plain = self._min_labels != 1
         self._v4_plens = sorted(self._v4, reverse=True)
         self._v6_plens = sorted(self._v6, reverse=True)
+        self._kw = KeywordIndex(self._keywords) if self._keywords else None
+        self.keyword_scan = self._kw.scan if self._kw is not None else None
 
     # ------------------------------------------------------------------------ matching
 
@@ -1026,6 +1042,17 @@ class IndicatorSet:
         """Request-path indicators for the path of an observed URL (see :func:`path_keys`)."""
         return self._lookup_keys(self._paths, path_keys, url) if self._paths else []
 
+    def keyword_hits(self, subs: Iterable[Substring]) -> list[tuple[Indicator, Substring]]:
+        """The keyword indicators of what a scan found, each with where it sits."""
+        table = self._keywords
+        return [(self._indicator(i), sub) for sub in subs for i in _ids(table[sub.keyword])]
+
+    def match_keywords(self, name: str) -> list[tuple[Indicator, Substring]]:
+        """Keyword indicators inside an already normalised name, each with where it sits;
+        every keyword found alerts (by end offset, as the automaton finds them)."""
+        kw = self._kw
+        return self.keyword_hits(kw.scan(name)) if kw is not None else []
+
     def _lookup_keys(self, table: dict[Any, Ids], keys: Any, url: str) -> list[Indicator]:
         """Indicators under any of the lookup keys of ``url``, each once, in key order."""
         out: list[Indicator] = []
@@ -1062,7 +1089,8 @@ class IndicatorSet:
                 self._nbits, self._ntab.tobytes(), self._nhash.tobytes(), self._nnext.tobytes(),
                 self._ctab.tobytes(), self._cnext.tobytes(),
                 self._min_labels, self._max_labels, self._v4, self._v6, self._urls,
-                self._certs, self._fps, self._dead, self._ports, self._paths, self._dports)
+                self._certs, self._fps, self._dead, self._ports, self._paths, self._dports,
+                self._keywords)
         data = frame_cache_body(marshal.dumps(blob))
         tmp = f"{path}.tmp{os.getpid()}"
         try:
@@ -1132,7 +1160,8 @@ class IndicatorSet:
         s = cls()
         (_, s._key, rep, s._text, offs, kinds, flags, fidx, lines, midx, s._metas, s._files,
          s._nbits, ntab, nhash, nnext, ctab, cnext, s._min_labels, s._max_labels, s._v4,
-         s._v6, s._urls, s._certs, s._fps, s._dead, s._ports, s._paths, s._dports) = blob
+         s._v6, s._urls, s._certs, s._fps, s._dead, s._ports, s._paths, s._dports,
+         s._keywords) = blob
         s._kinds, s._flags = bytearray(kinds), bytearray(flags)
         s._offs = _array("Q", offs)
         s._file_idx, s._lines, s._meta_idx = _array("I", fidx), _array("I", lines), \
@@ -1297,11 +1326,11 @@ def _check_blob(blob: Any) -> None:
     ``min``/``max``): about 0.15 s of CPU for 1 M domains, measured on a loaded 2-core
     machine, beside 0.1 s for the checksum and under 0.05 s for ``marshal.loads`` (buffers).
     """
-    _need(type(blob) is tuple and len(blob) == 29 and type(blob[0]) is int
+    _need(type(blob) is tuple and len(blob) == 30 and type(blob[0]) is int
           and blob[0] == CACHE_VERSION, "unexpected contents")
     (_, key, rep, text, offs, kinds, flags, fidx, lines, midx, metas, files,
      nbits, ntab, nhash, nnext, ctab, cnext, minl, maxl, v4, v6, urls, certs, fps, dead,
-     ports, paths, dports) = blob
+     ports, paths, dports, keywords) = blob
     _need(type(key) is tuple and len(key) > 1 and type(key[-1]) is tuple
           and all(type(x) is tuple and len(x) == 2 and _types(x) <= {str} for x in key[-1]),
           "sources of the wrong type")
@@ -1331,7 +1360,7 @@ def _check_blob(blob: Any) -> None:
         _need(max(kinds) < len(m.KINDS) and max(memoryview(fidx).cast("I")) < len(files)
               and max(memoryview(midx).cast("I")) < len(metas), "column index out of range")
     for table, what in ((urls, "URL"), (certs, "certificate"), (ports, "address:port"),
-                        (paths, "path"), (dports, "name:port")):
+                        (paths, "path"), (dports, "name:port"), (keywords, "keyword")):
         _check_table(table, {str}, n, what)
     _need(type(fps) is dict and set(fps) == set(m.FINGERPRINT_KINDS) and len(fps) == len(
         m.FINGERPRINT_KINDS), "fingerprint tables of the wrong type")

@@ -20,6 +20,7 @@ import communityid
 import orjson
 
 from iocwatch.indicators.allow import Allowed
+from iocwatch.indicators.keywords import Substring
 from iocwatch.indicators.normalise import ip_port
 from iocwatch.model import evidence
 from iocwatch.model.channels import CHANNELS, Channel
@@ -67,6 +68,9 @@ _ECS_INDICATOR_TYPE = {
     "ja3": "software",
     "ja3s": "software",
     "ja4": "software",
+    # ECS has no keyword type: a keyword is a pattern over domain names (STIX writes it
+    # ``domain-name:value LIKE '%paypal%'``)
+    "keyword": "domain-name",
 }
 
 #: Metadata keys (in order of preference) that feed the fixed indicator fields.
@@ -203,8 +207,14 @@ def build_alert(
     indicator: IndicatorLike,
     sensor: str,
     community_id: str | None = None,
+    substring: Substring | None = None,
 ) -> dict:
-    """One alert; the Community ID is computed from the record when not given."""
+    """One alert; the Community ID is computed from the record when not given.
+
+    A keyword hit (``substring``) says so: ``match`` is ``substring``, with the ``keyword``,
+    its ``offset`` in the normalised name, or in ``unicode``, the name's Unicode form, when
+    that is where a non-ASCII keyword was found.
+    """
     chan = Channel(channel)
     start = record.get("event_start")
     ts = float(start) if isinstance(start, int | float) and not isinstance(start, bool) else None
@@ -226,6 +236,7 @@ def build_alert(
         "normalised": normalised,
         "channel": chan.value,
         "path": _path(chan, record, name),
+        **_substring_fields(substring),
         "indicator": _indicator_dict(indicator),
         "sensor": sensor,
         "record": record,
@@ -236,6 +247,15 @@ def build_alert(
     if flags:  # what weakens the record's evidence, out of the record for a SIEM's filter
         alert["evidence"] = flags
     return alert
+
+
+def _substring_fields(sub: Substring | None) -> dict[str, Any]:
+    if sub is None:
+        return {}
+    out: dict[str, Any] = {"match": "substring", "keyword": sub.keyword, "offset": sub.offset}
+    if sub.unicode is not None:
+        out["unicode"] = sub.unicode
+    return out
 
 
 class Suppressions:
@@ -280,7 +300,8 @@ def alerts_for(record: dict, matches: Sequence[Match], sensor: str,
         if allowed is not None and (suppressions is None or not suppressions.take(allowed)):
             continue
         alert = build_alert(record=record, channel=m.channel, name=m.name,
-                            normalised=m.normalised, indicator=m.indicator, sensor=sensor)
+                            normalised=m.normalised, indicator=m.indicator, sensor=sensor,
+                            substring=m.substring)
         if allowed is not None:
             alert["suppressed"] = allowed.as_dict()
         out.append(alert)
@@ -329,7 +350,7 @@ def _ecs_indicator(ind: Mapping[str, Any]) -> dict[str, Any]:
     elif kind == "domain_port" and str(value).rpartition(":")[2].isdigit():
         host, _, port = str(value).rpartition(":")
         out.update(url={"domain": host}, port=int(port))  # ECS has the name and the port apart
-    elif ecs_type == "domain-name":
+    elif ecs_type == "domain-name" and kind != "keyword":  # a keyword is no url.domain
         out["url"] = {"domain": value}
     elif ecs_type == "url":
         out["url"] = {"original": value}
@@ -496,7 +517,7 @@ def to_ecs(alert: dict) -> dict:
     elif chan is Channel.JA4S:
         extra["tls"] = {"server": {"ja4s": name}}
     for key in ("count", "first_seen", "last_seen", "tailgated", "check", "suppressed", "carve",
-                "evidence"):
+                "evidence", "match", "keyword", "offset", "unicode"):
         if key in alert:
             extra[key] = alert[key]
     out["iocwatch"] = extra

@@ -248,6 +248,8 @@ class Tailgater:
         if not hits and sni:
             norm = matcher.normalise(sni)
             hits = ind.match_name(norm) if norm else []
+            if not hits and norm and ind.keyword_scan is not None:  # a keyword in the SNI
+                hits = [hit for hit, _ in ind.match_keywords(norm)]
         return hits[0].value if hits else None
 
     def _withhold(self, key: Key, s: TlsSession, indicator: str) -> None:
