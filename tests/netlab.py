@@ -272,7 +272,10 @@ class Lab:
 
     def capture(self, path: Path, tool: str = "dumpcap", iface: str | None = None,
                 extra: Sequence[str] = (), timeout: float = 10.0) -> Capture:
-        """Start capturing in the client namespace and return once the tool is listening."""
+        """Start capturing in the client namespace and return once the tool is listening.
+
+        dumpcap says "Capturing on" before its first packets are really kept on this machine:
+        a test whose first packets matter (DNS answers before connections) uses tcpdump."""
         iface = iface or self.client_if
         log = path.with_suffix(path.suffix + ".log")
         path.unlink(missing_ok=True)

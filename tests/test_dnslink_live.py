@@ -21,7 +21,7 @@ import pytest
 
 from tests import netlab
 
-_UNAVAILABLE = netlab.lab_unavailable(("ip", "dnsmasq", "dumpcap"))
+_UNAVAILABLE = netlab.lab_unavailable(("ip", "dnsmasq", "tcpdump"))
 pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None, reason=str(_UNAVAILABLE))
 
 CHAIN_V4, CHAIN_V6 = "10.77.0.3", "fd77::3"
@@ -113,7 +113,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("dnslink")
-    cap = work / "link.pcapng"
+    cap = work / "link.pcap"
     (work / "server.py").write_text(SERVER)
     (work / "client.py").write_text(CLIENT)
     with netlab.lab("iwd", work) as lab:
@@ -136,7 +136,7 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Path:
         lab.wait_listening(lab.server, "tcp", 8443)
         lab.wait_listening(lab.server, "udp", 9999)
         lab.set_resolver(netlab.SERVER_V4)
-        running = lab.capture(cap)
+        running = lab.capture(cap, tool="tcpdump")
         lab.run(lab.client, [sys.executable, str(work / "client.py"), netlab.SERVER_V4,
                              str(WAIT), netlab.SERVER_V6], timeout=60)
         running.stop()

@@ -142,7 +142,7 @@ class Run:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.cap = root / "cov.pcapng"
+        self.cap = root / "cov.pcap"
         self.records = root / "records.json"
         self.get_answer = b""
         self.report: dict[str, Any] = {}
@@ -177,7 +177,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
         result.get_answer = lab.run(lab.client, [
             "curl", "-sS", "-k", "--max-time", "5", "-H", "accept: application/dns-message",
             f"https://{netlab.SERVER_V4}:{DOH_PORT}/dns-query?dns={q}"]).stdout
-        capture = lab.capture(result.cap)
+        capture = lab.capture(result.cap, tool="tcpdump")
         # DNS and hosts-file names, over TLS 1.3 and TLS 1.2 (whose certificate is visible).
         lab.run(lab.client, [*curl, f"https://{DNS_NAMES[0]}/"])
         lab.run(lab.client, [*curl, "--tls-max", "1.2", f"https://{DNS_NAMES[1]}/"])
