@@ -25,7 +25,8 @@ from typing import Any, Protocol
 import orjson
 
 from iocwatch.capture.files import CaptureError
-from iocwatch.capture.live import LiveCapture, check_filter
+from iocwatch.capture.live import DNS_ANSWERS_FILTER, LiveCapture, check_filter, dns_answers_filter
+from iocwatch.decode.packet import Decoder
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.flows.dnslink import MAX_TTL
 from iocwatch.model.tls_session import TlsSession
@@ -37,6 +38,8 @@ from iocwatch.usage import Flags
 WORKER_WAIT_MS = 100  # longest a worker sleeps in poll(): signal and stop latency
 WORKER_STATS_EVERY = 1.0
 DRAIN_BATCHES = 10_000  # packets still in the ring at stop: read until empty, but bounded
+TAP_BUFFER_MB = 8  # each worker's ring of DNS answers (small: answers are a sliver of a link)
+TAP_BATCHES = 64  # batches of answers read at most before each batch of the worker's own
 Emit = Callable[[str, bytes], None]
 
 
@@ -79,6 +82,50 @@ class Pipeline(Protocol):
 
 # -- the worker --------------------------------------------------------------------------------
 
+class AnswerTap:
+    """Every DNS answer on the link, for one worker's DNS-link and ECH-front tables.
+
+    The kernel's fanout hands each worker its own flows, and a client's connection is seldom
+    in the same worker as the DNS lookup before it: each worker also reads all UDP answers
+    from port 53 on a handle of its own, outside the fanout group, and learns them uncounted
+    (the answer's own worker writes its record and counts it; learning it twice changes
+    nothing). The tap is read before each batch of the worker's own packets, so an answer is
+    known before the connection it announced."""
+
+    __slots__ = ("cap", "decoder", "learn", "packets", "errors")
+
+    def __init__(self, cap: LiveCapture, engine: Engine) -> None:
+        self.cap = cap
+        self.decoder = Decoder()  # its own counters: the worker's own decode stats stay exact
+        self.learn = engine.learn_dns
+        self.packets = 0
+        self.errors = 0
+
+    def drain(self) -> None:
+        """Learn every answer already captured (bounded; never waits)."""
+        decode, learn = self.decoder.decode, self.learn
+        for _ in range(TAP_BATCHES):
+            batch = self.cap.read(0)
+            if not batch:
+                return
+            self.packets += len(batch)
+            for sec, _usec, linktype, data in batch:
+                try:
+                    dec = decode(linktype, data, sec)
+                    if dec is None or dec[3] != 17:
+                        continue
+                    l4 = dec[4]
+                    if l4[:2] == b"\x00\x35" and len(l4) > 20 and l4[10] & 0x80:  # a response
+                        learn(sec, dec[2], l4[8:])
+                except Exception:  # noqa: BLE001 - a hostile answer is skipped, counted
+                    self.errors += 1
+
+    def counters(self) -> dict[str, int]:
+        drops = self.cap.drops()
+        return {"dns_tap_packets": self.packets, "dns_tap_errors": self.errors,
+                "dns_tap_dropped_kernel": drops.get("dropped_kernel", 0)}
+
+
 class _WorkerState:
     stop = False
     reload = False
@@ -86,7 +133,7 @@ class _WorkerState:
 
 def _worker(index: int, cap: LiveCapture,
             make_pipeline: Callable[[], Pipeline], conn: Connection, config: EngineConfig,
-            user: tuple[int, int] | None) -> None:
+            user: tuple[int, int] | None, tap_cap: LiveCapture | None = None) -> None:
     """Capture, decode, match; send whole lines to the parent. Never dies on a packet."""
     state = _WorkerState()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
@@ -122,6 +169,7 @@ def _worker(index: int, cap: LiveCapture,
         engine.flow_hook = pipeline.flow_hook
         engine.session_sink = pipeline.session_sink
         engine.line_sink = pipeline.line_sink()
+        tap = AnswerTap(tap_cap, engine) if tap_cap is not None else None
         if user is not None:  # everything is imported and opened: root is no longer needed
             drop_privileges(user)
     except Exception as exc:  # noqa: BLE001 - reported by the parent, which then stops
@@ -152,6 +200,7 @@ def _worker(index: int, cap: LiveCapture,
             "names": sum(v for k, v in st.items() if k.startswith("names_")),
             "malformed": sum(v for k, v in st.items() if k.startswith("malformed_")),
             "packet_errors": errors, **pipeline.counters(),
+            **(tap.counters() if tap is not None else {}),
             "rss_kb": _rss_kb(), "final": final,
         }
 
@@ -165,6 +214,8 @@ def _worker(index: int, cap: LiveCapture,
             except Exception as exc:  # noqa: BLE001 - interface gone: flush what we have
                 conn.send(("fatal", f"worker {index}: capture failed: {exc}"))
                 break
+            if tap is not None:
+                tap.drain()
             if batch:
                 run(batch)
             if state.reload:
@@ -183,11 +234,15 @@ def _worker(index: int, cap: LiveCapture,
             batch = cap.read(drain_ms)
             if not batch:
                 break
+            if tap is not None:
+                tap.drain()
             run(batch)
         engine.finish()
         pipeline.close()
         send_pending()
         cap.close()
+        if tap_cap is not None:
+            tap_cap.close()
         conn.send(("end", snapshot(True)))
     except (BrokenPipeError, EOFError):
         pass  # the parent is gone: nothing left to write to
@@ -342,6 +397,8 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
     _validate(args)
     user = lookup_user(args.user) if getattr(args, "user", None) else None
     caps: list[LiveCapture] = []
+    taps: list[LiveCapture] = []
+    link_ttl = getattr(args, "dns_link_max_ttl", MAX_TTL)
     # --carve writes whole flows: the built-in prefilter (which drops pure ACKs and QUIC
     # short-header packets) is off unless --filter is given
     bpf = "" if args.filter is None and getattr(args, "carve", None) else args.filter
@@ -354,6 +411,12 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
             group = os.getpid() & 0xFFFF
             for cap in caps:
                 cap.join_fanout(group)
+            if link_ttl > 0:  # every worker learns every answer (AnswerTap)
+                for _ in range(args.workers):
+                    tap = LiveCapture(args.interface, DNS_ANSWERS_FILTER, args.snaplen,
+                                      not args.no_promisc, TAP_BUFFER_MB)
+                    taps.append(tap)
+                    tap.refilter(dns_answers_filter(tap.linktype))
         outputs = open_outputs(
             streams, rotate=getattr(args, "rotate", None), keep=getattr(args, "rotate_keep", 0),
             net_streams=getattr(args, "net_streams", "records,alerts"),
@@ -361,12 +424,11 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
             syslog_facility=getattr(args, "syslog_facility", "local0"),
             udp=getattr(args, "udp", None) or (), tcp=getattr(args, "tcp", None) or ())
     except BaseException:
-        for cap in caps:
+        for cap in (*caps, *taps):
             cap.close()
         raise
 
     ctx = multiprocessing.get_context("fork")
-    link_ttl = getattr(args, "dns_link_max_ttl", MAX_TTL)
     config = EngineConfig(getattr(args, "mbpc", 16), getattr(args, "mbpt", 1024),
                           dns_link=link_ttl > 0, dns_link_max_ttl=link_ttl)
     procs = []
@@ -385,7 +447,8 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
     for i, cap in enumerate(caps):
         parent_end, child_end = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_worker, name=f"iocwatch-worker-{i}",
-                        args=(i, cap, make_pipeline, child_end, config, user))
+                        args=(i, cap, make_pipeline, child_end, config, user,
+                              taps[i] if taps else None))
         p.start()
         child_end.close()
         procs.append(p)

@@ -41,6 +41,18 @@ _NON_IP = "(not ip and not ip6 and not ether proto 0x8100 and not ether proto 0x
 DEFAULT_FILTER = f"{_V4} or {_V6} or {_NON_IP} or (vlan and ({_V4} or {_V6} or {_NON_IP}))"
 
 
+#: DNS answers over UDP, for the handle every live worker learns DNS links from
+#: (:class:`iocwatch.workers.AnswerTap`): the kernel's fanout gives a worker only its own flows
+DNS_ANSWERS_FILTER = "udp src port 53"
+
+
+def dns_answers_filter(linktype: int) -> str:
+    """:data:`DNS_ANSWERS_FILTER`, also inside an 802.1Q/802.1ad tag on Ethernet."""
+    if linktype == 1:
+        return f"{DNS_ANSWERS_FILTER} or (vlan and {DNS_ANSWERS_FILTER})"
+    return DNS_ANSWERS_FILTER
+
+
 #: pcap_activate() failures (libpcap's PCAP_ERROR_* values)
 _ACTIVATE_ERRORS = {
     -1: "generic libpcap error", -5: "no such device", -6: "monitor mode not supported",
@@ -101,6 +113,14 @@ class LiveCapture:
         handle.setnonblock(1)
         self.poller = select.poll()
         self.poller.register(handle.getfd(), select.POLLIN)
+
+    def refilter(self, expr: str) -> None:
+        """Replace the capture filter once the link type is known (our own expressions)."""
+        try:
+            self.handle.setfilter(expr)
+        except pcapy.PcapError as exc:
+            raise CaptureError(f"bad capture filter {expr!r}: {_clean(exc)}") from None
+        self.filter = expr
 
     def join_fanout(self, group: int) -> None:
         """Share the interface's packets with the other handles of ``group``, by flow hash."""
