@@ -220,6 +220,20 @@ class _Hostile:
                     body = b"{not json"
                 elif owner.mode == "objects not a list":
                     body = b'{"objects": "nope"}'
+                elif owner.mode in ("huge", "drip"):  # no length: read until it closes
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/taxii+json;version=2.1")
+                    self.end_headers()
+                    self.wfile.write(b'{"objects": [')
+                    try:
+                        for _ in range(2000 if owner.mode == "huge" else 40):
+                            self.wfile.write(b" " * (1 << 16) if owner.mode == "huge" else b" ")
+                            self.wfile.flush()
+                            if owner.mode == "drip":
+                                time.sleep(0.1)
+                    except OSError:
+                        pass  # the client gave up: as it should
+                    return
                 elif owner.mode == "endless":
                     oid = f"indicator--{owner.requests:08d}-0000-4000-8000-000000000000"
                     body = json.dumps({"more": True, "next": "n", "objects": [
@@ -243,6 +257,8 @@ def test_hostile_taxii_answers_cost_the_fetch_never_the_process(
     import threading
 
     monkeypatch.setattr(taxii, "MAX_PAGES", 5)
+    monkeypatch.setattr(taxii, "MAX_ANSWER_BYTES", 1 << 20)
+    monkeypatch.setattr(taxii, "ANSWER_SECONDS", 1.0)
     taxii.forget()
     srv = _Hostile()
     thread = threading.Thread(target=srv.httpd.serve_forever, daemon=True)
@@ -250,9 +266,10 @@ def test_hostile_taxii_answers_cost_the_fetch_never_the_process(
     try:
         s, report = IndicatorSet.load([srv.source])
         assert [i.value for i in s] == ["good.example"] and report.skipped_total >= 3
-        for mode in ("not json", "objects not a list", "endless"):
+        for mode, why in (("not json", ""), ("objects not a list", ""), ("endless", "pages"),
+                          ("huge", "larger than 1048576 bytes"), ("drip", "more than 1 s")):
             srv.mode, srv.requests = mode, 0
-            with pytest.raises(IndicatorFileError, match="TAXII server"):
+            with pytest.raises(IndicatorFileError, match="TAXII server.*" + why):
                 IndicatorSet.load([srv.source])
             assert srv.requests <= 8, (mode, srv.requests)  # bounded, whatever the server says
         srv.mode = "ok"  # the failed fetches changed nothing: the kept object is still there

@@ -20,6 +20,7 @@ naming a file whose first line is ``user:password`` (the variables win when both
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +38,11 @@ MAX_OBJECTS = 2_000_000
 MAX_PAGES = 20_000
 #: seconds for connecting and for each read; a hung server must not hang a reload forever
 TIMEOUT = 30.0
+#: bytes one answer may hold (a page of PAGE objects is a few MB) and seconds it may take in
+#: all: a server that streams without end, or a byte every TIMEOUT, must not fill memory or
+#: hold a reload forever
+MAX_ANSWER_BYTES = 64 << 20
+ANSWER_SECONDS = 120.0
 ENV_USER = "IOCWATCH_TAXII_USER"
 ENV_PASSWORD = "IOCWATCH_TAXII_PASSWORD"
 ENV_FILE = "IOCWATCH_TAXII_CREDENTIALS"
@@ -161,17 +167,39 @@ def _pages(url: str, creds: tuple[str, str] | None, added_after: str | None
 
     last: list[str] = []
 
-    def note_date(resp: Any, *args: Any, **kwargs: Any) -> None:
+    def bounded(resp: Any, *args: Any, **kwargs: Any) -> None:
+        """Note the server's last date added, and read the body here, within the bounds
+        (requests runs response hooks before it reads the body itself)."""
         value = resp.headers.get("X-TAXII-Date-Added-Last")
         if isinstance(value, str) and len(value) < 64:
             last.append(value)
+        if resp._content is not False:  # already read (nothing left to bound)
+            return
+        chunks: list[bytes] = []
+        size, deadline = 0, time.monotonic() + ANSWER_SECONDS
+        raw = resp.raw
+        # read1: whatever one receive brings (a drip-feeding server is checked at every byte)
+        read = getattr(raw, "read1", None) or raw.read
+        try:
+            while chunk := read(1 << 16, decode_content=True):
+                size += len(chunk)
+                if size > MAX_ANSWER_BYTES:
+                    raise TAXIIServiceException(f"answer larger than {MAX_ANSWER_BYTES} bytes")
+                if time.monotonic() > deadline:
+                    raise TAXIIServiceException(f"answer took more than {ANSWER_SECONDS:g} s")
+                chunks.append(chunk)
+        except TAXIIServiceException:
+            resp.close()
+            raise
+        resp._content = b"".join(chunks)
+        resp._content_consumed = True
 
     user, password = creds if creds is not None else (None, None)
     conn = Connection(user=user, password=password, version="2.1")
     try:
         conn.session.mount("http://", _Timeout())
         conn.session.mount("https://", _Timeout())
-        conn.session.hooks["response"].append(note_date)
+        conn.session.hooks["response"].append(bounded)
         collection = Collection(url, conn=conn)
         filters = {"added_after": added_after} if added_after else {}
         out: list[Any] = []
