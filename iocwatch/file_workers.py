@@ -16,7 +16,13 @@ What a worker keeps and what it leaves:
 - IP fragments are reassembled by every worker's decoder (they are rare and every worker must
   see the pieces); the reassembled datagram goes by its 5-tuple like any other;
 - everything the engine does not analyse (non-IP frames, other IP protocols, malformed
-  packets) is worker 0's, so each such packet is counted once.
+  packets) is worker 0's, so each such packet is counted once;
+- DNS answers are learnt by every worker (the connections they link may be any worker's): a
+  UDP response another worker owns is parsed for its links as the owner reads it (port 53, or
+  DNS the header test finds on another port), and another worker's TCP flows on DNS ports go
+  through a shadow engine (:class:`DnsShadow`) that reassembles them only to learn their
+  answers. Learnt answers are not counted (no record, no ``dns_link_addresses``): their owner
+  counts them, so records and counters do not depend on the number of workers.
 
 Counters the decoder keeps for a packet are kept by the worker that owns the packet, and
 ``packets_slow_path`` is corrected for the packets a worker drops, so the workers' counters
@@ -42,11 +48,12 @@ import time
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from iocwatch.engine import Engine, EngineConfig
+from iocwatch.flows.dissector import DNS_PORTS
 from iocwatch.outputs.streams import LineStream, open_stream
 from iocwatch.workers import Emit
 
@@ -122,7 +129,8 @@ class Partition:
     """Stands in for an engine's decoder: decodes as before, then hides from the engine every
     packet of another worker's flow (see the module docstring)."""
 
-    __slots__ = ("inner", "index", "workers", "stats", "scratch", "done", "done_room", "learn")
+    __slots__ = ("inner", "index", "workers", "stats", "scratch", "done", "done_room", "learn",
+                 "shadow")
 
     def __init__(self, engine: Engine, index: int, workers: int):
         self.inner = engine.decoder
@@ -136,9 +144,11 @@ class Partition:
         # own finished directions are never evicted for them
         self.done_room = max(1, engine.config.max_done // 2)
         # DNS answers link later connections (and name ECH fronts), whichever worker owns
-        # them: every worker learns every UDP answer from port 53 (DNS over TCP only in its
-        # connection's worker)
-        self.learn = engine.learn_dns
+        # them: every worker learns every answer that links, over UDP (port 53, or DNS on
+        # another port) and over TCP (a shadow engine reassembles other workers' TCP flows on
+        # DNS ports only to learn their answers)
+        self.learn = engine.learn_udp
+        self.shadow = DnsShadow(engine)
 
     @property
     def ext6(self) -> bytes:
@@ -166,15 +176,39 @@ class Partition:
         if "packets_slow_path" in stats:  # counted by the engine before it decoded
             stats["packets_slow_path"] -= 1
         if dec is not None:
+            l4 = dec[4]
             if dec[3] == 6:
-                if len(self.done) < self.done_room:
-                    src, dst, l4 = dec[1], dec[2], dec[4]
+                if (l4[0] << 8 | l4[1]) in DNS_PORTS or (l4[2] << 8 | l4[3]) in DNS_PORTS:
+                    self.shadow.tcp(now, dec)  # DNS over TCP: its answers link for all
+                elif len(self.done) < self.done_room:
+                    src, dst = dec[1], dec[2]
                     self.done[src + dst + l4[:4]] = None  # the fast path skips the rest of it
             elif dec[3] == 17:
-                l4 = dec[4]
-                if l4[:2] == b"\x00\x35" and len(l4) > 20 and l4[10] & 0x80:  # a response
-                    self.learn(now, dec[2], l4[8:])
+                self.learn(now, dec[2], l4)
         return None
+
+
+class DnsShadow(Engine):
+    """Another worker's TCP flows on DNS ports, reassembled and dissected as their owner does
+    (the same engine code and bounds) with every record dropped: only the answers are kept,
+    learnt uncounted into the worker's own engine (the owner counts them)."""
+
+    def __init__(self, main: Engine) -> None:
+        super().__init__(_drop_record, replace(main.config, dns_link=False))
+        self.main = main
+
+    def tcp(self, sec: int, dec: Any) -> None:
+        if sec >= self.next_sweep:
+            self._sweep(sec)
+        version, src, dst, _proto, l4, ttl, ipid = dec
+        self._tcp(sec, 0, version, src, dst, l4, ttl, ipid)
+
+    def _learn_answer(self, ev: Any, client: bytes, sec: int) -> None:
+        self.main.learn_answer(ev.dns_links, ev.ech_fronts, client, sec, counted=False)
+
+
+def _drop_record(_record: dict, _observations: list[Any], _event: Any) -> None:
+    """The shadow's records: the owner writes them."""
 
 
 # -- the worker --------------------------------------------------------------------------------

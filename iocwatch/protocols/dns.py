@@ -264,10 +264,11 @@ class DnsMessage:
             publics = ech_public_names(rr.rdata)
             if not publics:
                 continue
-            owners = dict.fromkeys([rr.name, *asked])
+            # names compare without regard to case (0x20 encoding mixes it)
+            owners = dict.fromkeys(n.rstrip(".").lower() for n in (rr.name, *asked))
             for public in publics:
-                out.extend((public, owner, rr.ttl) for owner in owners
-                           if owner.rstrip(".").lower() != public)
+                low = public.rstrip(".").lower()
+                out.extend((low, owner, rr.ttl) for owner in owners if owner != low)
         return out
 
     def cnames(self) -> list[tuple[str, str]]:

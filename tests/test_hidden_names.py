@@ -1,0 +1,232 @@
+"""Names where TLS hides them, on spec-built captures: what ``-r --workers N`` must keep equal
+(every worker learns every DNS answer, over UDP on any port the sensor reads as DNS and over
+TCP; key reuse seen across workers), flows that end before the server says anything, QUIC
+flows whose Initial gives no ClientHello, and names compared without regard to case.
+
+The namespace lab with dnsmasq, a TLS server and real clients is
+tests/test_hidden_names_live.py; the DNS messages here are built from RFC 1035 / RFC 9460 wire
+format so that each case (several length-prefixed messages in one segment, a message cut over
+two segments, 0x20 mixed case) is exactly the one meant.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+from iocwatch.file_workers import flow_owner
+from iocwatch.flows.dnslink import answer_links
+from iocwatch.flows.ech import EchFronts
+from iocwatch.protocols import dns as dnsp
+from tests.pktbuild import eth, ip4, ipv4, pcap, tcp, tcp_conversation, udp
+from tests.test_dnslink import CLIENT, linked, qname, response, rr, run
+from tests.test_exit_codes import run as cli
+
+RESOLVER = "10.9.0.53"
+
+
+def framed(*messages: bytes) -> bytes:
+    """DNS over TCP: each message behind its two-byte length (RFC 1035 4.2.2)."""
+    return b"".join(struct.pack("!H", len(m)) + m for m in messages)
+
+
+def query(name: str, ident: int) -> bytes:
+    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + qname(name) + b"\x00\x01\x00\x01"
+
+
+def tcp_dns_conversation(t: float, client: str, sport: int, answers: list[tuple[str, str]],
+                         split: int | None = None) -> list[tuple[float, bytes]]:
+    """A whole DNS-over-TCP connection: the queries in one segment, then every answer in one
+    flight (several messages per segment; ``split`` cuts the flight's bytes there, so a
+    message is reassembled from two segments)."""
+    queries = framed(*(query(n, 100 + i) for i, (n, _a) in enumerate(answers)))
+    replies = framed(*(response(n, [rr(n, 1, ip4(a))], ident=100 + i)
+                       for i, (n, a) in enumerate(answers)))
+    flights = [(True, queries)]
+    if split is None:
+        flights.append((False, replies))
+    else:
+        flights += [(False, replies[:split]), (False, replies[split:])]
+    pkts = tcp_conversation(flights, client=client, server=RESOLVER, sport=sport, dport=53)
+    return [(t + i * 0.001, eth(p)) for i, p in enumerate(pkts)]
+
+
+def nameless(t: float, client: str, server: str, sport: int, dport: int = 8443
+             ) -> list[tuple[float, bytes]]:
+    """A connection that names nothing: handshake, a few bytes of a binary protocol, FINs."""
+    pkts = tcp_conversation([(True, b"\x00\x01\x02binary hello, no name at all\r\n")],
+                            client=client, server=server, sport=sport, dport=dport)
+    return [(t + i * 0.001, eth(p)) for i, p in enumerate(pkts)]
+
+
+def workers_capture(path: Path) -> dict[str, tuple[str, str]]:
+    """Answers over TCP (two messages in one segment; two messages cut over two segments),
+    over UDP on port 53 and on port 5300, from several resolver connections, then nameless
+    connections from every client to every answered address, on source ports that spread
+    them over the workers (a client's connections to addresses answered to another client stay
+    unlinked). Returns address -> (the client answered, the name)."""
+    pkts: list[tuple[float, bytes]] = []
+    names: dict[str, tuple[str, str]] = {}
+    clients = ["10.9.0.1", "10.9.0.2", "10.9.0.3"]
+    for c, client in enumerate(clients):
+        a = [(f"tcp{c}-a.evil.example", f"192.0.2.{10 + 3 * c}"),
+             (f"tcp{c}-b.evil.example", f"192.0.2.{11 + 3 * c}")]
+        pkts += tcp_dns_conversation(1.0 + c, client, 33000 + c, a,
+                                     split=None if c == 0 else 40)
+        names.update({addr: (client, n) for n, addr in a})
+        udp_name, udp_addr = f"udp{c}.evil.example", f"198.51.100.{10 + c}"
+        msg = response(udp_name, [rr(udp_name, 1, ip4(udp_addr))], ident=200 + c)
+        port = 53 if c != 1 else 5300  # DNS the header test finds on another port
+        pkts.append((5.0 + c, eth(ipv4(udp(msg, sport=port, dport=40000 + c), RESOLVER, client,
+                                       proto=17))))
+        names[udp_addr] = (client, udp_name)
+    t = 20.0
+    for client in clients:
+        for addr in names:
+            for k in range(3):  # three source ports each: every worker owns some
+                t += 0.05
+                pkts += nameless(t, client, addr, 41000 + k * 7 + int(t * 10) % 97)
+    path.write_bytes(pcap(sorted(pkts, key=lambda p: p[0])))
+    return names
+
+
+def cli_outputs(tmp: Path, cap: Path, workers: int, *extra: str) -> dict:
+    out = tmp / f"w{workers}"
+    out.mkdir()
+    alerts = ("--alerts", str(out / "alerts.json")) if "--ioc" in extra or (
+        "--alert-on" in extra) else ()
+    proc = cli("-r", str(cap), "--workers", str(workers), "-f", str(out / "records.json"),
+               *alerts, "--stats-json", str(out / "stats.json"), "-q", *extra)
+    assert proc.returncode in (0, 3), proc.stderr
+
+    def lines(name: str) -> list[str]:
+        p = out / name
+        return sorted(p.read_text().splitlines()) if p.exists() else []
+
+    return {"records": lines("records.json"), "alerts": lines("alerts.json"),
+            "stats": json.loads((out / "stats.json").read_text())}
+
+
+def test_every_worker_learns_every_answer_tcp_and_other_ports(tmp_path: Path) -> None:
+    cap = tmp_path / "dns-then-nameless.pcap"
+    names = workers_capture(cap)
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text("evil.example\n")
+    runs = {n: cli_outputs(tmp_path, cap, n, "--ioc", str(ioc)) for n in (1, 2, 3)}
+    one = runs[1]
+    recs = [json.loads(line) for line in one["records"]]
+    links = [r for r in recs if "dns_link" in r]
+    # every nameless connection got the name its client was answered, whichever worker has it
+    assert len(links) == len(names) * 3
+    assert all([r["src_ip"], r["dns_link"]["names"]] == [names[r["dst_ip"]][0],
+                                                          [names[r["dst_ip"]][1]]] for r in links)
+    # the TCP answers were read: 2 messages in a segment, and 2 cut over two segments
+    tcp_answers = [r for r in recs if r.get("protocol") == 6 and "dns" in r
+                   and "response" in r["dns"]]
+    assert len(tcp_answers) == 6
+    assert len([a for a in one["alerts"] if '"channel":"dns_link"' in a]) == len(links)
+    for n in (2, 3):
+        assert runs[n]["records"] == one["records"], n
+        assert runs[n]["alerts"] == one["alerts"], n
+        counters = runs[n]["stats"]["counters"]
+        for key in ("dns_link_addresses", "dns_link_flows", "dns_link_unlinked_flows",
+                    "records"):
+            assert counters.get(key) == one["stats"]["counters"].get(key), (n, key)
+    # the work really spread: with 3 workers, the linked flows belong to all of them
+    owners = {flow_owner(6, *(ip4(r["src_ip"]), ip4(r["dst_ip"])),
+                         struct.pack("!HH", r["src_port"], r["dst_port"]), 3) for r in links}
+    assert owners == {0, 1, 2}
+    # answers learnt from other workers are not counted again
+    assert one["stats"]["counters"]["dns_link_addresses"] == len(names)
+
+
+def test_dns_link_max_ttl_applies_with_workers(tmp_path: Path) -> None:
+    cap = tmp_path / "dns-then-nameless.pcap"
+    workers_capture(cap)
+    off = {n: cli_outputs(tmp_path, cap, n, "--dns-link-max-ttl", "0") for n in (1, 2)}
+    assert not [line for line in off[1]["records"] if '"dns_link"' in line]
+    assert off[2]["records"] == off[1]["records"]
+
+
+# -- flows that end early, QUIC without a ClientHello ---------------------------------------
+
+def test_flows_ended_before_server_data_get_their_link_record() -> None:
+    answer = response("early.example", [rr("early.example", 1, ip4("192.0.2.40"))])
+    srv = "192.0.2.40"
+    pkts = [(1.0, eth(ipv4(udp(answer, sport=53, dport=50000), RESOLVER, CLIENT, proto=17)))]
+    # SYN then client FIN, nothing else; SYN then client RST; SYN, server RST (refused)
+    pkts += [(2.0, eth(ipv4(tcp(b"", 42001, 443, seq=10, flags=0x02), CLIENT, srv))),
+             (2.1, eth(ipv4(tcp(b"", 42001, 443, seq=11, flags=0x11), CLIENT, srv))),
+             (3.0, eth(ipv4(tcp(b"", 42002, 443, seq=10, flags=0x02), CLIENT, srv))),
+             (3.1, eth(ipv4(tcp(b"", 42002, 443, seq=11, flags=0x04), CLIENT, srv))),
+             (4.0, eth(ipv4(tcp(b"", 42003, 443, seq=10, flags=0x02), CLIENT, srv))),
+             (4.1, eth(ipv4(tcp(b"", 443, 42003, seq=0, ack=11, flags=0x14), srv, CLIENT)))]
+    _e, records = run(pkts)
+    got = sorted((r["src_port"], r["dns_link"]["names"][0]) for r, _o in linked(records))
+    assert got == [(42001, "early.example"), (42002, "early.example"),
+                   (42003, "early.example")]
+
+
+def test_quic_flow_whose_initial_does_not_decrypt_gets_its_link_record() -> None:
+    answer = response("quic.example", [rr("quic.example", 1, ip4("192.0.2.60"))])
+    # a long-header Initial (version 1) whose protection is garbage: it looks like an
+    # Initial, so the link waits for a ClientHello that never comes
+    dcid = bytes(range(8))
+    body = bytes(1180)
+    bogus = (b"\xc3" + struct.pack("!I", 1) + bytes([8]) + dcid + b"\x00" + b"\x00"
+             + struct.pack("!H", 0x4000 | (len(body) + 4)) + b"\x00\x00\x00\x01" + body)
+    pkts = [(10.0, eth(ipv4(udp(answer, sport=53, dport=50000), RESOLVER, CLIENT, proto=17))),
+            (20.0, eth(ipv4(udp(bogus, 50001, 443), CLIENT, "192.0.2.60", proto=17)))]
+    engine, records = run(pkts)
+    (rec, obs), = linked(records)
+    assert (rec["src_port"], rec["dst_port"], rec["protocol"]) == (50001, 443, 17)
+    assert rec["dns_link"] == {"names": ["quic.example"], "age": 10}
+    assert engine.stats["quic_undecryptable"] + engine.stats["quic_bad_tag"] >= 1
+    assert not engine.links.quic_pending
+    # and long before the end: once the capture's clock has gone QUIC_HELLO_WAIT past it
+    later = [(100.0, eth(ipv4(udp(b"tick", 1, 2), "10.9.9.9", "10.9.9.8", proto=17)))]
+    seen_at: list[float] = []
+    from iocwatch.engine import Engine
+
+    eng = Engine(lambda r, _o, _e: seen_at.append(r["event_start"]) if "dns_link" in r else None)
+    for t, data in pkts + later:
+        eng.packet(int(t), 0, 1, data)
+    assert seen_at == [20.0]  # released by the sweep, before finish()
+
+
+# -- case -----------------------------------------------------------------------------------
+
+def test_mixed_case_answers_and_cname_chains_link_in_lower_case() -> None:
+    msg = dnsp.parse_message(response("WwW.EvIl.ExAmPlE", [
+        rr("WwW.EvIl.ExAmPlE", 5, qname("Cdn.Evil.EXAMPLE")),
+        rr("cdn.EVIL.example", 5, qname("EDGE.lab.TEST")),
+        rr("edge.LAB.test", 1, ip4("192.0.2.77")),
+        rr("WWW.evil.example", 1, ip4("192.0.2.77"))]))
+    (addr, names, _ttl), = answer_links(msg.link_records())
+    assert addr == ip4("192.0.2.77")
+    assert names == ("www.evil.example", "cdn.evil.example", "edge.lab.test")
+    pkts = [(1.0, eth(ipv4(udp(response("WwW.EvIl.ExAmPlE", [
+        rr("WwW.EvIl.ExAmPlE", 1, ip4("192.0.2.78"))]), sport=53, dport=50000), RESOLVER, CLIENT,
+        proto=17))),
+        (1.5, eth(ipv4(udp(response("www.evil.example", [
+            rr("www.evil.example", 1, ip4("192.0.2.78"))], ident=9), sport=53, dport=50000),
+            RESOLVER, CLIENT, proto=17)))]
+    pkts += nameless(2.0, CLIENT, "192.0.2.78", 43000)
+    _e, records = run(pkts)
+    (rec, _o), = linked(records)
+    assert rec["dns_link"]["names"] == ["www.evil.example"]  # one name, not one per case
+
+
+def test_ech_fronts_refresh_with_ttl_and_compare_without_case() -> None:
+    from collections import Counter
+
+    fronts = EchFronts(Counter())
+    client = ip4(CLIENT)
+    fronts.learn(client, [("Front.Example", "Secret.Example.", 10)], 100)
+    assert fronts.lookup(client, "FRONT.example", 105) == ["secret.example"]
+    assert fronts.lookup(client, "front.example", 111) == []  # expired
+    fronts.learn(client, [("front.example", "secret.example", 10)], 200)
+    fronts.learn(client, [("front.example", "SECRET.example", 60)], 205)  # refreshed
+    assert fronts.lookup(client, "front.example", 250) == ["secret.example"]
+    assert fronts.lookup(client, "front.example", 266) == []
