@@ -230,3 +230,48 @@ def test_ech_fronts_refresh_with_ttl_and_compare_without_case() -> None:
     fronts.learn(client, [("front.example", "SECRET.example", 60)], 205)  # refreshed
     assert fronts.lookup(client, "front.example", 250) == ["secret.example"]
     assert fronts.lookup(client, "front.example", 266) == []
+
+
+# -- key reuse across workers ---------------------------------------------------------------
+
+def test_key_reuse_is_decided_across_workers_in_capture_order(tmp_path: Path) -> None:
+    """One key behind four certificates whose names do not overlap, each served on several
+    connections (real TLS 1.2 handshakes from Python's ssl, over memory BIOs) spread over
+    the workers: the alerts are those of one process, whichever worker parsed which leaf."""
+    import ssl
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tests.test_cert_checks import make_cert
+    from tests.tlsmem import run_handshake
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    keyfile = tmp_path / "k.pem"
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    pkts: list[tuple[float, bytes]] = []
+    t = 1_700_000_000.0
+    for i, name in enumerate(["a.reuse.example", "b.other.example", "c.third.example",
+                              "d.fourth.example"]):
+        certfile = tmp_path / f"c{i}.pem"
+        certfile.write_bytes(make_cert(key, [name], name).public_bytes(
+            serialization.Encoding.PEM))
+        for k in range(4):
+            c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_2, sni=name)
+            conv = tcp_conversation([(True, c2s), (False, s2c)], client="10.9.1.1",
+                                    server=f"192.0.2.{100 + i}", sport=45000 + 11 * i + k)
+            for p in conv:
+                t += 0.01
+                pkts.append((t, eth(p)))
+    cap = tmp_path / "reuse.pcap"
+    cap.write_bytes(pcap(pkts))
+    runs = {n: cli_outputs(tmp_path, cap, n, "--alert-on", "key-reuse") for n in (1, 2, 3)}
+    alerts = [json.loads(a) for a in runs[1]["alerts"]]
+    assert len(alerts) == 3  # each new certificate after the first, once
+    assert sorted(len(a["check"]["other_certs"]) for a in alerts) == [1, 2, 3]
+    for n in (2, 3):
+        assert runs[n]["alerts"] == runs[1]["alerts"], n
+        assert runs[n]["stats"]["alerts"] == 3
+        assert runs[n]["records"] == runs[1]["records"], n

@@ -42,7 +42,7 @@ from iocwatch.indicators.loading import (
     report_load,
 )
 from iocwatch.indicators.sets import check_cache_path
-from iocwatch.outputs.checks import ALERT_RULES
+from iocwatch.outputs.checks import ALERT_RULES, KEY_REUSE, HandshakeChecks
 from iocwatch.outputs.consumers import loss_line, losses
 from iocwatch.outputs.paths import reason
 from iocwatch.pipeline import SensorPipeline
@@ -655,8 +655,13 @@ def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
 
     progress = progress_display(args, reader)
     shown = None if progress is None else _RemoteProgress(progress)
+    key_reuse = None
+    if KEY_REUSE in (args.alert_on or ()) and to.alerts is not None:
+        # one key's certificates may be on several workers' flows: the writer decides
+        key_reuse = (HandshakeChecks([KEY_REUSE], args.sensor_name), args.alert_format,
+                     args.dedupe)
     split = Split(args.workers, open_reader, make_pipeline, engine_config(args),
-                  periodic, run_report)
+                  periodic, run_report, key_reuse)
     sys.stdout.flush()  # nothing buffered here is written twice by a forked worker
     sys.stderr.flush()
     result = run_split(split, writer, shown)

@@ -111,6 +111,11 @@ class HandshakeChecks:
         self.rules = frozenset(rules)
         self.sensor = sensor
         self.keys = keys if keys is not None else KeyHistory()
+        #: set in a ``-r --workers`` worker: each leaf's key goes to the writer, which sees
+        #: every worker's certificates and decides key reuse in capture order
+        #: (:meth:`key_reuse`, file_workers.KeyReuseOrder); called with
+        #: ``(spki_sha256, cert_sha256, names, alert without other_certs)``
+        self.defer: Callable[[tuple[str, str, list[str], dict]], None] | None = None
 
     def record(self, record: dict, certs: Sequence[x509.Certificate]) -> list[dict]:
         """The alerts of one record with a ``cert_check`` and its certificates, leaf first."""
@@ -128,16 +133,32 @@ class HandshakeChecks:
                               "cert_sha256": leaf.sha256}
             out.append(alert)
         if KEY_REUSE in self.rules and leaf.spki_sha256:
-            others = self.keys.see(leaf.spki_sha256, leaf.sha256, leaf.names())
-            if others:
-                alert = build_alert(record=record, channel=Channel.SPKI_SHA256.value,
-                                    name=leaf.spki_sha256, normalised=leaf.spki_sha256,
-                                    indicator=_RULES[KEY_REUSE], sensor=self.sensor)
-                alert["check"] = {
-                    "rule": KEY_REUSE, "spki_sha256": leaf.spki_sha256,
-                    "cert_sha256": leaf.sha256, "cert_names": leaf.names(),
-                    "other_certs": [{"cert_sha256": sha, "cert_names": names}
-                                    for sha, names in others],
-                }
-                out.append(alert)
+            names = leaf.names()
+            if self.defer is not None:
+                self.defer((leaf.spki_sha256, leaf.sha256, names, self._reuse_alert(record, leaf)))
+            else:
+                others = self.keys.see(leaf.spki_sha256, leaf.sha256, names)
+                if others:
+                    out.append(_with_others(self._reuse_alert(record, leaf), others))
         return out
+
+    def _reuse_alert(self, record: dict, leaf: x509.Certificate) -> dict:
+        alert = build_alert(record=record, channel=Channel.SPKI_SHA256.value,
+                            name=leaf.spki_sha256, normalised=leaf.spki_sha256,
+                            indicator=_RULES[KEY_REUSE], sensor=self.sensor)
+        alert["check"] = {"rule": KEY_REUSE, "spki_sha256": leaf.spki_sha256,
+                          "cert_sha256": leaf.sha256, "cert_names": leaf.names()}
+        return alert
+
+    def key_reuse(self, spki: str, cert_sha256: str, names: list[str], alert: dict
+                  ) -> dict | None:
+        """A deferred leaf (:attr:`defer`) seen in capture order: its alert, completed with the
+        other certificates, when its key was seen with names that do not overlap its own."""
+        others = self.keys.see(spki, cert_sha256, names)
+        return _with_others(alert, others) if others else None
+
+
+def _with_others(alert: dict, others: list[tuple[str, list[str]]]) -> dict:
+    alert["check"]["other_certs"] = [{"cert_sha256": sha, "cert_names": names}
+                                     for sha, names in others]
+    return alert
