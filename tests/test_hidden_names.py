@@ -275,3 +275,45 @@ def test_key_reuse_is_decided_across_workers_in_capture_order(tmp_path: Path) ->
         assert runs[n]["alerts"] == runs[1]["alerts"], n
         assert runs[n]["stats"]["alerts"] == 3
         assert runs[n]["records"] == runs[1]["records"], n
+
+
+# -- --trace: why a flow was not linked -----------------------------------------------------
+
+def _trace(tmp: Path, cap: Path, name: str, *extra: str) -> str:
+    out = tmp / f"trace-{len(list(tmp.iterdir()))}.txt"
+    proc = cli("-r", str(cap), "--trace", name, "--trace-file", str(out), "-q", "--no-records",
+               *extra)
+    assert proc.returncode == 0, proc.stderr
+    line, = [x for x in out.read_text().splitlines() if "not seen as dns_link" in x]
+    return line
+
+
+def test_trace_says_truly_why_no_flow_was_linked(tmp_path: Path) -> None:
+    other = "10.9.0.77"
+    srv = "192.0.2.90"
+    chain = response("www.trace.example", [rr("www.trace.example", 5, qname("edge.cdn.test")),
+                                           rr("edge.cdn.test", 1, ip4(srv))])
+    answer = [(1.0, eth(ipv4(udp(chain, sport=53, dport=50000), RESOLVER, CLIENT, proto=17)))]
+    from tests.tlsmem import client_hello
+
+    # the answered client names its server itself; another client asks over HTTP without Host
+    named = nameless(2.0, CLIENT, srv, 44000, dport=443)[:3] + [
+        (2.01, eth(ipv4(tcp(client_hello("www.trace.example"), 44000, 443, seq=1001, ack=5001),
+                        CLIENT, srv)))]
+    other_http = [(3.0, eth(ipv4(tcp(b"", 44001, 80, seq=1, flags=0x02), other, srv))),
+                  (3.01, eth(ipv4(tcp(b"GET / HTTP/1.0\r\n\r\n", 44001, 80, seq=2), other, srv)))]
+    cap = tmp_path / "trace.pcap"
+    cap.write_bytes(pcap(answer + named + other_http))
+    line = _trace(tmp_path, cap, "www.trace.example")
+    # the address came through a CNAME: DNS did give one (the old text said it had not)
+    assert "no DNS answer gave an address" not in line
+    assert f"10.9.0.1:44000 -> {srv}:443 tcp: it named its server itself" in line
+    assert f"{other}:44001 -> {srv}:80 tcp: its client was not the one DNS answered" in line
+    assert _trace(tmp_path, cap, "www.trace.example", "--dns-link-max-ttl", "0").endswith(
+        "DNS links are off (--dns-link-max-ttl 0)")
+    only_dns = tmp_path / "only-dns.pcap"
+    only_dns.write_bytes(pcap(answer))
+    assert f"no record shows a flow to an address DNS gave for it ({srv})" in _trace(
+        tmp_path, only_dns, "edge.cdn.test")
+    assert _trace(tmp_path, only_dns, "never.example").endswith(
+        "no DNS answer gave an address for it")

@@ -615,6 +615,7 @@ def open_trace(args: argparse.Namespace, pipeline: SensorPipeline) -> Tracer | N
 
 def end_trace(tracer: Tracer, engine: Engine) -> None:
     """The trace's closing lines (where the names were not seen), then its file closed."""
+    tracer.dns_links = engine.links is not None
     tracer.report(engine.stats)
     if tracer.out is not sys.stderr:
         tracer.out.close()
