@@ -328,6 +328,11 @@ class Engine:
                 self._close(flow)
             elif flags & FIN:
                 self.stats["tcp_fin"] += 1
+                if (flow.link is not None and flow.conn is None
+                        and d == (flow.client if flow.client is not None else 0)):
+                    # the client closed before sending a byte: it can name nothing now, so
+                    # its link is its record (not left until the flow expires)
+                    self._link_record(flow)
             return
         conn = flow.connection()
         direction = conn.dirs[d]

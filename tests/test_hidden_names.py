@@ -166,6 +166,14 @@ def test_flows_ended_before_server_data_get_their_link_record() -> None:
     got = sorted((r["src_port"], r["dns_link"]["names"][0]) for r, _o in linked(records))
     assert got == [(42001, "early.example"), (42002, "early.example"),
                    (42003, "early.example")]
+    # each at its FIN or RST, not when the flow expires or the capture ends
+    from iocwatch.engine import Engine
+
+    seen: list[int] = []
+    eng = Engine(lambda r, _o, _e: seen.append(r["src_port"]) if "dns_link" in r else None)
+    for t, data in pkts:
+        eng.packet(int(t), 0, 1, data)
+    assert sorted(seen) == [42001, 42002, 42003]
 
 
 def test_quic_flow_whose_initial_does_not_decrypt_gets_its_link_record() -> None:
@@ -234,39 +242,47 @@ def test_ech_fronts_refresh_with_ttl_and_compare_without_case() -> None:
 
 # -- key reuse across workers ---------------------------------------------------------------
 
-def test_key_reuse_is_decided_across_workers_in_capture_order(tmp_path: Path) -> None:
-    """One key behind four certificates whose names do not overlap, each served on several
-    connections (real TLS 1.2 handshakes from Python's ssl, over memory BIOs) spread over
-    the workers: the alerts are those of one process, whichever worker parsed which leaf."""
+def reuse_capture(tmp: Path, path: Path, key: object, names: list[str], start: float,
+                  repeat: int = 4) -> None:
+    """Real TLS 1.2 handshakes (Python's ssl over memory BIOs), one certificate per name, all
+    with ``key``, each served on ``repeat`` connections from different source ports."""
     import ssl
 
     from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
 
     from tests.test_cert_checks import make_cert
     from tests.tlsmem import run_handshake
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    keyfile = tmp_path / "k.pem"
-    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+    keyfile = tmp / "k.pem"
+    keyfile.write_bytes(key.private_bytes(serialization.Encoding.PEM,  # type: ignore[attr-defined]
                                           serialization.PrivateFormat.PKCS8,
                                           serialization.NoEncryption()))
     pkts: list[tuple[float, bytes]] = []
-    t = 1_700_000_000.0
-    for i, name in enumerate(["a.reuse.example", "b.other.example", "c.third.example",
-                              "d.fourth.example"]):
-        certfile = tmp_path / f"c{i}.pem"
-        certfile.write_bytes(make_cert(key, [name], name).public_bytes(
+    t = start
+    for i, name in enumerate(names):
+        certfile = tmp / f"{name}.pem"
+        certfile.write_bytes(make_cert(key, [name], name).public_bytes(  # type: ignore[arg-type]
             serialization.Encoding.PEM))
-        for k in range(4):
+        for k in range(repeat):
             c2s, s2c = run_handshake(certfile, keyfile, ssl.TLSVersion.TLSv1_2, sni=name)
             conv = tcp_conversation([(True, c2s), (False, s2c)], client="10.9.1.1",
                                     server=f"192.0.2.{100 + i}", sport=45000 + 11 * i + k)
             for p in conv:
                 t += 0.01
                 pkts.append((t, eth(p)))
+    path.write_bytes(pcap(pkts))
+
+
+def test_key_reuse_is_decided_across_workers_in_capture_order(tmp_path: Path) -> None:
+    """One key behind four certificates whose names do not overlap, each served on several
+    connections spread over the workers: the alerts are those of one process, whichever
+    worker parsed which leaf."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     cap = tmp_path / "reuse.pcap"
-    cap.write_bytes(pcap(pkts))
+    reuse_capture(tmp_path, cap, ec.generate_private_key(ec.SECP256R1()),
+                  ["a.reuse.example", "b.other.example", "c.third.example", "d.fourth.example"],
+                  1_700_000_000.0)
     runs = {n: cli_outputs(tmp_path, cap, n, "--alert-on", "key-reuse") for n in (1, 2, 3)}
     alerts = [json.loads(a) for a in runs[1]["alerts"]]
     assert len(alerts) == 3  # each new certificate after the first, once
@@ -275,6 +291,30 @@ def test_key_reuse_is_decided_across_workers_in_capture_order(tmp_path: Path) ->
         assert runs[n]["alerts"] == runs[1]["alerts"], n
         assert runs[n]["stats"]["alerts"] == 3
         assert runs[n]["records"] == runs[1]["records"], n
+
+
+def test_key_reuse_with_workers_still_asks_the_store(tmp_path: Path) -> None:
+    """A key the store saw in an earlier run: with --workers the workers ask the store (the
+    writer has no store of its own) and the writer's alert names the stored certificate."""
+    import shutil
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    seed, later = tmp_path / "seed.pcap", tmp_path / "later.pcap"
+    reuse_capture(tmp_path, seed, key, ["stored.reuse.example"], 1_700_000_000.0, repeat=1)
+    reuse_capture(tmp_path, later, key, ["new.other.example"], 1_700_001_000.0)
+    db = tmp_path / "seed.db"
+    proc = cli("-r", str(seed), "--store", str(db), "--no-records", "-q")
+    assert proc.returncode == 0, proc.stderr
+    got = {}
+    for n in (1, 2):
+        shutil.copy(db, tmp_path / f"store-{n}.db")
+        got[n] = cli_outputs(tmp_path, later, n, "--alert-on", "key-reuse", "--store",
+                             str(tmp_path / f"store-{n}.db"))["alerts"]
+    alert, = [json.loads(a) for a in got[1]]
+    assert [o["cert_names"] for o in alert["check"]["other_certs"]] == [["stored.reuse.example"]]
+    assert got[2] == got[1]
 
 
 # -- --trace: why a flow was not linked -----------------------------------------------------
