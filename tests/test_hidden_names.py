@@ -87,6 +87,13 @@ def workers_capture(path: Path) -> dict[str, tuple[str, str]]:
             for k in range(3):  # three source ports each: every worker owns some
                 t += 0.05
                 pkts += nameless(t, client, addr, 41000 + k * 7 + int(t * 10) % 97)
+    # an answer that has expired (60 s) when its client connects, from several source ports
+    short = response("short.evil.example", [rr("short.evil.example", 1, ip4("198.51.100.60"),
+                                               ttl=60)], ident=300)
+    pkts.append((6.0, eth(ipv4(udp(short, sport=53, dport=40009), RESOLVER, clients[0],
+                               proto=17))))
+    for k in range(6):
+        pkts += nameless(400.0 + k, clients[0], "198.51.100.60", 47000 + 13 * k)
     path.write_bytes(pcap(sorted(pkts, key=lambda p: p[0])))
     return names
 
@@ -131,14 +138,15 @@ def test_every_worker_learns_every_answer_tcp_and_other_ports(tmp_path: Path) ->
         assert runs[n]["alerts"] == one["alerts"], n
         counters = runs[n]["stats"]["counters"]
         for key in ("dns_link_addresses", "dns_link_flows", "dns_link_unlinked_flows",
-                    "records"):
+                    "dns_link_expired", "records"):
             assert counters.get(key) == one["stats"]["counters"].get(key), (n, key)
     # the work really spread: with 3 workers, the linked flows belong to all of them
     owners = {flow_owner(6, *(ip4(r["src_ip"]), ip4(r["dst_ip"])),
                          struct.pack("!HH", r["src_port"], r["dst_port"]), 3) for r in links}
     assert owners == {0, 1, 2}
     # answers learnt from other workers are not counted again
-    assert one["stats"]["counters"]["dns_link_addresses"] == len(names)
+    assert one["stats"]["counters"]["dns_link_addresses"] == len(names) + 1
+    assert one["stats"]["counters"]["dns_link_expired"] == 6
 
 
 def test_dns_link_max_ttl_applies_with_workers(tmp_path: Path) -> None:

@@ -229,17 +229,19 @@ class DnsLinks:
 
     # -- flows -------------------------------------------------------------------------------
     def lookup(self, client: bytes, server: bytes, now: int) -> Link | None:
-        """The names DNS gave ``client`` for ``server``, if the answer has not expired."""
+        """The names DNS gave ``client`` for ``server``, if the answer has not expired. Each
+        flow that finds only an expired answer is counted (``dns_link_expired``), so that the
+        count is the same however ``-r --workers`` share the flows out; the expired link stays
+        where it is in the table's order, the first to go when room is needed."""
         key = client + server
         table = self.table
         v = table.get(key)
         if v is None:
             return None
-        del table[key]
         if v[2] < now:
-            self.bytes -= v[3]
             self.stats["dns_link_expired"] += 1
             return None
+        del table[key]
         table[key] = v  # most recently used now
         return v[0], v[1]
 
