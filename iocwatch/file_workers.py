@@ -187,7 +187,8 @@ class Partition:
         if dec is not None:
             l4 = dec[4]
             if dec[3] == 6:
-                if (l4[0] << 8 | l4[1]) in DNS_PORTS or (l4[2] << 8 | l4[3]) in DNS_PORTS:
+                if len(l4) >= 4 and ((l4[0] << 8 | l4[1]) in DNS_PORTS
+                                     or (l4[2] << 8 | l4[3]) in DNS_PORTS):
                     self.shadow.tcp(now, dec)  # DNS over TCP: its answers link for all
                 elif len(self.done) < self.done_room:
                     src, dst = dec[1], dec[2]

@@ -365,3 +365,18 @@ def test_trace_says_truly_why_no_flow_was_linked(tmp_path: Path) -> None:
         tmp_path, only_dns, "edge.cdn.test")
     assert _trace(tmp_path, only_dns, "never.example").endswith(
         "no DNS answer gave an address for it")
+
+
+def test_workers_survive_cut_transport_headers(tmp_path: Path) -> None:
+    """Packets whose TCP or UDP header is cut short (attacker-controlled, as every input):
+    every worker skips them, none fails."""
+    pkts = []
+    for n in range(12):
+        pkts.append((1.0 + n, eth(ipv4(bytes(n % 4), "10.9.3.1", f"10.9.3.{2 + n}", proto=6))))
+        pkts.append((1.5 + n, eth(ipv4(bytes(n % 8), f"10.9.3.{2 + n}", "10.9.3.1", proto=17))))
+        pkts.append((1.7 + n, eth(ipv4(b"\x00\x35" + bytes(n % 3), f"10.9.3.{2 + n}",
+                                       "10.9.3.1", proto=6))))
+    cap = tmp_path / "cut.pcap"
+    cap.write_bytes(pcap(pkts))
+    runs = {n: cli_outputs(tmp_path, cap, n) for n in (1, 3)}
+    assert runs[3]["records"] == runs[1]["records"]
