@@ -355,8 +355,11 @@ def test_trace_says_truly_why_no_flow_was_linked(tmp_path: Path) -> None:
     line = _trace(tmp_path, cap, "www.trace.example")
     # the address came through a CNAME: DNS did give one (the old text said it had not)
     assert "no DNS answer gave an address" not in line
-    assert f"10.9.0.1:44000 -> {srv}:443 tcp: it named its server itself" in line
-    assert f"{other}:44001 -> {srv}:80 tcp: its client was not the one DNS answered" in line
+    assert f"flows to the addresses DNS gave for it ({srv}): " in line
+    assert (f"1 named their server themselves (SNI or Host), which a DNS link does not replace "
+            f"(10.9.0.1:44000 -> {srv}:443 tcp)") in line
+    assert (f"1 came from another client than the one DNS answered ({other}:44001 -> {srv}:80 "
+            "tcp)") in line
     assert _trace(tmp_path, cap, "www.trace.example", "--dns-link-max-ttl", "0").endswith(
         "DNS links are off (--dns-link-max-ttl 0)")
     only_dns = tmp_path / "only-dns.pcap"

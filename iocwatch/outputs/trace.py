@@ -317,23 +317,26 @@ class Tracer:
             return (f"no record shows a flow to an address DNS gave for it ({shown}); a flow "
                     "without a name of its own is linked only from the client DNS answered, "
                     "while the answer lives")
-        parts = []
-        for f, answers in flows[:_SHOWN]:
+        by_reason: dict[str, list[str]] = {}
+        for f, answers in flows:
             clients = {c for c, _when in answers}
             if f.named:
-                why = "it named its server itself (SNI or Host), which a DNS link does not replace"
+                why = "named their server themselves (SNI or Host), which a DNS link does not replace"
             elif not f.clients:
-                why = ("its records show only the server's side, so its client is unknown: "
-                       "another client than the one DNS answered, or the answer had expired")
+                why = ("show only the server's side in their records (the client unknown: another "
+                       "than the one DNS answered, or the answer had expired)")
             elif not f.clients & clients:
-                why = "its client was not the one DNS answered"
+                why = "came from another client than the one DNS answered"
             elif f.first < min(when for _c, when in answers):
-                why = "it began before DNS answered"
+                why = "began before DNS answered"
             else:
-                why = ("no name of its own and no link: the answer had expired (its TTL, capped "
-                       "by --dns-link-max-ttl) or the link was evicted")
-            parts.append(f"{f.text}: {why}")
-        return "; ".join(parts) + _more([f for f, _a in flows])
+                why = ("had no name of their own and no link: the answer had expired (its TTL, "
+                       "capped by --dns-link-max-ttl) or the link was evicted")
+            by_reason.setdefault(why, []).append(f.text)
+        return f"flows to the addresses DNS gave for it ({shown}): " + "; ".join(
+            f"{len(texts)} {why} ({', '.join(texts[:_SHOWN])}"
+            f"{f' and {len(texts) - _SHOWN} more' if len(texts) > _SHOWN else ''})"
+            for why, texts in by_reason.items())
 
 
 #: the record kind a flow must have carried for a name channel to appear on it
