@@ -383,3 +383,12 @@ def test_workers_survive_cut_transport_headers(tmp_path: Path) -> None:
     cap.write_bytes(pcap(pkts))
     runs = {n: cli_outputs(tmp_path, cap, n) for n in (1, 3)}
     assert runs[3]["records"] == runs[1]["records"]
+
+
+def test_ech_fronts_of_port_prefixed_and_mixed_case_answers() -> None:
+    from tests.test_ech import ech_config, https_rdata, https_response
+
+    rdata = https_rdata([ech_config(b"Front.CDN.example")])
+    msg = dnsp.parse_message(https_response("_8443._HTTPS.Secret.Example", rdata))
+    # the owner without its port prefix, both names in lower case
+    assert msg.ech_fronts() == [("front.cdn.example", "secret.example", 300)]

@@ -61,13 +61,6 @@ def _norm(name: str) -> str:
     return _bare(name).lower()
 
 
-def _service_owner(name: str) -> str:
-    """``_8443._https.evil.example`` -> ``evil.example`` (RFC 9460 port-prefixed owners)."""
-    while name.startswith("_") and "." in name:
-        name = name.partition(".")[2]
-    return name
-
-
 def _chain(owner: str, parents: dict[str, list[str]]) -> tuple[str, ...]:
     """The owner and every name whose CNAME chain leads to it, the asked name first."""
     if not parents:  # most answers: no CNAME at all
@@ -107,7 +100,7 @@ def answer_links(records: list[dnsp.LinkRecord]) -> tuple[AnswerLink, ...]:
             addrs = [data[:16]] if len(data) >= 16 else []
         elif rr.rtype in (64, 65):
             addrs = dnsp.svcb_hints(data)
-            owner = _service_owner(owner)
+            owner = dnsp.service_owner(owner)
         else:
             continue
         if not addrs:
