@@ -52,6 +52,8 @@ from iocwatch.protocols.text import BYTE_HEX
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
 IDLE_TIMEOUT = 120  # seconds of capture time without a packet before a flow is dropped
 SWEEP_EVERY = 30
+#: seconds a QUIC flow's DNS link waits for its ClientHello (to see whether it names itself)
+QUIC_HELLO_WAIT = 10
 # Every table keyed per flow or per address has a hard bound: floods (SYNs, scans, one-packet
 # UDP flows, QUIC Initials) fill it, and the oldest entries go, counted as evicted_<table>
 # (flows/tables.py; the QUIC tables and their bounds are in flows/quic.py).
@@ -326,6 +328,11 @@ class Engine:
                 self._close(flow)
             elif flags & FIN:
                 self.stats["tcp_fin"] += 1
+                if (flow.link is not None and flow.conn is None
+                        and d == (flow.client if flow.client is not None else 0)):
+                    # the client closed before sending a byte: it can name nothing now, so
+                    # its link is its record (not left until the flow expires)
+                    self._link_record(flow)
             return
         conn = flow.connection()
         direction = conn.dirs[d]
@@ -492,6 +499,8 @@ class Engine:
             break
         self.stats["tcp_flows_expired"] += expired  # (0 too: --stats always shows it)
         self.quic.sweep(now)
+        if self.links is not None and self.links.quic_pending:
+            self._release_quic(before=now - QUIC_HELLO_WAIT)
 
     # -- UDP ------------------------------------------------------------------------------
     def _udp(self, sec: int, usec: int, version: int, src: bytes, dst: bytes, l4: bytes,
@@ -522,11 +531,8 @@ class Engine:
         if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
             self.quic.datagram(sec, usec, version, src, dst, l4, ttl, ipid, sport, dport, payload)
             return
-        if dport in DNS_PORTS or sport in DNS_PORTS:
-            port = dport if dport in DNS_PORTS else sport
-        elif dnsp.looks_like_dns(payload):
-            port = 53
-        else:
+        port = self.dns_port(sport, dport, payload)
+        if port is None:
             return
         ev = self.dissector.dns(payload, port)
         if ev is not None and (self.line_sink is None or not self._dns_line(
@@ -535,15 +541,45 @@ class Engine:
                                          self.decoder.ext6))
 
     # -- DNS links (flows/dnslink.py) ----------------------------------------------------------
+    @staticmethod
+    def dns_port(sport: int, dport: int, payload: bytes) -> int | None:
+        """The port a UDP datagram's DNS is read as (its DNS port, or 53 for DNS the header
+        test recognises on any other port), or None when it is not read as DNS (a QUIC
+        Initial never is: :meth:`_udp` hands it to the QUIC tracker first)."""
+        if dport in DNS_PORTS or sport in DNS_PORTS:
+            return dport if dport in DNS_PORTS else sport
+        if dnsp.looks_like_dns(payload):
+            return 53
+        return None
+
+    def learn_udp(self, sec: int, dst: bytes, l4: bytes) -> None:
+        """A UDP datagram whose flow another file worker owns: if this engine would read it as
+        a DNS response that links (port 53, or DNS on another port), learn what it told
+        ``dst``, uncounted (the owner counts it)."""
+        if len(l4) < 20 or not l4[10] & 0x80:  # no DNS header, or not a response
+            return
+        payload = l4[8:]
+        if payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
+            return  # read as QUIC, as _udp does
+        if self.dns_port(unpack_from("!H", l4, 0)[0], unpack_from("!H", l4, 2)[0],
+                         payload) == 53:
+            self.learn_dns(sec, dst, payload)
+
     def learn_dns(self, sec: int, client: bytes, payload: bytes) -> None:
         """A DNS response whose flow another file worker owns: every worker's link and ECH
         front tables must still know what DNS told each client, since the connections that
         follow are spread over all of them."""
         answered, fronts = self.dissector.dns_answer_of(payload)
-        if answered and self.links is not None:
-            self.links.answer(client, answered, sec, counted=False)
+        self.learn_answer(answered or None, fronts, client, sec, counted=False)
+
+    def learn_answer(self, links: tuple | None, fronts: list | None, client: bytes, sec: int,
+                     counted: bool = True) -> None:
+        """What a DNS response told ``client``: its DNS links and ECH fronts; ``counted``
+        False: another file worker owns the response and counts it."""
+        if links and self.links is not None:
+            self.links.answer(client, links, sec, counted=counted)
         if fronts:
-            self.ech_fronts.learn(client, fronts, sec, counted=False)
+            self.ech_fronts.learn(client, fronts, sec, counted=counted)
 
     def _link_tcp(self, flow: _Flow, links: DnsLinks, fresh_syn: bool, version: int, src: bytes,
                   dst: bytes, sport: int, dport: int, ttl: int, ipid: int, sec: int,
@@ -573,9 +609,33 @@ class Engine:
         """A UDP flow's first datagram from a client DNS answered: a QUIC Initial waits for
         its ClientHello (which may name the flow); anything else is a flow without a name."""
         if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
-            links.hold_quic(_udp_key(ctx), link, ctx)
+            pending = links.quic_pending
+            if len(pending) >= links.max_quic:  # full: the oldest go out as flows without a name
+                self._release_quic(len(pending) - links.max_quic + 1)
+            pending[_udp_key(ctx)] = (link, ctx)
             return
         self._emit(_link_only(link, ctx), ctx)
+
+    def _release_quic(self, count: int | None = None, before: int | None = None) -> None:
+        """QUIC flows whose link waited for a ClientHello that never came (an Initial that did
+        not decrypt, a version the sensor cannot read, a hello cut short): each gets its
+        ``dns_link`` record, as any flow without a name of its own. The oldest ``count``, or
+        those whose first datagram came before ``before``, or all."""
+        links = self.links
+        if links is None:
+            return
+        pending = links.quic_pending
+        out: list[bytes] = []
+        for key, (_link, ctx) in pending.items():
+            if (count is not None and len(out) >= count) or (
+                    before is not None and ctx.sec >= before):
+                break
+            out.append(key)
+        for key in out:
+            link, ctx = pending.pop(key)
+            self._emit(_link_only(link, ctx), ctx)
+        if count is not None and out:
+            self.stats["evicted_dns_link_quic"] += len(out)
 
     @staticmethod
     def _link_event(ev: Event, link: Link, first: PacketContext) -> None:
@@ -618,10 +678,7 @@ class Engine:
     # -- records --------------------------------------------------------------------------
     def _learn_answer(self, ev: Event, client: bytes, sec: int) -> None:
         """What a DNS answer told its client: the DNS links and ECH fronts of its flows."""
-        if ev.dns_links is not None and self.links is not None:
-            self.links.answer(client, ev.dns_links, sec)
-        if ev.ech_fronts:
-            self.ech_fronts.learn(client, ev.ech_fronts, sec)
+        self.learn_answer(ev.dns_links, ev.ech_fronts, client, sec)
 
     def _count(self, ev: Event) -> None:
         stats = self.stats
@@ -726,6 +783,7 @@ class Engine:
         self.buffering.clear()
         self.buffered = 0
         self.quic.finish()
+        self._release_quic()
 
 
 def _udp_key(ctx: PacketContext) -> bytes:

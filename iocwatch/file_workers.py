@@ -16,7 +16,14 @@ What a worker keeps and what it leaves:
 - IP fragments are reassembled by every worker's decoder (they are rare and every worker must
   see the pieces); the reassembled datagram goes by its 5-tuple like any other;
 - everything the engine does not analyse (non-IP frames, other IP protocols, malformed
-  packets) is worker 0's, so each such packet is counted once.
+  packets) is worker 0's, so each such packet is counted once;
+- DNS answers are learnt by every worker (the connections they link may be any worker's): a
+  UDP response another worker owns is parsed for its links as the owner reads it (port 53, or
+  DNS the header test finds on another port), and another worker's TCP flows on DNS ports go
+  through a shadow engine that reassembles them only to learn their answers
+  (:mod:`iocwatch.dns_learning`). Learnt answers are not counted (no record, no
+  ``dns_link_addresses``): their owner counts them, so records and counters do not depend on
+  the number of workers.
 
 Counters the decoder keeps for a packet are kept by the worker that owns the packet, and
 ``packets_slow_path`` is corrected for the packets a worker drops, so the workers' counters
@@ -28,13 +35,17 @@ expire one sweep earlier or later than with one worker.
 Lines (records, alerts, session records) reach this process over a pipe per worker, batched
 per megabyte read, and are written here only, so they never interleave; their order across
 workers is not the capture's order. ``--dedupe`` folds alerts per worker, as live capture
-does. Workers write ``-j`` and ``-w`` files themselves (atomic renames; a certificate seen by
-two workers may be written, and counted, twice), and ``--carve`` files of their own flows only
-(the carver applies the same hash before it holds a packet).
+does. ``--alert-on key-reuse`` is decided here (:class:`KeyReuseOrder`): one key's
+certificates may be on several workers' flows. Workers write ``-j`` and ``-w`` files
+themselves (atomic renames; a certificate seen by two workers may be written, and counted,
+twice), and ``--carve`` files of their own flows only (the carver applies the same hash before
+it holds a packet).
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import multiprocessing
 import os
 import signal
@@ -46,8 +57,11 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
+from iocwatch.dns_learning import AnswerLearner
 from iocwatch.engine import Engine, EngineConfig
-from iocwatch.outputs.streams import LineStream, open_stream
+from iocwatch.outputs.alerts import AlertSink, AlertWriter
+from iocwatch.outputs.checks import HandshakeChecks
+from iocwatch.outputs.streams import EmitOutput, LineStream, open_stream
 from iocwatch.workers import Emit
 
 #: Capture-level figures: every worker reads the same capture, so worker 0's are the run's.
@@ -97,6 +111,9 @@ class Split:
     #: called in the worker with its pipeline (the command's own type, hence Any)
     periodic: Callable[[Any], Callable[[], None]]
     report: Callable[[Engine, Any, Any, float], dict]
+    #: ``--alert-on key-reuse``: decided here, where every worker's certificates are seen
+    #: (:class:`KeyReuseOrder`): (the checks, alert format, --dedupe window)
+    key_reuse: tuple[HandshakeChecks, str, float] | None = None
 
 
 @dataclass
@@ -122,7 +139,8 @@ class Partition:
     """Stands in for an engine's decoder: decodes as before, then hides from the engine every
     packet of another worker's flow (see the module docstring)."""
 
-    __slots__ = ("inner", "index", "workers", "stats", "scratch", "done", "done_room", "learn")
+    __slots__ = ("inner", "index", "workers", "stats", "scratch", "done", "done_room",
+                 "learner")
 
     def __init__(self, engine: Engine, index: int, workers: int):
         self.inner = engine.decoder
@@ -136,9 +154,10 @@ class Partition:
         # own finished directions are never evicted for them
         self.done_room = max(1, engine.config.max_done // 2)
         # DNS answers link later connections (and name ECH fronts), whichever worker owns
-        # them: every worker learns every UDP answer from port 53 (DNS over TCP only in its
-        # connection's worker)
-        self.learn = engine.learn_dns
+        # them: every worker learns every answer that links, over UDP (port 53, or DNS on
+        # another port) and over TCP (a shadow engine reassembles other workers' TCP flows on
+        # DNS ports only to learn their answers)
+        self.learner = AnswerLearner(engine)
 
     @property
     def ext6(self) -> bytes:
@@ -166,14 +185,14 @@ class Partition:
         if "packets_slow_path" in stats:  # counted by the engine before it decoded
             stats["packets_slow_path"] -= 1
         if dec is not None:
+            l4 = dec[4]
             if dec[3] == 6:
-                if len(self.done) < self.done_room:
-                    src, dst, l4 = dec[1], dec[2], dec[4]
+                # DNS over TCP: its answers link for all; the rest goes on the fast path
+                if not self.learner.tcp(now, dec) and len(self.done) < self.done_room:
+                    src, dst = dec[1], dec[2]
                     self.done[src + dst + l4[:4]] = None  # the fast path skips the rest of it
             elif dec[3] == 17:
-                l4 = dec[4]
-                if l4[:2] == b"\x00\x35" and len(l4) > 20 and l4[10] & 0x80:  # a response
-                    self.learn(now, dec[2], l4[8:])
+                self.learner.udp(now, dec[2], l4)
         return None
 
 
@@ -198,10 +217,19 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
         else:
             bucket.append(data)
 
+    #: --alert-on key-reuse: each leaf certificate's key, with the number of the packet that
+    #: completed it (every worker reads every packet, so the numbers agree), for the writer
+    certs: list[tuple] = []
+    counter = [0]
     try:
         reader = split.open_reader()
         pipeline = split.make_pipeline()
         pipeline.attach(emit)
+        checks = getattr(pipeline, "checks", None)
+        numbered = split.key_reuse is not None and checks is not None
+        if numbered:
+            serial = itertools.count()
+            checks.defer = lambda item: certs.append((counter[0], next(serial), *item))
         engine = Engine(pipeline.engine_sink, split.config)
         engine.flow_hook = pipeline.flow_hook
         engine.session_sink = pipeline.session_sink
@@ -214,8 +242,10 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
         return
 
     def send_pending() -> None:
-        conn.send(("out", {s: b"".join(v) for s, v in pending.items()}, reader.position()))
+        conn.send(("out", {s: b"".join(v) for s, v in pending.items()}, reader.position(),
+                   counter[0], certs[:]))
         pending.clear()
+        certs.clear()
 
     def periodic() -> None:
         """Once per chunk read: the command's step, the lines so far, and the stop request
@@ -229,10 +259,12 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
     started = time.process_time()
     ending = "end"
     try:
+        packets = pipeline.packets(reader, share=(index, split.workers))
         try:
-            engine.run(pipeline.packets(reader, share=(index, split.workers)))
+            engine.run(_numbered(packets, counter) if numbered else packets)
         except KeyboardInterrupt:
             ending = "interrupted"
+        counter[0] += 1  # what the end flushes comes after every packet
         engine.finish()
         pipeline.close()
         reader.close()
@@ -249,7 +281,68 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
         conn.close()
 
 
+def _numbered(packets: Iterable[Any], counter: list[int]) -> Iterable[Any]:
+    """The packets, counted as they go (the count is the packet being analysed)."""
+    for pkt in packets:
+        counter[0] += 1
+        yield pkt
+
+
 # -- the writer --------------------------------------------------------------------------------
+
+class KeyReuseOrder:
+    """``--alert-on key-reuse`` with ``-r --workers N``: one key's certificates may be on
+    flows of different workers, so the workers send each leaf's key (numbered by the packet
+    that completed it) and the key history is kept here. A leaf is decided once every worker
+    has read past its packet, in capture order, so the alerts are those of one process."""
+
+    def __init__(self, workers: int, checks: HandshakeChecks, fmt: str, dedupe: float):
+        self.checks = checks
+        self.lines: list[bytes] = []
+        self.sink = AlertSink(AlertWriter("-", fmt,  # type: ignore[arg-type]
+                                          EmitOutput(lambda _s, b: self.lines.append(b),
+                                                     "alerts")), dedupe)
+        self.progress = [0] * workers
+        self.heap: list[tuple] = []
+
+    def add(self, worker: int, progress: int, items: list[tuple]) -> bytes:
+        """A worker's leaves, and how far it has read; the alerts now decided, as lines."""
+        for number, serial, *item in items:
+            heapq.heappush(self.heap, (number, serial, worker, item))
+        self.progress[worker] = progress
+        return self._release()
+
+    def end(self, worker: int) -> bytes:
+        """A worker is done (it sends nothing more)."""
+        self.progress[worker] = 1 << 62
+        return self._release()
+
+    def _release(self) -> bytes:
+        limit = min(self.progress)
+        heap = self.heap
+        while heap and heap[0][0] <= limit:
+            item = heapq.heappop(heap)[3]
+            alert = self.checks.key_reuse(*item)
+            if alert is not None:
+                self.sink(alert)
+        return self.take()
+
+    def take(self) -> bytes:
+        out = b"".join(self.lines)
+        self.lines.clear()
+        return out
+
+    def close(self) -> bytes:
+        """The end of the run: everything left, and what --dedupe still holds."""
+        self.progress = [1 << 62] * len(self.progress)
+        self._release()
+        self.sink.flush()
+        return self.take()
+
+    @property
+    def count(self) -> int:
+        return self.sink.count
+
 
 def merge_reports(reports: Iterable[dict]) -> dict:
     """Workers' counters summed (numbers at any depth); capture-level figures (the same in
@@ -348,6 +441,20 @@ def run_split(split: Split, writer: Writer,
     old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     reports: dict[int, dict] = {}
+    reuse = KeyReuseOrder(split.workers, *split.key_reuse) if split.key_reuse else None
+
+    def write(batch: dict[str, bytes]) -> None:
+        """Lines to the outputs, unless a write failed before (the run is stopping)."""
+        if result.write_error is None and result.stop is None:
+            try:
+                writer.write(batch)
+            except BrokenPipeError as exc:
+                result.stop = exc
+                flags["stop"] = True
+            except OSError as exc:
+                result.write_error = exc
+                flags["stop"] = True
+
     try:
         for i in range(split.workers):
             parent_end, child_end = ctx.Pipe(duplex=False)
@@ -377,20 +484,19 @@ def run_split(split: Split, writer: Writer,
                 idx = conns[conn]
                 kind = msg[0]
                 if kind == "out":
-                    if result.write_error is None and result.stop is None:
-                        try:
-                            writer.write(msg[1])
-                        except BrokenPipeError as exc:
-                            result.stop = exc
-                            flags["stop"] = True
-                        except OSError as exc:
-                            result.write_error = exc
-                            flags["stop"] = True
+                    batch = msg[1]
+                    if reuse is not None:
+                        decided = reuse.add(idx, msg[3], msg[4])
+                        if decided:
+                            batch = {**batch, "alerts": batch.get("alerts", b"") + decided}
+                    write(batch)
                     if progress is not None and idx == 0:
                         progress(msg[2])
                 elif kind in ("end", "interrupted"):
                     reports[idx] = msg[1]
                     conns.pop(conn)
+                    if reuse is not None:
+                        write({"alerts": reuse.end(idx)})
                 elif kind == "fatal":
                     result.fatal.append(msg[1])
                     flags["stop"] = True
@@ -406,7 +512,11 @@ def run_split(split: Split, writer: Writer,
     # stopped by the user, not for a failure (which the command reports as such)
     result.interrupted = (flags["user"] and not result.fatal and result.write_error is None
                           and result.stop is None)
+    if reuse is not None:
+        write({"alerts": reuse.close()})
     result.report = merge_reports(reports[i] for i in sorted(reports))
+    if reuse is not None and "alerts" in result.report:
+        result.report["alerts"] += reuse.count
     if result.report:
         writer_cpu = time.process_time() - started
         result.report["cpu_seconds"] = round(

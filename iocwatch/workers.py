@@ -27,6 +27,7 @@ import orjson
 from iocwatch.capture.files import CaptureError
 from iocwatch.capture.live import DNS_ANSWERS_FILTER, LiveCapture, check_filter, dns_answers_filter
 from iocwatch.decode.packet import Decoder
+from iocwatch.dns_learning import AnswerLearner
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.flows.dnslink import MAX_TTL
 from iocwatch.model.tls_session import TlsSession
@@ -86,24 +87,25 @@ class AnswerTap:
     """Every DNS answer on the link, for one worker's DNS-link and ECH-front tables.
 
     The kernel's fanout hands each worker its own flows, and a client's connection is seldom
-    in the same worker as the DNS lookup before it: each worker also reads all UDP answers
-    from port 53 on a handle of its own, outside the fanout group, and learns them uncounted
-    (the answer's own worker writes its record and counts it; learning it twice changes
-    nothing). The tap is read before each batch of the worker's own packets, so an answer is
-    known before the connection it announced."""
+    in the same worker as the DNS lookup before it: each worker also reads all DNS on port 53
+    (UDP answers, both directions of DNS over TCP) on a handle of its own, outside the fanout
+    group, and learns the answers uncounted (:class:`~iocwatch.dns_learning.AnswerLearner`;
+    the answer's own worker writes its record and counts it; learning it twice changes
+    nothing). The tap is read before each batch of the worker's own packets is run, so an
+    answer is known before the connection it announced."""
 
-    __slots__ = ("cap", "decoder", "learn", "packets", "errors")
+    __slots__ = ("cap", "decoder", "learner", "packets", "errors")
 
     def __init__(self, cap: LiveCapture, engine: Engine) -> None:
         self.cap = cap
         self.decoder = Decoder()  # its own counters: the worker's own decode stats stay exact
-        self.learn = engine.learn_dns
+        self.learner = AnswerLearner(engine)
         self.packets = 0
         self.errors = 0
 
     def drain(self) -> None:
         """Learn every answer already captured (bounded; never waits)."""
-        decode, learn = self.decoder.decode, self.learn
+        decode, learner = self.decoder.decode, self.learner
         for _ in range(TAP_BATCHES):
             batch = self.cap.read(0)
             if not batch:
@@ -112,11 +114,12 @@ class AnswerTap:
             for sec, _usec, linktype, data in batch:
                 try:
                     dec = decode(linktype, data, sec)
-                    if dec is None or dec[3] != 17:
+                    if dec is None:
                         continue
-                    l4 = dec[4]
-                    if l4[:2] == b"\x00\x35" and len(l4) > 20 and l4[10] & 0x80:  # a response
-                        learn(sec, dec[2], l4[8:])
+                    if dec[3] == 17:
+                        learner.udp(sec, dec[2], dec[4])
+                    elif dec[3] == 6:
+                        learner.tcp(sec, dec)
                 except Exception:  # noqa: BLE001 - a hostile answer is skipped, counted
                     self.errors += 1
 

@@ -149,8 +149,9 @@ def test_https_ech_public_names() -> None:
                          ech_config(b"second.example")])
     assert dnsp.ech_public_names(rdata) == ["public.example", "second.example"]
     msg = dnsp.parse_message(https_response("secret.example", rdata))
-    assert msg.ech_fronts() == [("public.example", "secret.example.", 300),
-                                ("second.example", "secret.example.", 300)]
+    # fronted names as links keep them: lower case, no final dot
+    assert msg.ech_fronts() == [("public.example", "secret.example", 300),
+                                ("second.example", "secret.example", 300)]
     # mercury's JSON of the same answer is untouched
     params = msg.to_mercury()["response"]["answer"][0]["svc_params"]
     assert params[-1]["ech_config"]["public_name"] == "Public.Example."

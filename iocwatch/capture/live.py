@@ -41,9 +41,10 @@ _NON_IP = "(not ip and not ip6 and not ether proto 0x8100 and not ether proto 0x
 DEFAULT_FILTER = f"{_V4} or {_V6} or {_NON_IP} or (vlan and ({_V4} or {_V6} or {_NON_IP}))"
 
 
-#: DNS answers over UDP, for the handle every live worker learns DNS links from
-#: (:class:`iocwatch.workers.AnswerTap`): the kernel's fanout gives a worker only its own flows
-DNS_ANSWERS_FILTER = "udp src port 53"
+#: DNS answers over UDP and DNS over TCP (both directions: it is reassembled), for the handle
+#: every live worker learns DNS links from (:class:`iocwatch.workers.AnswerTap`): the kernel's
+#: fanout gives a worker only its own flows
+DNS_ANSWERS_FILTER = "(udp src port 53) or (tcp port 53)"
 
 
 def dns_answers_filter(linktype: int) -> str:

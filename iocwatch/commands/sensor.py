@@ -42,7 +42,7 @@ from iocwatch.indicators.loading import (
     report_load,
 )
 from iocwatch.indicators.sets import check_cache_path
-from iocwatch.outputs.checks import ALERT_RULES
+from iocwatch.outputs.checks import ALERT_RULES, KEY_REUSE, HandshakeChecks
 from iocwatch.outputs.consumers import loss_line, losses
 from iocwatch.outputs.paths import reason
 from iocwatch.pipeline import SensorPipeline
@@ -578,9 +578,7 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
     reader.on_read = periodic
     tracer = open_trace(args, pipeline)
     sink = pipeline.engine_sink if tracer is None else tracer.wrap(pipeline.engine_sink)
-    engine = Engine(sink, EngineConfig(
-        args.mbpc, args.mbpt, dns_link=args.dns_link_max_ttl > 0,
-        dns_link_max_ttl=args.dns_link_max_ttl))
+    engine = Engine(sink, engine_config(args))
     engine.flow_hook = pipeline.flow_hook
     engine.session_sink = pipeline.session_sink
     if tracer is None:  # --trace reads every record as it is made
@@ -593,6 +591,12 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
     if tracer is not None:
         close_steps(out, (lambda: end_trace(tracer, engine),))
     return end_run(args, report, out)
+
+
+def engine_config(args: argparse.Namespace) -> EngineConfig:
+    """The engine's settings from the command line (one worker or ``-r --workers N``)."""
+    return EngineConfig(args.mbpc, args.mbpt, dns_link=args.dns_link_max_ttl > 0,
+                        dns_link_max_ttl=args.dns_link_max_ttl)
 
 
 def open_trace(args: argparse.Namespace, pipeline: SensorPipeline) -> Tracer | None:
@@ -611,6 +615,7 @@ def open_trace(args: argparse.Namespace, pipeline: SensorPipeline) -> Tracer | N
 
 def end_trace(tracer: Tracer, engine: Engine) -> None:
     """The trace's closing lines (where the names were not seen), then its file closed."""
+    tracer.dns_links = engine.links is not None
     tracer.report(engine.stats)
     if tracer.out is not sys.stderr:
         tracer.out.close()
@@ -651,8 +656,13 @@ def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
 
     progress = progress_display(args, reader)
     shown = None if progress is None else _RemoteProgress(progress)
-    split = Split(args.workers, open_reader, make_pipeline, EngineConfig(args.mbpc, args.mbpt),
-                  periodic, run_report)
+    key_reuse = None
+    if KEY_REUSE in (args.alert_on or ()) and to.alerts is not None:
+        # one key's certificates may be on several workers' flows: the writer decides
+        key_reuse = (HandshakeChecks([KEY_REUSE], args.sensor_name), args.alert_format,
+                     args.dedupe)
+    split = Split(args.workers, open_reader, make_pipeline, engine_config(args),
+                  periodic, run_report, key_reuse)
     sys.stdout.flush()  # nothing buffered here is written twice by a forked worker
     sys.stderr.flush()
     result = run_split(split, writer, shown)

@@ -661,15 +661,15 @@ class Dissector:
         or a cache entry (another file worker owns its flow; see file_workers.py)."""
         hit = self.dns_cache.get(payload[2:])
         if hit is not None:
-            return ((), None) if hit[6] else (hit[7], hit[8])
+            return ((), None) if hit[6] or not hit[0] else (hit[7], hit[8])
         view = dnsp.fast_view(payload)
         if view is not None:
-            return answer_links(view[4]), None
+            return (answer_links(view[4]), None) if view[0] else ((), None)
         try:
             msg = dnsp.parse_message(payload)
         except Malformed:
             return (), None
-        if msg.netbios:
+        if msg.netbios or not msg.is_response:
             return (), None
         return answer_links(msg.link_records()), msg.ech_fronts() or None
 
@@ -739,5 +739,7 @@ class Dissector:
         # DNS links: answers to clients on port 53 (not mDNS, LLMNR or NetBIOS); mDNS instance
         # names ("My Printer._ipp._tcp.local") may hold any character
         return Event(key, {section: inner}, obs,
-                     dns_links=links if links and port == 53 and key == "dns" else None,
-                     ech_fronts=fronts, flags=bad_names if port != 5353 else 0)
+                     dns_links=links if (links and is_response and port == 53
+                                         and key == "dns") else None,
+                     ech_fronts=fronts if port == 53 and key == "dns" else None,
+                     flags=bad_names if port != 5353 else 0)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections import Counter
 from itertools import islice
+from typing import Any
 
 from iocwatch.flows.tables import EVICT_SHARE, evict_oldest
 from iocwatch.model.channels import DESTINATION_CHANNELS
@@ -54,52 +55,52 @@ def _bare(name: str) -> str:
     return name[:-1] if name.endswith(".") else name
 
 
-def _service_owner(name: str) -> str:
-    """``_8443._https.evil.example`` -> ``evil.example`` (RFC 9460 port-prefixed owners)."""
-    while name.startswith("_") and "." in name:
-        name = name.partition(".")[2]
-    return name
+def _norm(name: str) -> str:
+    """A DNS name as links keep it: lower case (answers may mix case, as 0x20 encoding sends
+    them), no final dot."""
+    return _bare(name).lower()
 
 
 def _chain(owner: str, parents: dict[str, list[str]]) -> tuple[str, ...]:
     """The owner and every name whose CNAME chain leads to it, the asked name first."""
     if not parents:  # most answers: no CNAME at all
-        return (_bare(owner),)
+        return (owner,)
     seen = [owner]
     frontier = [owner]
     for _ in range(_CHAIN_MAX):
         nxt: list[str] = []
         for n in frontier:
-            for p in parents.get(n.lower(), ()):
+            for p in parents.get(n, ()):
                 if p not in seen:
                     seen.append(p)
                     nxt.append(p)
         if not nxt or len(seen) >= MAX_NAMES:
             break
         frontier = nxt
-    return tuple(_bare(n) for n in reversed(seen[:MAX_NAMES]))
+    return tuple(reversed(seen[:MAX_NAMES]))
 
 
 def answer_links(records: list[dnsp.LinkRecord]) -> tuple[AnswerLink, ...]:
     """(address, names, TTL) of every A/AAAA answer and HTTPS/SVCB address hint among a
-    successful response's link records (:meth:`DnsMessage.link_records`)."""
+    successful response's link records (:meth:`DnsMessage.link_records`); names in lower
+    case, CNAME chains followed without regard to case."""
     if not records:
         return ()
     parents: dict[str, list[str]] = {}
     for rr in records:
         if rr.rtype == 5 and rr.target:
-            parents.setdefault(rr.target.lower(), []).append(rr.name)
+            parents.setdefault(_norm(rr.target), []).append(_norm(rr.name))
     out: dict[bytes, tuple[tuple[str, ...], int]] = {}
     for rr in records:
         data = rr.rdata
-        owner = rr.name
+        owner = _norm(rr.name)
         if rr.rtype == 1:
             addrs = [data[:4]] if len(data) >= 4 else []
         elif rr.rtype == 28:
             addrs = [data[:16]] if len(data) >= 16 else []
         elif rr.rtype in (64, 65):
             addrs = dnsp.svcb_hints(data)
-            owner = _service_owner(owner)
+            owner = dnsp.service_owner(owner)
         else:
             continue
         if not addrs:
@@ -161,8 +162,10 @@ class DnsLinks:
         self.clients: dict[bytes, None] = {}
         #: UDP flow directions of those clients already looked up (the first datagram decides)
         self.udp_seen: dict[bytes, None] = {}
-        #: QUIC flows (5-tuple key) whose link waits for the ClientHello: (link, flow context)
-        self.quic_pending: dict[bytes, tuple[Link, object]] = {}
+        #: QUIC flows (5-tuple key) whose link waits for the ClientHello: (link, flow context),
+        #: oldest first; the engine gives the link a record of its own when no ClientHello
+        #: came (Engine._release_quic), and when the table is full
+        self.quic_pending: dict[bytes, tuple[Link, Any]] = {}
         #: new flows from a client whose DNS is seen, to an address no answer gave it
         self.unlinked: Counter[bytes] = Counter()
         for name in ("evicted_dns_links", "evicted_dns_link_clients", "evicted_dns_link_udp",
@@ -219,17 +222,19 @@ class DnsLinks:
 
     # -- flows -------------------------------------------------------------------------------
     def lookup(self, client: bytes, server: bytes, now: int) -> Link | None:
-        """The names DNS gave ``client`` for ``server``, if the answer has not expired."""
+        """The names DNS gave ``client`` for ``server``, if the answer has not expired. Each
+        flow that finds only an expired answer is counted (``dns_link_expired``), so that the
+        count is the same however ``-r --workers`` share the flows out; the expired link stays
+        where it is in the table's order, the first to go when room is needed."""
         key = client + server
         table = self.table
         v = table.get(key)
         if v is None:
             return None
-        del table[key]
         if v[2] < now:
-            self.bytes -= v[3]
             self.stats["dns_link_expired"] += 1
             return None
+        del table[key]
         table[key] = v  # most recently used now
         return v[0], v[1]
 
@@ -261,13 +266,6 @@ class DnsLinks:
             evict_oldest(seen, self.max_udp, self.stats, "evicted_dns_link_udp")
         seen[key] = None
         return True
-
-    def hold_quic(self, key: bytes, link: Link, ctx: object) -> None:
-        """Keep a QUIC flow's link until its ClientHello shows whether it has an SNI."""
-        pending = self.quic_pending
-        if len(pending) >= self.max_quic:
-            evict_oldest(pending, self.max_quic, self.stats, "evicted_dns_link_quic")
-        pending[key] = (link, ctx)
 
     def unlinked_by_destination(self) -> dict[bytes, int]:
         return dict(self.unlinked)

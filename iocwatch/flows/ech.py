@@ -57,8 +57,10 @@ class EchFronts:
                 if len(table) >= self._max:
                     self.work += evict_oldest(table, self._max, stats, "evicted_ech_fronts")
                 names = {}
+            # a name again (in any case) is refreshed: its new TTL, and most recent
+            name = name.rstrip(".").lower()
             names.pop(name, None)
-            names[name.rstrip(".")] = now + min(max(ttl, 0), self._ttl_max)
+            names[name] = now + min(max(ttl, 0), self._ttl_max)
             while len(names) > ECH_NAMES_MAX:
                 del names[next(iter(names))]
             table[key] = names

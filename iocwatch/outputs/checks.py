@@ -78,18 +78,23 @@ class KeyHistory:
         self.store_lookup = store_lookup
         self.evicted = 0
 
-    def see(self, spki: str, cert_sha256: str, names: Sequence[str]) -> list[tuple[str, list[str]]]:
+    def see(self, spki: str, cert_sha256: str, names: Sequence[str],
+            store_rows: Sequence[tuple[str, Sequence[str]]] | None = None
+            ) -> list[tuple[str, list[str]]]:
         """Record a certificate; the others known with the same key (this run's, and the
         store's) whose names do not overlap its own. Once per certificate per run: empty when
-        this run saw it before, or when it has no names."""
+        this run saw it before, or when it has no names. ``store_rows``: what the store said
+        of the key, asked elsewhere (a ``-r --workers`` worker), instead of asking here."""
         certs = self._keys.pop(spki, None)
         if certs is None:
             certs = {}
             if len(self._keys) >= self._max:
                 del self._keys[next(iter(self._keys))]
                 self.evicted += 1
-            if self.store_lookup is not None:
-                for sha, other in self.store_lookup(spki)[:CERTS_PER_KEY]:
+            if store_rows is None and self.store_lookup is not None:
+                store_rows = self.store_lookup(spki)
+            if store_rows:
+                for sha, other in store_rows[:CERTS_PER_KEY]:
                     certs[sha] = (tuple(other[:NAMES_PER_CERT]), False)
         self._keys[spki] = certs
         own = tuple(names[:NAMES_PER_CERT])
@@ -111,6 +116,13 @@ class HandshakeChecks:
         self.rules = frozenset(rules)
         self.sensor = sensor
         self.keys = keys if keys is not None else KeyHistory()
+        #: set in a ``-r --workers`` worker: each leaf's key goes to the writer, which sees
+        #: every worker's certificates and decides key reuse in capture order
+        #: (:meth:`key_reuse`, file_workers.KeyReuseOrder); called with
+        #: ``(spki_sha256, cert_sha256, names, alert without other_certs, store rows)``; the
+        #: store is asked here, once per key per worker (the writer has no store consumer)
+        self.defer: Callable[[tuple], None] | None = None
+        self._asked: dict[str, None] = {}
 
     def record(self, record: dict, certs: Sequence[x509.Certificate]) -> list[dict]:
         """The alerts of one record with a ``cert_check`` and its certificates, leaf first."""
@@ -128,16 +140,43 @@ class HandshakeChecks:
                               "cert_sha256": leaf.sha256}
             out.append(alert)
         if KEY_REUSE in self.rules and leaf.spki_sha256:
-            others = self.keys.see(leaf.spki_sha256, leaf.sha256, leaf.names())
-            if others:
-                alert = build_alert(record=record, channel=Channel.SPKI_SHA256.value,
-                                    name=leaf.spki_sha256, normalised=leaf.spki_sha256,
-                                    indicator=_RULES[KEY_REUSE], sensor=self.sensor)
-                alert["check"] = {
-                    "rule": KEY_REUSE, "spki_sha256": leaf.spki_sha256,
-                    "cert_sha256": leaf.sha256, "cert_names": leaf.names(),
-                    "other_certs": [{"cert_sha256": sha, "cert_names": names}
-                                    for sha, names in others],
-                }
-                out.append(alert)
+            names = leaf.names()
+            if self.defer is not None:
+                self.defer((leaf.spki_sha256, leaf.sha256, names, self._reuse_alert(record, leaf),
+                            self._store_rows(leaf.spki_sha256)))
+            else:
+                others = self.keys.see(leaf.spki_sha256, leaf.sha256, names)
+                if others:
+                    out.append(_with_others(self._reuse_alert(record, leaf), others))
         return out
+
+    def _reuse_alert(self, record: dict, leaf: x509.Certificate) -> dict:
+        alert = build_alert(record=record, channel=Channel.SPKI_SHA256.value,
+                            name=leaf.spki_sha256, normalised=leaf.spki_sha256,
+                            indicator=_RULES[KEY_REUSE], sensor=self.sensor)
+        alert["check"] = {"rule": KEY_REUSE, "spki_sha256": leaf.spki_sha256,
+                          "cert_sha256": leaf.sha256, "cert_names": leaf.names()}
+        return alert
+
+    def _store_rows(self, spki: str) -> list[tuple[str, list[str]]] | None:
+        """What the store says of a key this worker has not asked about yet, else None."""
+        lookup = self.keys.store_lookup
+        if lookup is None or spki in self._asked:
+            return None
+        if len(self._asked) >= KEYS_MAX:
+            del self._asked[next(iter(self._asked))]
+        self._asked[spki] = None
+        return [(sha, list(names)) for sha, names in lookup(spki)[:CERTS_PER_KEY]]
+
+    def key_reuse(self, spki: str, cert_sha256: str, names: list[str], alert: dict,
+                  store_rows: list[tuple[str, list[str]]] | None = None) -> dict | None:
+        """A deferred leaf (:attr:`defer`) seen in capture order: its alert, completed with the
+        other certificates, when its key was seen with names that do not overlap its own."""
+        others = self.keys.see(spki, cert_sha256, names, store_rows)
+        return _with_others(alert, others) if others else None
+
+
+def _with_others(alert: dict, others: list[tuple[str, list[str]]]) -> dict:
+    alert["check"]["other_certs"] = [{"cert_sha256": sha, "cert_names": names}
+                                     for sha, names in others]
+    return alert

@@ -10,10 +10,12 @@ with packet number, time, flow and the matcher's decision, and keeps a few facts
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
+from iocwatch.flows.dnslink import OWN_NAME_CHANNELS
 from iocwatch.indicators import normalise_name
 from iocwatch.matcher import Matcher
 from iocwatch.model import evidence
@@ -58,6 +60,11 @@ class _Flow:
     facts: set[str] = field(default_factory=set)
     kinds: set[str] = field(default_factory=set)  # what its records were: dns, tls, http, quic
     certs: bool = False  # a certificate was seen on it
+    #: for dns_link misses: the flow's first record time, whether a record of it named its
+    #: server itself (SNI, Host), and the clients of those records
+    first: float = 0.0
+    named: bool = False
+    clients: set[str] = field(default_factory=set)
 
 
 @dataclass(slots=True)
@@ -68,6 +75,9 @@ class _Target:
     seen: dict[str, int] = field(default_factory=dict)  # channel -> times
     flows: dict[tuple, None] = field(default_factory=dict)  # flows it was seen on
     addresses: set[str] = field(default_factory=set)  # what DNS answered for it
+    #: what DNS links learnt for it (CNAME chains and HTTPS hints followed, as the engine
+    #: does): address -> [(client answered, answer time)]
+    linked: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
     def covers(self, norm: str) -> bool:
         return norm == self.name or norm.endswith("." + self.name)
@@ -97,6 +107,8 @@ class Tracer:
         self.number = 0  # the packet being processed (1-based, as tshark counts)
         self.ended = False  # the capture is read: what comes now is flushed at the end
         self.flows: dict[tuple, _Flow] = {}
+        #: whether the engine linked flows to DNS answers (--dns-link-max-ttl 0 turns it off)
+        self.dns_links = True
 
     # -- the wrappers -------------------------------------------------------------------------
     def packets(self, source: Iterable[Any]) -> Iterator[Any]:
@@ -127,10 +139,19 @@ class Tracer:
             facts.add("tls13")
         if getattr(event, "certificates", None):
             flow.certs = True
+        links = getattr(event, "dns_links", None)
+        if links:
+            self._links(links, record)
+        http = record.get("http")
+        if getattr(event, "client_hello", None) is not None or (
+                isinstance(http, dict) and "request" in http) or "dns_link" in record:
+            flow.clients.add(str(record.get("src_ip")))  # a client's record: its source
         for ob in observations:
             ch = ob.channel
             if ch == _ECH_CHANNEL:
                 facts.add("ech")
+            if ch in OWN_NAME_CHANNELS:
+                flow.named = True
             if ch not in NAME_CHANNELS:
                 continue
             norm = normalise_name(host_key(ob.name) if CHANNELS[ch].authority else ob.name)
@@ -147,7 +168,24 @@ class Tracer:
             if len(self.flows) >= FLOWS_MAX:
                 self.flows.clear()
             flow = self.flows[fkey] = _Flow(_flow_text(record), record.get("protocol"))
+            start = record.get("event_start")
+            flow.first = start if isinstance(start, float) else 0.0
         return flow
+
+    def _links(self, links: tuple, record: dict) -> None:
+        """A DNS response's links (flows/dnslink.py's answer_links), as the engine learnt them:
+        per traced name, the addresses and the client they were given to."""
+        client = str(record.get("dst_ip"))
+        start = record.get("event_start")
+        when = start if isinstance(start, float) else 0.0
+        for addr, names, _ttl in links:
+            for t in self.targets:
+                if any(t.covers(normalise_name(n)) for n in names):
+                    text = socket.inet_ntop(socket.AF_INET if len(addr) == 4 else socket.AF_INET6,
+                                            addr)
+                    given = t.linked.setdefault(text, [])
+                    if len(given) < _SHOWN:
+                        given.append((client, when))
 
     def _answers(self, response: dict, record: dict, fkey: tuple) -> None:
         """DNS answers owned by a traced name (its addresses, its CNAME targets)."""
@@ -237,8 +275,7 @@ class Tracer:
             return ("only the other DNS direction was seen" if dns_seen
                     else "no DNS message for it in the capture")
         if ch is Channel.DNS_LINK:
-            return ("no flow without a name of its own went to an address DNS gave for it"
-                    if t.addresses else "no DNS answer gave an address for it")
+            return self._why_unlinked(t)
         want = _CARRIER.get(ch, "tls")
         flows = [f for f in related if want in f.kinds]
         if not flows:
@@ -262,6 +299,44 @@ class Tracer:
                        else ": it named another server")
             parts.append(f.text + why)
         return "; ".join(parts) + _more(flows)
+
+
+    def _why_unlinked(self, t: _Target) -> str:
+        """Why no flow got the name through a DNS link, from what the records show."""
+        if not self.dns_links:
+            return "DNS links are off (--dns-link-max-ttl 0)"
+        if not t.linked:
+            return ("no DNS answer gave an address for it" if not t.addresses else
+                    "DNS gave addresses for it only in answers that do not link (not port 53, "
+                    "or not a successful response)")
+        flows = [(f, [a for end in (k[1][0], k[2][0]) for a in t.linked.get(end, ())])
+                 for k, f in self.flows.items()
+                 if (k[1][0] in t.linked or k[2][0] in t.linked) and f.kinds - {"dns", "mdns"}]
+        shown = ", ".join(sorted(t.linked)[:_SHOWN])
+        if not flows:
+            return (f"no record shows a flow to an address DNS gave for it ({shown}); a flow "
+                    "without a name of its own is linked only from the client DNS answered, "
+                    "while the answer lives")
+        by_reason: dict[str, list[str]] = {}
+        for f, answers in flows:
+            clients = {c for c, _when in answers}
+            if f.named:
+                why = "named their server themselves (SNI or Host), which a DNS link does not replace"
+            elif not f.clients:
+                why = ("show only the server's side in their records (the client unknown: another "
+                       "than the one DNS answered, or the answer had expired)")
+            elif not f.clients & clients:
+                why = "came from another client than the one DNS answered"
+            elif f.first < min(when for _c, when in answers):
+                why = "began before DNS answered"
+            else:
+                why = ("had no name of their own and no link: the answer had expired (its TTL, "
+                       "capped by --dns-link-max-ttl) or the link was evicted")
+            by_reason.setdefault(why, []).append(f.text)
+        return f"flows to the addresses DNS gave for it ({shown}): " + "; ".join(
+            f"{len(texts)} {why} ({', '.join(texts[:_SHOWN])}"
+            f"{f' and {len(texts) - _SHOWN} more' if len(texts) > _SHOWN else ''})"
+            for why, texts in by_reason.items())
 
 
 #: the record kind a flow must have carried for a name channel to appear on it

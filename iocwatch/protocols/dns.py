@@ -264,10 +264,13 @@ class DnsMessage:
             publics = ech_public_names(rr.rdata)
             if not publics:
                 continue
-            owners = dict.fromkeys([rr.name, *asked])
+            # names compare without regard to case (0x20 encoding mixes it); a port-prefixed
+            # owner (_8443._https.name) fronts the name itself
+            owners = dict.fromkeys(service_owner(n.rstrip(".").lower())
+                                   for n in (rr.name, *asked))
             for public in publics:
-                out.extend((public, owner, rr.ttl) for owner in owners
-                           if owner.rstrip(".").lower() != public)
+                low = public.rstrip(".").lower()
+                out.extend((low, owner, rr.ttl) for owner in owners if owner != low)
         return out
 
     def cnames(self) -> list[tuple[str, str]]:
@@ -807,6 +810,13 @@ def looks_like_dns(data: bytes) -> bool:
     if (qd == 0 and an == 0) or data[8] > 1 or data[10] > 1:
         return False
     return (qd or an) * 6 <= n - HEADER_LEN
+
+
+def service_owner(name: str) -> str:
+    """``_8443._https.evil.example`` -> ``evil.example`` (RFC 9460 port-prefixed owners)."""
+    while name.startswith("_") and "." in name:
+        name = name.partition(".")[2]
+    return name
 
 
 def split_tcp_stream(buf: bytes) -> tuple[list[bytes], int]:
