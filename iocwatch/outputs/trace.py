@@ -53,11 +53,15 @@ _TRANSPORT = {6: "tcp", 17: "udp"}
 class _Flow:
     """What the trace learnt about one flow (both directions)."""
 
+    key: tuple
     text: str
     proto: Any
     facts: set[str] = field(default_factory=set)
     kinds: set[str] = field(default_factory=set)  # what its records were: dns, tls, http, quic
     certs: bool = False  # a certificate was seen on it
+    #: the names it carried for its destination, per channel (SNI, outer SNI, Host, DNS link;
+    #: a few each)
+    names: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -66,7 +70,7 @@ class _Target:
 
     name: str
     seen: dict[str, int] = field(default_factory=dict)  # channel -> times
-    flows: dict[tuple, None] = field(default_factory=dict)  # flows it was seen on
+    flows: dict[tuple, set[str]] = field(default_factory=dict)  # flows it was seen on: channels
     addresses: set[str] = field(default_factory=set)  # what DNS answered for it
 
     def covers(self, norm: str) -> bool:
@@ -122,6 +126,8 @@ class Tracer:
         facts = flow.facts
         facts.update(evidence.of_record(record))
         flow.kinds.update(k for k in ("dns", "mdns", "tls", "http", "quic") if k in record)
+        if "ech" in record:  # an ECH ClientHello, whether or not DNS showed its front
+            facts.add("ech")
         hello = getattr(event, "server_hello", None)
         if hello is not None and hello.is_tls13:
             facts.add("tls13")
@@ -133,6 +139,10 @@ class Tracer:
                 facts.add("ech")
             if ch not in NAME_CHANNELS:
                 continue
+            if ch in _NAMING:
+                names = flow.names.setdefault(str(ch), [])
+                if len(names) < 3 and ob.name not in names:
+                    names.append(ob.name)
             norm = normalise_name(host_key(ob.name) if CHANNELS[ch].authority else ob.name)
             for t in self.targets:
                 if t.covers(norm):
@@ -146,7 +156,7 @@ class Tracer:
         if flow is None:
             if len(self.flows) >= FLOWS_MAX:
                 self.flows.clear()
-            flow = self.flows[fkey] = _Flow(_flow_text(record), record.get("protocol"))
+            flow = self.flows[fkey] = _Flow(fkey, _flow_text(record), record.get("protocol"))
         return flow
 
     def _answers(self, response: dict, record: dict, fkey: tuple) -> None:
@@ -193,7 +203,7 @@ class Tracer:
     def _hit(self, t: _Target, channel: str, name: str, record: dict, fkey: tuple,
              decision: str) -> None:
         t.seen[channel] = t.seen.get(channel, 0) + 1
-        t.flows[fkey] = None
+        t.flows.setdefault(fkey, set()).add(channel)
         start = record.get("event_start")
         when = iso_utc(start) if isinstance(start, float) else "?"
         where = f"packet {self.number}" + (" (flushed at the end)" if self.ended else "")
@@ -237,8 +247,9 @@ class Tracer:
             return ("only the other DNS direction was seen" if dns_seen
                     else "no DNS message for it in the capture")
         if ch is Channel.DNS_LINK:
-            return ("no flow without a name of its own went to an address DNS gave for it"
-                    if t.addresses else "no DNS answer gave an address for it")
+            return self._why_link(t)
+        if ch is Channel.TLS_SNI_OUTER:
+            return self._why_outer(t, related, dns_seen)
         want = _CARRIER.get(ch, "tls")
         flows = [f for f in related if want in f.kinds]
         if not flows:
@@ -259,13 +270,78 @@ class Tracer:
             if not why:
                 why = (": its certificates named other servers" if ch in _CERT_CHANNELS and f.certs
                        else ": no certificate seen" if ch in _CERT_CHANNELS
-                       else ": it named another server")
+                       else ": " + self._other_name(t, f, ch))
             parts.append(f.text + why)
         return "; ".join(parts) + _more(flows)
+
+    def _other_name(self, t: _Target, f: _Flow, ch: Channel) -> str:
+        """What a flow that did not carry the name on an SNI or Host channel carried instead."""
+        on = t.flows.get(f.key, set())
+        outer = str(Channel.TLS_SNI_OUTER)
+        if ch is not Channel.HTTP_HOST and outer in on:
+            return (f"its SNI was {t.name} or under it, labelled {outer}: DNS showed it to be "
+                    "the ECH public name of another name (the front, not the destination)")
+        what = "Host" if ch is Channel.HTTP_HOST else "SNI"
+        names = f.names.get(str(ch)) or (f.names.get(outer) if ch is Channel.TLS_SNI else None)
+        if names:
+            return f"its {what} was " + ", ".join(repr(n) for n in names)
+        return "its ClientHello carried no SNI" if what == "SNI" else "no Host header was read"
+
+    def _why_outer(self, t: _Target, related: list[_Flow], dns_seen: bool) -> str:
+        """``tls_sni_outer``: the name as the visible SNI of an ECH ClientHello that DNS showed
+        to front another name."""
+        ech = [f for f in related if "ech" in f.facts]
+        if not ech:
+            plain = [f for f in related if t.flows.get(f.key, set())
+                     & {str(Channel.TLS_SNI), str(Channel.QUIC_SNI)}]
+            why = "no ECH flow to it"
+            if plain:
+                why += (": it was the plain SNI (the destination itself) of "
+                        + ", ".join(f.text for f in plain[:_SHOWN]) + _more(plain))
+            return why + ("" if dns_seen else "; no DNS for it either")
+        parts = []
+        for f in ech[:_SHOWN]:
+            on = t.flows.get(f.key, set())
+            if on & {str(Channel.TLS_SNI), str(Channel.QUIC_SNI)}:
+                parts.append(f"{f.text}: ECH offered with it as the visible SNI, but no DNS "
+                             "HTTPS answer with an ech parameter made it the public name of "
+                             "another name, so it stayed the SNI")
+            else:
+                names = f.names.get(str(Channel.TLS_SNI_OUTER)) or f.names.get(
+                    str(Channel.TLS_SNI))
+                parts.append(f"{f.text}: ECH offered, its visible SNI was "
+                             + (", ".join(repr(n) for n in names) if names else "absent"))
+        return "; ".join(parts) + _more(ech)
+
+    def _why_link(self, t: _Target) -> str:
+        """``dns_link``: a flow without a name of its own to an address DNS gave for it."""
+        if not t.addresses:
+            return "no DNS answer gave an address for it"
+        addrs = sorted(t.addresses)
+        shown = ", ".join(addrs[:_SHOWN]) + (" ..." if len(addrs) > _SHOWN else "")
+        to = [f for k, f in self.flows.items() if (k[1][0] in t.addresses
+              or k[2][0] in t.addresses) and not (f.kinds and f.kinds <= {"dns", "mdns"})]
+        if not to:
+            return f"no flow went to an address DNS gave for it ({shown})"
+        link = str(Channel.DNS_LINK)
+        bare = [f for f in to if not set(f.names) - {link}]
+        if not bare:
+            return ("every flow to an address DNS gave for it carried a name of its own (SNI "
+                    "or Host), and a DNS link names only flows without one: "
+                    + ", ".join(f.text for f in to[:_SHOWN]) + _more(to))
+        return ("flows without a name of their own went to an address DNS gave for it but got "
+                "no DNS link to it (the answer was to another client, its TTL had run out, or "
+                "the link table evicted it): " + ", ".join(
+                    f.text + (" (linked to " + ", ".join(map(repr, f.names[link])) + ")"
+                              if link in f.names else "") for f in bare[:_SHOWN]) + _more(bare))
+
 
 
 #: the record kind a flow must have carried for a name channel to appear on it
 _CARRIER = {Channel.QUIC_SNI: "quic", Channel.HTTP_HOST: "http"}
+#: channels naming a flow's destination: kept per flow to say what it carried instead
+_NAMING = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI, Channel.TLS_SNI_OUTER,
+                     Channel.HTTP_HOST, Channel.DNS_LINK})
 _SHOWN = 5  # flows listed per reason line
 
 
