@@ -389,8 +389,10 @@ def _name(value: str, indicators: IndicatorSet, allow: AllowLists | None,
                 out.reasons.append(f"{i.value} ({_where(i)}): {why}")
     for i, port, why in indicators.explain_domain_ports(norm):
         seen.add((i.file, i.line, i.value))
+        what = (f"a URL on port {port}, so a name:port indicator"
+                if i.kind == m.URL else "a name:port indicator")
         out.reasons.append(
-            f"{i.value} ({_where(i)}): a name:port indicator, only for flows to port {port}"
+            f"{i.value} ({_where(i)}): {what}, only for flows to port {port}"
             + (f" named {norm} (explain {norm}:{port})" if why is None else f"; {why}"))
     _finish(out, allow, Channel.DNS_QUERY, text, norm, report)
     if not out.matched:
