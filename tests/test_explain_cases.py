@@ -266,3 +266,11 @@ def test_hunt_matches_name_port_indicators_on_stored_sessions(tmp_path: Path) ->
     assert [(a["channel"], a["name"], a["dst_port"]) for a in
             map(json.loads, live.read_text().splitlines())] == [
         ("tls_sni", "appsync-api.eu-west-1.avsvmcloud.com", 443)]
+
+
+def test_a_typed_value_the_loader_would_refuse_is_unusable_with_its_reason(feed) -> None:
+    ind, _ = feed
+    e = explain("keyword:xy", ind)
+    assert e.kind == "unusable" and not e.ok
+    assert e.reasons == ["keyword shorter than 3 characters would match most names: 'xy'"]
+    assert explain("domain:bad name", ind).kind == "unusable"

@@ -30,6 +30,7 @@ from . import model as m
 from .allow import AllowLists
 from .model import Indicator, LoadReport
 from .normalise import (
+    TYPE_NAMES,
     adblock,
     classify,
     normalise_name,
@@ -261,7 +262,9 @@ def explain(value: str, indicators: IndicatorSet, allow: AllowLists | None = Non
         if len(raw) == 32 and all(c in "0123456789abcdefABCDEF" for c in raw):
             return _fingerprints(value, raw.lower(), (Channel.JA3, Channel.JA3S), indicators,
                                  allow)
-        if not raw or len(raw) > 4096:
+        head, sep, _ = raw.partition(":")
+        if not raw or len(raw) > 4096 or (sep and head.lower() in TYPE_NAMES):
+            # too long, or typed (keyword:xy) and refused: as a loader would refuse it
             return Explanation(value, "unusable", reasons=[got])
         got = (m.DOMAIN, raw, 0)  # a name no feed would list may still be seen on the wire
     kind, canon, _ = got
