@@ -206,8 +206,9 @@ def _trace(tmp_path: Path, capture: Path, *names: str) -> list[str]:
 
 def test_trace_reasons_for_outer_sni_and_dns_link_on_the_sample(tmp_path: Path) -> None:
     lines = _trace(tmp_path, SUNBURST, "avsvmcloud.com", "never.example")
-    assert ("trace avsvmcloud.com: not seen as tls_sni_outer: no ECH flow to it: it was the "
-            "plain SNI (the destination itself) of 10.77.0.1:37210 -> 10.77.0.2:443 tcp") in lines
+    assert ("trace avsvmcloud.com: not seen as tls_sni_outer: no ECH flow to it; it was a "
+            "plain SNI (the destination itself) on 10.77.0.1:37210 -> 10.77.0.2:443 tcp "
+            "('appsync-api.eu-west-1.avsvmcloud.com')") in lines
     link = next(x for x in lines if x.startswith("trace avsvmcloud.com: not seen as dns_link"))
     assert "every flow to an address DNS gave for it carried a name of its own" in link
     assert "10.77.0.1:37210 -> 10.77.0.2:443 tcp" in link
@@ -274,3 +275,34 @@ def test_a_typed_value_the_loader_would_refuse_is_unusable_with_its_reason(feed)
     assert e.kind == "unusable" and not e.ok
     assert e.reasons == ["keyword shorter than 3 characters would match most names: 'xy'"]
     assert explain("domain:bad name", ind).kind == "unusable"
+
+
+def test_trace_says_what_a_flow_to_its_address_carried_instead(tmp_path: Path) -> None:
+    """DNS gave target.example the server's address; a TLS flow there sent another SNI (and
+    so got no DNS link); in a second capture, a flow there sent none (and got the link)."""
+    from tests.test_ech import SERVER, dns_packet, https_response
+    from tests.test_tls import client_hello_body, handshake, record, sni_ext
+
+    answer = dns_packet(https_response("target.example", pb.ip4(SERVER), rtype=1))
+    other = record(22, handshake(1, client_hello_body([sni_ext(b"other.example")])))
+    bare = record(22, handshake(1, client_hello_body([])))
+
+    def capture(name: str, hello: bytes) -> Path:
+        pkts = [answer, *tcp_packets(hello, 50000)]
+        cap = tmp_path / name
+        cap.write_bytes(pb.pcap([(1700000000 + i, p) for i, p in enumerate(pkts)]))
+        return cap
+
+    lines = _trace(tmp_path, capture("other.pcap", other), "target.example")
+    assert ("trace target.example: not seen as tls_sni: no flow named it; flows to the "
+            "addresses DNS gave for it: 192.0.2.10:50000 -> 192.0.2.20:443 tcp: its SNI was "
+            "'other.example'") in lines
+    assert ("trace target.example: not seen as dns_link: every flow to an address DNS gave for "
+            "it carried a name of its own (SNI or Host), and a DNS link names only flows "
+            "without one: 192.0.2.10:50000 -> 192.0.2.20:443 tcp") in lines
+    lines = _trace(tmp_path, capture("bare.pcap", bare), "target.example")
+    assert ("trace target.example: not seen as tls_sni: 192.0.2.10:50000 -> 192.0.2.20:443 "
+            "tcp: its ClientHello carried no SNI") in lines
+    assert any(" dns_link 'target.example' 192.0.2.10:50000 -> 192.0.2.20:443 tcp" in x
+               for x in lines)
+    assert not any("not seen as dns_link" in x for x in lines)

@@ -226,7 +226,7 @@ class Tracer:
             for ch in [*NAME_CHANNELS_ORDERED, Channel.DNS_ANSWER]:
                 if str(ch) not in t.seen:
                     why = self._why(t, ch, related, stats)
-                    if related and not named and ch not in _DNS:
+                    if related and not named and ch not in _DNS and ch is not Channel.DNS_LINK:
                         why = "no flow named it; flows to the addresses DNS gave for it: " + why
                     self._line(t, f"not seen as {ch}: {why}")
         self.out.flush()
@@ -296,8 +296,10 @@ class Tracer:
                      & {str(Channel.TLS_SNI), str(Channel.QUIC_SNI)}]
             why = "no ECH flow to it"
             if plain:
-                why += (": it was the plain SNI (the destination itself) of "
-                        + ", ".join(f.text for f in plain[:_SHOWN]) + _more(plain))
+                why += ("; it was a plain SNI (the destination itself) on " + ", ".join(
+                    f.text + " (" + ", ".join(repr(n) for n in f.names.get(
+                        str(Channel.TLS_SNI), f.names.get(str(Channel.QUIC_SNI), [])))
+                    + ")" for f in plain[:_SHOWN]) + _more(plain))
             return why + ("" if dns_seen else "; no DNS for it either")
         parts = []
         for f in ech[:_SHOWN]:
