@@ -432,7 +432,8 @@ def _name_port(value: str, canon: str, indicators: IndicatorSet, allow: AllowLis
     sub = _name(host, indicators, None, report)
     norm = sub.normalised
     out = Explanation(value, "name_port", normalised=f"{norm}:{port}",
-                      steps=[("name", host), *sub.steps[1:], ("port", str(port))],
+                      steps=[("raw", value), ("name", host), *sub.steps[1:],
+                             ("port", str(port))],
                       suffixes=sub.suffixes, channels=_PORT_CHANNELS)
     for i in indicators.match_domain_port(norm, port):
         rule = (f"name:port: {norm} on port {port}" if i.value.rpartition(":")[0] == norm
