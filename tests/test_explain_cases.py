@@ -306,3 +306,14 @@ def test_trace_says_what_a_flow_to_its_address_carried_instead(tmp_path: Path) -
     assert any(" dns_link 'target.example' 192.0.2.10:50000 -> 192.0.2.20:443 tcp" in x
                for x in lines)
     assert not any("not seen as dns_link" in x for x in lines)
+
+
+def test_filter_rule_characters_are_refused_in_feeds_only() -> None:
+    from iocwatch.api.inputs import name as api_name
+    from iocwatch.indicators.normalise import classify
+
+    for value in ("a|b.example", "domain:a^b.example", "a$b.example:8443"):
+        got = classify(value, None)
+        assert isinstance(got, str) and "belong to filter rules" in got
+    # a name the sensor stored from the wire can still be looked up, whatever it holds
+    assert api_name("a^b.example") == "a^b.example"

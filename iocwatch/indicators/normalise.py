@@ -227,11 +227,18 @@ def domain(value: str) -> tuple[str, bool] | str:
     name = normalise_name(s)
     if "*" in name:
         return "wildcard only allowed as a leading '*.'"
-    if set(name) & _RULE_CHARS:
-        return f"not a domain name ('|', '^' or '$' belong to filter rules): {value[:80]!r}"
     if not _good_name(name):
         return f"not a valid domain name: {value[:80]!r}"
     return name, wildcard
+
+
+def _feed_domain(value: str) -> tuple[str, bool] | str:
+    """:func:`domain` for an indicator file's value: ``|``, ``^`` and ``$`` are refused too
+    (a name seen on the wire may hold anything; a feed's name with them is a filter rule)."""
+    got = domain(value)
+    if isinstance(got, tuple) and set(got[0]) & _RULE_CHARS:
+        return f"not a domain name ('|', '^' or '$' belong to filter rules): {value[:80]!r}"
+    return got
 
 
 #: Kind words accepted as ``kind:value`` prefixes in plain lists and as CSV type cells.
@@ -307,7 +314,7 @@ def adblock(value: str) -> tuple[str, str, int] | str | None:
         return None
     found = _ADBLOCK_NAME.fullmatch(s)
     if found is not None:
-        d = domain(found.group(1))
+        d = _feed_domain(found.group(1))
         if isinstance(d, str):
             return d
         if "." not in d[0]:
@@ -390,7 +397,7 @@ def domain_port(value: str) -> tuple[str, int, bool] | str:
         return f"not a name:port: {value[:80]!r}"
     if parse_ip(host.strip("[]")) is not None:
         return f"an address:port, not a name:port: {value[:80]!r}"
-    d = domain(host)
+    d = _feed_domain(host)
     if isinstance(d, str):
         return d
     return d[0], int(port), d[1]
@@ -436,7 +443,7 @@ def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
             return f"not a request path (or '/', which every site has): {s[:80]!r}"
         return m.PATH, path, 0
     if kind == m.DOMAIN:
-        d = domain(s)
+        d = _feed_domain(s)
         if isinstance(d, str):
             # a host written with its port (``c2.example:8080`` typed "domain")
             return _typed(m.DOMAIN_PORT, s) if isinstance(domain_port(s), tuple) else d
@@ -502,7 +509,7 @@ def _guess(s: str) -> tuple[str, str, int] | str:
     head, colon, port = low.rpartition(":")
     if colon and port.isdigit() and "." in head and ":" not in head:
         return _typed(m.DOMAIN_PORT, s)
-    d = domain(s)
+    d = _feed_domain(s)
     if isinstance(d, str):
         return d
     if "." not in d[0]:
