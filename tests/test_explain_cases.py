@@ -317,3 +317,32 @@ def test_filter_rule_characters_are_refused_in_feeds_only() -> None:
         assert isinstance(got, str) and "belong to filter rules" in got
     # a name the sensor stored from the wire can still be looked up, whatever it holds
     assert api_name("a^b.example") == "a^b.example"
+
+
+def test_trace_of_an_ech_front_and_the_name_behind_it(tmp_path: Path) -> None:
+    """DNS told the client that public.example fronts secret.example (an HTTPS answer with an
+    ech parameter and an ipv4hint); the ECH ClientHello shows public.example."""
+    from tests.test_ech import dns_packet, ech_config, https_rdata, https_response
+
+    answer = dns_packet(https_response("secret.example",
+                                       https_rdata([ech_config(b"public.example")])))
+    pkts = [answer, *tcp_packets(hello_record(hello_body("public.example", ech_outer())))]
+    cap = tmp_path / "front.pcap"
+    cap.write_bytes(pb.pcap([(1700000000 + i, p) for i, p in enumerate(pkts)]))
+    lines = _trace(tmp_path, cap, "public.example", "secret.example")
+    assert any(x.startswith("trace public.example: packet 3 ") and " tls_sni_outer " in x
+               for x in lines)
+    assert ("trace public.example: not seen as tls_sni: 192.0.2.10:50000 -> 192.0.2.20:443 "
+            "tcp: its SNI was public.example or under it, labelled tls_sni_outer: DNS showed "
+            "it to be the ECH public name of another name (the front, not the destination)"
+            ) in lines
+    assert any(x.startswith("trace secret.example: packet 3 ") and " dns_link " in x
+               for x in lines)
+    assert ("trace secret.example: not seen as tls_sni: 192.0.2.10:50000 -> 192.0.2.20:443 "
+            "tcp: ECH offered: the inner server name went encrypted") in lines
+    assert ("trace secret.example: not seen as tls_sni_outer: 192.0.2.10:50000 -> "
+            "192.0.2.20:443 tcp: ECH offered, its visible (outer) SNI was 'public.example', "
+            "not this name") in lines
+    assert ("trace public.example: not seen as cert_san: 192.0.2.10:50000 -> 192.0.2.20:443 "
+            "tcp: ECH offered (TLS 1.3): the certificate went encrypted") in lines
+    assert "trace public.example: seen 1 time (tls_sni_outer 1)" in lines

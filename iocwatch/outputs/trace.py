@@ -42,6 +42,8 @@ REASONS: tuple[tuple[str, str], ...] = (
     ("cert_refused", "a certificate was refused by cryptography"),
 )
 _REASON_TEXT = dict(REASONS)
+#: the ``ech`` fact where a certificate was missed: ECH is TLS 1.3, whose certificate is encrypted
+_ECH_CERT = "ECH offered (TLS 1.3): the certificate went encrypted"
 #: a record with an observation on this channel (added by the ECH detector) sets ``ech``
 _ECH_CHANNEL = "tls_sni_outer"
 _CERT_CHANNELS = frozenset({Channel.CERT_SAN, Channel.CERT_CN})
@@ -221,7 +223,8 @@ class Tracer:
         for t in self.targets:
             total = sum(t.seen.values())
             parts = ", ".join(f"{c} {n}" for c, n in t.seen.items())
-            self._line(t, f"seen {total} times" + (f" ({parts})" if parts else ""))
+            self._line(t, f"seen {total} time{'' if total == 1 else 's'}"
+                       + (f" ({parts})" if parts else ""))
             related, named = self._related(t)
             for ch in [*NAME_CHANNELS_ORDERED, Channel.DNS_ANSWER]:
                 if str(ch) not in t.seen:
@@ -266,7 +269,8 @@ class Tracer:
             return base + ("" if dns_seen else "; no DNS for it either")
         parts = []
         for f in flows[:_SHOWN]:
-            why = _facts(f, ch)
+            outer = ch in _SNI and str(Channel.TLS_SNI_OUTER) in t.flows.get(f.key, ())
+            why = "" if outer else _facts(f, ch)  # an outer SNI: that is the whole story
             if not why:
                 why = (": its certificates named other servers" if ch in _CERT_CHANNELS and f.certs
                        else ": no certificate seen" if ch in _CERT_CHANNELS
@@ -311,8 +315,9 @@ class Tracer:
             else:
                 names = f.names.get(str(Channel.TLS_SNI_OUTER)) or f.names.get(
                     str(Channel.TLS_SNI))
-                parts.append(f"{f.text}: ECH offered, its visible SNI was "
-                             + (", ".join(repr(n) for n in names) if names else "absent"))
+                parts.append(f"{f.text}: ECH offered, its visible (outer) SNI was "
+                             + (", ".join(repr(n) for n in names) + ", not this name"
+                                if names else "absent"))
         return "; ".join(parts) + _more(ech)
 
     def _why_link(self, t: _Target) -> str:
@@ -341,6 +346,7 @@ class Tracer:
 
 #: the record kind a flow must have carried for a name channel to appear on it
 _CARRIER = {Channel.QUIC_SNI: "quic", Channel.HTTP_HOST: "http"}
+_SNI = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI})
 #: channels naming a flow's destination: kept per flow to say what it carried instead
 _NAMING = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI, Channel.TLS_SNI_OUTER,
                      Channel.HTTP_HOST, Channel.DNS_LINK})
@@ -349,8 +355,10 @@ _SHOWN = 5  # flows listed per reason line
 
 def _facts(f: _Flow, ch: Channel) -> str:
     """The flow facts that explain a miss on this channel (``tls13`` only for certificates)."""
-    why = [text for fact, text in REASONS if fact in f.facts
-           and (fact != "tls13" or ch in _CERT_CHANNELS)]
+    cert = ch in _CERT_CHANNELS
+    why = [_ECH_CERT if fact == "ech" and cert else text for fact, text in REASONS
+           if fact in f.facts and (fact != "tls13" or cert)
+           and not (fact == "ech" and cert and "tls13" in f.facts)]  # said once, as TLS 1.3
     return (": " + "; ".join(why)) if why else ""
 
 
