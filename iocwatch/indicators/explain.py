@@ -252,9 +252,10 @@ def _not_loaded(report: LoadReport | None, kind: str, target: str) -> list[dict[
 
 def explain(value: str, indicators: IndicatorSet, allow: AllowLists | None = None
             ) -> Explanation:
-    """Everything about one value: names, addresses, URLs, certificate hashes, JA3/JA3S/JA4,
-    ``address:port`` and request paths (the kind is guessed from its shape as an indicator
-    file's would be; a bare 32-digit hex is tried as JA3 and JA3S)."""
+    """Everything about one value: names (keyword indicators included), addresses, URLs,
+    certificate hashes, JA3/JA3S/JA4, ``address:port``, ``name:port``, request paths and
+    ``keyword:WORD`` (the kind is guessed from its shape as an indicator file's would be, after
+    the loaders' refanging; a bare 32-digit hex is tried as JA3 and JA3S)."""
     raw = refang(value.strip())  # as the loaders read indicator text: evil[.]com, hxxp://
     got = classify(raw, None)
     report = indicators.report

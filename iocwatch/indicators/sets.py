@@ -1046,7 +1046,7 @@ class IndicatorSet:
         for key, v in self._dports.items():
             host, _, port = key.rpartition(":")
             own = name == host
-            if not (own or name.endswith("." + host)):
+            if not port.isdigit() or not (own or name.endswith("." + host)):
                 continue
             for i in _ids(v):
                 why = _refusal(self._flags[i], self._kinds[i], own)
