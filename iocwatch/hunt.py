@@ -64,6 +64,10 @@ class Hunt:
         #: names already reported as certificate names by the name pass (with the certificates
         #: that carry them): the certificate pass does not report them a second time
         self._cert_names_done: set[str] = set()
+        #: names under which name:port indicators are filed: only names under one of them
+        #: cost a look at their stored sessions (the port is there, not in the names table)
+        hosts = getattr(matcher_indicators, "domain_port_hosts", None)
+        self._port_hosts: frozenset[str] = hosts() if hosts is not None else frozenset()
 
     # ---------------------------------------------------------------- matching and writing
 
@@ -98,6 +102,8 @@ class Hunt:
     def names(self) -> None:
         for name, first, last, count in self.store.iter_names():
             self.scanned["names"] += 1
+            if self._port_hosts and self._under_port_host(name):
+                self._name_ports(name)
             if not self._hits([Observation(name, Channel.DNS_QUERY)]):
                 continue
             by_channel, certs = self._name_context(name)
@@ -111,6 +117,54 @@ class Hunt:
                         self._cert_names_done.add(self.matcher.normalise(name))
                 rec = self._record("name", name, f, la, n, **context)
                 self._emit(rec, [Observation(name, ch)], f, la, n)
+
+    def _under_port_host(self, name: str) -> bool:
+        """Whether the name, or a parent of it, has a name:port indicator (on any port)."""
+        norm = self.matcher.normalise(name)
+        hosts, at = self._port_hosts, 0
+        while True:
+            if norm[at:] in hosts:
+                return True
+            dot = norm.find(".", at)
+            if dot < 0:
+                return False
+            at = dot + 1
+
+    def _name_ports(self, name: str) -> None:
+        """name:port indicators: the stored TLS and QUIC sessions that sent the name as SNI
+        carry the server port; one alert per port and channel whose sessions match, with the
+        sessions' first and last seen and count (name indicators are the name pass's)."""
+        try:
+            sessions = self.store.sessions("sni", name, limit=1000)
+        except Exception:  # a store that cannot answer: no name:port hits for this name
+            return
+        groups: dict[tuple[Channel, int], list[dict]] = {}
+        for ses in sessions:
+            port = ses.get("server_port")
+            if not isinstance(port, int) or ses.get("sni") != name:
+                continue  # the session is reported under the name as its SNI spelt it
+            ch = Channel.QUIC_SNI if ses.get("transport") in ("quic", "q") else Channel.TLS_SNI
+            groups.setdefault((ch, port), []).append(ses)
+        norm = self.matcher.normalise(name)
+        for (ch, port), group in groups.items():
+            wanted = set(self.matcher.indicators.match_domain_port(norm, port))
+            if not wanted:
+                continue
+            matches = [mt for mt in self.matcher.observe([Observation(name, ch)], port=port)
+                       if mt.indicator in wanted]
+            first = min((g["first_seen"] for g in group if g.get("first_seen") is not None),
+                        default=None)
+            last = max((g["last_seen"] for g in group if g.get("last_seen") is not None),
+                       default=None)
+            count = sum(g.get("count") or 0 for g in group)
+            ses = group[0]
+            rec = self._record("name", name, first, last, count, source=ch.value, port=port,
+                               example_session=ses)
+            rec.update(src_ip=ses.get("client_ip"), dst_ip=ses.get("server_ip"),
+                       src_port=ses.get("client_port"), dst_port=port,
+                       protocol=17 if ch is Channel.QUIC_SNI else 6)
+            for alert in alerts_for(rec, matches, self.sensor, self.suppressions):
+                self._write(alert, first, last, count)
 
     def _name_context(self, name: str) -> tuple[dict[Channel, tuple[Any, Any, int, list[str]]],
                                                  list[str]]:

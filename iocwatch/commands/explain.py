@@ -24,7 +24,8 @@ _HELPS = {
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="iocwatch explain",
                description="For each value (a name, address, URL, certificate hash, JA3/JA4, "
-               "address:port or request path): how it is normalised, what it was tested "
+               "address:port, name:port, request path or keyword:WORD; defanged values as "
+               "the loaders read them): how it is normalised, what it was tested "
                "against, what matched, or why nothing did and the nearest indicators. "
                "Exit 0 when every value matched, 1 when some did not, 2 on errors.")
     add_indicator_flags(p, ("--ioc", "--ioc-format", "--ioc-exact", "--misp-all",

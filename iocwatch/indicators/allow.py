@@ -295,7 +295,8 @@ def _read_patterns(path: str, text: str, doc: dict[str, Any], report: LoadReport
     plist = _PatternList(name=doc["name"], type=doc["type"], file=path)
 
     class _Skips:  # the reader's sink, for entries that are not text
-        def skip(self, line: int, reason: str, why: str = m.R_SHAPE) -> None:
+        def skip(self, line: int, reason: str, why: str = m.R_SHAPE,
+                 values: tuple[str, ...] = ()) -> None:
             _skip(line, reason, why)
 
     def _skip(line: int, reason: str, why: str) -> None:

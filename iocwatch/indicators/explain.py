@@ -20,6 +20,7 @@ address: the address and CIDR indicators with the longest common prefix of bits.
 from __future__ import annotations
 
 import heapq
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,16 @@ from iocwatch.model.channels import CHANNELS, Channel, Kind
 from . import model as m
 from .allow import AllowLists
 from .model import Indicator, LoadReport
-from .normalise import classify, normalise_name, normalise_steps, parse_ip, split_url
+from .normalise import (
+    TYPE_NAMES,
+    adblock,
+    classify,
+    normalise_name,
+    normalise_steps,
+    parse_ip,
+    refang,
+    split_url,
+)
 from .sets import IndicatorSet
 
 NEAREST = 5
@@ -41,7 +51,8 @@ class Explanation:
     """What ``iocwatch explain`` says about one value."""
 
     value: str
-    kind: str  # name, address, url, cert_hash, fingerprint, endpoint, path, or unusable
+    # name, name_port, address, url, cert_hash, fingerprint, endpoint, path, keyword, unusable
+    kind: str
     normalised: str = ""
     steps: list[tuple[str, str]] = field(default_factory=list)
     suffixes: list[dict[str, Any]] = field(default_factory=list)
@@ -195,11 +206,25 @@ def _nearest_addresses(indicators: IndicatorSet, address: str) -> list[dict[str,
     return out
 
 
+_TOKEN = re.compile(r"[\w.:\-]+")
+
+
+def _mentions(kind: str, target: str, raw: str) -> bool:
+    """Whether the text of a line that did not load names the target (the target itself, for
+    a name also a parent of it, with any ``:port`` and trailing dot dropped)."""
+    for tok in _TOKEN.findall(refang(raw).lower()):
+        for t in {tok, tok.rstrip("."), tok.rpartition(":")[0].rstrip(".")}:
+            if t and (t == target or (kind == "name" and "." in t
+                                      and target.endswith("." + t))):
+                return True
+    return False
+
+
 def _covers(kind: str, target: str, raw: str) -> bool:
     """Whether an entry that did not load (its raw value) was about the target value."""
     got = classify(raw, None)
-    if isinstance(got, str):
-        return False
+    if isinstance(got, str):  # a skipped line: what its text names
+        return _mentions(kind, target, raw)
     k, v, _ = got
     if kind == "name" and k in (m.DOMAIN, m.URL):
         host = v[2:] if v.startswith("*.") else v
@@ -227,22 +252,29 @@ def _not_loaded(report: LoadReport | None, kind: str, target: str) -> list[dict[
 
 def explain(value: str, indicators: IndicatorSet, allow: AllowLists | None = None
             ) -> Explanation:
-    """Everything about one value: names, addresses, URLs, certificate hashes, JA3/JA3S/JA4,
-    ``address:port`` and request paths (the kind is guessed from its shape as an indicator
-    file's would be; a bare 32-digit hex is tried as JA3 and JA3S)."""
-    raw = value.strip()
+    """Everything about one value: names (keyword indicators included), addresses, URLs,
+    certificate hashes, JA3/JA3S/JA4, ``address:port``, ``name:port``, request paths and
+    ``keyword:WORD`` (the kind is guessed from its shape as an indicator file's would be, after
+    the loaders' refanging; a bare 32-digit hex is tried as JA3 and JA3S)."""
+    raw = refang(value.strip())  # as the loaders read indicator text: evil[.]com, hxxp://
     got = classify(raw, None)
     report = indicators.report
     if isinstance(got, str):
         if len(raw) == 32 and all(c in "0123456789abcdefABCDEF" for c in raw):
             return _fingerprints(value, raw.lower(), (Channel.JA3, Channel.JA3S), indicators,
                                  allow)
-        if not raw or len(raw) > 4096:
+        head, sep, _ = raw.partition(":")
+        if not raw or len(raw) > 4096 or (sep and head.lower() in TYPE_NAMES):
+            # too long, or typed (keyword:xy) and refused: as a loader would refuse it
             return Explanation(value, "unusable", reasons=[got])
         got = (m.DOMAIN, raw, 0)  # a name no feed would list may still be seen on the wire
     kind, canon, _ = got
     if kind == m.DOMAIN:
-        return _name(value, indicators, allow, report)
+        return _name(value, indicators, allow, report, _name_text(raw))
+    if kind == m.DOMAIN_PORT:
+        return _name_port(value, canon, indicators, allow, report)
+    if kind == m.KEYWORD:
+        return _keyword(value, canon, indicators)
     if kind == m.IP:
         return _simple(value, "address", canon, indicators.match_ip(canon), indicators, allow,
                        Channel.DST_IP, report)
@@ -285,6 +317,8 @@ def _rule(ind: Indicator, canon: str) -> str:
     if ind.kind == m.CIDR:
         return f"CIDR: {ind.value} contains {canon}"
     if ind.kind == m.URL:
+        if canon.rpartition(":")[2].isdigit() and parse_ip(canon) is None:
+            return "URL on a non-default port: its host and port are the endpoint"
         return "URL indicator: its host is the address"
     return f"{ind.kind}: equal"
 
@@ -323,13 +357,31 @@ def _finish(out: Explanation, allow: AllowLists | None, channel: Channel, seen: 
                            f"{nl['reason']}")
 
 
+def _name_text(raw: str) -> str:
+    """The name in an explained text: an adblock ``||name^`` is the name, as loaded."""
+    got = adblock(raw)
+    return got[1] if isinstance(got, tuple) else raw
+
+
+def _steps(value: str, text: str) -> list[tuple[str, str]]:
+    """Normalisation steps of ``text``, the value after the loaders' own rewriting (refanged,
+    ``||name^`` read as the name), that rewriting first when it changed anything."""
+    steps = normalise_steps(text)
+    if text != value:
+        steps[0] = ("raw", value)
+        steps.insert(1, ("refanged / as loaded", text))
+    return steps
+
+
 def _name(value: str, indicators: IndicatorSet, allow: AllowLists | None,
-          report: LoadReport) -> Explanation:
-    norm = normalise_name(value)
-    out = Explanation(value, "name", normalised=norm, steps=normalise_steps(value),
+          report: LoadReport, text: str | None = None) -> Explanation:
+    text = value if text is None else text
+    norm = normalise_name(text)
+    out = Explanation(value, "name", normalised=norm, steps=_steps(value, text),
                       channels=_channels(Kind.NAME))
     hits = indicators.match_name(norm)  # the matcher's own lookup decides
     out.matched = [_ind(i, rule=_name_rule(i, norm)) for i in hits]
+    out.matched += _keyword_hits(indicators, norm)
     seen = {(i.file, i.line, i.value) for i in hits}
     for suffix, rows in indicators.explain_name(norm):
         entry = {"suffix": suffix, "indicators": [
@@ -339,10 +391,91 @@ def _name(value: str, indicators: IndicatorSet, allow: AllowLists | None,
             seen.add((i.file, i.line, i.value))
             if why is not None:
                 out.reasons.append(f"{i.value} ({_where(i)}): {why}")
-    _finish(out, allow, Channel.DNS_QUERY, value, norm, report)
-    if not hits:
-        out.reasons.insert(0, f"no indicator matches {norm} or a parent domain of it")
+    for i, port, why in indicators.explain_domain_ports(norm):
+        seen.add((i.file, i.line, i.value))
+        what = (f"a URL on port {port}, so a name:port indicator"
+                if i.kind == m.URL else "a name:port indicator")
+        out.reasons.append(
+            f"{i.value} ({_where(i)}): {what}, only for flows to port {port}"
+            + (f" named {norm} (explain {norm}:{port})" if why is None else f"; {why}"))
+    _finish(out, allow, Channel.DNS_QUERY, text, norm, report)
+    if not out.matched:
+        out.reasons.insert(0, f"no indicator matches {norm} or a parent domain of it, and no"
+                           " keyword is inside it" if indicators.keyword_scan is not None
+                           else f"no indicator matches {norm} or a parent domain of it")
         out.nearest = _nearest_names(indicators, norm, seen)
+    return out
+
+
+def _keyword_hits(indicators: IndicatorSet, norm: str) -> list[dict[str, Any]]:
+    """Keyword indicators inside a normalised name: which keyword, and where."""
+    out = []
+    for ind, sub in indicators.match_keywords(norm):
+        where = (f"in its Unicode form {sub.unicode} at offset {sub.offset}"
+                 if sub.unicode is not None else f"at offset {sub.offset}")
+        out.append(_ind(ind, rule=f"keyword: {sub.keyword!r} is inside {norm} {where}",
+                        keyword=sub.keyword, offset=sub.offset,
+                        **({"unicode": sub.unicode} if sub.unicode is not None else {})))
+    return out
+
+
+#: channels whose name is a flow's destination: where name:port indicators apply
+_PORT_CHANNELS = [c.value for c in (Channel.TLS_SNI, Channel.QUIC_SNI, Channel.HTTP_HOST,
+                                    Channel.DNS_LINK)]
+
+
+def _name_port(value: str, canon: str, indicators: IndicatorSet, allow: AllowLists | None,
+               report: LoadReport) -> Explanation:
+    """``evil.example:8443``: a flow to port 8443 named so (SNI, Host, DNS link). The name:port
+    indicators for it, and every name indicator, which applies on any port."""
+    host, _, port_text = canon.rpartition(":")
+    port = int(port_text)
+    sub = _name(host, indicators, None, report)
+    norm = sub.normalised
+    out = Explanation(value, "name_port", normalised=f"{norm}:{port}",
+                      steps=[("raw", value), ("name", host), *sub.steps[1:],
+                             ("port", str(port))],
+                      suffixes=sub.suffixes, channels=_PORT_CHANNELS)
+    for i in indicators.match_domain_port(norm, port):
+        rule = (f"name:port: {norm} on port {port}" if i.value.rpartition(":")[0] == norm
+                or i.kind == m.URL else f"name:port: {norm} is a subdomain of "
+                f"{i.value.rpartition(':')[0].removeprefix('*.')}, on port {port}")
+        out.matched.append(_ind(i, rule=("URL on a non-default port: " if i.kind == m.URL
+                                         else "") + rule))
+    out.matched += [{**d, "rule": d["rule"] + " (a name indicator: any port)"}
+                    for d in sub.matched]
+    for i, other, why in indicators.explain_domain_ports(norm):
+        if other == port and why is None:
+            continue  # matched above
+        out.reasons.append(f"{i.value} ({_where(i)}): " + (
+            f"port {other}, not {port}" if other != port else str(why)))
+    out.reasons += [r for r in sub.reasons if "name:port indicator" not in r
+                    and not r.startswith("no indicator matches")]
+    out.not_loaded = sub.not_loaded
+    if allow is not None:
+        got = allow.check(Channel.TLS_SNI, host, norm)
+        if got is not None:
+            out.allowed = {**got.as_dict(), "file": got.file, "line": got.line}
+            out.reasons.append(f"allow-listed by {got.list} ({got.type} {got.entry}, "
+                               f"{got.file}:{got.line})"
+                               + (": its matches are suppressed" if out.matched else ""))
+    if not out.matched:
+        out.reasons.insert(0, f"no name:port indicator for {norm} or a parent of it on port "
+                           f"{port}, and no name indicator matches {norm}")
+        out.nearest = sub.nearest
+    return out
+
+
+def _keyword(value: str, canon: str, indicators: IndicatorSet) -> Explanation:
+    """``keyword:paypal``: is that keyword loaded (any name containing it alerts)."""
+    out = Explanation(value, "keyword", normalised=canon, channels=_channels(Kind.NAME))
+    out.matched = [_ind(i, rule=f"keyword: every observed name containing {canon!r} alerts")
+                   for i in indicators if i.kind == m.KEYWORD and i.value == canon]
+    if not out.matched:
+        out.reasons.append(f"no keyword indicator {canon!r} is loaded")
+    out.not_loaded = _not_loaded(indicators.report, "keyword", canon)
+    out.reasons += [f"{nl['file']}:{nl['line']}: {nl['value']} not loaded: {nl['reason']}"
+                    for nl in out.not_loaded]
     return out
 
 
@@ -360,6 +493,11 @@ def _url(value: str, raw: str, canon: str, indicators: IndicatorSet,
         out.steps = [("host of the URL", host), *sub.steps[1:]]
         out.suffixes = sub.suffixes
         out.matched += [{**d, "channel": Channel.HTTP_HOST.value} for d in sub.matched]
+        if parts is not None and parts[1]:  # a non-default port: name:port indicators too
+            out.steps.append(("port", parts[1]))
+            out.matched += [_ind(i, rule=f"name:port: {host} on port {parts[1]}",
+                                 channel=Channel.HTTP_HOST.value)
+                            for i in indicators.match_domain_port(host, int(parts[1]))]
         if not out.matched:
             out.reasons = [r for r in sub.reasons]
             out.nearest = sub.nearest

@@ -212,7 +212,7 @@ def _plain_line(n: int, line: str, sink: Sink, shared: dict[str, Any],
         if len(tokens) == 2 and tokens[0] in ("0.0.0.0", "127.0.0.1", "::", "::1"):
             tokens = tokens[1:]
         if len(tokens) != 1:
-            sink.skip(n, "more than one value on the line", m.R_MALFORMED)
+            sink.skip(n, "more than one value on the line", m.R_MALFORMED, (value,))
             return
         value = tokens[0]
     one_exact = state["exact"]

@@ -25,7 +25,8 @@ class Sink(Protocol):
         """Domains already normalised (:data:`normalise.PLAIN_NAME`), one a line from
         ``first_line`` on: what :meth:`add` would do with each, at once."""
 
-    def skip(self, line: int, reason: str, why: str = m.R_MALFORMED) -> None: ...
+    def skip(self, line: int, reason: str, why: str = m.R_MALFORMED,
+             values: tuple[str, ...] = ()) -> None: ...
 
     def unsupported(self, line: int, what: str, listed: bool = False,
                     why: str = m.R_UNSUPPORTED, values: tuple[str, ...] = ()) -> None: ...

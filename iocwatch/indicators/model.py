@@ -125,9 +125,10 @@ class LoadReport:
     skipped_total: int = 0
     ignored: int = 0
     reasons: dict[str, int] = field(default_factory=dict)
-    #: ``(file, line, reason, values)`` of entries ignored (expired, revoked, not to_ids) or
-    #: unsupported (STIX patterns) whose values are known, capped per file, so that
-    #: ``iocwatch explain`` can say why a value did not match; not kept in ``--ioc-cache``
+    #: ``(file, line, reason, values)`` of entries ignored (expired, revoked, not to_ids),
+    #: unsupported (STIX patterns) or skipped (the line's text and the exact reason) whose
+    #: values are known, capped per file, so that ``iocwatch explain`` can say why a value
+    #: did not match; not kept in ``--ioc-cache``
     not_loaded: list[tuple[str, int, str, tuple[str, ...]]] = field(default_factory=list)
 
 

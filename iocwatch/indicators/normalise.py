@@ -13,6 +13,8 @@ import socket
 
 import idna
 
+from iocwatch.model.hosts import split_authority
+
 from . import model as m
 
 # Full stops IDNA (UTS 46) treats as label separators.
@@ -30,6 +32,8 @@ _PLAIN_DOMAIN = re.compile(r"(?:[a-z0-9_-]{1,63}\.)+[a-z][a-z0-9-]{0,62}\.?")
 PLAIN_NAME = re.compile(_PLAIN_DOMAIN.pattern[:-3])
 _BAD_NAME_CHARS = frozenset(" \t\r\n\x0b\x0c/@:,;\"'<>")
 MAX_VALUE = 4096
+#: characters of blocklist filter rules, never of a name a feed means
+_RULE_CHARS = frozenset("|^$")
 
 
 def _label(label: str) -> str:
@@ -145,23 +149,13 @@ def split_url(url: str) -> tuple[str, str, str] | None:
     path = path.split("#", 1)[0]
     if not path.startswith("/"):
         path = "/" + path
-    authority = authority.rsplit("@", 1)[-1]
-    port = ""
-    if authority.startswith("["):
-        end = authority.find("]")
-        if end == -1:
-            return None
-        host, rest = authority[1:end], authority[end + 1:]
-        if rest.startswith(":"):
-            port = rest[1:]
-        elif rest:
-            return None
-    else:
-        host, sep, port = authority.rpartition(":")
-        if not sep:
-            host, port = authority, ""
-    if port and not port.isdigit():
+    host, port, ok = split_authority(authority)
+    if not ok:
         return None
+    if port:
+        if not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+            return None
+        port = str(int(port))  # "08443" is port 8443
     if (port == "80" and scheme in ("http", "")) or (port == "443" and scheme in ("https", "")):
         port = ""
     if not host:
@@ -238,6 +232,15 @@ def domain(value: str) -> tuple[str, bool] | str:
     return name, wildcard
 
 
+def _feed_domain(value: str) -> tuple[str, bool] | str:
+    """:func:`domain` for an indicator file's value: ``|``, ``^`` and ``$`` are refused too
+    (a name seen on the wire may hold anything; a feed's name with them is a filter rule)."""
+    got = domain(value)
+    if isinstance(got, tuple) and set(got[0]) & _RULE_CHARS:
+        return f"not a domain name ('|', '^' or '$' belong to filter rules): {value[:80]!r}"
+    return got
+
+
 #: Kind words accepted as ``kind:value`` prefixes in plain lists and as CSV type cells.
 TYPE_NAMES: dict[str, str] = {
     "domain": m.DOMAIN, "hostname": m.DOMAIN, "host": m.DOMAIN, "fqdn": m.DOMAIN,
@@ -284,6 +287,10 @@ def classify(raw: str, hint: str | None) -> tuple[str, str, int] | str:
         if _PLAIN_DOMAIN.fullmatch(low):  # the common case, ~5x faster than the general path
             return m.DOMAIN, low[:-1] if low.endswith(".") else low, 0
     s = refang(s)
+    if hint is None or hint == m.DOMAIN:
+        got = adblock(s)
+        if got is not None:
+            return got
     if hint is None:
         head, sep, rest = s.partition(":")
         if sep and head.lower() in TYPE_NAMES and not rest.startswith("//"):
@@ -294,6 +301,29 @@ def classify(raw: str, hint: str | None) -> tuple[str, str, int] | str:
 
 
 WILDCARD = 2
+
+_ADBLOCK_NAME = re.compile(r"\|\|([^/^$|*@]+)\^")
+
+
+def adblock(value: str) -> tuple[str, str, int] | str | None:
+    """An adblock/AdGuard-style rule: ``||name^`` is a domain indicator (the name and its
+    subdomains, as the blocklists mean it); any other rule (``@@`` exceptions, ``$`` options,
+    paths, ``|`` anchors, ``*``) is refused with the reason. None: not adblock syntax."""
+    s = value.strip()
+    if not (s.startswith(("||", "@@", "|")) or s.endswith("^") or "^$" in s):
+        return None
+    found = _ADBLOCK_NAME.fullmatch(s)
+    if found is not None:
+        d = _feed_domain(found.group(1))
+        if isinstance(d, str):
+            return d
+        if "." not in d[0]:
+            return f"single-label name {d[0][:80]!r} would match a whole TLD"
+        return m.DOMAIN, d[0], 0
+    if s.startswith("@@"):
+        return f"an adblock exception rule (@@), not an indicator: {s[:80]!r}"
+    return ("adblock rule syntax iocwatch does not read (only ||name^ loads, as a domain):"
+            f" {s[:80]!r}")
 
 
 def ip_port(value: str) -> tuple[str, int] | None:
@@ -367,7 +397,7 @@ def domain_port(value: str) -> tuple[str, int, bool] | str:
         return f"not a name:port: {value[:80]!r}"
     if parse_ip(host.strip("[]")) is not None:
         return f"an address:port, not a name:port: {value[:80]!r}"
-    d = domain(host)
+    d = _feed_domain(host)
     if isinstance(d, str):
         return d
     return d[0], int(port), d[1]
@@ -413,7 +443,7 @@ def _typed(kind: str, s: str) -> tuple[str, str, int] | str:
             return f"not a request path (or '/', which every site has): {s[:80]!r}"
         return m.PATH, path, 0
     if kind == m.DOMAIN:
-        d = domain(s)
+        d = _feed_domain(s)
         if isinstance(d, str):
             # a host written with its port (``c2.example:8080`` typed "domain")
             return _typed(m.DOMAIN_PORT, s) if isinstance(domain_port(s), tuple) else d
@@ -479,7 +509,7 @@ def _guess(s: str) -> tuple[str, str, int] | str:
     head, colon, port = low.rpartition(":")
     if colon and port.isdigit() and "." in head and ":" not in head:
         return _typed(m.DOMAIN_PORT, s)
-    d = domain(s)
+    d = _feed_domain(s)
     if isinstance(d, str):
         return d
     if "." not in d[0]:
@@ -497,8 +527,16 @@ def _url_text(raw: str, parts: tuple[str, str, str]) -> str:
 
 def url_key_of(value: str) -> tuple[str, str] | None:
     """``(host, key)`` of a normalised URL indicator value."""
+    got = url_parts_of(value)
+    return None if got is None else (got[0], got[2])
+
+
+def url_parts_of(value: str) -> tuple[str, str, str] | None:
+    """``(host, port, key)`` of a normalised URL indicator value; ``port`` is ``""`` for the
+    scheme's default port. A URL with another port is about that port only: it is filed as
+    a name:port (or address:port) indicator, not as its bare host."""
     parts = split_url(value)
     if parts is None:
         return None
     host, port, path = parts
-    return host, host + (":" + port if port else "") + path
+    return host, port, host + (":" + port if port else "") + path

@@ -51,15 +51,19 @@ from .normalise import (
     classify,
     endpoint_key,
     fingerprint,
+    ip_port_text,
     parse_ip,
     path_keys,
     url_key_of,
     url_keys,
+    url_parts_of,
 )
 
 MAX_FILE = 1 << 30
 MAX_SKIPPED_LISTED = 1000
-CACHE_VERSION = 6  # 6: domain_port rows keyed by name:port, the spki_sha256 table, keywords
+#: 6: domain_port rows keyed by name:port, the spki_sha256 table, keywords; 7: URL indicators
+#: on a non-default port filed as name:port (address:port) rows, not under their bare host
+CACHE_VERSION = 7
 #: first bytes of every indicator cache: lets a file be recognised without unmarshalling it
 CACHE_MAGIC = b"iocwatch indicator cache\n\x00"
 #: after the magic: format version, body length, BLAKE2b-256 of the body
@@ -387,6 +391,7 @@ class _FileSink:
         b.files.append(summary.path)
         self.listed = 0
         self.kept = 0
+        self.skipped_kept = 0
         self.unsupported_types: Counter[str] = Counter()
         self.extra_files = extra_files
         self.last_meta: dict[str, Any] | None = None
@@ -412,7 +417,7 @@ class _FileSink:
             return
         if isinstance(got, str):
             self.skip(line, got, m.R_TYPE if got.startswith("unknown indicator type")
-                      else m.R_VALUE)
+                      else m.R_VALUE, (raw,))
             return
         kind, value, flags = got
         if exact and not flags & WILDCARD and kind != m.KEYWORD:  # a keyword is a substring
@@ -459,12 +464,19 @@ class _FileSink:
             self.report.skipped.append((self.summary.path, line, reason))
         self.listed += 1
 
-    def skip(self, line: int, reason: str, why: str = m.R_MALFORMED) -> None:
+    def skip(self, line: int, reason: str, why: str = m.R_MALFORMED,
+             values: tuple[str, ...] = ()) -> None:
+        """A bad entry, counted under ``why``; ``values``: its text, kept (capped per file,
+        each cut to 256 characters) so that ``iocwatch explain`` can say why it did not load."""
         if why in m.DOCUMENT_REASONS and why != m.R_BINARY:
             self.details[why] = reason
         self.report.skipped_total += 1
         self._count(why)
         self._list(line, reason)
+        if values and self.skipped_kept < MAX_SKIPPED_LISTED:
+            self.skipped_kept += 1
+            self.report.not_loaded.append((self.summary.path, line, reason,
+                                           tuple(v[:256] for v in values)))
 
     def unsupported(self, line: int, what: str, listed: bool = False,
                     why: str = m.R_UNSUPPORTED, values: tuple[str, ...] = ()) -> None:
@@ -752,12 +764,17 @@ class IndicatorSet:
                 if not repeated(table, key, idx):
                     _push(table, key, idx)
             elif kind == m.URL:
-                hk = url_key_of(value)
-                if hk is None or repeated(urls, hk[1], idx):
+                hk = url_parts_of(value)
+                if hk is None or repeated(urls, hk[2], idx):
                     continue
-                host, key = hk
+                host, port, key = hk
                 _push(urls, key, idx)
-                if parse_ip(host) is not None:
+                if port:  # a URL on another port is about that port: a name:port indicator
+                    if parse_ip(host) is not None:
+                        _push(keyed[m.IP_PORT], ip_port_text(host, int(port)), idx)
+                    else:
+                        _push(keyed[m.DOMAIN_PORT], f"{host}:{port}", idx)
+                elif parse_ip(host) is not None:
                     table, key = ip_slot(host)
                     _push(table, key, idx)
                 else:
@@ -1011,12 +1028,35 @@ class IndicatorSet:
                 for i in _ids(v):
                     f = self._flags[i]
                     # on the name itself all but ``*.`` ones; on a subdomain all but exact ones
-                    if (not f & WILDCARD) if own else (not f & _EXACT):
+                    # and URLs (a URL is about its own host only)
+                    if (not f & WILDCARD) if own else not (
+                            f & _EXACT or self._kinds[i] == _URL_CODE):
                         out.append(self._indicator(i))
             dot = name.find(".", at)
             if dot < 0:
                 return out
             at, own = dot + 1, False
+
+    def explain_domain_ports(self, name: str) -> list[tuple[Indicator, int, str | None]]:
+        """For ``iocwatch explain``: the name:port rows (and URLs on a non-default port) filed
+        under an already normalised name or a parent of it, on any port, each with its port
+        and None when it applies to the name on that port, else the reason (the rule of
+        :meth:`match_domain_port`). Scans the table: meant for one name at a time."""
+        out: list[tuple[Indicator, int, str | None]] = []
+        for key, v in self._dports.items():
+            host, _, port = key.rpartition(":")
+            own = name == host
+            if not port.isdigit() or not (own or name.endswith("." + host)):
+                continue
+            for i in _ids(v):
+                why = _refusal(self._flags[i], self._kinds[i], own)
+                out.append((self._indicator(i), int(port), why))
+        return sorted(out, key=lambda t: (t[1], t[0].file, t[0].line))
+
+    def domain_port_hosts(self) -> frozenset[str]:
+        """The names (without ``*.``) name:port rows are filed under: a cheap first test for
+        whether a name, or a parent of it, has any name:port indicator."""
+        return frozenset(key.rpartition(":")[0] for key in self._dports)
 
     def match_cert_hash(self, hexdigest: str) -> list[Indicator]:
         """Certificate fingerprint indicators equal to a SHA-1 or SHA-256 hex digest."""

@@ -12,23 +12,40 @@ What the rule does, and why (RFC 3986 section 3.2, RFC 9110 section 7.2):
 - ``host:port``: with exactly one colon the host is what precedes it, whether or not the port
   is digits (``evil.test:x`` is still a request for ``evil.test``).
 - ``2001:db8::1``: more than one colon and no bracket is a bare IPv6 address, kept whole.
+
+``split_authority`` is the same rule with the port kept and a verdict on the shape: the one
+authority parser for Host headers and for every indicator loader that reads a URL (a URL
+indicator's port decides whether it is a name:port indicator).
 """
 
 from __future__ import annotations
 
 
-def authority_host(value: str) -> str:
-    """Host part of an authority (``[v6]:port``, ``host:port``, ``user@host``), as written."""
+def split_authority(value: str) -> tuple[str, str, bool]:
+    """``(host, port, well_formed)`` of an authority, host and port as written (port ``""``
+    when none). ``well_formed`` is False for an unclosed ``[`` or text after ``]`` that is
+    not ``:port``; host and port are still the best reading then. Never raises."""
     v = value.strip()
     at = v.rfind("@")
     if at >= 0:
         v = v[at + 1 :]
     if v.startswith("["):
         end = v.find("]")
-        return v[1:end] if end > 0 else v[1:]
+        if end < 0:
+            return v[1:], "", False
+        rest = v[end + 1 :]
+        if rest.startswith(":"):
+            return v[1:end], rest[1:], True
+        return v[1:end], "", not rest
     if v.count(":") == 1:
-        return v.partition(":")[0]
-    return v
+        host, _, port = v.partition(":")
+        return host, port, True
+    return v, "", True
+
+
+def authority_host(value: str) -> str:
+    """Host part of an authority (``[v6]:port``, ``host:port``, ``user@host``), as written."""
+    return split_authority(value)[0]
 
 
 def host_key(value: str) -> str:

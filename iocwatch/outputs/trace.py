@@ -44,6 +44,8 @@ REASONS: tuple[tuple[str, str], ...] = (
     ("cert_refused", "a certificate was refused by cryptography"),
 )
 _REASON_TEXT = dict(REASONS)
+#: the ``ech`` fact where a certificate was missed: ECH is TLS 1.3, whose certificate is encrypted
+_ECH_CERT = "ECH offered (TLS 1.3): the certificate went encrypted"
 #: a record with an observation on this channel (added by the ECH detector) sets ``ech``
 _ECH_CHANNEL = "tls_sni_outer"
 _CERT_CHANNELS = frozenset({Channel.CERT_SAN, Channel.CERT_CN})
@@ -55,6 +57,7 @@ _TRANSPORT = {6: "tcp", 17: "udp"}
 class _Flow:
     """What the trace learnt about one flow (both directions)."""
 
+    key: tuple
     text: str
     proto: Any
     facts: set[str] = field(default_factory=set)
@@ -65,6 +68,9 @@ class _Flow:
     first: float = 0.0
     named: bool = False
     clients: set[str] = field(default_factory=set)
+    #: the names it carried for its destination, per channel (SNI, outer SNI, Host, DNS link;
+    #: a few each)
+    names: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -73,7 +79,7 @@ class _Target:
 
     name: str
     seen: dict[str, int] = field(default_factory=dict)  # channel -> times
-    flows: dict[tuple, None] = field(default_factory=dict)  # flows it was seen on
+    flows: dict[tuple, set[str]] = field(default_factory=dict)  # flows it was seen on: channels
     addresses: set[str] = field(default_factory=set)  # what DNS answered for it
     #: what DNS links learnt for it (CNAME chains and HTTPS hints followed, as the engine
     #: does): address -> [(client answered, answer time)]
@@ -134,6 +140,8 @@ class Tracer:
         facts = flow.facts
         facts.update(evidence.of_record(record))
         flow.kinds.update(k for k in ("dns", "mdns", "tls", "http", "quic") if k in record)
+        if "ech" in record:  # an ECH ClientHello, whether or not DNS showed its front
+            facts.add("ech")
         hello = getattr(event, "server_hello", None)
         if hello is not None and hello.is_tls13:
             facts.add("tls13")
@@ -154,6 +162,10 @@ class Tracer:
                 flow.named = True
             if ch not in NAME_CHANNELS:
                 continue
+            if ch in _NAMING:
+                names = flow.names.setdefault(str(ch), [])
+                if len(names) < 3 and ob.name not in names:
+                    names.append(ob.name)
             norm = normalise_name(host_key(ob.name) if CHANNELS[ch].authority else ob.name)
             for t in self.targets:
                 if t.covers(norm):
@@ -167,7 +179,7 @@ class Tracer:
         if flow is None:
             if len(self.flows) >= FLOWS_MAX:
                 self.flows.clear()
-            flow = self.flows[fkey] = _Flow(_flow_text(record), record.get("protocol"))
+            flow = self.flows[fkey] = _Flow(fkey, _flow_text(record), record.get("protocol"))
             start = record.get("event_start")
             flow.first = start if isinstance(start, float) else 0.0
         return flow
@@ -231,7 +243,7 @@ class Tracer:
     def _hit(self, t: _Target, channel: str, name: str, record: dict, fkey: tuple,
              decision: str) -> None:
         t.seen[channel] = t.seen.get(channel, 0) + 1
-        t.flows[fkey] = None
+        t.flows.setdefault(fkey, set()).add(channel)
         start = record.get("event_start")
         when = iso_utc(start) if isinstance(start, float) else "?"
         where = f"packet {self.number}" + (" (flushed at the end)" if self.ended else "")
@@ -249,12 +261,13 @@ class Tracer:
         for t in self.targets:
             total = sum(t.seen.values())
             parts = ", ".join(f"{c} {n}" for c, n in t.seen.items())
-            self._line(t, f"seen {total} times" + (f" ({parts})" if parts else ""))
+            self._line(t, f"seen {total} time{'' if total == 1 else 's'}"
+                       + (f" ({parts})" if parts else ""))
             related, named = self._related(t)
             for ch in [*NAME_CHANNELS_ORDERED, Channel.DNS_ANSWER]:
                 if str(ch) not in t.seen:
                     why = self._why(t, ch, related, stats)
-                    if related and not named and ch not in _DNS:
+                    if related and not named and ch not in _DNS and ch is not Channel.DNS_LINK:
                         why = "no flow named it; flows to the addresses DNS gave for it: " + why
                     self._line(t, f"not seen as {ch}: {why}")
         self.out.flush()
@@ -276,6 +289,8 @@ class Tracer:
                     else "no DNS message for it in the capture")
         if ch is Channel.DNS_LINK:
             return self._why_unlinked(t)
+        if ch is Channel.TLS_SNI_OUTER:
+            return self._why_outer(t, related, dns_seen)
         want = _CARRIER.get(ch, "tls")
         flows = [f for f in related if want in f.kinds]
         if not flows:
@@ -292,14 +307,56 @@ class Tracer:
             return base + ("" if dns_seen else "; no DNS for it either")
         parts = []
         for f in flows[:_SHOWN]:
-            why = _facts(f, ch)
+            outer = ch in _SNI and str(Channel.TLS_SNI_OUTER) in t.flows.get(f.key, ())
+            why = "" if outer else _facts(f, ch)  # an outer SNI: that is the whole story
             if not why:
                 why = (": its certificates named other servers" if ch in _CERT_CHANNELS and f.certs
                        else ": no certificate seen" if ch in _CERT_CHANNELS
-                       else ": it named another server")
+                       else ": " + self._other_name(t, f, ch))
             parts.append(f.text + why)
         return "; ".join(parts) + _more(flows)
 
+    def _other_name(self, t: _Target, f: _Flow, ch: Channel) -> str:
+        """What a flow that did not carry the name on an SNI or Host channel carried instead."""
+        on = t.flows.get(f.key, set())
+        outer = str(Channel.TLS_SNI_OUTER)
+        if ch is not Channel.HTTP_HOST and outer in on:
+            return (f"its SNI was {t.name} or under it, labelled {outer}: DNS showed it to be "
+                    "the ECH public name of another name (the front, not the destination)")
+        what = "Host" if ch is Channel.HTTP_HOST else "SNI"
+        names = f.names.get(str(ch)) or (f.names.get(outer) if ch is Channel.TLS_SNI else None)
+        if names:
+            return f"its {what} was " + ", ".join(repr(n) for n in names)
+        return "its ClientHello carried no SNI" if what == "SNI" else "no Host header was read"
+
+    def _why_outer(self, t: _Target, related: list[_Flow], dns_seen: bool) -> str:
+        """``tls_sni_outer``: the name as the visible SNI of an ECH ClientHello that DNS showed
+        to front another name."""
+        ech = [f for f in related if "ech" in f.facts]
+        if not ech:
+            plain = [f for f in related if t.flows.get(f.key, set())
+                     & {str(Channel.TLS_SNI), str(Channel.QUIC_SNI)}]
+            why = "no ECH flow to it"
+            if plain:
+                why += ("; it was a plain SNI (the destination itself) on " + ", ".join(
+                    f.text + " (" + ", ".join(repr(n) for n in f.names.get(
+                        str(Channel.TLS_SNI), f.names.get(str(Channel.QUIC_SNI), [])))
+                    + ")" for f in plain[:_SHOWN]) + _more(plain))
+            return why + ("" if dns_seen else "; no DNS for it either")
+        parts = []
+        for f in ech[:_SHOWN]:
+            on = t.flows.get(f.key, set())
+            if on & {str(Channel.TLS_SNI), str(Channel.QUIC_SNI)}:
+                parts.append(f"{f.text}: ECH offered with it as the visible SNI, but no DNS "
+                             "HTTPS answer with an ech parameter made it the public name of "
+                             "another name, so it stayed the SNI")
+            else:
+                names = f.names.get(str(Channel.TLS_SNI_OUTER)) or f.names.get(
+                    str(Channel.TLS_SNI))
+                parts.append(f"{f.text}: ECH offered, its visible (outer) SNI was "
+                             + (", ".join(repr(n) for n in names) + ", not this name"
+                                if names else "absent"))
+        return "; ".join(parts) + _more(ech)
 
     def _why_unlinked(self, t: _Target) -> str:
         """Why no flow got the name through a DNS link, from what the records show."""
@@ -341,13 +398,19 @@ class Tracer:
 
 #: the record kind a flow must have carried for a name channel to appear on it
 _CARRIER = {Channel.QUIC_SNI: "quic", Channel.HTTP_HOST: "http"}
+_SNI = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI})
+#: channels naming a flow's destination: kept per flow to say what it carried instead
+_NAMING = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI, Channel.TLS_SNI_OUTER,
+                     Channel.HTTP_HOST, Channel.DNS_LINK})
 _SHOWN = 5  # flows listed per reason line
 
 
 def _facts(f: _Flow, ch: Channel) -> str:
     """The flow facts that explain a miss on this channel (``tls13`` only for certificates)."""
-    why = [text for fact, text in REASONS if fact in f.facts
-           and (fact != "tls13" or ch in _CERT_CHANNELS)]
+    cert = ch in _CERT_CHANNELS
+    why = [_ECH_CERT if fact == "ech" and cert else text for fact, text in REASONS
+           if fact in f.facts and (fact != "tls13" or cert)
+           and not (fact == "ech" and cert and "tls13" in f.facts)]  # said once, as TLS 1.3
     return (": " + "; ".join(why)) if why else ""
 
 
