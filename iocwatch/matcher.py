@@ -47,7 +47,7 @@ class Match:
 
 
 def _with_keywords(out: list[Match] | None, ind: IndicatorSet, ch: Channel, name: str,
-                   norm: str, hits: list[Any], subs: tuple[Substring, ...]) -> list[Match]:
+                   norm: str, hits: Sequence[Any], subs: tuple[Substring, ...]) -> list[Match]:
     """``out`` with a name's matches: its other hits, then each keyword found in it."""
     out = [] if out is None else out
     out.extend(Match(ch, name, norm, hit) for hit in hits)
@@ -62,9 +62,16 @@ class Matcher:
         self.indicators = indicators
         self.allow = allow
         self._norm: dict[str, str] = {}
+        #: a name as seen (``h:`` before a Host value) -> its normalised form, its name hits
+        #: and the keywords in it, for the set in ``_names_of``: names repeat all day, and a
+        #: repeat then costs one dict lookup instead of a normalisation, a suffix walk and a
+        #: keyword scan
+        self._names: dict[str, tuple[str, tuple[Any, ...], tuple[Substring, ...]]] = {}
+        self._names_of: IndicatorSet | None = None
 
     def swap(self, indicators: IndicatorSet) -> None:
-        """Replace the indicator set in one assignment (reload)."""
+        """Replace the indicator set in one assignment (reload); the name memo, which holds
+        the old set's hits, is dropped by :meth:`observe` when it sees the new set."""
         self.indicators = indicators
 
     def swap_allow(self, allow: AllowLists | None) -> None:
@@ -103,28 +110,50 @@ class Matcher:
             cache[key] = norm
         return norm
 
+    def _name(self, ind: IndicatorSet, key: str, name: str, authority: bool
+              ) -> tuple[str, tuple[Any, ...], tuple[Substring, ...]]:
+        """A name not in the memo (see ``_names``): normalised, looked up, scanned, kept."""
+        norm = normalise_name(host_key(name) if authority else name)
+        scan = ind.keyword_scan
+        got = (norm, tuple(ind.match_name(norm)) if norm else (),
+               scan(norm) if scan is not None and norm else ())
+        memo = self._names
+        if len(memo) >= NORMALISE_CACHE_MAX:
+            memo.clear()
+        memo[key] = got
+        return got
+
     def observe(self, observations: list[Observation], port: int | None = None
                 ) -> Sequence[Match]:
         """Every match of these observations (of one record), in their order; ``port``: the
         record's destination port, for ``name:port`` indicators."""
         ind = self.indicators
-        scan = ind.keyword_scan  # once per call; None without keywords: one test per name
+        memo = self._names
+        if self._names_of is not ind:  # a new set (reload): the old hits mean nothing now
+            memo.clear()
+            self._names_of = ind
         out: list[Match] | None = None
+        hits: Sequence[Any]
         for ob in observations:
             ch = ob.channel
             kind = _KIND.get(ch)
             if kind is None:
                 continue
             if kind is Kind.NAME:
-                norm = self.normalise(ob.name, ch in _AUTHORITY)
-                hits: list[Any] = lookup(ind, kind, ch, ob.name, norm)
+                name = ob.name
+                if ch in _AUTHORITY:
+                    key = "h:" + name
+                    got = memo.get(key) or self._name(ind, key, name, True)
+                else:
+                    got = memo.get(name) or self._name(ind, name, name, False)
+                norm, hits, subs = got
                 if port is not None and ch in _DESTINATION and norm:
-                    hits += ind.match_domain_port(norm, port)
-                if scan is not None and norm:
-                    subs = scan(norm)
-                    if subs:
-                        out = _with_keywords(out, ind, ch, ob.name, norm, hits, subs)
-                        continue
+                    more = ind.match_domain_port(norm, port)
+                    if more:
+                        hits = [*hits, *more]
+                if subs:
+                    out = _with_keywords(out, ind, ch, ob.name, norm, hits, subs)
+                    continue
             else:
                 norm = ob.name
                 hits = lookup(ind, kind, ch, norm, norm)
