@@ -125,8 +125,9 @@ class HandshakeChecks:
         #: set in a worker of several (``-r``/``-i --workers``): each leaf's key goes to the
         #: writer, which sees every worker's certificates and decides key reuse
         #: (:meth:`key_reuse` through :class:`KeyReuseDecider`); called with
-        #: ``(spki_sha256, cert_sha256, names, alert without other_certs, store rows)``; the
-        #: store is asked here, once per key per worker (the writer has no store consumer)
+        #: ``(spki_sha256, cert_sha256, names, record, store rows)`` (the alert is built only
+        #: when the writer decides there is one); the store is asked here, once per key per
+        #: worker (the writer has no store consumer)
         self.defer: Callable[[tuple], None] | None = None
         self._asked: dict[str, None] = {}
 
@@ -148,21 +149,13 @@ class HandshakeChecks:
         if KEY_REUSE in self.rules and leaf.spki_sha256:
             names = leaf.names()
             if self.defer is not None:
-                self.defer((leaf.spki_sha256, leaf.sha256, names, self._reuse_alert(record, leaf),
+                self.defer((leaf.spki_sha256, leaf.sha256, names, record,
                             self._store_rows(leaf.spki_sha256)))
             else:
-                others = self.keys.see(leaf.spki_sha256, leaf.sha256, names)
-                if others:
-                    out.append(_with_others(self._reuse_alert(record, leaf), others))
+                alert = self.key_reuse(leaf.spki_sha256, leaf.sha256, names, record)
+                if alert is not None:
+                    out.append(alert)
         return out
-
-    def _reuse_alert(self, record: dict, leaf: x509.Certificate) -> dict:
-        alert = build_alert(record=record, channel=Channel.SPKI_SHA256.value,
-                            name=leaf.spki_sha256, normalised=leaf.spki_sha256,
-                            indicator=_RULES[KEY_REUSE], sensor=self.sensor)
-        alert["check"] = {"rule": KEY_REUSE, "spki_sha256": leaf.spki_sha256,
-                          "cert_sha256": leaf.sha256, "cert_names": leaf.names()}
-        return alert
 
     def _store_rows(self, spki: str) -> list[tuple[str, list[str]]] | None:
         """What the store says of a key this worker has not asked about yet, else None."""
@@ -174,12 +167,20 @@ class HandshakeChecks:
         self._asked[spki] = None
         return [(sha, list(names)) for sha, names in lookup(spki)[:CERTS_PER_KEY]]
 
-    def key_reuse(self, spki: str, cert_sha256: str, names: list[str], alert: dict,
+    def key_reuse(self, spki: str, cert_sha256: str, names: list[str], record: dict,
                   store_rows: list[tuple[str, list[str]]] | None = None) -> dict | None:
-        """A deferred leaf (:attr:`defer`) seen in capture order: its alert, completed with the
+        """A leaf seen (here, or deferred by a worker: :attr:`defer`): its alert, with the
         other certificates, when its key was seen with names that do not overlap its own."""
         others = self.keys.see(spki, cert_sha256, names, store_rows)
-        return _with_others(alert, others) if others else None
+        if not others:
+            return None
+        alert = build_alert(record=record, channel=Channel.SPKI_SHA256.value, name=spki,
+                            normalised=spki, indicator=_RULES[KEY_REUSE], sensor=self.sensor)
+        alert["check"] = {"rule": KEY_REUSE, "spki_sha256": spki, "cert_sha256": cert_sha256,
+                          "cert_names": list(names),
+                          "other_certs": [{"cert_sha256": sha, "cert_names": other}
+                                          for sha, other in others]}
+        return alert
 
 
 class KeyReuseDecider:
@@ -196,7 +197,7 @@ class KeyReuseDecider:
                                                      "alerts")), dedupe)
 
     def decide(self, item: tuple) -> None:
-        """One deferred leaf: ``(spki_sha256, cert_sha256, names, alert, store rows)``."""
+        """One deferred leaf: ``(spki_sha256, cert_sha256, names, record, store rows)``."""
         alert = self.checks.key_reuse(*item)
         if alert is not None:
             self.sink(alert)
@@ -224,8 +225,3 @@ class KeyReuseDecider:
             out["alert_matches"] = self.sink.matches
         return out
 
-
-def _with_others(alert: dict, others: list[tuple[str, list[str]]]) -> dict:
-    alert["check"]["other_certs"] = [{"cert_sha256": sha, "cert_names": names}
-                                     for sha, names in others]
-    return alert
