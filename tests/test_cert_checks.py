@@ -165,6 +165,9 @@ def test_deferred_key_reuse_writes_what_one_process_writes() -> None:
         # (one key, one host pair)
         assert decider.sink.matches == one.matches == 4
         assert decider.count == one.count == (1 if dedupe else 4)
+    # a leaf the writer cannot turn into an alert is skipped and counted, never fatal
+    decider.decide((leaves[0].spki_sha256, "f" * 64, ["evil.example"], "no record", None))
+    assert decider.errors == 1 and decider.counters()["key_reuse_errors"] == 1
 
 
 # -- the lab ---------------------------------------------------------------------------------

@@ -195,10 +195,15 @@ class KeyReuseDecider:
         self.sink = AlertSink(AlertWriter("-", fmt,  # type: ignore[arg-type]
                                           EmitOutput(lambda _s, b: self.lines.append(b),
                                                      "alerts")), dedupe)
+        self.errors = 0  # leaves that could not be decided (skipped, counted)
 
     def decide(self, item: tuple) -> None:
         """One deferred leaf: ``(spki_sha256, cert_sha256, names, record, store rows)``."""
-        alert = self.checks.key_reuse(*item)
+        try:
+            alert = self.checks.key_reuse(*item)
+        except Exception:  # noqa: BLE001 - the writer never stops on one hostile leaf
+            self.errors += 1
+            return
         if alert is not None:
             self.sink(alert)
 
@@ -223,5 +228,7 @@ class KeyReuseDecider:
         out = {"alerts": self.sink.count}
         if self.sink.deduper is not None:
             out["alert_matches"] = self.sink.matches
+        if self.errors:
+            out["key_reuse_errors"] = self.errors
         return out
 
