@@ -59,9 +59,8 @@ from typing import Any, Protocol
 
 from iocwatch.dns_learning import AnswerLearner
 from iocwatch.engine import Engine, EngineConfig
-from iocwatch.outputs.alerts import AlertSink, AlertWriter
-from iocwatch.outputs.checks import HandshakeChecks
-from iocwatch.outputs.streams import EmitOutput, LineStream, open_stream
+from iocwatch.outputs.checks import KeyReuseDecider
+from iocwatch.outputs.streams import LineStream, open_stream
 from iocwatch.workers import Emit
 
 #: Capture-level figures: every worker reads the same capture, so worker 0's are the run's.
@@ -112,8 +111,8 @@ class Split:
     periodic: Callable[[Any], Callable[[], None]]
     report: Callable[[Engine, Any, Any, float], dict]
     #: ``--alert-on key-reuse``: decided here, where every worker's certificates are seen
-    #: (:class:`KeyReuseOrder`): (the checks, alert format, --dedupe window)
-    key_reuse: tuple[HandshakeChecks, str, float] | None = None
+    #: (:class:`KeyReuseOrder`)
+    key_reuse: KeyReuseDecider | None = None
 
 
 @dataclass
@@ -293,15 +292,12 @@ def _numbered(packets: Iterable[Any], counter: list[int]) -> Iterable[Any]:
 class KeyReuseOrder:
     """``--alert-on key-reuse`` with ``-r --workers N``: one key's certificates may be on
     flows of different workers, so the workers send each leaf's key (numbered by the packet
-    that completed it) and the key history is kept here. A leaf is decided once every worker
-    has read past its packet, in capture order, so the alerts are those of one process."""
+    that completed it) and the key history is kept here (:class:`KeyReuseDecider`). A leaf is
+    decided once every worker has read past its packet, in capture order, so the alerts are
+    those of one process."""
 
-    def __init__(self, workers: int, checks: HandshakeChecks, fmt: str, dedupe: float):
-        self.checks = checks
-        self.lines: list[bytes] = []
-        self.sink = AlertSink(AlertWriter("-", fmt,  # type: ignore[arg-type]
-                                          EmitOutput(lambda _s, b: self.lines.append(b),
-                                                     "alerts")), dedupe)
+    def __init__(self, workers: int, decider: KeyReuseDecider):
+        self.decider = decider
         self.progress = [0] * workers
         self.heap: list[tuple] = []
 
@@ -321,27 +317,17 @@ class KeyReuseOrder:
         limit = min(self.progress)
         heap = self.heap
         while heap and heap[0][0] <= limit:
-            item = heapq.heappop(heap)[3]
-            alert = self.checks.key_reuse(*item)
-            if alert is not None:
-                self.sink(alert)
-        return self.take()
-
-    def take(self) -> bytes:
-        out = b"".join(self.lines)
-        self.lines.clear()
-        return out
+            self.decider.decide(tuple(heapq.heappop(heap)[3]))
+        return self.decider.take()
 
     def close(self) -> bytes:
         """The end of the run: everything left, and what --dedupe still holds."""
         self.progress = [1 << 62] * len(self.progress)
-        self._release()
-        self.sink.flush()
-        return self.take()
+        return self._release() + self.decider.close()
 
     @property
     def count(self) -> int:
-        return self.sink.count
+        return self.decider.count
 
 
 def merge_reports(reports: Iterable[dict]) -> dict:
@@ -441,7 +427,7 @@ def run_split(split: Split, writer: Writer,
     old = {s: signal.signal(s, on_stop) for s in (signal.SIGINT, signal.SIGTERM)}
     old[signal.SIGHUP] = signal.signal(signal.SIGHUP, on_hup)
     reports: dict[int, dict] = {}
-    reuse = KeyReuseOrder(split.workers, *split.key_reuse) if split.key_reuse else None
+    reuse = KeyReuseOrder(split.workers, split.key_reuse) if split.key_reuse else None
 
     def write(batch: dict[str, bytes]) -> None:
         """Lines to the outputs, unless a write failed before (the run is stopping)."""

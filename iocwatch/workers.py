@@ -7,6 +7,12 @@ The parent is the only writer of every output (the line streams of
 reopening and the stats lines. The handles are opened (and joined to the fanout group) by the
 parent before ``--user`` drops root, so workers never need privileges.
 
+``--alert-on key-reuse`` with several workers is decided in the parent, where every worker's
+certificates are seen: each worker sends its leaves' keys along with its lines (only then,
+and only leaves) and the parent's :class:`~iocwatch.outputs.checks.KeyReuseDecider` decides
+as they arrive (there is no capture order to wait for), the same decision ``-r --workers``
+makes.
+
 The sensor command (``iocwatch -i``) calls :func:`run_live` with
 iocwatch.pipeline.SensorPipeline.
 """
@@ -31,6 +37,7 @@ from iocwatch.dns_learning import AnswerLearner
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.flows.dnslink import MAX_TTL
 from iocwatch.model.tls_session import TlsSession
+from iocwatch.outputs.checks import KeyReuseDecider
 from iocwatch.outputs.consumers import FAILING_COUNTERS, LOSS_COUNTERS, loss_line, losses
 from iocwatch.outputs.streams import OutputError, Outputs, open_outputs, parse_rotate
 from iocwatch.privileges import PrivilegeError, drop_privileges, lookup_user
@@ -136,8 +143,10 @@ class _WorkerState:
 
 def _worker(index: int, cap: LiveCapture,
             make_pipeline: Callable[[], Pipeline], conn: Connection, config: EngineConfig,
-            user: tuple[int, int] | None, tap_cap: LiveCapture | None = None) -> None:
-    """Capture, decode, match; send whole lines to the parent. Never dies on a packet."""
+            user: tuple[int, int] | None, tap_cap: LiveCapture | None = None,
+            defer_keys: bool = False) -> None:
+    """Capture, decode, match; send whole lines to the parent. Never dies on a packet.
+    ``defer_keys``: --alert-on key-reuse is the parent's (each leaf goes to it)."""
     state = _WorkerState()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
 
@@ -152,6 +161,7 @@ def _worker(index: int, cap: LiveCapture,
     # The siblings' handles were forked along (the parent's ``caps`` list still holds them):
     # never closed here: pcap_close() would tear down the sibling's ring.
     pending: dict[str, list[bytes]] = {}
+    keys: list[tuple] = []  # deferred leaves (defer_keys) for the parent's key history
 
     def emit(stream: str, data: bytes) -> None:
         bucket = pending.get(stream)
@@ -161,9 +171,10 @@ def _worker(index: int, cap: LiveCapture,
             bucket.append(data)
 
     def send_pending() -> None:
-        if pending:
-            conn.send(("out", {s: b"".join(v) for s, v in pending.items()}))
+        if pending or keys:
+            conn.send(("out", {s: b"".join(v) for s, v in pending.items()}, keys[:]))
             pending.clear()
+            keys.clear()
 
     try:
         pipeline = make_pipeline()
@@ -172,6 +183,9 @@ def _worker(index: int, cap: LiveCapture,
         engine.flow_hook = pipeline.flow_hook
         engine.session_sink = pipeline.session_sink
         engine.line_sink = pipeline.line_sink()
+        checks = getattr(pipeline, "checks", None) if defer_keys else None
+        if checks is not None:
+            checks.defer = keys.append
         tap = AnswerTap(tap_cap, engine) if tap_cap is not None else None
         if user is not None:  # everything is imported and opened: root is no longer needed
             drop_privileges(user)
@@ -314,13 +328,17 @@ class StatsPrinter:
         self.as_json = as_json
         self.latest: dict[int, dict] = {}
         self.prev = (time.monotonic(), 0, 0)
+        #: the parent's own alert counters (key reuse decided here), added to the workers'
+        self.own: Callable[[], dict[str, int]] | None = None
 
     def total(self) -> dict:
         keys = ("packets", "bytes", "received", "dropped_kernel", "dropped_interface", "flows",
                 "records", "names", "alerts", "malformed", "packet_errors")
         out: dict = {k: sum(int(w.get(k, 0)) for w in self.latest.values()) for k in keys}
         ext: dict[str, int] = {}  # consumers' counters (pipeline.counters() beyond alerts)
-        for w in self.latest.values():
+        own = self.own() if self.own is not None else {}
+        out["alerts"] += own.pop("alerts", 0)
+        for w in (*self.latest.values(), own):
             for k, v in w.items():
                 if k not in _SNAPSHOT_KEYS and isinstance(v, int) and not isinstance(v, bool):
                     ext[k] = ext.get(k, 0) + v
@@ -382,22 +400,25 @@ def _validate(args: Flags) -> None:
 
 
 def run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
-             streams: dict[str, str | None]) -> int:
+             streams: dict[str, str | None], key_reuse: KeyReuseDecider | None = None) -> int:
     """Capture until SIGINT/SIGTERM; 0 on a clean stop, 2 when something fails before capture,
     4 when a sink (store, publisher, network output) lost data on the way.
 
-    ``streams`` maps STREAMS to a path, '-' (stdout) or None.
+    ``streams`` maps STREAMS to a path, '-' (stdout) or None. ``key_reuse``: with several
+    workers, --alert-on key-reuse decided here (the workers defer their leaves to it).
     """
     try:
-        return _run_live(args, make_pipeline, streams)
+        return _run_live(args, make_pipeline, streams, key_reuse)
     except (LiveError, CaptureError, OutputError, PrivilegeError) as exc:
         sys.stderr.write(f"iocwatch: error: {exc}\n")
         return 2
 
 
 def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
-              streams: dict[str, str | None]) -> int:
+              streams: dict[str, str | None], key_reuse: KeyReuseDecider | None) -> int:
     _validate(args)
+    if args.workers < 2:
+        key_reuse = None  # one worker sees every certificate itself
     user = lookup_user(args.user) if getattr(args, "user", None) else None
     caps: list[LiveCapture] = []
     taps: list[LiveCapture] = []
@@ -451,7 +472,7 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
         parent_end, child_end = ctx.Pipe(duplex=False)
         p = ctx.Process(target=_worker, name=f"iocwatch-worker-{i}",
                         args=(i, cap, make_pipeline, child_end, config, user,
-                              taps[i] if taps else None))
+                              taps[i] if taps else None, key_reuse is not None))
         p.start()
         child_end.close()
         procs.append(p)
@@ -467,6 +488,8 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
     # socket is shared, and pcap_close() would tear down the worker's ring.
 
     printer = StatsPrinter(getattr(args, "stats_json_stream", False))
+    if key_reuse is not None:
+        printer.own = key_reuse.counters
     watch = LossWatch()
     interval = args.stats_interval
     next_line = time.monotonic() + interval if interval > 0 else float("inf")
@@ -486,7 +509,7 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
                         os.kill(p.pid, signal.SIGHUP)
             for conn in wait(list(conns), timeout=0.2):
                 try:
-                    kind, payload = conn.recv()
+                    kind, payload, *more = conn.recv()
                 except (EOFError, OSError):
                     conns.pop(conn)
                     continue
@@ -494,6 +517,12 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
                 if kind == "out":
                     for stream, chunk in payload.items():
                         outputs.write(stream, chunk)
+                    if key_reuse is not None and more and more[0]:
+                        for item in more[0]:
+                            key_reuse.decide(item)
+                        decided = key_reuse.take()
+                        if decided:
+                            outputs.write("alerts", decided)
                 elif kind in ("stats", "end"):
                     printer.latest[idx] = payload
                     if kind == "end":
@@ -511,6 +540,10 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
                 next_line = now + interval
                 sys.stderr.write(printer.line(outputs) + "\n")
                 sys.stderr.flush()
+        if key_reuse is not None:  # every worker has ended: what --dedupe still holds
+            held = key_reuse.close()
+            if held:
+                outputs.write("alerts", held)
     finally:
         for p in procs:  # normally gone already; after a writer error they still run
             if p.is_alive():

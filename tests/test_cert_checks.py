@@ -128,6 +128,48 @@ def test_checks_make_no_alert_without_a_certificate_event() -> None:
     assert checks.record({"cert_check": {"covers_sni": False, "sni": "x"}}, None) == []
 
 
+def test_deferred_key_reuse_writes_what_one_process_writes() -> None:
+    """Workers defer their leaves (the record, no alert built) and the writer's decider
+    writes, through --dedupe and the alert format, the lines one process writes."""
+    from iocwatch.outputs.alerts import AlertSink, AlertWriter
+    from iocwatch.outputs.checks import KeyReuseDecider
+    from iocwatch.outputs.streams import EmitOutput
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaves = [px.parse_certificate(der(make_cert(key, [n], n)))
+              for n in ("a.example", "b.example", "a.example", "*.b.example", "c.example")]
+    records = [{"src_ip": "10.0.0.1", "dst_ip": "10.0.0.2", "src_port": 443,
+                "dst_port": 40000 + i, "protocol": 6, "event_start": 1.7e9 + i,
+                "cert_check": {"spki_sha256": leaf.spki_sha256}}
+               for i, leaf in enumerate(leaves)]
+    for fmt, dedupe in (("json", 0.0), ("ecs", 600.0)):
+        lines: list[bytes] = []
+        out = EmitOutput(lambda _s, b, kept=lines: kept.append(b), "alerts")
+        one = AlertSink(AlertWriter("-", fmt, out), dedupe)  # type: ignore[arg-type]
+        single = HandshakeChecks(["key-reuse"], "s")
+        for record, leaf in zip(records, leaves, strict=True):
+            for alert in single.record(dict(record), [leaf]):
+                one(alert)
+        one.flush()
+        deferred: list[tuple] = []
+        worker = HandshakeChecks(["key-reuse"], "s")
+        worker.defer = deferred.append
+        for record, leaf in zip(records, leaves, strict=True):
+            assert worker.record(dict(record), [leaf]) == []  # nothing built in the worker
+        decider = KeyReuseDecider("s", fmt, dedupe)
+        for item in deferred:
+            decider.decide(item)
+        assert decider.take() + decider.close() == b"".join(lines)
+        # all but the first: the second a.example certificate against b.example, *.b.example
+        # (which does not cover b.example itself) against every other; --dedupe folds them
+        # (one key, one host pair)
+        assert decider.sink.matches == one.matches == 4
+        assert decider.count == one.count == (1 if dedupe else 4)
+    # a leaf the writer cannot turn into an alert is skipped and counted, never fatal
+    decider.decide((leaves[0].spki_sha256, "f" * 64, ["evil.example"], "no record", None))
+    assert decider.errors == 1 and decider.counters()["key_reuse_errors"] == 1
+
+
 # -- the lab ---------------------------------------------------------------------------------
 
 

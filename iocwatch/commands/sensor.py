@@ -42,7 +42,7 @@ from iocwatch.indicators.loading import (
     report_load,
 )
 from iocwatch.indicators.sets import check_cache_path
-from iocwatch.outputs.checks import ALERT_RULES, KEY_REUSE, HandshakeChecks
+from iocwatch.outputs.checks import ALERT_RULES, KEY_REUSE, KeyReuseDecider
 from iocwatch.outputs.consumers import loss_line, losses
 from iocwatch.outputs.paths import reason
 from iocwatch.pipeline import SensorPipeline
@@ -409,8 +409,17 @@ def run(args: argparse.Namespace) -> int:
         from iocwatch.workers import run_live
 
         return run_live(args, make_pipeline, {"records": to.records, "alerts": to.alerts,
-                                              "sessions": args.session_records})
+                                              "sessions": args.session_records},
+                        key_reuse_decider(args, to) if args.workers > 1 else None)
     return run_file(args, reader, make_pipeline(), to)
+
+
+def key_reuse_decider(args: argparse.Namespace, to: Streams) -> KeyReuseDecider | None:
+    """``--alert-on key-reuse`` with several workers: one key's certificates may be on several
+    workers' flows, so the writer decides (``-r`` and ``-i`` alike)."""
+    if KEY_REUSE not in (args.alert_on or ()) or to.alerts is None:
+        return None
+    return KeyReuseDecider(args.sensor_name, args.alert_format, args.dedupe)
 
 
 class Reloader:
@@ -656,13 +665,8 @@ def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
 
     progress = progress_display(args, reader)
     shown = None if progress is None else _RemoteProgress(progress)
-    key_reuse = None
-    if KEY_REUSE in (args.alert_on or ()) and to.alerts is not None:
-        # one key's certificates may be on several workers' flows: the writer decides
-        key_reuse = (HandshakeChecks([KEY_REUSE], args.sensor_name), args.alert_format,
-                     args.dedupe)
     split = Split(args.workers, open_reader, make_pipeline, engine_config(args),
-                  periodic, run_report, key_reuse)
+                  periodic, run_report, key_reuse_decider(args, to))
     sys.stdout.flush()  # nothing buffered here is written twice by a forked worker
     sys.stderr.flush()
     result = run_split(split, writer, shown)

@@ -7,6 +7,10 @@ SubjectPublicKeyInfo) in certificates whose names do not overlap; in memory over
 asked through the store's ``certificates_with_spki``). Both alerts have the shape of indicator
 alerts (so SIEM mappings, ECS and ``--dedupe`` work unchanged); the ``indicator`` names the
 rule (kind ``rule``) and ``check`` carries both sides.
+
+With several workers (``-r --workers N``, ``-i --workers N``) one key's certificates may be on
+different workers' flows: the workers defer each leaf (:attr:`HandshakeChecks.defer`) and the
+single writer decides (:class:`KeyReuseDecider`), so the alerts are those of one process.
 """
 
 from __future__ import annotations
@@ -16,10 +20,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from iocwatch.model.channels import Channel
-from iocwatch.outputs.alerts import build_alert
+from iocwatch.outputs.alerts import AlertSink, AlertWriter, build_alert
+from iocwatch.outputs.streams import EmitOutput
 from iocwatch.protocols import x509
 
-__all__ = ["ALERT_RULES", "HandshakeChecks", "KeyHistory", "Rule", "names_overlap"]
+__all__ = ["ALERT_RULES", "HandshakeChecks", "KeyHistory", "KeyReuseDecider", "Rule",
+           "names_overlap"]
 
 SNI_MISMATCH = "sni-mismatch"
 KEY_REUSE = "key-reuse"
@@ -116,11 +122,12 @@ class HandshakeChecks:
         self.rules = frozenset(rules)
         self.sensor = sensor
         self.keys = keys if keys is not None else KeyHistory()
-        #: set in a ``-r --workers`` worker: each leaf's key goes to the writer, which sees
-        #: every worker's certificates and decides key reuse in capture order
-        #: (:meth:`key_reuse`, file_workers.KeyReuseOrder); called with
-        #: ``(spki_sha256, cert_sha256, names, alert without other_certs, store rows)``; the
-        #: store is asked here, once per key per worker (the writer has no store consumer)
+        #: set in a worker of several (``-r``/``-i --workers``): each leaf's key goes to the
+        #: writer, which sees every worker's certificates and decides key reuse
+        #: (:meth:`key_reuse` through :class:`KeyReuseDecider`); called with
+        #: ``(spki_sha256, cert_sha256, names, record, store rows)`` (the alert is built only
+        #: when the writer decides there is one); the store is asked here, once per key per
+        #: worker (the writer has no store consumer)
         self.defer: Callable[[tuple], None] | None = None
         self._asked: dict[str, None] = {}
 
@@ -142,21 +149,13 @@ class HandshakeChecks:
         if KEY_REUSE in self.rules and leaf.spki_sha256:
             names = leaf.names()
             if self.defer is not None:
-                self.defer((leaf.spki_sha256, leaf.sha256, names, self._reuse_alert(record, leaf),
+                self.defer((leaf.spki_sha256, leaf.sha256, names, record,
                             self._store_rows(leaf.spki_sha256)))
             else:
-                others = self.keys.see(leaf.spki_sha256, leaf.sha256, names)
-                if others:
-                    out.append(_with_others(self._reuse_alert(record, leaf), others))
+                alert = self.key_reuse(leaf.spki_sha256, leaf.sha256, names, record)
+                if alert is not None:
+                    out.append(alert)
         return out
-
-    def _reuse_alert(self, record: dict, leaf: x509.Certificate) -> dict:
-        alert = build_alert(record=record, channel=Channel.SPKI_SHA256.value,
-                            name=leaf.spki_sha256, normalised=leaf.spki_sha256,
-                            indicator=_RULES[KEY_REUSE], sensor=self.sensor)
-        alert["check"] = {"rule": KEY_REUSE, "spki_sha256": leaf.spki_sha256,
-                          "cert_sha256": leaf.sha256, "cert_names": leaf.names()}
-        return alert
 
     def _store_rows(self, spki: str) -> list[tuple[str, list[str]]] | None:
         """What the store says of a key this worker has not asked about yet, else None."""
@@ -168,15 +167,68 @@ class HandshakeChecks:
         self._asked[spki] = None
         return [(sha, list(names)) for sha, names in lookup(spki)[:CERTS_PER_KEY]]
 
-    def key_reuse(self, spki: str, cert_sha256: str, names: list[str], alert: dict,
+    def key_reuse(self, spki: str, cert_sha256: str, names: list[str], record: dict,
                   store_rows: list[tuple[str, list[str]]] | None = None) -> dict | None:
-        """A deferred leaf (:attr:`defer`) seen in capture order: its alert, completed with the
+        """A leaf seen (here, or deferred by a worker: :attr:`defer`): its alert, with the
         other certificates, when its key was seen with names that do not overlap its own."""
         others = self.keys.see(spki, cert_sha256, names, store_rows)
-        return _with_others(alert, others) if others else None
+        if not others:
+            return None
+        alert = build_alert(record=record, channel=Channel.SPKI_SHA256.value, name=spki,
+                            normalised=spki, indicator=_RULES[KEY_REUSE], sensor=self.sensor)
+        alert["check"] = {"rule": KEY_REUSE, "spki_sha256": spki, "cert_sha256": cert_sha256,
+                          "cert_names": list(names),
+                          "other_certs": [{"cert_sha256": sha, "cert_names": other}
+                                          for sha, other in others]}
+        return alert
 
 
-def _with_others(alert: dict, others: list[tuple[str, list[str]]]) -> dict:
-    alert["check"]["other_certs"] = [{"cert_sha256": sha, "cert_names": names}
-                                     for sha, names in others]
-    return alert
+class KeyReuseDecider:
+    """The writer's half of ``--alert-on key-reuse`` with several workers: the deferred leaves
+    (:attr:`HandshakeChecks.defer`) of every worker go through one key history, and the alerts
+    through one ``--dedupe``/``--alert-format`` sink, so they are those of one process. The
+    alert lines are collected for the caller to write (:meth:`take`)."""
+
+    def __init__(self, sensor: str, fmt: str, dedupe: float):
+        self.checks = HandshakeChecks([KEY_REUSE], sensor)
+        self.lines: list[bytes] = []
+        self.sink = AlertSink(AlertWriter("-", fmt,  # type: ignore[arg-type]
+                                          EmitOutput(lambda _s, b: self.lines.append(b),
+                                                     "alerts")), dedupe)
+        self.errors = 0  # leaves that could not be decided (skipped, counted)
+
+    def decide(self, item: tuple) -> None:
+        """One deferred leaf: ``(spki_sha256, cert_sha256, names, record, store rows)``."""
+        try:
+            alert = self.checks.key_reuse(*item)
+        except Exception:  # noqa: BLE001 - the writer never stops on one hostile leaf
+            self.errors += 1
+            return
+        if alert is not None:
+            self.sink(alert)
+
+    def take(self) -> bytes:
+        """The alert lines decided since the last call."""
+        out = b"".join(self.lines)
+        self.lines.clear()
+        return out
+
+    def close(self) -> bytes:
+        """The end of the run: what --dedupe still holds, as lines."""
+        self.sink.flush()
+        return self.take()
+
+    @property
+    def count(self) -> int:
+        """Alert lines written."""
+        return self.sink.count
+
+    def counters(self) -> dict[str, int]:
+        """What a worker pipeline's ``counters()`` says of its alerts, for these alerts."""
+        out = {"alerts": self.sink.count}
+        if self.sink.deduper is not None:
+            out["alert_matches"] = self.sink.matches
+        if self.errors:
+            out["key_reuse_errors"] = self.errors
+        return out
+
