@@ -79,3 +79,14 @@ def test_matcher_uses_the_destination_port_for_flow_naming_channels(tmp_path: Pa
     for ch in (Channel.DNS_QUERY, Channel.CERT_SAN):
         assert m.observe([Observation("evil.example", ch)], 8443) == ()
     assert len(m.observe([Observation("evil.example:8443", Channel.HTTP_HOST)], 8443)) == 1
+
+
+def test_ports_int_cannot_read_are_refused_not_raised() -> None:
+    """``'²'.isdigit()`` is True but ``int('²')`` raises: such a port is a refused value with
+    a reason (it escaped as ValueError from classify before), in every form that has a port."""
+    from iocwatch.indicators.normalise import classify
+
+    for value in ("evil.example:\u00b2", "https://evil.example:\u00b2/x", "1.2.3.4:\u00b2",
+                  "evil.example|\u00b2"):
+        assert isinstance(classify(value, None), str), value
+    assert classify("https://e.example:08443/x", None) == ("url", "https://e.example:8443/x", 0)

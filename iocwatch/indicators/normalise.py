@@ -128,6 +128,18 @@ def ip_text(version: int, value: int, plen: int) -> str:
     return addr if plen == 128 else f"{addr}/{plen}"
 
 
+def port_number(text: str) -> int | None:
+    """A port written in an indicator (1-65535, at most five digits), else None (also for
+    digits ``int`` does not read, such as ``²``, which ``str.isdigit`` accepts)."""
+    if not (text.isdigit() and len(text) <= 5):
+        return None
+    try:
+        number = int(text)
+    except ValueError:
+        return None
+    return number if 0 < number < 65536 else None
+
+
 def split_url(url: str) -> tuple[str, str, str] | None:
     """``(host, port, path)`` of a URL with or without scheme; default ports are dropped.
 
@@ -153,9 +165,10 @@ def split_url(url: str) -> tuple[str, str, str] | None:
     if not ok:
         return None
     if port:
-        if not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+        number = port_number(port)
+        if number is None:
             return None
-        port = str(int(port))  # "08443" is port 8443
+        port = str(number)  # "08443" is port 8443
     if (port == "80" and scheme in ("http", "")) or (port == "443" and scheme in ("https", "")):
         port = ""
     if not host:
@@ -338,12 +351,12 @@ def ip_port(value: str) -> tuple[str, int] | None:
         host, sep, port = s.rpartition(":")
         if not sep or ":" in host:  # a bare IPv6 address: its last group is no port
             return None
-    if not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+    if port_number(port) is None:
         return None
     ip = parse_ip(host)
     if ip is None or ip[2] != (32 if ip[0] == 4 else 128):
         return None
-    return ip_text(*ip), int(port)
+    return ip_text(*ip), int(port)  # port_number read it
 
 
 def ip_port_text(address: str, port: int) -> str:
@@ -393,7 +406,7 @@ def domain_port(value: str) -> tuple[str, int, bool] | str:
     s = value.strip()
     cut = max(s.rfind(":"), s.rfind("|"))
     host, port = s[:cut], s[cut + 1:]
-    if cut < 1 or not (port.isdigit() and len(port) <= 5 and 0 < int(port) < 65536):
+    if cut < 1 or port_number(port) is None:
         return f"not a name:port: {value[:80]!r}"
     if parse_ip(host.strip("[]")) is not None:
         return f"an address:port, not a name:port: {value[:80]!r}"
