@@ -118,6 +118,15 @@ class EngineConfig:
     max_dns_link_bytes: int = DNS_LINK_BYTES
     max_ech_fronts: int = ECH_FRONTS_MAX
 
+    @classmethod
+    def of(cls, flags: Any) -> EngineConfig:
+        """The settings the command line gives (``--mbpc``, ``--mbpt``, ``--dns-link-max-ttl``;
+        the defaults for any it lacks): one process, ``-r --workers`` and ``-i --workers``."""
+        pages = {field: getattr(flags, flag) for flag, field in (
+            ("mbpc", "max_pages_per_conn"), ("mbpt", "max_pages_total")) if hasattr(flags, flag)}
+        ttl = getattr(flags, "dns_link_max_ttl", MAX_TTL)
+        return cls(**pages, dns_link=ttl > 0, dns_link_max_ttl=ttl)
+
 
 class _Flow:
     """One TCP connection under both directions' keys (``keys[0]`` is the first packet's)."""
@@ -553,9 +562,9 @@ class Engine:
         return None
 
     def learn_udp(self, sec: int, dst: bytes, l4: bytes) -> None:
-        """A UDP datagram whose flow another file worker owns: if this engine would read it as
-        a DNS response that links (port 53, or DNS on another port), learn what it told
-        ``dst``, uncounted (the owner counts it)."""
+        """A UDP datagram whose flow another worker owns (``-r`` or ``-i --workers``): if this
+        engine would read it as a DNS response that links (port 53, or DNS on another port),
+        learn what it told ``dst``, uncounted (the owner counts it)."""
         if len(l4) < 20 or not l4[10] & 0x80:  # no DNS header, or not a response
             return
         payload = l4[8:]
@@ -566,16 +575,16 @@ class Engine:
             self.learn_dns(sec, dst, payload)
 
     def learn_dns(self, sec: int, client: bytes, payload: bytes) -> None:
-        """A DNS response whose flow another file worker owns: every worker's link and ECH
-        front tables must still know what DNS told each client, since the connections that
-        follow are spread over all of them."""
+        """A DNS response whose flow another worker owns: every worker's link and ECH front
+        tables must still know what DNS told each client, since the connections that follow
+        are spread over all of them."""
         answered, fronts = self.dissector.dns_answer_of(payload)
         self.learn_answer(answered or None, fronts, client, sec, counted=False)
 
     def learn_answer(self, links: tuple | None, fronts: list | None, client: bytes, sec: int,
                      counted: bool = True) -> None:
         """What a DNS response told ``client``: its DNS links and ECH fronts; ``counted``
-        False: another file worker owns the response and counts it."""
+        False: another worker owns the response and counts it."""
         if links and self.links is not None:
             self.links.answer(client, links, sec, counted=counted)
         if fronts:

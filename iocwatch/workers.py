@@ -35,7 +35,6 @@ from iocwatch.capture.live import DNS_ANSWERS_FILTER, LiveCapture, check_filter,
 from iocwatch.decode.packet import Decoder
 from iocwatch.dns_learning import AnswerLearner
 from iocwatch.engine import Engine, EngineConfig
-from iocwatch.flows.dnslink import MAX_TTL
 from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.checks import KeyReuseDecider
 from iocwatch.outputs.consumers import FAILING_COUNTERS, LOSS_COUNTERS, loss_line, losses
@@ -422,7 +421,7 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
     user = lookup_user(args.user) if getattr(args, "user", None) else None
     caps: list[LiveCapture] = []
     taps: list[LiveCapture] = []
-    link_ttl = getattr(args, "dns_link_max_ttl", MAX_TTL)
+    config = EngineConfig.of(args)
     # --carve writes whole flows: the built-in prefilter (which drops pure ACKs and QUIC
     # short-header packets) is off unless --filter is given
     bpf = "" if args.filter is None and getattr(args, "carve", None) else args.filter
@@ -435,7 +434,7 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
             group = os.getpid() & 0xFFFF
             for cap in caps:
                 cap.join_fanout(group)
-            if link_ttl > 0:  # every worker learns every answer (AnswerTap)
+            if config.dns_link:  # every worker learns every answer (AnswerTap)
                 for _ in range(args.workers):
                     tap = LiveCapture(args.interface, DNS_ANSWERS_FILTER, args.snaplen,
                                       not args.no_promisc, TAP_BUFFER_MB)
@@ -453,8 +452,6 @@ def _run_live(args: Flags, make_pipeline: Callable[[], Pipeline],
         raise
 
     ctx = multiprocessing.get_context("fork")
-    config = EngineConfig(getattr(args, "mbpc", 16), getattr(args, "mbpt", 1024),
-                          dns_link=link_ttl > 0, dns_link_max_ttl=link_ttl)
     procs = []
     conns: dict[Connection, int] = {}
     # Handlers only set flags; the loop below acts on them between two messages.

@@ -587,7 +587,7 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
     reader.on_read = periodic
     tracer = open_trace(args, pipeline)
     sink = pipeline.engine_sink if tracer is None else tracer.wrap(pipeline.engine_sink)
-    engine = Engine(sink, engine_config(args))
+    engine = Engine(sink, EngineConfig.of(args))
     engine.flow_hook = pipeline.flow_hook
     engine.session_sink = pipeline.session_sink
     if tracer is None:  # --trace reads every record as it is made
@@ -600,12 +600,6 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
     if tracer is not None:
         close_steps(out, (lambda: end_trace(tracer, engine),))
     return end_run(args, report, out)
-
-
-def engine_config(args: argparse.Namespace) -> EngineConfig:
-    """The engine's settings from the command line (one worker or ``-r --workers N``)."""
-    return EngineConfig(args.mbpc, args.mbpt, dns_link=args.dns_link_max_ttl > 0,
-                        dns_link_max_ttl=args.dns_link_max_ttl)
 
 
 def open_trace(args: argparse.Namespace, pipeline: SensorPipeline) -> Tracer | None:
@@ -665,7 +659,7 @@ def run_workers(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
 
     progress = progress_display(args, reader)
     shown = None if progress is None else _RemoteProgress(progress)
-    split = Split(args.workers, open_reader, make_pipeline, engine_config(args),
+    split = Split(args.workers, open_reader, make_pipeline, EngineConfig.of(args),
                   periodic, run_report, key_reuse_decider(args, to))
     sys.stdout.flush()  # nothing buffered here is written twice by a forked worker
     sys.stderr.flush()

@@ -658,7 +658,7 @@ class Dissector:
     # -- UDP and shared ------------------------------------------------------------------------
     def dns_answer_of(self, payload: bytes) -> tuple[tuple, list[tuple[str, str, int]] | None]:
         """What a port-53 response tells DNS links and ECH fronts, without a record, a count
-        or a cache entry (another file worker owns its flow; see file_workers.py)."""
+        or a cache entry (another worker owns its flow; see dns_learning.py)."""
         hit = self.dns_cache.get(payload[2:])
         if hit is not None:
             return ((), None) if hit[6] or not hit[0] else (hit[7], hit[8])

@@ -47,7 +47,7 @@ class EchFronts:
     def learn(self, client: bytes, fronts: Iterable[tuple[str, str, int]], now: int,
               counted: bool = True) -> None:
         """Record an answer's ``(public_name, name, ttl)`` triples, as told to ``client``;
-        ``counted`` False: another file worker owns the answer and counts its evictions."""
+        ``counted`` False: another worker owns the answer and counts its evictions."""
         table = self._table
         stats = self._stats if counted else Counter()
         for public, name, ttl in fronts:
