@@ -9,6 +9,7 @@ import random
 import struct
 import subprocess
 import sys
+from functools import partial
 
 import pytest
 from hypothesis import given, settings
@@ -218,16 +219,22 @@ def test_reader_boundary_counts_an_input_error_mid_file(tmp_path, monkeypatch, n
                   pb.pcapng_shb() + pb.pcapng_idb(1)
                   + b"".join(pb.pcapng_epb(0, i, FRAME) for i in range(5)))
     r = CaptureReader(str(f))
-    real, calls = files.unpack_from, []
+    real, real_struct, calls = files.unpack_from, files.Struct, []
 
     def flaky(fmt, data, off=0):
-        if fmt.endswith("IIII"):  # a pcap record header or a pcapng EPB
+        if fmt.endswith(("IIII", "4xII")):  # a pcap record header or a pcapng EPB
             calls.append(fmt)
         if len(calls) == 2:
             raise struct.error("unpack requires a buffer of 16 bytes")
         return real(fmt, data, off)
 
+    class FlakyStruct:  # the pcap loop's precompiled record header
+        def __init__(self, fmt: str):
+            self.unpack_from = partial(flaky, fmt)
+            real_struct(fmt)
+
     monkeypatch.setattr(files, "unpack_from", flaky)
+    monkeypatch.setattr(files, "Struct", FlakyStruct)
     pkts = list(r)
     assert len(pkts) == 1
     assert r.stats.truncated and r.stats.damaged["reader_error"] == 1

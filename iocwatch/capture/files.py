@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
-from struct import unpack_from
+from struct import Struct, unpack_from
 from typing import BinaryIO
 
 from iocwatch.boundary import classify
@@ -167,6 +167,10 @@ class CaptureReader:
         #: pcap Ethernet packet of one is passed over in the file buffer, never sliced out,
         #: exactly as Engine.run's fast path would drop it (a fresh SYN still goes through)
         self.skip: Container[bytes] | None = None
+        #: ``-r --workers``: a worker's test of a classic pcap Ethernet frame, ``(buffer,
+        #: offset, length)``, True when another worker owns it and this one has nothing to
+        #: learn from it (file_workers.Partition.foreign): passed over like a finished one
+        self.other: Callable[[bytes | mmap.mmap, int, int], bool] | None = None
         self.stream, self.raw = open_input(path)
         self.stats = ReadStats()
         self._buf: _Buffer | None = None
@@ -302,60 +306,91 @@ class CaptureReader:
         stats.linktypes[linktype] += 0
         buf.pos = 24
         hdr = endian + "IIII"
-        last_sec = None
+        # One unpack per record, from its header to the frame's bytes Engine.run's fast path
+        # tests (Ethernet type and IPv4 header length, protocol, addresses and ports, TCP
+        # flags: garbage past a shorter record, not looked at): the fraction (checked) and
+        # the length every record needs. The seconds are read for the records handed out,
+        # and for the last good record (``last``: its header's offset, -1 once ``last_sec``
+        # holds them) before the window moves and after damage.
+        whole = Struct(endian + "4xII16x3s8xB2x12s9xB").unpack_from
+        head = Struct(endian + "4xII").unpack_from
+        seconds = Struct(endian + "I").unpack_from
+        last = -1
+        last_sec: int | None = None
         limit = 1_000_000 * scale
         records = nbytes = 0
         data = buf.data
         pos = buf.pos
         end = buf.end
+        # up to ``safe`` the largest record, and so the 64 bytes ``whole`` reads, is in the
+        # window: no bounds test
+        span = 16 + MAX_RECORD
+        safe = end - span
         skip = self.skip if linktype == 1 else None
-        ipv4, ipv6 = b"\x08\x00", b"\x86\xdd"
+        other = self.other if linktype == 1 else None
+        v4 = b"\x08\x00\x45"  # IPv4 without options
+        ipv6 = b"\x86\xdd"
+        etype = key = b""
+        proto = flags = 0
         try:
             while True:
-                if pos + 16 > end:
-                    buf.pos = pos
-                    if not buf.ensure(16):
-                        if buf.end > buf.pos:
-                            stats.truncated = True
-                        break
-                    data, pos, end = buf.data, buf.pos, buf.end
-                sec, frac, caplen, _orig = unpack_from(hdr, data, pos)
+                if pos > safe:  # near the window's end: each record checked against it
+                    if last >= 0:
+                        last_sec, last = seconds(data, last)[0], -1
+                    if pos + 16 > end:
+                        buf.pos = pos
+                        if not buf.ensure(16):
+                            if buf.end > buf.pos:
+                                stats.truncated = True
+                            break
+                        data, pos, end = buf.data, buf.pos, buf.end
+                        safe = end - span
+                    frac, caplen = head(data, pos)
+                    if caplen <= MAX_RECORD and frac < limit:
+                        if pos + 16 + caplen > end:
+                            buf.pos = pos
+                            if not buf.ensure(16 + caplen):
+                                stats.truncated = True
+                                break
+                            data, pos, end = buf.data, buf.pos, buf.end
+                            safe = end - span
+                        if caplen >= 48:
+                            frac, caplen, etype, proto, key, flags = whole(data, pos)
+                else:
+                    frac, caplen, etype, proto, key, flags = whole(data, pos)
                 if caplen > MAX_RECORD or frac >= limit:
                     stats.damaged["pcap_record_header"] += 1
                     buf.pos = pos
+                    if last >= 0:
+                        last_sec, last = seconds(data, last)[0], -1
                     if not self._resync_pcap(buf, hdr, scale, last_sec):
                         stats.truncated = True
                         break
                     data, pos, end = buf.data, buf.pos, buf.end
+                    safe = end - span
                     continue
-                nxt = pos + 16 + caplen
-                if nxt > end:
-                    buf.pos = pos
-                    if not buf.ensure(16 + caplen):
-                        stats.truncated = True
-                        break
-                    data, pos = buf.data, buf.pos
-                    end = buf.end
-                    nxt = pos + 16 + caplen
+                last = pos
                 p = pos + 16
-                pos = nxt
+                pos = p + caplen
                 records += 1
                 nbytes += caplen
-                last_sec = sec
-                if caplen == 0:
+                if caplen >= 48:
+                    # Engine.run's fast path, on the file buffer: no object for such a packet
+                    if skip is not None:
+                        if etype == v4:
+                            if proto == 6 and key in skip and flags & 0x12 != 0x02:
+                                continue
+                        elif (etype[:2] == ipv6 and caplen >= 68
+                              and data[p + 20] == 6 and data[p + 22 : p + 58] in skip
+                              and data[p + 67] & 0x12 != 0x02):
+                            continue
+                elif caplen == 0:
                     stats.damaged["empty_record"] += 1
                     continue
-                # Engine.run's fast path, on the file buffer: no object for such a packet
-                if skip is not None and caplen >= 48:
-                    etype = data[p + 12 : p + 14]
-                    if etype == ipv4:
-                        if (data[p + 23] == 6 and data[p + 14] == 0x45
-                                and data[p + 26 : p + 38] in skip and data[p + 47] & 0x12 != 0x02):
-                            continue
-                    elif (etype == ipv6 and caplen >= 68 and data[p + 20] == 6
-                          and data[p + 22 : p + 58] in skip and data[p + 67] & 0x12 != 0x02):
-                        continue
-                yield sec, (frac if scale == 1 else frac // scale), linktype, data[p:nxt]
+                if other is not None and other(data, p, caplen):
+                    continue
+                yield (seconds(data, last)[0], frac if scale == 1 else frac // scale, linktype,
+                       data[p:pos])
         except Exception as exc:
             self._damage(exc)
         finally:
