@@ -5,8 +5,11 @@ Every worker reads the whole capture itself and keeps only its own flows: a symm
 the decoded 5-tuple (protocol, and the two address-port ends in sorted order, so both
 directions agree) picks the worker. A worker marks the first packet of another worker's TCP
 direction as finished in its engine's fast-path table, so the rest of that direction costs a
-slice and a set lookup, not a decode. Reading in every worker was measured against one reader
-process that hands raw packets to the workers in batches (bench/bench_workers.py, README):
+slice and a set lookup, not a decode. In a classic pcap the reader makes that choice on the
+file's bytes for a plain IPv4 frame (:meth:`Partition.foreign`): another worker's TCP packet
+(off DNS ports) and its UDP datagram that is no DNS response never become objects. Reading in
+every worker was measured against one reader process that hands raw packets to the workers in
+batches (bench/bench_workers.py, README):
 pickling and piping every packet costs the reader more than the read saves the workers on two
 cores.
 
