@@ -5,11 +5,8 @@ Every worker reads the whole capture itself and keeps only its own flows: a symm
 the decoded 5-tuple (protocol, and the two address-port ends in sorted order, so both
 directions agree) picks the worker. A worker marks the first packet of another worker's TCP
 direction as finished in its engine's fast-path table, so the rest of that direction costs a
-slice and a set lookup, not a decode. In a classic pcap the reader makes that choice on the
-file's bytes for a plain IPv4 frame (:meth:`Partition.foreign`): another worker's TCP packet
-(off DNS ports) and its UDP datagram that is no DNS response never become objects. Reading in
-every worker was measured against one reader process that hands raw packets to the workers in
-batches (bench/bench_workers.py, README):
+slice and a set lookup, not a decode. Reading in every worker was measured against one reader
+process that hands raw packets to the workers in batches (bench/bench_workers.py, README):
 pickling and piping every packet costs the reader more than the read saves the workers on two
 cores.
 
@@ -49,7 +46,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import mmap
 import multiprocessing
 import os
 import signal
@@ -59,14 +55,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from struct import unpack_from
 from typing import Any, Protocol
 
-from iocwatch.capture.files import CaptureReader
-from iocwatch.decode.packet import _TUNNEL_PORTS as TUNNEL_PORTS
 from iocwatch.dns_learning import AnswerLearner
 from iocwatch.engine import Engine, EngineConfig
-from iocwatch.flows.dissector import DNS_PORTS
 from iocwatch.outputs.checks import KeyReuseDecider
 from iocwatch.outputs.streams import LineStream, open_stream
 from iocwatch.workers import Emit
@@ -147,7 +139,7 @@ class Partition:
     packet of another worker's flow (see the module docstring)."""
 
     __slots__ = ("inner", "index", "workers", "stats", "scratch", "done", "done_room",
-                 "learner", "flows")
+                 "learner")
 
     def __init__(self, engine: Engine, index: int, workers: int):
         self.inner = engine.decoder
@@ -157,7 +149,6 @@ class Partition:
         self.scratch: Counter[str] = Counter()  # the decoder counts here; the owner keeps it
         self.inner.stats = self.scratch
         self.done = engine.done
-        self.flows = engine.flows  # this worker's TCP connections, by either direction's key
         # other workers' directions fill at most half the fast-path table, so this worker's
         # own finished directions are never evicted for them
         self.done_room = max(1, engine.config.max_done // 2)
@@ -171,44 +162,6 @@ class Partition:
     def ext6(self) -> bytes:
         """The last packet's IPv6 extension headers, as the engine reads them off its decoder."""
         return self.inner.ext6
-
-    def foreign(self, data: bytes | mmap.mmap, p: int, caplen: int) -> bool:
-        """The reader's test of an Ethernet frame at ``data[p:p + caplen]``, before any object
-        exists for it (CaptureReader.other): True when it is plain IPv4 TCP or UDP, whole and
-        not a fragment (what the decoder reads inline, with the same 5-tuple), of another
-        worker's flow, and :meth:`decode` would only drop it: TCP not on a DNS port (its
-        direction goes into the fast-path table here, as :meth:`decode` does), UDP that is no
-        DNS response. Anything else (False, always the safe answer) goes the whole way,
-        through :meth:`decode`; the cheap exits come first, since this worker's own packets
-        pass here too: a connection the engine holds, a DNS response."""
-        if caplen < 38 or data[p + 12 : p + 15] != b"\x08\x00\x45":
-            return False
-        proto = data[p + 23]
-        if proto == 6:
-            key = data[p + 26 : p + 38]
-            if key in self.flows:  # a connection of this worker's
-                return False
-        elif proto == 17:
-            key = b""
-        else:
-            return False
-        total, _ipid, frag = unpack_from("!HHH", data, p + 16)
-        if frag & 0x3FFF or total < 24 or total + 14 > caplen:
-            return False
-        sport, dport = unpack_from("!HH", data, p + 34)
-        if proto == 6:
-            if sport in DNS_PORTS or dport in DNS_PORTS:  # AnswerLearner.tcp's
-                return False
-        # UDP: another worker's datagram teaches this one something only as a DNS response
-        # (Engine.learn_udp's first test: a DNS header in the payload, with QR set)
-        elif total < 28 or dport in TUNNEL_PORTS or (total >= 40 and data[p + 44] & 0x80):
-            return False
-        src, dst, l4 = data[p + 26 : p + 30], data[p + 30 : p + 34], data[p + 34 : p + 38]
-        if flow_owner(proto, src, dst, l4, self.workers) == self.index:
-            return False
-        if proto == 6 and len(self.done) < self.done_room:
-            self.done[key] = None
-        return True
 
     def decode(self, linktype: int, data: bytes, now: int = 0) -> Any:
         dec = self.inner.decode(linktype, data, now)
@@ -280,8 +233,7 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
         engine.flow_hook = pipeline.flow_hook
         engine.session_sink = pipeline.session_sink
         engine.line_sink = pipeline.line_sink()
-        partition = Partition(engine, index, split.workers)
-        engine.decoder = partition  # type: ignore[assignment]
+        engine.decoder = Partition(engine, index, split.workers)  # type: ignore[assignment]
         tick = split.periodic(pipeline)
     except Exception as exc:  # noqa: BLE001 - reported by the writer, which then stops
         conn.send(("fatal", f"worker {index}: {type(exc).__name__}: {exc}"))
@@ -307,10 +259,6 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
     ending = "end"
     try:
         packets = pipeline.packets(reader, share=(index, split.workers))
-        if packets is reader and not numbered and isinstance(reader, CaptureReader):
-            # other workers' packets passed over in the reader (not when each packet is
-            # numbered, nor when the carver must see every one first)
-            reader.other = partition.foreign
         try:
             engine.run(_numbered(packets, counter) if numbered else packets)
         except KeyboardInterrupt:

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from iocwatch.file_workers import flow_owner, merge_reports
-from tests import pktbuild as pb
 from tests.test_exit_codes import SAMPLE, SAMPLES, one_error, run
 
 CORPUS = Path("/work/shared/corpus/pcaps")
@@ -168,79 +167,3 @@ def test_write_error_is_exit_4_and_workers_stop(tmp_path: Path) -> None:
     proc = run("-r", SAMPLE, "--workers", "2", "-f", "/dev/full")
     assert proc.returncode == 4, proc.stderr
     assert "data lost: /dev/full" in proc.stderr and "Traceback" not in proc.stderr
-
-
-def foreign_frames() -> list[bytes]:
-    """Frames around every edge of Partition.foreign: TCP on DNS ports and not, UDP queries,
-    responses and short datagrams, tunnel ports, fragments, options, cut frames, IPv6."""
-    dns_query = bytes(2) + b"\x01\x00" + bytes(8) + b"\x03abc\x00\x00\x01\x00\x01"
-    dns_answer = bytes(2) + b"\x81\x80" + bytes(8) + b"\x03abc\x00\x00\x01\x00\x01"
-    frames = []
-    for k in range(40):
-        client, server = f"10.0.{k}.1", f"10.1.{k}.2"
-        for src, dst, sport, dport in ((client, server, 40000 + k, 443),
-                                       (server, client, 443, 40000 + k)):
-            frames.append(pb.eth(pb.ipv4(pb.tcp(b"x" * 30, sport, dport), src, dst)))
-            frames.append(pb.eth(pb.ipv4(pb.tcp(b"", sport, dport, flags=0x02), src, dst)))
-            frames.append(pb.eth(pb.ipv4(pb.tcp(b"q" * 20, sport, 53), src, dst)))
-            frames.append(pb.eth(pb.ipv4(pb.tcp(b"q" * 20, 5353, dport), src, dst)))
-            frames.append(pb.eth(pb.ipv4(pb.udp(dns_query, sport, 53), src, dst, proto=17)))
-            frames.append(pb.eth(pb.ipv4(pb.udp(dns_answer, 53, dport), src, dst, proto=17)))
-            frames.append(pb.eth(pb.ipv4(pb.udp(dns_answer, 5353, 9999), src, dst, proto=17)))
-            frames.append(pb.eth(pb.ipv4(pb.udp(b"short", sport, dport), src, dst, proto=17)))
-            frames.append(pb.eth(pb.ipv4(pb.udp(dns_answer, sport, 4789), src, dst, proto=17)))
-            frames.append(pb.eth(pb.ipv4(pb.udp(dns_answer, sport, 6081), src, dst, proto=17)))
-            frames.append(pb.eth(pb.ipv4(pb.tcp(b"f" * 16, sport, dport), src, dst, frag=0x2000)))
-            frames.append(pb.eth(pb.ipv4(pb.tcp(b"f" * 16, sport, dport), src, dst, frag=3)))
-            frames.append(pb.eth(pb.ipv4(b"\x01\x02", src, dst)))  # no room for the ports
-            frames.append(pb.eth(pb.ipv4(b"\x08\x00" + bytes(10), src, dst, proto=1)))
-            frames.append(pb.eth(pb.ipv6(pb.tcp(b"y" * 30, sport, dport))))
-            whole = pb.eth(pb.ipv4(pb.tcp(b"z" * 40, sport, dport), src, dst))
-            frames.append(whole[:-10])  # cut by the snap length: total past the frame
-            frames.append(whole[:14] + b"\x46" + whole[15:])  # header length 6: options
-    return frames
-
-
-@pytest.mark.parametrize("workers", [2, 3])
-def test_foreign_is_what_decode_only_drops(workers: int) -> None:
-    """The reader's raw test of another worker's packet (CaptureReader.other) says True only
-    for packets Partition.decode would drop without learning anything, and fills the
-    fast-path table as decode does; everything else it leaves to decode."""
-    from iocwatch.dns_learning import AnswerLearner
-    from iocwatch.engine import Engine
-    from iocwatch.file_workers import Partition
-
-    frames = foreign_frames()
-    dropped = 0
-    learnt: list[tuple[str, bytes]] = []
-
-    class Spy:  # what the reference decode learns from another worker's packet
-        def __init__(self, real: AnswerLearner):
-            self.real = real
-
-        def udp(self, _sec: int, _dst: bytes, l4: bytes) -> None:
-            learnt.append(("udp", l4))
-
-        def tcp(self, sec: int, dec: tuple) -> bool:
-            fed = self.real.tcp(sec, dec)
-            if fed:
-                learnt.append(("tcp", dec[4]))
-            return fed
-
-    for index in range(workers):
-        raw = Partition(Engine(lambda *_: None), index, workers)
-        ref = Partition(Engine(lambda *_: None), index, workers)
-        ref.learner = Spy(ref.learner)  # type: ignore[assignment]
-        for frame in frames:
-            padded = b"pad" + frame + b"tail"  # offsets into a bigger buffer, as in the reader
-            learnt.clear()
-            dec = ref.decode(1, frame)
-            if raw.foreign(padded, 3, len(frame)):
-                dropped += 1
-                assert dec is None, frame.hex()
-                assert all(kind == "udp" and (len(l4) < 20 or not l4[10] & 0x80)
-                           for kind, l4 in learnt), frame.hex()
-            elif dec is None and not learnt:  # decode's own fast-path entry: the same one
-                raw.done.update(ref.done)
-            assert list(raw.done) == list(ref.done), frame.hex()
-    assert dropped > len(frames) // 6  # the test covers the skip, not only the refusals

@@ -167,10 +167,6 @@ class CaptureReader:
         #: pcap Ethernet packet of one is passed over in the file buffer, never sliced out,
         #: exactly as Engine.run's fast path would drop it (a fresh SYN still goes through)
         self.skip: Container[bytes] | None = None
-        #: ``-r --workers``: a worker's test of a classic pcap Ethernet frame, ``(buffer,
-        #: offset, length)``, True when another worker owns it and this one has nothing to
-        #: learn from it (file_workers.Partition.foreign): passed over like a finished one
-        self.other: Callable[[bytes | mmap.mmap, int, int], bool] | None = None
         self.stream, self.raw = open_input(path)
         self.stats = ReadStats()
         self._buf: _Buffer | None = None
@@ -327,7 +323,6 @@ class CaptureReader:
         span = 16 + MAX_RECORD
         safe = end - span
         skip = self.skip if linktype == 1 else None
-        other = self.other if linktype == 1 else None
         v4 = b"\x08\x00\x45"  # IPv4 without options
         ipv6 = b"\x86\xdd"
         etype = key = b""
@@ -386,8 +381,6 @@ class CaptureReader:
                             continue
                 elif caplen == 0:
                     stats.damaged["empty_record"] += 1
-                    continue
-                if other is not None and other(data, p, caplen):
                     continue
                 yield (seconds(data, last)[0], frac if scale == 1 else frac // scale, linktype,
                        data[p:pos])
