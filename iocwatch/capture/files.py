@@ -20,9 +20,10 @@ from collections import Counter
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from struct import unpack_from
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from iocwatch.boundary import classify
+from iocwatch.decode.fastpath import IPV4, IPV6, RAW_ETYPE, TAGS, layout, quiet_datagram
 
 Packet = tuple[int, int, int, bytes]
 
@@ -163,10 +164,15 @@ class CaptureReader:
     def __init__(self, path: str, on_read: Callable[[], None] | None = None):
         self.path = path
         self.on_read = on_read
-        #: finished TCP directions (the engine's ``done`` table, set by Engine.run): a classic
-        #: pcap Ethernet packet of one is passed over in the file buffer, never sliced out,
-        #: exactly as Engine.run's fast path would drop it (a fresh SYN still goes through)
+        #: finished TCP directions and quiet UDP directions (the engine's ``done`` and
+        #: ``udp_done`` tables, set by Engine.run): a classic pcap packet of one is passed over
+        #: in the file buffer, never sliced out, exactly as Engine.run's fast path would drop
+        #: it (decode/fastpath.py: a fresh SYN, DNS or a QUIC long header still go through)
         self.skip: Container[bytes] | None = None
+        self.skip_udp: Container[bytes] = ()
+        #: the engine, whose ``next_sweep`` a packet must reach the slow path at (Engine.run
+        #: sets it): a sweep then runs at the same packet with or without the fast path
+        self.clock: Any = None
         self.stream, self.raw = open_input(path)
         self.stats = ReadStats()
         self._buf: _Buffer | None = None
@@ -308,8 +314,13 @@ class CaptureReader:
         data = buf.data
         pos = buf.pos
         end = buf.end
-        skip = self.skip if linktype == 1 else None
-        ipv4, ipv6 = b"\x08\x00", b"\x86\xdd"
+        lay = layout(linktype)
+        skip = self.skip if lay is not None else None
+        e, l3 = lay or (0, 0)
+        skip_udp = self.skip_udp
+        clock = self.clock
+        sweep_at = clock.next_sweep if clock is not None else 1 << 62
+        ipv4, ipv6, tags, raw_etype = IPV4, IPV6, TAGS, RAW_ETYPE
         try:
             while True:
                 if pos + 16 > end:
@@ -346,16 +357,43 @@ class CaptureReader:
                     stats.damaged["empty_record"] += 1
                     continue
                 # Engine.run's fast path, on the file buffer: no object for such a packet
-                if skip is not None and caplen >= 48:
-                    etype = data[p + 12 : p + 14]
-                    if etype == ipv4:
-                        if (data[p + 23] == 6 and data[p + 14] == 0x45
-                                and data[p + 26 : p + 38] in skip and data[p + 47] & 0x12 != 0x02):
-                            continue
-                    elif (etype == ipv6 and caplen >= 68 and data[p + 20] == 6
-                          and data[p + 22 : p + 58] in skip and data[p + 67] & 0x12 != 0x02):
-                        continue
+                # (the same test as there; see decode/fastpath.py)
+                if skip is not None and sec < sweep_at:
+                    b = p + l3
+                    if e >= 0:
+                        etype = data[p + e : p + e + 2]
+                        if etype != ipv4 and etype in tags:
+                            etype = data[b + 2 : b + 4]
+                            b += 4
+                            if etype in tags:
+                                etype = data[b + 2 : b + 4]
+                                b += 4
+                    else:
+                        etype = raw_etype[data[b] >> 4]
+                    if nxt - b >= 34:
+                        if etype == ipv4:
+                            proto = data[b + 9]
+                            if proto == 6:
+                                if (data[b] == 0x45 and data[b + 12 : b + 24] in skip
+                                        and data[b + 33] & 0x12 != 0x02):
+                                    continue
+                            elif (proto == 17 and data[b] == 0x45
+                                  and data[b + 12 : b + 24] in skip_udp
+                                  and not data[b + 6] & 0x3F and not data[b + 7]
+                                  and quiet_datagram(data, b + 20, nxt)):
+                                continue
+                        elif etype == ipv6 and nxt - b >= 54:
+                            proto = data[b + 6]
+                            if proto == 6:
+                                if (data[b + 8 : b + 44] in skip
+                                        and data[b + 53] & 0x12 != 0x02):
+                                    continue
+                            elif (proto == 17 and data[b + 8 : b + 44] in skip_udp
+                                  and quiet_datagram(data, b + 40, nxt)):
+                                continue
                 yield sec, (frac if scale == 1 else frac // scale), linktype, data[p:nxt]
+                if clock is not None:  # the engine may have swept: its next sweep is later
+                    sweep_at = clock.next_sweep
         except Exception as exc:
             self._damage(exc)
         finally:
@@ -605,6 +643,10 @@ class CaptureSet:
         self.stats = ReadStats()
         self._current: CaptureReader | None = None
         self._done_bytes = 0  # bytes of the files already read (for progress)
+        #: the engine's fast-path tables, handed to each file's reader (see CaptureReader)
+        self.skip: Container[bytes] | None = None
+        self.skip_udp: Container[bytes] = ()
+        self.clock: Any = None
 
     def size(self) -> int | None:
         """Total bytes of the files (None when one is not a regular file)."""
@@ -641,6 +683,7 @@ class CaptureSet:
                 self._add(entry)
                 continue
             entry.stats = reader.stats
+            reader.skip, reader.skip_udp, reader.clock = self.skip, self.skip_udp, self.clock
             self._current = reader
             try:
                 yield from reader
