@@ -18,7 +18,8 @@ from typing import Any
 
 import orjson
 
-from iocwatch.capture.files import CaptureReader
+from iocwatch.capture.files import CaptureReader, CaptureSet
+from iocwatch.decode.fastpath import IPV4, IPV6, RAW_ETYPE, TAGS, layout, quiet_datagram
 from iocwatch.decode.packet import Decoder
 from iocwatch.flows.dissector import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
 from iocwatch.flows.dnslink import (
@@ -185,6 +186,9 @@ class Engine:
         #: finished directions, oldest first (a dict for its order; the values are unused)
         self.done: dict[bytes, None] = {}
         self.udp_seen: dict[bytes, None] = {}
+        #: UDP directions whose datagrams need no look unless they may be DNS or a QUIC Initial
+        #: (decode/fastpath.py); emptied whenever a datagram of theirs could matter again
+        self.udp_done: dict[bytes, None] = {}
         #: QUIC connections from client Initial to ServerHello, and the flows finished with
         self.quic = QuicTracker(self.dissector, self.stats, emit=self._emit, context=self._context,
                                 start_session=self._quic_session, end_session=self._session_out,
@@ -207,6 +211,8 @@ class Engine:
         if cfg.dns_link:
             self.links = DnsLinks(self.stats, max_entries=cfg.max_dns_links,
                                   max_bytes=cfg.max_dns_link_bytes, max_ttl=cfg.dns_link_max_ttl)
+            # a new DNS client, or a forgotten first datagram: a later datagram may link
+            self.links.on_forget = self.udp_done.clear
         #: per client, the ECH public names its DNS answers carried (flows/ech.py)
         self.ech_fronts = EchFronts(self.stats, cfg.max_ech_fronts)
         for table in EVICTION_COUNTERS:  # shown in --stats from the start, 0 included
@@ -221,32 +227,61 @@ class Engine:
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, packets: Iterable[tuple[int, int, int, bytes]]) -> None:
-        done = self.done
+        done, udp_done = self.done, self.udp_done
         slow = self.packet
-        if isinstance(packets, CaptureReader):
+        if isinstance(packets, (CaptureReader, CaptureSet)):
             packets.skip = done  # the same test, made before any per-packet object exists
-            if packets.stats.format == "pcap":  # made there for every packet: not again here
-                for sec, usec, linktype, data in packets:
+            packets.skip_udp = udp_done
+            packets.clock = self
+            if isinstance(packets, CaptureReader) and packets.stats.format == "pcap":
+                for sec, usec, linktype, data in packets:  # tested there: not again here
                     slow(sec, usec, linktype, data)
                 return
-        ipv4 = b"\x08\x00"
-        ipv6 = b"\x86\xdd"
+        ipv4, ipv6, tags, raw_etype = IPV4, IPV6, TAGS, RAW_ETYPE
+        lay_of = layout
+        last_lt, lay = -1, None
+        sweep_at = self.next_sweep  # a packet at or past it goes on: the sweep runs there
         for sec, usec, linktype, data in packets:
-            try:
-                if linktype == 1:
-                    etype = data[12:14]
-                    # a finished direction's packets go no further, except a fresh SYN
-                    # (flags SYN without ACK), which may open a new connection on the 5-tuple
+            # a finished TCP direction's packets go no further, except a fresh SYN (flags SYN
+            # without ACK), which may open a new connection on the 5-tuple; nor does a quiet UDP
+            # direction's datagram (decode/fastpath.py, the reader's same test)
+            if linktype != last_lt:
+                last_lt, lay = linktype, lay_of(linktype)
+            if lay is not None and sec < sweep_at:
+                e, b = lay
+                end = len(data)
+                if e >= 0:
+                    etype = data[e : e + 2]
+                    if etype != ipv4 and etype in tags:
+                        etype = data[b + 2 : b + 4]
+                        b += 4
+                        if etype in tags:
+                            etype = data[b + 2 : b + 4]
+                            b += 4
+                else:
+                    etype = raw_etype[data[b] >> 4] if end else b""
+                if end - b >= 34:
                     if etype == ipv4:
-                        if (data[23] == 6 and data[14] == 0x45 and data[26:38] in done
-                                and data[47] & 0x12 != 0x02):
+                        proto = data[b + 9]
+                        if proto == 6:
+                            if (data[b] == 0x45 and data[b + 12 : b + 24] in done
+                                    and data[b + 33] & 0x12 != 0x02):
+                                continue
+                        elif (proto == 17 and data[b] == 0x45
+                              and data[b + 12 : b + 24] in udp_done
+                              and not data[b + 6] & 0x3F and not data[b + 7]
+                              and quiet_datagram(data, b + 20, end)):
                             continue
-                    elif (etype == ipv6 and data[20] == 6 and data[22:58] in done
-                          and data[67] & 0x12 != 0x02):
-                        continue
-            except IndexError:
-                pass
+                    elif etype == ipv6 and end - b >= 54:
+                        proto = data[b + 6]
+                        if proto == 6:
+                            if data[b + 8 : b + 44] in done and data[b + 53] & 0x12 != 0x02:
+                                continue
+                        elif (proto == 17 and data[b + 8 : b + 44] in udp_done
+                              and quiet_datagram(data, b + 40, end)):
+                            continue
             slow(sec, usec, linktype, data)
+            sweep_at = self.next_sweep
 
     def packet(self, sec: int, usec: int, linktype: int, data: bytes) -> None:
         self.stats["packets_slow_path"] += 1
@@ -530,6 +565,7 @@ class Engine:
                 if len(seen) >= self.max_udp_seen - 1:
                     self._table_work += evict_oldest(seen, self.max_udp_seen, self.stats,
                                                         "evicted_udp_seen")
+                    self.udp_done.clear()  # a forgotten flow's next datagram is a first again
                 # both directions: a query and its answer are one flow, as a TCP connection is
                 seen[fkey] = None
                 seen[dst + src + l4[2:4] + l4[:2]] = None
@@ -546,6 +582,12 @@ class Engine:
             return
         port = self.dns_port(sport, dport, payload)
         if port is None:
+            # neither DNS nor a QUIC Initial, and its first datagram read: the rest of the
+            # direction takes the fast path (decode/fastpath.py), bar DNS and long headers
+            done = self.udp_done
+            if len(done) >= self.max_done:
+                done.clear()  # wholesale: O(1) amortised, cheap to relearn
+            done[src + dst + l4[:4]] = None
             return
         ev = self.dissector.dns(payload, port)
         if ev is not None and (self.line_sink is None or not self._dns_line(

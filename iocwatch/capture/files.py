@@ -20,9 +20,10 @@ from collections import Counter
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
 from struct import Struct, unpack_from
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from iocwatch.boundary import classify
+from iocwatch.decode.fastpath import IPV4, IPV6, RAW_ETYPE, TAGS, layout, quiet_datagram
 
 Packet = tuple[int, int, int, bytes]
 
@@ -163,10 +164,15 @@ class CaptureReader:
     def __init__(self, path: str, on_read: Callable[[], None] | None = None):
         self.path = path
         self.on_read = on_read
-        #: finished TCP directions (the engine's ``done`` table, set by Engine.run): a classic
-        #: pcap Ethernet packet of one is passed over in the file buffer, never sliced out,
-        #: exactly as Engine.run's fast path would drop it (a fresh SYN still goes through)
+        #: finished TCP directions and quiet UDP directions (the engine's ``done`` and
+        #: ``udp_done`` tables, set by Engine.run): a classic pcap packet of one is passed over
+        #: in the file buffer, never sliced out, exactly as Engine.run's fast path would drop
+        #: it (decode/fastpath.py: a fresh SYN, DNS or a QUIC long header still go through)
         self.skip: Container[bytes] | None = None
+        self.skip_udp: Container[bytes] = ()
+        #: the engine, whose ``next_sweep`` a packet must reach the slow path at (Engine.run
+        #: sets it): a sweep then runs at the same packet with or without the fast path
+        self.clock: Any = None
         self.stream, self.raw = open_input(path)
         self.stats = ReadStats()
         self._buf: _Buffer | None = None
@@ -308,8 +314,8 @@ class CaptureReader:
         # the length every record needs. The seconds are read for the records handed out,
         # and for the last good record (``last``: its header's offset, -1 once ``last_sec``
         # holds them) before the window moves and after damage.
-        whole = Struct(endian + "4xII16x3s8xB2x12s9xB").unpack_from
-        head = Struct(endian + "4xII").unpack_from
+        whole = Struct(endian + "III16x3s8xB2x12s9xB").unpack_from
+        head = Struct(endian + "III").unpack_from
         seconds = Struct(endian + "I").unpack_from
         last = -1
         last_sec: int | None = None
@@ -322,11 +328,19 @@ class CaptureReader:
         # window: no bounds test
         span = 16 + MAX_RECORD
         safe = end - span
-        skip = self.skip if linktype == 1 else None
+        # the fast path (decode/fastpath.py): plain Ethernet IPv4 from ``whole``'s fields, the
+        # rest (IPv6, VLAN tags, other link layers, UDP) from the frame
+        lay = layout(linktype)
+        skip = self.skip if lay is not None else None
+        e, l3 = lay or (0, 0)
+        eth = linktype == 1
+        skip_udp = self.skip_udp
+        clock = self.clock
+        sweep_at = clock.next_sweep if clock is not None else 1 << 62
         v4 = b"\x08\x00\x45"  # IPv4 without options
-        ipv6 = b"\x86\xdd"
+        ipv4, ipv6, tags, raw_etype = IPV4, IPV6, TAGS, RAW_ETYPE
         etype = key = b""
-        proto = flags = 0
+        sec = proto = flags = 0
         try:
             while True:
                 if pos > safe:  # near the window's end: each record checked against it
@@ -340,7 +354,7 @@ class CaptureReader:
                             break
                         data, pos, end = buf.data, buf.pos, buf.end
                         safe = end - span
-                    frac, caplen = head(data, pos)
+                    sec, frac, caplen = head(data, pos)
                     if caplen <= MAX_RECORD and frac < limit:
                         if pos + 16 + caplen > end:
                             buf.pos = pos
@@ -350,9 +364,9 @@ class CaptureReader:
                             data, pos, end = buf.data, buf.pos, buf.end
                             safe = end - span
                         if caplen >= 48:
-                            frac, caplen, etype, proto, key, flags = whole(data, pos)
+                            sec, frac, caplen, etype, proto, key, flags = whole(data, pos)
                 else:
-                    frac, caplen, etype, proto, key, flags = whole(data, pos)
+                    sec, frac, caplen, etype, proto, key, flags = whole(data, pos)
                 if caplen > MAX_RECORD or frac >= limit:
                     stats.damaged["pcap_record_header"] += 1
                     buf.pos = pos
@@ -369,21 +383,56 @@ class CaptureReader:
                 pos = p + caplen
                 records += 1
                 nbytes += caplen
-                if caplen >= 48:
-                    # Engine.run's fast path, on the file buffer: no object for such a packet
-                    if skip is not None:
-                        if etype == v4:
-                            if proto == 6 and key in skip and flags & 0x12 != 0x02:
-                                continue
-                        elif (etype[:2] == ipv6 and caplen >= 68
-                              and data[p + 20] == 6 and data[p + 22 : p + 58] in skip
-                              and data[p + 67] & 0x12 != 0x02):
-                            continue
-                elif caplen == 0:
+                if caplen == 0:
                     stats.damaged["empty_record"] += 1
                     continue
-                yield (seconds(data, last)[0], frac if scale == 1 else frac // scale, linktype,
-                       data[p:pos])
+                # Engine.run's fast path, on the file buffer: no object for such a packet; not
+                # at the engine's next sweep, which runs at the same packet either way
+                if skip is not None and sec < sweep_at:
+                    if eth and caplen >= 48 and etype == v4:  # ``whole`` read its fields
+                        if proto == 6:
+                            if key in skip and flags & 0x12 != 0x02:
+                                continue
+                        elif (proto == 17 and key in skip_udp
+                              and not data[p + 20] & 0x3F and not data[p + 21]
+                              and quiet_datagram(data, p + 34, pos)):
+                            continue
+                    else:  # the same test on any other frame (see decode/fastpath.py)
+                        b = p + l3
+                        if e >= 0:
+                            etype = data[p + e : p + e + 2]
+                            if etype != ipv4 and etype in tags:
+                                etype = data[b + 2 : b + 4]
+                                b += 4
+                                if etype in tags:
+                                    etype = data[b + 2 : b + 4]
+                                    b += 4
+                        else:
+                            etype = raw_etype[data[b] >> 4]
+                        if pos - b >= 34:
+                            if etype == ipv4:
+                                proto = data[b + 9]
+                                if proto == 6:
+                                    if (data[b] == 0x45 and data[b + 12 : b + 24] in skip
+                                            and data[b + 33] & 0x12 != 0x02):
+                                        continue
+                                elif (proto == 17 and data[b] == 0x45
+                                      and data[b + 12 : b + 24] in skip_udp
+                                      and not data[b + 6] & 0x3F and not data[b + 7]
+                                      and quiet_datagram(data, b + 20, pos)):
+                                    continue
+                            elif etype == ipv6 and pos - b >= 54:
+                                proto = data[b + 6]
+                                if proto == 6:
+                                    if (data[b + 8 : b + 44] in skip
+                                            and data[b + 53] & 0x12 != 0x02):
+                                        continue
+                                elif (proto == 17 and data[b + 8 : b + 44] in skip_udp
+                                      and quiet_datagram(data, b + 40, pos)):
+                                    continue
+                yield sec, frac if scale == 1 else frac // scale, linktype, data[p:pos]
+                if clock is not None:  # the engine may have swept: its next sweep is later
+                    sweep_at = clock.next_sweep
         except Exception as exc:
             self._damage(exc)
         finally:
@@ -633,6 +682,10 @@ class CaptureSet:
         self.stats = ReadStats()
         self._current: CaptureReader | None = None
         self._done_bytes = 0  # bytes of the files already read (for progress)
+        #: the engine's fast-path tables, handed to each file's reader (see CaptureReader)
+        self.skip: Container[bytes] | None = None
+        self.skip_udp: Container[bytes] = ()
+        self.clock: Any = None
 
     def size(self) -> int | None:
         """Total bytes of the files (None when one is not a regular file)."""
@@ -669,6 +722,7 @@ class CaptureSet:
                 self._add(entry)
                 continue
             entry.stats = reader.stats
+            reader.skip, reader.skip_udp, reader.clock = self.skip, self.skip_udp, self.clock
             self._current = reader
             try:
                 yield from reader

@@ -190,7 +190,7 @@ class Decoder:
                 break
             if len(data) < off + 4:
                 return self._bad("vlan_truncated")
-            self.stats["encap_vlan"] += 1
+            self.stats["encap_vlan"] += 1  # (tags of decoded packets: the fast path decodes none)
             etype = unpack_from("!H", data, off + 2)[0]
             off += 4
         if etype == ETH_IPV4:

@@ -15,6 +15,7 @@ least recently used entries when full and counts them as ``evicted_<table>`` in 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from itertools import islice
 from typing import Any
 
@@ -162,6 +163,9 @@ class DnsLinks:
         self.clients: dict[bytes, None] = {}
         #: UDP flow directions of those clients already looked up (the first datagram decides)
         self.udp_seen: dict[bytes, None] = {}
+        #: called when a UDP datagram already passed over may link again (a new client, a
+        #: forgotten flow): the engine empties its UDP fast-path table
+        self.on_forget: Callable[[], None] = _nothing
         #: QUIC flows (5-tuple key) whose link waits for the ClientHello: (link, flow context),
         #: oldest first; the engine gives the link a record of its own when no ClientHello
         #: came (Engine._release_quic), and when the table is full
@@ -181,8 +185,10 @@ class DnsLinks:
         clients = self.clients
         if client in clients:
             del clients[client]
-        elif len(clients) >= self.max_clients:
-            evict_oldest(clients, self.max_clients, stats, "evicted_dns_link_clients")
+        else:
+            if len(clients) >= self.max_clients:
+                evict_oldest(clients, self.max_clients, stats, "evicted_dns_link_clients")
+            self.on_forget()  # its UDP flows' next datagrams are firsts now
         clients[client] = None
         table = self.table
         lo, hi = self.min_ttl, self.max_ttl
@@ -264,8 +270,13 @@ class DnsLinks:
             return False
         if len(seen) >= self.max_udp:
             evict_oldest(seen, self.max_udp, self.stats, "evicted_dns_link_udp")
+            self.on_forget()
         seen[key] = None
         return True
 
     def unlinked_by_destination(self) -> dict[bytes, int]:
         return dict(self.unlinked)
+
+
+def _nothing() -> None:
+    pass

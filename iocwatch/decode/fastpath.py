@@ -1,0 +1,54 @@
+"""The fast path's test, made on a frame still in the capture buffer.
+
+Most packets of a long capture are bulk data the sensor has no more use for: a finished TCP
+direction's segments, and the datagrams of a UDP flow (QUIC after its handshake, media, VPNs)
+whose first datagram was read. Both packet loops (the pcap reader's, over its file buffer,
+and ``Engine.run``'s) pass over them before any per-packet object exists, by the same inline
+test: the frame's IP header found by a fixed offset per link type (:func:`layout`; up to two
+VLAN tags), the 5-tuple bytes looked up in the engine's ``done`` (TCP) or ``udp_done`` table,
+and for a datagram :func:`quiet_datagram`.
+
+The test only ever says "nothing to do" where the slow path would do nothing either
+(``tests/test_fast_skip.py`` compares the two on every link layer here): a fresh SYN, a UDP
+datagram that may be DNS (by its header) or a QUIC long header, a fragment, a tunnel's outer
+datagram, IP options or IPv6 extension headers, or anything too short goes on to the slow path.
+The engine fills ``udp_done`` (``Engine._udp``) and empties it whenever a datagram it holds
+could matter again.
+"""
+
+from __future__ import annotations
+
+from iocwatch.decode.packet import _TUNNEL_PORTS, LT_ETHERNET, LT_SLL, LT_SLL2, RAW_LINKTYPES
+
+IPV4, IPV6 = b"\x08\x00", b"\x86\xdd"
+#: 802.1Q, 802.1ad and the older QinQ ethertypes: a tag of 4 bytes before the real ethertype
+TAGS = frozenset({b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x92\x00"})
+#: raw IP: the ethertype the version nibble stands for
+RAW_ETYPE = tuple(IPV4 if v == 4 else IPV6 if v == 6 else b"" for v in range(16))
+
+_LAYOUTS = {LT_ETHERNET: (12, 14), LT_SLL: (14, 16), LT_SLL2: (0, 20),
+            **{lt: (-1, 0) for lt in RAW_LINKTYPES}}
+
+
+def layout(linktype: int) -> tuple[int, int] | None:
+    """(where the ethertype is, -1 for raw IP; where the IP header is) of a link type's
+    frames, or None for link types the fast path leaves to the decoder."""
+    return _LAYOUTS.get(linktype)
+
+
+def quiet_datagram(data: bytes, t: int, end: int) -> bool:
+    """A UDP datagram (its header at ``t``, the frame ending at ``end``) of a direction whose
+    first datagram was read: True unless the slow path could read it as DNS, a QUIC Initial or
+    a tunnel's outer datagram. Never raises."""
+    size = (data[t + 4] << 8 | data[t + 5]) if t + 8 <= end else 0
+    if size < 16 or t + size > end:
+        return False
+    if ((data[t] << 8 | data[t + 1]) in _TUNNEL_PORTS
+            or (data[t + 2] << 8 | data[t + 3]) in _TUNNEL_PORTS):
+        return False
+    q = t + 8
+    if data[q] & 0xC0 == 0xC0:  # a QUIC long header: maybe an Initial
+        return False
+    # not DNS by the header test the slow path applies on any port (dns.looks_like_dns)
+    return bool(data[q + 2] & 0x10 or data[q + 3] & 0x48 or data[q + 4] or data[q + 6]
+                or data[q + 7] & 0x80)

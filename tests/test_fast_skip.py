@@ -1,0 +1,261 @@
+"""The fast path changes nothing but the cost, on every link type it knows.
+
+Packets the sensor has no more use for (a finished TCP direction's; a UDP flow's once its
+first datagram was read, unless a datagram looks like DNS or a QUIC long header) are passed
+over before any object exists, in the capture reader's buffer and in ``Engine.run``. Records
+and counters must be those of the slow path, which reads every packet (``Engine.packet``),
+for Ethernet, 802.1Q and 802.1ad tags, Linux cooked captures (SLL, SLL2) and raw IP, over
+IPv4 and IPv6.
+"""
+
+from __future__ import annotations
+
+import random
+import struct
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+
+from iocwatch.capture.files import CaptureReader, CaptureSet
+from iocwatch.engine import Engine
+from tests import pktbuild as pb
+from tests.tlsmem import client_hello
+
+CLIENT4, SERVER4, RESOLVER4 = "192.0.2.10", "198.51.100.20", "192.0.2.53"
+CLIENT6, SERVER6, RESOLVER6 = "2001:db8::10", "2001:db8:1::20", "2001:db8::53"
+
+
+def dns_message(qid: int, name: str, answer: bytes | None) -> bytes:
+    """A query for ``name``, or its response with ``answer`` (A or AAAA) when given."""
+    qtype = b"\x00\x1c" if answer is not None and len(answer) == 16 else b"\x00\x01"
+    q = b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + qtype + b"\x00\x01"
+    if answer is None:
+        return struct.pack("!HHHHHH", qid, 0x0100, 1, 0, 0, 0) + q
+    rr = b"\xc0\x0c" + qtype + b"\x00\x01\x00\x00\x01\x2c" + struct.pack("!H", len(answer)) + answer
+    return struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + q + rr
+
+
+def ip_packets(v6: bool) -> list[bytes]:
+    """A lookup, a TLS connection to the answer with bulk data both ways, a QUIC-like UDP flow
+    of short-header datagrams with a DNS message and a long header in the middle of it, and
+    a second connection on the recycled 5-tuple."""
+    rng = random.Random(7)
+    client, server, resolver = (CLIENT6, SERVER6, RESOLVER6) if v6 else (CLIENT4, SERVER4,
+                                                                          RESOLVER4)
+    ip = pb.ipv6 if v6 else pb.ipv4
+    ipn = (lambda a: pb.ip6(a)) if v6 else (lambda a: pb.ip4(a))
+
+    def l3(seg: bytes, src: str, dst: str, proto: int) -> bytes:
+        return pb.ipv6(seg, src, dst, nxt=proto) if v6 else pb.ipv4(seg, src, dst, proto=proto)
+
+    del ip
+    out: list[bytes] = []
+
+    def early(i: int) -> bytes:  # a UDP flow the client began before any DNS answer
+        body = bytes([0x40 | rng.getrandbits(6)]) + rng.randbytes(100)
+        return l3(pb.udp(body, 52000, 4500) if i % 2 else pb.udp(body, 4500, 52000),
+                  *((client, server) if i % 2 else (server, client)), 17)
+
+    out += [early(i) for i in range(6)]
+    # DNS: the client learns the server's address; from now on its new flows to it link, and
+    # so does the early flow's next datagram (the first one seen from a DNS client)
+    out.append(l3(pb.udp(dns_message(1, "c2.fast.test", None), 40000, 53), client, resolver, 17))
+    out.append(l3(pb.udp(dns_message(1, "c2.fast.test", ipn(server)), 53, 40000),
+                  resolver, client, 17))
+    out += [early(i) for i in range(6)]
+    # TLS: handshake, then bulk both ways, then FIN
+    hello = client_hello("c2.fast.test")
+    seq_c, seq_s = 1000, 5000
+    out.append(l3(pb.tcp(b"", 50000, 443, seq_c, 0, 0x02), client, server, 6))
+    out.append(l3(pb.tcp(b"", 443, 50000, seq_s, seq_c + 1, 0x12), server, client, 6))
+    seq_c += 1
+    seq_s += 1
+    for off in range(0, len(hello), 500):
+        part = hello[off:off + 500]
+        out.append(l3(pb.tcp(part, 50000, 443, seq_c, seq_s, 0x18), client, server, 6))
+        seq_c += len(part)
+    for i in range(60):
+        data = b"\x17\x03\x03" + rng.randbytes(900)
+        if i % 3:
+            out.append(l3(pb.tcp(data, 443, 50000, seq_s, seq_c, 0x18), server, client, 6))
+            seq_s += len(data)
+        else:
+            out.append(l3(pb.tcp(data, 50000, 443, seq_c, seq_s, 0x18), client, server, 6))
+            seq_c += len(data)
+    out.append(l3(pb.tcp(b"", 50000, 443, seq_c, seq_s, 0x11), client, server, 6))
+    out.append(l3(pb.tcp(b"", 443, 50000, seq_s, seq_c + 1, 0x11), server, client, 6))
+    # UDP bulk: short headers (first bit clear) on 443, both ways
+    for i in range(80):
+        body = bytes([0x40 | rng.getrandbits(6)]) + rng.randbytes(300 if i % 4 else 30)
+        if i == 40:  # DNS on a port that is not DNS's, inside the flow: still read as DNS
+            body = dns_message(9, "odd-port.fast.test", None)
+        if i == 50:  # a long header (QUIC version 1): still handed to the QUIC tracker
+            body = b"\xc3\x00\x00\x00\x01\x08" + rng.randbytes(200)
+        if i == 60:  # a datagram too short for any test
+            body = b"\x40"
+        src, dst, sp, dp = ((server, client, 443, 51000) if i % 4 else
+                            (client, server, 51000, 443))
+        out.append(l3(pb.udp(body, sp, dp), src, dst, 17))
+    # the recycled 5-tuple: a fresh SYN gets through and opens a new connection
+    out.append(l3(pb.tcp(b"", 50000, 443, 90000, 0, 0x02), client, server, 6))
+    hello2 = client_hello("again.fast.test")
+    out.append(l3(pb.tcp(hello2, 50000, 443, 90001, 0, 0x18), client, server, 6))
+    return out
+
+
+def framed(kind: str, packet: bytes) -> tuple[int, bytes]:
+    """(linktype, frame) of an IP packet under the link layer ``kind``."""
+    etype = b"\x86\xdd" if packet[0] >> 4 == 6 else b"\x08\x00"
+    mac = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02"
+    if kind == "ethernet":
+        return 1, mac + etype + packet
+    if kind == "vlan":
+        return 1, mac + b"\x81\x00\x00\x64" + etype + packet
+    if kind == "qinq":
+        return 1, mac + b"\x88\xa8\x00\x0a\x81\x00\x00\x64" + etype + packet
+    if kind == "sll":
+        return 113, b"\x00\x00\x00\x01\x00\x06" + mac[6:] + b"\x00\x00" + etype + packet
+    if kind == "sll2":
+        return 276, etype + b"\x00\x00\x00\x00\x00\x02\x00\x01\x00\x06" + mac[6:] + b"\x00\x00" + packet
+    if kind == "raw":
+        return 101, packet
+    raise ValueError(kind)
+
+
+KINDS = ["ethernet", "vlan", "qinq", "sll", "sll2", "raw"]
+
+
+def capture(kind: str, v6: bool) -> tuple[int, list[bytes]]:
+    frames = [framed(kind, p) for p in ip_packets(v6)]
+    return frames[0][0], [f for _, f in frames]
+
+
+class Counted(CaptureReader):
+    handed = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, bytes]]:
+        for packet in super().__iter__():
+            self.handed += 1
+            yield packet
+
+
+class CountedSet(CaptureSet):
+    handed = 0
+
+    def __iter__(self) -> Iterator[tuple[int, int, int, bytes]]:
+        for packet in super().__iter__():
+            self.handed += 1
+            yield packet
+
+
+def slow(linktype: int, frames: list[bytes]) -> tuple[list[bytes], dict[str, int]]:
+    """Every packet through Engine.packet: the reference."""
+    records: list[bytes] = []
+    engine = Engine(lambda rec, _obs, _ev: records.append(orjson.dumps(rec)))
+    for i, f in enumerate(frames):
+        engine.packet(1_700_000_000 + i, i, linktype, f)
+    engine.finish()
+    return records, dict(engine.stats)
+
+
+def fast(linktype: int, frames: list[bytes], where: str,
+         tmp: Path) -> tuple[list[bytes], dict[str, int]]:
+    """Engine.run over a capture file (the reader's skip), a rotated pair of them (a
+    CaptureSet hands the tables to each file's reader) or plain tuples (the loop's)."""
+    records: list[bytes] = []
+    engine = Engine(lambda rec, _obs, _ev: records.append(orjson.dumps(rec)))
+    if where == "loop":
+        engine.run((1_700_000_000 + i, i, linktype, f) for i, f in enumerate(frames))
+    else:
+        timed = [(1_700_000_000 + i + i / 1e6, f) for i, f in enumerate(frames)]
+        half = len(timed) // 2 if where == "set" else len(timed)
+        paths = []
+        for n, part in enumerate((timed[:half], timed[half:])):
+            if part:
+                paths.append(tmp / f"cap{n}.pcap")
+                paths[-1].write_bytes(pb.pcap(part, linktype))
+        reader = (Counted(str(paths[0])) if where == "reader"
+                  else CountedSet([str(p) for p in reversed(paths)]))
+        engine.run(reader)
+        reader.close()
+        # the reader passed over them itself, before slicing them out
+        assert reader.handed == engine.stats["packets_slow_path"]
+    engine.finish()
+    return records, dict(engine.stats)
+
+
+def drop_tags(stats: dict[str, int]) -> dict[str, int]:
+    return {k: v for k, v in stats.items() if k != "encap_vlan"}
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("where", ["reader", "set", "loop"])
+def test_fast_path_gives_what_the_slow_path_gives(kind: str, v6: bool, where: str,
+                                                  tmp_path: Path) -> None:
+    linktype, frames = capture(kind, v6)
+    want, want_stats = slow(linktype, frames)
+    got, got_stats = fast(linktype, frames, where, tmp_path)
+    assert got == want
+    handed = got_stats.pop("packets_slow_path")
+    assert want_stats.pop("packets_slow_path") == len(frames)
+    # the decoder counts the VLAN tags of the packets it decodes; the fast path decodes none
+    assert drop_tags(got_stats) == drop_tags(want_stats)
+    names = b"".join(want)
+    for name in (b"c2.fast.test", b"odd-port.fast.test", b"again.fast.test"):
+        assert name in names
+    assert b'"dst_port":4500' in b"".join(r for r in want if b"dns_link" in r)
+    # the bulk of the flows (60 TCP and 76 + 8 UDP packets) never reached the slow path
+    assert handed < len(frames) - 100, (kind, handed, len(frames))
+
+
+def timed_frames() -> list[tuple[int, bytes]]:
+    """A connection whose request pauses 125 s while a finished connection's bulk goes on:
+    whether it outlives the pause depends on when the sweeps run, which must be the same
+    packets with or without the fast path."""
+    c, s = CLIENT4, SERVER4
+    out: list[tuple[int, bytes]] = []
+    hello = client_hello("bulk.fast.test")
+    out.append((0, pb.eth(pb.ipv4(pb.tcp(b"", 50000, 443, 1, 0, 0x02), c, s))))
+    out.append((0, pb.eth(pb.ipv4(pb.tcp(hello, 50000, 443, 2, 0, 0x18), c, s))))
+    out.append((1, pb.eth(pb.ipv4(pb.tcp(b"", 50001, 80, 1, 0, 0x02), c, s))))
+    first = b"GET / HTTP/1.1\r\nHo"
+    out.append((35, pb.eth(pb.ipv4(pb.tcp(first, 50001, 80, 2, 0, 0x18), c, s))))
+    seq = 2 + len(hello)
+    for t in range(45, 300, 10):  # the finished direction's bulk: the fast path's
+        data = b"\x17\x03\x03" + bytes(500)
+        out.append((t, pb.eth(pb.ipv4(pb.tcp(data, 50000, 443, seq, 0, 0x18), c, s))))
+        seq += len(data)
+        if t == 155:
+            rest = b"st: late.fast.test\r\n\r\n"
+            out.append((160, pb.eth(pb.ipv4(pb.tcp(rest, 50001, 80, 2 + len(first), 0, 0x18),
+                                             c, s))))
+    return out
+
+
+@pytest.mark.parametrize("where", ["reader", "loop"])
+def test_sweeps_run_at_the_same_packets(where: str, tmp_path: Path) -> None:
+    frames = timed_frames()
+    want: list[bytes] = []
+    engine = Engine(lambda rec, _obs, _ev: want.append(orjson.dumps(rec)))
+    for t, f in frames:
+        engine.packet(1_700_000_000 + t, 0, 1, f)
+    engine.finish()
+    want_stats = dict(engine.stats)
+    got: list[bytes] = []
+    engine = Engine(lambda rec, _obs, _ev: got.append(orjson.dumps(rec)))
+    if where == "loop":
+        engine.run((1_700_000_000 + t, 0, 1, f) for t, f in frames)
+    else:
+        path = tmp_path / "timed.pcap"
+        path.write_bytes(pb.pcap([(1_700_000_000 + t, f) for t, f in frames]))
+        reader = CaptureReader(str(path))
+        engine.run(reader)
+        reader.close()
+    engine.finish()
+    assert got == want
+    assert b"late.fast.test" in b"".join(want)  # the request outlived its pause
+    assert engine.stats.pop("packets_slow_path") < want_stats.pop("packets_slow_path")
+    assert dict(engine.stats) == want_stats
