@@ -733,13 +733,18 @@ def _second_client_hello_follows(buf: bytes | bytearray, pos: int) -> bool:
             and buf[pos + 9] == 0x03 and buf[pos + 10] == 0x03)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class HandshakeMessage:
-    """One complete handshake message; ``sslv2``: body is a whole SSLv2 CLIENT-HELLO record."""
+    """One complete handshake message; ``sslv2``: body is a whole SSLv2 CLIENT-HELLO record.
+
+    ``server_hello``: a ServerHello's body as the reader parsed it (it must, to know whether
+    the handshake goes on in clear), so that its consumer need not parse it again; None for
+    other messages and for a body :func:`parse_server_hello` refuses."""
 
     msg_type: int
     body: bytes
     sslv2: bool = False
+    server_hello: ServerHello | None = None
 
 
 class HandshakeReader:
@@ -920,7 +925,7 @@ class HandshakeReader:
             self._client_hello_seen = True
         if msg.msg_type == HT_SERVER_HELLO and not msg.sslv2:
             try:
-                sh = parse_server_hello(msg.body)
+                sh = msg.server_hello = parse_server_hello(msg.body)
             except Malformed:
                 return
             if sh.is_hello_retry_request:
