@@ -538,3 +538,29 @@ def test_corpus_matches_mercury() -> None:
 def test_corpus_env_path_is_sibling() -> None:
     # the corpus lives next to the repository, never inside it
     assert not str(CORPUS).startswith(str(Path(__file__).resolve().parents[1]) + os.sep)
+
+
+def test_server_hello_is_parsed_once_and_a_refused_one_is_counted() -> None:
+    """The reader hands its ServerHello parse on with the message; a body it refuses comes
+    without one, and the dissector counts it as malformed (as it did parsing it itself)."""
+    from iocwatch.flows.dissector import Dissector, State, TcpConnection
+    from iocwatch.protocols import x509 as px
+
+    def record(msg_type: int, body: bytes) -> bytes:
+        hs = bytes([msg_type]) + len(body).to_bytes(3, "big") + body
+        return b"\x16\x03\x03" + len(hs).to_bytes(2, "big") + hs
+
+    good = b"\x03\x03" + bytes(32) + b"\x00\xc0\x2f\x00\x00\x00"
+    msgs = HandshakeReader().feed(record(2, good))
+    assert msgs[0].server_hello == parse_server_hello(good)
+    bad = b"\x03\x03" + bytes(10)
+    msgs = HandshakeReader().feed(record(2, bad))
+    assert [m.msg_type for m in msgs] == [2] and msgs[0].server_hello is None
+    stats: collections.Counter[str] = collections.Counter()
+    dis = Dissector(px.CertificateCache(4), stats)
+    conn = TcpConnection(443, 50000)
+    assert dis.tcp_data(conn.dirs[0], record(2, bad)) == []
+    assert stats["malformed_tls_handshake_2"] == 1 and conn.dirs[0].state == State.DONE
+    conn = TcpConnection(443, 50001)
+    events = dis.tcp_data(conn.dirs[0], record(2, good) + record(14, b""))
+    assert [e.server_hello for e in events] == [parse_server_hello(good)]
