@@ -60,6 +60,11 @@ class State(IntEnum):
     DONE = 9
 
 
+_DETECT, _TLS, _HTTP, _HTTP_BODY, _DNS, _STARTTLS, _OPENVPN, _HTTP_RESPONSE, _DONE = (
+    int(State.DETECT), int(State.TLS), int(State.HTTP), int(State.HTTP_BODY), int(State.DNS),
+    int(State.STARTTLS), int(State.OPENVPN), int(State.HTTP_RESPONSE), int(State.DONE))
+
+
 @dataclass(slots=True)
 class Event:
     """One mercury record body and the names it carries."""
@@ -151,7 +156,7 @@ class TcpConnection:
 
     @property
     def done(self) -> bool:
-        return self.dirs[0].state == State.DONE and self.dirs[1].state == State.DONE
+        return self.dirs[0].state == _DONE and self.dirs[1].state == _DONE
 
 
 def held_bytes(conn: TcpConnection) -> int:
@@ -213,27 +218,28 @@ class Dissector:
         held = bool(d.buf) or (t is not None and bool(t._buf or t._hs))
         for _ in range(8):  # a state change may hand the rest of the chunk to a new parser
             st = d.state
-            if st == State.DONE or not data:
+            # (plain ints: an enum member's attribute lookup costs more than the compare)
+            if st == _DONE or not data:
                 break
-            if st == State.DETECT:
-                data = self._detect(d, data)
-            elif st == State.TLS:
+            if st == _TLS:
                 data = self._tls(d, data, events)
-            elif st == State.HTTP:
+            elif st == _DETECT:
+                data = self._detect(d, data)
+            elif st == _HTTP:
                 data = self._http(d, data, events)
-            elif st == State.HTTP_BODY:
+            elif st == _HTTP_BODY:
                 n = min(d.skip, len(data))
                 d.skip -= n
                 data = data[n:]
                 if d.skip == 0:
                     d.state = State.HTTP
-            elif st == State.DNS:
+            elif st == _DNS:
                 data = self._dns_tcp(d, data, events)
-            elif st == State.STARTTLS:
+            elif st == _STARTTLS:
                 data = self._starttls(d, data)
-            elif st == State.OPENVPN:
+            elif st == _OPENVPN:
                 data = self._openvpn(d, data, events)
-            elif st == State.HTTP_RESPONSE:
+            elif st == _HTTP_RESPONSE:
                 data = self._http_response(d, data, events)
         if held:
             for ev in events:
@@ -382,13 +388,13 @@ class Dissector:
                 self.stats[f"malformed_tls_handshake_{msg_type}"] += 1
                 d.state = State.DONE
                 break
-        if d.state != State.DONE and reader.done:
+        if d.state != _DONE and reader.done:
             if reader.not_tls:
                 self.stats["malformed_tls_record"] += 1
             if d.server_hello is not None:
                 events.append(self._server_event(d, []))
             d.state = State.DONE
-        if d.state == State.DONE:
+        if d.state == _DONE:
             d.tls = None
         return b""
 
