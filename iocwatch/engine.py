@@ -51,6 +51,7 @@ from iocwatch.protocols import x509
 from iocwatch.protocols.text import BYTE_HEX
 
 SYN, FIN, RST, ACK = 0x02, 0x01, 0x04, 0x10
+_DONE = int(State.DONE)  # (an enum member's attribute lookup costs more than the compare)
 IDLE_TIMEOUT = 120  # seconds of capture time without a packet before a flow is dropped
 SWEEP_EVERY = 30
 #: seconds a QUIC flow's DNS link waits for its ClientHello (to see whether it names itself)
@@ -322,6 +323,17 @@ class Engine:
         payload = l4[doff:]
         flow = self.flows.get(key)
         if flow is not None:
+            if flags == ACK and not payload:
+                # a pure ACK of a connection being read (about a quarter of all packets that
+                # come this far): it only keeps the flow alive
+                if flow.last != sec:
+                    flow.last = sec
+                    order = self.flow_order
+                    del order[flow]
+                    order[flow] = None
+                if flow.conn is not None and flow.conn.done:
+                    self._close(flow)
+                return
             d = 0 if key == flow.keys[0] else 1
             if fresh_syn:
                 held = flow.up if d == 0 else flow.down
@@ -384,7 +396,7 @@ class Engine:
             return
         conn = flow.connection()
         direction = conn.dirs[d]
-        if direction.state != State.DONE:
+        if direction.state != _DONE:
             chunks = stream.add(seq, payload)
             if stream.gapped:
                 stream.gapped = False
@@ -417,7 +429,7 @@ class Engine:
                     self.buffering[flow] = None
                 if self.buffered > self.max_buffered:
                     self._evict_buffering(flow)
-            if direction.state == State.DONE:
+            if direction.state == _DONE:
                 stream.release()
                 self._mark_done(key)
                 if flow.link is not None:  # a direction that gave no name: the link is its name

@@ -104,6 +104,49 @@ def test_leaf_report_flags_and_spki() -> None:
     assert forged.self_issued and not px.self_signed(forged)
 
 
+def test_leaf_report_of_a_repeated_leaf_follows_its_sni_and_the_time() -> None:
+    """leaf_report keeps what does not depend on the time per (leaf, SNI): a repeat with
+    another SNI or at another time must still say what a first report would."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = px.parse_certificate(der(make_cert(key, ["a.example"], "a.example", days=(-1, 2))))
+    now = int(NOW.timestamp())
+    later = now + 5 * 86400  # past not_after
+    first = {sni: {t: px.leaf_report(leaf, sni, t) for t in (now, later)}
+             for sni in ("a.example", "b.example", None)}
+    for sni, by_time in first.items():
+        for t, report in by_time.items():
+            px._LEAF_FACTS.clear()
+            assert px.leaf_report(leaf, sni, t) == report  # as computed from nothing
+            assert px.leaf_report(leaf, sni, t) == report  # and from what was kept
+    assert first["a.example"][now]["covers_sni"] and not first["b.example"][now]["covers_sni"]
+    assert not first[None][now]["expired"] and first[None][later]["expired"]
+    assert "sni" not in first[None][now]
+
+
+def test_a_repeated_chain_gives_what_its_first_sight_gave() -> None:
+    """The dissector keeps each certificate's JSON, observations and evidence bits: a chain
+    seen again (and one with a broken certificate) reads as it did the first time."""
+    from iocwatch.flows.dissector import Dissector
+    from iocwatch.model import evidence
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    ders = [der(make_cert(key, ["a.example", "a b.example"], "a.example")), b"\x30\x03junk"]
+    stats: Counter[str] = Counter()
+    dis = Dissector(px.CertificateCache(16), stats)
+    first = dis._chain(ders)
+    again = dis._chain(ders)
+    dis.cert_json.clear()
+    fresh = Dissector(px.CertificateCache(16), Counter())._chain(ders)
+    assert first == again == fresh
+    certs, cert_json, obs, flags = first
+    assert len(certs) == 1 and cert_json[0] == {"cert": certs[0].to_mercury()}
+    assert [(o.name, o.channel.value) for o in obs[:3]] == [
+        ("a.example", "cert_san"), ("a b.example", "cert_san"), ("a.example", "cert_cn")]
+    assert flags & evidence.MALFORMED_CERTIFICATE and flags & evidence.INVALID_NAME
+    assert stats["malformed_certificate"] == 2
+    assert dis.certificates(ders) == first[:3]
+
+
 def test_names_overlap_and_key_history() -> None:
     assert names_overlap(["*.a.example"], ["x.a.example"])
     assert names_overlap(["B.example."], ["b.example"])

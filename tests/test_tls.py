@@ -538,3 +538,65 @@ def test_corpus_matches_mercury() -> None:
 def test_corpus_env_path_is_sibling() -> None:
     # the corpus lives next to the repository, never inside it
     assert not str(CORPUS).startswith(str(Path(__file__).resolve().parents[1]) + os.sep)
+
+
+def test_server_hello_is_parsed_once_and_a_refused_one_is_counted() -> None:
+    """The reader hands its ServerHello parse on with the message; a body it refuses comes
+    without one, and the dissector counts it as malformed (as it did parsing it itself)."""
+    from iocwatch.flows.dissector import Dissector, State, TcpConnection
+    from iocwatch.protocols import x509 as px
+
+    def record(msg_type: int, body: bytes) -> bytes:
+        hs = bytes([msg_type]) + len(body).to_bytes(3, "big") + body
+        return b"\x16\x03\x03" + len(hs).to_bytes(2, "big") + hs
+
+    good = b"\x03\x03" + bytes(32) + b"\x00\xc0\x2f\x00\x00\x00"
+    msgs = HandshakeReader().feed(record(2, good))
+    assert msgs[0].server_hello == parse_server_hello(good)
+    bad = b"\x03\x03" + bytes(10)
+    msgs = HandshakeReader().feed(record(2, bad))
+    assert [m.msg_type for m in msgs] == [2] and msgs[0].server_hello is None
+    stats: collections.Counter[str] = collections.Counter()
+    dis = Dissector(px.CertificateCache(4), stats)
+    conn = TcpConnection(443, 50000)
+    assert dis.tcp_data(conn.dirs[0], record(2, bad)) == []
+    assert stats["malformed_tls_handshake_2"] == 1 and conn.dirs[0].state == State.DONE
+    conn = TcpConnection(443, 50001)
+    events = dis.tcp_data(conn.dirs[0], record(2, good) + record(14, b""))
+    assert [e.server_hello for e in events] == [parse_server_hello(good)]
+
+
+def test_hello_prefixes_fail_only_before_the_cipher_suites_end() -> None:
+    """The hello parsers check each bound before they read: a body cut anywhere before the
+    end of the cipher suites (ClientHello; the selected suite for ServerHello) is Truncated,
+    any longer cut parses, marked truncated unless it is a hello without extensions."""
+    from iocwatch.protocols.cursor import Truncated
+
+    body = grease_hello()
+    sid = body[34]
+    ncs = int.from_bytes(body[35 + sid : 37 + sid], "big")
+    need = 37 + sid + ncs
+    full = parse_client_hello(body)
+    assert not full.truncated and full.server_name == "www.example.org"
+    for i in range(len(body)):
+        if i < need:
+            with pytest.raises(Truncated):
+                parse_client_hello(body[:i])
+            continue
+        hello = parse_client_hello(body[:i])
+        no_extensions = i == need + 1 + body[need]  # cut right after the compression methods
+        assert hello.truncated is not no_extensions and hello.cipher_suites == full.cipher_suites
+        assert hello.cipher_suites == list(struct.unpack(f"!{ncs // 2}H", body[37 + sid : need]))
+    dtls = b"\xfe\xfd" + body[2:35 + sid] + b"\x02\xaa\xbb" + body[35 + sid:]  # with a cookie
+    assert parse_client_hello(dtls).dtls and parse_client_hello(dtls).cipher_suites == full.cipher_suites
+    for i in range(need + 3):
+        with pytest.raises(Truncated):
+            parse_client_hello(dtls[:i])
+    server = b"\x03\x03" + bytes(32) + b"\x01\x07" + b"\x13\x01\x00" + b"\x00\x06\x00\x2b\x00\x02\x03\x04"
+    assert parse_server_hello(server).is_tls13 and parse_server_hello(server).session_id == b"\x07"
+    for i in range(len(server)):
+        if i < 38:  # version, random, session id, suite
+            with pytest.raises(Truncated):
+                parse_server_hello(server[:i])
+        else:
+            assert not parse_server_hello(server[:i]).is_tls13  # its extensions cut: none read

@@ -60,6 +60,11 @@ class State(IntEnum):
     DONE = 9
 
 
+_DETECT, _TLS, _HTTP, _HTTP_BODY, _DNS, _STARTTLS, _OPENVPN, _HTTP_RESPONSE, _DONE = (
+    int(State.DETECT), int(State.TLS), int(State.HTTP), int(State.HTTP_BODY), int(State.DNS),
+    int(State.STARTTLS), int(State.OPENVPN), int(State.HTTP_RESPONSE), int(State.DONE))
+
+
 @dataclass(slots=True)
 class Event:
     """One mercury record body and the names it carries."""
@@ -88,6 +93,25 @@ def _hello_flags(hello: tlsp.ClientHello) -> int:
     """Evidence bits of a ClientHello: extensions cut short, a server name no host has."""
     flags = evf.MALFORMED_CLIENT_HELLO if hello.truncated else 0
     if hello.server_name and evf.invalid_name(hello.server_name):
+        flags |= evf.INVALID_NAME
+    return flags
+
+
+def _cert_observations(cert: x509.Certificate) -> tuple[Observation, ...]:
+    """The names and hashes a certificate carries, as observations."""
+    obs = [Observation(n, Channel.CERT_SAN) for n in cert.dns_names]
+    obs += [Observation(n, Channel.CERT_CN) for n in cert.subject_cns]
+    obs.append(Observation(cert.sha1, Channel.CERT_SHA1))
+    obs.append(Observation(cert.sha256, Channel.CERT_SHA256))
+    if cert.spki_sha256:
+        obs.append(Observation(cert.spki_sha256, Channel.SPKI_SHA256))
+    return tuple(obs)
+
+
+def _cert_flags(cert: x509.Certificate) -> int:
+    """Evidence bits of one certificate: read only by the tolerant decoder, a name no host has."""
+    flags = evf.CERT_REFUSED if cert.tolerant else 0
+    if any(evf.invalid_name(n) for n in cert.dns_names):
         flags |= evf.INVALID_NAME
     return flags
 
@@ -132,7 +156,7 @@ class TcpConnection:
 
     @property
     def done(self) -> bool:
-        return self.dirs[0].state == State.DONE and self.dirs[1].state == State.DONE
+        return self.dirs[0].state == _DONE and self.dirs[1].state == _DONE
 
 
 def held_bytes(conn: TcpConnection) -> int:
@@ -159,11 +183,13 @@ class Dissector:
         # (dns id, first question) of recent queries: a response whose query was seen adds no
         # new observation, one whose query was missed (asymmetric capture) still does
         self.recent_queries: dict[tuple[int, str], None] = {}
-        self.cert_json: dict[str, dict] = {}
+        #: certificate SHA-1 -> (its mercury JSON, observations, evidence bits)
+        self.cert_json: dict[str, tuple[dict, tuple[Observation, ...], int]] = {}
         self.cert_json_bytes = 0
         # fingerprint_key -> (mercury's string, JA3(S) MD5, JA4(S)): one client or server
         # software sends the same hello shape again and again; fingerprints cost more than parsing
-        self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
+        #: (and their two observations, JA3 and JA4 or JA3S and JA4S)
+        self.hello_fps: dict[tuple, tuple[str | None, str, str, tuple[Observation, ...]]] = {}
         #: message after its id -> (is response, section key, mercury's JSON, question names,
         #: their observations, the answers' address observations, NetBIOS names, DNS links,
         #: ECH fronts, evidence bits)
@@ -192,27 +218,28 @@ class Dissector:
         held = bool(d.buf) or (t is not None and bool(t._buf or t._hs))
         for _ in range(8):  # a state change may hand the rest of the chunk to a new parser
             st = d.state
-            if st == State.DONE or not data:
+            # (plain ints: an enum member's attribute lookup costs more than the compare)
+            if st == _DONE or not data:
                 break
-            if st == State.DETECT:
-                data = self._detect(d, data)
-            elif st == State.TLS:
+            if st == _TLS:
                 data = self._tls(d, data, events)
-            elif st == State.HTTP:
+            elif st == _DETECT:
+                data = self._detect(d, data)
+            elif st == _HTTP:
                 data = self._http(d, data, events)
-            elif st == State.HTTP_BODY:
+            elif st == _HTTP_BODY:
                 n = min(d.skip, len(data))
                 d.skip -= n
                 data = data[n:]
                 if d.skip == 0:
                     d.state = State.HTTP
-            elif st == State.DNS:
+            elif st == _DNS:
                 data = self._dns_tcp(d, data, events)
-            elif st == State.STARTTLS:
+            elif st == _STARTTLS:
                 data = self._starttls(d, data)
-            elif st == State.OPENVPN:
+            elif st == _OPENVPN:
                 data = self._openvpn(d, data, events)
-            elif st == State.HTTP_RESPONSE:
+            elif st == _HTTP_RESPONSE:
                 data = self._http_response(d, data, events)
         if held:
             for ev in events:
@@ -326,7 +353,9 @@ class Dissector:
                         d.conn.sni = tlsp.mercury_text(ev.client_hello.server_name_bytes)
                     continue  # a client certificate may follow (mutual TLS up to 1.2)
                 if msg_type == 2:
-                    hello = tlsp.parse_server_hello(msg.body)
+                    hello = msg.server_hello  # parsed by the reader (None: it refused it)
+                    if hello is None:
+                        hello = tlsp.parse_server_hello(msg.body)  # raises Malformed, counted
                     if hello.is_hello_retry_request:
                         peer = d.conn.dirs[1 - d.index].tls
                         if peer is not None:  # let the client's second ClientHello through
@@ -359,13 +388,13 @@ class Dissector:
                 self.stats[f"malformed_tls_handshake_{msg_type}"] += 1
                 d.state = State.DONE
                 break
-        if d.state != State.DONE and reader.done:
+        if d.state != _DONE and reader.done:
             if reader.not_tls:
                 self.stats["malformed_tls_record"] += 1
             if d.server_hello is not None:
                 events.append(self._server_event(d, []))
             d.state = State.DONE
-        if d.state == State.DONE:
+        if d.state == _DONE:
             d.tls = None
         return b""
 
@@ -373,16 +402,17 @@ class Dissector:
         hello = tlsp.parse_sslv2_client_hello(body) if sslv2 else tlsp.parse_client_hello(body)
         self.stats["tls_client_hello"] += 1
         obs = [Observation(hello.server_name, Channel.TLS_SNI)] if hello.server_name else []
-        fp, ja3, ja4 = self._fingerprints(hello)
+        fp, ja3, ja4, fp_obs = self._fingerprints(hello)
         fps = {"tls": fp, "ja3": ja3, "ja4": ja4} if fp else {"ja3": ja3, "ja4": ja4}
-        obs.append(Observation(ja3, Channel.JA3))
-        obs.append(Observation(ja4, Channel.JA4))
+        obs += fp_obs
         return Event("tls", {"client": hello.to_mercury()}, obs, fingerprints=fps,
                      extra={"ech": hello.ech.to_json()} if hello.ech is not None else None,
                      client_hello=hello, flags=_hello_flags(hello))
 
-    def _fingerprints(self, hello: tlsp.ClientHello | tlsp.ServerHello) -> tuple[str | None, str, str]:
-        """(mercury's string, JA3/JA3S MD5, JA4/JA4S) of a hello over TCP, cached by shape."""
+    def _fingerprints(self, hello: tlsp.ClientHello | tlsp.ServerHello
+                      ) -> tuple[str | None, str, str, tuple[Observation, ...]]:
+        """(mercury's string, JA3/JA3S MD5, JA4/JA4S, their observations) of a hello over
+        TCP, cached by shape."""
         key = tlsp.fingerprint_key(hello)
         known = self.hello_fps.get(key)
         if known is None:
@@ -390,10 +420,13 @@ class Dissector:
                 self.hello_fps.clear()
             if isinstance(hello, tlsp.ServerHello):
                 sf = fpr.server_fingerprints(hello)
-                known = (hello.mercury_fingerprint(), sf.ja3s_md5, sf.ja4s)
+                known = (hello.mercury_fingerprint(), sf.ja3s_md5, sf.ja4s,
+                         (Observation(sf.ja3s_md5, Channel.JA3S),
+                          Observation(sf.ja4s, Channel.JA4S)))
             else:
                 cf = fpr.client_fingerprints(hello, "t")
-                known = (hello.mercury_fingerprint(), cf.ja3_md5, cf.ja4)
+                known = (hello.mercury_fingerprint(), cf.ja3_md5, cf.ja4,
+                         (Observation(cf.ja3_md5, Channel.JA3), Observation(cf.ja4, Channel.JA4)))
             self.hello_fps[key] = known
         return known
 
@@ -444,36 +477,42 @@ class Dissector:
                                                         list[Observation]]:
         """Parsed certificates, their mercury JSON and names; shared with tailgating, whose
         probes hand in the chain they read."""
+        return self._chain(ders)[:3]
+
+    def _chain(self, ders: list[bytes]) -> tuple[list[x509.Certificate], list[dict],
+                                                 list[Observation], int]:
+        """:meth:`certificates`, and the evidence bits the chain gives its record."""
         certs: list[x509.Certificate] = []
         cert_json: list[dict] = []
         obs: list[Observation] = []
+        flags = 0
         for der in ders:
             try:
                 cert = self.certs.get_or_parse(der)
             except Malformed:
                 self.stats["malformed_certificate"] += 1
+                flags |= evf.MALFORMED_CERTIFICATE
                 continue
             certs.append(cert)
-            js = self.cert_json.get(cert.sha1)
-            if js is None:  # building the JSON costs more than parsing: keep it with the cache
+            known = self.cert_json.get(cert.sha1)
+            if known is None:
+                # building the JSON costs more than parsing: keep it with the cache, and the
+                # certificate's observations and evidence bits (the same for every repeat)
                 if (len(self.cert_json) >= CERT_JSON_MAX
                         or self.cert_json_bytes + len(der) > CERT_JSON_BYTES):
                     self.stats["evicted_cert_json"] += len(self.cert_json)
                     self.cert_json.clear()  # wholesale: O(1) amortised, cheap to relearn
                     self.cert_json_bytes = 0
-                js = self.cert_json[cert.sha1] = {"cert": cert.to_mercury()}
+                known = self.cert_json[cert.sha1] = ({"cert": cert.to_mercury()},
+                                                     _cert_observations(cert), _cert_flags(cert))
                 self.cert_json_bytes += len(der)
-            cert_json.append(js)
-            obs.extend(Observation(n, Channel.CERT_SAN) for n in cert.dns_names)
-            obs.extend(Observation(n, Channel.CERT_CN) for n in cert.subject_cns)
-            obs.append(Observation(cert.sha1, Channel.CERT_SHA1))
-            obs.append(Observation(cert.sha256, Channel.CERT_SHA256))
-            if cert.spki_sha256:
-                obs.append(Observation(cert.spki_sha256, Channel.SPKI_SHA256))
-        return certs, cert_json, obs
+            cert_json.append(known[0])
+            obs += known[1]
+            flags |= known[2]
+        return certs, cert_json, obs, flags
 
     def _server_event(self, d: Direction, ders: list[bytes], side: str = "server") -> Event:
-        certs, cert_json, obs = self.certificates(ders)
+        certs, cert_json, obs, flags = self._chain(ders)
         body: dict = {}
         if cert_json:
             body["certs"] = cert_json
@@ -484,24 +523,14 @@ class Dissector:
             fps = {}
             if hello.mercury_reportable:
                 body.update(hello.to_mercury())
-            fp, ja3s, ja4s = self._fingerprints(hello)
+            fp, ja3s, ja4s, fp_obs = self._fingerprints(hello)
             if fp:
                 fps["tls_server"] = fp
             fps["ja3s"] = ja3s
             fps["ja4s"] = ja4s
-            obs.append(Observation(ja3s, Channel.JA3S))
-            obs.append(Observation(ja4s, Channel.JA4S))
+            obs += fp_obs
             self.stats["tls_server_hello"] += 1
             d.server_hello = None
-        flags = 0
-        if ders:  # what the chain tells about its own evidence
-            if len(certs) < len(ders):
-                flags |= evf.MALFORMED_CERTIFICATE
-            for cert in certs:
-                if cert.tolerant:
-                    flags |= evf.CERT_REFUSED
-                if any(evf.invalid_name(n) for n in cert.dns_names):
-                    flags |= evf.INVALID_NAME
         return Event("tls", {side: body}, obs, fingerprints=fps, certificates=certs,
                      server_hello=hello, sni=d.conn.sni if side == "server" else None,
                      flags=flags)

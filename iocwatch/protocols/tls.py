@@ -328,16 +328,24 @@ def parse_ech(data: bytes) -> EchOffer | None:
 
 def _first_host_name(data: bytes) -> bytes | None:
     """The first host_name entry of a server_name extension, parsed by the RFC 6066 rules."""
-    c = Cursor(data)
-    try:
-        lst = c.vec16()
-        while not lst.at_end():
-            kind = lst.u8()
-            name = lst.take(lst.u16())
-            if kind == 0:
-                return name
-    except Malformed:
+    n = len(data)
+    if n < 2:
         return None
+    end = 2 + ((data[0] << 8) | data[1])
+    if end > n:
+        return None
+    p = 2
+    while p < end:
+        if end - p < 3:
+            return None
+        kind = data[p]
+        size = (data[p + 1] << 8) | data[p + 2]
+        p += 3
+        if size > end - p:
+            return None
+        if kind == 0:
+            return bytes(data[p : p + size])
+        p += size
     return None
 
 
@@ -429,33 +437,49 @@ def parse_client_hello(body: bytes) -> ClientHello:
     a truncated extension ends the list (``truncated`` is set); a body that ends before the
     cipher suites is :class:`Malformed`.
     """
-    c = Cursor(body)
-    version = c.u16()
-    random = c.take(32)
-    session_id = c.take(c.u8())
+    # plain index arithmetic, each bound checked before the read (this runs for every hello)
+    n = len(body)
+    if n < 35:
+        raise Truncated(f"ClientHello of {n} bytes")
+    version = (body[0] << 8) | body[1]
+    random = bytes(body[2:34])
+    p = 35 + body[34]
+    if p > n:
+        raise Truncated("ClientHello session_id")
+    session_id = bytes(body[35:p])
     dtls = (version >> 8) == 0xFE
-    if dtls:
-        c.skip(c.u8())  # cookie
-    ncs = c.u16()
+    if dtls:  # cookie
+        if p >= n or p + 1 + body[p] > n:
+            raise Truncated("ClientHello cookie")
+        p += 1 + body[p]
+    if p + 2 > n:
+        raise Truncated("ClientHello cipher_suites")
+    ncs = (body[p] << 8) | body[p + 1]
+    p += 2
     if ncs & 1:
         raise Malformed("odd cipher_suites length")
     if ncs == 0:
         raise Malformed("empty cipher_suites")
-    cs_raw = c.take(ncs)
-    suites = [(cs_raw[i] << 8) | cs_raw[i + 1] for i in range(0, ncs, 2)]
+    if p + ncs > n:
+        raise Truncated("ClientHello cipher_suites")
+    cs_raw = bytes(body[p : p + ncs])
+    p += ncs
+    suites = list(unpack_from(f"!{ncs >> 1}H", cs_raw))
     truncated = False
     compression = b""
     exts: list[tuple[int, bytes]] = []
-    if c.remaining() >= 1 and c.remaining() - 1 >= c.peek_u8():
-        compression = c.take(c.u8())
-        if c.remaining() >= 2:
-            ext_len = c.u16()
-            if ext_len > c.remaining():
+    if p < n and n - p - 1 >= body[p]:
+        compression = bytes(body[p + 1 : p + 1 + body[p]])
+        p += 1 + body[p]
+        rem = n - p
+        if rem >= 2:
+            ext_len = (body[p] << 8) | body[p + 1]
+            rem -= 2
+            if ext_len > rem:
                 truncated = True
-            block = c.take(min(ext_len, c.remaining()))
-            exts, bad = _iter_extensions(block)
+            exts, bad = _iter_extensions(body[p + 2 : p + 2 + min(ext_len, rem)])
             truncated = truncated or bad
-        elif c.remaining() == 1:
+        elif rem == 1:
             truncated = True
     else:
         truncated = True
@@ -615,18 +639,34 @@ def parse_server_hello(body: bytes) -> ServerHello:
 
     TLS 1.3 drafts before 22 put their version (0x7fNN) in the version field and have no
     session id or compression method; later drafts and the RFC use the TLS 1.2 layout."""
-    c = Cursor(body)
-    version = c.u16()
-    random = c.take(32)
+    # plain index arithmetic, each bound checked before the read (as parse_client_hello)
+    n = len(body)
+    if n < 34:
+        raise Truncated(f"ServerHello of {n} bytes")
+    version = (body[0] << 8) | body[1]
+    random = bytes(body[2:34])
     draft = version >> 8 == 0x7F
-    session_id = b"" if draft else c.take(c.u8())
-    suite = c.u16()
-    compression: int | None = c.u8() if c.remaining() >= 1 and not draft else None
+    p = 34
+    session_id = b""
+    if not draft:
+        if p >= n or p + 1 + body[p] > n:
+            raise Truncated("ServerHello session_id")
+        session_id = bytes(body[p + 1 : p + 1 + body[p]])
+        p += 1 + body[p]
+    if p + 2 > n:
+        raise Truncated("ServerHello cipher_suite")
+    suite = (body[p] << 8) | body[p + 1]
+    p += 2
+    compression: int | None = None
+    if p < n and not draft:
+        compression = body[p]
+        p += 1
     exts: list[tuple[int, bytes]] = []
-    if (compression is not None or draft) and c.remaining() >= 2:
-        ext_len = c.u16()
-        if ext_len <= c.remaining():
-            exts, _bad = _iter_extensions(c.take(ext_len))
+    if (compression is not None or draft) and n - p >= 2:
+        ext_len = (body[p] << 8) | body[p + 1]
+        p += 2
+        if ext_len <= n - p:
+            exts, _bad = _iter_extensions(body[p : p + ext_len])
     hello = ServerHello(
         legacy_version=version,
         random=random,
@@ -733,13 +773,18 @@ def _second_client_hello_follows(buf: bytes | bytearray, pos: int) -> bool:
             and buf[pos + 9] == 0x03 and buf[pos + 10] == 0x03)
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class HandshakeMessage:
-    """One complete handshake message; ``sslv2``: body is a whole SSLv2 CLIENT-HELLO record."""
+    """One complete handshake message; ``sslv2``: body is a whole SSLv2 CLIENT-HELLO record.
+
+    ``server_hello``: a ServerHello's body as the reader parsed it (it must, to know whether
+    the handshake goes on in clear), so that its consumer need not parse it again; None for
+    other messages and for a body :func:`parse_server_hello` refuses."""
 
     msg_type: int
     body: bytes
     sslv2: bool = False
+    server_hello: ServerHello | None = None
 
 
 class HandshakeReader:
@@ -920,7 +965,7 @@ class HandshakeReader:
             self._client_hello_seen = True
         if msg.msg_type == HT_SERVER_HELLO and not msg.sslv2:
             try:
-                sh = parse_server_hello(msg.body)
+                sh = msg.server_hello = parse_server_hello(msg.body)
             except Malformed:
                 return
             if sh.is_hello_retry_request:

@@ -1101,14 +1101,29 @@ def self_signed(cert: Certificate) -> bool:
     return True
 
 
+#: (certificate SHA-1, its decoder, SNI) -> what :func:`leaf_report` finds that does not depend
+#: on the time: a server sends the same leaf to every client asking the same name
+_LEAF_FACTS: dict[tuple[str, bool, str | None], tuple[bool, bool, int | None, int | None]] = {}
+_LEAF_FACTS_MAX = 4096
+
+
 def leaf_report(cert: Certificate, sni: str | None, now: int) -> dict[str, Any]:
     """The iocwatch ``cert_check`` record key: the leaf against the SNI and the capture time."""
+    key = (cert.sha1, cert.tolerant, sni)
+    facts = _LEAF_FACTS.get(key)
+    if facts is None:
+        facts = (bool(sni) and covers(cert, sni),  # type: ignore[arg-type]
+                 self_signed(cert), validity_epoch(cert.not_before),
+                 validity_epoch(cert.not_after))
+        if len(_LEAF_FACTS) >= _LEAF_FACTS_MAX:
+            _LEAF_FACTS.clear()  # wholesale: cheap to relearn
+        _LEAF_FACTS[key] = facts
+    covers_sni, signed_self, start, end = facts
     o: dict[str, Any] = {}
     if sni:
         o["sni"] = sni
-        o["covers_sni"] = covers(cert, sni)
-    o["self_signed"] = self_signed(cert)
-    start, end = validity_epoch(cert.not_before), validity_epoch(cert.not_after)
+        o["covers_sni"] = covers_sni
+    o["self_signed"] = signed_self
     o["expired"] = end is not None and now > end
     o["not_yet_valid"] = start is not None and now < start
     if cert.spki_sha256:
