@@ -59,6 +59,7 @@ from typing import Any, Protocol
 
 from iocwatch.dns_learning import AnswerLearner
 from iocwatch.engine import Engine, EngineConfig
+from iocwatch.flows.dissector import DNS_PORTS
 from iocwatch.outputs.checks import KeyReuseDecider
 from iocwatch.outputs.streams import LineStream, open_stream
 from iocwatch.workers import Emit
@@ -138,8 +139,8 @@ class Partition:
     """Stands in for an engine's decoder: decodes as before, then hides from the engine every
     packet of another worker's flow (see the module docstring)."""
 
-    __slots__ = ("inner", "index", "workers", "stats", "scratch", "done", "done_room",
-                 "learner")
+    __slots__ = ("inner", "index", "workers", "stats", "scratch", "done", "udp_done",
+                 "done_room", "learner")
 
     def __init__(self, engine: Engine, index: int, workers: int):
         self.inner = engine.decoder
@@ -149,6 +150,7 @@ class Partition:
         self.scratch: Counter[str] = Counter()  # the decoder counts here; the owner keeps it
         self.inner.stats = self.scratch
         self.done = engine.done
+        self.udp_done = engine.udp_done
         # other workers' directions fill at most half the fast-path table, so this worker's
         # own finished directions are never evicted for them
         self.done_room = max(1, engine.config.max_done // 2)
@@ -192,6 +194,12 @@ class Partition:
                     self.done[src + dst + l4[:4]] = None  # the fast path skips the rest of it
             elif dec[3] == 17:
                 self.learner.udp(now, dec[2], l4)
+                # off DNS ports, the rest of its datagrams bar DNS-looking ones and QUIC long
+                # headers (which the learner may still want) take the fast path
+                if (len(self.udp_done) < self.done_room and len(l4) >= 4
+                        and (l4[0] << 8 | l4[1]) not in DNS_PORTS
+                        and (l4[2] << 8 | l4[3]) not in DNS_PORTS):
+                    self.udp_done[dec[1] + dec[2] + l4[:4]] = None
         return None
 
 

@@ -167,3 +167,35 @@ def test_write_error_is_exit_4_and_workers_stop(tmp_path: Path) -> None:
     proc = run("-r", SAMPLE, "--workers", "2", "-f", "/dev/full")
     assert proc.returncode == 4, proc.stderr
     assert "data lost: /dev/full" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_udp_bulk_same_with_two_workers_and_foreign_datagrams_pass_over(tmp_path: Path) -> None:
+    """A capture of UDP bulk (short-header datagrams, DNS in the middle of a flow, a QUIC long
+    header) besides DNS and TLS: the same with two workers; another worker's quiet UDP
+    direction goes into this worker's fast-path table, so its reader passes over the rest."""
+    from iocwatch.engine import Engine
+    from iocwatch.file_workers import Partition
+    from tests import pktbuild as pb
+    from tests.test_fast_skip import ip_packets
+
+    frames = [pb.eth(p, 0x86DD if p[0] >> 4 == 6 else 0x0800)
+              for v6 in (False, True) for p in ip_packets(v6)]
+    cap = tmp_path / "udp-bulk.pcap"
+    cap.write_bytes(pb.pcap([(1_700_000_000 + i / 10, f) for i, f in enumerate(frames)]))
+    one = outputs(tmp_path, str(cap), 1)
+    assert one["records"]
+    assert_same(one, outputs(tmp_path, str(cap), 2))
+    assert_same(one, outputs(tmp_path, str(cap), 3))
+
+    quiet = pb.eth(pb.ipv4(pb.udp(b"\x41" + bytes(40), 51000, 443), "10.0.0.1", "10.0.0.2", 17))
+    owner = flow_owner(17, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), quiet[34:38], 2)
+    engine = Engine(lambda *_: None)
+    part = Partition(engine, 1 - owner, 2)
+    assert part.decode(1, quiet, 1) is None  # another worker's
+    assert bytes([10, 0, 0, 1, 10, 0, 0, 2]) + quiet[34:38] in engine.udp_done
+    sport = next(p for p in range(51001, 52000) if flow_owner(
+        17, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]), p.to_bytes(2, "big") + b"\x00\x35",
+        2) == owner)  # another worker's too
+    dns = pb.eth(pb.ipv4(pb.udp(b"\x00" * 20, sport, 53), "10.0.0.1", "10.0.0.2", 17))
+    assert part.decode(1, dns, 1) is None
+    assert len(engine.udp_done) == 1  # a DNS port never takes the UDP fast path
