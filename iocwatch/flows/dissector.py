@@ -164,12 +164,8 @@ class Dissector:
         # fingerprint_key -> (mercury's string, JA3(S) MD5, JA4(S)): one client or server
         # software sends the same hello shape again and again; fingerprints cost more than parsing
         self.hello_fps: dict[tuple, tuple[str | None, str, str]] = {}
-        #: message after its id -> (is response, section key, mercury's JSON, question names,
-        #: their observations, the answers' address observations, NetBIOS names, DNS links,
-        #: ECH fronts, evidence bits)
-        self.dns_cache: dict[bytes, tuple[bool, str, dict, list[str], list[Observation],
-                                          list[Observation], bool, tuple,
-                                          list[tuple[str, str, int]] | None, int]] = {}
+        #: message after its id -> its :data:`DnsEntry`
+        self.dns_cache: dict[bytes, DnsEntry] = {}
         self.dns_cache_bytes = 0
 
     # -- TCP -------------------------------------------------------------------------------
@@ -674,6 +670,14 @@ class Dissector:
         return answer_links(msg.link_records()), msg.ech_fronts() or None
 
     def dns(self, payload: bytes, port: int) -> Event | None:
+        parts = self.dns_message(payload, port)
+        return None if parts is None else dns_event(payload, parts)
+
+    def dns_message(self, payload: bytes, port: int) -> DnsParts | None:
+        """A DNS message read for its record: (record key, its parse cache entry, the
+        observations, DNS links, ECH fronts, evidence bits); None (counted) when malformed.
+        :func:`dns_event` makes the record's event of it, the engine's line path its JSON
+        line (the entry's last slot keeps that line's rendered start)."""
         # The same questions and answers repeat all day under new message ids: parse and
         # render each distinct message once, keyed by everything after the id.
         cache_key = payload[2:]
@@ -704,7 +708,8 @@ class Dissector:
                    [Observation(n, Channel.DNS_QUERY) for n in view[2]],
                    [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]], netbios,
                    answer_links(view[4]), fronts,
-                   evf.INVALID_NAME if any(evf.invalid_name(n) for n in view[2]) else 0)
+                   evf.INVALID_NAME if any(evf.invalid_name(n) for n in view[2]) else 0,
+                   [None])
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -716,10 +721,8 @@ class Dissector:
                 self.dns_cache_bytes += size
         else:
             self.stats["dns_cache_hits"] += 1
-        (is_response, section, body, names, query_obs, answer_obs, netbios, links, fronts,
-         bad_names) = hit
-        inner = dict(body[section])
-        inner["id"] = BYTE_HEX[payload[1]] + BYTE_HEX[payload[0]]  # mercury: byte-swapped
+        (is_response, _section, _body, names, query_obs, answer_obs, netbios, links, fronts,
+         bad_names, _line) = hit
         # as mercury: mDNS by its port, NetBIOS by its names, everything else (LLMNR on 5355
         # included) under ``dns``
         key = "mdns" if port == 5353 else "nbns" if netbios else "dns"
@@ -738,8 +741,25 @@ class Dissector:
             obs += answer_obs
         # DNS links: answers to clients on port 53 (not mDNS, LLMNR or NetBIOS); mDNS instance
         # names ("My Printer._ipp._tcp.local") may hold any character
-        return Event(key, {section: inner}, obs,
-                     dns_links=links if (links and is_response and port == 53
-                                         and key == "dns") else None,
-                     ech_fronts=fronts if port == 53 and key == "dns" else None,
-                     flags=bad_names if port != 5353 else 0)
+        dns = port == 53 and key == "dns"
+        return (key, hit, obs, links if (links and is_response and dns) else None,
+                fronts if dns else None, bad_names if port != 5353 else 0)
+
+
+#: :attr:`Dissector.dns_cache`'s entry of a message after its id: (is response, section key,
+#: mercury's JSON, question names, their observations, the answers' address observations,
+#: NetBIOS names, DNS links, ECH fronts, evidence bits, [the engine's rendered line start])
+DnsEntry = tuple[bool, str, dict, list[str], list[Observation], list[Observation], bool, tuple,
+                 "list[tuple[str, str, int]] | None", int, list]
+#: :meth:`Dissector.dns_message`'s reading of one message
+DnsParts = tuple[str, DnsEntry, list[Observation], "tuple | None",
+                 "list[tuple[str, str, int]] | None", int]
+
+
+def dns_event(payload: bytes, parts: DnsParts) -> Event:
+    """The event of a DNS message :meth:`Dissector.dns_message` read (its own id set)."""
+    key, hit, obs, links, fronts, flags = parts
+    section = hit[1]
+    inner = dict(hit[2][section])
+    inner["id"] = BYTE_HEX[payload[1]] + BYTE_HEX[payload[0]]  # mercury: byte-swapped
+    return Event(key, {section: inner}, obs, dns_links=links, ech_fronts=fronts, flags=flags)
