@@ -23,7 +23,6 @@ from iocwatch.decode.packet import Decoder
 from iocwatch.flows.dissector import (
     DNS_PORTS,
     Dissector,
-    DnsEntry,
     DnsParts,
     Event,
     State,
@@ -754,19 +753,13 @@ class Engine:
         the dict path).
 
         The record is ``{key: {section: {..., "id": ID}}, "ip": ..., flow fields}``: all
-        before ID is the same for every repeat of the message, so orjson writes it once, into
-        the message's parse cache entry (:data:`~iocwatch.flows.dissector.DnsEntry`). (The
+        before ID is the same for every repeat of the message: orjson wrote it once, into the
+        message's parse cache entry (:data:`~iocwatch.flows.dissector.DnsEntry`). (The
         packet's fields come as they are: a PacketContext is built only for the dict path.)"""
         key, entry, obs, links, fronts, flags = parts
-        if flags:
+        head = entry[10]
+        if flags or head is None:
             return False  # evidence flags (a name no host has): make_record renders them
-        rendered = entry[10]
-        known = rendered[0]
-        if known is None or known[0] != key:
-            known = rendered[0] = (key, _line_start(key, entry))
-        start = known[1]
-        if start is None:
-            return False
         if version == 4:
             ip = f'4,"ttl":{ttl},"id":"{BYTE_HEX[ipid >> 8]}{BYTE_HEX[ipid & 255]}"}},'
         else:
@@ -785,7 +778,7 @@ class Engine:
         if links is not None or fronts:
             self.learn_answer(links, fronts, dst, sec)
         self._count(obs, 0)
-        self.line_sink(b"".join((start, text.encode(),  # type: ignore[misc]
+        self.line_sink(b"".join((_LINE_OPEN[key], head, text.encode(),  # type: ignore[misc]
                                  orjson.dumps(event_time(sec, usec)), b"}\n")), obs, None)
         return True
 
@@ -804,20 +797,8 @@ class Engine:
         self._release_quic()
 
 
-def _line_start(key: str, entry: DnsEntry) -> bytes | None:
-    """A DNS message's record line up to its id (``{"dns":{"query":{..."id":"``), the same
-    for every repeat of the message; None when the id is not the last field mercury's JSON
-    renders (the record then takes the dict path)."""
-    body = entry[2]
-    inner = body.get(entry[1])
-    if type(inner) is not dict or not inner or next(reversed(inner)) != "id":
-        return None
-    ident = inner["id"]
-    if type(ident) is not str:
-        return None
-    full = orjson.dumps({key: body})
-    tail = b'"id":"' + ident.encode() + b'"}}}'
-    return full[:len(full) - len(tail) + 6] if full.endswith(tail) else None
+#: a DNS line's start, before its entry's JSON (:meth:`Engine._dns_line`)
+_LINE_OPEN = {key: b'{"' + key.encode() + b'":' for key in ("dns", "mdns", "nbns")}
 
 
 def _udp_key(ctx: PacketContext) -> bytes:

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
 
+import orjson
+
 from iocwatch.flows.dnslink import answer_links
 from iocwatch.model import evidence as evf
 from iocwatch.model.channels import Channel
@@ -38,6 +40,7 @@ HTTP_MAX_REQUESTS = 64
 DNS_TCP_MAX_BYTES = 1 << 18
 DNS_PORTS = frozenset({53, 5353, 5355})
 DNS_CACHE_MAX = 8192
+DNS_OBS_MAX = 16384  # shared DNS observations (names, addresses) kept
 #: the --stats counter of each DNS record key (one lookup, not a string built per message)
 _MESSAGE_COUNTERS = {key: f"{key}_message" for key in ("dns", "mdns", "nbns")}
 #: raw message bytes the DNS parse cache holds (parsed, they take several times that): distinct
@@ -167,6 +170,9 @@ class Dissector:
         #: message after its id -> its :data:`DnsEntry`
         self.dns_cache: dict[bytes, DnsEntry] = {}
         self.dns_cache_bytes = 0
+        #: name or address -> its DNS observation, shared by the entries that carry it
+        self.dns_query_obs: dict[str, Observation] = {}
+        self.dns_answer_obs: dict[str, Observation] = {}
 
     # -- TCP -------------------------------------------------------------------------------
     def tcp_gap(self, d: Direction) -> None:
@@ -677,7 +683,7 @@ class Dissector:
         """A DNS message read for its record: (record key, its parse cache entry, the
         observations, DNS links, ECH fronts, evidence bits); None (counted) when malformed.
         :func:`dns_event` makes the record's event of it, the engine's line path its JSON
-        line (the entry's last slot keeps that line's rendered start)."""
+        line (from the entry's rendered JSON)."""
         # The same questions and answers repeat all day under new message ids: parse and
         # render each distinct message once, keyed by everything after the id.
         cache_key = payload[2:]
@@ -703,13 +709,38 @@ class Dissector:
                 if msg.is_response:
                     fronts = msg.ech_fronts() or None
             body = view[1]
-            # the observations too: they are immutable, and the same for every repeat
-            hit = (view[0], next(iter(body)), body, view[2],
-                   [Observation(n, Channel.DNS_QUERY) for n in view[2]],
-                   [Observation(ip, Channel.DNS_ANSWER) for ip in view[3]], netbios,
+            section = next(iter(body))
+            names = view[2]
+            # kept as its JSON, and the observations too (they are immutable, and the same
+            # for every repeat): an entry holds no object the garbage collector walks but its
+            # observations (8,192 entries of dicts and lists made each full collection walk
+            # ~100,000 more objects)
+            json: bytes | dict = body
+            head = None
+            try:
+                json = orjson.dumps(body)
+            except orjson.JSONEncodeError:
+                pass  # (a lone surrogate: the dict stays, the writer reports it as today)
+            else:
+                inner = body[section]
+                ident = inner.get("id") if type(inner) is dict else None
+                if type(ident) is str:
+                    tail = b'"id":"' + ident.encode() + b'"}}'
+                    if json.endswith(tail):  # (a string's quotes are escaped: id is last)
+                        head = json[:len(json) - len(tail) + 6]
+            queries = self.dns_query_obs
+            answers = self.dns_answer_obs
+            if len(queries) >= DNS_OBS_MAX or len(answers) >= DNS_OBS_MAX:
+                queries.clear()  # wholesale: cheap to relearn
+                answers.clear()
+            hit = (view[0], section, json, tuple(names),
+                   tuple([queries.get(n) or queries.setdefault(n, Observation(
+                       n, Channel.DNS_QUERY)) for n in names]),
+                   tuple([answers.get(ip) or answers.setdefault(ip, Observation(
+                       ip, Channel.DNS_ANSWER)) for ip in view[3]]), netbios,
                    answer_links(view[4]), fronts,
-                   evf.INVALID_NAME if any(evf.invalid_name(n) for n in view[2]) else 0,
-                   [None])
+                   evf.INVALID_NAME if names and evf.invalid_name(".".join(names)) else 0,
+                   head)
             size = len(cache_key)
             if size <= DNS_CACHE_BYTES // 64:  # larger ones are rare: not worth their room
                 if (len(self.dns_cache) >= DNS_CACHE_MAX
@@ -736,7 +767,7 @@ class Dissector:
                 if len(recent) > 4096:
                     del recent[next(iter(recent))]
             if not is_response or marker not in recent:
-                obs = query_obs[:]
+                obs = list(query_obs)
         if is_response:
             obs += answer_obs
         # DNS links: answers to clients on port 53 (not mDNS, LLMNR or NetBIOS); mDNS instance
@@ -747,10 +778,13 @@ class Dissector:
 
 
 #: :attr:`Dissector.dns_cache`'s entry of a message after its id: (is response, section key,
-#: mercury's JSON, question names, their observations, the answers' address observations,
-#: NetBIOS names, DNS links, ECH fronts, evidence bits, [the engine's rendered line start])
-DnsEntry = tuple[bool, str, dict, list[str], list[Observation], list[Observation], bool, tuple,
-                 "list[tuple[str, str, int]] | None", int, list]
+#: mercury's JSON rendered by orjson (``{section: {..., "id": ...}}``; the dict itself when
+#: orjson cannot render it), question names, their observations, the answers' address
+#: observations, NetBIOS names, DNS links, ECH fronts, evidence bits, that JSON up to its id's
+#: value (``{"query":{...,"id":"``; None unless the id is its last field))
+DnsEntry = tuple[bool, str, "bytes | dict", tuple[str, ...], tuple[Observation, ...],
+                 tuple[Observation, ...], bool, tuple, "list[tuple[str, str, int]] | None", int,
+                 "bytes | None"]
 #: :meth:`Dissector.dns_message`'s reading of one message
 DnsParts = tuple[str, DnsEntry, list[Observation], "tuple | None",
                  "list[tuple[str, str, int]] | None", int]
@@ -759,7 +793,7 @@ DnsParts = tuple[str, DnsEntry, list[Observation], "tuple | None",
 def dns_event(payload: bytes, parts: DnsParts) -> Event:
     """The event of a DNS message :meth:`Dissector.dns_message` read (its own id set)."""
     key, hit, obs, links, fronts, flags = parts
-    section = hit[1]
-    inner = dict(hit[2][section])
+    section, body = hit[1], hit[2]
+    inner = orjson.loads(body)[section] if type(body) is bytes else dict(body[section])
     inner["id"] = BYTE_HEX[payload[1]] + BYTE_HEX[payload[0]]  # mercury: byte-swapped
     return Event(key, {section: inner}, obs, dns_links=links, ech_fronts=fronts, flags=flags)
