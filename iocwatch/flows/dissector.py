@@ -715,7 +715,7 @@ class Dissector:
             # for every repeat): an entry holds no object the garbage collector walks but its
             # observations (8,192 entries of dicts and lists made each full collection walk
             # ~100,000 more objects)
-            json: bytes | dict = body
+            json: bytes | dict | None = body
             head = None
             try:
                 json = orjson.dumps(body)
@@ -727,7 +727,10 @@ class Dissector:
                 if type(ident) is str:
                     tail = b'"id":"' + ident.encode() + b'"}}'
                     if json.endswith(tail):  # (a string's quotes are escaped: id is last)
+                        # the JSON is the head, the id and the tail: the head alone is kept
+                        # (orjson's bytes hold a 1 KB buffer however short the JSON)
                         head = json[:len(json) - len(tail) + 6]
+                        json = None
             queries = self.dns_query_obs
             answers = self.dns_answer_obs
             if len(queries) >= DNS_OBS_MAX or len(answers) >= DNS_OBS_MAX:
@@ -779,10 +782,11 @@ class Dissector:
 
 #: :attr:`Dissector.dns_cache`'s entry of a message after its id: (is response, section key,
 #: mercury's JSON rendered by orjson (``{section: {..., "id": ...}}``; the dict itself when
-#: orjson cannot render it), question names, their observations, the answers' address
-#: observations, NetBIOS names, DNS links, ECH fronts, evidence bits, that JSON up to its id's
-#: value (``{"query":{...,"id":"``; None unless the id is its last field))
-DnsEntry = tuple[bool, str, "bytes | dict", tuple[str, ...], tuple[Observation, ...],
+#: orjson cannot render it; None when the head that follows holds it), question names, their
+#: observations, the answers' address observations, NetBIOS names, DNS links, ECH fronts,
+#: evidence bits, that JSON up to its id's value (``{"query":{...,"id":"``; None unless the
+#: id is its last field))
+DnsEntry = tuple[bool, str, "bytes | dict | None", tuple[str, ...], tuple[Observation, ...],
                  tuple[Observation, ...], bool, tuple, "list[tuple[str, str, int]] | None", int,
                  "bytes | None"]
 #: :meth:`Dissector.dns_message`'s reading of one message
@@ -794,6 +798,8 @@ def dns_event(payload: bytes, parts: DnsParts) -> Event:
     """The event of a DNS message :meth:`Dissector.dns_message` read (its own id set)."""
     key, hit, obs, links, fronts, flags = parts
     section, body = hit[1], hit[2]
+    if body is None:
+        body = hit[10] + b'0000"}}'  # (the id is set below)
     inner = orjson.loads(body)[section] if type(body) is bytes else dict(body[section])
     inner["id"] = BYTE_HEX[payload[1]] + BYTE_HEX[payload[0]]  # mercury: byte-swapped
     return Event(key, {section: inner}, obs, dns_links=links, ech_fronts=fronts, flags=flags)
