@@ -769,7 +769,7 @@ class Engine:
         pair = src + dst  # (4 + 4 or 16 + 16 bytes: the version is in the length)
         addresses = self._dns_addresses.get(pair)
         if addresses is None:
-            if len(self._dns_addresses) >= _IP_TEXT_MAX:
+            if len(self._dns_addresses) >= _DNS_ADDRESSES_MAX:
                 self._dns_addresses.clear()  # wholesale, as ip_text's table
             addresses = self._dns_addresses[pair] = (
                 f'"src_ip":"{ip_text(src)}","dst_ip":"{ip_text(dst)}","protocol":17,"src_port":')
@@ -797,6 +797,8 @@ class Engine:
         self._release_quic()
 
 
+#: (src, dst) address pairs whose part of a DNS line is kept (:meth:`Engine._dns_line`)
+_DNS_ADDRESSES_MAX = 16384
 #: a DNS line's start, before its entry's JSON (:meth:`Engine._dns_line`)
 _LINE_OPEN = {key: b'{"' + key.encode() + b'":' for key in ("dns", "mdns", "nbns")}
 
