@@ -758,8 +758,8 @@ class Engine:
         packet's fields come as they are: a PacketContext is built only for the dict path.)"""
         key, entry, obs, links, fronts, flags = parts
         head = entry[10]
-        if flags or head is None:
-            return False  # evidence flags (a name no host has): make_record renders them
+        if flags or head is None:  # evidence flags (a name no host has): make_record renders
+            return False  # them; no head: the JSON's id is not its last field
         if version == 4:
             ip = f'4,"ttl":{ttl},"id":"{BYTE_HEX[ipid >> 8]}{BYTE_HEX[ipid & 255]}"}},'
         else:

@@ -199,8 +199,7 @@ class DnsLinks:
                 self.bytes -= old[3]
                 if old[0] != names:
                     extra = [n for n in old[0] if n not in names]
-                    if extra:
-                        names = (names + tuple(extra))[:MAX_NAMES]
+                    names = (names + tuple(extra) if extra else names)[:MAX_NAMES]
             size = _size(key, names)
             table[key] = (names, now, now + min(max(ttl, lo), hi), size)
             self.bytes += size
