@@ -21,7 +21,16 @@ import orjson
 from iocwatch.capture.files import CaptureReader, CaptureSet
 from iocwatch.decode.fastpath import IPV4, IPV6, RAW_ETYPE, TAGS, layout, quiet_datagram
 from iocwatch.decode.packet import Decoder
-from iocwatch.flows.dissector import DNS_PORTS, Dissector, Event, State, TcpConnection, held_bytes
+from iocwatch.flows.dissector import (
+    DNS_PORTS,
+    Dissector,
+    DnsParts,
+    Event,
+    State,
+    TcpConnection,
+    dns_event,
+    held_bytes,
+)
 from iocwatch.flows.dnslink import (
     DNS_LINK_BYTES,
     DNS_LINKS_MAX,
@@ -75,11 +84,9 @@ _NAME_COUNTERS = {ch: "names_" + ch.value for ch in NAME_CHANNELS}
 
 #: What the engine hands to the outputs: the mercury record and the names it carries.
 Sink = Callable[[dict, list[Observation], Event], None]
-#: The same, with the record as the JSON line it becomes (see :attr:`Engine.line_sink`).
-LineSink = Callable[[bytes, list[Observation], Event], None]
-#: rendered DNS message parts kept (:meth:`Engine._dns_line`), as the dissector's parse cache
-DNS_LINES_MAX = 8192
-DNS_LINES_BYTES = 4 << 20
+#: The same, with the record as the JSON line it becomes (see :attr:`Engine.line_sink`); no
+#: event (None): the line path builds none
+LineSink = Callable[[bytes, list[Observation], None], None]
 
 
 @dataclass(slots=True)
@@ -218,9 +225,8 @@ class Engine:
         self.ech_fronts = EchFronts(self.stats, cfg.max_ech_fronts)
         for table in EVICTION_COUNTERS:  # shown in --stats from the start, 0 included
             self.stats[table] += 0
-        #: DNS message (everything after its id) -> (record key, its line up to the id)
-        self._dns_lines: dict[bytes, tuple[str, bytes]] = {}
-        self._dns_lines_bytes = 0
+        #: src + dst address -> their part of a rendered DNS line (:meth:`_dns_line`)
+        self._dns_addresses: dict[bytes, str] = {}
 
     def _context(self, *fields: Any) -> PacketContext:
         """The context of the packet being decoded (its IPv6 extension headers included)."""
@@ -601,11 +607,12 @@ class Engine:
                 done.clear()  # wholesale: O(1) amortised, cheap to relearn
             done[src + dst + l4[:4]] = None
             return
-        ev = self.dissector.dns(payload, port)
-        if ev is not None and (self.line_sink is None or not self._dns_line(
-                ev, payload, version, src, dst, sport, dport, ttl, ipid, sec, usec)):
-            self._emit(ev, PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec,
-                                         self.decoder.ext6))
+        parts = self.dissector.dns_message(payload, port)
+        if parts is not None and (self.line_sink is None or not self._dns_line(
+                parts, payload, version, src, dst, sport, dport, ttl, ipid, sec, usec)):
+            self._emit(dns_event(payload, parts),
+                       PacketContext(version, src, dst, 17, sport, dport, ttl, ipid, sec, usec,
+                                     self.decoder.ext6))
 
     # -- DNS links (flows/dnslink.py) ----------------------------------------------------------
     @staticmethod
@@ -747,15 +754,16 @@ class Engine:
         """What a DNS answer told its client: the DNS links and ECH fronts of its flows."""
         self.learn_answer(ev.dns_links, ev.ech_fronts, client, sec)
 
-    def _count(self, ev: Event) -> None:
+    def _count(self, observations: list[Observation], flags: int) -> None:
+        """One record's --stats counts: itself, its names per channel, its evidence bits."""
         stats = self.stats
         stats["records"] += 1
-        for ob in ev.observations:
+        for ob in observations:
             counter = _NAME_COUNTERS.get(ob.channel)
             if counter is not None:
                 stats[counter] += 1
-        if ev.flags:
-            evidence.count(ev.flags, stats)
+        if flags:
+            evidence.count(flags, stats)
 
     def _emit(self, ev: Event, ctx: PacketContext,
               link: tuple[Link, PacketContext] | None = None) -> None:
@@ -776,7 +784,7 @@ class Engine:
             ev.extra = {**ev.extra, "cert_check": check} if ev.extra else {"cert_check": check}
         if link is not None:  # after ECH: an SNI that is only a front does not name the flow
             self._link_event(ev, *link)
-        self._count(ev)
+        self._count(ev.observations, ev.flags)
         self.sink(make_record(ev, ctx), ev.observations, ev)
 
     def _ech(self, ev: Event, hello: tlsp.ClientHello, ctx: PacketContext) -> None:
@@ -796,46 +804,40 @@ class Engine:
                            if o.channel in _SNI_CHANNELS and o.name == sni else o
                            for o in ev.observations]
 
-    def _dns_line(self, ev: Event, payload: bytes, version: int, src: bytes, dst: bytes,
+    def _dns_line(self, parts: DnsParts, payload: bytes, version: int, src: bytes, dst: bytes,
                   sport: int, dport: int, ttl: int, ipid: int, sec: int, usec: int) -> bool:
-        """A DNS message's record straight to :attr:`line_sink`; False when its rendering does
-        not end in the 4-character id or it has evidence flags (the caller then takes the dict
-        path).
+        """A DNS message's record straight to :attr:`line_sink`, without an event; False when
+        it has evidence flags or its rendering does not end in its id (the caller then takes
+        the dict path).
 
         The record is ``{key: {section: {..., "id": ID}}, "ip": ..., flow fields}``: all
-        before ID is the same for every repeat of the message (the dissector renders each
-        distinct message once, keyed as here), so orjson writes it once. (The packet's fields
-        come as they are: a PacketContext is built only for the dict path.)"""
-        if ev.flags:
-            return False  # evidence flags (a name no host has): make_record renders them
-        ident = BYTE_HEX[payload[1]] + BYTE_HEX[payload[0]]  # the dissector's, byte-swapped
-        body_key = payload[2:]
-        known = self._dns_lines.get(body_key)
-        if known is None or known[0] != ev.key:
-            full = orjson.dumps({ev.key: ev.body})
-            if full[-8:] != ident.encode() + b'"}}}':
-                return False
-            if (len(self._dns_lines) >= DNS_LINES_MAX
-                    or self._dns_lines_bytes + len(full) + len(body_key) > DNS_LINES_BYTES):
-                self._dns_lines.clear()  # wholesale, as the parse cache: cheap to relearn
-                self._dns_lines_bytes = 0
-            known = self._dns_lines[body_key] = (ev.key, full[:-8])
-            self._dns_lines_bytes += len(full) + len(body_key)
+        before ID is the same for every repeat of the message: orjson wrote it once, into the
+        message's parse cache entry (:data:`~iocwatch.flows.dissector.DnsEntry`). (The
+        packet's fields come as they are: a PacketContext is built only for the dict path.)"""
+        key, entry, obs, links, fronts, flags = parts
+        head = entry[10]
+        if flags or head is None:  # evidence flags (a name no host has): make_record renders
+            return False  # them; no head: the JSON's id is not its last field
         if version == 4:
-            ip = f'4,"ttl":{ttl},"id":"{BYTE_HEX[ipid >> 8]}{BYTE_HEX[ipid & 255]}"}}'
+            ip = f'4,"ttl":{ttl},"id":"{BYTE_HEX[ipid >> 8]}{BYTE_HEX[ipid & 255]}"}},'
         else:
             ext6 = self.decoder.ext6
             ext = f',"extensions":"{ext6.hex()}"' if ext6 else ""
-            ip = f'6,"ttl":{ttl},"id":"{ipid:05x}"{ext}}}'
-        text = (f'{ident}"}}}},"ip":{{"version":{ip},"src_ip":"{ip_text(src)}",'
-                f'"dst_ip":"{ip_text(dst)}","protocol":17,"src_port":{sport},'
-                f'"dst_port":{dport},"event_start":')
-        if ev.dns_links is not None or ev.ech_fronts:
-            self._learn_answer(ev, dst, sec)
-        self._count(ev)
-        self.line_sink(b"".join((known[1], text.encode(),  # type: ignore[misc]
-                                 orjson.dumps(event_time(sec, usec)), b"}\n")),
-                       ev.observations, ev)
+            ip = f'6,"ttl":{ttl},"id":"{ipid:05x}"{ext}}},'
+        pair = src + dst  # (4 + 4 or 16 + 16 bytes: the version is in the length)
+        addresses = self._dns_addresses.get(pair)
+        if addresses is None:
+            if len(self._dns_addresses) >= _DNS_ADDRESSES_MAX:
+                self._dns_addresses.clear()  # wholesale, as ip_text's table
+            addresses = self._dns_addresses[pair] = (
+                f'"src_ip":"{ip_text(src)}","dst_ip":"{ip_text(dst)}","protocol":17,"src_port":')
+        text = (f'{BYTE_HEX[payload[1]]}{BYTE_HEX[payload[0]]}"}}}},"ip":{{"version":{ip}'
+                f'{addresses}{sport},"dst_port":{dport},"event_start":')
+        if links is not None or fronts:
+            self.learn_answer(links, fronts, dst, sec)
+        self._count(obs, 0)
+        self.line_sink(b"".join((_LINE_OPEN[key], head, text.encode(),  # type: ignore[misc]
+                                 orjson.dumps(event_time(sec, usec)), b"}\n")), obs, None)
         return True
 
     def finish(self) -> None:
@@ -851,6 +853,12 @@ class Engine:
         self.buffered = 0
         self.quic.finish()
         self._release_quic()
+
+
+#: (src, dst) address pairs whose part of a DNS line is kept (:meth:`Engine._dns_line`)
+_DNS_ADDRESSES_MAX = 16384
+#: a DNS line's start, before its entry's JSON (:meth:`Engine._dns_line`)
+_LINE_OPEN = {key: b'{"' + key.encode() + b'":' for key in ("dns", "mdns", "nbns")}
 
 
 def _udp_key(ctx: PacketContext) -> bytes:

@@ -140,3 +140,23 @@ def test_real_captures_agree() -> None:
             total += 1
             taken += check(payload)
     assert total and taken, (total, taken)
+
+
+def test_owner_pointer_chains_agree_at_every_depth() -> None:
+    """Owner names that point at the previous record's owner (a pointer to a pointer...):
+    the one-pointer shortcut follows _fast_name's depth rule, so a view it returns equals
+    the full parser's, and a chain past the depth limit is declined, never misread."""
+    taken = []
+    for n in range(1, 12):
+        q = qname("deep.example") + struct.pack("!HH", 1, 1)
+        body, owner = q, 12  # the question's name
+        for i in range(n):
+            here = 12 + len(body)
+            body += rr(struct.pack("!H", 0xC000 | owner), 1, bytes([10, 0, 0, i]))
+            owner = here
+        msg = header(0x5151, 0x8180, 1, n) + body
+        taken.append(check(msg))
+        for cut in (len(msg) - 1, len(msg) - 5):
+            check(msg[:cut])
+    assert taken[0] and taken[5]  # shallow chains take the fast path
+    assert not taken[-1]  # past _FAST_DEPTH pointers: declined

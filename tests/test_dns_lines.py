@@ -58,7 +58,7 @@ def _frames() -> list[tuple[float, bytes]]:
     return out
 
 
-def _lines(path: str, rendered: bool) -> tuple[list[bytes], int]:
+def _run(path: str, rendered: bool) -> tuple[list[bytes], int, Engine]:
     lines: list[bytes] = []
     via_line = [0]
 
@@ -76,7 +76,12 @@ def _lines(path: str, rendered: bool) -> tuple[list[bytes], int]:
     eng.run(reader)
     eng.finish()
     reader.close()
-    return lines, via_line[0]
+    return lines, via_line[0], eng
+
+
+def _lines(path: str, rendered: bool) -> tuple[list[bytes], int]:
+    lines, via, _eng = _run(path, rendered)
+    return lines, via
 
 
 def test_rendered_dns_lines_equal_the_dict_path(tmp_path):
@@ -113,3 +118,33 @@ def test_alerts_from_rendered_lines_equal_the_dict_path(tmp_path, monkeypatch):
         outs.append((alerts.read_bytes(), records.read_bytes()))
     assert outs[0] == outs[1]
     assert outs[0][0].count(b"\n") >= 10
+
+
+def test_stats_of_rendered_lines_equal_the_dict_path(tmp_path):
+    """The line path counts what the dict path counts (records, names per channel, DNS
+    messages and cache hits, DNS links), and learns the same DNS links."""
+    cap = tmp_path / "dns.pcap"
+    cap.write_bytes(pb.pcap(_frames()))
+    _plain, _, slow = _run(str(cap), rendered=False)
+    _fast, _, fast = _run(str(cap), rendered=True)
+    assert fast.stats == slow.stats
+    assert fast.stats["dns_cache_hits"] > 0 and fast.stats["names_dns_query"] > 0
+    assert fast.links is not None and slow.links is not None
+    assert fast.links.table == slow.links.table and len(fast.links.table) > 0
+
+
+def test_parse_cache_entries_hold_nothing_the_collector_walks(tmp_path):
+    """A cached DNS message keeps its record's JSON as bytes and its names, observations and
+    links in tuples: nothing in an entry is a dict or a list (thousands of entries of those
+    made every full garbage collection walk them), and every entry that took the line path
+    rebuilds, for the dict path, the very JSON orjson wrote."""
+    cap = tmp_path / "dns.pcap"
+    cap.write_bytes(pb.pcap(_frames()))
+    _lines_, _, eng = _run(str(cap), rendered=True)
+    entries = list(eng.dissector.dns_cache.values())
+    assert entries
+    for entry in entries:
+        assert not any(type(part) in (dict, list) for part in entry), entry
+        head = entry[10]
+        assert head is not None and entry[2] is None
+        assert head.endswith(b'"id":"') and orjson.loads(head + b'0000"}}')

@@ -87,14 +87,20 @@ def answer_links(records: list[dnsp.LinkRecord]) -> tuple[AnswerLink, ...]:
     case, CNAME chains followed without regard to case."""
     if not records:
         return ()
+    # the same few names again and again (a chain's owners and targets): each normalised once
+    norms: dict[str, str] = {}
     parents: dict[str, list[str]] = {}
     for rr in records:
         if rr.rtype == 5 and rr.target:
-            parents.setdefault(_norm(rr.target), []).append(_norm(rr.name))
+            target, name = rr.target, rr.name
+            t = norms.get(target) or norms.setdefault(target, _norm(target))
+            n = norms.get(name) or norms.setdefault(name, _norm(name))
+            parents.setdefault(t, []).append(n)
     out: dict[bytes, tuple[tuple[str, ...], int]] = {}
     for rr in records:
         data = rr.rdata
-        owner = _norm(rr.name)
+        name = rr.name
+        owner = norms.get(name) or norms.setdefault(name, _norm(name))
         if rr.rtype == 1:
             addrs = [data[:4]] if len(data) >= 4 else []
         elif rr.rtype == 28:
@@ -116,7 +122,7 @@ def answer_links(records: list[dnsp.LinkRecord]) -> tuple[AnswerLink, ...]:
                 out[addr] = (merged[:MAX_NAMES], min(old[1], rr.ttl))
             else:
                 out[addr] = (names, rr.ttl)
-    return tuple((a, n, t) for a, (n, t) in out.items())
+    return tuple([(a, n, t) for a, (n, t) in out.items()])
 
 
 def names_own_flow(observations: list) -> bool:
@@ -198,7 +204,8 @@ class DnsLinks:
             if old is not None:
                 self.bytes -= old[3]
                 if old[0] != names:
-                    names = (names + tuple(n for n in old[0] if n not in names))[:MAX_NAMES]
+                    extra = [n for n in old[0] if n not in names]
+                    names = (names + tuple(extra) if extra else names)[:MAX_NAMES]
             size = _size(key, names)
             table[key] = (names, now, now + min(max(ttl, lo), hi), size)
             self.bytes += size

@@ -9,6 +9,7 @@ and compression pointers are followed at most 16 deep, only into the message bod
 
 from __future__ import annotations
 
+import struct
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -621,6 +622,7 @@ class _Bail(Exception):
     """The fast reader met something only :func:`parse_message` renders exactly."""
 
 
+_RR_HEAD = struct.Struct("!HHIH").unpack_from  # a record's type, class, TTL, data length
 _FAST_NAME_MAX = 200  # well inside mercury's 255-byte name text; longer names take the slow path
 _FAST_DEPTH = 8
 _V6_TEXT: dict[bytes, str] = {}
@@ -735,12 +737,19 @@ def _fast_view(data: bytes) -> FastView:
             continue
         records: list[dict[str, Any]] = []
         for _ in range(count):
-            raw, pos = _fast_name(data, pos, end, memo)
+            # most owner names are one pointer to a name already read (_fast_name's rules)
+            target = ((data[pos] & 0x3F) << 8) | data[pos + 1] if data[pos] >= 0xC0 else -1
+            known = memo.get(target) if HEADER_LEN <= target < end - HEADER_LEN else None
+            if known is not None and known[1] + 1 < _FAST_DEPTH:
+                raw = known[0]
+                memo[pos] = (raw, known[1] + 1)
+                pos += 2
+            else:
+                raw, pos = _fast_name(data, pos, end, memo)
             if len(raw) == 33 or pos + 10 > end:
                 raise _Bail
-            rtype = (data[pos] << 8) | data[pos + 1]
-            rclass = ((data[pos + 2] << 8) | data[pos + 3]) & 0x7FFF
-            rdlen = (data[pos + 8] << 8) | data[pos + 9]
+            rtype, rclass, ttl, rdlen = _RR_HEAD(data, pos)
+            rclass &= 0x7FFF
             start = pos + 10
             pos = start + rdlen
             if pos > end:
@@ -754,7 +763,7 @@ def _fast_view(data: bytes) -> FastView:
             else:
                 o = {"name": name}
                 _put_type_class(o, rtype, rclass, False)  # never NetBIOS here
-            ttl = o["ttl"] = int.from_bytes(data[start - 6 : start - 2], "big")
+            o["ttl"] = ttl
             if linking and key == "answer" and rclass == _IN and rtype in LINK_TYPES:
                 if rtype == 64:
                     raise _Bail  # SVCB: ECH configs (DnsMessage.ech_fronts) need the full parse
