@@ -44,6 +44,7 @@ it holds a packet).
 
 from __future__ import annotations
 
+import gc
 import heapq
 import itertools
 import multiprocessing
@@ -263,6 +264,7 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
             raise KeyboardInterrupt
 
     reader.on_read = periodic
+    gc.freeze()  # what is set up by now lives for the whole run (see commands/sensor.run_file)
     started = time.process_time()
     ending = "end"
     try:

@@ -5,6 +5,7 @@ capture hands over to :mod:`iocwatch.workers` after the same checks."""
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import signal
 import stat
@@ -594,8 +595,14 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
         engine.line_sink = pipeline.line_sink()
     started = time.process_time()
     packets = pipeline.packets(reader)
+    # what is set up by now (modules, indicators, tables) lives for the whole run: out of the
+    # collector's full passes over every tracked object
+    gc.freeze()
     out = run_engine(engine, packets if tracer is None else tracer.packets(packets), progress)
     close_all(engine, pipeline, reader, out)
+    # everything is written and closed: the interpreter's last collection need not walk the
+    # engine's tables (0.07-0.23 s on the dns benchmark capture)
+    gc.freeze()
     report = run_report(engine, reader, pipeline, time.process_time() - started)
     if tracer is not None:
         close_steps(out, (lambda: end_trace(tracer, engine),))
