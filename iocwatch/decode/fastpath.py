@@ -6,7 +6,9 @@ whose first datagram was read. Both packet loops (the pcap reader's, over its fi
 and ``Engine.run``'s) pass over them before any per-packet object exists, by the same inline
 test: the frame's IP header found by a fixed offset per link type (:func:`layout`; up to two
 VLAN tags), the 5-tuple bytes looked up in the engine's ``done`` (TCP) or ``udp_done`` table,
-and for a datagram :func:`quiet_datagram`.
+and for a datagram :func:`quiet_datagram`. The test is written out in both loops rather than
+called: as a function it cost 0.65 us a packet, 18 % of the run on the bench capture
+rewritten as SLL (paired), and these are the two hottest loops of the sensor.
 
 The test only ever says "nothing to do" where the slow path would do nothing either
 (``tests/test_fast_skip.py`` compares the two on every link layer here): a fresh SYN, a UDP
