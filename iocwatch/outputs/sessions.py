@@ -26,15 +26,16 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
-
-from cryptography import x509 as cx509
+from typing import TYPE_CHECKING, Any
 
 from iocwatch.boundary import classify
 from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.streams import LineStream, open_stream
 from iocwatch.protocols.fingerprints import client_fingerprints, server_fingerprints
 from iocwatch.protocols.x509 import Certificate
+
+if TYPE_CHECKING:
+    from cryptography import x509 as cx509
 
 TLSH_MIN_INPUT = 50  # py-tlsh refuses shorter input (and input with too little variety)
 
@@ -236,6 +237,8 @@ def _name_pairs(name: cx509.Name) -> list[tuple[str, Any]]:
 def go_certificate(cert: Certificate) -> GoCert:
     """The fields of Go's x509.Certificate that D4's consumers read, in Go's field order."""
     head: dict[str, Any] = {"CertHash": cert.sha1, "Raw": base64.b64encode(cert.der).decode()}
+    from cryptography import x509 as cx509  # (imported at the first session record's certificate)
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a sensor must not print

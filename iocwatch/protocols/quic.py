@@ -12,12 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from functools import lru_cache
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives import hashes, hmac
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
-
 from iocwatch.protocols.cursor import Cursor, Malformed
 
 SALT_V1 = bytes.fromhex("38762cf7f55934b34d179ae6a4c80cadccbb7f0a")
@@ -66,6 +60,9 @@ def version_params(version: int) -> VersionParams | None:
 def _expand_label(secret: bytes, label: str, length: int) -> bytes:
     full = b"tls13 " + label.encode()
     info = length.to_bytes(2, "big") + bytes([len(full)]) + full + b"\x00"
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
     return HKDFExpand(hashes.SHA256(), length, info).derive(secret)
 
 
@@ -75,6 +72,9 @@ def initial_keys(version: int, dcid: bytes, server: bool = False) -> tuple[bytes
     params = version_params(version)
     if params is None:
         raise Malformed(f"unsupported QUIC version {version:08x}")
+    # (cryptography is imported at the first Initial: 30 ms of start-up otherwise)
+    from cryptography.hazmat.primitives import hashes, hmac
+
     h = hmac.HMAC(params.salt, hashes.SHA256())
     h.update(dcid)
     initial_secret = h.finalize()
@@ -176,6 +176,10 @@ def _parse_long_packet(data: bytes, start: int, server: bool,
     if length < 20 or pn_offset + length > len(data):
         raise Malformed("impossible length")
     key, iv, hp = initial_keys(version, dcid if client_dcid is None else client_dcid, server)
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
     sample = data[pn_offset + 4 : pn_offset + 20]
     enc = Cipher(algorithms.AES(hp), modes.ECB()).encryptor()
     mask = enc.update(sample) + enc.finalize()

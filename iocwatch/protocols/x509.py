@@ -22,9 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cryptography import x509 as _cx509
-from cryptography.exceptions import InvalidSignature as _InvalidSignature
-
 from iocwatch.protocols.asn1 import (
     BIT_STRING,
     BOOLEAN,
@@ -948,11 +945,13 @@ def _validity_text(t: Tlv) -> str:
 
 def _cryptography_accepts(der: bytes) -> bool:
     """Whether the strict decoder takes the certificate and every extension it knows."""
+    from cryptography import x509 as cx509  # (imported at the first certificate: 30 ms)
+
     try:
         with warnings.catch_warnings():
             # Lenient-but-deprecated inputs (negative serials) warn; a sensor must not print.
             warnings.simplefilter("ignore")
-            cert = _cx509.load_der_x509_certificate(der)
+            cert = cx509.load_der_x509_certificate(der)
             cert.subject  # noqa: B018 - names and extensions decode lazily
             cert.extensions  # noqa: B018
     except (KeyboardInterrupt, SystemExit):
@@ -1087,14 +1086,17 @@ def self_signed(cert: Certificate) -> bool:
     strict decoder refuses the certificate, equal names alone decide."""
     if not cert.self_issued:
         return False
+    from cryptography import x509 as cx509
+    from cryptography.exceptions import InvalidSignature
+
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            c = _cx509.load_der_x509_certificate(cert.der)
+            c = cx509.load_der_x509_certificate(cert.der)
             c.verify_directly_issued_by(c)
     except (KeyboardInterrupt, SystemExit):
         raise
-    except (ValueError, TypeError, _InvalidSignature):
+    except (ValueError, TypeError, InvalidSignature):
         return False
     except BaseException:  # unsupported key types, a Rust panic: fall back to the names
         return True
