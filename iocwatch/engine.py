@@ -590,7 +590,9 @@ class Engine:
                 self.flow_hook(flow_record(PacketContext(version, src, dst, 17, sport, dport, ttl,
                                                          ipid, sec, usec)))
         links = self.links
-        if links is not None and src in links.clients and links.udp_first(src + dst + l4[:4]):
+        # (a datagram to a DNS port never links, DnsLinks.flow: its direction is not recorded)
+        if (links is not None and dport not in DNS_PORTS and src in links.clients
+                and links.udp_first(src + dst + l4[:4])):
             link = links.flow(src, dst, dport, sec)
             if link is not None and sport not in DNS_PORTS:
                 self._link_udp(links, link, payload, PacketContext(version, src, dst, 17, sport,
@@ -598,7 +600,9 @@ class Engine:
         if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
             self.quic.datagram(sec, usec, version, src, dst, l4, ttl, ipid, sport, dport, payload)
             return
-        port = self.dns_port(sport, dport, payload)
+        # (dns_port's first test written out: most datagrams that come this far are DNS)
+        port = (dport if dport in DNS_PORTS else sport if sport in DNS_PORTS
+                else self.dns_port(sport, dport, payload))
         if port is None:
             # neither DNS nor a QUIC Initial, and its first datagram read: the rest of the
             # direction takes the fast path (decode/fastpath.py), bar DNS and long headers
@@ -835,7 +839,12 @@ class Engine:
                 f'{addresses}{sport},"dst_port":{dport},"event_start":')
         if links is not None or fronts:
             self.learn_answer(links, fronts, dst, sec)
-        self._count(obs, 0)
+        stats = self.stats  # (_count's counts, written out: one call less per message)
+        stats["records"] += 1
+        for ob in obs:
+            counter = _NAME_COUNTERS.get(ob.channel)
+            if counter is not None:
+                stats[counter] += 1
         self.line_sink(b"".join((_LINE_OPEN[key], head, text.encode(),  # type: ignore[misc]
                                  orjson.dumps(event_time(sec, usec)), b"}\n")), obs, None)
         return True
