@@ -211,6 +211,8 @@ class SensorPipeline:
         needs each record itself."""
         if self.consumers or self.own_traffic is not None:
             return None
+        if self.matcher is None and self.writer is not None:
+            return self.writer.write_line  # nothing to match: straight to the writer
         return self._engine_line
 
     def _engine_line(self, line: bytes, observations: list[Any], event: Any) -> None:

@@ -19,8 +19,10 @@ class RecordWriter:
     def write(self, record: dict) -> None:
         self.write_line(orjson.dumps(record) + b"\n")
 
-    def write_line(self, line: bytes) -> None:
-        """A record already rendered (the engine's DNS lines), newline included."""
+    def write_line(self, line: bytes, _observations: object = None, _event: object = None) -> None:
+        """A record already rendered (the engine's DNS lines), newline included; as a line
+        sink (:meth:`Pipeline.line_sink <iocwatch.pipeline.Pipeline.line_sink>`) it takes
+        the record's observations and event too, and ignores them."""
         self.out.write(line)
         self.count += 1
 

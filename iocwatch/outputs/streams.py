@@ -125,7 +125,7 @@ class FileOutput(LineStream):
         return self.size > 0 and self.size + incoming > limit
 
     def write(self, chunk: bytes) -> None:
-        if self._due(len(chunk)):
+        if self.rotate is not None and self._due(len(chunk)):
             self.do_rotate()
         try:
             self.fh.write(chunk)
