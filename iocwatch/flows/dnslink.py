@@ -198,22 +198,17 @@ class DnsLinks:
         clients[client] = None
         table = self.table
         lo, hi = self.min_ttl, self.max_ttl
-        added = 0
         for addr, names, ttl in links:
             key = client + addr
             old = table.pop(key, None)
-            if old is not None and old[0] is names:  # a repeated answer: the same names
-                size = old[3]  # (the parse cache's tuple), the same size
-            else:
-                if old is not None:
-                    added -= old[3]
-                    if old[0] != names:
-                        extra = [n for n in old[0] if n not in names]
-                        names = (names + tuple(extra) if extra else names)[:MAX_NAMES]
-                size = _size(key, names)
-                added += size
+            if old is not None:
+                self.bytes -= old[3]
+                if old[0] != names:
+                    extra = [n for n in old[0] if n not in names]
+                    names = (names + tuple(extra) if extra else names)[:MAX_NAMES]
+            size = _size(key, names)
             table[key] = (names, now, now + min(max(ttl, lo), hi), size)
-        self.bytes += added
+            self.bytes += size
         stats["dns_link_addresses"] += len(links)
         if len(table) > self.max_entries or self.bytes > self.max_bytes:
             self._evict(stats)
