@@ -148,3 +148,19 @@ def test_parse_cache_entries_hold_nothing_the_collector_walks(tmp_path):
         head = entry[10]
         assert head is not None and entry[2] is None
         assert head.endswith(b'"id":"') and orjson.loads(head + b'0000"}}')
+
+
+def test_records_without_a_matcher_go_straight_to_the_writer(tmp_path, monkeypatch):
+    """No --ioc: the line sink is the record writer's write_line itself; the file is the
+    dict path's, byte for byte."""
+    cap = tmp_path / "dns.pcap"
+    cap.write_bytes(pb.pcap(_frames()))
+    outs = []
+    for rendered in (True, False):
+        if not rendered:
+            monkeypatch.setattr(SensorPipeline, "line_sink", lambda self: None)
+        records = tmp_path / f"rec-{rendered}.json"
+        assert main(["-r", str(cap), "-f", str(records), "-q"]) == 0
+        outs.append(records.read_bytes())
+    assert outs[0] == outs[1] and outs[0].count(b"\n") == 80
+
