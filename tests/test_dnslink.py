@@ -274,3 +274,19 @@ def test_quic_initial_without_sni_gets_the_link_and_with_sni_stays_unchanged() -
     assert hellos[50002]["tls"]["client"]["server_name"] == "example.com"
     assert "dns_link" not in hellos[50002]
     assert len(linked(records)) == 1
+
+
+def test_dns_datagrams_are_not_kept_as_udp_flows_that_might_link() -> None:
+    """A datagram to a DNS port never links (DnsLinks.flow): its direction is not put in
+    ``udp_seen``, while a client's other UDP flow still is and still gets its link."""
+    answer = response("udp.example", [rr("udp.example", 1, ip4("192.0.2.20"))])
+    query = struct.pack("!HHHHHH", 9, 0x0100, 1, 0, 0, 0) + qname("other.example") + b"\0\x01\0\x01"
+    pkts = [dns_packet(5.0, answer),
+            (5.5, eth(ipv4(udp(query, 50001, 53), CLIENT, RESOLVER, proto=17))),
+            (6.0, eth(ipv4(udp(b"hello", 40100, 9999), CLIENT, "192.0.2.20", proto=17)))]
+    engine, records = run(pkts)
+    assert engine.links is not None
+    assert len(engine.links.udp_seen) == 1  # the 9999 flow's direction only
+    (rec, _obs), = linked(records)
+    assert rec["dns_link"]["names"] == ["udp.example"]
+    assert sum("dns" in r for r, _ in records) == 2

@@ -240,3 +240,20 @@ def test_engine_new_quic_connection_on_a_recycled_five_tuple():
     assert [("client" in r["tls"], r["quic"]["dcid"]) for r in records] == [
         (True, DCID.hex()), (False, ""), (True, "0011223344556677")]
     assert eng.stats["quic_port_reuse"] == 1
+
+
+def test_looks_like_initial_knows_exactly_the_versions_version_params_knows():
+    """The one set lookup equals ``version_params(...) is not None`` on every version the
+    function singles out, the whole draft byte range, and a seeded sample of the rest."""
+    import random
+
+    rng = random.Random(18)
+    versions = [0, 1, 2, quic.VERSION_V1, quic.VERSION_V2, quic.VERSION_MVFST_D23,
+                quic.VERSION_MVFST_EXP, 0xFACEB001, 0xFF000000, 0xFFFFFFFF,
+                *(0xFF000000 | d for d in range(256)), *(0xFE000000 | d for d in range(64)),
+                *(rng.getrandbits(32) for _ in range(20_000))]
+    for v in versions:
+        head = b"\xc3" + v.to_bytes(4, "big") + b"\0\0"
+        assert quic.looks_like_initial(head) == (quic.version_params(v) is not None), hex(v)
+        assert not quic.looks_like_initial(b"\x43" + head[1:])  # no long header
+        assert not quic.looks_like_initial(head[:6])  # too short
