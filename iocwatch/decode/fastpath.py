@@ -10,10 +10,12 @@ and for a datagram :func:`quiet_datagram`. The test is written out in both loops
 called: as a function it cost 0.65 us a packet, 18 % of the run on the bench capture
 rewritten as SLL (paired), and these are the two hottest loops of the sensor.
 
-The test only ever says "nothing to do" where the slow path would do nothing either
-(``tests/test_fast_skip.py`` compares the two on every link layer here): a fresh SYN, a UDP
-datagram that may be DNS (by its header) or a QUIC long header, a fragment, a tunnel's outer
-datagram, IP options or IPv6 extension headers, or anything too short goes on to the slow path.
+The test only ever says "nothing to do" where the slow path would make no record either
+(``tests/test_fast_skip.py`` compares the two on every link layer here, on clean and damaged
+frames): a fresh SYN, a UDP datagram that may be DNS (by its header) or a QUIC long header, a
+UDP fragment, a tunnel's outer datagram, IP options or IPv6 extension headers, or anything too
+short goes on to the slow path. Counters differ only in what the decoder would have said of a
+damaged or cut frame it is spared (snapped, malformed, VLAN tags).
 The engine fills ``udp_done`` (``Engine._udp``) and empties it whenever a datagram it holds
 could matter again.
 """
