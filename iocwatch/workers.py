@@ -24,7 +24,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
@@ -47,6 +48,11 @@ WORKER_STATS_EVERY = 1.0
 DRAIN_BATCHES = 10_000  # packets still in the ring at stop: read until empty, but bounded
 TAP_BUFFER_MB = 8  # each worker's ring of DNS answers (small: answers are a sliver of a link)
 TAP_BATCHES = 64  # batches of answers read at most before each batch of the worker's own
+#: seconds (by the clock) after which a tap answer no own packet followed is learned anyway:
+#: every packet captured before it has been delivered by then (TPACKET_V3 blocks time out
+#: well within it)
+TAP_HOLD = 1.0
+TAP_PENDING_MAX = 65536  # answers held at most; past it the oldest are learned at once
 Emit = Callable[[str, bytes], None]
 
 
@@ -97,10 +103,15 @@ class AnswerTap:
     (UDP answers, both directions of DNS over TCP) on a handle of its own, outside the fanout
     group, and learns the answers uncounted (:class:`~iocwatch.dns_learning.AnswerLearner`;
     the answer's own worker writes its record and counts it; learning it twice changes
-    nothing). The tap is read before each batch of the worker's own packets is run, so an
-    answer is known before the connection it announced."""
+    nothing). The two handles deliver on their own schedules, so an answer read from the tap
+    waits in :attr:`pending` and is learned in capture-time order among the worker's own
+    packets (:meth:`ordered`): just before the first packet captured after it, as ``-r``
+    learns it, and never before an earlier connection (which would give that connection
+    names DNS had not told its client yet). An answer no own packet follows is learned once
+    it is :data:`TAP_HOLD` seconds old by the clock, when every packet before it must have
+    been delivered."""
 
-    __slots__ = ("cap", "decoder", "learner", "packets", "errors")
+    __slots__ = ("cap", "decoder", "learner", "packets", "errors", "pending")
 
     def __init__(self, cap: LiveCapture, engine: Engine) -> None:
         self.cap = cap
@@ -108,26 +119,45 @@ class AnswerTap:
         self.learner = AnswerLearner(engine)
         self.packets = 0
         self.errors = 0
+        #: answers read, not yet learned, in capture order: (sec, usec, linktype, data)
+        self.pending: deque[tuple[int, int, int, bytes]] = deque()
 
     def drain(self) -> None:
-        """Learn every answer already captured (bounded; never waits)."""
-        decode, learner = self.decoder.decode, self.learner
+        """Read every answer already captured into :attr:`pending` (bounded; never waits),
+        and learn those old enough that no packet of the worker's can still come before them
+        (or that the bound pushes out)."""
+        pending = self.pending
         for _ in range(TAP_BATCHES):
             batch = self.cap.read(0)
             if not batch:
-                return
+                break
             self.packets += len(batch)
-            for sec, _usec, linktype, data in batch:
-                try:
-                    dec = decode(linktype, data, sec)
-                    if dec is None:
-                        continue
-                    if dec[3] == 17:
-                        learner.udp(sec, dec[2], dec[4])
-                    elif dec[3] == 6:
-                        learner.tcp(sec, dec)
-                except Exception:  # noqa: BLE001 - a hostile answer is skipped, counted
-                    self.errors += 1
+            pending.extend(batch)
+        if pending:
+            now = time.time() - TAP_HOLD
+            while pending and (len(pending) > TAP_PENDING_MAX or pending[0][0] < now):
+                self._learn(pending.popleft())
+
+    def ordered(self, batch: Iterable[Any]) -> Iterator[Any]:
+        """The worker's own packets, each after the pending answers captured before it."""
+        pending = self.pending
+        for pkt in batch:
+            while pending and (pending[0][0], pending[0][1]) <= (pkt[0], pkt[1]):
+                self._learn(pending.popleft())
+            yield pkt
+
+    def _learn(self, answer: tuple[int, int, int, bytes]) -> None:
+        sec, _usec, linktype, data = answer
+        try:
+            dec = self.decoder.decode(linktype, data, sec)
+            if dec is None:
+                return
+            if dec[3] == 17:
+                self.learner.udp(sec, dec[2], dec[4])
+            elif dec[3] == 6:
+                self.learner.tcp(sec, dec)
+        except Exception:  # noqa: BLE001 - a hostile answer is skipped, counted
+            self.errors += 1
 
     def counters(self) -> dict[str, int]:
         drops = self.cap.drops()
@@ -196,7 +226,7 @@ def _worker(index: int, cap: LiveCapture,
 
     def run(batch: list) -> None:
         nonlocal errors
-        it = iter(pipeline.packets(batch, live=True))
+        it = iter(pipeline.packets(batch if tap is None else tap.ordered(batch), live=True))
         while True:
             try:
                 engine.run(it)
