@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 
 from iocwatch.capture.files import CaptureReader, CaptureSet
-from iocwatch.decode.fastpath import IPV4, IPV6, RAW_ETYPE, TAGS, layout, quiet_datagram
+from iocwatch.decode.fastpath import layout, passes_over
 from iocwatch.decode.packet import Decoder
 from iocwatch.flows.dissector import (
     DNS_PORTS,
@@ -244,7 +244,6 @@ class Engine:
                 for sec, usec, linktype, data in packets:  # tested there: not again here
                     slow(sec, usec, linktype, data)
                 return
-        ipv4, ipv6, tags, raw_etype = IPV4, IPV6, TAGS, RAW_ETYPE
         lay_of = layout
         last_lt, lay = -1, None
         sweep_at = self.next_sweep  # a packet at or past it goes on: the sweep runs there
@@ -254,39 +253,9 @@ class Engine:
             # direction's datagram (decode/fastpath.py, the reader's same test)
             if linktype != last_lt:
                 last_lt, lay = linktype, lay_of(linktype)
-            if lay is not None and sec < sweep_at:
-                e, b = lay
-                end = len(data)
-                if e >= 0:
-                    etype = data[e : e + 2]
-                    if etype != ipv4 and etype in tags:
-                        etype = data[b + 2 : b + 4]
-                        b += 4
-                        if etype in tags:
-                            etype = data[b + 2 : b + 4]
-                            b += 4
-                else:
-                    etype = raw_etype[data[b] >> 4] if end else b""
-                if end - b >= 34:
-                    if etype == ipv4:
-                        proto = data[b + 9]
-                        if proto == 6:
-                            if (data[b] == 0x45 and data[b + 12 : b + 24] in done
-                                    and data[b + 33] & 0x12 != 0x02):
-                                continue
-                        elif (proto == 17 and data[b] == 0x45
-                              and data[b + 12 : b + 24] in udp_done
-                              and not data[b + 6] & 0x3F and not data[b + 7]
-                              and quiet_datagram(data, b + 20, end)):
-                            continue
-                    elif etype == ipv6 and end - b >= 54:
-                        proto = data[b + 6]
-                        if proto == 6:
-                            if data[b + 8 : b + 44] in done and data[b + 53] & 0x12 != 0x02:
-                                continue
-                        elif (proto == 17 and data[b + 8 : b + 44] in udp_done
-                              and quiet_datagram(data, b + 40, end)):
-                            continue
+            if (lay is not None and sec < sweep_at
+                    and passes_over(data, 0, len(data), lay[0], lay[1], done, udp_done)):
+                continue
             slow(sec, usec, linktype, data)
             sweep_at = self.next_sweep
 

@@ -23,7 +23,7 @@ from struct import Struct, unpack_from
 from typing import Any, BinaryIO
 
 from iocwatch.boundary import classify
-from iocwatch.decode.fastpath import IPV4, IPV6, RAW_ETYPE, TAGS, layout, quiet_datagram
+from iocwatch.decode.fastpath import layout, passes_over, quiet_datagram
 
 Packet = tuple[int, int, int, bytes]
 
@@ -338,7 +338,6 @@ class CaptureReader:
         clock = self.clock
         sweep_at = clock.next_sweep if clock is not None else 1 << 62
         v4 = b"\x08\x00\x45"  # IPv4 without options
-        ipv4, ipv6, tags, raw_etype = IPV4, IPV6, TAGS, RAW_ETYPE
         etype = key = b""
         sec = proto = flags = 0
         try:
@@ -397,39 +396,8 @@ class CaptureReader:
                               and not data[p + 20] & 0x3F and not data[p + 21]
                               and quiet_datagram(data, p + 34, pos)):
                             continue
-                    else:  # the same test on any other frame (see decode/fastpath.py)
-                        b = p + l3
-                        if e >= 0:
-                            etype = data[p + e : p + e + 2]
-                            if etype != ipv4 and etype in tags:
-                                etype = data[b + 2 : b + 4]
-                                b += 4
-                                if etype in tags:
-                                    etype = data[b + 2 : b + 4]
-                                    b += 4
-                        else:
-                            etype = raw_etype[data[b] >> 4]
-                        if pos - b >= 34:
-                            if etype == ipv4:
-                                proto = data[b + 9]
-                                if proto == 6:
-                                    if (data[b] == 0x45 and data[b + 12 : b + 24] in skip
-                                            and data[b + 33] & 0x12 != 0x02):
-                                        continue
-                                elif (proto == 17 and data[b] == 0x45
-                                      and data[b + 12 : b + 24] in skip_udp
-                                      and not data[b + 6] & 0x3F and not data[b + 7]
-                                      and quiet_datagram(data, b + 20, pos)):
-                                    continue
-                            elif etype == ipv6 and pos - b >= 54:
-                                proto = data[b + 6]
-                                if proto == 6:
-                                    if (data[b + 8 : b + 44] in skip
-                                            and data[b + 53] & 0x12 != 0x02):
-                                        continue
-                                elif (proto == 17 and data[b + 8 : b + 44] in skip_udp
-                                      and quiet_datagram(data, b + 40, pos)):
-                                    continue
+                    elif passes_over(data, p, pos, e, p + l3, skip, skip_udp):
+                        continue  # any other frame (decode/fastpath.py)
                 yield sec, frac if scale == 1 else frac // scale, linktype, data[p:pos]
                 if clock is not None:  # the engine may have swept: its next sweep is later
                     sweep_at = clock.next_sweep
