@@ -569,9 +569,7 @@ class Engine:
         if payload[:1] and payload[0] & 0xC0 == 0xC0 and quicp.looks_like_initial(payload):
             self.quic.datagram(sec, usec, version, src, dst, l4, ttl, ipid, sport, dport, payload)
             return
-        # (dns_port's first test written out: most datagrams that come this far are DNS)
-        port = (dport if dport in DNS_PORTS else sport if sport in DNS_PORTS
-                else self.dns_port(sport, dport, payload))
+        port = self.dns_port(sport, dport, payload)
         if port is None:
             # neither DNS nor a QUIC Initial, and its first datagram read: the rest of the
             # direction takes the fast path (decode/fastpath.py), bar DNS and long headers
@@ -808,12 +806,7 @@ class Engine:
                 f'{addresses}{sport},"dst_port":{dport},"event_start":')
         if links is not None or fronts:
             self.learn_answer(links, fronts, dst, sec)
-        stats = self.stats  # (_count's counts, written out: one call less per message)
-        stats["records"] += 1
-        for ob in obs:
-            counter = _NAME_COUNTERS.get(ob.channel)
-            if counter is not None:
-                stats[counter] += 1
+        self._count(obs, 0)
         self.line_sink(b"".join((_LINE_OPEN[key], head, text.encode(),  # type: ignore[misc]
                                  orjson.dumps(event_time(sec, usec)), b"}\n")), obs, None)
         return True
