@@ -696,16 +696,13 @@ class Dissector:
         hit = self.dns_cache.get(payload[2:])
         if hit is not None:
             return ((), None) if hit[6] or not hit[0] else (hit[7], hit[8])
-        view = dnsp.fast_view(payload)
-        if view is not None:
-            return (answer_links(view[4]), None) if view[0] else ((), None)
-        try:
-            msg = dnsp.parse_message(payload)
-        except Malformed:
+        read = _read_dns(payload)
+        if read is None:
             return (), None
-        if msg.netbios or not msg.is_response:
+        view, netbios, fronts = read
+        if netbios or not view[0]:
             return (), None
-        return answer_links(msg.link_records()), msg.ech_fronts() or None
+        return answer_links(view[4]), fronts
 
     def dns(self, payload: bytes, port: int) -> Event | None:
         parts = self.dns_message(payload, port)
@@ -721,25 +718,11 @@ class Dissector:
         cache_key = payload[2:]
         hit = self.dns_cache.get(cache_key)
         if hit is None:
-            view = dnsp.fast_view(payload)  # one pass for the common shapes (never NetBIOS)
-            netbios = False
-            fronts = None  # ECH configs come in HTTPS/SVCB answers, which fast_view declines
-            if view is None:
-                try:
-                    msg = dnsp.parse_message(payload)
-                except Malformed:
-                    self.stats["malformed_dns"] += 1
-                    return None
-                # NetBIOS names are flat host and workgroup names with a service suffix byte
-                # (``WORKGROUP      \x1d``), not domain names: they stay in the record and
-                # carry no observation, so neither the domain matcher nor the coverage report
-                # sees them
-                netbios = msg.netbios
-                view = (msg.is_response, msg.to_mercury(),
-                        [] if netbios else msg.question_names(),
-                        [ip for _owner, ip in msg.addresses()], msg.link_records())
-                if msg.is_response:
-                    fronts = msg.ech_fronts() or None
+            read = _read_dns(payload)
+            if read is None:
+                self.stats["malformed_dns"] += 1
+                return None
+            view, netbios, fronts = read
             body = view[1]
             section = next(iter(body))
             names = view[2]
@@ -824,6 +807,26 @@ DnsEntry = tuple[bool, str, "bytes | dict | None", tuple[str, ...], tuple[Observ
 #: :meth:`Dissector.dns_message`'s reading of one message
 DnsParts = tuple[str, DnsEntry, list[Observation], "tuple | None",
                  "list[tuple[str, str, int]] | None", int]
+
+
+def _read_dns(payload: bytes) -> tuple[tuple, bool, list[tuple[str, str, int]] | None] | None:
+    """One DNS message read, for its record or only for what it tells DNS links: (its view
+    as :func:`~iocwatch.protocols.dns.fast_view` gives it, whether its names are NetBIOS
+    names, its ECH fronts); None when malformed."""
+    view = dnsp.fast_view(payload)  # one pass for the common shapes (never NetBIOS)
+    if view is not None:
+        return view, False, None  # ECH configs come in HTTPS/SVCB answers: fast_view declines
+    try:
+        msg = dnsp.parse_message(payload)
+    except Malformed:
+        return None
+    # NetBIOS names are flat host and workgroup names with a service suffix byte
+    # (``WORKGROUP      \x1d``), not domain names: they stay in the record and carry no
+    # observation, so neither the domain matcher nor the coverage report sees them
+    netbios = msg.netbios
+    return ((msg.is_response, msg.to_mercury(), [] if netbios else msg.question_names(),
+             [ip for _owner, ip in msg.addresses()], msg.link_records()), netbios,
+            (msg.ech_fronts() or None) if msg.is_response else None)
 
 
 def dns_event(payload: bytes, parts: DnsParts) -> Event:
