@@ -338,6 +338,7 @@ class CaptureReader:
         clock = self.clock
         sweep_at = clock.next_sweep if clock is not None else 1 << 62
         v4 = b"\x08\x00\x45"  # IPv4 without options
+        v6 = b"\x86\xdd"
         etype = key = b""
         sec = proto = flags = 0
         try:
@@ -395,6 +396,14 @@ class CaptureReader:
                         elif (proto == 17 and key in skip_udp
                               and not data[p + 20] & 0x3F and not data[p + 21]
                               and quiet_datagram(data, p + 34, pos)):
+                            continue
+                    elif eth and caplen >= 68 and etype[:2] == v6:  # plain Ethernet IPv6
+                        proto = data[p + 20]
+                        if proto == 6:
+                            if data[p + 22 : p + 58] in skip and data[p + 67] & 0x12 != 0x02:
+                                continue
+                        elif (proto == 17 and data[p + 22 : p + 58] in skip_udp
+                              and quiet_datagram(data, p + 54, pos)):
                             continue
                     elif passes_over(data, p, pos, e, p + l3, skip, skip_udp):
                         continue  # any other frame (decode/fastpath.py)
