@@ -240,10 +240,9 @@ class Engine:
             packets.skip = done  # the same test, made before any per-packet object exists
             packets.skip_udp = udp_done
             packets.clock = self
-            if isinstance(packets, CaptureReader) and packets.stats.format == "pcap":
-                for sec, usec, linktype, data in packets:  # tested there: not again here
-                    slow(sec, usec, linktype, data)
-                return
+            for sec, usec, linktype, data in packets:  # tested there: not again here
+                slow(sec, usec, linktype, data)
+            return
         lay_of = layout
         last_lt, lay = -1, None
         sweep_at = self.next_sweep  # a packet at or past it goes on: the sweep runs there

@@ -151,6 +151,14 @@ class CountedSet(Counting, CaptureSet):
     pass
 
 
+def capture_file(timed: list[tuple[int, int, bytes]], linktype: int, ng: bool) -> bytes:
+    """A classic pcap, or a pcapng of Enhanced Packet Blocks, of (sec, usec, frame)s."""
+    if ng:
+        return pb.pcapng_shb() + pb.pcapng_idb(linktype) + b"".join(
+            pb.pcapng_epb(0, sec * 1_000_000 + usec, f) for sec, usec, f in timed)
+    return pb.pcap([(sec + usec / 1e6, f) for sec, usec, f in timed], linktype)
+
+
 def slow(linktype: int, frames: list[bytes]) -> tuple[list[bytes], dict[str, int]]:
     """Every packet through Engine.packet: the reference."""
     records: list[bytes] = []
@@ -170,15 +178,15 @@ def fast(linktype: int, frames: list[bytes], where: str,
     if where == "loop":
         engine.run((1_700_000_000 + i, i, linktype, f) for i, f in enumerate(frames))
     else:
-        timed = [(1_700_000_000 + i + i / 1e6, f) for i, f in enumerate(frames)]
+        timed = [(1_700_000_000 + i, i, f) for i, f in enumerate(frames)]
         half = len(timed) // 2 if where == "set" else len(timed)
         paths = []
         for n, part in enumerate((timed[:half], timed[half:])):
             if part:
-                paths.append(tmp / f"cap{n}.pcap")
-                paths[-1].write_bytes(pb.pcap(part, linktype))
-        reader = (Counted(str(paths[0])) if where == "reader"
-                  else CountedSet([str(p) for p in reversed(paths)]))
+                paths.append(tmp / f"cap{n}.{where}")
+                paths[-1].write_bytes(capture_file(part, linktype, where == "pcapng"))
+        reader = (CountedSet([str(p) for p in reversed(paths)]) if where == "set"
+                  else Counted(str(paths[0])))
         engine.run(reader)
         reader.close()
         # the reader passed over them itself, before slicing them out
@@ -200,7 +208,7 @@ def drop_tags(stats: dict[str, int]) -> dict[str, int]:
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("where", ["reader", "set", "loop"])
+@pytest.mark.parametrize("where", ["reader", "pcapng", "set", "loop"])
 def test_fast_path_gives_what_the_slow_path_gives(kind: str, v6: bool, where: str,
                                                   tmp_path: Path) -> None:
     linktype, frames = capture(kind, v6)
@@ -243,7 +251,7 @@ def timed_frames() -> list[tuple[int, bytes]]:
     return out
 
 
-@pytest.mark.parametrize("where", ["reader", "loop"])
+@pytest.mark.parametrize("where", ["reader", "pcapng", "loop"])
 def test_sweeps_run_at_the_same_packets(where: str, tmp_path: Path) -> None:
     frames = timed_frames()
     want: list[bytes] = []
@@ -257,8 +265,9 @@ def test_sweeps_run_at_the_same_packets(where: str, tmp_path: Path) -> None:
     if where == "loop":
         engine.run((1_700_000_000 + t, 0, 1, f) for t, f in frames)
     else:
-        path = tmp_path / "timed.pcap"
-        path.write_bytes(pb.pcap([(1_700_000_000 + t, f) for t, f in frames]))
+        path = tmp_path / f"timed.{where}"
+        path.write_bytes(capture_file([(1_700_000_000 + t, 0, f) for t, f in frames], 1,
+                                      where == "pcapng"))
         reader = CaptureReader(str(path))
         engine.run(reader)
         reader.close()
@@ -289,7 +298,7 @@ def test_damaged_frames_fast_path_still_gives_what_the_slow_path_gives(kind: str
                     d = d[: rng.randrange(1, len(d) + 1)]
                 damaged.append(bytes(d))
             want, want_stats = slow(linktype, damaged)
-            for where in ("reader", "loop"):
+            for where in ("reader", "pcapng", "loop"):
                 got, got_stats = fast(linktype, damaged, where, tmp_path)
                 assert got == want, (kind, v6, where)
                 # counters may differ only in what the decoder says of frames it never

@@ -132,6 +132,8 @@ class _Buffer:
 
     def ensure(self, n: int) -> bool:
         """Make ``n`` bytes available from ``pos``; False at end of input."""
+        if self.end - self.pos >= n:
+            return True
         if self.mapped is not None:
             return self._advance(n)
         while len(self.data) - self.pos < n:
@@ -165,9 +167,10 @@ class CaptureReader:
         self.path = path
         self.on_read = on_read
         #: finished TCP directions and quiet UDP directions (the engine's ``done`` and
-        #: ``udp_done`` tables, set by Engine.run): a classic pcap packet of one is passed over
-        #: in the file buffer, never sliced out, exactly as Engine.run's fast path would drop
-        #: it (decode/fastpath.py: a fresh SYN, DNS or a QUIC long header still go through)
+        #: ``udp_done`` tables, set by Engine.run): a packet of one (a pcap record, a pcapng
+        #: Enhanced Packet Block) is passed over in the file buffer, never sliced out, exactly
+        #: as Engine.run's own loop would drop it (decode/fastpath.py: a fresh SYN, DNS or a
+        #: QUIC long header still go through)
         self.skip: Container[bytes] | None = None
         self.skip_udp: Container[bytes] = ()
         #: the engine, whose ``next_sweep`` a packet must reach the slow path at (Engine.run
@@ -467,101 +470,191 @@ class CaptureReader:
     def _pcapng_blocks(self, buf: _Buffer) -> Iterator[Packet]:
         stats = self.stats
         endian = "<"
-        # per interface: (linktype, units per second)
-        interfaces: list[tuple[int, int]] = []
-        last_ts = (0, 0)
-        while True:
-            if not buf.ensure(12):
-                if buf.end > buf.pos:
-                    stats.truncated = True
-                break
-            data = buf.data
-            pos = buf.pos
-            btype_raw = data[pos : pos + 4]
-            if btype_raw == PCAPNG_SHB:
-                bom = data[pos + 8 : pos + 12]
-                if bom == b"\x4d\x3c\x2b\x1a":
-                    endian = "<"
-                elif bom == b"\x1a\x2b\x3c\x4d":
-                    endian = ">"
-                else:
-                    stats.damaged["pcapng_section_header"] += 1
+        # per byte order: a block's head (type, length), an Enhanced Packet Block's fields, and
+        # both at once
+        structs = {e: (Struct(e + "II").unpack_from, Struct(e + "IIIII").unpack_from,
+                       Struct(e + "IIIIIII").unpack_from) for e in "<>"}
+        head, epb, block = structs[endian]
+        # per interface: (linktype, units per second, the fast path's layout or None)
+        interfaces: list[tuple[int, int, tuple[int, int] | None]] = []
+        counts: list[int] = []  # packets per interface: into stats.linktypes when it ends
+        # the fast path (decode/fastpath.py), as in _pcap: a packet it passes over is counted
+        # and never sliced out; not at the engine's next sweep
+        skip, skip_udp, clock = self.skip, self.skip_udp, self.clock
+        sweep_at = clock.next_sweep if clock is not None else 1 << 62
+        records = nbytes = 0
+        data, pos, end = buf.data, buf.pos, buf.end
+        nifs = 0  # len(interfaces)
+        last_sec = last_usec = 0
+        try:
+            while True:
+                # the common block first, in one unpack: a whole, well-formed Enhanced Packet
+                # Block of a known interface (anything else, damage included, goes below)
+                if pos + 28 <= end:
+                    btype, blen, ifid, ts_hi, ts_lo, caplen, _orig = block(data, pos)
+                    if (btype == 6 and ifid < nifs and 32 + caplen <= blen <= _PCAPNG_MAX_BLOCK
+                            and not blen & 3 and pos + blen <= end):
+                        linktype, units, lay = interfaces[ifid]
+                        sec, usec = divmod((ts_hi << 32) | ts_lo, units)
+                        if units != 1_000_000:
+                            usec = usec * 1_000_000 // units
+                        if sec > MAX_TS_SEC:
+                            stats.damaged["timestamp_out_of_range"] += 1
+                            sec, usec = last_sec, last_usec
+                        p = pos + 28
+                        pos += blen
+                        records += 1
+                        nbytes += caplen
+                        counts[ifid] += 1
+                        if not caplen:
+                            stats.damaged["empty_record"] += 1
+                            continue
+                        last_sec, last_usec = sec, usec
+                        if (skip is not None and lay is not None and sec < sweep_at
+                                and passes_over(data, p, p + caplen, lay[0], p + lay[1], skip,
+                                                skip_udp)):
+                            continue
+                        buf.pos = pos
+                        yield sec, usec, linktype, data[p : p + caplen]
+                        if clock is not None:
+                            sweep_at = clock.next_sweep
+                        continue
+                if pos + 12 > end:
+                    buf.pos = pos
+                    if not buf.ensure(12):
+                        if buf.end > buf.pos:
+                            stats.truncated = True
+                        break
+                    data, pos, end = buf.data, buf.pos, buf.end
+                if data[pos : pos + 4] == PCAPNG_SHB:
+                    bom = data[pos + 8 : pos + 12]
+                    if bom == b"\x4d\x3c\x2b\x1a":
+                        endian = "<"
+                    elif bom == b"\x1a\x2b\x3c\x4d":
+                        endian = ">"
+                    else:
+                        stats.damaged["pcapng_section_header"] += 1
+                        stats.truncated = True
+                        break
+                    head, epb, block = structs[endian]
+                    _count_linktypes(stats, interfaces, counts)
+                    interfaces, counts = [], []
+                    nifs = 0
+                btype, blen = head(data, pos)
+                if blen < 12 or blen % 4 or blen > _PCAPNG_MAX_BLOCK:
+                    stats.damaged["pcapng_block_length"] += 1
                     stats.truncated = True
                     break
-                interfaces = []
-            btype, blen = unpack_from(endian + "II", data, pos)
-            if blen < 12 or blen % 4 or blen > MAX_RECORD + 4096:
-                stats.damaged["pcapng_block_length"] += 1
-                stats.truncated = True
-                break
-            if not buf.ensure(blen):
-                stats.truncated = True
-                break
-            data = buf.data
-            pos = buf.pos
-            body = pos + 8
-            end = pos + blen - 4
-            buf.pos = pos + blen
-            if btype == 6:  # Enhanced Packet Block
-                if end - body < 20:
-                    stats.damaged["pcapng_epb"] += 1
+                if pos + blen > end:
+                    buf.pos = pos
+                    if not buf.ensure(blen):
+                        stats.truncated = True
+                        break
+                    data, pos, end = buf.data, buf.pos, buf.end
+                body = pos + 8
+                last = pos + blen - 4  # the block's trailing length
+                pos += blen
+                if btype == 6:  # Enhanced Packet Block
+                    if last - body < 20:
+                        stats.damaged["pcapng_epb"] += 1
+                        continue
+                    ifid, ts_hi, ts_lo, caplen, _orig = epb(data, body)
+                    if ifid >= len(interfaces) or caplen > last - body - 20:
+                        stats.damaged["pcapng_epb"] += 1
+                        continue
+                    linktype, units, lay = interfaces[ifid]
+                    sec, rem = divmod((ts_hi << 32) | ts_lo, units)
+                    usec = rem * 1_000_000 // units
+                    if sec > MAX_TS_SEC:
+                        stats.damaged["timestamp_out_of_range"] += 1
+                        sec, usec = last_sec, last_usec
+                    p = body + 20
+                    q = p + caplen
+                    records += 1
+                    nbytes += caplen
+                    counts[ifid] += 1
+                    if not caplen:
+                        stats.damaged["empty_record"] += 1
+                        continue
+                    last_sec, last_usec = sec, usec
+                    if (skip is not None and lay is not None and sec < sweep_at
+                            and passes_over(data, p, q, lay[0], p + lay[1], skip, skip_udp)):
+                        continue
+                    pkt = data[p:q]
+                elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
+                    if not interfaces or last - body < 4:
+                        stats.damaged["pcapng_spb"] += 1
+                        continue
+                    linktype = interfaces[0][0]
+                    origlen = head(data, body)[0]
+                    pkt = data[body + 4 : last][:origlen]
+                    sec = usec = 0
+                    records += 1
+                    nbytes += len(pkt)
+                    counts[0] += 1
+                    if not pkt:
+                        stats.damaged["empty_record"] += 1
+                        continue
+                    last_sec, last_usec = sec, usec
+                elif btype == 2:  # obsolete Packet Block
+                    if last - body < 20:
+                        stats.damaged["pcapng_pb"] += 1
+                        continue
+                    ifid, _drops, ts_hi, ts_lo, caplen, _orig = unpack_from(endian + "HHIIII",
+                                                                           data, body)
+                    if ifid >= len(interfaces) or caplen > last - body - 20:
+                        stats.damaged["pcapng_pb"] += 1
+                        continue
+                    linktype, units, _lay = interfaces[ifid]
+                    pkt = data[body + 20 : body + 20 + caplen]
+                    sec, rem = divmod((ts_hi << 32) | ts_lo, units)
+                    usec = rem * 1_000_000 // units
+                    if sec > MAX_TS_SEC:
+                        stats.damaged["timestamp_out_of_range"] += 1
+                        sec, usec = last_sec, last_usec
+                    records += 1
+                    nbytes += caplen
+                    counts[ifid] += 1
+                    if not pkt:
+                        stats.damaged["empty_record"] += 1
+                        continue
+                    last_sec, last_usec = sec, usec
+                elif btype == 1:  # Interface Description Block
+                    if last - body < 8:
+                        stats.damaged["pcapng_idb"] += 1
+                        interfaces.append((-1, 1_000_000, None))
+                        counts.append(0)
+                        nifs += 1
+                        continue
+                    linktype = unpack_from(endian + "H", data, body)[0]
+                    interfaces.append((linktype, _tsresol(data, body + 8, last, endian),
+                                       layout(linktype)))
+                    counts.append(0)
+                    nifs += 1
+                    stats.linktypes[linktype] += 0
                     continue
-                ifid, ts_hi, ts_lo, caplen, _orig = unpack_from(endian + "IIIII", data, body)
-                if ifid >= len(interfaces) or caplen > end - body - 20:
-                    stats.damaged["pcapng_epb"] += 1
-                    continue
-                linktype, units = interfaces[ifid]
-                pkt = data[body + 20 : body + 20 + caplen]
-                ts = (ts_hi << 32) | ts_lo
-                sec, rem = divmod(ts, units)
-                usec = rem * 1_000_000 // units
-                if sec > MAX_TS_SEC:
-                    stats.damaged["timestamp_out_of_range"] += 1
-                    sec, usec = last_ts
-            elif btype == 3:  # Simple Packet Block: interface 0, no timestamp
-                if not interfaces or end - body < 4:
-                    stats.damaged["pcapng_spb"] += 1
-                    continue
-                linktype = interfaces[0][0]
-                pkt = data[body + 4 : end]
-                origlen = unpack_from(endian + "I", data, body)[0]
-                pkt = pkt[:origlen]
-                sec = usec = 0
-            elif btype == 2:  # obsolete Packet Block
-                if end - body < 20:
-                    stats.damaged["pcapng_pb"] += 1
-                    continue
-                ifid, _drops, ts_hi, ts_lo, caplen, _orig = unpack_from(endian + "HHIIII", data, body)
-                if ifid >= len(interfaces) or caplen > end - body - 20:
-                    stats.damaged["pcapng_pb"] += 1
-                    continue
-                linktype, units = interfaces[ifid]
-                pkt = data[body + 20 : body + 20 + caplen]
-                sec, rem = divmod((ts_hi << 32) | ts_lo, units)
-                usec = rem * 1_000_000 // units
-                if sec > MAX_TS_SEC:
-                    stats.damaged["timestamp_out_of_range"] += 1
-                    sec, usec = last_ts
-            elif btype == 1:  # Interface Description Block
-                if end - body < 8:
-                    stats.damaged["pcapng_idb"] += 1
-                    interfaces.append((-1, 1_000_000))
-                    continue
-                linktype = unpack_from(endian + "H", data, body)[0]
-                units = _tsresol(data, body + 8, end, endian)
-                interfaces.append((linktype, units))
-                stats.linktypes[linktype] += 0
-                continue
-            else:
-                continue  # name resolution, statistics, custom blocks: nothing for us
-            stats.records += 1
-            stats.bytes += len(pkt)
-            stats.linktypes[linktype] += 1
-            if not pkt:
-                stats.damaged["empty_record"] += 1
-                continue
-            last_ts = (sec, usec)
-            yield sec, usec, linktype, pkt
+                else:
+                    continue  # name resolution, statistics, custom blocks: nothing for us
+                buf.pos = pos
+                yield sec, usec, linktype, pkt
+                if clock is not None:  # the engine may have swept: its next sweep is later
+                    sweep_at = clock.next_sweep
+        finally:
+            buf.pos = pos
+            stats.records += records
+            stats.bytes += nbytes
+            _count_linktypes(stats, interfaces, counts)
+
+
+_PCAPNG_MAX_BLOCK = MAX_RECORD + 4096
+
+
+def _count_linktypes(stats: ReadStats, interfaces: list[tuple[int, int, Any]],
+                     counts: list[int]) -> None:
+    """A pcapng section's packets per interface, credited to the interfaces' link types."""
+    for (linktype, _units, _lay), n in zip(interfaces, counts, strict=True):
+        if n:
+            stats.linktypes[linktype] += n
 
 
 def _tsresol(data: bytes, pos: int, end: int, endian: str) -> int:

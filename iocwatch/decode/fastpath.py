@@ -2,13 +2,14 @@
 
 Most packets of a long capture are bulk data the sensor has no more use for: a finished TCP
 direction's segments, and the datagrams of a UDP flow (QUIC after its handshake, media, VPNs)
-whose first datagram was read. Both packet loops (the pcap reader's, over its file buffer,
-and ``Engine.run``'s) pass over them before any per-packet object exists, by one test,
-:func:`passes_over`: the frame's IP header found by a fixed offset per link type
-(:func:`layout`; up to two VLAN tags), the 5-tuple bytes looked up in the engine's ``done``
-(TCP) or ``udp_done`` table, and for a datagram :func:`quiet_datagram`. Only the reader's
-commonest frame (plain Ethernet, IPv4 without options) is tested inline, on the fields its
-one unpack per record already read.
+whose first datagram was read. The packet loops (the pcap and pcapng readers', over their
+file buffers, and ``Engine.run``'s for other packet sources) pass over them before any
+per-packet object exists, by one test, :func:`passes_over`: the frame's IP header found by a
+fixed offset per link type (:func:`layout`; up to two VLAN tags), the 5-tuple bytes looked
+up in the engine's ``done`` (TCP) or ``udp_done`` table, and for a datagram
+:func:`quiet_datagram`. Only the classic pcap reader's commonest frames (plain Ethernet, IPv4
+without options or IPv6) are tested inline, on the fields its one unpack per record already
+read or at the frame's fixed offsets.
 
 The test only ever says "nothing to do" where the slow path would make no record either
 (``tests/test_fast_skip.py`` compares the two on every link layer here, on clean and damaged
