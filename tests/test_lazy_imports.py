@@ -45,3 +45,40 @@ def test_a_certificate_still_gets_its_checks(tmp_path: Path) -> None:
     records = [json.loads(line) for line in (tmp_path / "out.json").read_text().splitlines()]
     checks = [r["cert_check"] for r in records if "cert_check" in r]
     assert checks and all(isinstance(c, dict) for c in checks)
+
+
+#: the sensor's modules whose imports may be made at first use, after --user dropped root
+SENSOR_MODULES = ("protocols/x509.py", "protocols/quic.py", "outputs/sessions.py",
+                  "outputs/alerts.py", "outputs/checks.py", "engine.py", "flows/dissector.py",
+                  "commands/config.py")
+
+
+def test_every_lazy_import_of_the_sensor_is_imported_before_root_is_dropped() -> None:
+    """A live sensor with --user drops root before its first packet: an import made at the
+    first certificate, QUIC Initial or alert must have been made before, or it may fail
+    (seen: ``ModuleNotFoundError: communityid`` with Python under /root)."""
+    import ast
+
+    import iocwatch
+    from iocwatch.privileges import LAZY_IMPORTS, import_lazy
+
+    root = Path(iocwatch.__file__).parent
+    lazy = set()
+    for rel in SENSOR_MODULES:
+        tree = ast.parse((root / rel).read_text())
+        for fn in ast.walk(tree):
+            if not isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                continue
+            for node in ast.walk(fn):
+                if isinstance(node, ast.Import):
+                    lazy.update(a.name for a in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                    lazy.add(node.module)
+    third_party = {m for m in lazy if m.split(".")[0] not in sys.stdlib_module_names
+                   and not m.startswith("iocwatch")}
+    assert third_party, "the scan found no lazy import at all"
+    for module in third_party:  # a "from X import name" of a submodule is covered by X.name
+        assert module in LAZY_IMPORTS or any(m.startswith(module + ".") for m in LAZY_IMPORTS), \
+            module
+    import_lazy()
+    assert {"cryptography.x509", "communityid"} <= set(sys.modules)

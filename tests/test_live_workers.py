@@ -174,14 +174,50 @@ def test_two_workers_prefilter_rotation_hup_and_sigterm_lose_nothing(tmp_path: P
     assert final[0]["packets"] < on_link  # the prefilter kept bulk (pure ACKs) out of Python
 
 
+def _tls12_exchange(tmp: Path, name: str) -> None:
+    """One TLS 1.2 handshake on loopback (openssl s_server and s_client), its certificate
+    naming ``name``: in the clear on the wire."""
+    import socket
+
+    key, cert = tmp / "k.pem", tmp / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
+                    "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True,
+                   timeout=30)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen(["openssl", "s_server", "-accept", str(port), "-cert", str(cert),
+                               "-key", str(key), "-tls1_2", "-quiet"], stdin=subprocess.DEVNULL,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(50):  # until it listens (5 s at most)
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.1)
+        subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", name,
+                        "-tls1_2"], input=b"Q\n", capture_output=True, timeout=10)
+    finally:
+        server.kill()
+        server.wait()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to capture and to change user")
 def test_user_drops_root_in_parent_and_workers(tmp_path: Path) -> None:
+    """Root dropped in every process, and what the sensor imports at first use (the
+    certificate parser's cryptography, the alert's Community ID) imported before: a Python
+    whose files only root may read lost every server certificate once root was gone."""
     import pwd
 
     nobody = pwd.getpwnam("nobody").pw_uid
     log = tmp_path / "log"
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text("user-drop.lab.test\n")
+    tmp_path.chmod(0o755)  # the sensor writes its outputs as nobody
     with netlab.running_sensor(
             ["-i", "lo", "--no-promisc", "--workers", "2", "--user", "nobody", "-f", str(tmp_path / "r.json"),
+             "--ioc", str(ioc), "--alerts", str(tmp_path / "alerts.json"),
              "--stats-interval", "0.2"],
             log, stop=signal.SIGINT, stop_timeout=20) as proc:
         pids = [proc.pid, *map(int, Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
@@ -191,7 +227,19 @@ def test_user_drops_root_in_parent_and_workers(tmp_path: Path) -> None:
             uids = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines()
                         if x.startswith("Uid:")).split()[1:]
             assert {int(u) for u in uids} == {nobody}, (pid, uids)
+        _tls12_exchange(tmp_path, "user-drop.lab.test")
+        time.sleep(1)
     assert "iocwatch final" in log.read_text()
+    records = [json.loads(x) for x in (tmp_path / "r.json").read_text().splitlines()]
+    sans = [e["subject_alt_name"] for r in records for c in r.get("tls", {}).get("server", {})
+            .get("certs", []) for e in c["cert"].get("extensions", []) if "subject_alt_name" in e]
+    assert ["dns: user-drop.lab.test"] in sans or any("user-drop.lab.test" in str(x) for x in sans), \
+        (records, log.read_text())
+    assert any("cert_check" in r for r in records)
+    alerts = [json.loads(x) for x in (tmp_path / "alerts.json").read_text().splitlines()]
+    channels = {a.get("channel") for a in alerts}
+    assert {"tls_sni", "cert_san"} <= channels, alerts
+    assert all(a.get("community_id") for a in alerts), alerts
     assert _live("-i", "lo", "--user", "no-such-user-x").stderr.count(b"no such user") == 1
 
 

@@ -9,7 +9,6 @@ and wrongly typed values are errors, so a typo never silently leaves a setting a
 from __future__ import annotations
 
 import argparse
-import tomllib
 from typing import Any
 
 
@@ -19,6 +18,8 @@ class ConfigError(Exception):
 
 def load_config(path: str) -> dict[str, Any]:
     """Read ``path``, flattening tables one level deep."""
+    import tomllib  # (3 ms of start-up: only a run with a config file needs it)
+
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)

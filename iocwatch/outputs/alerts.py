@@ -16,7 +16,6 @@ from datetime import UTC, datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-import communityid
 import orjson
 
 from iocwatch.indicators.allow import Allowed
@@ -103,6 +102,8 @@ def community_id(src_ip: str, dst_ip: str, src_port: int, dst_port: int, protoco
     For ICMP and ICMPv6 the ports are the message type and code, as the spec says. For
     protocols without ports they are ignored. Raises ``ValueError`` on an unusable tuple.
     """
+    import communityid  # (10 ms of start-up: imported by the first alert that needs it)
+
     try:
         if protocol in _PORT_PROTOCOLS:
             tpl = communityid.FlowTuple(protocol, src_ip, dst_ip, int(src_port), int(dst_port))
