@@ -13,16 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from iocwatch.indicators import IndicatorFileError, IndicatorSet
-from iocwatch.indicators.allow import AllowLists
-from iocwatch.indicators.loading import (
-    IndicatorSources,
-    load_allowlists,
-    load_indicators,
-    report_allowlists,
-    report_load,
-)
-from iocwatch.matcher import Match, Matcher
+from iocwatch.indicators.model import IndicatorFileError
 from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.alerts import AlertSink, AlertWriter, Suppressions, alerts_for
 from iocwatch.outputs.checks import HandshakeChecks, KeyHistory
@@ -34,6 +25,10 @@ from iocwatch.outputs.streams import EmitOutput, open_stream
 from iocwatch.usage import Flags
 
 if TYPE_CHECKING:
+    from iocwatch.indicators import IndicatorSet
+    from iocwatch.indicators.allow import AllowLists
+    from iocwatch.indicators.loading import IndicatorSources
+    from iocwatch.matcher import Match, Matcher
     from iocwatch.outputs.carve import Carver
 
 #: a packet as the capture readers yield it: (seconds, microseconds, link type, bytes)
@@ -44,6 +39,13 @@ def reload_indicators(sources: IndicatorSources, matcher: Matcher, quiet: bool,
                       allow_summary: Callable[[dict], None] | None = None) -> bool:
     """Re-read the files (allow-lists too); swap them in only if every file still loads (else
     keep the old). ``allow_summary`` receives what the allow-lists' load said."""
+    from iocwatch.indicators.loading import (
+        load_allowlists,
+        load_indicators,
+        report_allowlists,
+        report_load,
+    )
+
     try:
         new, rep = load_indicators(sources)
         allow = load_allowlists(sources)
@@ -123,6 +125,8 @@ class SensorPipeline:
         if alerts is not None and self.alerting:
             self.alert_sink = AlertSink(alerts, args.dedupe)
         if self.alert_sink is not None and self.indicators is not None:
+            from iocwatch.matcher import Matcher  # (with indicators only: see indicators/__init__)
+
             self.matcher = Matcher(self.indicators, self.allow)
             self.flow_hook = self._match_flow
         if args.session_dir or args.cert_dir or session_stream or self.want_sessions:

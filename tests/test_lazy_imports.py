@@ -1,6 +1,7 @@
 """``cryptography`` (30 ms of start-up, a third of iocwatch's imports) is imported by the first
 certificate or QUIC Initial that needs it, not by a run that meets none: a DNS-only capture
-never loads it, a capture with a certificate does, and reads it as before."""
+never loads it, a capture with a certificate does, and reads it as before. Likewise the
+indicator set, its file formats and the matcher (17 ms) load only for a run with indicators."""
 
 from __future__ import annotations
 
@@ -82,3 +83,31 @@ def test_every_lazy_import_of_the_sensor_is_imported_before_root_is_dropped() ->
             module
     import_lazy()
     assert {"cryptography.x509", "communityid"} <= set(sys.modules)
+
+
+INDICATOR_PROBE = """
+import json, sys
+from iocwatch.cli import main
+rc = main(["-r", sys.argv[1], "-f", sys.argv[2], "-q", *sys.argv[3:]])
+print(json.dumps([rc, sorted(m for m in ("iocwatch.indicators.sets", "iocwatch.indicators.formats",
+                                         "iocwatch.matcher") if m in sys.modules)]))
+"""
+
+
+def test_indicators_load_only_for_a_run_with_indicators(tmp_path: Path) -> None:
+    frames = [pb.eth(pb.ipv4(pb.udp(dns_message(i, f"n{i}.lazy.test", None), 40000 + i, 53),
+                             "10.0.0.1", "10.0.0.53", 17)) for i in range(3)]
+    cap = tmp_path / "dns.pcap"
+    cap.write_bytes(pb.pcap([(1_700_000_000 + i, f) for i, f in enumerate(frames)]))
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text("n1.lazy.test\n")
+    got = []
+    for extra in ([], ["--ioc", str(ioc), "--alerts", str(tmp_path / "alerts.json")]):
+        proc = subprocess.run([sys.executable, "-c", INDICATOR_PROBE, str(cap),
+                               str(tmp_path / "out.json"), *extra], capture_output=True,
+                              text=True, check=True, env=os.environ)
+        got.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    assert got[0] == [0, []]
+    assert got[1] == [0, ["iocwatch.indicators.formats", "iocwatch.indicators.sets",
+                          "iocwatch.matcher"]]
+    assert "n1.lazy.test" in (tmp_path / "alerts.json").read_text()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import argparse
 import socket
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from iocwatch.indicators import FORMATS
-from iocwatch.indicators.loading import IndicatorSources
+from iocwatch.indicators.model import FORMATS
 from iocwatch.usage import UsageError
+
+if TYPE_CHECKING:
+    from iocwatch.indicators.loading import IndicatorSources
 
 
 class Parser(argparse.ArgumentParser):
@@ -70,6 +72,7 @@ def merge_exact(args: argparse.Namespace) -> None:
 
 
 def indicator_sources(args: argparse.Namespace) -> IndicatorSources:
+    from iocwatch.indicators.loading import IndicatorSources
     """The parsed indicator flags as the loader takes them."""
     return IndicatorSources(files=tuple(dict.fromkeys(args.ioc + args.ioc_exact)),
                             exact=tuple(args.ioc_exact), format=args.ioc_format,

@@ -33,16 +33,7 @@ from iocwatch.commands.sensor_options import (
 from iocwatch.commands.sensor_report import Progress, collect_stats, render_stats, summary_line
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.flows.dnslink import MAX_TTL
-from iocwatch.indicators import IndicatorFileError, IndicatorSet
-from iocwatch.indicators.allow import AllowLists
-from iocwatch.indicators.loading import (
-    IndicatorSources,
-    load_allowlists,
-    load_indicators,
-    report_allowlists,
-    report_load,
-)
-from iocwatch.indicators.sets import check_cache_path
+from iocwatch.indicators.model import IndicatorFileError
 from iocwatch.outputs.checks import ALERT_RULES, KEY_REUSE, KeyReuseDecider
 from iocwatch.outputs.consumers import loss_line, losses
 from iocwatch.outputs.paths import reason
@@ -51,6 +42,9 @@ from iocwatch.transport import DEFAULT_BUFFER, DEFAULT_FLUSH
 from iocwatch.usage import UsageError, redact_url
 
 if TYPE_CHECKING:
+    from iocwatch.indicators import IndicatorSet
+    from iocwatch.indicators.allow import AllowLists
+    from iocwatch.indicators.loading import IndicatorSources
     from iocwatch.outputs.trace import Tracer
 
 
@@ -237,6 +231,8 @@ def check_paths(args: argparse.Namespace, records_to: str | None,
     paths.refuse_same(outputs, inputs)
     if args.ioc_cache:  # after refuse_same, which gives the better reason for an input
         try:
+            from iocwatch.indicators.sets import check_cache_path
+
             check_cache_path(args.ioc_cache)  # the load checks it so too
         except IndicatorFileError as exc:
             raise UsageError(f"--ioc-cache {exc}") from None
@@ -355,6 +351,8 @@ def load(args: argparse.Namespace, sources: IndicatorSources) -> IndicatorSet | 
     """The indicator set (None without --ioc); an unreadable file is a usage error."""
     if not args.ioc:
         return None
+    from iocwatch.indicators.loading import load_indicators, report_load  # (with indicators only)
+
     try:
         indicators, report = load_indicators(sources)
     except IndicatorFileError as exc:
@@ -368,6 +366,8 @@ def load_allow(args: argparse.Namespace, sources: IndicatorSources,
     """The --allowlist files and what their load said (indicators they allow included)."""
     if indicators is None:
         return None, None
+    from iocwatch.indicators.loading import load_allowlists, report_allowlists
+
     try:
         allow = load_allowlists(sources)
     except IndicatorFileError as exc:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from iocwatch.indicators import IndicatorSet, LoadReport
-from iocwatch.indicators.allow import AllowLists
+if TYPE_CHECKING:  # imported where used: every run builds its IndicatorSources, few load any
+    from iocwatch.indicators.allow import AllowLists
+    from iocwatch.indicators.model import LoadReport
+    from iocwatch.indicators.sets import IndicatorSet
 
 #: indicators on an allow-list listed on stderr at load (the total follows)
 MAX_LISTED_ALLOWED = 20
@@ -30,6 +33,8 @@ class IndicatorSources:
 
 def load_indicators(sources: IndicatorSources) -> tuple[IndicatorSet, LoadReport]:
     """Load every file (cached when asked); raises IndicatorFileError on an unreadable one."""
+    from iocwatch.indicators.sets import IndicatorSet
+
     paths = list(sources.files)
     exact = list(sources.exact)
     if sources.cache:
@@ -56,6 +61,8 @@ def report_load(report: LoadReport, quiet: bool) -> None:
 def load_allowlists(sources: IndicatorSources) -> AllowLists | None:
     """The ``--allowlist`` files (None without any); raises IndicatorFileError as the
     indicator files do."""
+    from iocwatch.indicators.allow import AllowLists
+
     return AllowLists.load(sources.allowlists) if sources.allowlists else None
 
 

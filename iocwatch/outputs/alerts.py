@@ -18,14 +18,14 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
-from iocwatch.indicators.allow import Allowed
-from iocwatch.indicators.keywords import Substring
 from iocwatch.indicators.normalise import ip_port
 from iocwatch.model import evidence
 from iocwatch.model.channels import CHANNELS, Channel
 from iocwatch.outputs.streams import LineStream, open_stream
 
 if TYPE_CHECKING:
+    from iocwatch.indicators.allow import Allowed
+    from iocwatch.indicators.keywords import Substring
     from iocwatch.matcher import Match
 
 __all__ = [
