@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
-from iocwatch.indicators.normalise import ip_port
 from iocwatch.model import evidence
 from iocwatch.model.channels import CHANNELS, Channel
 from iocwatch.outputs.streams import LineStream, open_stream
@@ -342,7 +341,11 @@ def _ecs_indicator(ind: Mapping[str, Any]) -> dict[str, Any]:
     if ecs_type in ("ipv4-addr", "ipv6-addr") and isinstance(value, str) and ":" in value:
         ecs_type = "ipv6-addr"  # the table cannot know an address's family; the value does
     out: dict[str, Any] = {"type": ecs_type, "name": value}
-    endpoint = ip_port(value) if kind == "ip_port" and isinstance(value, str) else None
+    endpoint = None
+    if kind == "ip_port" and isinstance(value, str):
+        from iocwatch.indicators.normalise import ip_port  # (loaded with the indicators)
+
+        endpoint = ip_port(value)
     if endpoint is not None:  # ECS has the address and the port, apart
         out.update(type="ipv6-addr" if ":" in endpoint[0] else "ipv4-addr", ip=endpoint[0],
                    port=endpoint[1])
