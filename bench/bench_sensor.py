@@ -19,7 +19,9 @@ Each capture is then read by ``mercury -r FILE --dns-json --certs-json --metadat
 --reassembly -f /dev/null`` (the anchor, ../shared/anchors/README.md) and by ``iocwatch -r FILE
 -f /dev/null``, alternating the two, --repeat times each; each program's run with the least CPU
 (user + sys, from getrusage(RUSAGE_CHILDREN) before and after it) is reported with its peak RSS
-and the ratio. iocwatch runs from this checkout with its bytecode cached (as installed).
+and the ratio, then the median and range of each pair's ratio (the iocwatch run over the
+mercury run just before it), which a machine whose speed drifts during the run moves less.
+iocwatch runs from this checkout with its bytecode cached (as installed).
 Before timing, iocwatch's records for each capture are hashed and compared with the golden
 digest kept beside the capture (written on the first run, or with --golden update): an
 optimisation must leave every record byte-identical. Then the floor (what starting Python
@@ -41,6 +43,7 @@ import random
 import resource
 import shlex
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -364,15 +367,25 @@ def run_child(label: str, argv: list[str], env: dict[str, str] | None = None,
     return Measured(label, cpu, wall, rss_kb / 1024, proc.returncode, err)
 
 
-def paired(repeat: int, cmds: list[tuple[str, list[str], dict[str, str] | None]]
-           ) -> dict[str, Measured]:
+def paired(repeat: int, cmds: list[tuple[str, list[str], dict[str, str] | None]],
+           runs: dict[str, list[Measured]] | None = None) -> dict[str, Measured]:
     """Each command ``repeat`` times, alternating, so contention on a shared machine falls on
-    all of them alike; the run with the least CPU of each (contention only ever adds)."""
-    runs: dict[str, list[Measured]] = {label: [] for label, _, _ in cmds}
+    all of them alike; the run with the least CPU of each (contention only ever adds). Every
+    run goes into ``runs`` too, when given."""
+    runs = {} if runs is None else runs
+    for label, _, _ in cmds:
+        runs[label] = []
     for _ in range(max(1, repeat)):
         for label, argv, env in cmds:
             runs[label].append(run_child(label, argv, env))
     return {label: min(ms, key=lambda m: (m.rc != 0, m.cpu)) for label, ms in runs.items()}
+
+
+def pair_ratios(first: list[Measured], second: list[Measured]) -> list[float]:
+    """Each run of ``second`` over the run of ``first`` just before it: a machine whose speed
+    drifts during the benchmark moves both runs of a pair alike, the best of each apart."""
+    return sorted(b.cpu / max(a.cpu, 1e-9) for a, b in zip(first, second, strict=True)
+                  if a.rc == 0 and b.rc == 0)
 
 
 def report(m: Measured, packets: int, size: int) -> None:
@@ -526,16 +539,21 @@ def main(argv: list[str] | None = None) -> int:
               + (f"; lookups {meta['lookups']}" if meta.get("lookups") else "") + ")")
         if not golden(cap, iocwatch, env, args.golden):
             status = 1
+        runs: dict[str, list[Measured]] = {}
         res = paired(args.repeat, [
             ("mercury", [args.mercury, "-r", str(cap), *MERCURY_ARGS, "-f", "/dev/null"], None),
             ("iocwatch", [*iocwatch, "-r", str(cap), "-f", "/dev/null"], env),
-        ])
+        ], runs)
         for m in res.values():
             report(m, packets, size)
         merc, ours = res["mercury"], res["iocwatch"]
         ratio = ours.cpu / max(merc.cpu, 1e-9)
         print(f"  iocwatch/mercury CPU ratio {ratio:.2f} (target <= 5), iocwatch peak RSS "
               f"{ours.maxrss_mb:.1f} MB (target <= 100), best of {args.repeat} paired runs")
+        pairs = pair_ratios(runs["mercury"], runs["iocwatch"])
+        if pairs:
+            print(f"  each pair's ratio (iocwatch over the mercury run just before it): median "
+                  f"{statistics.median(pairs):.2f}, from {pairs[0]:.2f} to {pairs[-1]:.2f}")
         if not args.no_floor:
             floor(cap, 5 * merc.cpu, args.repeat, env)
         if args.profile_top > 0:
