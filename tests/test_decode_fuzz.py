@@ -93,3 +93,32 @@ def test_random_tunnel_payloads_never_raise(tail, which, cut, lt):
     d.decode(lt, frame)
     d.decode(lt, frame[:cut])
     _check(d)
+
+
+def _general(frame: bytes) -> tuple:
+    """What the decoder's general path (no inline shortcut) makes of an Ethernet frame."""
+    d = Decoder()
+    d.ext6 = b""
+    return d._ethernet(frame, 0, 0), dict(d.stats), d.ext6
+
+
+@settings(max_examples=400, deadline=None)
+@given(v6=st.booleans(), proto=st.sampled_from([6, 17, 17, 0, 44, 58]),
+       dport=st.sampled_from([53, 443, 4789, 6081, 8472]), body=st.binary(max_size=40),
+       cut=st.integers(0, 90), flips=st.lists(st.tuples(st.integers(12, 70), st.integers(0, 255)),
+                                               max_size=3))
+def test_inline_common_frames_decode_as_the_general_path(v6, proto, dport, body, cut, flips):
+    """``Decoder.decode`` reads untagged IPv4 and IPv6 TCP/UDP frames inline: on such frames,
+    cut and with bytes changed, it says exactly what the general path says (the result, the
+    counters, the IPv6 extension headers)."""
+    seg = (pb.tcp(body, 40000, dport) if proto == 6 else pb.udp(body, 40000, dport)
+           if proto == 17 else body)
+    frame = bytearray(pb.eth(pb.ipv6(seg, nxt=proto), 0x86DD) if v6
+                      else pb.eth(pb.ipv4(seg, proto=proto)))
+    for at, value in flips:
+        if at < len(frame):
+            frame[at] = value
+    frame = bytes(frame[: max(0, len(frame) - cut)])
+    d = Decoder()
+    got = d.decode(1, frame)
+    assert (got, dict(d.stats), d.ext6) == _general(frame)

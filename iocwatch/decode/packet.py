@@ -127,6 +127,7 @@ class Decoder:
                 # the common frame inline: untagged IPv4 without options or fragmentation,
                 # carrying TCP, or UDP to a port that is no tunnel; the same result as the
                 # general path below (which takes everything else), one call instead of four
+                # (tests/test_decode_fuzz.py compares the two)
                 if len(data) >= 34 and data[12:14] == b"\x08\x00" and data[14] == 0x45:
                     total, ipid, frag = unpack_from("!HHH", data, 16)
                     proto = data[23]
@@ -135,6 +136,16 @@ class Decoder:
                             and (proto == IPPROTO_TCP or (proto == IPPROTO_UDP and (
                                 total < 28 or unpack_from("!H", data, 36)[0] not in _TUNNEL_PORTS)))):
                         return 4, data[26:30], data[30:34], proto, data[34:end], data[22], ipid
+                # and untagged IPv6 without extension headers, the same way (_ipv6's result)
+                elif (len(data) >= 58 and data[12:14] == b"\x86\xdd" and data[14] >> 4 == 6
+                        and (data[20] == IPPROTO_TCP or (data[20] == IPPROTO_UDP and unpack_from(
+                            "!H", data, 56)[0] not in _TUNNEL_PORTS))):
+                    plen = (data[18] << 8) | data[19]
+                    end = 54 + plen
+                    if end > len(data) or plen == 0:  # cut short, or a jumbogram
+                        end = len(data)
+                    return (6, data[22:38], data[38:54], data[20], data[54:end], data[21],
+                            unpack_from("!I", data, 14)[0] & 0xFFFFF)
                 return self._ethernet(data, 0, 0)
             if linktype == LT_SLL:
                 if len(data) < 16:
