@@ -470,11 +470,11 @@ class CaptureReader:
     def _pcapng_blocks(self, buf: _Buffer) -> Iterator[Packet]:
         stats = self.stats
         endian = "<"
-        # per byte order: a block's head (type, length), an Enhanced Packet Block's fields, and
-        # both at once
-        structs = {e: (Struct(e + "II").unpack_from, Struct(e + "IIIII").unpack_from,
-                       Struct(e + "IIIIIII").unpack_from) for e in "<>"}
-        head, epb, block = structs[endian]
+        # per byte order: a block's head (type, length), and an Enhanced Packet Block's head
+        # and fields at once
+        structs = {e: (Struct(e + "II").unpack_from, Struct(e + "IIIIIII").unpack_from)
+                   for e in "<>"}
+        head, block = structs[endian]
         # per interface: (linktype, units per second, the fast path's layout or None)
         interfaces: list[tuple[int, int, tuple[int, int] | None]] = []
         counts: list[int] = []  # packets per interface: into stats.linktypes when it ends
@@ -484,7 +484,6 @@ class CaptureReader:
         sweep_at = clock.next_sweep if clock is not None else 1 << 62
         records = nbytes = 0
         data, pos, end = buf.data, buf.pos, buf.end
-        nifs = 0  # len(interfaces)
         retried = False  # the block at pos was sent back to the common path (below)
         last_sec = last_usec = 0
         try:
@@ -493,7 +492,8 @@ class CaptureReader:
                 # Block of a known interface (anything else, damage included, goes below)
                 if pos + 28 <= end:
                     btype, blen, ifid, ts_hi, ts_lo, caplen, _orig = block(data, pos)
-                    if (btype == 6 and ifid < nifs and 32 + caplen <= blen <= _PCAPNG_MAX_BLOCK
+                    if (btype == 6 and ifid < len(interfaces)
+                            and 32 + caplen <= blen <= _PCAPNG_MAX_BLOCK
                             and not blen & 3 and pos + blen <= end):
                         retried = False
                         linktype, units, lay = interfaces[ifid]
@@ -538,10 +538,9 @@ class CaptureReader:
                         stats.damaged["pcapng_section_header"] += 1
                         stats.truncated = True
                         break
-                    head, epb, block = structs[endian]
+                    head, block = structs[endian]
                     _count_linktypes(stats, interfaces, counts)
                     interfaces, counts = [], []
-                    nifs = 0
                 btype, blen = head(data, pos)
                 if blen < 12 or blen % 4 or blen > _PCAPNG_MAX_BLOCK:
                     stats.damaged["pcapng_block_length"] += 1
@@ -560,7 +559,7 @@ class CaptureReader:
                     if last - body < 20:
                         stats.damaged["pcapng_epb"] += 1
                         continue
-                    ifid, _ts_hi, _ts_lo, caplen, _orig = epb(data, body)
+                    _btype, _blen, ifid, _hi, _lo, caplen, _orig = block(data, body - 8)
                     if ifid >= len(interfaces) or caplen > last - body - 20:
                         stats.damaged["pcapng_epb"] += 1
                         continue
@@ -617,13 +616,11 @@ class CaptureReader:
                         stats.damaged["pcapng_idb"] += 1
                         interfaces.append((-1, 1_000_000, None))
                         counts.append(0)
-                        nifs += 1
                         continue
                     linktype = unpack_from(endian + "H", data, body)[0]
                     interfaces.append((linktype, _tsresol(data, body + 8, last, endian),
                                        layout(linktype)))
                     counts.append(0)
-                    nifs += 1
                     stats.linktypes[linktype] += 0
                     continue
                 else:
