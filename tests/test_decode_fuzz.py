@@ -98,7 +98,6 @@ def test_random_tunnel_payloads_never_raise(tail, which, cut, lt):
 def _general(frame: bytes) -> tuple:
     """What the decoder's general path (no inline shortcut) makes of an Ethernet frame."""
     d = Decoder()
-    d.ext6 = b""
     return d._ethernet(frame, 0, 0), dict(d.stats), d.ext6
 
 

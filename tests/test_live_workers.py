@@ -179,11 +179,8 @@ def _tls12_exchange(tmp: Path, name: str) -> None:
     naming ``name``: in the clear on the wire."""
     import socket
 
-    key, cert = tmp / "k.pem", tmp / "c.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                    "-out", str(cert), "-days", "2", "-subj", f"/CN={name}",
-                    "-addext", f"subjectAltName=DNS:{name}"], check=True, capture_output=True,
-                   timeout=30)
+    leaf = netlab.Pki(tmp / "pki").leaf("user-drop", [name])
+    key, cert = leaf.key_file, leaf.cert_file
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
