@@ -164,3 +164,31 @@ def test_records_without_a_matcher_go_straight_to_the_writer(tmp_path, monkeypat
         outs.append(records.read_bytes())
     assert outs[0] == outs[1] and outs[0].count(b"\n") == 80
 
+
+
+def test_recent_queries_forget_the_oldest_first() -> None:
+    """A response adds its question's names as observations only when its query was not
+    seen; the dissector remembers the newest RECENT_QUERIES_MAX queries, oldest out first
+    (an OrderedDict: a dict's first key is found by scanning the slots deletions left)."""
+    from collections import Counter
+
+    from iocwatch.flows.dissector import RECENT_QUERIES_MAX, Dissector
+    from iocwatch.protocols import x509
+
+    dis = Dissector(x509.CertificateCache(4, strict_check=False), Counter())
+
+    def names(msg: bytes) -> list[str]:
+        parts = dis.dns_message(msg, 53)
+        assert parts is not None
+        return [o.name for o in parts[2] if o.name.endswith("example.")]
+
+    assert names(_message(1, b"first.example", False)) == ["first.example."]
+    assert names(_message(2, b"second.example", False)) == ["second.example."]
+    assert names(_message(1, b"first.example", True)) == []  # its query was seen
+    for i in range(RECENT_QUERIES_MAX - 2):  # the bound reached, the first query its oldest
+        dis.dns_message(_message(3 + i, b"q%d.example" % i, False), 53)
+    assert names(_message(1, b"first.example", True)) == []
+    dis.dns_message(_message(0xFFFF, b"one.more.example", False), 53)  # first goes out
+    assert names(_message(1, b"first.example", True)) == ["first.example."]
+    assert names(_message(2, b"second.example", True)) == []  # second stays
+    assert len(dis.recent_queries) == RECENT_QUERIES_MAX

@@ -9,7 +9,7 @@ The protocol parsers are sans-I/O; this module feeds them and turns their object
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import Any
@@ -50,6 +50,8 @@ _MESSAGE_COUNTERS = {key: f"{key}_message" for key in ("dns", "mdns", "nbns")}
 #: 30 KB messages must not make 32,768 entries a gigabyte
 DNS_CACHE_BYTES = 2 << 20
 CERT_JSON_MAX = 4096
+#: (DNS id, first question) of the newest queries kept, to tell the responses to them
+RECENT_QUERIES_MAX = 4096
 #: DER bytes of the certificates whose rendered JSON is kept (the JSON is a few times larger)
 CERT_JSON_BYTES = 16 << 20
 
@@ -187,8 +189,11 @@ class Dissector:
         self.certs = certs
         self.stats = stats
         # (dns id, first question) of recent queries: a response whose query was seen adds no
-        # new observation, one whose query was missed (asymmetric capture) still does
-        self.recent_queries: dict[tuple[int, str], None] = {}
+        # new observation, one whose query was missed (asymmetric capture) still does; an
+        # OrderedDict, whose oldest entry goes in O(1) (a dict's first key is found by
+        # scanning past the slots earlier deletions left: 4 % of a DNS-heavy run's
+        # instructions went there)
+        self.recent_queries: OrderedDict[tuple[int, str], None] = OrderedDict()
         #: certificate SHA-1 -> (its mercury JSON, observations, evidence bits)
         self.cert_json: dict[str, tuple[dict, tuple[Observation, ...], int]] = {}
         self.cert_json_bytes = 0
@@ -782,8 +787,8 @@ class Dissector:
             recent = self.recent_queries
             if not is_response:
                 recent[marker] = None
-                if len(recent) > 4096:
-                    del recent[next(iter(recent))]
+                if len(recent) > RECENT_QUERIES_MAX:
+                    recent.popitem(last=False)
             if not is_response or marker not in recent:
                 obs = list(query_obs)
         if is_response:
