@@ -160,3 +160,23 @@ def test_owner_pointer_chains_agree_at_every_depth() -> None:
             check(msg[:cut])
     assert taken[0] and taken[5]  # shallow chains take the fast path
     assert not taken[-1]  # past _FAST_DEPTH pointers: declined
+
+
+def test_label_runs_are_remembered_within_their_bound() -> None:
+    """_fast_name makes a run of labels dotted once and keeps it (names recur in messages
+    whose ids and TTLs differ); the table is bounded, emptied whole when full, and a name read
+    again after that is the same."""
+    from iocwatch.protocols import dns
+
+    def query(name: str, ident: int) -> bytes:
+        return header(ident, 0x0100, 1, 0, 0, 0) + qname(name) + struct.pack("!HH", 1, 1)
+
+    dns._RUN_TEXT.clear()
+    first = fast_view(query("host-1.Example.", 1))
+    assert first is not None and first[2] == ["host-1.Example."]
+    assert dns._RUN_TEXT == {b"\x06host-1\x07Example": b"host-1.Example."}
+    for i in range(dns._RUN_TEXT_MAX + 10):
+        assert check(query(f"n{i}.example", i & 0xFFFF))
+        assert len(dns._RUN_TEXT) <= dns._RUN_TEXT_MAX
+    again = fast_view(query("host-1.Example.", 2))
+    assert again is not None and again[2] == ["host-1.Example."]

@@ -625,6 +625,9 @@ class _Bail(Exception):
 _RR_HEAD = struct.Struct("!HHIH").unpack_from  # a record's type, class, TTL, data length
 _FAST_NAME_MAX = 200  # well inside mercury's 255-byte name text; longer names take the slow path
 _FAST_DEPTH = 8
+#: a run of labels as it is on the wire -> its dotted bytes (_fast_name)
+_RUN_TEXT: dict[bytes, bytes] = {}
+_RUN_TEXT_MAX = 8192
 _V6_TEXT: dict[bytes, str] = {}
 _V6_TEXT_MAX = 4096
 _UNRENDERED = frozenset({1, 28, 16, 33, 47, 12, 2, 32, 6, 65})  # IN types with their own JSON
@@ -635,44 +638,61 @@ def _fast_name(data: bytes, pos: int, end: int,
     """(dotted name bytes, position after it) for a well-formed name; _Bail otherwise.
 
     ``memo`` maps where a name began to (its bytes, pointers followed): the records of a
-    response point back at the question's name again and again."""
-    out = bytearray()
+    response point back at the question's name again and again. A run of labels is found by
+    its length bytes alone and made dotted once per distinct run (:data:`_RUN_TEXT`): the same
+    names come in message after message, whose other bytes (ids, TTLs) differ."""
+    out = b""
     after = -1
     start = pos
     for jumps in range(_FAST_DEPTH):
+        run = pos
         while True:
             if pos >= end:
                 raise _Bail
             length = data[pos]
-            if length == 0:
-                raw = bytes(out)
-                memo[start] = (raw, jumps)
-                return raw, (pos + 1 if after < 0 else after)
-            if length < 64:
-                nxt = pos + 1 + length
-                if nxt > end or len(out) + length + 1 > _FAST_NAME_MAX:
-                    raise _Bail
-                out += data[pos + 1 : nxt]
-                out.append(0x2E)
-                pos = nxt
-                continue
-            if length < 0xC0 or pos + 2 > end:
+            if length == 0 or length >= 64:
+                break
+            pos += length + 1
+        if pos > run:
+            wire = data[run:pos]
+            text = _RUN_TEXT.get(wire)
+            if text is None:
+                if len(_RUN_TEXT) >= _RUN_TEXT_MAX:
+                    _RUN_TEXT.clear()  # wholesale: cheap to relearn
+                text = _RUN_TEXT[wire] = _dotted(wire)
+            out += text
+            if len(out) > _FAST_NAME_MAX:
                 raise _Bail
-            target = ((length & 0x3F) << 8) | data[pos + 1]
-            if target < HEADER_LEN or target >= end - HEADER_LEN:  # parse_message's window
+        if length == 0:
+            memo[start] = (out, jumps)
+            return out, (pos + 1 if after < 0 else after)
+        if length < 0xC0 or pos + 2 > end:
+            raise _Bail
+        target = ((length & 0x3F) << 8) | data[pos + 1]
+        if target < HEADER_LEN or target >= end - HEADER_LEN:  # parse_message's window
+            raise _Bail
+        if after < 0:
+            after = pos + 2
+        known = memo.get(target)
+        if known is not None:
+            if jumps + 1 + known[1] >= _FAST_DEPTH or len(out) + len(known[0]) > _FAST_NAME_MAX:
                 raise _Bail
-            if after < 0:
-                after = pos + 2
-            known = memo.get(target)
-            if known is not None:
-                if jumps + 1 + known[1] >= _FAST_DEPTH or len(out) + len(known[0]) > _FAST_NAME_MAX:
-                    raise _Bail
-                raw = bytes(out) + known[0]
-                memo[start] = (raw, jumps + 1 + known[1])
-                return raw, after
-            pos = target
-            break  # mercury: the name ends with the pointed-to labels
+            raw = out + known[0]
+            memo[start] = (raw, jumps + 1 + known[1])
+            return raw, after
+        pos = target  # mercury: the name ends with the pointed-to labels
     raise _Bail
+
+
+def _dotted(wire: bytes) -> bytes:
+    """``\\x03www\\x07example`` (whole labels, checked by the caller) -> ``www.example.``"""
+    parts = []
+    i = 0
+    while i < len(wire):
+        nxt = i + 1 + wire[i]
+        parts.append(wire[i + 1 : nxt])
+        i = nxt
+    return b".".join(parts) + b"."
 
 
 _TYPE_CLASS: dict[int, tuple[str, str]] = {
