@@ -264,6 +264,31 @@ def test_unalerted_flows_free_their_packets(tmp_path):
     assert carver.held == 0 and list(tmp_path.iterdir()) == []
 
 
+def test_a_sweep_forgets_many_idle_flows_at_once(tmp_path):
+    """A scan's flows idle out together: one sweep forgets every one of them, oldest first
+    (the tables read from their oldest end are OrderedDicts: a dict's first key is found by
+    scanning past the slots earlier deletions left, which made such a sweep O(k^2); bench:
+    120,000 SYNs then one packet 400 s later, 5.96 s -> 2.29 s of CPU with --carve)."""
+    from collections import OrderedDict
+
+    carver = Carver(str(tmp_path), head=2, tail=0, max_mb=64)
+    assert all(type(t) is OrderedDict for t in (*carver.orders.values(), carver.open,
+                                                carver.closing))
+    n = 5000
+    _feed(carver, [(100, eth(ipv4(tcp(b"", 1024 + i, 443, flags=0x02),
+                                   src=f"10.1.{i >> 8}.{i & 255}"))) for i in range(n)])
+    assert len(carver.flows) == 2 * n
+    stay = eth(ipv4(tcp(b"", 9, 443, flags=0x02), src="10.2.0.1"))
+    _feed(carver, [(150, stay)])  # active later than the others: kept
+    _feed(carver, [(300, eth(ipv4(udp(b"q", 7, 53), src="10.3.0.1", proto=17)))])
+    assert carver.stats["carve_flows_evicted"] == 0  # idled out, not evicted
+    kept = {f.keys[0] for f in carver.flows.values()}
+    assert len(carver.flows) == 4 and len(kept) == 2  # that flow and the UDP one just opened
+    assert all(f.last >= 150 for f in carver.flows.values())
+    carver.close()
+    assert carver.held == 0
+
+
 def test_budget_is_never_exceeded(tmp_path):
     carver = Carver(str(tmp_path), head=32, tail=0, max_mb=64 / 1024)  # 64 KB
     for i in range(2000):

@@ -40,7 +40,7 @@ import socket
 import struct
 import time
 import zlib
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from itertools import islice
@@ -123,10 +123,14 @@ class Carver:
         self.share = share
         self.live = live
         self.flows: dict[bytes, _Flow] = {}  # both directions' keys -> the flow
+        # The tables read oldest first are OrderedDicts: a dict's first key is found by
+        # scanning past the slots earlier deletions left, so a sweep that forgot k flows one
+        # by one cost O(k^2) (80,000 flows idle at once: 1.1 s; an OrderedDict: 0.015 s).
         #: per protocol (its own idle timeout), least recently active first
-        self.orders: dict[int, dict[_Flow, None]] = {_TCP: {}, _UDP: {}}
-        self.open: dict[_Flow, None] = {}  # files being written, oldest first
-        self.closing: dict[_Flow, None] = {}  # ended flows, in order of their end
+        self.orders: dict[int, OrderedDict[_Flow, None]] = {_TCP: OrderedDict(),
+                                                            _UDP: OrderedDict()}
+        self.open: OrderedDict[_Flow, None] = OrderedDict()  # files being written, oldest first
+        self.closing: OrderedDict[_Flow, None] = OrderedDict()  # ended flows, by their end
         self.foreign: dict[bytes, None] = {}  # another worker's flows (bounded, oldest first)
         self.held = 0
         self.next_sweep = 0
@@ -180,9 +184,7 @@ class Carver:
                         flow = self._new(key, pkt, flow)
                     elif flow.last != sec:
                         flow.last = sec
-                        order = orders[key[0]]
-                        del order[flow]
-                        order[flow] = None
+                        orders[key[0]].move_to_end(flow)
                     if flow is not None:
                         self.cur, self.cur_flow = pkt, flow
                         if flags > 0 and flags & (_FIN | _RST):
