@@ -14,7 +14,7 @@ least recently used entries when full and counts them as ``evicted_<table>`` in 
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from itertools import islice
 from typing import Any
@@ -174,8 +174,9 @@ class DnsLinks:
         self.on_forget: Callable[[], None] = _nothing
         #: QUIC flows (5-tuple key) whose link waits for the ClientHello: (link, flow context),
         #: oldest first; the engine gives the link a record of its own when no ClientHello
-        #: came (Engine._release_quic), and when the table is full
-        self.quic_pending: dict[bytes, tuple[Link, Any]] = {}
+        #: came (Engine._release_quic), and when the table is full (an OrderedDict: read from
+        #: its oldest end after deletions anywhere, a dict scans past the slots they left)
+        self.quic_pending: OrderedDict[bytes, tuple[Link, Any]] = OrderedDict()
         #: new flows from a client whose DNS is seen, to an address no answer gave it
         self.unlinked: Counter[bytes] = Counter()
         for name in ("evicted_dns_links", "evicted_dns_link_clients", "evicted_dns_link_udp",

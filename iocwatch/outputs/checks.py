@@ -15,6 +15,7 @@ single writer decides (:class:`KeyReuseDecider`), so the alerts are those of one
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,7 +80,9 @@ class KeyHistory:
 
     def __init__(self, max_keys: int = KEYS_MAX, store_lookup: StoreLookup | None = None):
         #: key -> {cert SHA-256: (names, seen in this run)}; store rows are not "seen"
-        self._keys: dict[str, dict[str, tuple[tuple[str, ...], bool]]] = {}
+        # (an OrderedDict: a dict's first key is found by scanning past the slots earlier
+        # deletions left, O(bound) per new key once full)
+        self._keys: OrderedDict[str, dict[str, tuple[tuple[str, ...], bool]]] = OrderedDict()
         self._max = max(1, max_keys)
         self.store_lookup = store_lookup
         self.evicted = 0
@@ -95,7 +98,7 @@ class KeyHistory:
         if certs is None:
             certs = {}
             if len(self._keys) >= self._max:
-                del self._keys[next(iter(self._keys))]
+                self._keys.popitem(last=False)
                 self.evicted += 1
             if store_rows is None and self.store_lookup is not None:
                 store_rows = self.store_lookup(spki)
@@ -129,7 +132,7 @@ class HandshakeChecks:
         #: when the writer decides there is one); the store is asked here, once per key per
         #: worker (the writer has no store consumer)
         self.defer: Callable[[tuple], None] | None = None
-        self._asked: dict[str, None] = {}
+        self._asked: OrderedDict[str, None] = OrderedDict()  # (as KeyReuse._keys)
 
     def record(self, record: dict, certs: Sequence[x509.Certificate]) -> list[dict]:
         """The alerts of one record with a ``cert_check`` and its certificates, leaf first."""
@@ -163,7 +166,7 @@ class HandshakeChecks:
         if lookup is None or spki in self._asked:
             return None
         if len(self._asked) >= KEYS_MAX:
-            del self._asked[next(iter(self._asked))]
+            self._asked.popitem(last=False)
         self._asked[spki] = None
         return [(sha, list(names)) for sha, names in lookup(spki)[:CERTS_PER_KEY]]
 
