@@ -180,3 +180,9 @@ def test_label_runs_are_remembered_within_their_bound() -> None:
         assert len(dns._RUN_TEXT) <= dns._RUN_TEXT_MAX
     again = fast_view(query("host-1.Example.", 2))
     assert again is not None and again[2] == ["host-1.Example."]
+    # a run longer than a name the fast path reads is declined before anything is kept
+    dns._RUN_TEXT.clear()
+    long_name = ".".join(["a" * 60] * 4)  # 244 bytes: past _FAST_NAME_MAX, a valid name
+    assert fast_view(query(long_name, 3)) is None
+    assert dns._RUN_TEXT == {}
+    check(query(long_name, 3))

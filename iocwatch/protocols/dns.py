@@ -654,6 +654,10 @@ def _fast_name(data: bytes, pos: int, end: int,
                 break
             pos += length + 1
         if pos > run:
+            # (dotted, a run is as long as on the wire: tested before anything is kept, so
+            # the table's keys stay short whatever a message holds)
+            if len(out) + pos - run > _FAST_NAME_MAX:
+                raise _Bail
             wire = data[run:pos]
             text = _RUN_TEXT.get(wire)
             if text is None:
@@ -661,8 +665,6 @@ def _fast_name(data: bytes, pos: int, end: int,
                     _RUN_TEXT.clear()  # wholesale: cheap to relearn
                 text = _RUN_TEXT[wire] = _dotted(wire)
             out += text
-            if len(out) > _FAST_NAME_MAX:
-                raise _Bail
         if length == 0:
             memo[start] = (out, jumps)
             return out, (pos + 1 if after < 0 else after)
