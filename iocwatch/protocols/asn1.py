@@ -186,7 +186,9 @@ class Tlv:
             p.pos = pos
             return
         stop = pos + (length & 0xFFFFFFFF)
-        self.value = Datum(buf, pos, stop if stop < end else end)
+        if stop > end:  # claims more than its parent holds: the value is what is there
+            stop = end
+        self.value = Datum(buf, pos, stop)
         p.pos = stop
 
     def is_null(self) -> bool:
