@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from iocwatch.protocols.cursor import Malformed
 from iocwatch.protocols.oids import oid_to_dotted
 from iocwatch.protocols.text import ipv6_text, mercury_text
-from iocwatch.protocols.x509 import CertificateCache, parse_certificate
+from iocwatch.protocols.x509 import CertificateCache, parse_certificate, parse_certificate_json
 from tests.conftest import SHARED
 
 CORPUS = SHARED / "corpus"
@@ -562,6 +562,56 @@ def test_mutated_certificate_only_malformed(edits: list[tuple[int, int]]) -> Non
     except Malformed:
         return
     json.dumps(cert.to_mercury())
+
+
+def _one_walk_agrees(der: bytes) -> bool:
+    """parse_certificate_json gives what parse_certificate and to_mercury give, or both raise
+    Malformed; True when the certificate parsed."""
+    try:
+        two = parse_certificate(der)
+    except Malformed:
+        with pytest.raises(Malformed):
+            parse_certificate_json(der)
+        return False
+    cert, one = parse_certificate_json(der)
+    assert cert == two
+    assert json.dumps(one) == json.dumps(two.to_mercury())
+    return True
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, len(_LEAF) - 1), st.integers(0, 255)), min_size=1, max_size=8
+    )
+)
+def test_one_walk_equals_parse_then_render_on_mutations(edits: list[tuple[int, int]]) -> None:
+    buf = bytearray(_LEAF)
+    for pos, value in edits:
+        buf[pos] = value
+    _one_walk_agrees(bytes(buf))
+
+
+def test_one_walk_equals_parse_then_render() -> None:
+    """Every certificate built here, cut at every 7th offset, and through the cache (which
+    renders the JSON only for a certificate it parses now)."""
+    ders = [_leaf(), _LEAF]
+    ders += [_build(subject=_name((NameOID.COMMON_NAME, f"h{i}.example")), extensions=[(
+        x509.SubjectAlternativeName([x509.DNSName(f"h{i}.example"),
+                                     x509.IPAddress(ipaddress.ip_address(f"10.0.0.{i}"))]),
+        i == 1)]) for i in range(3)]
+    parsed = 0
+    for der in ders:
+        for n in range(0, len(der) + 1, 7):
+            parsed += _one_walk_agrees(der[:n])
+        parsed += _one_walk_agrees(der)
+    assert parsed > len(ders)
+    cache = CertificateCache(4)
+    cert, fresh = cache.get_or_parse_json(ders[0])
+    assert fresh is not None and json.dumps(fresh) == json.dumps(cert.to_mercury())
+    again, cached = cache.get_or_parse_json(ders[0])
+    assert again is cert and cached is None
+    assert cache.get_or_parse_json(ders[1], False)[1] is None  # asked without the JSON
 
 
 # ---------------------------------------------------------------------------------------------

@@ -498,7 +498,7 @@ class Dissector:
         flags = 0
         for der in ders:
             try:
-                cert = self.certs.get_or_parse(der)
+                cert, fresh = self.certs.get_or_parse_json(der)
             except Malformed:
                 self.stats["malformed_certificate"] += 1
                 flags |= evf.MALFORMED_CERTIFICATE
@@ -513,8 +513,9 @@ class Dissector:
                     self.stats["evicted_cert_json"] += len(self.cert_json)
                     self.cert_json.clear()  # wholesale: O(1) amortised, cheap to relearn
                     self.cert_json_bytes = 0
-                known = self.cert_json[cert.sha1] = ({"cert": cert.to_mercury()},
-                                                     _cert_observations(cert), _cert_flags(cert))
+                known = self.cert_json[cert.sha1] = (
+                    {"cert": fresh if fresh is not None else cert.to_mercury()},
+                    _cert_observations(cert), _cert_flags(cert))
                 self.cert_json_bytes += len(der)
             cert_json.append(known[0])
             obs += known[1]

@@ -968,6 +968,21 @@ def parse_certificate(der: bytes, *, strict_check: bool = True) -> Certificate:
     TBSCertificate, or no subject Name.  ``strict_check=False`` skips asking ``cryptography``
     (``tolerant`` is then False), for callers that only want names as fast as possible.
     """
+    return _read_certificate(der, strict_check, False)[0]
+
+
+def parse_certificate_json(der: bytes, *,
+                           strict_check: bool = True) -> tuple[Certificate, dict[str, Any]]:
+    """:func:`parse_certificate`, and the object mercury writes under ``"cert"``
+    (:meth:`Certificate.to_mercury`'s), from one walk of the DER: a new certificate's record
+    needs both, and each walk is some sixty TLVs read."""
+    cert, json = _read_certificate(der, strict_check, True)
+    assert json is not None
+    return cert, json
+
+
+def _read_certificate(der: bytes, strict_check: bool,
+                      with_json: bool) -> tuple[Certificate, dict[str, Any] | None]:
     der = bytes(der)
     w = _Walk(der)
     if not w.readable:
@@ -975,10 +990,18 @@ def parse_certificate(der: bytes, *, strict_check: bool = True) -> Certificate:
     if w.subject.is_null():
         raise Malformed("certificate has no readable subject")
     sink = _Names()
-    if not w.extensions.is_null():
-        seq = w.extensions.value.copy()
-        while seq.not_empty():
-            _extension(seq, sink, names_only=True)
+    json: dict[str, Any] | None = None
+    if with_json:
+        json = w.to_json(sink)  # (its extension walk fills the sink, as the one below does)
+        subject = json["subject"]
+        issuer = json.get("issuer", [])
+    else:
+        if not w.extensions.is_null():
+            seq = w.extensions.value.copy()
+            while seq.not_empty():
+                _extension(seq, sink, names_only=True)
+        subject = _name_json(w.subject)
+        issuer = _name_json(w.issuer) if not w.issuer.is_null() else []
     tolerant = strict_check and not _cryptography_accepts(der)
     serial = ""
     if not w.serial.is_null() and w.serial.valid():
@@ -989,8 +1012,8 @@ def parse_certificate(der: bytes, *, strict_check: bool = True) -> Certificate:
         dns_names=sink.dns,
         ip_addresses=sink.ips,
         subject_cns=_all_common_names(w.subject),
-        subject=_pairs(_name_json(w.subject)),
-        issuer=_pairs(_name_json(w.issuer)) if not w.issuer.is_null() else [],
+        subject=_pairs(subject),
+        issuer=_pairs(issuer),
         serial_number=serial,
         not_before=_validity_text(w.not_before),
         not_after=_validity_text(w.not_after),
@@ -999,7 +1022,7 @@ def parse_certificate(der: bytes, *, strict_check: bool = True) -> Certificate:
         spki_sha256=hashlib.sha256(w.spki_der).hexdigest() if w.spki_der else "",
         self_issued=(not w.issuer.is_null() and w.issuer.length == w.subject.length
                      and w.issuer.value.data() == w.subject.value.data()),
-    )
+    ), json
 
 
 class CertificateCache:
@@ -1022,18 +1045,24 @@ class CertificateCache:
     def get_or_parse(self, der: bytes) -> Certificate:
         """The parsed certificate, from the cache when seen before; raises Malformed like
         :func:`parse_certificate` (failures are not cached)."""
+        return self.get_or_parse_json(der, False)[0]
+
+    def get_or_parse_json(self, der: bytes,
+                          with_json: bool = True) -> tuple[Certificate, dict[str, Any] | None]:
+        """:meth:`get_or_parse`; for a certificate parsed now, with ``with_json``, also its
+        mercury JSON from the same walk (:func:`parse_certificate_json`); None from the cache."""
         key = hashlib.sha1(der).digest()
         entry = self._entries.get(key)
         if entry is not None:
             self._entries.move_to_end(key)
             self.hits += 1
-            return entry
+            return entry, None
         self.misses += 1
-        cert = parse_certificate(der, strict_check=self.strict_check)
+        cert, json = _read_certificate(der, self.strict_check, with_json)
         self._entries[key] = cert
         if len(self._entries) > self._max:
             self._entries.popitem(last=False)
-        return cert
+        return cert, json
 
 
 # ---------------------------------------------------------------------------------------------
