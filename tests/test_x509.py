@@ -554,14 +554,11 @@ _LEAF = _leaf()
     )
 )
 def test_mutated_certificate_only_malformed(edits: list[tuple[int, int]]) -> None:
+    """Only Malformed escapes, the JSON renders, and the one-walk reading agrees."""
     buf = bytearray(_LEAF)
     for pos, value in edits:
         buf[pos] = value
-    try:
-        cert = parse_certificate(bytes(buf))
-    except Malformed:
-        return
-    json.dumps(cert.to_mercury())
+    _one_walk_agrees(bytes(buf))
 
 
 def _one_walk_agrees(der: bytes) -> bool:
@@ -577,19 +574,6 @@ def _one_walk_agrees(der: bytes) -> bool:
     assert cert == two
     assert json.dumps(one) == json.dumps(two.to_mercury())
     return True
-
-
-@settings(max_examples=300, deadline=None)
-@given(
-    st.lists(
-        st.tuples(st.integers(0, len(_LEAF) - 1), st.integers(0, 255)), min_size=1, max_size=8
-    )
-)
-def test_one_walk_equals_parse_then_render_on_mutations(edits: list[tuple[int, int]]) -> None:
-    buf = bytearray(_LEAF)
-    for pos, value in edits:
-        buf[pos] = value
-    _one_walk_agrees(bytes(buf))
 
 
 def test_one_walk_equals_parse_then_render() -> None:
