@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """What ``--carve`` costs: the same alerting run with and without it, in paired runs.
 
-Run: ``python bench/bench_carve.py [--capture FILE] [--copies 20] [--names 5] [--repeat 5]``.
+Run: ``python bench/bench_carve.py [--capture FILE] [--copies 20] [--names 5] [--repeat 5]``,
+or ``python bench/bench_carve.py --scan 50000`` for the carver's sweep after a scan alone.
 
 The capture (default: bench_sensor's ``bench`` capture when it is cached, else
 samples/sunburst.pcapng) is copied ``--copies`` times end to end, each copy shifted in time past
@@ -91,6 +92,38 @@ def carver_loop(cap: Path, repeat: int) -> float:
     return best / max(1, len(packets))
 
 
+def scan_sweep(count: int, repeat: int) -> tuple[float, float]:
+    """The carver alone over a scan: ``count`` SYNs from as many 5-tuples within one second
+    (bench_flood's), then one packet 400 s later, whose sweep forgets every flow at once.
+    (CPU seconds of that sweep, per flow: best of ``repeat``; CPU per SYN before it.) Flat
+    per-flow figures as ``count`` grows mean the sweep is linear in the flows it forgets."""
+    sys.path.insert(0, str(ROOT))
+    import bench_flood
+
+    from iocwatch.outputs.carve import Carver
+
+    t0 = 1_700_000_000
+    syns = [(t0, i * 1_000_000 // count, 1, frame)
+            for i, frame in enumerate(bench_flood.syn_flood(count))]
+    late = [(t0 + 400, 0, 1, next(bench_flood.udp_flood(1)))]
+    best_sweep = best_syn = float("inf")
+    with tempfile.TemporaryDirectory() as out:
+        for _ in range(max(1, repeat)):
+            carver = Carver(out, head=4, tail=0)
+            t = time.process_time()
+            for _ in carver.packets(syns):
+                pass
+            mid = time.process_time()
+            for _ in carver.packets(late):
+                pass
+            end = time.process_time()
+            assert len(carver.flows) == 2, len(carver.flows)  # only the late packet's flow
+            best_syn = min(best_syn, (mid - t) / count)
+            best_sweep = min(best_sweep, (end - mid) / count)
+            carver.close()
+    return best_sweep, best_syn
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--capture", type=Path, help="capture to copy (default: see above)")
@@ -99,7 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--dir", type=Path,
                     default=Path(os.environ.get("IOCWATCH_BENCH_DIR", "/tmp/iocwatch-bench")))
+    ap.add_argument("--scan", type=int, default=0, metavar="N",
+                    help="only the carver's sweep after a scan of N and of 4N SYNs (see scan_sweep)")
     args = ap.parse_args(argv)
+    if args.scan:
+        for n in (args.scan, 4 * args.scan):
+            sweep, syn = scan_sweep(n, args.repeat)
+            print(f"scan of {n:,} SYNs: the sweep that forgets them {sweep * 1e6:.2f} us per "
+                  f"flow, {sweep * n:.3f} s in all; {syn * 1e6:.2f} us per SYN before it "
+                  f"(best of {args.repeat})")
+        return 0
     for tool in ("editcap", "mergecap", "capinfos", bench_sensor.TIME):
         if shutil.which(tool) is None:
             print(f"bench_carve: {tool} not found")
