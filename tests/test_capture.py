@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import struct
 import subprocess
 import sys
 
@@ -77,6 +78,36 @@ def test_pcapng_bad_interface_id_is_counted(tmp_path):
                   + pb.pcapng_epb(0, 0, FRAME))
     pkts, r = read_all(f)
     assert len(pkts) == 1 and r.stats.damaged["pcapng_epb"] == 1
+
+
+def test_pcapng_simple_and_obsolete_packet_blocks(tmp_path):
+    """Simple Packet Blocks (interface 0, no time) and obsolete Packet Blocks (16-bit interface
+    id and a drops count) are read, counted per interface, and their damage is counted."""
+    other = pb.ipv4(pb.udp(b"z" * 12))
+
+    def packet_block(ifid: int, ts_units: int, data: bytes) -> bytes:
+        return pb._block(2, struct.pack("<HHIIII", ifid, 3, ts_units >> 32,
+                                        ts_units & 0xFFFFFFFF, len(data), len(data)) + data)
+
+    def simple_block(data: bytes) -> bytes:
+        return pb._block(3, struct.pack("<I", len(data)) + data)
+
+    f = tmp_path / "pb.pcapng"
+    f.write_bytes(pb.pcapng_shb() + pb.pcapng_idb(1) + pb.pcapng_idb(101, tsresol=9)
+                  + packet_block(0, 1_600_000_000_000_042, FRAME)
+                  + simple_block(FRAME)
+                  + packet_block(1, 1_600_000_000_987_654_321, other)
+                  + packet_block(0, 5, b"")  # empty: counted, not handed out
+                  + simple_block(b"")
+                  + packet_block(7, 5, FRAME)  # no such interface
+                  + pb.pcapng_epb(0, 1_600_000_001_000_000, FRAME))
+    pkts, r = read_all(f)
+    assert [(p[0], p[1], p[2], p[3]) for p in pkts] == [
+        (1_600_000_000, 42, 1, FRAME), (0, 0, 1, FRAME), (1_600_000_000, 987654, 101, other),
+        (1_600_000_001, 0, 1, FRAME)]
+    assert r.stats.damaged["empty_record"] == 2 and r.stats.damaged["pcapng_pb"] == 1
+    assert r.stats.records == 6 and r.stats.bytes == 3 * len(FRAME) + len(other)
+    assert r.stats.linktypes == {1: 5, 101: 1}
 
 
 @pytest.mark.parametrize("content", [b"", b"abc", b"hello world, not a capture" * 10])

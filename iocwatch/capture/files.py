@@ -577,17 +577,11 @@ class CaptureReader:
                     if not interfaces or last - body < 4:
                         stats.damaged["pcapng_spb"] += 1
                         continue
+                    ifid = 0
                     linktype = interfaces[0][0]
                     origlen = head(data, body)[0]
                     pkt = data[body + 4 : last][:origlen]
                     sec = usec = 0
-                    records += 1
-                    nbytes += len(pkt)
-                    counts[0] += 1
-                    if not pkt:
-                        stats.damaged["empty_record"] += 1
-                        continue
-                    last_sec, last_usec = sec, usec
                 elif btype == 2:  # obsolete Packet Block
                     if last - body < 20:
                         stats.damaged["pcapng_pb"] += 1
@@ -604,13 +598,6 @@ class CaptureReader:
                     if sec > MAX_TS_SEC:
                         stats.damaged["timestamp_out_of_range"] += 1
                         sec, usec = last_sec, last_usec
-                    records += 1
-                    nbytes += caplen
-                    counts[ifid] += 1
-                    if not pkt:
-                        stats.damaged["empty_record"] += 1
-                        continue
-                    last_sec, last_usec = sec, usec
                 elif btype == 1:  # Interface Description Block
                     if last - body < 8:
                         stats.damaged["pcapng_idb"] += 1
@@ -625,6 +612,14 @@ class CaptureReader:
                     continue
                 else:
                     continue  # name resolution, statistics, custom blocks: nothing for us
+                # a Simple or obsolete Packet Block's packet (the common path counts its own)
+                records += 1
+                nbytes += len(pkt)
+                counts[ifid] += 1
+                if not pkt:
+                    stats.damaged["empty_record"] += 1
+                    continue
+                last_sec, last_usec = sec, usec
                 buf.pos = pos
                 yield sec, usec, linktype, pkt
                 if clock is not None:  # the engine may have swept: its next sweep is later
