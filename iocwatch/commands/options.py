@@ -72,8 +72,9 @@ def merge_exact(args: argparse.Namespace) -> None:
 
 
 def indicator_sources(args: argparse.Namespace) -> IndicatorSources:
-    from iocwatch.indicators.loading import IndicatorSources
     """The parsed indicator flags as the loader takes them."""
+    from iocwatch.indicators.loading import IndicatorSources
+
     return IndicatorSources(files=tuple(dict.fromkeys(args.ioc + args.ioc_exact)),
                             exact=tuple(args.ioc_exact), format=args.ioc_format,
                             cache=args.ioc_cache, misp_all=args.misp_all,
