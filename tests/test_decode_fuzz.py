@@ -95,29 +95,44 @@ def test_random_tunnel_payloads_never_raise(tail, which, cut, lt):
     _check(d)
 
 
-def _general(frame: bytes) -> tuple:
-    """What the decoder's general path (no inline shortcut) makes of an Ethernet frame."""
+def _general(frame: bytes, lt: int = 1) -> tuple:
+    """What the decoder's general path (no inline shortcut) makes of an Ethernet frame, or of
+    a Linux cooked one (``lt`` 113)."""
     d = Decoder()
+    if lt == 113:
+        got = (d._bad("sll_truncated") if len(frame) < 16
+               else d._ethertype(struct.unpack_from("!H", frame, 14)[0], frame, 16, 0))
+        return got, dict(d.stats), d.ext6
     return d._ethernet(frame, 0, 0), dict(d.stats), d.ext6
 
 
-@settings(max_examples=400, deadline=None)
+#: the link layers a frame is put under: (link type, what goes before the ethertype)
+LAYERS = {"ethernet": (1, b"\x02" * 12), "vlan": (1, b"\x02" * 12 + b"\x81\x00\x00\x64"),
+          "qinq": (1, b"\x02" * 12 + b"\x81\x00\x00\x64\x81\x00\x00\x65"),
+          "sll": (113, b"\x00\x00\x00\x01\x00\x06" + b"\x02" * 8)}
+
+
+@settings(max_examples=600, deadline=None)
 @given(v6=st.booleans(), proto=st.sampled_from([6, 17, 17, 0, 44, 58]),
        dport=st.sampled_from([53, 443, 4789, 6081, 8472]), body=st.binary(max_size=40),
        cut=st.integers(0, 90), flips=st.lists(st.tuples(st.integers(12, 70), st.integers(0, 255)),
-                                               max_size=3))
-def test_inline_common_frames_decode_as_the_general_path(v6, proto, dport, body, cut, flips):
-    """``Decoder.decode`` reads untagged IPv4 and IPv6 TCP/UDP frames inline: on such frames,
-    cut and with bytes changed, it says exactly what the general path says (the result, the
-    counters, the IPv6 extension headers)."""
+                                               max_size=3),
+       layer=st.sampled_from(sorted(LAYERS)))
+def test_inline_common_frames_decode_as_the_general_path(v6, proto, dport, body, cut, flips,
+                                                         layer):
+    """``Decoder.decode`` reads IPv4 and IPv6 TCP/UDP frames inline, untagged or behind one
+    802.1Q tag, and Linux cooked frames through the same tests: on such frames, cut and with
+    bytes changed, it says exactly what the general path says (the result, the counters, the
+    IPv6 extension headers)."""
     seg = (pb.tcp(body, 40000, dport) if proto == 6 else pb.udp(body, 40000, dport)
            if proto == 17 else body)
-    frame = bytearray(pb.eth(pb.ipv6(seg, nxt=proto), 0x86DD) if v6
-                      else pb.eth(pb.ipv4(seg, proto=proto)))
+    lt, head = LAYERS[layer]
+    frame = bytearray(head + (b"\x86\xdd" + pb.ipv6(seg, nxt=proto) if v6
+                              else b"\x08\x00" + pb.ipv4(seg, proto=proto)))
     for at, value in flips:
         if at < len(frame):
             frame[at] = value
     frame = bytes(frame[: max(0, len(frame) - cut)])
     d = Decoder()
-    got = d.decode(1, frame)
-    assert (got, dict(d.stats), d.ext6) == _general(frame)
+    got = d.decode(lt, frame)
+    assert (got, dict(d.stats), d.ext6) == _general(frame, lt)

@@ -66,6 +66,9 @@ VXLAN_PORTS = frozenset({4789, 8472})
 GENEVE_PORT = 6081
 _TUNNEL_PORTS = VXLAN_PORTS | {GENEVE_PORT}  # UDP ports whose datagrams _transport unwraps
 
+_IP_ETYPES = frozenset({b"\x08\x00", b"\x86\xdd"})
+_NO_MACS = bytes(12)  # a Linux cooked frame's stand-in Ethernet addresses (Decoder.decode)
+
 MAX_DEPTH = 6  # nested encapsulations before we call it hostile
 FRAG_MAX_DATAGRAMS = 4096
 FRAG_MAX_SIZE = 65535
@@ -146,11 +149,19 @@ class Decoder:
                         end = len(data)
                     return (6, data[22:38], data[38:54], data[20], data[54:end], data[21],
                             unpack_from("!I", data, 14)[0] & 0xFFFFF)
+                # one 802.1Q tag before IPv4 or IPv6 (a trunk port's capture): the tests above
+                # on the frame without it, a copy (what the general path says of the tag, the
+                # same result); more tags, or anything else behind it, the general path
+                elif data[12:14] == b"\x81\x00" and data[16:18] in _IP_ETYPES:
+                    self.stats["encap_vlan"] += 1
+                    return self.decode(LT_ETHERNET, data[:12] + data[16:], now)
                 return self._ethernet(data, 0, 0)
             if linktype == LT_SLL:
                 if len(data) < 16:
                     return self._bad("sll_truncated")
-                return self._ethertype(unpack_from("!H", data, 14)[0], data, 16, 0)
+                # after its 16-byte header (the ethertype last) the general path is Ethernet's:
+                # read as Ethernet with no addresses, for the inline tests above
+                return self.decode(LT_ETHERNET, _NO_MACS + data[14:], now)
             if linktype == LT_SLL2:
                 if len(data) < 20:
                     return self._bad("sll2_truncated")
