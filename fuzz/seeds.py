@@ -145,6 +145,14 @@ def corpus() -> dict[str, list[bytes]]:
                 chunk = pkts[i : i + PACKETS_PER_CAPTURE]
                 out["pcap"].append(write_pcap(lt, chunk))
                 out["pcapng"].append(write_pcapng(lt, chunk))
+                if lt == 1 and i < 4 * PACKETS_PER_CAPTURE:
+                    # the pcap reader's other inline layouts: 802.1Q-tagged frames (a trunk
+                    # port's capture) and Linux cooked ones
+                    out["pcap"].append(write_pcap(1, [
+                        (s, u, d[:12] + b"\x81\x00\x00\x64" + d[12:]) for s, u, d in chunk]))
+                    out["pcap"].append(write_pcap(113, [
+                        (s, u, b"\x00\x00\x00\x01\x00\x06" + d[6:12] + b"\x00\x00" + d[12:])
+                        for s, u, d in chunk]))
             for sec, _usec, data in pkts:
                 d = dec.decode(lt, data, sec)
                 if d is None:

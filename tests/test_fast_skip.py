@@ -4,7 +4,7 @@ Packets the sensor has no more use for (a finished TCP direction's; a UDP flow's
 first datagram was read, unless a datagram looks like DNS or a QUIC long header) are passed
 over before any object exists, in the capture reader's buffer and in ``Engine.run``. Records
 and counters must be those of the slow path, which reads every packet (``Engine.packet``),
-for Ethernet, 802.1Q and 802.1ad tags, Linux cooked captures (SLL, SLL2) and raw IP, over
+for Ethernet, 802.1Q and 802.1ad tags, Cisco MetaData, Linux cooked captures (SLL, SLL2) and raw IP, over
 IPv4 and IPv6.
 """
 
@@ -115,6 +115,8 @@ def framed(kind: str, packet: bytes) -> tuple[int, bytes]:
         return 1, mac + b"\x81\x00\x00\x64" + etype + packet
     if kind == "qinq":
         return 1, mac + b"\x88\xa8\x00\x0a\x81\x00\x00\x64" + etype + packet
+    if kind == "sgt":  # Cisco MetaData: version, length, option type, security group tag
+        return 1, mac + b"\x89\x09\x01\x01\x00\x01\x00\x10" + etype + packet
     if kind == "sll":
         return 113, b"\x00\x00\x00\x01\x00\x06" + mac[6:] + b"\x00\x00" + etype + packet
     if kind == "sll2":
@@ -124,7 +126,7 @@ def framed(kind: str, packet: bytes) -> tuple[int, bytes]:
     raise ValueError(kind)
 
 
-KINDS = ["ethernet", "vlan", "qinq", "sll", "sll2", "raw"]
+KINDS = ["ethernet", "vlan", "qinq", "sgt", "sll", "sll2", "raw"]
 
 
 def capture(kind: str, v6: bool) -> tuple[int, list[bytes]]:
@@ -197,13 +199,13 @@ def fast(linktype: int, frames: list[bytes], where: str,
 
 #: counters of what the decoder and the TCP path say of a frame's damage: a damaged or cut
 #: frame of a direction the fast path passes over is never decoded, so never counted
-UNDECODED = frozenset({"packets_slow_path", "encap_vlan", "ipv4_snapped", "ipv6_snapped",
+UNDECODED = frozenset({"packets_slow_path", "encap_vlan", "encap_cisco_sgt", "ipv4_snapped", "ipv6_snapped",
                        "ip_fragments", "malformed_ipv4_length", "malformed_ipv6_header",
                        "malformed_tcp_header", "malformed_udp_header"})
 
 
 def drop_tags(stats: dict[str, int]) -> dict[str, int]:
-    return {k: v for k, v in stats.items() if k != "encap_vlan"}
+    return {k: v for k, v in stats.items() if k not in ("encap_vlan", "encap_cisco_sgt")}
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -217,7 +219,8 @@ def test_fast_path_gives_what_the_slow_path_gives(kind: str, v6: bool, where: st
     assert got == want
     handed = got_stats.pop("packets_slow_path")
     assert want_stats.pop("packets_slow_path") == len(frames)
-    # the decoder counts the VLAN tags of the packets it decodes; the fast path decodes none
+    # the decoder counts the tags (VLAN, Cisco MetaData) of the packets it decodes; the fast
+    # path decodes none
     assert drop_tags(got_stats) == drop_tags(want_stats)
     names = b"".join(want)
     for name in (b"c2.fast.test", b"odd-port.fast.test", b"again.fast.test"):
@@ -306,3 +309,51 @@ def test_damaged_frames_fast_path_still_gives_what_the_slow_path_gives(kind: str
                 diff = {k for k in set(want_stats) | set(got_stats)
                         if want_stats.get(k) != got_stats.get(k)}
                 assert diff <= UNDECODED, diff
+
+
+def handed_by_reader(linktype: int, frames: list[bytes], tmp: Path) -> tuple[list[bytes], int]:
+    """Records of Engine.run over a classic pcap of ``frames``, and the packets its reader
+    handed out (the rest it passed over in its buffer)."""
+    records: list[bytes] = []
+    engine = Engine(lambda rec, _obs, _ev: records.append(orjson.dumps(rec)))
+    path = tmp / "mixed.pcap"
+    path.write_bytes(capture_file([(1_700_000_000 + i, i, f) for i, f in enumerate(frames)],
+                                  linktype, False))
+    reader = Counted(str(path))
+    engine.run(reader)
+    reader.close()
+    engine.finish()
+    return records, reader.handed
+
+
+@pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
+@pytest.mark.parametrize("kind", ["vlan", "sll"])
+def test_reader_passes_over_as_much_behind_a_tag_or_a_cooked_header(kind: str, v6: bool,
+                                                                     tmp_path: Path) -> None:
+    """The pcap reader tests 802.1Q-tagged frames (in a capture mostly tagged) and Linux
+    cooked frames inline: it must pass over exactly the packets it passes over untagged."""
+    packets = ip_packets(v6)
+    want, want_handed = handed_by_reader(1, [framed("ethernet", p)[1] for p in packets],
+                                         tmp_path)
+    linktype = framed(kind, packets[0])[0]
+    frames = [framed(kind, p)[1] for p in packets]
+    got, handed = handed_by_reader(linktype, frames, tmp_path)
+    assert got == want
+    assert handed == want_handed
+    assert handed < len(frames) - 100
+
+
+@pytest.mark.parametrize("share", [0.1, 0.5, 0.9])
+def test_reader_on_a_capture_of_tagged_and_untagged_frames(share: float, tmp_path: Path) -> None:
+    """Tagged and untagged frames mixed in one file (a native VLAN beside tagged ones), the
+    tagged ones a minority, half or a majority of its first frames: whichever kind the reader
+    tests inline, the other goes to passes_over, with the records of the slow path and the
+    packets passed over of an untagged capture."""
+    rng = random.Random(share)
+    packets = ip_packets(False) + ip_packets(True)
+    frames = [framed("vlan" if rng.random() < share else "ethernet", p)[1] for p in packets]
+    plain = [framed("ethernet", p)[1] for p in packets]
+    want, _ = slow(1, frames)
+    got, handed = handed_by_reader(1, frames, tmp_path)
+    assert got == want
+    assert handed == handed_by_reader(1, plain, tmp_path)[1]

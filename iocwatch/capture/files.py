@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass, field
-from struct import Struct, unpack_from
+from struct import Struct, calcsize, unpack_from
 from typing import Any, BinaryIO
 
 from iocwatch.boundary import classify
@@ -158,6 +158,28 @@ class _Buffer:
             self.pos = 0
             self.end = len(self.data)
         return True
+
+
+def _mostly_tagged(data: Any, pos: int, end: int, big: bool, e: int) -> bool:
+    """Whether most of the first records from ``pos`` (up to 64, within ``end``) carry one
+    802.1Q tag where their ethertype would be (at ``e``): the pcap reader then tests tagged
+    frames inline (a capture of a trunk port tags nearly every frame). Reads by slices only,
+    within ``end``: it cannot raise, whatever the file holds."""
+    order = "big" if big else "little"
+    tagged = other = 0
+    for _ in range(64):
+        if pos + 16 > end:
+            break
+        caplen = int.from_bytes(data[pos + 8 : pos + 12], order)
+        if caplen > MAX_RECORD or pos + 16 + caplen > end:
+            break
+        if caplen >= e + 2:
+            if data[pos + 16 + e : pos + 18 + e] == b"\x81\x00":
+                tagged += 1
+            else:
+                other += 1
+        pos += 16 + caplen
+    return tagged > other
 
 
 class CaptureReader:
@@ -310,14 +332,8 @@ class CaptureReader:
         linktype = unpack_from(endian + "I", buf.data, 20)[0] & 0x0FFFFFFF
         stats.linktypes[linktype] += 0
         buf.pos = 24
+        buf.ensure(16)  # the first records, to see whether they are tagged (_mostly_tagged)
         hdr = endian + "IIII"
-        # One unpack per record, from its header to the frame's bytes Engine.run's fast path
-        # tests (Ethernet type and IPv4 header length, protocol, addresses and ports, TCP
-        # flags: garbage past a shorter record, not looked at): the fraction (checked) and
-        # the length every record needs. The seconds are read for the records handed out,
-        # and for the last good record (``last``: its header's offset, -1 once ``last_sec``
-        # holds them) before the window moves and after damage.
-        whole = Struct(endian + "III16x3s8xB2x12s9xB").unpack_from
         head = Struct(endian + "III").unpack_from
         seconds = Struct(endian + "I").unpack_from
         last = -1
@@ -327,22 +343,37 @@ class CaptureReader:
         data = buf.data
         pos = buf.pos
         end = buf.end
-        # up to ``safe`` the largest record, and so the 64 bytes ``whole`` reads, is in the
+        # up to ``safe`` the largest record, and so the bytes ``whole`` reads, is in the
         # window: no bounds test
         span = 16 + MAX_RECORD
         safe = end - span
-        # the fast path (decode/fastpath.py): plain Ethernet IPv4 from ``whole``'s fields, the
-        # rest (IPv6, VLAN tags, other link layers, UDP) from the frame
+        # One unpack per record (``whole``), from its header to the frame's bytes Engine.run's
+        # fast path tests (ethertype and IPv4 header length, protocol, addresses and ports,
+        # TCP flags: garbage past a shorter record, not looked at): the fraction (checked)
+        # and the length every record needs. The seconds are read for the records handed
+        # out, and for the last good record (``last``: its header's offset, -1 once
+        # ``last_sec`` holds them) before the window moves and after damage.
+        # The fast path (decode/fastpath.py) is tested inline on those fields for Ethernet
+        # and Linux cooked (SLL) frames, whose ethertype is just before the IP header; when
+        # most of a file's first frames carry one 802.1Q tag (a trunk port's capture), for
+        # frames with that tag instead (``tag``: the tag's type, else empty). Other frames
+        # (the other kind, 802.1ad, SLL2, raw IP, other link layers) go to ``passes_over``.
         lay = layout(linktype)
         skip = self.skip if lay is not None else None
         e, l3 = lay or (0, 0)
-        eth = linktype == 1
+        inline = e >= 0 and l3 == e + 2
+        tag = b"\x81\x00" if inline and _mostly_tagged(data, pos, end, endian == ">", e) else b""
+        fields = endian + f"III{4 + e}x{len(tag)}s{len(tag)}x3s8xB2x12s9xB"
+        whole = Struct(fields).unpack_from
+        v4_min = calcsize(fields) - 16  # the frame bytes ``whole`` reads
+        ip = l3 + 2 * len(tag)  # where the IP header begins (a tag: its type and its TCI)
+        v6_min = ip + 54
         skip_udp = self.skip_udp
         clock = self.clock
         sweep_at = clock.next_sweep if clock is not None else 1 << 62
-        v4 = b"\x08\x00\x45"  # IPv4 without options
-        v6 = b"\x86\xdd"
-        etype = key = b""
+        v4 = b"\x08\x00\x45" if inline else b"-"  # IPv4 without options
+        v6 = b"\x86\xdd" if inline else b"-"
+        etype = key = outer = b""
         sec = proto = flags = 0
         try:
             while True:
@@ -366,10 +397,10 @@ class CaptureReader:
                                 break
                             data, pos, end = buf.data, buf.pos, buf.end
                             safe = end - span
-                        if caplen >= 48:
-                            sec, frac, caplen, etype, proto, key, flags = whole(data, pos)
+                        if caplen >= v4_min:
+                            sec, frac, caplen, outer, etype, proto, key, flags = whole(data, pos)
                 else:
-                    sec, frac, caplen, etype, proto, key, flags = whole(data, pos)
+                    sec, frac, caplen, outer, etype, proto, key, flags = whole(data, pos)
                 if caplen > MAX_RECORD or frac >= limit:
                     stats.damaged["pcap_record_header"] += 1
                     buf.pos = pos
@@ -392,21 +423,22 @@ class CaptureReader:
                 # Engine.run's fast path, on the file buffer: no object for such a packet; not
                 # at the engine's next sweep, which runs at the same packet either way
                 if skip is not None and sec < sweep_at:
-                    if eth and caplen >= 48 and etype == v4:  # ``whole`` read its fields
+                    if caplen >= v4_min and etype == v4 and outer == tag:  # ``whole``'s fields
                         if proto == 6:
                             if key in skip and flags & 0x12 != 0x02:
                                 continue
                         elif (proto == 17 and key in skip_udp
-                              and not data[p + 20] & 0x3F and not data[p + 21]
-                              and quiet_datagram(data, p + 34, pos)):
+                              and not data[p + ip + 6] & 0x3F and not data[p + ip + 7]
+                              and quiet_datagram(data, p + ip + 20, pos)):
                             continue
-                    elif eth and caplen >= 68 and etype[:2] == v6:  # plain Ethernet IPv6
-                        proto = data[p + 20]
+                    elif caplen >= v6_min and etype[:2] == v6 and outer == tag:  # IPv6, no ext. header
+                        i = p + ip
+                        proto = data[i + 6]
                         if proto == 6:
-                            if data[p + 22 : p + 58] in skip and data[p + 67] & 0x12 != 0x02:
+                            if data[i + 8 : i + 44] in skip and data[i + 53] & 0x12 != 0x02:
                                 continue
-                        elif (proto == 17 and data[p + 22 : p + 58] in skip_udp
-                              and quiet_datagram(data, p + 54, pos)):
+                        elif (proto == 17 and data[i + 8 : i + 44] in skip_udp
+                              and quiet_datagram(data, i + 40, pos)):
                             continue
                     elif passes_over(data, p, pos, e, p + l3, skip, skip_udp):
                         continue  # any other frame (decode/fastpath.py)

@@ -5,7 +5,8 @@ direction's segments, and the datagrams of a UDP flow (QUIC after its handshake,
 whose first datagram was read. The packet loops (the pcap and pcapng readers', over their
 file buffers, and ``Engine.run``'s for other packet sources) pass over them before any
 per-packet object exists, by one test, :func:`passes_over`: the frame's IP header found by a
-fixed offset per link type (:func:`layout`; up to two VLAN tags), the 5-tuple bytes looked
+fixed offset per link type (:func:`layout`; up to two VLAN tags, or a Cisco MetaData
+header), the 5-tuple bytes looked
 up in the engine's ``done`` (TCP) or ``udp_done`` table, and for a datagram
 :func:`quiet_datagram`. Only the classic pcap reader's commonest frames (plain Ethernet, IPv4
 without options or IPv6) are tested inline, on the fields its one unpack per record already
@@ -30,6 +31,8 @@ from iocwatch.decode.packet import _TUNNEL_PORTS, LT_ETHERNET, LT_SLL, LT_SLL2, 
 IPV4, IPV6 = b"\x08\x00", b"\x86\xdd"
 #: 802.1Q, 802.1ad and the older QinQ ethertypes: a tag of 4 bytes before the real ethertype
 TAGS = frozenset({b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x92\x00"})
+#: Cisco MetaData (TrustSec's security group tag), as the decoder reads it
+CISCO_SGT = b"\x89\x09"
 #: raw IP: the ethertype the version nibble stands for
 RAW_ETYPE = tuple(IPV4 if v == 4 else IPV6 if v == 6 else b"" for v in range(16))
 
@@ -51,12 +54,16 @@ def passes_over(data: bytes, p: int, end: int, e: int, b: int, tcp_done: Contain
     raises: whatever does not fit goes on."""
     if e >= 0:
         etype = data[p + e : p + e + 2]
-        if etype != IPV4 and etype in TAGS:
-            etype = data[b + 2 : b + 4]
-            b += 4
+        if etype != IPV4:
             if etype in TAGS:
                 etype = data[b + 2 : b + 4]
                 b += 4
+                if etype in TAGS:
+                    etype = data[b + 2 : b + 4]
+                    b += 4
+            elif etype == CISCO_SGT:  # Cisco's metadata header: 8 bytes, the ethertype last
+                etype = data[b + 6 : b + 8]
+                b += 8
     else:
         etype = RAW_ETYPE[data[b] >> 4] if end > b else b""
     if end - b < 34:
