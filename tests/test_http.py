@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iocwatch.model.hosts import host_key
+from iocwatch.protocols import http
 from iocwatch.protocols.cursor import Malformed, Truncated
 from iocwatch.protocols.http import looks_like_request, parse_request
 from tests.conftest import SHARED
@@ -196,3 +197,16 @@ def test_corpus_matches_mercury() -> None:
             assert parse_request(payload, final=True).to_mercury() == exp, (name, o["event_start"])
     if compared == 0:
         pytest.skip("no HTTP requests found in the shared corpus")
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(max_size=60).map(lambda b: b.replace(b"\x00", b"\r")),
+       pos=st.integers(0, 60))
+def test_line_end_search_is_the_byte_loop(data: bytes, pos: int) -> None:
+    """The request line, status line and header values end where a loop over their bytes
+    would stop: at the first CR or LF from ``pos``, else at the end."""
+    pos = min(pos, len(data))
+    end = pos
+    while end < len(data) and data[end] not in (0x0D, 0x0A):
+        end += 1
+    assert http._eol(data, pos) == end

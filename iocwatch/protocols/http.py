@@ -325,9 +325,7 @@ def _request_line(data: bytes, final: bool) -> tuple[bytes, bytes, bytes, int, i
         uri_end = sp2 if sp2 >= 0 else n
         uri = data[pos:uri_end]
         pos = min(uri_end + 1, n)
-    end = pos
-    while end < n and data[end] not in (0x0D, 0x0A):
-        end += 1
+    end = _eol(data, pos)
     protocol = data[pos:end]
     if not protocol.startswith(b"HTTP/"):
         if not final and end == n and b"HTTP/".startswith(protocol):
@@ -382,6 +380,16 @@ def parse_request(data: bytes, final: bool = False) -> HttpRequest:
     return req
 
 
+def _eol(data: bytes, pos: int) -> int:
+    """Where the line from ``pos`` (at most ``len(data)``) ends: at its first CR or LF, else
+    at the end of ``data`` (two searches in C, not a loop over the line's bytes)."""
+    end = data.find(b"\n", pos)
+    if end < 0:
+        end = len(data)
+    cr = data.find(b"\r", pos, end)
+    return end if cr < 0 else cr
+
+
 def _line_end(data: bytes, pos: int, delim: bytes) -> int:
     """Length of the line ending at ``pos`` as mercury's delimiter class accepts it (0 if none)."""
     if delim and data.startswith(delim, pos):
@@ -411,9 +419,7 @@ def _parse_headers(data: bytes, pos: int, delim: bytes) -> tuple[list[Header], i
         pos = colon + 1
         while pos < n and data[pos] in (0x20, 0x09):
             pos += 1
-        end = pos
-        while end < n and data[end] not in (0x0D, 0x0A):
-            end += 1
+        end = _eol(data, pos)
         value = data[pos:end]
         k = _line_end(data, end, delim)
         out.append(Header(name, value, data[end : end + k] if k else None, data[colon:pos]))
@@ -436,9 +442,7 @@ def _status_line(data: bytes) -> tuple[bytes, bytes, bytes, int, int]:
     c_end = sp if sp >= 0 else n
     code = data[pos:c_end]
     pos = min(c_end + 1, n)
-    end = pos
-    while end < n and data[end] not in (0x0D, 0x0A):
-        end += 1
+    end = _eol(data, pos)
     run = end
     while run < n and not _is_alpha(data[run]):
         run += 1
