@@ -368,6 +368,10 @@ class CaptureReader:
         v4_min = calcsize(fields) - 16  # the frame bytes ``whole`` reads
         ip = l3 + 2 * len(tag)  # where the IP header begins (a tag: its type and its TCI)
         v6_min = ip + 54
+        # in the IP header: IPv4's fragment field and its UDP header (without options);
+        # IPv6's next header, addresses and its TCP flags or UDP header
+        frag, udp4, nxt6, addr6, ports6, tcp6, udp6 = (ip + 6, ip + 20, ip + 6, ip + 8, ip + 44,
+                                                      ip + 53, ip + 40)
         skip_udp = self.skip_udp
         clock = self.clock
         sweep_at = clock.next_sweep if clock is not None else 1 << 62
@@ -428,17 +432,16 @@ class CaptureReader:
                             if key in skip and flags & 0x12 != 0x02:
                                 continue
                         elif (proto == 17 and key in skip_udp
-                              and not data[p + ip + 6] & 0x3F and not data[p + ip + 7]
-                              and quiet_datagram(data, p + ip + 20, pos)):
+                              and not data[p + frag] & 0x3F and not data[p + frag + 1]
+                              and quiet_datagram(data, p + udp4, pos)):
                             continue
                     elif caplen >= v6_min and etype[:2] == v6 and outer == tag:  # IPv6, no ext. header
-                        i = p + ip
-                        proto = data[i + 6]
+                        proto = data[p + nxt6]
                         if proto == 6:
-                            if data[i + 8 : i + 44] in skip and data[i + 53] & 0x12 != 0x02:
+                            if data[p + addr6 : p + ports6] in skip and data[p + tcp6] & 0x12 != 0x02:
                                 continue
-                        elif (proto == 17 and data[i + 8 : i + 44] in skip_udp
-                              and quiet_datagram(data, i + 40, pos)):
+                        elif (proto == 17 and data[p + addr6 : p + ports6] in skip_udp
+                              and quiet_datagram(data, p + udp6, pos)):
                             continue
                     elif passes_over(data, p, pos, e, p + l3, skip, skip_udp):
                         continue  # any other frame (decode/fastpath.py)
