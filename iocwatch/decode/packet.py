@@ -11,7 +11,7 @@ record.
 from __future__ import annotations
 
 from collections import Counter
-from struct import unpack_from
+from struct import Struct, unpack_from
 
 from iocwatch.boundary import classify
 
@@ -66,6 +66,11 @@ VXLAN_PORTS = frozenset({4789, 8472})
 GENEVE_PORT = 6081
 _TUNNEL_PORTS = VXLAN_PORTS | {GENEVE_PORT}  # UDP ports whose datagrams _transport unwraps
 
+#: an IPv4 header from its total length: total length, id, fragment field, TTL, protocol,
+#: (checksum,) addresses; an IPv6 header: version/class/label, payload length, next header,
+#: hop limit, addresses (Decoder.decode's inline tests)
+_IPV4_HEAD = Struct("!HHHBB2x4s4s").unpack_from
+_IPV6_HEAD = Struct("!IHBB16s16s").unpack_from
 _IP_ETYPES = frozenset({b"\x08\x00", b"\x86\xdd"})
 _NO_MACS = bytes(12)  # a Linux cooked frame's stand-in Ethernet addresses (Decoder.decode)
 
@@ -131,24 +136,22 @@ class Decoder:
                 # carrying TCP, or UDP to a port that is no tunnel; the same result as the
                 # general path below (which takes everything else), one call instead of four
                 # (tests/test_decode_fuzz.py compares the two)
-                if len(data) >= 34 and data[12:14] == b"\x08\x00" and data[14] == 0x45:
-                    total, ipid, frag = unpack_from("!HHH", data, 16)
-                    proto = data[23]
+                if len(data) >= 34 and data[12:15] == b"\x08\x00\x45":
+                    total, ipid, frag, ttl, proto, src, dst = _IPV4_HEAD(data, 16)
                     end = 14 + total
                     if (total >= 20 and end <= len(data) and not frag & 0x3FFF
                             and (proto == IPPROTO_TCP or (proto == IPPROTO_UDP and (
                                 total < 28 or unpack_from("!H", data, 36)[0] not in _TUNNEL_PORTS)))):
-                        return 4, data[26:30], data[30:34], proto, data[34:end], data[22], ipid
+                        return 4, src, dst, proto, data[34:end], ttl, ipid
                 # and untagged IPv6 without extension headers, the same way (_ipv6's result)
-                elif (len(data) >= 58 and data[12:14] == b"\x86\xdd" and data[14] >> 4 == 6
-                        and (data[20] == IPPROTO_TCP or (data[20] == IPPROTO_UDP and unpack_from(
-                            "!H", data, 56)[0] not in _TUNNEL_PORTS))):
-                    plen = (data[18] << 8) | data[19]
-                    end = 54 + plen
-                    if end > len(data) or plen == 0:  # cut short, or a jumbogram
-                        end = len(data)
-                    return (6, data[22:38], data[38:54], data[20], data[54:end], data[21],
-                            unpack_from("!I", data, 14)[0] & 0xFFFFF)
+                elif len(data) >= 58 and data[12:14] == b"\x86\xdd":
+                    first, plen, nxt, hop, src, dst = _IPV6_HEAD(data, 14)
+                    if first >> 28 == 6 and (nxt == IPPROTO_TCP or (nxt == IPPROTO_UDP and unpack_from(
+                            "!H", data, 56)[0] not in _TUNNEL_PORTS)):
+                        end = 54 + plen
+                        if end > len(data) or plen == 0:  # cut short, or a jumbogram
+                            end = len(data)
+                        return 6, src, dst, nxt, data[54:end], hop, first & 0xFFFFF
                 # one 802.1Q tag before IPv4 or IPv6 (a trunk port's capture): the tests above
                 # on the frame without it, a copy (what the general path says of the tag, the
                 # same result); more tags, or anything else behind it, the general path
