@@ -23,7 +23,7 @@ from struct import Struct, calcsize, unpack_from
 from typing import Any, BinaryIO
 
 from iocwatch.boundary import classify
-from iocwatch.decode.fastpath import layout, passes_over, quiet_datagram
+from iocwatch.decode.fastpath import DOT1Q, layout, passes_over, quiet_datagram
 
 Packet = tuple[int, int, int, bytes]
 
@@ -174,7 +174,7 @@ def _mostly_tagged(data: Any, pos: int, end: int, big: bool, e: int) -> bool:
         if caplen > MAX_RECORD or pos + 16 + caplen > end:
             break
         if caplen >= e + 2:
-            if data[pos + 16 + e : pos + 18 + e] == b"\x81\x00":
+            if data[pos + 16 + e : pos + 18 + e] == DOT1Q:
                 tagged += 1
             else:
                 other += 1
@@ -362,7 +362,7 @@ class CaptureReader:
         skip = self.skip if lay is not None else None
         e, l3 = lay or (0, 0)
         inline = e >= 0 and l3 == e + 2
-        tag = b"\x81\x00" if inline and _mostly_tagged(data, pos, end, endian == ">", e) else b""
+        tag = DOT1Q if inline and _mostly_tagged(data, pos, end, endian == ">", e) else b""
         fields = endian + f"III{4 + e}x{len(tag)}s{len(tag)}x3s8xB2x12s9xB"
         whole = Struct(fields).unpack_from
         v4_min = calcsize(fields) - 16  # the frame bytes ``whole`` reads

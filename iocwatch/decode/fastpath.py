@@ -5,19 +5,19 @@ direction's segments, and the datagrams of a UDP flow (QUIC after its handshake,
 whose first datagram was read. The packet loops (the pcap and pcapng readers', over their
 file buffers, and ``Engine.run``'s for other packet sources) pass over them before any
 per-packet object exists, by one test, :func:`passes_over`: the frame's IP header found by a
-fixed offset per link type (:func:`layout`; up to two VLAN tags, or a Cisco MetaData
-header), the 5-tuple bytes looked
-up in the engine's ``done`` (TCP) or ``udp_done`` table, and for a datagram
-:func:`quiet_datagram`. Only the classic pcap reader's commonest frames (plain Ethernet, IPv4
-without options or IPv6) are tested inline, on the fields its one unpack per record already
-read or at the frame's fixed offsets.
+fixed offset per link type (:func:`layout`; up to two VLAN tags, or a Cisco MetaData header),
+the 5-tuple bytes looked up in the engine's ``done`` (TCP) or ``udp_done`` table, and for a
+datagram :func:`quiet_datagram`. Only the classic pcap reader's commonest frames (Ethernet
+and Linux cooked, IPv4 without options or IPv6; in a file mostly tagged, those behind one
+802.1Q tag instead) are tested inline, on the fields its one unpack per record already read
+or at the frame's fixed offsets.
 
 The test only ever says "nothing to do" where the slow path would make no record either
 (``tests/test_fast_skip.py`` compares the two on every link layer here, on clean and damaged
 frames): a fresh SYN, a UDP datagram that may be DNS (by its header) or a QUIC long header, a
 UDP fragment, a tunnel's outer datagram, IP options or IPv6 extension headers, or anything too
 short goes on to the slow path. Counters differ only in what the decoder would have said of a
-damaged or cut frame it is spared (snapped, malformed, VLAN tags).
+damaged or cut frame it is spared (snapped, malformed, VLAN and Cisco MetaData tags).
 The engine fills ``udp_done`` (``Engine._udp``) and empties it whenever a datagram it holds
 could matter again.
 """
@@ -29,8 +29,9 @@ from collections.abc import Container
 from iocwatch.decode.packet import _TUNNEL_PORTS, LT_ETHERNET, LT_SLL, LT_SLL2, RAW_LINKTYPES
 
 IPV4, IPV6 = b"\x08\x00", b"\x86\xdd"
+DOT1Q = b"\x81\x00"  # 802.1Q's ethertype
 #: 802.1Q, 802.1ad and the older QinQ ethertypes: a tag of 4 bytes before the real ethertype
-TAGS = frozenset({b"\x81\x00", b"\x88\xa8", b"\x91\x00", b"\x92\x00"})
+TAGS = frozenset({DOT1Q, b"\x88\xa8", b"\x91\x00", b"\x92\x00"})
 #: Cisco MetaData (TrustSec's security group tag), as the decoder reads it
 CISCO_SGT = b"\x89\x09"
 #: raw IP: the ethertype the version nibble stands for
