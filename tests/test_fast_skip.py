@@ -313,17 +313,9 @@ def test_damaged_frames_fast_path_still_gives_what_the_slow_path_gives(kind: str
 
 def handed_by_reader(linktype: int, frames: list[bytes], tmp: Path) -> tuple[list[bytes], int]:
     """Records of Engine.run over a classic pcap of ``frames``, and the packets its reader
-    handed out (the rest it passed over in its buffer)."""
-    records: list[bytes] = []
-    engine = Engine(lambda rec, _obs, _ev: records.append(orjson.dumps(rec)))
-    path = tmp / "mixed.pcap"
-    path.write_bytes(capture_file([(1_700_000_000 + i, i, f) for i, f in enumerate(frames)],
-                                  linktype, False))
-    reader = Counted(str(path))
-    engine.run(reader)
-    reader.close()
-    engine.finish()
-    return records, reader.handed
+    handed out (the rest it passed over in its buffer; :func:`fast` checks the two counts)."""
+    records, stats = fast(linktype, frames, "reader", tmp)
+    return records, stats["packets_slow_path"]
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
