@@ -11,6 +11,9 @@ import socket
 import struct
 from collections import Counter
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from iocwatch.engine import Engine, EngineConfig
 from iocwatch.flows.dnslink import DnsLinks, answer_links
 from iocwatch.model.channels import Channel
@@ -215,6 +218,34 @@ def test_flood_of_distinct_answers_stays_within_entry_and_byte_bounds() -> None:
     last = struct.pack("!I", 0x0A000000 + (n - 1) % 200)
     assert links.lookup(last, struct.pack("!I", 0xC0000000 + n - 1), n // 100) is not None
     assert links.lookup(struct.pack("!I", 0x0A000000), struct.pack("!I", 0xC0000000), 0) is None
+
+
+_NAMES = st.sampled_from(["a.example", "b.example", "c.example", "cdn.example", "edge.example"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 2),
+                          st.lists(_NAMES, min_size=1, max_size=4, unique=True),
+                          st.integers(0, 90000)), max_size=40))
+def test_answers_again_keep_the_table_the_plain_merge_gives(answers) -> None:
+    """The repeat path (an answer whose names lead the kept ones keeps them and their size)
+    leaves the table, its byte count and its order as merging every answer anew does."""
+    from iocwatch.flows.dnslink import MAX_NAMES, _size
+
+    links = DnsLinks(Counter(), max_entries=10_000, max_bytes=1 << 30)
+    table: dict[bytes, tuple] = {}
+    for now, (client, addr, names, ttl) in enumerate(answers):
+        c, a, ns = bytes([10, 0, 0, client]), bytes([192, 0, 2, addr]), tuple(names)
+        links.answer(c, ((a, ns, ttl),), now)
+        key = c + a
+        old = table.pop(key, None)
+        if old is not None and old[0] != ns:
+            extra = [n for n in old[0] if n not in ns]
+            ns = (ns + tuple(extra) if extra else ns)[:MAX_NAMES]
+        size = _size(key, ns)
+        table[key] = (ns, now, now + min(max(ttl, links.min_ttl), links.max_ttl), size)
+    assert links.table == table and list(links.table) == list(table)
+    assert links.bytes == sum(v[3] for v in table.values())
 
 
 def test_engine_flood_of_distinct_answers_counts_evictions_in_stats() -> None:

@@ -203,10 +203,15 @@ class DnsLinks:
             key = client + addr
             old = table.pop(key, None)
             if old is not None:
+                kept = old[0]
+                if kept[:len(names)] == names:
+                    # the same answer again (or these names first among merged ones: the merge
+                    # below gives the kept names back): its names and its size stay
+                    table[key] = (kept, now, now + min(max(ttl, lo), hi), old[3])
+                    continue
                 self.bytes -= old[3]
-                if old[0] != names:
-                    extra = [n for n in old[0] if n not in names]
-                    names = (names + tuple(extra) if extra else names)[:MAX_NAMES]
+                extra = [n for n in kept if n not in names]
+                names = (names + tuple(extra) if extra else names)[:MAX_NAMES]
             size = _size(key, names)
             table[key] = (names, now, now + min(max(ttl, lo), hi), size)
             self.bytes += size
