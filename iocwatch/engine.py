@@ -805,7 +805,12 @@ class Engine:
                 f'{addresses}{sport},"dst_port":{dport},"event_start":')
         if links is not None or fronts:
             self.learn_answer(links, fronts, dst, sec)
-        self._count(obs, 0)
+        # _count's counts: of the observations only the question names' channel is counted,
+        # and they lead when they are there at all (dns_message)
+        stats = self.stats
+        stats["records"] += 1
+        if obs and obs[0].channel is _DNS_QUERY:
+            stats[_DNS_QUERY_NAMES] += len(entry[4])
         self.line_sink(b"".join((_LINE_OPEN[key], head, text.encode(),  # type: ignore[misc]
                                  orjson.dumps(event_time(sec, usec)), b"}\n")), obs, None)
         return True
@@ -847,6 +852,9 @@ def _link_only(link: Link, ctx: PacketContext) -> Event:
 
 
 _SNI_CHANNELS = frozenset({Channel.TLS_SNI, Channel.QUIC_SNI})
+#: a DNS line's counted channel, and its counter (:meth:`Engine._dns_line`)
+_DNS_QUERY = Channel.DNS_QUERY
+_DNS_QUERY_NAMES = _NAME_COUNTERS[Channel.DNS_QUERY]
 
 
 def _context_from_key(key: bytes, sec: int) -> PacketContext | None:

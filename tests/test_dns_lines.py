@@ -22,10 +22,13 @@ def _name(name: bytes) -> bytes:
     return b"".join(bytes([len(p)]) + p for p in name.split(b".")) + b"\0"
 
 
-def _message(qid: int, name: bytes, response: bool, qtype: int = 1) -> bytes:
+def _message(qid: int, name: bytes, response: bool, qtype: int = 1,
+             also: bytes | None = None) -> bytes:
     flags = 0x8180 if response else 0x0100
-    msg = struct.pack("!HHHHHH", qid, flags, 1, 1 if response else 0, 0, 0)
+    msg = struct.pack("!HHHHHH", qid, flags, 2 if also else 1, 1 if response else 0, 0, 0)
     msg += _name(name) + struct.pack("!HH", qtype, 1)
+    if also:  # a second question (counted as a name of its own)
+        msg += _name(also) + struct.pack("!HH", qtype, 1)
     if response:  # a pointer to the question's name, then an A or AAAA record
         rdata = bytes([10, 0, 0, qid & 0xFF]) if qtype == 1 else bytes(15) + b"\x01"
         msg += b"\xc0\x0c" + struct.pack("!HHIH", qtype, 1, 300, len(rdata)) + rdata
@@ -34,14 +37,16 @@ def _message(qid: int, name: bytes, response: bool, qtype: int = 1) -> bytes:
 
 def _frames() -> list[tuple[float, bytes]]:
     """IPv4 and IPv6 (with and without a hop-by-hop header), ports 53 and 5353, repeated
-    messages under new ids (cache hits), a non-ASCII name, odd times (0, whole seconds)."""
+    messages under new ids (cache hits), a non-ASCII name, two questions in one message, odd
+    times (0, whole seconds)."""
     out: list[tuple[float, bytes]] = []
     names = [b"a.example", b"b.example", b"caf\xc3\xa9.example", b"x\x01y.example"]
     for i in range(40):
         name = names[i % len(names)]
         qtype = 28 if i % 3 == 0 else 1
         for response in (False, True):
-            msg = _message(0x1000 + i * 7, name, response, qtype)
+            msg = _message(0x1000 + i * 7, name, response, qtype,
+                           b"also.example" if i % 7 == 3 else None)
             sport, dport = (40000 + i, 53) if not response else (53, 40000 + i)
             if i % 5 == 4:
                 sport = dport = 5353
@@ -129,6 +134,8 @@ def test_stats_of_rendered_lines_equal_the_dict_path(tmp_path):
     _fast, _, fast = _run(str(cap), rendered=True)
     assert fast.stats == slow.stats
     assert fast.stats["dns_cache_hits"] > 0 and fast.stats["names_dns_query"] > 0
+    # every question name of every query (a response repeats its query's: not counted again)
+    assert fast.stats["names_dns_query"] == sum(2 if i % 7 == 3 else 1 for i in range(40))
     assert fast.links is not None and slow.links is not None
     assert fast.links.table == slow.links.table and len(fast.links.table) > 0
 
