@@ -830,6 +830,11 @@ class Engine:
         self._release_quic()
 
 
+#: the collector's thresholds while packets are read (``gc.set_threshold``; Python's own are
+#: 700, 10, 10): a packet's objects die young and hold no cycles, so the young generation is
+#: collected less often and the older ones far less (on the dns benchmark capture the
+#: collector's time went 0.050 -> 0.029 s)
+GC_THRESHOLDS = (20000, 20, 20)
 #: (src, dst) address pairs whose part of a DNS line is kept (:meth:`Engine._dns_line`)
 _DNS_ADDRESSES_MAX = 16384
 #: a DNS line's start, before its entry's JSON (:meth:`Engine._dns_line`)

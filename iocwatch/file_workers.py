@@ -59,7 +59,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, Protocol
 
 from iocwatch.dns_learning import AnswerLearner
-from iocwatch.engine import Engine, EngineConfig
+from iocwatch.engine import GC_THRESHOLDS, Engine, EngineConfig
 from iocwatch.flows.dissector import DNS_PORTS
 from iocwatch.outputs.checks import KeyReuseDecider
 from iocwatch.outputs.streams import LineStream, open_stream
@@ -265,6 +265,7 @@ def _worker(index: int, split: Split, conn: Connection) -> None:
 
     reader.on_read = periodic
     gc.freeze()  # what is set up by now lives for the whole run (see commands/sensor.run_file)
+    gc.set_threshold(*GC_THRESHOLDS)
     started = time.process_time()
     ending = "end"
     try:

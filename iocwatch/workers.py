@@ -19,6 +19,7 @@ iocwatch.pipeline.SensorPipeline.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import signal
@@ -35,7 +36,7 @@ from iocwatch.capture.files import CaptureError
 from iocwatch.capture.live import DNS_ANSWERS_FILTER, LiveCapture, check_filter, dns_answers_filter
 from iocwatch.decode.packet import Decoder
 from iocwatch.dns_learning import AnswerLearner
-from iocwatch.engine import Engine, EngineConfig
+from iocwatch.engine import GC_THRESHOLDS, Engine, EngineConfig
 from iocwatch.model.tls_session import TlsSession
 from iocwatch.outputs.checks import KeyReuseDecider
 from iocwatch.outputs.consumers import FAILING_COUNTERS, LOSS_COUNTERS, loss_line, losses
@@ -223,6 +224,7 @@ def _worker(index: int, cap: LiveCapture,
         conn.close()
         return
     errors = 0
+    gc.set_threshold(*GC_THRESHOLDS)
 
     def run(batch: list) -> None:
         nonlocal errors

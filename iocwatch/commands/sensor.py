@@ -31,7 +31,7 @@ from iocwatch.commands.sensor_options import (
     live_only_given,
 )
 from iocwatch.commands.sensor_report import Progress, collect_stats, render_stats, summary_line
-from iocwatch.engine import Engine, EngineConfig
+from iocwatch.engine import GC_THRESHOLDS, Engine, EngineConfig
 from iocwatch.flows.dnslink import MAX_TTL
 from iocwatch.indicators.model import IndicatorFileError
 from iocwatch.outputs.checks import ALERT_RULES, KEY_REUSE, KeyReuseDecider
@@ -598,6 +598,7 @@ def run_file(args: argparse.Namespace, reader: CaptureReader | CaptureSet,
     # what is set up by now (modules, indicators, tables) lives for the whole run: out of the
     # collector's full passes over every tracked object
     gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
     out = run_engine(engine, packets if tracer is None else tracer.packets(packets), progress)
     close_all(engine, pipeline, reader, out)
     # everything is written and closed: the interpreter's last collection need not walk the
