@@ -145,9 +145,6 @@ DESTINATION_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.destina
 #: Channels whose names the store keeps (``names.source``), by value.
 STORED_NAME_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.stored_name)
 
-#: Channels that name the flow's own destination (see ``ChannelInfo.destination``).
-DESTINATION_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.destination)
-
 #: Channels of the coverage report, in its display order (the table's order).
 COVERAGE_CHANNELS: tuple[ChannelInfo, ...] = tuple(r for r in _ROWS if r.coverage is not None)
 
