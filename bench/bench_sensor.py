@@ -518,6 +518,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: no mercury at {args.mercury} (--mercury)", file=sys.stderr)
         return 2
     iocwatch = shlex.split(args.iocwatch)
+    if iocwatch and os.sep in iocwatch[0]:  # (a relative path: the runs start elsewhere)
+        iocwatch[0] = os.path.abspath(iocwatch[0])
     # this checkout first on the path, its bytecode cached outside the repo (the way an
     # installed package runs), not recompiled by every run
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
@@ -537,7 +539,8 @@ def main(argv: list[str] | None = None) -> int:
               f"failed {meta['short_python_failed']}; process clients failed "
               f"{meta['process_clients_failed']}"
               + (f"; lookups {meta['lookups']}" if meta.get("lookups") else "") + ")")
-        if not golden(cap, iocwatch, env, args.golden):
+        same = golden(cap, iocwatch, env, args.golden)
+        if not same:
             status = 1
         runs: dict[str, list[Measured]] = {}
         res = paired(args.repeat, [
@@ -547,9 +550,16 @@ def main(argv: list[str] | None = None) -> int:
         for m in res.values():
             report(m, packets, size)
         merc, ours = res["mercury"], res["iocwatch"]
+        failed = [m for m in runs["mercury"] + runs["iocwatch"] if m.rc != 0]
+        if failed:  # a run that failed measured nothing: no ratio is printed for it
+            print(f"  no ratio: {failed[0].label} exited {failed[0].rc} in {len(failed)} of "
+                  f"the runs: {failed[0].stderr.strip()[-300:]}")
+            status = 1
+            continue
         ratio = ours.cpu / max(merc.cpu, 1e-9)
         print(f"  iocwatch/mercury CPU ratio {ratio:.2f} (target <= 5), iocwatch peak RSS "
-              f"{ours.maxrss_mb:.1f} MB (target <= 100), best of {args.repeat} paired runs")
+              f"{ours.maxrss_mb:.1f} MB (target <= 100), best of {args.repeat} paired runs"
+              + ("" if same else " (records NOT identical to the golden digest: not a result)"))
         pairs = pair_ratios(runs["mercury"], runs["iocwatch"])
         if pairs:
             print(f"  each pair's ratio (iocwatch over the mercury run just before it): median "
