@@ -194,6 +194,52 @@ def test_marshal_errors_are_damage(tmp_path: Path, body: bytes, error: str) -> N
     assert got is None and damage == f"unreadable ({error})"
 
 
+_BOMB = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))  # (a regression stops here)
+from iocwatch.indicators import IndicatorSet
+got, damage = IndicatorSet._load_cache(sys.argv[1], [sys.argv[2]], None, False, ())
+print(got is None, damage, resource.getrlimit(resource.RLIMIT_AS)[0] == 3 << 30)
+"""
+
+
+def test_forged_count_asking_for_gigabytes_is_damage_not_a_killed_process(tmp_path: Path
+                                                                           ) -> None:
+    """A body (under a forged checksum) declaring a tuple of 50 M items: marshal allocates and
+    zeroes 400 MB before it finds the body ends (with a count of 2**31, 16 GB: the kernel's
+    out-of-memory killer ended the fuzzer's process). Under the limit the load sets, it is a
+    MemoryError, reported as damage, and the limit is put back."""
+    import subprocess
+    import sys
+
+    srcs, cache = _cache(tmp_path)
+    Path(cache).write_bytes(sets.frame_cache_body(b"(" + (50_000_000).to_bytes(4, "little")))
+    out = subprocess.run([sys.executable, "-c", _BOMB, cache, srcs[0]], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["True", "unreadable", "(MemoryError)", "True"]
+
+
+def test_unmarshal_limit_is_sized_by_the_body_and_put_back(monkeypatch: pytest.MonkeyPatch
+                                                           ) -> None:
+    import resource
+
+    before = resource.getrlimit(resource.RLIMIT_AS)
+    seen = []
+
+    def loads(body: bytes) -> tuple:
+        seen.append(resource.getrlimit(resource.RLIMIT_AS))
+        return (len(body),)
+
+    monkeypatch.setattr(sets.marshal, "loads", loads)
+    assert sets._unmarshal(b"x" * 1000) == (1000,)
+    assert resource.getrlimit(resource.RLIMIT_AS) == before
+    if before[0] == resource.RLIM_INFINITY:  # (a lower limit already set: left alone)
+        soft = seen[0][0]
+        assert soft != resource.RLIM_INFINITY and soft >= sets._UNMARSHAL_MARGIN + 16_000
+        assert soft < sets._UNMARSHAL_MARGIN + 16_000 + (64 << 30)  # the process's own, plus
+
+
 def test_code_object_is_the_wrong_type(tmp_path: Path) -> None:
     """marshal builds code objects (never runs them); none belongs in a cache."""
     srcs, cache = _cache(tmp_path)

@@ -334,6 +334,38 @@ def _cache_body(data: bytes) -> bytes | str:
     return body
 
 
+#: address space a cache body may take as objects, beyond what the process has: per body byte
+#: (marshal's densest objects, small ints in dicts, take about 10 bytes per byte of body),
+#: and a fixed margin (allocator arenas)
+_UNMARSHAL_PER_BYTE = 16
+_UNMARSHAL_MARGIN = 256 << 20
+
+
+def _unmarshal(body: bytes) -> Any:
+    """``marshal.loads`` under an address-space limit sized by the body: a forged count in a
+    body whose checksum was forged too makes marshal allocate (and fill) gigabytes, which would
+    get the process killed; under the limit it is a MemoryError. Without the limit when the
+    process has other threads (their allocations would meet it too) or a lower limit already."""
+    import resource
+    import threading
+
+    try:
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+        with open("/proc/self/statm") as f:
+            used = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return marshal.loads(body)
+    cap = used + _UNMARSHAL_PER_BYTE * len(body) + _UNMARSHAL_MARGIN
+    if (threading.active_count() > 1 or (soft != resource.RLIM_INFINITY and soft <= cap)
+            or (hard != resource.RLIM_INFINITY and hard < cap)):
+        return marshal.loads(body)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        return marshal.loads(body)
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
 def frame_cache_body(body: bytes) -> bytes:
     """A cache file's bytes for a marshal ``body``: magic, header, body (fuzzers use it too,
     to reach the checks behind the checksum)."""
@@ -1168,10 +1200,10 @@ class IndicatorSet:
         if isinstance(body, str):
             return None, body
         try:
-            blob = marshal.loads(body)  # loads() on the bytes: load() on a file is 3x slower
-        except (ValueError, EOFError, TypeError, SystemError) as e:
-            # what marshal raises for bad data (SystemError: a malformed code object); a
-            # forged count can still make it allocate gigabytes: keep the file sensor-only
+            blob = _unmarshal(body)  # loads() on the bytes: load() on a file is 3x slower
+        except (ValueError, EOFError, TypeError, SystemError, MemoryError) as e:
+            # what marshal raises for bad data (SystemError: a malformed code object), and a
+            # forged count asking for more memory than the body could hold
             return None, f"unreadable ({type(e).__name__})"
         del data, body
         try:
