@@ -638,18 +638,18 @@ def _cache_source() -> str:
 
 def t_indicator_cache(data: bytes) -> None:
     """A cache file: raw when it starts with the magic (header checks), else ``data`` is the
-    marshal body, framed with a good checksum so the checks behind it are reached."""
+    marshal body, framed with a good checksum so the checks behind it are reached. Such a
+    body stands for a file forged with its checksum: CPython's ``marshal`` is not safe
+    against those (its documentation says so), and some crash it (a segmentation fault inside
+    ``marshal.loads``, not in iocwatch; README: keep the cache where only the sensor writes)."""
     from iocwatch.indicators import IndicatorSet
     from iocwatch.indicators.sets import CACHE_MAGIC, frame_cache_body
 
     src = _cache_source()
     raw = data if data.startswith(CACHE_MAGIC) else frame_cache_body(data)
     cache = _write("cache.bin", raw)
-    try:
-        got = IndicatorSet.load_cache(cache, [src])
-    except MemoryError:
-        return  # a forged checksum over a body that asks marshal for gigabytes: only whoever
-        # can write the cache file can do that (README: keep it where only the sensor writes)
+    # (a body whose counts ask marshal for gigabytes is damage too: sets._unmarshal)
+    got = IndicatorSet.load_cache(cache, [src])
     if got is None:
         return
     s, report = got
