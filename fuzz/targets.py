@@ -638,10 +638,9 @@ def _cache_source() -> str:
 
 def t_indicator_cache(data: bytes) -> None:
     """A cache file: raw when it starts with the magic (header checks), else ``data`` is the
-    marshal body, framed with a good checksum so the checks behind it are reached. Such a
-    body stands for a file forged with its checksum: CPython's ``marshal`` is not safe
-    against those (its documentation says so), and some crash it (a segmentation fault inside
-    ``marshal.loads``, not in iocwatch; README: keep the cache where only the sensor writes)."""
+    marshal body, framed with a good checksum so the checks behind it are reached (a file
+    forged with its checksum: CPython's ``marshal`` is not safe against those, so the load
+    checks a body's shape before marshal reads it, ``sets._marshal_shape_ok``)."""
     from iocwatch.indicators import IndicatorSet
     from iocwatch.indicators.sets import CACHE_MAGIC, frame_cache_body
 

@@ -341,11 +341,108 @@ _UNMARSHAL_PER_BYTE = 16
 _UNMARSHAL_MARGIN = 256 << 20
 
 
+#: marshal type codes without parts: the singletons (None, False, True, StopIteration,
+#: Ellipsis), numbers, bytes and the str codes; with tuples, lists, dicts, sets and references,
+#: every code but a code object's (which :func:`_check_blob` would refuse anyway: anything
+#: else the cache does not hold is refused there, after a safe read)
+_PLAIN_TYPES = frozenset(b"NFTS.ifgyxls") | frozenset(b"tuaAzZ")
+_SINGLETONS = frozenset(b"NFTS.")  # marshal numbers none of them (FLAG_REF on one: forged)
+_SIZED = frozenset(b"stuaA")  # a 4-byte length, then that many bytes
+_MAX_DEPTH = 64
+
+
+def _marshal_shape_ok(body: bytes) -> bool:
+    """Whether ``body`` is one marshal object built only of the types a cache holds, every
+    length and count within the bytes left, and every reference to an object already whole.
+
+    CPython's ``marshal`` is not safe against forged data: a reference to a tuple still being
+    read (hashed as a dict key, its empty slots and all) crashed it in the fuzzer, and a count
+    beyond the data makes it allocate gigabytes first. A cache body is a few dozen objects
+    (1 M domains: 68), so this walk costs well under a millisecond."""
+    end = len(body)
+    refs: list[bool] = []  # per FLAG_REF object: whole yet?
+    # explicit stack of (items left, ref index or -1); a dict counts its items as -1 (to '0')
+    stack: list[list[int]] = [[1, -1]]
+    pos = 0
+    try:
+        while stack:
+            top = stack[-1]
+            if top[0] == 0:
+                stack.pop()
+                if top[1] >= 0:
+                    refs[top[1]] = True
+                continue
+            code = body[pos]
+            if top[0] < 0 and code == 0x30:  # a dict's end
+                pos += 1
+                top[0] = 0
+                continue
+            if top[0] > 0:
+                top[0] -= 1
+            pos += 1
+            kind = code & 0x7F
+            ref = -1
+            if code & 0x80:
+                if kind == 0x72 or kind in _SINGLETONS:
+                    return False  # marshal numbers no reference or singleton: never written
+                ref = len(refs)
+                refs.append(False)
+            elif kind == 0x72:  # 'r': a reference, to an object already whole
+                n = int.from_bytes(body[pos:pos + 4], "little")
+                if pos + 4 > end or n >= len(refs) or not refs[n]:
+                    return False
+                pos += 4
+                continue
+            count = -2
+            if kind in _PLAIN_TYPES:
+                if kind == 0x69:  # 'i'
+                    pos += 4
+                elif kind == 0x67:  # 'g'
+                    pos += 8
+                elif kind == 0x79:  # 'y': a complex, two binary floats
+                    pos += 16
+                elif kind == 0x78:  # 'x': a complex, two floats as text
+                    pos += 1 + body[pos]
+                    pos += 1 + body[pos]
+                elif kind == 0x66:  # 'f': a float as text, one length byte
+                    pos += 1 + body[pos]
+                elif kind == 0x6C:  # 'l': a digit count (signed), two bytes a digit
+                    n = int.from_bytes(body[pos:pos + 4], "little", signed=True)
+                    pos += 4 + 2 * abs(n)
+                elif kind in _SIZED:
+                    pos += 4 + int.from_bytes(body[pos:pos + 4], "little")
+                elif kind in (0x7A, 0x5A):  # 'z', 'Z': one length byte
+                    pos += 1 + body[pos]
+            elif kind in (0x28, 0x5B, 0x3C, 0x3E):  # '(', '[', '<', '>': a 4-byte count
+                count = int.from_bytes(body[pos:pos + 4], "little")
+                pos += 4
+            elif kind == 0x29:  # ')': a one-byte count
+                count = body[pos]
+                pos += 1
+            elif kind == 0x7B:  # '{'
+                count = -1
+            else:
+                return False  # code objects, complex numbers, anything else
+            if pos > end or count > end - pos:
+                return False
+            if count == -2:
+                if ref >= 0:
+                    refs[ref] = True
+            else:
+                if len(stack) > _MAX_DEPTH:
+                    return False
+                stack.append([count, ref])
+        return pos == end
+    except IndexError:
+        return False
+
+
 def _unmarshal(body: bytes) -> Any:
-    """``marshal.loads`` under an address-space limit sized by the body: a forged count in a
-    body whose checksum was forged too makes marshal allocate (and fill) gigabytes, which would
-    get the process killed; under the limit it is a MemoryError. Without the limit when the
-    process has other threads (their allocations would meet it too) or a lower limit already."""
+    """``marshal.loads`` (of a body :func:`_marshal_shape_ok` accepted) under an address-space
+    limit sized by the body: a count within the body can still ask for several bytes of
+    objects per byte; past the limit that is a MemoryError, not a process the kernel kills.
+    Without the limit when the process has other threads (their allocations would meet it
+    too) or a lower limit already."""
     import resource
     import threading
 
@@ -1199,6 +1296,8 @@ class IndicatorSet:
         body = _cache_body(data)
         if isinstance(body, str):
             return None, body
+        if not _marshal_shape_ok(body):
+            return None, "unreadable (not the marshal shape of a cache)"
         try:
             blob = _unmarshal(body)  # loads() on the bytes: load() on a file is 3x slower
         except (ValueError, EOFError, TypeError, SystemError, MemoryError) as e:
