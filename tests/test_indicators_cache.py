@@ -247,7 +247,10 @@ def test_forged_count_asking_for_gigabytes_is_damage_not_a_killed_process(tmp_pa
 
 def test_unmarshal_limit_is_sized_by_the_body_and_put_back(monkeypatch: pytest.MonkeyPatch
                                                            ) -> None:
+    """Set while marshal reads (one thread), put back after; not set with other threads
+    (this suite's earlier tests may leave some running: both cases are made here)."""
     import resource
+    import threading
 
     before = resource.getrlimit(resource.RLIMIT_AS)
     seen = []
@@ -257,12 +260,15 @@ def test_unmarshal_limit_is_sized_by_the_body_and_put_back(monkeypatch: pytest.M
         return (len(body),)
 
     monkeypatch.setattr(sets.marshal, "loads", loads)
-    assert sets._unmarshal(b"x" * 1000) == (1000,)
-    assert resource.getrlimit(resource.RLIMIT_AS) == before
+    for threads in (1, 2):
+        monkeypatch.setattr(threading, "active_count", lambda n=threads: n)
+        assert sets._unmarshal(b"x" * 1000) == (1000,)
+        assert resource.getrlimit(resource.RLIMIT_AS) == before
     if before[0] == resource.RLIM_INFINITY:  # (a lower limit already set: left alone)
         soft = seen[0][0]
         assert soft != resource.RLIM_INFINITY and soft >= sets._UNMARSHAL_MARGIN + 16_000
         assert soft < sets._UNMARSHAL_MARGIN + 16_000 + (64 << 30)  # the process's own, plus
+        assert seen[1] == before  # other threads: no limit
 
 
 def test_code_object_is_the_wrong_type(tmp_path: Path) -> None:
