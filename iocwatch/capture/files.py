@@ -23,7 +23,7 @@ from struct import Struct, calcsize, unpack_from
 from typing import Any, BinaryIO
 
 from iocwatch.boundary import classify
-from iocwatch.decode.fastpath import DOT1Q, layout, passes_over, quiet_datagram
+from iocwatch.decode.fastpath import DOT1Q, IPV4, IPV6, layout, passes_over, quiet_datagram
 
 Packet = tuple[int, int, int, bytes]
 
@@ -375,8 +375,8 @@ class CaptureReader:
         skip_udp = self.skip_udp
         clock = self.clock
         sweep_at = clock.next_sweep if clock is not None else 1 << 62
-        v4 = b"\x08\x00\x45" if inline else b"-"  # IPv4 without options
-        v6 = b"\x86\xdd" if inline else b"-"
+        v4 = IPV4 + b"\x45" if inline else b"-"  # IPv4 without options
+        v6 = IPV6 if inline else b"-"
         etype = key = outer = b""
         sec = proto = flags = 0
         try:

@@ -26,14 +26,25 @@ from __future__ import annotations
 
 from collections.abc import Container
 
-from iocwatch.decode.packet import _TUNNEL_PORTS, LT_ETHERNET, LT_SLL, LT_SLL2, RAW_LINKTYPES
+from iocwatch.decode.packet import (
+    _TUNNEL_PORTS,
+    DOT1Q_TYPE,
+    ETH_CISCO_SGT,
+    IPV4_TYPE,
+    IPV6_TYPE,
+    LT_ETHERNET,
+    LT_SLL,
+    LT_SLL2,
+    RAW_LINKTYPES,
+    VLAN_TYPES,
+    wire_type,
+)
 
-IPV4, IPV6 = b"\x08\x00", b"\x86\xdd"
-DOT1Q = b"\x81\x00"  # 802.1Q's ethertype
+IPV4, IPV6, DOT1Q = IPV4_TYPE, IPV6_TYPE, DOT1Q_TYPE  # the decoder's, as frame bytes
 #: 802.1Q, 802.1ad and the older QinQ ethertypes: a tag of 4 bytes before the real ethertype
-TAGS = frozenset({DOT1Q, b"\x88\xa8", b"\x91\x00", b"\x92\x00"})
+TAGS = frozenset(map(wire_type, VLAN_TYPES))
 #: Cisco MetaData (TrustSec's security group tag), as the decoder reads it
-CISCO_SGT = b"\x89\x09"
+CISCO_SGT = wire_type(ETH_CISCO_SGT)
 #: raw IP: the ethertype the version nibble stands for
 RAW_ETYPE = tuple(IPV4 if v == 4 else IPV6 if v == 6 else b"" for v in range(16))
 

@@ -38,7 +38,8 @@ RAW_LINKTYPES = frozenset({LT_RAW, LT_RAW_DLT12, LT_RAW_DLT14, LT_IPV4, LT_IPV6}
 
 ETH_IPV4 = 0x0800
 ETH_IPV6 = 0x86DD
-VLAN_TYPES = frozenset({0x8100, 0x88A8, 0x9100, 0x9200})
+ETH_DOT1Q = 0x8100  # 802.1Q; with 802.1ad and the older QinQ types, a 4-byte tag
+VLAN_TYPES = frozenset({ETH_DOT1Q, 0x88A8, 0x9100, 0x9200})
 ETH_MPLS = frozenset({0x8847, 0x8848})
 ETH_PPPOE_SESSION = 0x8864
 ETH_TEB = 0x6558  # transparent Ethernet bridging (GRE, Geneve)
@@ -46,6 +47,15 @@ ETH_ERSPAN2 = 0x88BE
 ETH_ERSPAN3 = 0x22EB
 ETH_PPP = 0x880B
 ETH_CISCO_SGT = 0x8909  # Cisco MetaData: 6 bytes (version, length, SGT option), then a type
+
+
+def wire_type(etype: int) -> bytes:
+    """An ethertype as a frame carries it (the inline tests here and decode/fastpath.py
+    compare frame bytes, not integers)."""
+    return etype.to_bytes(2, "big")
+
+
+IPV4_TYPE, IPV6_TYPE, DOT1Q_TYPE = wire_type(ETH_IPV4), wire_type(ETH_IPV6), wire_type(ETH_DOT1Q)
 
 LLC_SNAP = b"\xaa\xaa\x03"  # DSAP, SSAP, UI control: a SNAP header (OUI, ethertype) follows
 #: SNAP OUIs whose protocol id is an ethertype: RFC 1042 encapsulation and 802.1H bridge tunnel
@@ -71,7 +81,8 @@ _TUNNEL_PORTS = VXLAN_PORTS | {GENEVE_PORT}  # UDP ports whose datagrams _transp
 #: hop limit, addresses (Decoder.decode's inline tests)
 _IPV4_HEAD = Struct("!HHHBB2x4s4s").unpack_from
 _IPV6_HEAD = Struct("!IHBB16s16s").unpack_from
-_IP_ETYPES = frozenset({b"\x08\x00", b"\x86\xdd"})
+_IP_ETYPES = frozenset({IPV4_TYPE, IPV6_TYPE})
+_IPV4_PLAIN = IPV4_TYPE + b"\x45"  # IPv4's type, then version 4 and a 20-byte header
 _NO_MACS = bytes(12)  # a Linux cooked frame's stand-in Ethernet addresses (Decoder.decode)
 
 MAX_DEPTH = 6  # nested encapsulations before we call it hostile
@@ -136,7 +147,7 @@ class Decoder:
                 # carrying TCP, or UDP to a port that is no tunnel; the same result as the
                 # general path below (which takes everything else), one call instead of four
                 # (tests/test_decode_fuzz.py compares the two)
-                if len(data) >= 34 and data[12:15] == b"\x08\x00\x45":
+                if len(data) >= 34 and data[12:15] == _IPV4_PLAIN:
                     total, ipid, frag, ttl, proto, src, dst = _IPV4_HEAD(data, 16)
                     end = 14 + total
                     if (total >= 20 and end <= len(data) and not frag & 0x3FFF
@@ -144,7 +155,7 @@ class Decoder:
                                 total < 28 or unpack_from("!H", data, 36)[0] not in _TUNNEL_PORTS)))):
                         return 4, src, dst, proto, data[34:end], ttl, ipid
                 # and untagged IPv6 without extension headers, the same way (_ipv6's result)
-                elif len(data) >= 58 and data[12:14] == b"\x86\xdd":
+                elif len(data) >= 58 and data[12:14] == IPV6_TYPE:
                     first, plen, nxt, hop, src, dst = _IPV6_HEAD(data, 14)
                     if first >> 28 == 6 and (nxt == IPPROTO_TCP or (nxt == IPPROTO_UDP and unpack_from(
                             "!H", data, 56)[0] not in _TUNNEL_PORTS)):
@@ -155,7 +166,7 @@ class Decoder:
                 # one 802.1Q tag before IPv4 or IPv6 (a trunk port's capture): the tests above
                 # on the frame without it, a copy (what the general path says of the tag, the
                 # same result); more tags, or anything else behind it, the general path
-                elif data[12:14] == b"\x81\x00" and data[16:18] in _IP_ETYPES:
+                elif data[12:14] == DOT1Q_TYPE and data[16:18] in _IP_ETYPES:
                     self.stats["encap_vlan"] += 1
                     return self.decode(LT_ETHERNET, data[:12] + data[16:], now)
                 return self._ethernet(data, 0, 0)
