@@ -422,7 +422,7 @@ def _marshal_shape_ok(body: bytes) -> bool:
             elif kind == 0x7B:  # '{'
                 count = -1
             else:
-                return False  # code objects, complex numbers, anything else
+                return False  # code objects, the NULL marker outside a dict, unknown codes
             if pos > end or count > end - pos:
                 return False
             if count == -2:
