@@ -28,7 +28,6 @@ import argparse
 import hashlib
 import json
 import os
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -132,10 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: no capture of {args.min_packets} packets or more in {args.corpus}",
               file=sys.stderr)
         return 2
-    iocwatch = shlex.split(args.iocwatch)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
-    env["PYTHONPYCACHEPREFIX"] = str(args.dir / "pycache")
+    iocwatch, env = bench_sensor.iocwatch_command(args.iocwatch, args.dir / "pycache")
     print(f"{len(files)} corpus captures of {args.min_packets}+ packets, each repeated to about "
           f"{args.target:,} packets; best of {args.repeat} paired runs\n")
     print(f"{'capture':<44} {'packets':>9} {'mercury':>9} {'iocwatch':>9} {'ratio':>6} "

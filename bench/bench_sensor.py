@@ -487,6 +487,19 @@ def ensure_capture(args: argparse.Namespace, name: str, share: float) -> Path | 
     return cap
 
 
+def iocwatch_command(spec: str, pycache: Path) -> tuple[list[str], dict[str, str]]:
+    """``--iocwatch`` as argv (a relative path made absolute: the runs start in ``/``), and
+    the environment it runs in: this checkout first on the path, its bytecode cached outside
+    the repo (the way an installed package runs), not recompiled by every run."""
+    argv = shlex.split(spec)
+    if argv and os.sep in argv[0]:
+        argv[0] = os.path.abspath(argv[0])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
+    env["PYTHONPYCACHEPREFIX"] = str(pycache)
+    return argv, env
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=300_000, help="target packet count")
@@ -517,14 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     if not os.access(args.mercury, os.X_OK):
         print(f"bench: no mercury at {args.mercury} (--mercury)", file=sys.stderr)
         return 2
-    iocwatch = shlex.split(args.iocwatch)
-    if iocwatch and os.sep in iocwatch[0]:  # (a relative path: the runs start elsewhere)
-        iocwatch[0] = os.path.abspath(iocwatch[0])
-    # this checkout first on the path, its bytecode cached outside the repo (the way an
-    # installed package runs), not recompiled by every run
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(REPO), env.get("PYTHONPATH"))))
-    env["PYTHONPYCACHEPREFIX"] = str(args.dir / "pycache")
+    iocwatch, env = iocwatch_command(args.iocwatch, args.dir / "pycache")
     status = 0
     for name in args.only or list(CAPTURES):
         cap = ensure_capture(args, name, CAPTURES[name])
