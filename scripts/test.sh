@@ -4,14 +4,15 @@
 # extra) into a fresh venv (.venv-test/), and runs pytest there on a copy of the tests, so that
 # `iocwatch` is imported from the venv's site-packages and never from this checkout.
 # Real traffic tests need root (network namespaces) and Debian's dnsmasq, nginx, curl, tcpdump,
-# tshark, iptables, openvpn; without root they are skipped with the reason shown. Arguments go to pytest.
+# tshark, iptables, openvpn, openssh-client; without root they are skipped with the reason shown. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 need=()
 for pair in tshark:tshark dumpcap:tshark tcpdump:tcpdump dnsmasq:dnsmasq-base nginx:nginx-light \
             curl:curl openssl:openssl ip:iproute2 editcap:tshark mergecap:tshark \
-            redis-server:redis-server microsocks:microsocks iptables:iptables openvpn:openvpn; do
+            redis-server:redis-server microsocks:microsocks iptables:iptables openvpn:openvpn \
+            ssh:openssh-client; do
   cmd=${pair%%:*}; pkg=${pair##*:}
   command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done

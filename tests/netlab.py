@@ -44,6 +44,21 @@ def wait_for(cond, timeout: float = 20.0, step: float = 0.05) -> bool:
     return bool(cond())
 
 
+def wait_listening(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """tcpdump creates its file before it captures: wait for its "listening on" line (its
+    stderr piped)."""
+    import select
+
+    assert proc.stderr is not None
+    deadline = time.monotonic() + timeout
+    seen = b""
+    while b"listening on" not in seen and time.monotonic() < deadline:
+        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
+        if ready:
+            seen += os.read(proc.stderr.fileno(), 4096)
+    time.sleep(1.0)  # the "any" device needs a moment after announcing itself (measured)
+
+
 def missing_tools(tools: Sequence[str] = TOOLS) -> list[str]:
     """Tools absent from PATH (tests skip on these instead of failing)."""
     return [t for t in tools if shutil.which(t) is None]

@@ -25,6 +25,8 @@ from aioquic.asyncio import connect, serve  # noqa: E402
 from aioquic.quic.configuration import QuicConfiguration  # noqa: E402
 from aioquic.quic.packet import QuicProtocolVersion  # noqa: E402
 
+from tests.netlab import wait_listening  # noqa: E402
+
 PORT = 47443
 NAMES = {QuicProtocolVersion.VERSION_1: "v1.quic.test", QuicProtocolVersion.VERSION_2: "v2.quic.test"}
 
@@ -66,19 +68,6 @@ async def handshakes(cert: Path, key: Path) -> None:
                 await asyncio.wait_for(client.ping(), 5)
     finally:
         server.close()
-
-
-def wait_listening(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    """tcpdump creates its file before it captures: wait for its "listening on" line."""
-    import select
-
-    deadline = time.monotonic() + timeout
-    seen = b""
-    while b"listening on" not in seen and time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stderr], [], [], 0.2)
-        if ready:
-            seen += os.read(proc.stderr.fileno(), 4096)
-    time.sleep(1.0)  # the "any" device needs a moment after announcing itself (measured)
 
 
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("tcpdump") is None,

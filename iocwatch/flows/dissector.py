@@ -24,11 +24,11 @@ from iocwatch.model.observation import Observation
 from iocwatch.protocols import dns as dnsp
 from iocwatch.protocols import fingerprints as fpr
 from iocwatch.protocols import http as httpp
+from iocwatch.protocols import opaque, x509
 from iocwatch.protocols import openvpn as ovpnp
 from iocwatch.protocols import quic as quicp
 from iocwatch.protocols import starttls as stls
 from iocwatch.protocols import tls as tlsp
-from iocwatch.protocols import x509
 from iocwatch.protocols.cursor import Malformed
 from iocwatch.protocols.text import BYTE_HEX
 
@@ -290,6 +290,11 @@ class Dissector:
             d.ovpn = ovpnp.OpenVpnTcpReader()
             d.tls = tlsp.HandshakeReader()
             return data
+        kind = opaque.opaque_protocol(data)
+        if kind is not None:  # SMB, SSH: nothing to find, however long the scan
+            self.stats["tcp_" + kind] += 1
+            d.state = State.DONE
+            return b""
         if d.chunks == 1 and conn.starttls is None:
             conn.starttls = stls.StartTlsDetector()
         if conn.starttls is not None:

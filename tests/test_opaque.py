@@ -1,0 +1,211 @@
+"""SMB and SSH directions are finished at their first bytes, not scanned for late TLS.
+
+A direction nothing recognised is scanned for a late TLS handshake over its first 16
+segments or 8 KB, each packet on the slow path. SMB and SSH never turn into TLS or HTTP, so
+their directions end at once: the records stay those of the full scan, only the packets
+that reach the slow path are fewer. Checked on built conversations, on a real OpenSSH
+client's bytes (captured on loopback), and on the shared corpus' SMB captures when
+``../shared`` is there.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+
+from iocwatch.capture.files import CaptureReader
+from iocwatch.engine import Engine
+from iocwatch.protocols import opaque
+from iocwatch.protocols.opaque import opaque_protocol
+from tests import pktbuild as pb
+from tests.netlab import wait_listening
+from tests.tlsmem import client_hello
+
+SHARED = Path(os.environ.get("IOCWATCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+
+
+def smb2(command: int, body: bytes) -> bytes:
+    """One SMB2 message after its 4-byte session header (type 0, 24-bit length)."""
+    header = b"\xfeSMB" + struct.pack("<HHIHH", 64, 0, 0, command, 1) + bytes(48)
+    msg = header + body
+    return b"\x00" + len(msg).to_bytes(3, "big") + msg
+
+
+@pytest.mark.parametrize("data,kind", [
+    (b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n", "ssh"),
+    (b"SSH-1.99-Cisco-1.25\r\n", "ssh"),
+    (b"\x00\x00\x00\x85\xffSMBr" + bytes(40), "smb"),  # SMB1 negotiate
+    (smb2(0, bytes(36)), "smb"),
+    (b"\x00\x00\x01\x00\xfdSMB" + bytes(48), "smb"),  # SMB3 encryption transform
+    (b"\x00\x00\x01\x00\xfcSMB" + bytes(12), "smb"),  # SMB3 compression transform
+])
+def test_recognised(data: bytes, kind: str) -> None:
+    assert opaque_protocol(data) == kind
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x00", b"SSH", b"ssh-2.0-lowercase\r\n",
+    b"Welcome, pre-banner line\r\nSSH-2.0-x\r\n",  # RFC 4253 4.2: scanned as any other
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # a TLS record
+    b"GET / HTTP/1.1\r\n", b"\x05\x01\x00", b"\x04\x01\x01\xbb\x7f\x00\x00\x01\x00",  # SOCKS
+    b"\x81\x00\x00\x44 CKFDENECFDEFFCFGEFFCCACACACACACA\x00",  # NetBIOS session request
+    b"\x01\x00\x00\x85\xffSMB",  # not a session message
+    b"\x00\x00\x00\x85\xfeSMC",
+])
+def test_not_recognised(data: bytes) -> None:
+    assert opaque_protocol(data) is None
+
+
+def _run(packets: Iterable[bytes], scan_all: bool, monkeypatch: pytest.MonkeyPatch
+         ) -> tuple[list[bytes], dict[str, int]]:
+    """Records and counters of one engine over Ethernet frames; ``scan_all``: SMB and SSH
+    scanned like any unknown protocol (as before they were recognised)."""
+    lines: list[bytes] = []
+    with monkeypatch.context() as m:
+        if scan_all:
+            m.setattr(opaque, "opaque_protocol", lambda _data: None)
+        eng = Engine(lambda rec, _obs, _e: lines.append(repr(rec).encode()))
+        eng.run((1700000000 + i, 0, 1, pb.eth(p)) for i, p in enumerate(packets))
+        eng.finish()
+    return lines, dict(eng.stats)
+
+
+def _ssh_flights() -> list[tuple[bool, bytes]]:
+    # the server speaks first, then many small encrypted packets both ways
+    flights = [(False, b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"),
+               (True, b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")]
+    for i in range(30):
+        flights.append((i % 2 == 0, os.urandom(52 + i)))
+    return flights
+
+
+def _smb_flights() -> list[tuple[bool, bytes]]:
+    flights = []
+    for i in range(20):
+        flights.append((True, smb2(5 + i % 3, os.urandom(60))))
+        flights.append((False, smb2(5 + i % 3, os.urandom(120))))
+    return flights
+
+
+@pytest.mark.parametrize("kind,flights,port", [("ssh", _ssh_flights(), 22),
+                                               ("smb", _smb_flights(), 445)])
+def test_directions_end_at_their_first_bytes(kind: str, flights: list[tuple[bool, bytes]],
+                                             port: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # a TLS connection beside it: its records must come out the same either way
+    tls = pb.tcp_conversation([(True, client_hello("beside.example"))], sport=40001)
+    pkts = pb.tcp_conversation(flights, dport=port) + tls
+    lines, stats = _run(pkts, False, monkeypatch)
+    full_lines, full = _run(pkts, True, monkeypatch)
+    assert lines == full_lines and len(lines) == 1 and b"beside.example" in lines[0]
+    assert stats["tcp_" + kind] == 2 and stats.get("tcp_other", 0) == 0
+    assert full.get("tcp_" + kind, 0) == 0
+    # the handshake, the first bytes each way and an ACK between them: then it is finished
+    assert stats["packets_slow_path"] <= len(tls) + 6
+    assert full["packets_slow_path"] >= len(tls) + 30
+
+
+def test_late_tls_is_still_found_after_other_first_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
+    # an SSH banner only after a greeting line (RFC 4253 allows one): scanned, and the TLS
+    # that a proxy could start later is still read
+    flights = [(False, b"Hello, this is a greeting line\r\nSSH-2.0-x\r\n"),
+               (True, client_hello("late.example"))]
+    lines, stats = _run(pb.tcp_conversation(flights, dport=2222), False, monkeypatch)
+    assert any(b"late.example" in line for line in lines)
+    assert stats.get("tcp_ssh", 0) == 0
+
+
+def _reader_run(path: Path, scan_all: bool, monkeypatch: pytest.MonkeyPatch
+                ) -> tuple[list[bytes], dict[str, int]]:
+    lines: list[bytes] = []
+    with monkeypatch.context() as m:
+        if scan_all:
+            m.setattr(opaque, "opaque_protocol", lambda _data: None)
+        eng = Engine(lambda rec, _obs, _e: lines.append(repr(rec).encode()))
+        reader = CaptureReader(str(path))
+        try:
+            eng.run(reader)
+        finally:
+            reader.close()
+        eng.finish()
+    return lines, dict(eng.stats)
+
+
+@pytest.mark.parametrize("name", ["mercury__smb.pcap", "mercury__emix.pcap"])
+def test_corpus_smb_captures(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = SHARED / "corpus" / "pcaps" / name
+    if not path.exists():
+        pytest.skip(f"{path} not here (../shared is optional)")
+    lines, stats = _reader_run(path, False, monkeypatch)
+    full_lines, full = _reader_run(path, True, monkeypatch)
+    # the same records; a DNS link record of a finished SMB direction comes out when it
+    # finishes, so sooner than at the end of a scan
+    assert sorted(lines) == sorted(full_lines)
+    assert stats["tcp_smb"] > 0
+    assert stats["packets_slow_path"] < full["packets_slow_path"] * 0.8
+
+
+def _banner_server(sock: socket.socket, got: list[bytes]) -> None:
+    conn, _ = sock.accept()
+    with conn:
+        conn.settimeout(10)
+        conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+        data = b""
+        deadline = time.monotonic() + 10
+        while b"\r\n" not in data or len(data) < 200:  # the client's banner and its KEXINIT
+            if time.monotonic() > deadline:
+                break
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        got.append(data)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="capturing needs root")
+def test_a_real_ssh_client(tmp_path: Path) -> None:
+    """OpenSSH's own client against a server that sends a version line and reads what
+    follows (its version line and its key exchange init), captured on loopback."""
+    ssh, tcpdump = shutil.which("ssh"), shutil.which("tcpdump")
+    assert ssh and tcpdump, "scripts/test.sh installs openssh-client and tcpdump"
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    port = sock.getsockname()[1]
+    pcap = tmp_path / "ssh.pcap"
+    cap = subprocess.Popen([tcpdump, "-i", "any", "--immediate-mode", "-U", "-s", "0", "-w",
+                            str(pcap), f"tcp port {port}"], stderr=subprocess.PIPE)
+    got: list[bytes] = []
+    try:
+        wait_listening(cap)
+        server = threading.Thread(target=_banner_server, args=(sock, got), daemon=True)
+        server.start()
+        subprocess.run([ssh, "-p", str(port), "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
+                        "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                        "-F", "/dev/null", "nobody@127.0.0.1", "true"],
+                       stdin=subprocess.DEVNULL, capture_output=True, timeout=20, check=False)
+        server.join(15)
+        time.sleep(1.0)  # let the last packets reach the file
+    finally:
+        cap.send_signal(signal.SIGINT)
+        cap.wait(10)
+        sock.close()
+    assert got and got[0].startswith(b"SSH-2.0-OpenSSH"), got
+    eng = Engine(lambda _rec, _obs, _e: None)
+    reader = CaptureReader(str(pcap))
+    try:
+        eng.run(reader)
+    finally:
+        reader.close()
+    eng.finish()
+    assert eng.stats["tcp_ssh"] == 2
+    assert eng.stats["tcp_other"] == 0
