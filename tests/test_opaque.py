@@ -1,9 +1,9 @@
-"""SMB and SSH directions are finished at their first bytes, not scanned for late TLS.
+"""SMB, SSH and DCE/RPC directions are finished at their first bytes, not scanned for late TLS.
 
 A direction nothing recognised is scanned for a late TLS handshake over its first 16
-segments or 8 KB, each packet on the slow path. SMB and SSH never turn into TLS or HTTP, so
-their directions end at once: the records stay those of the full scan, only the packets
-that reach the slow path are fewer. Checked on built conversations, on a real OpenSSH
+segments or 8 KB, each packet on the slow path. SMB, SSH and DCE/RPC never turn into TLS or
+HTTP, so their directions end at once: the records stay those of the full scan, only the
+packets that reach the slow path are fewer. Checked on built conversations, on a real OpenSSH
 client's bytes (captured on loopback), and on the shared corpus' SMB captures when
 ``../shared`` is there.
 """
@@ -34,6 +34,13 @@ from tests.tlsmem import client_hello
 SHARED = Path(os.environ.get("IOCWATCH_SHARED", Path(__file__).resolve().parents[2] / "shared"))
 
 
+def rpc(ptype: int, body: bytes, little: bool = True) -> bytes:
+    """One connection-oriented DCE/RPC PDU: version 5.0, its 16-byte header, ``body``."""
+    order = "<" if little else ">"
+    return (bytes([5, 0, ptype, 3]) + (b"\x10" if little else b"\x00") + b"\x00\x00\x00"
+            + struct.pack(order + "HHI", 16 + len(body), 0, 2) + body)
+
+
 def smb2(command: int, body: bytes) -> bytes:
     """One SMB2 message after its 4-byte session header (type 0, 24-bit length)."""
     header = b"\xfeSMB" + struct.pack("<HHIHH", 64, 0, 0, command, 1) + bytes(48)
@@ -48,6 +55,9 @@ def smb2(command: int, body: bytes) -> bytes:
     (smb2(0, bytes(36)), "smb"),
     (b"\x00\x00\x01\x00\xfdSMB" + bytes(48), "smb"),  # SMB3 encryption transform
     (b"\x00\x00\x01\x00\xfcSMB" + bytes(12), "smb"),  # SMB3 compression transform
+    (rpc(11, bytes(56)), "dcerpc"),  # bind
+    (rpc(12, bytes(40), little=False), "dcerpc"),  # bind_ack, big endian
+    (rpc(0, bytes(24))[:16], "dcerpc"),  # a request's header alone
 ])
 def test_recognised(data: bytes, kind: str) -> None:
     assert opaque_protocol(data) == kind
@@ -61,6 +71,12 @@ def test_recognised(data: bytes, kind: str) -> None:
     b"\x81\x00\x00\x44 CKFDENECFDEFFCFGEFFCCACACACACACA\x00",  # NetBIOS session request
     b"\x01\x00\x00\x85\xffSMB",  # not a session message
     b"\x00\x00\x00\x85\xfeSMC",
+    b"\x05\x01\x00\x05\x01\x00\x01\x7f\x00\x00\x01\x01\xbb",  # SOCKS5 greeting, CONNECT
+    b"\x05\x01\x00\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+    rpc(11, bytes(56))[:15],  # too short to tell
+    rpc(1, bytes(56)),  # a connectionless PDU type
+    b"\x04" + rpc(11, bytes(56))[1:],  # version 4
+    rpc(11, b"")[:8] + b"\x08\x00" + bytes(6),  # a fragment shorter than its header
 ])
 def test_not_recognised(data: bytes) -> None:
     assert opaque_protocol(data) is None
@@ -97,8 +113,17 @@ def _smb_flights() -> list[tuple[bool, bytes]]:
     return flights
 
 
+def _rpc_flights() -> list[tuple[bool, bytes]]:
+    flights = [(True, rpc(11, os.urandom(56))), (False, rpc(12, os.urandom(44)))]
+    for _ in range(16):
+        flights.append((True, rpc(0, os.urandom(80))))
+        flights.append((False, rpc(2, os.urandom(200))))
+    return flights
+
+
 @pytest.mark.parametrize("kind,flights,port", [("ssh", _ssh_flights(), 22),
-                                               ("smb", _smb_flights(), 445)])
+                                               ("smb", _smb_flights(), 445),
+                                               ("dcerpc", _rpc_flights(), 135)])
 def test_directions_end_at_their_first_bytes(kind: str, flights: list[tuple[bool, bytes]],
                                              port: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # a TLS connection beside it: its records must come out the same either way
