@@ -298,6 +298,8 @@ def main() -> None:
     ap.add_argument("--kw-once", nargs=4, help=argparse.SUPPRESS)
     ap.add_argument("--ac-only", nargs=2, help=argparse.SUPPRESS)
     ap.add_argument("--once", nargs=3, help=argparse.SUPPRESS)
+    ap.add_argument("--summary-json", help="also write the domain figures to this file "
+                    "(bench_targets.py)")
     args = ap.parse_args()
     if args.ac_only:
         ac_only(*args.ac_only)
@@ -346,6 +348,11 @@ def main() -> None:
             ok = got <= target if sign == "<=" else got >= target
             print(f"  {what}: {got:.2f} {unit} (target {sign} {target} {unit}: "
                   f"{'met' if ok else 'NOT met'})")
+        if args.summary_json:
+            with open(args.summary_json, "w") as f:
+                json.dump({"domains": args.domains, "names": args.names, "runs": len(runs),
+                           "cold_s": best["cold"], "cache_s": best["cache"],
+                           "rss_mb": best["rss"], "rate_mps": best["rate"] / 1e6}, f, indent=1)
         print(f"  normalise_name + match_name: {best['norm_rate'] / 1e6:.2f} M names/s; "
               f"cache file {best['size'] / 1e6:.0f} MB")
 

@@ -143,8 +143,9 @@ def _record_keys(path: Path) -> list[bytes]:
     return sorted(out)
 
 
-def verify(pcap: Path, mbps: float, workers: int, buffer_mb: int, work: Path) -> None:
-    """Records from the live sensor (prefilter on) must equal ``iocwatch -r`` on the same file."""
+def verify(pcap: Path, mbps: float, workers: int, buffer_mb: int, work: Path) -> dict:
+    """Records from the live sensor (prefilter on) must equal ``iocwatch -r`` on the same file;
+    returns what was compared."""
     offline, live_out = work / "verify-offline.json", work / "verify-live.json"
     sh(sys.executable, "-m", "iocwatch.cli", "-r", str(pcap), "-f", str(offline), "-q")
     live_out.unlink(missing_ok=True)
@@ -159,6 +160,8 @@ def verify(pcap: Path, mbps: float, workers: int, buffer_mb: int, work: Path) ->
     print(f"verify: {workers} workers at {sent['mbps']:.0f} Mbit/s, prefilter on: "
           f"{len(b)} live records vs {len(a)} from the file: {same}; "
           f"dropped {final['dropped_kernel']}")
+    return {"workers": workers, "sent_mbps": sent["mbps"], "live_records": len(b),
+            "file_records": len(a), "identical": a == b, "dropped": final["dropped_kernel"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="rate of the soak run (default: the best zero-drop 2-worker rate)")
     ap.add_argument("--soak", type=float, default=120.0,
                     help="seconds of the RSS run at the best 2-worker rate (0: skip)")
+    ap.add_argument("--summary-json", type=Path,
+                    help="also write the zero-drop rates to this file (bench_targets.py)")
     args = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("needs root (network namespaces, capture)")
@@ -200,10 +205,11 @@ def main(argv: list[str] | None = None) -> int:
     size = pcap.stat().st_size
     print(f"capture: {pcap} ({size / 1e6:.0f} MB); ring {args.buffer_size} MB per worker")
     best: dict[tuple[int, str], dict] = {}
+    checked: dict | None = None
     lab_up()
     try:
         if args.verify > 0:
-            verify(pcap, args.verify, 2, args.buffer_size, args.dir)
+            checked = verify(pcap, args.verify, 2, args.buffer_size, args.dir)
         for config in args.configs.split(","):
             extra = ["--filter", ""] if config == "nofilter" else []
             for workers in map(int, args.workers.split(",")):
@@ -218,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
                           f"{s['pps'] / 1e3:>10.1f} {kept:>9.0%} {res['drops']:>9} "
                           f"{f['records']:>8} {f['rss_kb'] / 1024:>8.0f}", flush=True)
                     if res["drops"] == 0 and s["failed"] == 0:
+                        res["asked"] = mbps
                         best[(workers, config)] = res
                     else:
                         break
@@ -226,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             s = res["sent"]
             print(f"  {workers} worker(s), {config}: {s['mbps']:.0f} Mbit/s, "
                   f"{s['pps'] / 1e3:.0f} kpps")
+        if args.summary_json is not None:
+            args.summary_json.write_text(json.dumps({
+                "ring_mb": args.buffer_size, "rates": args.rates, "verify": checked,
+                "best": {f"{w}/{c}": {"asked_mbps": r["asked"], "sent_mbps": r["sent"]["mbps"],
+                                      "sent_kpps": r["sent"]["pps"] / 1e3}
+                         for (w, c), r in sorted(best.items())}}, indent=1))
         soak_rate = best.get((2, "prefilter")) or best.get((1, "prefilter"))
         if args.soak > 0 and soak_rate is not None:
             mbps = args.soak_mbps or soak_rate["sent"]["mbps"]

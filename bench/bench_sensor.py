@@ -522,6 +522,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-floor", action="store_true", help="skip the floor figures")
     ap.add_argument("--profile-top", type=int, default=12,
                     help="profile entries to print per capture (0: no profile)")
+    ap.add_argument("--summary-json", type=Path,
+                    help="also write each capture's figures to this file (bench_targets.py)")
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
     if not os.access(TIME, os.X_OK):
@@ -532,6 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     iocwatch, env = iocwatch_command(args.iocwatch, args.dir / "pycache")
     status = 0
+    summary: dict[str, dict] = {}
     for name in args.only or list(CAPTURES):
         cap = ensure_capture(args, name, CAPTURES[name])
         if cap is None:
@@ -563,17 +566,24 @@ def main(argv: list[str] | None = None) -> int:
             status = 1
             continue
         ratio = ours.cpu / max(merc.cpu, 1e-9)
+        summary[name] = {"packets": packets, "mercury_cpu": merc.cpu, "iocwatch_cpu": ours.cpu,
+                         "ratio": ratio, "iocwatch_rss_mb": ours.maxrss_mb,
+                         "mercury_rss_mb": merc.maxrss_mb, "golden_same": same,
+                         "repeat": args.repeat}
         print(f"  iocwatch/mercury CPU ratio {ratio:.2f} (target <= 5), iocwatch peak RSS "
               f"{ours.maxrss_mb:.1f} MB (target <= 100), best of {args.repeat} paired runs"
               + ("" if same else " (records NOT identical to the golden digest: not a result)"))
         pairs = pair_ratios(runs["mercury"], runs["iocwatch"])
         if pairs:
+            summary[name]["pair_median"] = statistics.median(pairs)
             print(f"  each pair's ratio (iocwatch over the mercury run just before it): median "
                   f"{statistics.median(pairs):.2f}, from {pairs[0]:.2f} to {pairs[-1]:.2f}")
         if not args.no_floor:
             floor(cap, 5 * merc.cpu, args.repeat, env)
         if args.profile_top > 0:
             profile(cap, iocwatch, env, args.profile_top)
+    if args.summary_json is not None:
+        args.summary_json.write_text(json.dumps(summary, indent=1))
     return status
 
 

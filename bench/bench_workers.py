@@ -118,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--x5", action="store_true",
                     help="use bench_sensor's 5x concatenation of the capture (start-up cost "
                     "weighs less)")
+    ap.add_argument("--summary-json", type=Path,
+                    help="also write the figures to this file (bench_targets.py)")
     args = ap.parse_args(argv)
     args.dir.mkdir(parents=True, exist_ok=True)
     cap = args.dir / f"bench-{args.packets}.pcap"
@@ -167,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  busiest worker's analysis CPU / one worker's: "
           f"{busiest / max(st1.get('cpu_seconds', 0.0), 1e-9):.2f} (the wall ratio on idle "
           f"cores, start-up aside); load average now {os.getloadavg()[0]:.2f}")
+    if args.summary_json is not None:
+        args.summary_json.write_text(json.dumps({
+            "workers": args.workers, "packets": packets, "wall_1": m1.wall, "wall_n": mn.wall,
+            "wall_ratio": ratio, "cpu_ratio": mn.cpu / max(m1.cpu, 1e-9),
+            "same_records": one == many, "exit_ok": m1.rc == 0 and mn.rc == 0}, indent=1))
     reads = min(read_only(cap) for _ in range(max(1, args.repeat)))
     disp = min((dispatch(cap, args.workers) for _ in range(max(1, args.repeat))),
                key=lambda t: t[1])
