@@ -225,12 +225,6 @@ def test_a_real_ssh_client(tmp_path: Path) -> None:
         cap.wait(10)
         sock.close()
     assert got and got[0].startswith(b"SSH-2.0-OpenSSH"), got
-    eng = Engine(lambda _rec, _obs, _e: None)
-    reader = CaptureReader(str(pcap))
-    try:
-        eng.run(reader)
-    finally:
-        reader.close()
-    eng.finish()
-    assert eng.stats["tcp_ssh"] == 2
-    assert eng.stats["tcp_other"] == 0
+    _lines, stats = _reader_run(pcap, False, pytest.MonkeyPatch())
+    assert stats["tcp_ssh"] == 2
+    assert stats.get("tcp_other", 0) == 0
