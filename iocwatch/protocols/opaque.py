@@ -28,7 +28,8 @@ def opaque_protocol(data: bytes) -> str | None:
     """``"smb"``, ``"ssh"`` or ``"dcerpc"`` when a direction's first bytes are an SMB message
     (a session message header, type 0, then an SMB protocol id), an SSH version line or a
     DCE/RPC PDU header (version 5.0 or 5.1, one of the PDU types a direction begins with, a
-    plain data representation, a fragment length that holds the 16-byte header), else None.
+    plain data representation, a fragment length that holds the 16-byte header: its first
+    ten bytes), else None.
 
     An SSH server may send other lines before its version line (RFC 4253, 4.2): such a
     direction is not recognised here and is scanned as any other."""
@@ -36,7 +37,7 @@ def opaque_protocol(data: bytes) -> str | None:
         return "ssh"
     if data[:1] == b"\x00" and data[4:8] in _SMB_IDS:
         return "smb"
-    if (data[:1] == b"\x05" and len(data) >= 16 and data[1] <= 1 and data[2] in _RPC_TYPES
+    if (data[:1] == b"\x05" and len(data) >= 10 and data[1] <= 1 and data[2] in _RPC_TYPES
             and data[4:8] in _RPC_DREPS):
         frag = (data[8] | data[9] << 8) if data[4] else (data[8] << 8 | data[9])
         if frag >= 16:
