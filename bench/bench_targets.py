@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
         verdicts.append(row(f"{name}: iocwatch peak RSS", s and s["iocwatch_rss_mb"], "<=", 100,
                             "MB"))
     w = workers if workers and workers.get("exit_ok") else None
+    if w is not None and not w.get("same_records"):
+        print("  --workers: records differ from one worker's: no result")
+        w = None
     if w is not None:
         print(f"  --workers {w['workers']} on {w['packets']:,} packets: wall {w['wall_n']:.2f} s "
               f"against {w['wall_1']:.2f} s; records the same (sorted): {w['same_records']}")
@@ -126,10 +129,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{v['live_records']:,} records, {v['file_records']:,} from the file, "
                   f"{'identical' if v['identical'] else 'DIFFERENT'}; dropped {v['dropped']}")
         two = best.get("2/prefilter")
-        # (the rate asked of tcpreplay: what it sends falls a little short of it)
-        rate = None if live is None else 0.0 if two is None else (
-            two["asked_mbps"] or two["sent_mbps"]) / 1000
-        verdicts.append(row("live, 2 workers: highest zero-drop rate asked", rate, ">=", 1,
+        rate = None if live is None else 0.0 if two is None else two["sent_mbps"] / 1000
+        verdicts.append(row("live, 2 workers: highest zero-drop rate sent", rate, ">=", 1,
                             "Gb/s"))
     missing = sum(v is None for v in verdicts)
     met = sum(v is True for v in verdicts)

@@ -11,6 +11,7 @@ client's bytes (captured on loopback), and on the shared corpus' SMB captures wh
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -57,7 +58,7 @@ def smb2(command: int, body: bytes) -> bytes:
     (b"\x00\x00\x01\x00\xfcSMB" + bytes(12), "smb"),  # SMB3 compression transform
     (rpc(11, bytes(56)), "dcerpc"),  # bind
     (rpc(12, bytes(40), little=False), "dcerpc"),  # bind_ack, big endian
-    (rpc(0, bytes(24))[:10], "dcerpc"),  # a request's first ten bytes: all that is tested
+    (rpc(14, bytes(24))[:10], "dcerpc"),  # alter_context's first ten bytes: all that is tested
 ])
 def test_recognised(data: bytes, kind: str) -> None:
     assert opaque_protocol(data) == kind
@@ -75,6 +76,11 @@ def test_recognised(data: bytes, kind: str) -> None:
     b"\x05\x01\x00\x05\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
     rpc(11, bytes(56))[:9],  # too short to tell (its fragment length cut)
     rpc(1, bytes(56)),  # a connectionless PDU type
+    rpc(0, bytes(56)),  # a request: a direction begins with a bind or alter_context
+    rpc(11, bytes(56))[:3] + b"\x01" + rpc(11, bytes(56))[4:],  # a bind in fragments
+    b"\x05\x00\x00\x01\x00\x00\x00\x00\x1f\x90",  # SOCKS5 reply: bound to 0.0.0.0:8080
+    b"\x05\x00\x00\x01\x10\x00\x00\x00\x1f\x90",  # bound to 16.0.0.0:8080
+    b"\x05\x01\x00\x01\x00\x00\x00\x00\x01\xbb",  # SOCKS5 CONNECT to 0.0.0.0:443
     b"\x04" + rpc(11, bytes(56))[1:],  # version 4
     rpc(11, b"")[:8] + b"\x08\x00" + bytes(6),  # a fragment shorter than its header
 ])
@@ -97,27 +103,31 @@ def _run(packets: Iterable[bytes], scan_all: bool, monkeypatch: pytest.MonkeyPat
 
 
 def _ssh_flights() -> list[tuple[bool, bytes]]:
-    # the server speaks first, then many small encrypted packets both ways
+    # the server speaks first, then many small encrypted packets both ways (seeded: random
+    # bytes may pass for another protocol's start in the full scan)
+    rng = random.Random(22)
     flights = [(False, b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"),
                (True, b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")]
     for i in range(30):
-        flights.append((i % 2 == 0, os.urandom(52 + i)))
+        flights.append((i % 2 == 0, rng.randbytes(52 + i)))
     return flights
 
 
 def _smb_flights() -> list[tuple[bool, bytes]]:
+    rng = random.Random(445)
     flights = []
     for i in range(20):
-        flights.append((True, smb2(5 + i % 3, os.urandom(60))))
-        flights.append((False, smb2(5 + i % 3, os.urandom(120))))
+        flights.append((True, smb2(5 + i % 3, rng.randbytes(60))))
+        flights.append((False, smb2(5 + i % 3, rng.randbytes(120))))
     return flights
 
 
 def _rpc_flights() -> list[tuple[bool, bytes]]:
-    flights = [(True, rpc(11, os.urandom(56))), (False, rpc(12, os.urandom(44)))]
+    rng = random.Random(135)
+    flights = [(True, rpc(11, rng.randbytes(56))), (False, rpc(12, rng.randbytes(44)))]
     for _ in range(16):
-        flights.append((True, rpc(0, os.urandom(80))))
-        flights.append((False, rpc(2, os.urandom(200))))
+        flights.append((True, rpc(0, rng.randbytes(80))))
+        flights.append((False, rpc(2, rng.randbytes(200))))
     return flights
 
 
@@ -179,11 +189,17 @@ def test_corpus_smb_captures(name: str, monkeypatch: pytest.MonkeyPatch) -> None
     assert stats["packets_slow_path"] < full["packets_slow_path"] * 0.8
 
 
+SERVER_LINE = b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n"
+
+
 def _banner_server(sock: socket.socket, got: list[bytes]) -> None:
-    conn, _ = sock.accept()
+    try:
+        conn, _ = sock.accept()
+    except OSError:  # (the listening socket times out: the client never came)
+        return
     with conn:
         conn.settimeout(10)
-        conn.sendall(b"SSH-2.0-OpenSSH_9.2p1 Debian-2\r\n")
+        conn.sendall(SERVER_LINE)
         data = b""
         deadline = time.monotonic() + 10
         while b"\r\n" not in data or len(data) < 200:  # the client's banner and its KEXINIT
@@ -196,17 +212,14 @@ def _banner_server(sock: socket.socket, got: list[bytes]) -> None:
         got.append(data)
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="capturing needs root")
-def test_a_real_ssh_client(tmp_path: Path) -> None:
-    """OpenSSH's own client against a server that sends a version line and reads what
-    follows (its version line and its key exchange init), captured on loopback."""
-    ssh, tcpdump = shutil.which("ssh"), shutil.which("tcpdump")
-    assert ssh and tcpdump, "scripts/test.sh installs openssh-client and tcpdump"
+def _ssh_exchange(ssh: str, tcpdump: str, pcap: Path) -> tuple[bytes, int]:
+    """One OpenSSH client connection to a banner server on loopback, captured: what the server
+    read, and tcpdump's count of packets the kernel dropped."""
     sock = socket.socket()
+    sock.settimeout(15)
     sock.bind(("127.0.0.1", 0))
     sock.listen(1)
     port = sock.getsockname()[1]
-    pcap = tmp_path / "ssh.pcap"
     cap = subprocess.Popen([tcpdump, "-i", "any", "--immediate-mode", "-U", "-s", "0", "-w",
                             str(pcap), f"tcp port {port}"], stderr=subprocess.PIPE)
     got: list[bytes] = []
@@ -222,9 +235,35 @@ def test_a_real_ssh_client(tmp_path: Path) -> None:
         time.sleep(1.0)  # let the last packets reach the file
     finally:
         cap.send_signal(signal.SIGINT)
-        cap.wait(10)
+        _out, err = cap.communicate(timeout=10)
         sock.close()
-    assert got and got[0].startswith(b"SSH-2.0-OpenSSH"), got
+    dropped = 0
+    for line in err.decode(errors="replace").splitlines():
+        words = line.split()
+        if "dropped by kernel" in line and words and words[0].isdigit():
+            dropped = int(words[0])
+    return (got[0] if got else b""), dropped
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="capturing needs root")
+def test_a_real_ssh_client(tmp_path: Path) -> None:
+    """OpenSSH's own client against a server that sends a version line and reads what
+    follows (its version line and its key exchange init), captured on loopback. A capture
+    that lost packets on a loaded machine (seen once: the client's bytes missing) is taken
+    again, at most three times."""
+    ssh, tcpdump = shutil.which("ssh"), shutil.which("tcpdump")
+    assert ssh and tcpdump, "scripts/test.sh installs openssh-client and tcpdump"
+    for attempt in range(3):
+        pcap = tmp_path / f"ssh{attempt}.pcap"
+        got, dropped = _ssh_exchange(ssh, tcpdump, pcap)
+        assert got.startswith(b"SSH-2.0-OpenSSH"), got
+        client_line = got.split(b"\r\n", 1)[0]
+        raw = pcap.read_bytes()
+        if client_line in raw and SERVER_LINE in raw and not dropped:
+            break
+    else:
+        pytest.fail(f"three captures lost packets (last: {dropped} dropped by the kernel, "
+                    f"client line captured: {client_line in raw})")
     _lines, stats = _reader_run(pcap, False, pytest.MonkeyPatch())
     assert stats["tcp_ssh"] == 2
     assert stats.get("tcp_other", 0) == 0

@@ -291,7 +291,7 @@ class Dissector:
             d.tls = tlsp.HandshakeReader()
             return data
         kind = opaque.opaque_protocol(data)
-        if kind is not None:  # SMB, SSH: nothing to find, however long the scan
+        if kind is not None:  # SMB, SSH, DCE/RPC: nothing to find, however long the scan
             self.stats["tcp_" + kind] += 1
             d.state = State.DONE
             return b""
