@@ -88,16 +88,24 @@ def test_not_recognised(data: bytes) -> None:
     assert opaque_protocol(data) is None
 
 
-def _run(packets: Iterable[bytes], scan_all: bool, monkeypatch: pytest.MonkeyPatch
+def _run(source: Path | Iterable[bytes], scan_all: bool, monkeypatch: pytest.MonkeyPatch
          ) -> tuple[list[bytes], dict[str, int]]:
-    """Records and counters of one engine over Ethernet frames; ``scan_all``: SMB and SSH
-    scanned like any unknown protocol (as before they were recognised)."""
+    """Records and counters of one engine over a capture file (through its reader's fast
+    path) or over Ethernet frames; ``scan_all``: SMB, SSH and DCE/RPC scanned like any
+    unknown protocol (as before they were recognised)."""
     lines: list[bytes] = []
     with monkeypatch.context() as m:
         if scan_all:
             m.setattr(opaque, "opaque_protocol", lambda _data: None)
         eng = Engine(lambda rec, _obs, _e: lines.append(repr(rec).encode()))
-        eng.run((1700000000 + i, 0, 1, pb.eth(p)) for i, p in enumerate(packets))
+        if isinstance(source, Path):
+            reader = CaptureReader(str(source))
+            try:
+                eng.run(reader)
+            finally:
+                reader.close()
+        else:
+            eng.run((1700000000 + i, 0, 1, pb.eth(p)) for i, p in enumerate(source))
         eng.finish()
     return lines, dict(eng.stats)
 
@@ -159,29 +167,13 @@ def test_late_tls_is_still_found_after_other_first_bytes(monkeypatch: pytest.Mon
     assert stats.get("tcp_ssh", 0) == 0
 
 
-def _reader_run(path: Path, scan_all: bool, monkeypatch: pytest.MonkeyPatch
-                ) -> tuple[list[bytes], dict[str, int]]:
-    lines: list[bytes] = []
-    with monkeypatch.context() as m:
-        if scan_all:
-            m.setattr(opaque, "opaque_protocol", lambda _data: None)
-        eng = Engine(lambda rec, _obs, _e: lines.append(repr(rec).encode()))
-        reader = CaptureReader(str(path))
-        try:
-            eng.run(reader)
-        finally:
-            reader.close()
-        eng.finish()
-    return lines, dict(eng.stats)
-
-
 @pytest.mark.parametrize("name", ["mercury__smb.pcap", "mercury__emix.pcap"])
 def test_corpus_smb_captures(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     path = SHARED / "corpus" / "pcaps" / name
     if not path.exists():
         pytest.skip(f"{path} not here (../shared is optional)")
-    lines, stats = _reader_run(path, False, monkeypatch)
-    full_lines, full = _reader_run(path, True, monkeypatch)
+    lines, stats = _run(path, False, monkeypatch)
+    full_lines, full = _run(path, True, monkeypatch)
     # the same records; a DNS link record of a finished SMB direction comes out when it
     # finishes, so sooner than at the end of a scan
     assert sorted(lines) == sorted(full_lines)
@@ -246,7 +238,7 @@ def _ssh_exchange(ssh: str, tcpdump: str, pcap: Path) -> tuple[bytes, int]:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="capturing needs root")
-def test_a_real_ssh_client(tmp_path: Path) -> None:
+def test_a_real_ssh_client(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """OpenSSH's own client against a server that sends a version line and reads what
     follows (its version line and its key exchange init), captured on loopback. A capture
     that lost packets on a loaded machine (seen once: the client's bytes missing) is taken
@@ -264,6 +256,6 @@ def test_a_real_ssh_client(tmp_path: Path) -> None:
     else:
         pytest.fail(f"three captures lost packets (last: {dropped} dropped by the kernel, "
                     f"client line captured: {client_line in raw})")
-    _lines, stats = _reader_run(pcap, False, pytest.MonkeyPatch())
+    _lines, stats = _run(pcap, False, monkeypatch)
     assert stats["tcp_ssh"] == 2
     assert stats.get("tcp_other", 0) == 0
