@@ -336,7 +336,6 @@ class CaptureReader:
         hdr = endian + "IIII"
         head = Struct(endian + "III").unpack_from
         seconds = Struct(endian + "I").unpack_from
-        last = -1
         last_sec: int | None = None
         limit = 1_000_000 * scale
         records = nbytes = 0
@@ -347,12 +346,13 @@ class CaptureReader:
         # window: no bounds test
         span = 16 + MAX_RECORD
         safe = end - span
+        mapped = buf.mapped is not None
         # One unpack per record (``whole``), from its header to the frame's bytes Engine.run's
         # fast path tests (ethertype and IPv4 header length, protocol, addresses and ports,
         # TCP flags: garbage past a shorter record, not looked at): the fraction (checked)
         # and the length every record needs. The seconds are read for the records handed
-        # out, and for the last good record (``last``: its header's offset, -1 once
-        # ``last_sec`` holds them) before the window moves and after damage.
+        # out, and for the last good record (``p`` below) before the window moves and after
+        # damage.
         # The fast path (decode/fastpath.py) is tested inline on those fields for Ethernet
         # and Linux cooked (SLL) frames, whose ethertype is just before the IP header; when
         # most of a file's first frames carry one 802.1Q tag (a trunk port's capture), for
@@ -373,17 +373,33 @@ class CaptureReader:
         frag, udp4, nxt6, addr6, ports6, tcp6, udp6 = (ip + 6, ip + 20, ip + 6, ip + 8, ip + 44,
                                                       ip + 53, ip + 40)
         skip_udp = self.skip_udp
-        clock = self.clock
-        sweep_at = clock.next_sweep if clock is not None else 1 << 62
+        # no fast path (a link layer without a layout): ``sweep_at`` below every time stamp
+        clock = self.clock if skip is not None else None
+        sweep_at = clock.next_sweep if clock is not None else -1 if skip is None else 1 << 62
         v4 = IPV4 + b"\x45" if inline else b"-"  # IPv4 without options
         v6 = IPV6 if inline else b"-"
         etype = key = outer = b""
         sec = proto = flags = 0
+        max_record = MAX_RECORD
+        # ``p`` is the last good record's frame (its header 16 bytes before it, -1 when none
+        # or its seconds are already in ``last_sec``): the loop keeps no other offset for it
+        p = -1
         try:
             while True:
-                if pos > safe:  # near the window's end: each record checked against it
-                    if last >= 0:
-                        last_sec, last = seconds(data, last)[0], -1
+                if pos > safe:
+                    if p >= 0:
+                        last_sec, p = seconds(data, p - 16)[0], -1
+                    if mapped and not buf.eof:
+                        # a mapping's window moves without a copy: move it before the largest
+                        # record could reach past it, so only the file's last records are
+                        # checked one by one
+                        buf.pos = pos
+                        buf.ensure(span)
+                        end = buf.end
+                        safe = end - span
+                if pos <= safe:
+                    sec, frac, caplen, outer, etype, proto, key, flags = whole(data, pos)
+                else:  # near the window's end: each record checked against it
                     if pos + 16 > end:
                         buf.pos = pos
                         if not buf.ensure(16):
@@ -393,7 +409,7 @@ class CaptureReader:
                         data, pos, end = buf.data, buf.pos, buf.end
                         safe = end - span
                     sec, frac, caplen = head(data, pos)
-                    if caplen <= MAX_RECORD and frac < limit:
+                    if caplen <= max_record and frac < limit:
                         if pos + 16 + caplen > end:
                             buf.pos = pos
                             if not buf.ensure(16 + caplen):
@@ -403,30 +419,25 @@ class CaptureReader:
                             safe = end - span
                         if caplen >= v4_min:
                             sec, frac, caplen, outer, etype, proto, key, flags = whole(data, pos)
-                else:
-                    sec, frac, caplen, outer, etype, proto, key, flags = whole(data, pos)
-                if caplen > MAX_RECORD or frac >= limit:
+                if caplen > max_record or frac >= limit:
                     stats.damaged["pcap_record_header"] += 1
                     buf.pos = pos
-                    if last >= 0:
-                        last_sec, last = seconds(data, last)[0], -1
+                    if p >= 0:
+                        last_sec, p = seconds(data, p - 16)[0], -1
                     if not self._resync_pcap(buf, hdr, scale, last_sec):
                         stats.truncated = True
                         break
                     data, pos, end = buf.data, buf.pos, buf.end
                     safe = end - span
                     continue
-                last = pos
                 p = pos + 16
                 pos = p + caplen
                 records += 1
                 nbytes += caplen
-                if caplen == 0:
-                    stats.damaged["empty_record"] += 1
-                    continue
                 # Engine.run's fast path, on the file buffer: no object for such a packet; not
-                # at the engine's next sweep, which runs at the same packet either way
-                if skip is not None and sec < sweep_at:
+                # at the engine's next sweep, which runs at the same packet either way (an
+                # empty record fails every test: its frame is shorter than any of them reads)
+                if sec < sweep_at:
                     if caplen >= v4_min and etype == v4 and outer == tag:  # ``whole``'s fields
                         if proto == 6:
                             if key in skip and flags & 0x12 != 0x02:
@@ -445,6 +456,9 @@ class CaptureReader:
                             continue
                     elif passes_over(data, p, pos, e, p + l3, skip, skip_udp):
                         continue  # any other frame (decode/fastpath.py)
+                if caplen == 0:
+                    stats.damaged["empty_record"] += 1
+                    continue
                 yield sec, frac if scale == 1 else frac // scale, linktype, data[p:pos]
                 if clock is not None:  # the engine may have swept: its next sweep is later
                     sweep_at = clock.next_sweep
