@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
     if w is not None:
         print(f"  --workers {w['workers']} on {w['packets']:,} packets: wall {w['wall_n']:.2f} s "
               f"against {w['wall_1']:.2f} s; records the same (sorted): {w['same_records']}")
+        print(f"  the capture cut in {w['workers']} files, as many iocwatch -r at once (the best "
+              f"any share could do): wall {w['parts_wall']:.2f} s, {w['parts_ratio']:.2f} x")
     verdicts.append(row("--workers 2 wall / --workers 1 wall", w and w["wall_ratio"], "<=", 0.6,
                         "x"))
     i = indicators
