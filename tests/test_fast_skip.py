@@ -123,10 +123,42 @@ def framed(kind: str, packet: bytes) -> tuple[int, bytes]:
         return 276, etype + b"\x00\x00\x00\x00\x00\x02\x00\x01\x00\x06" + mac[6:] + b"\x00\x00" + packet
     if kind == "raw":
         return 101, packet
+    if kind in TUNNELS:
+        return 1, mac + b"\x08\x00" + tunnelled(kind, packet, etype, mac)
+    if kind == "vxlan6":  # over IPv6
+        return 1, mac + b"\x86\xdd" + pb.ipv6(pb.udp(VXLAN + mac + etype + packet, 51000, 4789),
+                                               "2001:db8:ff::1", "2001:db8:ff::2", nxt=17)
     raise ValueError(kind)
 
 
-KINDS = ["ethernet", "vlan", "qinq", "sgt", "sll", "sll2", "raw"]
+VXLAN = b"\x08\x00\x00\x00\x00\x00\x2a\x00"  # the I flag, network 42
+
+
+def tunnelled(kind: str, packet: bytes, etype: bytes, mac: bytes) -> bytes:
+    """The outer IPv4 packet of a tunnel (a mirror's feed) carrying ``packet``."""
+    inner = mac + etype + packet  # as an Ethernet frame
+    if kind == "vxlan":
+        outer, proto = pb.udp(VXLAN + inner, 51000, 4789), 17
+    elif kind == "geneve":  # 4 bytes of options, then an IP packet (its ethertype)
+        outer, proto = pb.udp(b"\x01\x00" + etype + b"\x00\x00\x2a\x00" + bytes(4) + packet,
+                              51000, 6081), 17
+    elif kind == "gre":  # a key and a sequence number, then an IP packet
+        outer, proto = b"\x30\x00" + etype + bytes(8) + packet, 47
+    elif kind == "gre_teb":  # a checksum, then an Ethernet frame (transparent bridging)
+        outer, proto = b"\x80\x00\x65\x58" + bytes(4) + inner, 47
+    elif kind == "erspan2":  # GRE with a sequence number, ERSPAN type II's 8 bytes
+        outer, proto = b"\x10\x00\x88\xbe" + bytes(4) + b"\x10\x01" + bytes(6) + inner, 47
+    elif kind == "erspan3":  # ERSPAN type III's 12 bytes, with its 8-byte option
+        outer, proto = (b"\x10\x00\x22\xeb" + bytes(4) + b"\x20\x01" + bytes(9) + b"\x01"
+                        + bytes(8) + inner), 47
+    else:  # "ipip": IPv4 in IPv4, IPv6 in IPv4
+        outer, proto = packet, 41 if etype == b"\x86\xdd" else 4
+    return pb.ipv4(outer, "10.99.0.1", "10.99.0.2", proto=proto)
+
+
+#: tunnels over IPv4 that the fast path looks into (and "vxlan6": VXLAN over IPv6)
+TUNNELS = ["vxlan", "geneve", "gre", "gre_teb", "erspan2", "erspan3", "ipip"]
+KINDS = ["ethernet", "vlan", "qinq", "sgt", "sll", "sll2", "raw", *TUNNELS, "vxlan6"]
 
 
 def capture(kind: str, v6: bool) -> tuple[int, list[bytes]]:
@@ -199,13 +231,18 @@ def fast(linktype: int, frames: list[bytes], where: str,
 
 #: counters of what the decoder and the TCP path say of a frame's damage: a damaged or cut
 #: frame of a direction the fast path passes over is never decoded, so never counted
-UNDECODED = frozenset({"packets_slow_path", "encap_vlan", "encap_cisco_sgt", "ipv4_snapped", "ipv6_snapped",
-                       "ip_fragments", "malformed_ipv4_length", "malformed_ipv6_header",
-                       "malformed_tcp_header", "malformed_udp_header"})
+#: the tags and tunnels the decoder counts, of the packets it decodes (the fast path decodes
+#: none)
+ENCAPSULATIONS = frozenset({"encap_vlan", "encap_cisco_sgt", "encap_vxlan", "encap_geneve",
+                            "encap_gre", "encap_erspan", "encap_ipip", "encap_ip6ip"})
+UNDECODED = ENCAPSULATIONS | {"packets_slow_path", "ipv4_snapped", "ipv6_snapped",
+                              "ipv4_length_zero_tso",
+                              "ip_fragments", "malformed_ipv4_length", "malformed_ipv6_header",
+                              "malformed_tcp_header", "malformed_udp_header"}
 
 
 def drop_tags(stats: dict[str, int]) -> dict[str, int]:
-    return {k: v for k, v in stats.items() if k not in ("encap_vlan", "encap_cisco_sgt")}
+    return {k: v for k, v in stats.items() if k not in ENCAPSULATIONS}
 
 
 @pytest.mark.parametrize("v6", [False, True], ids=["ipv4", "ipv6"])
@@ -219,9 +256,13 @@ def test_fast_path_gives_what_the_slow_path_gives(kind: str, v6: bool, where: st
     assert got == want
     handed = got_stats.pop("packets_slow_path")
     assert want_stats.pop("packets_slow_path") == len(frames)
-    # the decoder counts the tags (VLAN, Cisco MetaData) of the packets it decodes; the fast
-    # path decodes none
+    # the decoder counts the tags (VLAN, Cisco MetaData) and tunnels of the packets it
+    # decodes; the fast path decodes none
     assert drop_tags(got_stats) == drop_tags(want_stats)
+    if kind in TUNNELS or kind == "vxlan6":  # every packet was read inside its tunnel
+        counter = {"vxlan6": "vxlan", "gre_teb": "gre", "erspan2": "gre", "erspan3": "gre",
+                   "ipip": "ip6ip" if v6 else "ipip"}.get(kind, kind)
+        assert want_stats["encap_" + counter] == len(frames)
     names = b"".join(want)
     for name in (b"c2.fast.test", b"odd-port.fast.test", b"again.fast.test"):
         assert name in names

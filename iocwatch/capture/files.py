@@ -23,7 +23,16 @@ from struct import Struct, calcsize, unpack_from
 from typing import Any, BinaryIO
 
 from iocwatch.boundary import classify
-from iocwatch.decode.fastpath import DOT1Q, IPV4, IPV6, layout, passes_over, quiet_datagram
+from iocwatch.decode.fastpath import (
+    DOT1Q,
+    IP_TUNNELS,
+    IPV4,
+    IPV6,
+    TUNNEL_DPORTS,
+    layout,
+    passes_over,
+    quiet_datagram,
+)
 
 Packet = tuple[int, int, int, bytes]
 
@@ -381,6 +390,7 @@ class CaptureReader:
         etype = key = outer = b""
         sec = proto = flags = 0
         max_record = MAX_RECORD
+        tunnel_dports, ip_tunnels = TUNNEL_DPORTS, IP_TUNNELS
         # ``p`` is the last good record's frame (its header 16 bytes before it, -1 when none
         # or its seconds are already in ``last_sec``): the loop keeps no other offset for it
         p = -1
@@ -446,6 +456,9 @@ class CaptureReader:
                               and not data[p + frag] & 0x3F and not data[p + frag + 1]
                               and quiet_datagram(data, p + udp4, pos)):
                             continue
+                        elif (((proto == 17 and key[10:] in tunnel_dports) or proto in ip_tunnels)
+                              and passes_over(data, p, pos, e, p + l3, skip, skip_udp)):
+                            continue  # a tunnel's packet: the test on the packet inside
                     elif caplen >= v6_min and etype[:2] == v6 and outer == tag:  # IPv6, no ext. header
                         proto = data[p + nxt6]
                         if proto == 6:
@@ -454,6 +467,10 @@ class CaptureReader:
                         elif (proto == 17 and data[p + addr6 : p + ports6] in skip_udp
                               and quiet_datagram(data, p + udp6, pos)):
                             continue
+                        elif (((proto == 17 and data[p + udp6 + 2 : p + udp6 + 4] in tunnel_dports)
+                               or proto in ip_tunnels)
+                              and passes_over(data, p, pos, e, p + l3, skip, skip_udp)):
+                            continue  # a tunnel's packet, as above
                     elif passes_over(data, p, pos, e, p + l3, skip, skip_udp):
                         continue  # any other frame (decode/fastpath.py)
                 if caplen == 0:

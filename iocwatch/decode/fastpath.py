@@ -12,12 +12,15 @@ and Linux cooked, IPv4 without options or IPv6; in a file mostly tagged, those b
 802.1Q tag instead) are tested inline, on the fields its one unpack per record already read
 or at the frame's fixed offsets.
 
+A tunnel's packet (VXLAN, Geneve, GRE with ERSPAN, IP in IP) is tested on the packet inside
+it, the engine's flows being the inner 5-tuples (:func:`inner_passes_over`).
+
 The test only ever says "nothing to do" where the slow path would make no record either
-(``tests/test_fast_skip.py`` compares the two on every link layer here, on clean and damaged
-frames): a fresh SYN, a UDP datagram that may be DNS (by its header) or a QUIC long header, a
-UDP fragment, a tunnel's outer datagram, IP options or IPv6 extension headers, or anything too
-short goes on to the slow path. Counters differ only in what the decoder would have said of a
-damaged or cut frame it is spared (snapped, malformed, VLAN and Cisco MetaData tags).
+(``tests/test_fast_skip.py`` compares the two on every link layer and tunnel here, on clean
+and damaged frames): a fresh SYN, a UDP datagram that may be DNS (by its header) or a QUIC
+long header, a fragment, IP options or IPv6 extension headers, a tunnel inside a tunnel, or
+anything too short goes on to the slow path. Counters differ only in what the decoder would
+have said of a frame it is spared (snapped, malformed, the tags and tunnels it counts).
 The engine fills ``udp_done`` (``Engine._udp``) and empties it whenever a datagram it holds
 could matter again.
 """
@@ -30,6 +33,14 @@ from iocwatch.decode.packet import (
     _TUNNEL_PORTS,
     DOT1Q_TYPE,
     ETH_CISCO_SGT,
+    ETH_ERSPAN2,
+    ETH_ERSPAN3,
+    ETH_TEB,
+    GENEVE_PORT,
+    IPPROTO_GRE,
+    IPPROTO_IPIP,
+    IPPROTO_IPV6,
+    IPPROTO_UDP,
     IPV4_TYPE,
     IPV6_TYPE,
     LT_ETHERNET,
@@ -37,6 +48,7 @@ from iocwatch.decode.packet import (
     LT_SLL2,
     RAW_LINKTYPES,
     VLAN_TYPES,
+    VXLAN_PORTS,
     wire_type,
 )
 
@@ -45,6 +57,13 @@ IPV4, IPV6, DOT1Q = IPV4_TYPE, IPV6_TYPE, DOT1Q_TYPE  # the decoder's, as frame 
 TAGS = frozenset(map(wire_type, VLAN_TYPES))
 #: Cisco MetaData (TrustSec's security group tag), as the decoder reads it
 CISCO_SGT = wire_type(ETH_CISCO_SGT)
+#: IP protocols of the tunnels the fast path looks into (UDP: VXLAN and Geneve by port)
+_TUNNEL_PROTOS = frozenset({IPPROTO_UDP, IPPROTO_GRE, IPPROTO_IPIP, IPPROTO_IPV6})
+_TEB, _ERSPAN2, _ERSPAN3 = wire_type(ETH_TEB), wire_type(ETH_ERSPAN2), wire_type(ETH_ERSPAN3)
+#: the pcap reader's inline test for a packet :func:`inner_passes_over` may pass over: UDP to
+#: these destination ports (as frame bytes), or these other IP protocols
+TUNNEL_DPORTS = frozenset(port.to_bytes(2, "big") for port in _TUNNEL_PORTS)
+IP_TUNNELS = _TUNNEL_PROTOS - {IPPROTO_UDP}
 #: raw IP: the ethertype the version nibble stands for
 RAW_ETYPE = tuple(IPV4 if v == 4 else IPV6 if v == 6 else b"" for v in range(16))
 
@@ -59,11 +78,12 @@ def layout(linktype: int) -> tuple[int, int] | None:
 
 
 def passes_over(data: bytes, p: int, end: int, e: int, b: int, tcp_done: Container[bytes],
-                udp_done: Container[bytes]) -> bool:
+                udp_done: Container[bytes], tunnels: bool = True) -> bool:
     """True when the frame ``data[p:end]`` needs no look: a TCP segment of a direction in
-    ``tcp_done`` other than a fresh SYN, or a quiet datagram of a direction in ``udp_done``.
-    ``e`` and ``b`` are the frame's :func:`layout`, ``b`` already offset by ``p``. Never
-    raises: whatever does not fit goes on."""
+    ``tcp_done`` other than a fresh SYN, or a quiet datagram of a direction in ``udp_done``,
+    also inside a tunnel (``tunnels``: :func:`inner_passes_over`). ``e`` and ``b`` are the
+    frame's :func:`layout`, ``b`` already offset by ``p``. Never raises: whatever does not
+    fit goes on."""
     if e >= 0:
         etype = data[p + e : p + e + 2]
         if etype != IPV4:
@@ -85,15 +105,77 @@ def passes_over(data: bytes, p: int, end: int, e: int, b: int, tcp_done: Contain
         if proto == 6:
             return (data[b] == 0x45 and data[b + 12 : b + 24] in tcp_done
                     and data[b + 33] & 0x12 != 0x02)
-        return (proto == 17 and data[b] == 0x45 and data[b + 12 : b + 24] in udp_done
-                and not data[b + 6] & 0x3F and not data[b + 7]
-                and quiet_datagram(data, b + 20, end))
+        if data[b] != 0x45 or data[b + 6] & 0x3F or data[b + 7]:
+            return False  # IP options, or a fragment: the decoder's
+        if proto == 17 and data[b + 12 : b + 24] in udp_done:
+            return quiet_datagram(data, b + 20, end)
+        if tunnels and proto in _TUNNEL_PROTOS:
+            total = data[b + 2] << 8 | data[b + 3]  # (0: segmentation offload, the frame's)
+            return inner_passes_over(data, b + 20, min(end, b + total) if total else end, proto,
+                                     tcp_done, udp_done)
+        return False
     if etype == IPV6 and end - b >= 54:
         proto = data[b + 6]
         if proto == 6:
             return data[b + 8 : b + 44] in tcp_done and data[b + 53] & 0x12 != 0x02
-        return (proto == 17 and data[b + 8 : b + 44] in udp_done
-                and quiet_datagram(data, b + 40, end))
+        if proto == 17 and data[b + 8 : b + 44] in udp_done:
+            return quiet_datagram(data, b + 40, end)
+        if tunnels and proto in _TUNNEL_PROTOS:
+            size = data[b + 4] << 8 | data[b + 5]  # (0: a jumbogram, the frame's)
+            return inner_passes_over(data, b + 40, min(end, b + 40 + size) if size else end,
+                                     proto, tcp_done, udp_done)
+    return False
+
+
+def inner_passes_over(data: bytes, t: int, end: int, proto: int, tcp_done: Container[bytes],
+                      udp_done: Container[bytes]) -> bool:
+    """:func:`passes_over` for the packet inside a tunnel (VXLAN, Geneve, GRE with ERSPAN,
+    IP in IP), whose outer IP payload, of protocol ``proto``, is ``data[t:end]``: the
+    decoder's reading of the tunnel's header (``Decoder._transport``, ``_gre``), then the test
+    on the inner frame, the engine's flows being the inner 5-tuples. A tunnel inside it is
+    not looked into. A mirror fed over a tunnel (cloud traffic mirroring is VXLAN, ERSPAN is
+    GRE) would otherwise send every packet through the decoder."""
+    if proto == 17:
+        if end - t < 16:
+            return False
+        dport = data[t + 2] << 8 | data[t + 3]
+        if dport in VXLAN_PORTS:
+            if not data[t + 8] & 0x08:
+                return False
+            return passes_over(data, t + 16, end, 12, t + 30, tcp_done, udp_done, False)
+        if dport != GENEVE_PORT:
+            return False
+        return _in_ethertype(data, t + 16 + (data[t + 8] & 0x3F) * 4, end, data[t + 10 : t + 12],
+                             tcp_done, udp_done)
+    if proto == 4:
+        return data[t] >> 4 == 4 and passes_over(data, t, end, -1, t, tcp_done, udp_done, False)
+    if proto == 41:
+        return data[t] >> 4 == 6 and passes_over(data, t, end, -1, t, tcp_done, udp_done, False)
+    # GRE, version 0 (version 1, PPTP's, carries PPP)
+    if end - t < 4 or data[t + 1] & 7:
+        return False
+    flags = data[t]
+    q = t + 4 + (4 if flags & 0x80 else 0) + (4 if flags & 0x20 else 0) + (4 if flags & 0x10 else 0)
+    kind = data[t + 2 : t + 4]
+    if kind == _ERSPAN2:
+        q += 8 if flags & 0x10 else 0  # type II has a sequence number and an 8-byte header
+    elif kind == _ERSPAN3:
+        if end - q < 12:
+            return False
+        q += 20 if data[q + 11] & 1 else 12
+    else:
+        return _in_ethertype(data, q, end, kind, tcp_done, udp_done)
+    return passes_over(data, q, end, 12, q + 14, tcp_done, udp_done, False)
+
+
+def _in_ethertype(data: bytes, q: int, end: int, etype: bytes, tcp_done: Container[bytes],
+                  udp_done: Container[bytes]) -> bool:
+    """The test on what a tunnel's ethertype says follows at ``q``: an Ethernet frame
+    (transparent bridging) or an IP packet of that version."""
+    if etype == _TEB:
+        return passes_over(data, q, end, 12, q + 14, tcp_done, udp_done, False)
+    if q < end and RAW_ETYPE[data[q] >> 4] == etype:  # IP, of the version the type says
+        return passes_over(data, q, end, -1, q, tcp_done, udp_done, False)
     return False
 
 
