@@ -372,7 +372,7 @@ class CaptureReader:
         e, l3 = lay or (0, 0)
         inline = e >= 0 and l3 == e + 2
         tag = DOT1Q if inline and _mostly_tagged(data, pos, end, endian == ">", e) else b""
-        fields = endian + f"III{4 + e}x{len(tag)}s{len(tag)}x3s8xB2x12s9xB"
+        fields = endian + "III" + _frame_fields(4 + e, tag)  # (after the original length)
         whole = Struct(fields).unpack_from
         v4_min = calcsize(fields) - 16  # the frame bytes ``whole`` reads
         ip = l3 + 2 * len(tag)  # where the IP header begins (a tag: its type and its TCI)
@@ -551,34 +551,64 @@ class CaptureReader:
         records = nbytes = 0
         data, pos, end = buf.data, buf.pos, buf.end
         retried = False  # the block at pos was sent back to the common path (below)
-        last_sec = last_usec = 0
+        # the last good packet's time stamp, as read (its units per second): what a packet
+        # whose time stamp is out of range gets instead
+        last_ts, last_units = 0, 1_000_000
+        # The common block is also unpacked with the fields the pcap reader's inline fast path
+        # tests (``_frame_fields``), for one interface: the first whose frames are Ethernet or
+        # Linux cooked (SLL). A finished TCP direction's IPv4 segment on it is passed over on
+        # those fields and its raw time stamp (``sweep_ts``: the engine's next sweep, in its
+        # units, and never past the last time stamp in range), every other packet by
+        # ``passes_over``.
+        inline_if, inline_units, v4_min = -1, 1, 0
+        sweep_ts = 0
+        v4 = IPV4 + b"\x45"
+        whole = block
+        fsize = 1 << 62  # (no such interface yet: the plain unpack)
+        etype = key = b""
+        proto = flags = 0
+        max_block = _PCAPNG_MAX_BLOCK
         try:
             while True:
                 # the common block first, in one unpack: a whole, well-formed Enhanced Packet
                 # Block of a known interface (anything else, damage included, goes below)
                 if pos + 28 <= end:
-                    btype, blen, ifid, ts_hi, ts_lo, caplen, _orig = block(data, pos)
+                    if pos + fsize <= end:
+                        (btype, blen, ifid, ts_hi, ts_lo, caplen, _orig, _tag, etype, proto, key,
+                         flags) = whole(data, pos)
+                    else:
+                        btype, blen, ifid, ts_hi, ts_lo, caplen, _orig = block(data, pos)
+                        etype = b""
                     if (btype == 6 and ifid < len(interfaces)
-                            and 32 + caplen <= blen <= _PCAPNG_MAX_BLOCK
+                            and 32 + caplen <= blen <= max_block
                             and not blen & 3 and pos + blen <= end):
                         retried = False
-                        linktype, units, lay = interfaces[ifid]
-                        sec, usec = divmod((ts_hi << 32) | ts_lo, units)
-                        if units != 1_000_000:
-                            usec = usec * 1_000_000 // units
-                        if sec > MAX_TS_SEC:
-                            stats.damaged["timestamp_out_of_range"] += 1
-                            sec, usec = last_sec, last_usec
+                        ts = (ts_hi << 32) | ts_lo
                         p = pos + 28
                         pos += blen
                         records += 1
                         nbytes += caplen
                         counts[ifid] += 1
+                        # IPv4 TCP on the inline interface: tested here, passes_over's test
+                        tested = (ifid == inline_if and caplen >= v4_min and etype == v4
+                                  and proto == 6)
+                        if (tested and ts < sweep_ts and key in skip
+                                and flags & 0x12 != 0x02):
+                            last_ts, last_units = ts, inline_units
+                            continue
+                        linktype, units, lay = interfaces[ifid]
+                        sec, usec = divmod(ts, units)
+                        if units != 1_000_000:
+                            usec = usec * 1_000_000 // units
+                        if sec > MAX_TS_SEC:
+                            stats.damaged["timestamp_out_of_range"] += 1
+                            sec, usec = _stamp(last_ts, last_units)
+                        elif caplen:
+                            last_ts, last_units = ts, units
                         if not caplen:
                             stats.damaged["empty_record"] += 1
                             continue
-                        last_sec, last_usec = sec, usec
-                        if (skip is not None and lay is not None and sec < sweep_at
+                        if (not tested and skip is not None and lay is not None and sec < sweep_at
                                 and passes_over(data, p, p + caplen, lay[0], p + lay[1], skip,
                                                 skip_udp)):
                             continue
@@ -586,6 +616,7 @@ class CaptureReader:
                         yield sec, usec, linktype, data[p : p + caplen]
                         if clock is not None:
                             sweep_at = clock.next_sweep
+                            sweep_ts = min(sweep_at, MAX_TS_SEC + 1) * inline_units
                         continue
                 if pos + 12 > end:
                     buf.pos = pos
@@ -607,6 +638,7 @@ class CaptureReader:
                     head, block = structs[endian]
                     _count_linktypes(stats, interfaces, counts)
                     interfaces, counts = [], []
+                    inline_if, whole, fsize = -1, block, 1 << 62
                 btype, blen = head(data, pos)
                 if blen < 12 or blen % 4 or blen > _PCAPNG_MAX_BLOCK:
                     stats.damaged["pcapng_block_length"] += 1
@@ -648,6 +680,7 @@ class CaptureReader:
                     origlen = head(data, body)[0]
                     pkt = data[body + 4 : last][:origlen]
                     sec = usec = 0
+                    ts, units = 0, 1_000_000
                 elif btype == 2:  # obsolete Packet Block
                     if last - body < 20:
                         stats.damaged["pcapng_pb"] += 1
@@ -659,11 +692,12 @@ class CaptureReader:
                         continue
                     linktype, units, _lay = interfaces[ifid]
                     pkt = data[body + 20 : body + 20 + caplen]
-                    sec, rem = divmod((ts_hi << 32) | ts_lo, units)
-                    usec = rem * 1_000_000 // units
+                    ts = (ts_hi << 32) | ts_lo
+                    sec, usec = _stamp(ts, units)
                     if sec > MAX_TS_SEC:
                         stats.damaged["timestamp_out_of_range"] += 1
-                        sec, usec = last_sec, last_usec
+                        sec, usec = _stamp(last_ts, last_units)
+                        ts, units = last_ts, last_units
                 elif btype == 1:  # Interface Description Block
                     if last - body < 8:
                         stats.damaged["pcapng_idb"] += 1
@@ -671,10 +705,18 @@ class CaptureReader:
                         counts.append(0)
                         continue
                     linktype = unpack_from(endian + "H", data, body)[0]
-                    interfaces.append((linktype, _tsresol(data, body + 8, last, endian),
-                                       layout(linktype)))
+                    units = _tsresol(data, body + 8, last, endian)
+                    lay = layout(linktype)
+                    interfaces.append((linktype, units, lay))
                     counts.append(0)
                     stats.linktypes[linktype] += 0
+                    if (inline_if < 0 and skip is not None and lay is not None and lay[0] >= 0
+                            and lay[1] == lay[0] + 2):
+                        inline_if, inline_units = len(interfaces) - 1, units
+                        fields = endian + "IIIIIII" + _frame_fields(lay[0], b"")
+                        whole, fsize = Struct(fields).unpack_from, calcsize(fields)
+                        v4_min = fsize - 28
+                        sweep_ts = min(sweep_at, MAX_TS_SEC + 1) * units
                     continue
                 else:
                     continue  # name resolution, statistics, custom blocks: nothing for us
@@ -685,11 +727,12 @@ class CaptureReader:
                 if not pkt:
                     stats.damaged["empty_record"] += 1
                     continue
-                last_sec, last_usec = sec, usec
+                last_ts, last_units = ts, units
                 buf.pos = pos
                 yield sec, usec, linktype, pkt
                 if clock is not None:  # the engine may have swept: its next sweep is later
                     sweep_at = clock.next_sweep
+                    sweep_ts = min(sweep_at, MAX_TS_SEC + 1) * inline_units
         finally:
             buf.pos = pos
             stats.records += records
@@ -698,6 +741,20 @@ class CaptureReader:
 
 
 _PCAPNG_MAX_BLOCK = MAX_RECORD + 4096
+
+
+def _stamp(ts: int, units: int) -> tuple[int, int]:
+    """A pcapng time stamp in ``units`` per second, as seconds and microseconds."""
+    sec, rem = divmod(ts, units)
+    return sec, rem * 1_000_000 // units
+
+
+def _frame_fields(e: int, tag: bytes) -> str:
+    """The struct format, from ``e`` bytes before the ethertype (behind ``tag``, the IP header
+    just after it), of the frame fields a reader's inline fast path tests: the tag's type,
+    the ethertype and IPv4's first byte, the protocol, the addresses and ports, the TCP
+    flags."""
+    return f"{e}x{len(tag)}s{len(tag)}x3s8xB2x12s9xB"
 
 
 def _count_linktypes(stats: ReadStats, interfaces: list[tuple[int, int, Any]],
