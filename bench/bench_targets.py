@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                                            *(cmd or ["--iocwatch",
                                                      f"{sys.executable} -m iocwatch.cli"])],
                       out / "workers.json", args.log)
-        indicators = run("bench_indicators.py", ["--repeat", "2", "--keywords", "0",
+        indicators = run("bench_indicators.py", ["--repeat", "3", "--keywords", "0",
                                                  "--no-ac"], out / "indicators.json", args.log)
         live = None if args.no_live else run("bench_live.py", ["--soak", "0"],
                                               out / "live.json", args.log)
