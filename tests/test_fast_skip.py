@@ -4,8 +4,8 @@ Packets the sensor has no more use for (a finished TCP direction's; a UDP flow's
 first datagram was read, unless a datagram looks like DNS or a QUIC long header) are passed
 over before any object exists, in the capture reader's buffer and in ``Engine.run``. Records
 and counters must be those of the slow path, which reads every packet (``Engine.packet``),
-for Ethernet, 802.1Q and 802.1ad tags, Cisco MetaData, Linux cooked captures (SLL, SLL2) and raw IP, over
-IPv4 and IPv6.
+for Ethernet, 802.1Q and 802.1ad tags, Cisco MetaData, PPPoE, MPLS, Linux cooked captures (SLL,
+SLL2), raw IP and tunnels (VXLAN, Geneve, GRE, ERSPAN, IP in IP), over IPv4 and IPv6.
 """
 
 from __future__ import annotations
@@ -117,6 +117,12 @@ def framed(kind: str, packet: bytes) -> tuple[int, bytes]:
         return 1, mac + b"\x88\xa8\x00\x0a\x81\x00\x00\x64" + etype + packet
     if kind == "sgt":  # Cisco MetaData: version, length, option type, security group tag
         return 1, mac + b"\x89\x09\x01\x01\x00\x01\x00\x10" + etype + packet
+    if kind == "pppoe":  # behind a VLAN tag, as a DSL line's: session 7, PPP's IPv4 or IPv6
+        ppp = b"\x00\x57" if etype == b"\x86\xdd" else b"\x00\x21"
+        return 1, (mac + b"\x81\x00\x00\x64\x88\x64\x11\x00\x00\x07"
+                   + struct.pack("!H", len(packet) + 2) + ppp + packet)
+    if kind == "mpls":  # two labels, the second the bottom of the stack
+        return 1, mac + b"\x88\x47\x00\x01\x00\x40\x00\x02\x01\x40" + packet
     if kind == "sll":
         return 113, b"\x00\x00\x00\x01\x00\x06" + mac[6:] + b"\x00\x00" + etype + packet
     if kind == "sll2":
@@ -158,7 +164,8 @@ def tunnelled(kind: str, packet: bytes, etype: bytes, mac: bytes) -> bytes:
 
 #: tunnels over IPv4 that the fast path looks into (and "vxlan6": VXLAN over IPv6)
 TUNNELS = ["vxlan", "geneve", "gre", "gre_teb", "erspan2", "erspan3", "ipip"]
-KINDS = ["ethernet", "vlan", "qinq", "sgt", "sll", "sll2", "raw", *TUNNELS, "vxlan6"]
+KINDS = ["ethernet", "vlan", "qinq", "sgt", "pppoe", "mpls", "sll", "sll2", "raw", *TUNNELS,
+         "vxlan6"]
 
 
 def capture(kind: str, v6: bool) -> tuple[int, list[bytes]]:
@@ -233,8 +240,9 @@ def fast(linktype: int, frames: list[bytes], where: str,
 #: frame of a direction the fast path passes over is never decoded, so never counted
 #: the tags and tunnels the decoder counts, of the packets it decodes (the fast path decodes
 #: none)
-ENCAPSULATIONS = frozenset({"encap_vlan", "encap_cisco_sgt", "encap_vxlan", "encap_geneve",
-                            "encap_gre", "encap_erspan", "encap_ipip", "encap_ip6ip"})
+ENCAPSULATIONS = frozenset({"encap_vlan", "encap_cisco_sgt", "encap_pppoe", "encap_mpls",
+                            "encap_vxlan", "encap_geneve", "encap_gre", "encap_erspan",
+                            "encap_ipip", "encap_ip6ip"})
 UNDECODED = ENCAPSULATIONS | {"packets_slow_path", "ipv4_snapped", "ipv6_snapped",
                               "ipv4_length_zero_tso",
                               "ip_fragments", "malformed_ipv4_length", "malformed_ipv6_header",

@@ -5,7 +5,8 @@ direction's segments, and the datagrams of a UDP flow (QUIC after its handshake,
 whose first datagram was read. The packet loops (the pcap and pcapng readers', over their
 file buffers, and ``Engine.run``'s for other packet sources) pass over them before any
 per-packet object exists, by one test, :func:`passes_over`: the frame's IP header found by a
-fixed offset per link type (:func:`layout`; up to two VLAN tags, or a Cisco MetaData header),
+fixed offset per link type (:func:`layout`; up to two VLAN tags, or a Cisco MetaData header,
+then a PPPoE session or an MPLS label stack),
 the 5-tuple bytes looked up in the engine's ``done`` (TCP) or ``udp_done`` table, and for a
 datagram :func:`quiet_datagram`. Only the classic pcap reader's commonest frames (Ethernet
 and Linux cooked, IPv4 without options or IPv6; in a file mostly tagged, those behind one
@@ -35,6 +36,8 @@ from iocwatch.decode.packet import (
     ETH_CISCO_SGT,
     ETH_ERSPAN2,
     ETH_ERSPAN3,
+    ETH_MPLS,
+    ETH_PPPOE_SESSION,
     ETH_TEB,
     GENEVE_PORT,
     IPPROTO_GRE,
@@ -64,6 +67,11 @@ _TEB, _ERSPAN2, _ERSPAN3 = wire_type(ETH_TEB), wire_type(ETH_ERSPAN2), wire_type
 #: these destination ports (as frame bytes), or these other IP protocols
 TUNNEL_DPORTS = frozenset(port.to_bytes(2, "big") for port in _TUNNEL_PORTS)
 IP_TUNNELS = _TUNNEL_PROTOS - {IPPROTO_UDP}
+#: PPPoE sessions and MPLS label stacks (a DSL line's, a carrier's capture), as the decoder
+#: reads them: PPP's protocol numbers of IPv4 and IPv6
+PPPOE = wire_type(ETH_PPPOE_SESSION)
+MPLS = frozenset(map(wire_type, ETH_MPLS))
+PPP_IP = {b"\x00\x21": IPV4_TYPE, b"\x00\x57": IPV6_TYPE}
 #: raw IP: the ethertype the version nibble stands for
 RAW_ETYPE = tuple(IPV4 if v == 4 else IPV6 if v == 6 else b"" for v in range(16))
 
@@ -96,6 +104,19 @@ def passes_over(data: bytes, p: int, end: int, e: int, b: int, tcp_done: Contain
             elif etype == CISCO_SGT:  # Cisco's metadata header: 8 bytes, the ethertype last
                 etype = data[b + 6 : b + 8]
                 b += 8
+            if etype == PPPOE:  # a PPPoE session's 6 bytes, then PPP's protocol
+                etype = PPP_IP.get(data[b + 6 : b + 8], b"")
+                b += 8
+            elif etype in MPLS:  # labels to the bottom of the stack, then IP by its version
+                for _ in range(16):
+                    if end - b < 4:
+                        return False
+                    b += 4
+                    if data[b - 2] & 1:
+                        break
+                else:
+                    return False
+                etype = RAW_ETYPE[data[b] >> 4] if end > b else b""
     else:
         etype = RAW_ETYPE[data[b] >> 4] if end > b else b""
     if end - b < 34:
