@@ -119,6 +119,36 @@ def reframed(frame: bytes) -> list[bytes]:
             b"\x01" + eth8023]
 
 
+def _outer_ipv4(payload: bytes, proto: int) -> bytes:
+    """An Ethernet frame of an IPv4 packet (checksum left zero) carrying ``payload``."""
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0,
+                       b"\x0a\x63\x00\x01", b"\x0a\x63\x00\x02")
+    return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + head + payload
+
+
+def _vxlan(frame: bytes) -> bytes:
+    inner = b"\x08\x00\x00\x00\x00\x00\x2a\x00" + frame
+    return _outer_ipv4(struct.pack("!HHHH", 51000, 4789, 8 + len(inner), 0) + inner, 17)
+
+
+def _erspan(frame: bytes) -> bytes:  # GRE with a sequence number, ERSPAN type II
+    return _outer_ipv4(b"\x10\x00\x88\xbe" + bytes(4) + b"\x10\x01" + bytes(6) + frame, 47)
+
+
+def _pppoe(frame: bytes) -> bytes:
+    ppp = b"\x00\x57" if frame[12:14] == b"\x86\xdd" else b"\x00\x21"
+    return (frame[:12] + b"\x88\x64\x11\x00\x00\x07" + struct.pack("!H", len(frame) - 12) + ppp
+            + frame[14:])
+
+
+def _mpls(frame: bytes) -> bytes:
+    return frame[:12] + b"\x88\x47\x00\x01\x00\x40\x00\x02\x01\x40" + frame[14:]
+
+
+#: an Ethernet frame wrapped as a mirror or a carrier would deliver it
+ENCAPSULATE = (_vxlan, _erspan, _pppoe, _mpls)
+
+
 @functools.cache
 def corpus() -> dict[str, list[bytes]]:
     """Seed lists by kind, computed once per process."""
@@ -153,6 +183,13 @@ def corpus() -> dict[str, list[bytes]]:
                     out["pcap"].append(write_pcap(113, [
                         (s, u, b"\x00\x00\x00\x01\x00\x06" + d[6:12] + b"\x00\x00" + d[12:])
                         for s, u, d in chunk]))
+                if lt == 1 and i < 2 * PACKETS_PER_CAPTURE:
+                    # what the fast path looks through (tunnels, PPPoE, MPLS), on runs long
+                    # enough for directions to finish
+                    run = pkts[i * 4 : i * 4 + 4 * PACKETS_PER_CAPTURE]
+                    out["fastpath"].append(write_pcap(1, run))
+                    for wrap in ENCAPSULATE:
+                        out["fastpath"].append(write_pcap(1, [(s, u, wrap(d)) for s, u, d in run]))
             for sec, _usec, data in pkts:
                 d = dec.decode(lt, data, sec)
                 if d is None:

@@ -564,6 +564,45 @@ def t_pcapng(data: bytes) -> None:
     _capture(data, "in.pcapng")
 
 
+def t_fastpath(data: bytes) -> None:
+    """The fast path changes no record, on hostile captures (tests/test_fast_skip.py on built
+    ones): ``Engine.run`` over the file (the reader passes over packets in its buffer) and over
+    the packets themselves (its own loop) give the records and counters of every packet
+    through ``Engine.packet``, bar what the decoder counts of the frames it is spared."""
+    from iocwatch.capture.files import CaptureError, CaptureReader
+    from iocwatch.decode.fastpath import SPARED_COUNTERS
+    from iocwatch.engine import Engine
+
+    path = _write("fast.pcap", data)
+    try:
+        reader = CaptureReader(path)
+    except CaptureError:
+        return
+    packets = list(reader)
+    reader.close()
+    runs = []
+    for how in ("slow", "reader", "loop"):
+        records: list[bytes] = []
+        engine = Engine(lambda rec, _obs, _ev, out=records: out.append(orjson.dumps(rec)))
+        if how == "slow":
+            for sec, usec, linktype, frame in packets:
+                engine.packet(sec, usec, linktype, frame)
+        elif how == "reader":
+            reader = CaptureReader(path)
+            try:
+                engine.run(reader)
+            finally:
+                reader.close()
+        else:
+            engine.run(iter(packets))
+        engine.finish()
+        runs.append((records, {k: v for k, v in engine.stats.items()
+                               if v and k not in SPARED_COUNTERS}))
+    assert runs[1][0] == runs[0][0] and runs[2][0] == runs[0][0], "the fast path changed a record"
+    assert runs[1][1] == runs[0][1] and runs[2][1] == runs[0][1], (
+        "the fast path changed a counter", runs[0][1], runs[1][1], runs[2][1])
+
+
 def t_gzip(data: bytes) -> None:
     _capture(data, "in.pcap.gz")
 
@@ -871,6 +910,7 @@ TARGETS: dict[str, tuple[Target, Callable[[], list[bytes]]]] = {
     "pcap": (t_pcap, lambda: _c("pcap")),
     "pcapng": (t_pcapng, lambda: _c("pcapng")),
     "gzip": (t_gzip, sd.gzip_seeds),
+    "fastpath": (t_fastpath, lambda: _c("fastpath")),
     "indicators_plain": (_indicator_target("plain"), lambda: sd.indicator_seeds("plain")),
     "indicators_csv": (_indicator_target("csv"), lambda: sd.indicator_seeds("csv")),
     "indicators_zeek": (_indicator_target("zeek"), lambda: sd.indicator_seeds("zeek")),
