@@ -10,7 +10,8 @@ then a PPPoE session or an MPLS label stack),
 the 5-tuple bytes looked up in the engine's ``done`` (TCP) or ``udp_done`` table, and for a
 datagram :func:`quiet_datagram`. Only the classic pcap reader's commonest frames (Ethernet
 and Linux cooked, IPv4 without options or IPv6; in a file mostly tagged, those behind one
-802.1Q tag instead) are tested inline, on the fields its one unpack per record already read
+802.1Q tag instead) and the pcapng reader's IPv4 TCP segments on its first Ethernet or Linux
+cooked interface are tested inline, on the fields their one unpack per record already read
 or at the frame's fixed offsets.
 
 A tunnel's packet (VXLAN, Geneve, GRE with ERSPAN, IP in IP) is tested on the packet inside
