@@ -178,10 +178,8 @@ def inner_passes_over(data: bytes, t: int, end: int, proto: int, tcp_done: Conta
             return False
         return _in_ethertype(data, t + 16 + (data[t + 8] & 0x3F) * 4, end, data[t + 10 : t + 12],
                              tcp_done, udp_done)
-    if proto == 4:
-        return data[t] >> 4 == 4 and passes_over(data, t, end, -1, t, tcp_done, udp_done, False)
-    if proto == 41:
-        return data[t] >> 4 == 6 and passes_over(data, t, end, -1, t, tcp_done, udp_done, False)
+    if proto == 4 or proto == 41:  # IPv4 or IPv6 in IP
+        return _in_ethertype(data, t, end, IPV4 if proto == 4 else IPV6, tcp_done, udp_done)
     # GRE, version 0 (version 1, PPTP's, carries PPP)
     if end - t < 4 or data[t + 1] & 7:
         return False
