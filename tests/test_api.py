@@ -11,11 +11,11 @@ import copy
 import ipaddress
 import json
 import os
-import select
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from cryptography import x509
 
 from iocwatch.api.app import MAX_URL, Guard
 from iocwatch.api.certinfo import cfetch as cfetch_object
+from tests.apiserver import ApiServer
 from tests.opensslnames import openssl_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -71,32 +72,11 @@ def data(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactor
     return {"records": records, "db": db, "dir": base, "backend": request.param}
 
 
-class Server:
-    def __init__(self, args: list[str]) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iocwatch.cli", "serve", "--listen", "127.0.0.1:0", *args],
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        assert self.proc.stderr is not None
-        ready, _, _ = select.select([self.proc.stderr], [], [], 30)
-        line = self.proc.stderr.readline().decode() if ready else ""
-        assert "listening on http://127.0.0.1:" in line, line
-        self.url = line.split("listening on ")[1].split()[0]
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        try:
-            _, err = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            _, err = self.proc.communicate()
-        return err.decode()
-
-
 @pytest.fixture(scope="module")
 def server(data: dict[str, Any]) -> Iterator[str]:
-    s = Server(["--store", data["db"]])
+    s = ApiServer(["--store", data["db"]])
     yield s.url
-    err = s.stop()
+    _, err = s.stop()
     assert s.proc.returncode == 0, err
     assert "Traceback" not in err, err
 
@@ -105,7 +85,7 @@ def server(data: dict[str, Any]) -> Iterator[str]:
 def auth_server(data: dict[str, Any]) -> Iterator[str]:
     tokens = data["dir"] / "tokens"
     tokens.write_text(f"# API tokens\nother-token\n{TOKEN}\n")
-    s = Server(["--store", data["db"], "--token-file", str(tokens)])
+    s = ApiServer(["--store", data["db"], "--token-file", str(tokens)])
     yield s.url
     s.stop()
 
@@ -542,7 +522,7 @@ def test_store_broken_while_serving(data: dict[str, Any], tmp_path: Path) -> Non
     db = tmp_path / "copy.db"
     shutil.copy(data["db"], db)
     good = db.read_bytes()
-    s = Server(["--store", str(db), "--threads", "1"])
+    s = ApiServer(["--store", str(db), "--threads", "1"])
     try:
         with httpx.Client(base_url=s.url, timeout=30) as c:
             assert c.get("/health").status_code == 200  # the store is open
@@ -557,39 +537,29 @@ def test_store_broken_while_serving(data: dict[str, Any], tmp_path: Path) -> Non
             r = c.get(f"/v2pssl/query/{SYNTH_IPS[0]}")
             assert r.status_code == 200 and list(r.json()) == [SYNTH_IPS[0]]
     finally:
-        err = s.stop()
+        _, err = s.stop()
     assert "Traceback" not in err and "store query failed" in err, err
 
 
 @pytest.mark.parametrize("data", ["sqlite"], indirect=True)
 def test_ipv6_listen_and_sigint(data: dict[str, Any]) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "iocwatch.cli", "serve", "--store", data["db"],
-                             "--listen", "[::1]:0"], cwd=ROOT, stderr=subprocess.PIPE)
+    s = ApiServer(["--store", data["db"]], listen="[::1]:0")
     try:
-        assert proc.stderr is not None
-        ready, _, _ = select.select([proc.stderr], [], [], 30)
-        line = proc.stderr.readline().decode() if ready else ""
-        assert "listening on http://[::1]:" in line, line
-        url = line.split("listening on ")[1].split()[0]
-        got = httpx.get(f"{url}/v2pssl/query/fd77::2", timeout=30).json()
+        assert s.url.startswith("http://[::1]:"), s.url
+        got = httpx.get(f"{s.url}/v2pssl/query/fd77::2", timeout=30).json()
         assert list(got) == ["fd77::2"]
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=30)
-        assert proc.returncode == 0 and b"Traceback" not in err, err
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _, err = s.stop(signal.SIGINT)
+    assert s.proc.returncode == 0 and "Traceback" not in err, err
 
 
 @pytest.mark.parametrize("data", ["sqlite"], indirect=True)
 def test_workers_share_the_port_and_stop_together(data: dict[str, Any]) -> None:
     """--workers 2: two processes answer on one port (each with its own SO_REUSEPORT socket);
     SIGTERM to the parent stops both, exit 0."""
-    s = Server(["--store", data["db"], "--workers", "2"])
+    s = ApiServer(["--store", data["db"], "--workers", "2"])
     try:
-        kids = subprocess.run(["pgrep", "-P", str(s.proc.pid)], capture_output=True,
-                              text=True).stdout.split()
+        kids = s.workers()  # forked before the server says it listens
         assert len(kids) == 1
         answers = set()
         for _ in range(40):  # new connections each time: the kernel spreads them
@@ -598,6 +568,36 @@ def test_workers_share_the_port_and_stop_together(data: dict[str, Any]) -> None:
             answers.add(r.text)
         assert len(answers) == 1
     finally:
-        err = s.stop()
+        _, err = s.stop()
     assert s.proc.returncode == 0 and "Traceback" not in err, err
     assert not os.path.exists(f"/proc/{kids[0]}")  # stopped and reaped by the parent
+
+
+@pytest.mark.parametrize("data", ["sqlite"], indirect=True)
+def test_workers_stop_when_the_parent_is_killed(data: dict[str, Any]) -> None:
+    """A parent that dies without draining (SIGKILL, the OOM killer) takes its workers along,
+    rather than leaving them serving the port; and a SIGTERM the moment the server says it
+    listens is not lost."""
+    s = ApiServer(["--store", data["db"], "--workers", "3"])
+    try:
+        kids = s.workers()
+        assert len(kids) == 2
+        s.proc.kill()
+        s.proc.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(os.path.exists(f"/proc/{k}") and _state(k) != "Z" for k in kids):
+            assert time.monotonic() < deadline, [(k, _state(k)) for k in kids]
+            time.sleep(0.05)
+    finally:
+        s.stop()
+    quick = ApiServer(["--store", data["db"], "--workers", "2"])
+    _, err = quick.stop()
+    assert quick.proc.returncode == 0 and "Traceback" not in err, err
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

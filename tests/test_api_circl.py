@@ -31,8 +31,8 @@ from cryptography.x509.oid import NameOID
 
 from iocwatch.api.app import MAX_LIMIT
 from iocwatch.api.certinfo import circl_names
+from tests.apiserver import ApiServer
 from tests.opensslnames import openssl_names
-from tests.test_api import Server
 
 ROOT = Path(__file__).resolve().parent.parent
 FIRST = ipaddress.ip_address("10.20.0.0")
@@ -101,9 +101,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(store: dict[str, Any]) -> Iterator[str]:
-    s = Server(["--store", store["db"]])
+    s = ApiServer(["--store", store["db"]])
     yield s.url
-    err = s.stop()
+    _, err = s.stop()
     assert s.proc.returncode == 0 and "Traceback" not in err, err
 
 

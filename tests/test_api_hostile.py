@@ -10,45 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import select
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from iocwatch.store import open_store
+from tests.apiserver import ApiServer
 
-ROOT = Path(__file__).resolve().parent.parent
 PARTIAL = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: "  # a head that never ends
-
-
-class Server:
-    def __init__(self, db: Path, *args: str) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "iocwatch.cli", "serve", "--store", str(db),
-             "--listen", "127.0.0.1:0", *args],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        assert self.proc.stderr is not None
-        ready, _, _ = select.select([self.proc.stderr], [], [], 30)
-        line = self.proc.stderr.readline().decode() if ready else ""
-        assert "listening on http://127.0.0.1:" in line, line
-        self.url = line.split("listening on ")[1].split()[0]
-        self.port = int(self.url.rsplit(":", 1)[1])
-
-    def stop(self) -> tuple[str, str]:
-        self.proc.terminate()
-        try:
-            out, err = self.proc.communicate(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            out, err = self.proc.communicate()
-        assert self.proc.returncode == 0, err
-        assert b"Traceback" not in err, err
-        return out.decode(), err.decode()
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +31,19 @@ def db(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture
-def serve(db: Path) -> Iterator[type[Server]]:
-    started: list[Server] = []
+def serve(db: Path) -> Iterator[Callable[..., ApiServer]]:
+    started: list[ApiServer] = []
 
-    def start(*args: str) -> Server:
-        s = Server(db, *args)
+    def start(*args: str) -> ApiServer:
+        s = ApiServer(["--store", str(db), *args])
         started.append(s)
         return s
 
-    yield start  # type: ignore[misc]
+    yield start
     for s in started:
         if s.proc.returncode is None:
-            s.stop()
+            _, err = s.stop()
+            assert s.proc.returncode == 0 and "Traceback" not in err, err
 
 
 def _parse(raw: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -122,12 +95,12 @@ def _is_json_error(body: bytes) -> bool:
     return isinstance(got, dict) and isinstance(got.get("error"), str) and list(got) == ["error"]
 
 
-def test_slowloris_is_closed_and_others_are_served(serve: type[Server]) -> None:
+def test_slowloris_is_closed_and_others_are_served(serve: Callable[..., ApiServer]) -> None:
     """300 slow clients from one address: 50 are held (the per-address cap) and closed with a
     JSON 408 at the head deadline, the other 250 are closed sooner (refused); meanwhile 200
     ordinary requests from another address (10 clients) are all answered 200, and 300
     simultaneous ones are answered 200 or, past that address's cap, JSON 429."""
-    s = serve("--header-timeout", "6", "--max-conns-per-client", "50")  # type: ignore[call-arg]
+    s = serve("--header-timeout", "6", "--max-conns-per-client", "50")
 
     async def main() -> None:
         start = time.monotonic()
@@ -157,9 +130,9 @@ def test_slowloris_is_closed_and_others_are_served(serve: type[Server]) -> None:
     asyncio.run(main())
 
 
-def test_connection_caps_answer_json(serve: type[Server]) -> None:
+def test_connection_caps_answer_json(serve: Callable[..., ApiServer]) -> None:
     """Beyond the per-address cap: JSON 429 for that address only; beyond the total: JSON 503."""
-    s = serve("--header-timeout", "20", "--max-conns-per-client", "4",  # type: ignore[call-arg]
+    s = serve("--header-timeout", "20", "--max-conns-per-client", "4",
               "--max-connections", "8")
 
     async def main() -> None:
@@ -184,10 +157,10 @@ def test_connection_caps_answer_json(serve: type[Server]) -> None:
     asyncio.run(main())
 
 
-def test_slow_body_keepalive_head_and_bad_request(serve: type[Server]) -> None:
+def test_slow_body_keepalive_head_and_bad_request(serve: Callable[..., ApiServer]) -> None:
     """The body deadline, the head deadline on a kept-alive connection, and JSON for requests
     uvicorn cannot parse."""
-    s = serve("--header-timeout", "1.5", "--body-timeout", "1.5")  # type: ignore[call-arg]
+    s = serve("--header-timeout", "1.5", "--body-timeout", "1.5")
 
     async def main() -> None:
         # a body that never comes: the app answers (405, JSON), then the connection is closed
@@ -218,11 +191,12 @@ def test_slow_body_keepalive_head_and_bad_request(serve: type[Server]) -> None:
     asyncio.run(main())
 
 
-def test_access_log_prints_a_line_per_request(serve: type[Server]) -> None:
-    s = serve("--access-log")  # type: ignore[call-arg]
+def test_access_log_prints_a_line_per_request(serve: Callable[..., ApiServer]) -> None:
+    s = serve("--access-log")
     assert asyncio.run(_get(s.port, path="/health?x=1"))[0] == 200
     assert asyncio.run(_get(s.port, path="/ja3/nothex"))[0] == 400
     out, err = s.stop()
+    assert s.proc.returncode == 0 and "Traceback" not in err, err
     lines = [x for x in err.splitlines() if '"GET ' in x]
     assert len(lines) == 2, err
     assert lines[0].startswith("iocwatch serve: 127.0.0.1:") and \
@@ -231,8 +205,9 @@ def test_access_log_prints_a_line_per_request(serve: type[Server]) -> None:
     assert out == ""  # stdout stays clean
 
 
-def test_no_access_log_by_default(serve: type[Server]) -> None:
-    s = serve()  # type: ignore[call-arg]
+def test_no_access_log_by_default(serve: Callable[..., ApiServer]) -> None:
+    s = serve()
     assert asyncio.run(_get(s.port))[0] == 200
     _, err = s.stop()
+    assert s.proc.returncode == 0 and "Traceback" not in err, err
     assert '"GET ' not in err, err

@@ -368,7 +368,7 @@ def test_lab_key_reuse_across_the_store_and_the_spki_route(lab_run: dict[str, An
     ``iocwatch serve`` lists both certificates."""
     import httpx
 
-    from tests.test_api import Server
+    from tests.apiserver import ApiServer
 
     db = lab_run["dir"] / "store.db"
     db.unlink(missing_ok=True)
@@ -388,7 +388,7 @@ def test_lab_key_reuse_across_the_store_and_the_spki_route(lab_run: dict[str, An
     assert [(a["check"]["cert_sha256"], [c["cert_sha256"] for c in a["check"]["other_certs"]])
             for a in second] == [(lab_run["shop"], [lab_run["other"]]),
                                  (lab_run["other"], [lab_run["shop"]])]
-    server = Server(["--store", str(db)])
+    server = ApiServer(["--store", str(db)])
     try:
         with httpx.Client(base_url=server.url, timeout=30) as client:
             body = client.get(f"/spki/{lab_run['spki_shared'].upper()}").json()

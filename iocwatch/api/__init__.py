@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from iocwatch.usage import redact_url
 __all__ = ["DEFAULT_LISTEN", "ServeOptions", "parse_listen", "serve"]
 
 DEFAULT_LISTEN = "127.0.0.1:8088"
+DRAIN_SECONDS = 20  # a stopping server's requests in flight get this long to finish
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -113,10 +115,12 @@ def serve(opts: ServeOptions) -> int:
     except OSError as exc:
         raise _UsageError(f"cannot listen on {opts.listen}: {exc.strerror or exc}")
     bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
-    sys.stderr.write(f"iocwatch serve: listening on http://{shown}:{bound[1]} "
-                     f"(store {redact_url(url)}, read-only{', token required' if tokens else ''})\n")
-    sys.stderr.flush()
+    # a stop asked for before uvicorn has its own handlers (it installs them in run()) is kept
+    # here and handed to it, never lost: the default action would orphan forked workers, and a
+    # no-op would ignore the signal
+    stop = _EarlyStop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop.handle)
     # uvicorn's loggers propagate to this one handler on stderr (log_config=None below: its own
     # set-up would send the access log to stdout, at its warning level, i.e. nowhere)
     logging.basicConfig(level=logging.WARNING, format="iocwatch serve: %(message)s")
@@ -128,11 +132,17 @@ def serve(opts: ServeOptions) -> int:
         pid = os.fork()
         if pid == 0:
             children = []
+            _die_with(parent)
             own = _bind(bound[0], bound[1], reuse_port=True)  # its own queue of connections
             sock.close()
             sock = own
             break
         children.append(pid)
+    if os.getpid() == parent:  # announced once every worker exists: tests read this line
+        shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+        sys.stderr.write(f"iocwatch serve: listening on http://{shown}:{bound[1]} (store "
+                         f"{redact_url(url)}, read-only{', token required' if tokens else ''})\n")
+        sys.stderr.flush()
     app, pool = create_app(opener, tokens=tokens,
                            limits=Limits(threads=opts.threads, max_inflight=opts.max_inflight))
     conn_limits = ConnLimits(header_timeout=opts.header_timeout, body_timeout=opts.body_timeout,
@@ -144,24 +154,94 @@ def serve(opts: ServeOptions) -> int:
                             server_header=False, lifespan="off",
                             http=protocol_class(conn_limits),
                             h11_max_incomplete_event_size=MAX_URL + MAX_HEADERS + 1024,
-                            timeout_keep_alive=15)
+                            timeout_keep_alive=15, timeout_graceful_shutdown=DRAIN_SECONDS)
     if opts.access_log:  # uvicorn logs requests at INFO
         logging.getLogger("uvicorn.access").setLevel(logging.INFO)
-    # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler it found:
-    # a no-op one here, so the pool is closed below and the exit status is 0.
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda _s, _f: None)
+    # uvicorn drains on SIGINT/SIGTERM, then re-raises the signal to the handler it found
+    # (stop.handle, which only marks the server), so the pool is closed below and the exit
+    # status is 0
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: Any) -> None:
+            super().handle_exit(sig, frame)
+            _signal_all(children)  # the workers drain at the same time as the parent
+
+    server = Server(config)
+    stop.attach(server)
     try:
-        uvicorn.Server(config).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         pool.close()
         sock.close()
     if opts.workers > 1 and not children and os.getpid() != parent:
         os._exit(0)  # a forked worker: the parent reports
-    for pid in children:  # the parent was told to stop: so are the workers (they drain too)
-        try:
-            os.kill(pid, signal.SIGTERM)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+    _stop_workers(children)
     return 0
+
+
+class _EarlyStop:
+    """The SIGINT/SIGTERM handler outside uvicorn's run(): marks the server to stop, or
+    remembers the request until there is one."""
+
+    def __init__(self) -> None:
+        self.asked = False
+        self._server: Any = None
+
+    def handle(self, _sig: int, _frame: Any) -> None:
+        self.asked = True
+        if self._server is not None:
+            self._server.should_exit = True
+
+    def attach(self, server: Any) -> None:
+        self._server = server
+        if self.asked:  # run() then starts, skips its main loop and shuts down at once
+            server.should_exit = True
+
+
+def _die_with(parent: int) -> None:
+    """A forked worker gets SIGTERM when the parent dies, however it dies (SIGKILL, OOM):
+    otherwise it would go on serving the port alone. Linux only; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # it died before prctl took effect
+        os._exit(0)
+
+
+def _signal_all(pids: list[int], sig: int = signal.SIGTERM) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _stop_workers(children: list[int], grace: float = DRAIN_SECONDS + 10) -> None:
+    """SIGTERM to each worker (they drain like the parent), then SIGKILL to any still running
+    ``grace`` seconds later: the parent never waits forever."""
+    _signal_all(children)
+    deadline = time.monotonic() + grace
+    waiting = set(children)
+    while waiting:
+        for pid in list(waiting):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                waiting.discard(pid)
+        if not waiting:
+            break
+        if time.monotonic() > deadline:
+            _signal_all(list(waiting), signal.SIGKILL)
+            for pid in waiting:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+            break
+        time.sleep(0.05)
