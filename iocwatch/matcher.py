@@ -18,7 +18,7 @@ from typing import Any
 from iocwatch.indicators import IndicatorSet, normalise_name
 from iocwatch.indicators.allow import Allowed, AllowLists, lookup
 from iocwatch.indicators.keywords import Substring
-from iocwatch.model.channels import CHANNELS, DESTINATION_CHANNELS, Channel, Kind
+from iocwatch.model.channels import CHANNELS, PORTED_CHANNELS, Channel, Kind
 from iocwatch.model.hosts import host_key
 from iocwatch.model.observation import Observation
 
@@ -26,9 +26,6 @@ NORMALISE_CACHE_MAX = 1 << 16
 
 _KIND = {c: row.kind for c, row in CHANNELS.items()}
 _AUTHORITY = frozenset(c for c, row in CHANNELS.items() if row.authority)
-#: channels whose name is the flow's destination: ``name:port`` indicators match them against
-#: the record's destination port
-_DESTINATION = DESTINATION_CHANNELS | {Channel.DNS_LINK}
 _NO_MATCHES: tuple[Match, ...] = ()  # what most observation lists match: no allocation
 
 
@@ -78,12 +75,12 @@ class Matcher:
         """Replace the allow-lists in one assignment (reload)."""
         self.allow = allow
 
-    def _allowed(self, matches: list[Match]) -> list[Match]:
+    def _allowed(self, matches: list[Match], port: int | None = None) -> list[Match]:
         """The matches, each marked with the allow-list entry that suppresses it, if any.
 
         The one place suppression is decided: the sensor and ``iocwatch hunt`` both get it
         here; what a suppressed match becomes (counted, or an alert marked ``suppressed``) is
-        up to the alert writer."""
+        up to the alert writer. ``port``: the record's destination port (port-bound entries)."""
         allow = self.allow
         if allow is None:
             return matches
@@ -92,7 +89,7 @@ class Matcher:
         for mt in matches:
             key = (mt.channel, mt.name)
             if key not in seen:
-                seen[key] = allow.check(mt.channel, mt.name, mt.normalised)
+                seen[key] = allow.check(mt.channel, mt.name, mt.normalised, port)
             got = seen[key]
             out.append(mt if got is None else Match(mt.channel, mt.name, mt.normalised,
                                                     mt.indicator, mt.substring, got))
@@ -147,7 +144,7 @@ class Matcher:
                 else:
                     got = memo.get(name) or self._name(ind, name, name, False)
                 norm, hits, subs = got
-                if port is not None and ch in _DESTINATION and norm:
+                if port is not None and ch in PORTED_CHANNELS and norm:
                     more = ind.match_domain_port(norm, port)
                     if more:
                         hits = [*hits, *more]
@@ -163,7 +160,7 @@ class Matcher:
                 out.extend(Match(ch, ob.name, norm, hit) for hit in hits)
         if out is None:
             return _NO_MATCHES
-        return out if self.allow is None else self._allowed(out)
+        return out if self.allow is None else self._allowed(out, port)
 
     def flow(self, record: dict) -> Sequence[Match]:
         """Match the addresses of a flow (its first packet), whatever it carries."""

@@ -63,6 +63,34 @@ def test_hostname_list_allows_the_name_and_its_subdomains(tmp_path: Path) -> Non
     assert allow.check(Channel.HTTP_URL, "http://www.google.com/x", "http://www.google.com/x")
 
 
+def test_entries_with_a_port_allow_only_on_that_port(tmp_path: Path) -> None:
+    """``name:port`` and a URL on a non-default port allow the name on a flow to that port
+    only (as the same lines in ``--ioc`` match only there); a name entry on any port."""
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text("evil.example\nother.example\nthird.example\n")
+    allow_file = tmp_path / "allow.txt"
+    allow_file.write_text("http://evil.example:8443/\nother.example:8080\nthird.example\n")
+    matcher = Matcher(IndicatorSet.load([str(ioc)])[0], AllowLists.load([str(allow_file)]))
+
+    def allowed(name: str, channel: Channel, port: int | None) -> str | None:
+        (hit,) = matcher.observe([Observation(name, channel)], port)
+        return hit.allowed.entry if hit.allowed is not None else None
+
+    assert allowed("evil.example", Channel.TLS_SNI, 8443) == "http://evil.example:8443/"
+    assert allowed("evil.example", Channel.HTTP_HOST, 8443) == "http://evil.example:8443/"
+    assert allowed("evil.example", Channel.TLS_SNI, 443) is None
+    assert allowed("evil.example", Channel.DNS_QUERY, 8443) is None  # not the flow's name
+    assert allowed("evil.example", Channel.TLS_SNI, None) is None
+    assert allowed("other.example", Channel.TLS_SNI, 8080) == "other.example:8080"
+    assert allowed("other.example", Channel.TLS_SNI, 80) is None
+    assert allowed("third.example", Channel.TLS_SNI, 4444) == "third.example"
+    allow = matcher.allow
+    assert allow is not None
+    # a URL seen on that port is allowed by its host and port too, not on another port
+    assert allow.check(Channel.HTTP_URL, "http://other.example:8080/a", "") is not None
+    assert allow.check(Channel.HTTP_URL, "http://other.example:8081/a", "") is None
+
+
 def test_string_list_is_exact(tmp_path: Path) -> None:
     allow = AllowLists.load([str(warninglist(tmp_path / "s.json", "string",
                                              ["example.org", "192.0.2.7"]))])

@@ -24,7 +24,7 @@ from typing import Any
 
 import orjson
 
-from iocwatch.model.channels import CHANNELS, Channel, Kind
+from iocwatch.model.channels import CHANNELS, PORTED_CHANNELS, Channel, Kind
 
 from . import formats, taxii
 from . import model as m
@@ -161,19 +161,28 @@ class AllowLists:
 
     # ---------------------------------------------------------------------------- checking
 
-    def check(self, channel: Channel, value: str, normalised: str) -> Allowed | None:
+    def check(self, channel: Channel, value: str, normalised: str,
+              port: int | None = None) -> Allowed | None:
         """The first entry allowing a value seen on ``channel``, else None.
 
         Names are checked in their normalised form, other values as seen; a URL also by its
-        host (a ``hostname`` entry allows every URL on that host).
+        host (a ``hostname`` entry allows every URL on that host). ``port``: the flow's
+        destination port, for a name seen on its destination (an SNI, a Host): entries that
+        name a port (``name:port``, a URL on a non-default port) allow it on that port only,
+        as the same entries in ``--ioc`` match only there.
         """
         kind = CHANNELS[channel].kind
         hits = lookup(self.set, kind, channel, value, normalised)
+        if not hits and kind is Kind.NAME and port is not None and normalised \
+                and channel in PORTED_CHANNELS:
+            hits = self.set.match_domain_port(normalised, port)
         if not hits and kind is Kind.URL:
             parts = split_url(value)
             if parts is not None:
                 host = normalise_name(parts[0])
                 hits = lookup(self.set, Kind.NAME, None, host, host)
+                if not hits and host and parts[1]:  # a URL on a non-default port
+                    hits = self.set.match_domain_port(host, int(parts[1]))
         if hits:
             return _allowed(hits[0])
         if self.patterns:

@@ -453,7 +453,7 @@ def _name_port(value: str, canon: str, indicators: IndicatorSet, allow: AllowLis
                     and not r.startswith("no indicator matches")]
     out.not_loaded = sub.not_loaded
     if allow is not None:
-        got = allow.check(Channel.TLS_SNI, host, norm)
+        got = allow.check(Channel.TLS_SNI, host, norm, port)
         if got is not None:
             out.allowed = {**got.as_dict(), "file": got.file, "line": got.line}
             out.reasons.append(f"allow-listed by {got.list} ({got.type} {got.entry}, "

@@ -142,6 +142,11 @@ FINGERPRINT_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.kind is
 #: Channels that name the flow's own destination (see ``ChannelInfo.destination``).
 DESTINATION_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.destination)
 
+#: Channels whose names ``name:port`` indicators (and URLs on a non-default port) match
+#: against the record's destination port: the destination's own names, and DNS links, which
+#: name the connection they link.
+PORTED_CHANNELS = DESTINATION_CHANNELS | {Channel.DNS_LINK}
+
 #: Channels whose names the store keeps (``names.source``), by value.
 STORED_NAME_CHANNELS = frozenset(c for c, row in CHANNELS.items() if row.stored_name)
 
