@@ -514,6 +514,8 @@ def run_split(split: Split, writer: Writer,
     result.report = merge_reports(reports[i] for i in sorted(reports))
     if reuse is not None and "alerts" in result.report:
         result.report["alerts"] += reuse.count
+        if reuse.decider.errors:  # leaves the writer could not decide (skipped, counted)
+            result.report["key_reuse_errors"] = reuse.decider.errors
     if result.report:
         writer_cpu = time.process_time() - started
         result.report["cpu_seconds"] = round(

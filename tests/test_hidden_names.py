@@ -301,6 +301,35 @@ def test_key_reuse_is_decided_across_workers_in_capture_order(tmp_path: Path) ->
         assert runs[n]["records"] == runs[1]["records"], n
 
 
+def test_key_reuse_leaves_the_writer_cannot_decide_are_counted(tmp_path: Path) -> None:
+    """A leaf whose check fails in the writer is skipped, the run goes on (exit 0) and
+    ``-r --workers --stats-json`` counts it as ``key_reuse_errors``, as the live stats do."""
+    import subprocess
+    import sys
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    cap = tmp_path / "reuse.pcap"
+    reuse_capture(tmp_path, cap, ec.generate_private_key(ec.SECP256R1()),
+                  ["a.reuse.example", "b.other.example"], 1_700_000_000.0)
+    stats = tmp_path / "stats.json"
+    code = ("import sys\n"
+            "from iocwatch.outputs.checks import HandshakeChecks\n"
+            "def broken(self, *a, **k):\n"
+            "    raise ValueError('hostile leaf')\n"
+            "HandshakeChecks.key_reuse = broken\n"
+            "from iocwatch.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, "-r", str(cap), "--workers", "2",
+                           "--alert-on", "key-reuse", "--alerts", str(tmp_path / "a.json"),
+                           "-q", "--no-records", "--stats-json", str(stats)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    got = json.loads(stats.read_text())
+    assert got["alerts"] == 0
+    assert got["key_reuse_errors"] >= 2  # every leaf (one a connection), none decided
+
+
 def test_key_reuse_with_workers_still_asks_the_store(tmp_path: Path) -> None:
     """A key the store saw in an earlier run: with --workers the workers ask the store (the
     writer has no store of its own) and the writer's alert names the stored certificate."""
