@@ -23,6 +23,7 @@ from iocwatch.protocols import http as httpp
 from iocwatch.protocols import quic as quicp
 from iocwatch.protocols import tls as tlsp
 from iocwatch.protocols.cursor import Malformed
+from tests.pktbuild import encapsulate
 
 ROOT = Path(__file__).resolve().parent.parent
 SAMPLES = ROOT / "samples"
@@ -119,34 +120,9 @@ def reframed(frame: bytes) -> list[bytes]:
             b"\x01" + eth8023]
 
 
-def _outer_ipv4(payload: bytes, proto: int) -> bytes:
-    """An Ethernet frame of an IPv4 packet (checksum left zero) carrying ``payload``."""
-    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(payload), 1, 0, 64, proto, 0,
-                       b"\x0a\x63\x00\x01", b"\x0a\x63\x00\x02")
-    return b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02\x08\x00" + head + payload
-
-
-def _vxlan(frame: bytes) -> bytes:
-    inner = b"\x08\x00\x00\x00\x00\x00\x2a\x00" + frame
-    return _outer_ipv4(struct.pack("!HHHH", 51000, 4789, 8 + len(inner), 0) + inner, 17)
-
-
-def _erspan(frame: bytes) -> bytes:  # GRE with a sequence number, ERSPAN type II
-    return _outer_ipv4(b"\x10\x00\x88\xbe" + bytes(4) + b"\x10\x01" + bytes(6) + frame, 47)
-
-
-def _pppoe(frame: bytes) -> bytes:
-    ppp = b"\x00\x57" if frame[12:14] == b"\x86\xdd" else b"\x00\x21"
-    return (frame[:12] + b"\x88\x64\x11\x00\x00\x07" + struct.pack("!H", len(frame) - 12) + ppp
-            + frame[14:])
-
-
-def _mpls(frame: bytes) -> bytes:
-    return frame[:12] + b"\x88\x47\x00\x01\x00\x40\x00\x02\x01\x40" + frame[14:]
-
-
 #: an Ethernet frame wrapped as a mirror or a carrier would deliver it
-ENCAPSULATE = (_vxlan, _erspan, _pppoe, _mpls)
+ENCAPSULATE = tuple(functools.partial(encapsulate, kind)
+                    for kind in ("vxlan", "erspan2", "pppoe", "mpls"))
 
 
 @functools.cache

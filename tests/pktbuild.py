@@ -199,3 +199,54 @@ def openvpn_tcp(tls: bytes, client: bool, auth: bytes = b"", mtu: int = 1250) ->
         out.append(packet(4, n + 1, tls[i : i + mtu], acks=(n,)))
     out.append(struct.pack("!H", 7) + bytes([5 << 3]) + sid[:6])  # an ACK packet (cut short)
     return b"".join(out)
+
+
+# -- encapsulations: a frame as a mirror, a tunnel or a carrier delivers it --------------------
+
+MAC = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02"
+VXLAN = b"\x08\x00\x00\x00\x00\x00\x2a\x00"  # the I flag, network 42
+#: tunnels over IPv4 that the fast path looks into ("vxlan6": VXLAN over IPv6)
+TUNNELS = ["vxlan", "geneve", "gre", "gre_teb", "erspan2", "erspan3", "ipip"]
+#: every kind :func:`encapsulate` builds
+ENCAPSULATIONS = ["vlan", "qinq", "sgt", "pppoe", "mpls", *TUNNELS, "vxlan6"]
+
+
+def encapsulate(kind: str, frame: bytes) -> bytes:
+    """An Ethernet frame inside ``kind`` (one of :data:`ENCAPSULATIONS`), as an Ethernet frame.
+    Kinds that carry an IP packet rather than a frame (Geneve and GRE with an ethertype, IP in
+    IP, PPPoE, MPLS) take the frame's payload under its ethertype."""
+    mac, etype, payload = frame[:12], frame[12:14], frame[14:]
+    if kind == "vlan":
+        return mac + b"\x81\x00\x00\x64" + etype + payload
+    if kind == "qinq":
+        return mac + b"\x88\xa8\x00\x0a\x81\x00\x00\x64" + etype + payload
+    if kind == "sgt":  # Cisco MetaData: version, length, option type, security group tag
+        return mac + b"\x89\x09\x01\x01\x00\x01\x00\x10" + etype + payload
+    if kind == "pppoe":  # behind a VLAN tag, as a DSL line's: session 7, PPP's IPv4 or IPv6
+        ppp = b"\x00\x57" if etype == b"\x86\xdd" else b"\x00\x21"
+        return (mac + b"\x81\x00\x00\x64\x88\x64\x11\x00\x00\x07"
+                + struct.pack("!H", len(payload) + 2) + ppp + payload)
+    if kind == "mpls":  # two labels, the second the bottom of the stack
+        return mac + b"\x88\x47\x00\x01\x00\x40\x00\x02\x01\x40" + payload
+    if kind == "vxlan6":
+        return MAC + b"\x86\xdd" + ipv6(udp(VXLAN + frame, 51000, 4789), "2001:db8:ff::1",
+                                        "2001:db8:ff::2", nxt=17)
+    if kind == "vxlan":
+        outer, proto = udp(VXLAN + frame, 51000, 4789), 17
+    elif kind == "geneve":  # 4 bytes of options, then an IP packet (its ethertype)
+        outer, proto = udp(b"\x01\x00" + etype + b"\x00\x00\x2a\x00" + bytes(4) + payload,
+                           51000, 6081), 17
+    elif kind == "gre":  # a key and a sequence number, then an IP packet
+        outer, proto = b"\x30\x00" + etype + bytes(8) + payload, 47
+    elif kind == "gre_teb":  # a checksum, then an Ethernet frame (transparent bridging)
+        outer, proto = b"\x80\x00\x65\x58" + bytes(4) + frame, 47
+    elif kind == "erspan2":  # GRE with a sequence number, ERSPAN type II's 8 bytes
+        outer, proto = b"\x10\x00\x88\xbe" + bytes(4) + b"\x10\x01" + bytes(6) + frame, 47
+    elif kind == "erspan3":  # ERSPAN type III's 12 bytes, with its 8-byte option
+        outer, proto = (b"\x10\x00\x22\xeb" + bytes(4) + b"\x20\x01" + bytes(9) + b"\x01"
+                        + bytes(8) + frame), 47
+    elif kind == "ipip":  # IPv4 in IPv4, IPv6 in IPv4
+        outer, proto = payload, 41 if etype == b"\x86\xdd" else 4
+    else:
+        raise ValueError(kind)
+    return MAC + b"\x08\x00" + ipv4(outer, "10.99.0.1", "10.99.0.2", proto=proto)

@@ -109,64 +109,20 @@ def ip_packets(v6: bool) -> list[bytes]:
 def framed(kind: str, packet: bytes) -> tuple[int, bytes]:
     """(linktype, frame) of an IP packet under the link layer ``kind``."""
     etype = b"\x86\xdd" if packet[0] >> 4 == 6 else b"\x08\x00"
-    mac = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02"
+    mac = pb.MAC
     if kind == "ethernet":
         return 1, mac + etype + packet
-    if kind == "vlan":
-        return 1, mac + b"\x81\x00\x00\x64" + etype + packet
-    if kind == "qinq":
-        return 1, mac + b"\x88\xa8\x00\x0a\x81\x00\x00\x64" + etype + packet
-    if kind == "sgt":  # Cisco MetaData: version, length, option type, security group tag
-        return 1, mac + b"\x89\x09\x01\x01\x00\x01\x00\x10" + etype + packet
-    if kind == "pppoe":  # behind a VLAN tag, as a DSL line's: session 7, PPP's IPv4 or IPv6
-        ppp = b"\x00\x57" if etype == b"\x86\xdd" else b"\x00\x21"
-        return 1, (mac + b"\x81\x00\x00\x64\x88\x64\x11\x00\x00\x07"
-                   + struct.pack("!H", len(packet) + 2) + ppp + packet)
-    if kind == "mpls":  # two labels, the second the bottom of the stack
-        return 1, mac + b"\x88\x47\x00\x01\x00\x40\x00\x02\x01\x40" + packet
     if kind == "sll":
         return 113, b"\x00\x00\x00\x01\x00\x06" + mac[6:] + b"\x00\x00" + etype + packet
     if kind == "sll2":
         return 276, etype + b"\x00\x00\x00\x00\x00\x02\x00\x01\x00\x06" + mac[6:] + b"\x00\x00" + packet
     if kind == "raw":
         return 101, packet
-    if kind in TUNNELS:
-        return 1, mac + b"\x08\x00" + tunnelled(kind, packet, etype, mac)
-    if kind == "vxlan6":  # over IPv6
-        return 1, mac + b"\x86\xdd" + pb.ipv6(pb.udp(VXLAN + mac + etype + packet, 51000, 4789),
-                                               "2001:db8:ff::1", "2001:db8:ff::2", nxt=17)
-    raise ValueError(kind)
+    return 1, pb.encapsulate(kind, mac + etype + packet)
 
 
-VXLAN = b"\x08\x00\x00\x00\x00\x00\x2a\x00"  # the I flag, network 42
-
-
-def tunnelled(kind: str, packet: bytes, etype: bytes, mac: bytes) -> bytes:
-    """The outer IPv4 packet of a tunnel (a mirror's feed) carrying ``packet``."""
-    inner = mac + etype + packet  # as an Ethernet frame
-    if kind == "vxlan":
-        outer, proto = pb.udp(VXLAN + inner, 51000, 4789), 17
-    elif kind == "geneve":  # 4 bytes of options, then an IP packet (its ethertype)
-        outer, proto = pb.udp(b"\x01\x00" + etype + b"\x00\x00\x2a\x00" + bytes(4) + packet,
-                              51000, 6081), 17
-    elif kind == "gre":  # a key and a sequence number, then an IP packet
-        outer, proto = b"\x30\x00" + etype + bytes(8) + packet, 47
-    elif kind == "gre_teb":  # a checksum, then an Ethernet frame (transparent bridging)
-        outer, proto = b"\x80\x00\x65\x58" + bytes(4) + inner, 47
-    elif kind == "erspan2":  # GRE with a sequence number, ERSPAN type II's 8 bytes
-        outer, proto = b"\x10\x00\x88\xbe" + bytes(4) + b"\x10\x01" + bytes(6) + inner, 47
-    elif kind == "erspan3":  # ERSPAN type III's 12 bytes, with its 8-byte option
-        outer, proto = (b"\x10\x00\x22\xeb" + bytes(4) + b"\x20\x01" + bytes(9) + b"\x01"
-                        + bytes(8) + inner), 47
-    else:  # "ipip": IPv4 in IPv4, IPv6 in IPv4
-        outer, proto = packet, 41 if etype == b"\x86\xdd" else 4
-    return pb.ipv4(outer, "10.99.0.1", "10.99.0.2", proto=proto)
-
-
-#: tunnels over IPv4 that the fast path looks into (and "vxlan6": VXLAN over IPv6)
-TUNNELS = ["vxlan", "geneve", "gre", "gre_teb", "erspan2", "erspan3", "ipip"]
-KINDS = ["ethernet", "vlan", "qinq", "sgt", "pppoe", "mpls", "sll", "sll2", "raw", *TUNNELS,
-         "vxlan6"]
+TUNNELS = pb.TUNNELS
+KINDS = ["ethernet", *pb.ENCAPSULATIONS, "sll", "sll2", "raw"]
 
 
 def capture(kind: str, v6: bool) -> tuple[int, list[bytes]]:
