@@ -455,6 +455,28 @@ def test_misp_event(tmp_path: Path) -> None:
     assert len(s.match_ip("203.0.113.5")) == 1
 
 
+def test_objects_without_uuid_are_located_by_their_value(tmp_path: Path) -> None:
+    """A STIX indicator or MISP attribute without a UUID is filed at the line its value is
+    written on (in file order), not at the file's first line."""
+    names = ("one.example", "two.example", "three.example")
+    objs = [{"type": "indicator", "spec_version": "2.1", "pattern_type": "stix",
+             "pattern": f"[domain-name:value = '{name}']", "valid_from": "2020-12-13T00:00:00Z"}
+            for name in names]
+    text = json.dumps({"type": "bundle", "objects": objs}, indent=1)
+    s, r = load(tmp_path, "noid.json", text)
+    assert r.files[0].fmt == "stix" and r.loaded == 3
+    rows = text.split("\n")
+    want = [n for n, line in enumerate(rows, 1) if "domain-name:value" in line]
+    assert [s.match_name(name)[0].line for name in names] == want
+    event = _misp_event()
+    for attr in event["Event"]["Attribute"]:
+        attr.pop("uuid", None)
+    text = json.dumps(event, indent=2)
+    s, _ = load(tmp_path, "noid-event.json", text)
+    hit = s.match_name("x.avsvmcloud.com")[0]
+    assert hit.line == line_of(text, '"avsvmcloud.com"') > 1
+
+
 def test_misp_feed_manifest(tmp_path: Path) -> None:
     uuid = "5fd7a1b2-0000-4000-8000-000000000001"
     (tmp_path / f"{uuid}.json").write_text(json.dumps(_misp_event(uuid)))

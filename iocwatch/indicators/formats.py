@@ -439,6 +439,42 @@ def _uuidnumbered_lines(text: str) -> dict[str, int]:
     return out
 
 
+class _ValueLines:
+    """The line of an object that has no UUID to find it by: where its value (a STIX pattern,
+    a MISP attribute's value) is next written as a JSON string, at most :data:`VALUE_WINDOW`
+    characters after the last one found (objects are read in file order); ``default`` when it
+    is not there (a producer that escapes differently). Misses are bounded too
+    (:data:`VALUE_MISSES`), so a hostile file costs at most a few MB of searching."""
+
+    __slots__ = ("text", "pos", "line", "misses")
+
+    def __init__(self, text: str | None) -> None:
+        self.text = text or ""
+        self.pos = 0
+        self.line = 1
+        self.misses = 0
+
+    def __call__(self, value: Any, default: int) -> int:
+        if not isinstance(value, str) or not value or self.misses >= VALUE_MISSES:
+            return default
+        text, pos = self.text, self.pos
+        for needle in (orjson.dumps(value).decode(),
+                       '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'):
+            at = text.find(needle, pos, pos + VALUE_WINDOW + len(needle))
+            if at >= 0:
+                self.line += text.count("\n", pos, at)
+                self.pos = at
+                return self.line
+        self.misses += 1
+        return default
+
+
+#: how far past the last object a value is looked for, and how many values may be missed
+#: before a file's objects without UUIDs all get its default line (:class:`_ValueLines`)
+VALUE_WINDOW = 1 << 16
+VALUE_MISSES = 64
+
+
 _JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
 _CONTROL = re.compile(r"[\x00-\x1f]")
 
@@ -647,6 +683,7 @@ def read_stix(text: str, sink: Sink, exact: bool) -> None:
         sink.skip(1, "STIX bundle without an objects list", m.R_DOCUMENT)
         return
     lines = _uuidnumbered_lines(text)
+    by_value = _ValueLines(text)
     if any(isinstance(o, dict) and o.get("type") == "indicator" for o in objects):
         missing = _stix_parser_missing()
         if missing is not None:  # one clear error for the file, not one per indicator
@@ -666,7 +703,7 @@ def read_stix(text: str, sink: Sink, exact: bool) -> None:
         if obj.get("type") != "indicator":
             continue  # identities, relationships, malware, ...: context, not entries
         oid = _str(obj.get("id")) or f"objects[{i}]"
-        n = lines.get(oid.removeprefix("indicator--").lower(), 1)
+        n = lines.get(oid.removeprefix("indicator--").lower(), 0) or by_value(obj.get("pattern"), 1)
         try:
             got = _stix_indicator(obj, oid, n, names, sink, now)
         except Exception as e:  # one bad object costs that object (boundary rule)
@@ -876,6 +913,7 @@ def _tag_names(value: Any) -> list[str]:
 def _read_events(events: list[Any], text: str | None, sink: Sink, exact: bool,
                  misp_all: bool, at: int = 1, where: str = "") -> None:
     lines = _uuidnumbered_lines(text) if text is not None else {}
+    by_value = _ValueLines(text)
     for event in events:
         if not isinstance(event, dict):
             sink.skip(at, f"{where}event is not an object", m.R_SHAPE)
@@ -898,7 +936,8 @@ def _read_events(events: list[Any], text: str | None, sink: Sink, exact: bool,
                 sink.skip(at, f"{where}attribute is not an object", m.R_SHAPE)
                 continue
             uuid = attr.get("uuid")
-            n = lines.get(uuid.lower(), at) if isinstance(uuid, str) else at
+            n = (lines.get(uuid.lower(), 0) if isinstance(uuid, str) else 0) or by_value(
+                attr.get("value"), at)
             try:
                 got = _misp_attribute(attr, n, sink, misp_all, where, source, info,
                                       event_tags, event_uuid)
