@@ -189,12 +189,17 @@ class StartTlsDetector:
             return
         line_end = buf.find(b"\n")
         head = bytes(buf[: line_end if line_end >= 0 else len(buf)])
+        if head.startswith(b"<"):
+            # XMPP: its reader checks the bytes itself, since TLS may follow <proceed/> in the
+            # same segment (deciding on the whole segment here would depend on where TCP cut it)
+            self._family, self.protocol = "xmpp", "xmpp"
+            return
         if not _is_text(head):
             self._give_up()
             return
         if len(head) < 4 and line_end < 0:
             if not (b"220".startswith(head) or b"+OK".startswith(head) or b"* ".startswith(head)
-                    or head.startswith(b"*") or head.startswith(b"<")):
+                    or head.startswith(b"*")):
                 self._give_up()
             return
         if head.startswith((b"220 ", b"220-", b"220\r")) or head == b"220":
@@ -203,8 +208,6 @@ class StartTlsDetector:
             self._family, self.protocol = "pop3", "pop3"
         elif head[:4].upper() in (b"* OK", b"* PR", b"* BY"):
             self._family, self.protocol = "imap", "imap"
-        elif head.startswith(b"<"):
-            self._family, self.protocol = "xmpp", "xmpp"
         else:
             self._give_up()
 
