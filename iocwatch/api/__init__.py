@@ -83,6 +83,12 @@ class ServeOptions:
 
 def serve(opts: ServeOptions) -> int:
     """Bind, report the address, fork the extra workers, run uvicorn until SIGINT/SIGTERM."""
+    # a stop asked for before uvicorn has its own handlers (it installs them in run()) is kept
+    # here and handed to it, never lost: the default action would orphan forked workers, and a
+    # no-op would ignore the signal
+    stop = _EarlyStop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, stop.handle)
     import uvicorn
 
     from iocwatch.api.app import MAX_HEADERS, MAX_URL, Limits, create_app, load_tokens
@@ -110,17 +116,13 @@ def serve(opts: ServeOptions) -> int:
     def opener() -> Any:
         return open_store(url, readonly=True)
 
+    if stop.asked:  # stopped while starting: nothing bound, nothing to drain
+        return 0
     try:
         sock = _bind(host, port, reuse_port=opts.workers > 1)
     except OSError as exc:
         raise _UsageError(f"cannot listen on {opts.listen}: {exc.strerror or exc}")
     bound = sock.getsockname()
-    # a stop asked for before uvicorn has its own handlers (it installs them in run()) is kept
-    # here and handed to it, never lost: the default action would orphan forked workers, and a
-    # no-op would ignore the signal
-    stop = _EarlyStop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, stop.handle)
     # uvicorn's loggers propagate to this one handler on stderr (log_config=None below: its own
     # set-up would send the access log to stdout, at its warning level, i.e. nowhere)
     logging.basicConfig(level=logging.WARNING, format="iocwatch serve: %(message)s")
