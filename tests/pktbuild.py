@@ -14,8 +14,12 @@ def ip6(a: str) -> bytes:
     return socket.inet_pton(socket.AF_INET6, a)
 
 
+#: the destination and source addresses of every Ethernet frame built here
+MAC = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02"
+
+
 def eth(payload: bytes, etype: int = 0x0800) -> bytes:
-    return b"\x02\x00\x00\x00\x00\x01" + b"\x02\x00\x00\x00\x00\x02" + struct.pack("!H", etype) + payload
+    return MAC + struct.pack("!H", etype) + payload
 
 
 def vlan(payload: bytes, etype: int, vid: int = 10, tpid: int = 0x8100) -> tuple[int, bytes]:
@@ -203,7 +207,6 @@ def openvpn_tcp(tls: bytes, client: bool, auth: bytes = b"", mtu: int = 1250) ->
 
 # -- encapsulations: a frame as a mirror, a tunnel or a carrier delivers it --------------------
 
-MAC = b"\x02\x00\x00\x00\x00\x01\x02\x00\x00\x00\x00\x02"
 VXLAN = b"\x08\x00\x00\x00\x00\x00\x2a\x00"  # the I flag, network 42
 #: tunnels over IPv4 that the fast path looks into ("vxlan6": VXLAN over IPv6)
 TUNNELS = ["vxlan", "geneve", "gre", "gre_teb", "erspan2", "erspan3", "ipip"]
@@ -229,8 +232,8 @@ def encapsulate(kind: str, frame: bytes) -> bytes:
     if kind == "mpls":  # two labels, the second the bottom of the stack
         return mac + b"\x88\x47\x00\x01\x00\x40\x00\x02\x01\x40" + payload
     if kind == "vxlan6":
-        return MAC + b"\x86\xdd" + ipv6(udp(VXLAN + frame, 51000, 4789), "2001:db8:ff::1",
-                                        "2001:db8:ff::2", nxt=17)
+        return eth(ipv6(udp(VXLAN + frame, 51000, 4789), "2001:db8:ff::1", "2001:db8:ff::2",
+                        nxt=17), 0x86DD)
     if kind == "vxlan":
         outer, proto = udp(VXLAN + frame, 51000, 4789), 17
     elif kind == "geneve":  # 4 bytes of options, then an IP packet (its ethertype)
@@ -249,4 +252,4 @@ def encapsulate(kind: str, frame: bytes) -> bytes:
         outer, proto = payload, 41 if etype == b"\x86\xdd" else 4
     else:
         raise ValueError(kind)
-    return MAC + b"\x08\x00" + ipv4(outer, "10.99.0.1", "10.99.0.2", proto=proto)
+    return eth(ipv4(outer, "10.99.0.1", "10.99.0.2", proto=proto))
