@@ -22,9 +22,9 @@ class ApiServer:
         assert self.proc.stderr is not None
         ready, _, _ = select.select([self.proc.stderr], [], [], 30)
         line = self.proc.stderr.readline().decode() if ready else ""
-        if "listening on http://" not in line:
+        if f"listening on http://{listen.rpartition(':')[0]}:" not in line:  # the address asked
             self.stop()
-            raise AssertionError(f"iocwatch serve did not start: {line!r}")
+            raise AssertionError(f"iocwatch serve did not start on {listen}: {line!r}")
         self.url = line.split("listening on ")[1].split()[0]
         self.port = int(self.url.rsplit(":", 1)[1])
 
