@@ -131,20 +131,27 @@ class Hunt:
             at = dot + 1
 
     def _name_ports(self, name: str) -> None:
-        """name:port indicators: the stored TLS and QUIC sessions that sent the name as SNI
-        carry the server port; one alert per port and channel whose sessions match, with the
-        sessions' first and last seen and count (name indicators are the name pass's)."""
+        """name:port indicators: a name matches only where the store knows the server port it
+        was seen on: TLS and QUIC sessions that sent it as SNI, and HTTP Host names (the
+        ``name_ports`` table). One alert per port and channel that matches, with first and
+        last seen and count over that port's sightings (name indicators are the name pass's)."""
+        groups: dict[tuple[Channel, int], list[dict]] = {}
         try:
             sessions = self.store.sessions("sni", name, limit=1000)
+            rows = self.store.name_ports(name)
         except Exception:  # a store that cannot answer: no name:port hits for this name
             return
-        groups: dict[tuple[Channel, int], list[dict]] = {}
         for ses in sessions:
             port = ses.get("server_port")
             if not isinstance(port, int) or ses.get("sni") != name:
                 continue  # the session is reported under the name as its SNI spelt it
             ch = Channel.QUIC_SNI if ses.get("transport") in ("quic", "q") else Channel.TLS_SNI
             groups.setdefault((ch, port), []).append(ses)
+        for row in rows:
+            port = row.get("port")
+            ch = source_channel(row.get("source"))
+            if isinstance(port, int) and ch is Channel.HTTP_HOST and row.get("name") == name:
+                groups.setdefault((ch, port), []).append(row)
         norm = self.matcher.normalise(name)
         for (ch, port), group in groups.items():
             wanted = set(self.matcher.indicators.match_domain_port(norm, port))
@@ -157,12 +164,18 @@ class Hunt:
             last = max((g["last_seen"] for g in group if g.get("last_seen") is not None),
                        default=None)
             count = sum(g.get("count") or 0 for g in group)
-            ses = group[0]
-            rec = self._record("name", name, first, last, count, source=ch.value, port=port,
-                               example_session=ses)
-            rec.update(src_ip=ses.get("client_ip"), dst_ip=ses.get("server_ip"),
-                       src_port=ses.get("client_port"), dst_port=port,
-                       protocol=17 if ch is Channel.QUIC_SNI else 6)
+            if ch is Channel.HTTP_HOST:
+                addrs = list(dict.fromkeys(g["address"] for g in group if g.get("address")))
+                rec = self._record("name", name, first, last, count, source=ch.value,
+                                   port=port, addresses=addrs[:MAX_CONTEXT])
+                rec.update(dst_ip=addrs[0] if addrs else None, dst_port=port, protocol=6)
+            else:
+                ses = group[0]
+                rec = self._record("name", name, first, last, count, source=ch.value,
+                                   port=port, example_session=ses)
+                rec.update(src_ip=ses.get("client_ip"), dst_ip=ses.get("server_ip"),
+                           src_port=ses.get("client_port"), dst_port=port,
+                           protocol=17 if ch is Channel.QUIC_SNI else 6)
             for alert in alerts_for(rec, matches, self.sensor, self.suppressions):
                 self._write(alert, first, last, count)
 

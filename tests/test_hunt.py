@@ -156,6 +156,60 @@ def test_hunt_reports_a_certificate_name_the_names_table_lacks(tmp_path):
     assert all("databasegalore.com" in a["record"]["hunt"]["names"] for a in alerts)
 
 
+def _http_capture(path: Path) -> None:
+    """Three HTTP requests: c2.evil.example on port 8080 and on 80, other.evil.example on 80."""
+    from tests import pktbuild as pb
+
+    packets: list[bytes] = []
+    for sport, server, dport, host in ((40001, "10.0.0.2", 8080, "c2.evil.example:8080"),
+                                       (40002, "10.0.0.3", 80, "other.evil.example"),
+                                       (40003, "10.0.0.4", 80, "c2.evil.example")):
+        request = f"GET /gate.php HTTP/1.1\r\nHost: {host}\r\nUser-Agent: t\r\n\r\n"
+        packets += pb.tcp_conversation(
+            [(True, request.encode()), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")],
+            server=server, sport=sport, dport=dport)
+    path.write_bytes(pb.pcap([(1700000000 + i, pb.eth(p)) for i, p in enumerate(packets)]))
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+def test_hunt_matches_name_port_indicators_on_http_hosts(backend, request, tmp_path):
+    """A URL on a non-default port (or name:port) matches an HTTP Host name seen on a flow to
+    that port only, in a hunt as in live capture: the store keeps Host names' server ports."""
+    cap = tmp_path / "http.pcap"
+    _http_capture(cap)
+    ioc = tmp_path / "ioc.txt"
+    ioc.write_text("http://c2.evil.example:8080/gate.php\nother.evil.example:8443\n")
+    live = tmp_path / "live.json"
+    r = _cli("-r", str(cap), "--ioc", str(ioc), "--alerts", str(live), "--no-records", "-q")
+    assert r.returncode == 0, r.stderr
+    want = [("http_host", "c2.evil.example", 8080, "10.0.0.2")]
+    # (live names the Host as the request wrote it, port included; the store keeps the host)
+    assert [(a["channel"], a["normalised"], a["dst_port"], a["dst_ip"])
+            for a in _lines(live)] == want
+    db = (request.getfixturevalue("pg_cluster").new_db() if backend == "postgresql"
+          else str(tmp_path / "store.db"))
+    rec = tmp_path / "rec.json"
+    r = _cli("-r", str(cap), "-f", str(rec), "-q")
+    assert r.returncode == 0, r.stderr
+    store = store_mod.open_store(db)
+    ingest_records(store, _lines(rec))
+    assert [(p["name"], p["port"], p["address"], p["count"])
+            for p in store.name_ports("C2.Evil.Example.")] == [
+        ("c2.evil.example", 80, "10.0.0.4", 1), ("c2.evil.example", 8080, "10.0.0.2", 1)]
+    ingest_records(store, _lines(rec))  # the same records again: counted once
+    assert [p["count"] for p in store.name_ports("c2.evil.example")] == [1, 1]
+    store.close()
+    out = tmp_path / "hunt.json"
+    r = _hunt(db, out, str(ioc))
+    assert r.returncode == 0, r.stderr
+    hunted = _lines(out)
+    assert [(a["channel"], a["normalised"], a["dst_port"], a["dst_ip"]) for a in hunted] == want
+    assert hunted[0]["indicator"]["value"] == "http://c2.evil.example:8080/gate.php"
+    assert hunted[0]["record"]["hunt"]["port"] == 8080
+    assert hunted[0]["record"]["hunt"]["addresses"] == ["10.0.0.2"]
+    assert hunted[0]["record"]["hunt"]["count"] == 1
+
+
 def test_hunt_ecs_and_exit_status(filled):
     work, db = filled
     out = work / "hunt-ecs.json"

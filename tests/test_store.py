@@ -235,18 +235,18 @@ def test_schema_version(tmp_path: Path, data: dict[str, dict[str, Path]]) -> Non
     conn = sqlite3.connect(path)  # back to schema version 1: no totals, triggers, tailgate
     conn.executescript("DROP TRIGGER certificates_total; DROP TRIGGER sessions_total; "  # cache,
                        "DROP TRIGGER names_total; DROP TABLE totals; DROP TABLE tailgate_probes; "
-                       "DROP INDEX certificates_pubkey_sha256; "  # nor key index
-                       "DELETE FROM schema_version WHERE version >= 2;")
+                       "DROP INDEX certificates_pubkey_sha256; "  # key index, nor name ports
+                       "DROP TABLE name_ports; DELETE FROM schema_version WHERE version >= 2;")
     assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in want] == \
         list(want.values())
     conn.close()
-    store = open_store(path)  # migrates to version 4, counting the rows already there
+    store = open_store(path)  # migrates to version 5, counting the rows already there
     assert store.counts() == want
     store.close()
     open_store(path).close()  # re-open: nothing to migrate
     conn = sqlite3.connect(path)
     assert conn.execute("SELECT version FROM schema_version ORDER BY 1").fetchall() == [
-        (1,), (2,), (3,), (4,)]
+        (1,), (2,), (3,), (4,), (5,)]
     assert conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'index' AND name = "
                         "'certificates_pubkey_sha256'").fetchone() == (1,)
     conn.execute("INSERT INTO schema_version VALUES (99)")

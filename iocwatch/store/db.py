@@ -318,13 +318,19 @@ class Store(ABC):
 
     def _write_names(self, batch: Batch, new: set[int], res: WriteResult) -> None:
         agg: dict[tuple[str, str, str], list[Any]] = {}
+        ported: dict[tuple[str, str, int, str], list[Any]] = {}
         for n in batch.names:
             inc = _take(new, n.key)
             res.names += inc
             self._agg(agg, (n.name, n.source, n.address), n.ts, inc)
+            if n.port is not None:  # the same sighting, by its server port (name_ports)
+                self._agg(ported, (n.name, n.source, n.port, n.address), n.ts, inc)
         rows = sorted((reversed_name(k[0]), *k, *v[:3]) for k, v in agg.items())
         self._many(self._upsert_sql("names", "rname, name, source, address",
                                     "rname, name, source, address", 4), rows)
+        self._many(self._upsert_sql("name_ports", "rname, name, source, port, address",
+                                    "rname, name, source, port, address", 5),
+                   sorted((reversed_name(k[0]), *k, *v[:3]) for k, v in ported.items()))
 
     def _write_simple(self, batch: Batch, new: set[int], res: WriteResult) -> None:
         fps: dict[tuple[str, str], list[Any]] = {}
@@ -523,6 +529,19 @@ class Store(ABC):
                 certs.append({"sha1": sha1, "subject": subject,
                               "names": list(dict.fromkeys(json.loads(dns) + json.loads(cn)))})
         return {"names": names, "sessions": found, "certificates": certs}
+
+    def name_ports(self, name: str, *, limit: int = 1000) -> list[dict[str, Any]]:
+        """The server ports a name was seen on, per source and server address (HTTP Host
+        names since schema version 5), for name:port indicators in a retro-hunt."""
+        rname = reversed_name(name)
+        if not rname:
+            return []
+        return [{"name": n, "source": s, "port": p, "address": a, "first_seen": f,
+                 "last_seen": la, "count": c}
+                for n, s, p, a, f, la, c in self._rows(
+                    "SELECT name, source, port, address, first_seen, last_seen, count "
+                    "FROM name_ports WHERE rname = ? ORDER BY rname, name, source, port, "
+                    "address LIMIT ?", (rname, max(0, int(limit))))]
 
     def counts(self) -> dict[str, int]:
         """Row counts, kept by insert triggers (schema version 2): no table scan."""

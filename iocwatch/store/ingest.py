@@ -221,12 +221,13 @@ class Converter:
             self._name(b, Channel.CERT_CN, n, server, ts, flow)
 
     @staticmethod
-    def _name(b: Batch, source: Channel, name: str, address: str, ts: float, *key: Any) -> None:
+    def _name(b: Batch, source: Channel, name: str, address: str, ts: float, *key: Any,
+              port: int | None = None) -> None:
         """A name under its channel's value (the store's ``source``); the flow and ``key``
-        decide what counts once."""
+        decide what counts once; ``port``: the server port, kept for HTTP Host names."""
         if name and len(name) <= 1024:
             b.names.append(NameObs(content_key("n", source, name, address, *key), name,
-                                   source.value, address, ts))
+                                   source.value, address, ts, port))
 
     # ---------------------------------------------------------------- mercury/iocwatch records
     def record(self, rec: Mapping[str, Any]) -> Batch | None:
@@ -264,7 +265,8 @@ class Converter:
             elif ch is Channel.HTTP_HOST:
                 host = _str(item.value, 1024)
                 if host:
-                    self._name(b, ch, authority_host(host), dst, ts, flow, f"{ts:.6f}")
+                    self._name(b, ch, authority_host(host), dst, ts, flow, f"{ts:.6f}",
+                               port=dport or None)
             elif ch in (Channel.TLS_SNI, Channel.QUIC_SNI):
                 self._name(b, ch, _str(item.value, 1024), dst, ts, flow)
         if not len(b):

@@ -195,6 +195,9 @@ class NameObs:
     source: str
     address: str
     ts: float
+    #: the flow's server port, for names a name:port indicator matches only on that port and
+    #: whose port no session keeps (HTTP Host): the ``name_ports`` table
+    port: int | None = None
 
 
 @dataclass(slots=True)
