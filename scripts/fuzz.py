@@ -48,6 +48,23 @@ def save_crash(regressions: Path, target: str, data: bytes) -> Path:
     return path
 
 
+#: CPU seconds an input libFuzzer reported slow must take when run again, uninstrumented, to be
+#: kept as a regression (libFuzzer reports units over 10 s of wall time)
+SLOW_CPU = 1.0
+
+
+def cpu_seconds(name: str, data: bytes) -> float:
+    """The CPU time of one run of target ``name`` on ``data`` (a failure counts as slow)."""
+    from fuzz.targets import TARGETS
+
+    start = time.process_time()
+    try:
+        TARGETS[name][0](data)
+    except Exception:  # noqa: BLE001 - a crash is reported as one, whatever its time
+        return float("inf")
+    return time.process_time() - start
+
+
 def run_mutate(name: str, seconds: float, seed: int, regressions: Path) -> tuple[int, int]:
     from fuzz import mutate
     from fuzz.targets import TARGETS
@@ -90,24 +107,39 @@ def run_atheris(name: str, seconds: float, seed: int, regressions: Path,
         execs += max(counts, default=0)
         found = sorted(artifacts.iterdir())
         for art in found:
-            data = art.read_bytes()
-            path = save_crash(regressions, name, data)
-            crashes += 1
-            art.unlink()
-            lines = proc.stdout.splitlines()
-            at = [i for i, ln in enumerate(lines) if "Uncaught Python exception" in ln]
-            summary = (lines[at[-1] + 1] if at and at[-1] + 1 < len(lines)
-                       else next((ln for ln in lines if "==ERROR" in ln), "see the log"))
-            print(f"  CRASH {name} ({art.name.split('-')[0]}): {summary}\n    saved {path}",
-                  flush=True)
-            with open(corpus_root / f"{name}.crashes.log", "a") as log:  # whole tracebacks
-                log.write(f"==== {path}\n" + "\n".join(lines[-60:]) + "\n")
+            crashes += keep_artifact(name, art, regressions, proc.stdout, corpus_root)
         if not found:
             if proc.returncode != 0:
                 print(f"  atheris child for {name} exited {proc.returncode}:\n"
                       + "\n".join(proc.stdout.splitlines()[-15:]), flush=True)
             break
     return execs, crashes
+
+
+def keep_artifact(name: str, art: Path, regressions: Path, output: str,
+                  corpus_root: Path) -> int:
+    """File one libFuzzer artifact (a crash, a timeout, a slow unit) as a regression and
+    report it: 1; or drop a slow unit that is not slow on the CPU when run again: 0."""
+    data = art.read_bytes()
+    art.unlink()
+    if art.name.startswith("slow-unit-"):
+        # libFuzzer times a unit by the wall clock: on a busy machine a fast input can be
+        # reported as slow. Kept only when it is slow on the CPU here too.
+        cpu = cpu_seconds(name, data)
+        if cpu < SLOW_CPU:
+            print(f"  slow unit of {name} not kept: {cpu * 1000:.1f} ms of CPU run again "
+                  "(the machine was busy)", flush=True)
+            return 0
+    path = save_crash(regressions, name, data)
+    lines = output.splitlines()
+    at = [i for i, ln in enumerate(lines) if "Uncaught Python exception" in ln]
+    summary = (lines[at[-1] + 1] if at and at[-1] + 1 < len(lines)
+               else next((ln for ln in lines if "==ERROR" in ln), "see the log"))
+    print(f"  CRASH {name} ({art.name.split('-')[0]}): {summary}\n    saved {path}",
+          flush=True)
+    with open(corpus_root / f"{name}.crashes.log", "a") as log:  # whole tracebacks
+        log.write(f"==== {path}\n" + "\n".join(lines[-60:]) + "\n")
+    return 1
 
 
 def atheris_child(name: str, argv: list[str]) -> None:

@@ -93,6 +93,42 @@ def test_mutation_engine_turns_a_hang_into_a_crash() -> None:
     assert [c.summary.split(":")[0] for c in res.crashes] == ["Hang"]
 
 
+def _fuzz_script(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """scripts/fuzz.py as a module (it sets IOCWATCH_STRICT for its own process: undone)."""
+    import importlib.util
+
+    monkeypatch.setenv("IOCWATCH_STRICT", os.environ.get("IOCWATCH_STRICT", ""))
+    spec = importlib.util.spec_from_file_location(
+        "fuzz_script", Path(__file__).resolve().parent.parent / "scripts" / "fuzz.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_slow_unit_is_kept_only_when_slow_on_the_cpu(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """libFuzzer reports a unit slow by the wall clock, which a busy machine stretches: the
+    campaign runs it again and keeps it only if it is slow on the CPU; crashes are kept."""
+    script = _fuzz_script(monkeypatch)
+    reg = tmp_path / "reg"
+    hello = TARGETS["tls_client_hello"][1]()[0]
+    slow = tmp_path / "slow-unit-1"
+    slow.write_bytes(hello)
+    assert script.keep_artifact("tls_client_hello", slow, reg, "", tmp_path) == 0
+    assert not slow.exists() and not reg.exists()
+    monkeypatch.setattr(script, "SLOW_CPU", 0.0)  # any CPU time at all counts as slow now
+    slow.write_bytes(hello)
+    assert script.keep_artifact("tls_client_hello", slow, reg, "", tmp_path) == 1
+    crash = tmp_path / "crash-2"
+    crash.write_bytes(b"boom")
+    assert script.keep_artifact("dns", crash, reg, "==ERROR: planted", tmp_path) == 1
+    assert sorted(p.relative_to(reg).parts[0] for p in reg.rglob("*") if p.is_file()) == [
+        "dns", "tls_client_hello"]
+    assert "==ERROR: planted" in (tmp_path / "dns.crashes.log").read_text()  # the whole output
+    assert script.cpu_seconds("dns", b"\x00" * 12) < 1.0
+
+
 def test_frames_round_trip() -> None:
     pieces = [(0, b"abc"), (1, b""), (3, b"x" * 300)]
     assert list(frames(unframe(pieces))) == pieces
