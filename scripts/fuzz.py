@@ -48,21 +48,35 @@ def save_crash(regressions: Path, target: str, data: bytes) -> Path:
     return path
 
 
-#: CPU seconds an input libFuzzer reported slow must take when run again, uninstrumented, to be
-#: kept as a regression (libFuzzer reports units over 10 s of wall time)
+#: CPU seconds an input libFuzzer reported slow or timed out on must take when run again,
+#: uninstrumented, to be kept as a regression (libFuzzer goes by wall time: 10 s)
 SLOW_CPU = 1.0
+#: wall seconds that run again may take (a real hang is kept)
+RERUN_LIMIT = 60
 
 
 def cpu_seconds(name: str, data: bytes) -> float:
-    """The CPU time of one run of target ``name`` on ``data`` (a failure counts as slow)."""
+    """The CPU time of one run of target ``name`` on ``data``, in a child process (a hang is
+    stopped after RERUN_LIMIT s); a failure or a hang counts as slow (infinite)."""
+    try:
+        proc = subprocess.run([sys.executable, __file__, "--time-one", name], input=data,
+                              capture_output=True, timeout=RERUN_LIMIT, check=False)
+    except subprocess.TimeoutExpired:
+        return float("inf")
+    try:
+        return float(proc.stdout) if proc.returncode == 0 else float("inf")
+    except ValueError:
+        return float("inf")
+
+
+def time_one(name: str) -> None:
+    """Inside the child: run the target once on standard input, print its CPU seconds."""
     from fuzz.targets import TARGETS
 
+    data = sys.stdin.buffer.read()
     start = time.process_time()
-    try:
-        TARGETS[name][0](data)
-    except Exception:  # noqa: BLE001 - a crash is reported as one, whatever its time
-        return float("inf")
-    return time.process_time() - start
+    TARGETS[name][0](data)
+    print(time.process_time() - start)
 
 
 def run_mutate(name: str, seconds: float, seed: int, regressions: Path) -> tuple[int, int]:
@@ -122,13 +136,13 @@ def keep_artifact(name: str, art: Path, regressions: Path, output: str,
     report it: 1; or drop a slow unit that is not slow on the CPU when run again: 0."""
     data = art.read_bytes()
     art.unlink()
-    if art.name.startswith("slow-unit-"):
-        # libFuzzer times a unit by the wall clock: on a busy machine a fast input can be
-        # reported as slow. Kept only when it is slow on the CPU here too.
+    if art.name.startswith(("slow-unit-", "timeout-")):
+        # libFuzzer times a unit by the wall clock: on a busy (or paused) machine a fast input
+        # can be reported as slow or as a hang. Kept only when it is slow on the CPU here too.
         cpu = cpu_seconds(name, data)
         if cpu < SLOW_CPU:
-            print(f"  slow unit of {name} not kept: {cpu * 1000:.1f} ms of CPU run again "
-                  "(the machine was busy)", flush=True)
+            print(f"  {art.name.split('-')[0]} of {name} not kept: {cpu * 1000:.1f} ms of CPU "
+                  "run again (the machine was busy)", flush=True)
             return 0
     path = save_crash(regressions, name, data)
     lines = output.splitlines()
@@ -163,6 +177,9 @@ def atheris_child(name: str, argv: list[str]) -> None:
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--time-one":
+        time_one(sys.argv[2])
+        return 0
     if len(sys.argv) > 2 and sys.argv[1] == "--atheris-child":
         rest = sys.argv[3:]
         atheris_child(sys.argv[2], rest[1:] if rest[:1] == ["--"] else rest)

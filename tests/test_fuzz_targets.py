@@ -120,12 +120,20 @@ def test_a_slow_unit_is_kept_only_when_slow_on_the_cpu(tmp_path: Path,
     monkeypatch.setattr(script, "SLOW_CPU", 0.0)  # any CPU time at all counts as slow now
     slow.write_bytes(hello)
     assert script.keep_artifact("tls_client_hello", slow, reg, "", tmp_path) == 1
+    monkeypatch.setattr(script, "SLOW_CPU", 1.0)
+    timeout = tmp_path / "timeout-3"  # (a machine paused past libFuzzer's 10 s)
+    timeout.write_bytes(hello)
+    assert script.keep_artifact("tls_client_hello", timeout, reg, "", tmp_path) == 0
+    monkeypatch.setattr(script, "RERUN_LIMIT", 0.001)  # a run that never ends in time: kept
+    timeout.write_bytes(hello + b"\x01")
+    assert script.keep_artifact("tls_client_hello", timeout, reg, "", tmp_path) == 1
     crash = tmp_path / "crash-2"
     crash.write_bytes(b"boom")
     assert script.keep_artifact("dns", crash, reg, "==ERROR: planted", tmp_path) == 1
     assert sorted(p.relative_to(reg).parts[0] for p in reg.rglob("*") if p.is_file()) == [
-        "dns", "tls_client_hello"]
+        "dns", "tls_client_hello", "tls_client_hello"]
     assert "==ERROR: planted" in (tmp_path / "dns.crashes.log").read_text()  # the whole output
+    monkeypatch.setattr(script, "RERUN_LIMIT", 60)
     assert script.cpu_seconds("dns", b"\x00" * 12) < 1.0
 
 
