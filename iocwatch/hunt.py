@@ -136,11 +136,17 @@ class Hunt:
         ``name_ports`` table). One alert per port and channel that matches, with first and
         last seen and count over that port's sightings (name indicators are the name pass's)."""
         groups: dict[tuple[Channel, int], list[dict]] = {}
+        sessions: list[dict] = []
+        rows: list[dict] = []
+        # a store that cannot answer one of the two: no name:port hits from that one
         try:
             sessions = self.store.sessions("sni", name, limit=1000)
+        except Exception:  # the SNI sessions stay unknown
+            pass
+        try:
             rows = self.store.name_ports(name)
-        except Exception:  # a store that cannot answer: no name:port hits for this name
-            return
+        except Exception:  # the Host names' ports stay unknown
+            pass
         for ses in sessions:
             port = ses.get("server_port")
             if not isinstance(port, int) or ses.get("sni") != name:

@@ -240,6 +240,9 @@ def test_schema_version(tmp_path: Path, data: dict[str, dict[str, Path]]) -> Non
     assert [conn.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in want] == \
         list(want.values())
     conn.close()
+    with pytest.raises(StoreError, match=r"version 1 is older than this iocwatch's \(5\): a "
+                       "command that writes to it upgrades it"):
+        open_store(path, readonly=True)  # hunt and serve: they say how to upgrade it
     store = open_store(path)  # migrates to version 5, counting the rows already there
     assert store.counts() == want
     store.close()

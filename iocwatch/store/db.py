@@ -592,7 +592,12 @@ class Store(ABC):
         if not pending:
             return
         if self.readonly:
-            raise StoreError("store has no schema (or an old one); open it read-write once")
+            if not have:
+                raise StoreError("store has no schema: a command that writes to it creates it "
+                                 "(the sensor with --store, or iocwatch ingest)")
+            raise StoreError(f"store schema version {have} is older than this iocwatch's "
+                             f"({known}): a command that writes to it upgrades it (the sensor "
+                             "with --store, or iocwatch ingest --store URL FILE)")
         # several sensors or workers may start at once: one migrates while the others wait for
         # its lock, then find nothing to do
         self._begin()
