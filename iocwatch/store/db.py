@@ -325,12 +325,11 @@ class Store(ABC):
             self._agg(agg, (n.name, n.source, n.address), n.ts, inc)
             if n.port is not None:  # the same sighting, by its server port (name_ports)
                 self._agg(ported, (n.name, n.source, n.port, n.address), n.ts, inc)
-        rows = sorted((reversed_name(k[0]), *k, *v[:3]) for k, v in agg.items())
-        self._many(self._upsert_sql("names", "rname, name, source, address",
-                                    "rname, name, source, address", 4), rows)
-        self._many(self._upsert_sql("name_ports", "rname, name, source, port, address",
-                                    "rname, name, source, port, address", 5),
-                   sorted((reversed_name(k[0]), *k, *v[:3]) for k, v in ported.items()))
+        for table, cols, keyed in (("names", "rname, name, source, address", agg),
+                                   ("name_ports", "rname, name, source, port, address", ported)):
+            # a row: the reversed name, the key (name first), first/last seen and count
+            rows = sorted((reversed_name(k[0]), *k, *v[:3]) for k, v in keyed.items())
+            self._many(self._upsert_sql(table, cols, cols, cols.count(",") + 1), rows)
 
     def _write_simple(self, batch: Batch, new: set[int], res: WriteResult) -> None:
         fps: dict[tuple[str, str], list[Any]] = {}
